@@ -1,0 +1,71 @@
+"""Atomic file and directory writes: outputs appear complete under their final name or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fuse4seg.errors import Fuse4SegError
+
+
+def _check_parent_writable(path: Path) -> Path:
+    """Create ``path``'s parent if needed and check it is writable; returns the parent."""
+    parent = path.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Fuse4SegError(f"cannot create output directory {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise Fuse4SegError(f"output directory {parent} is not writable")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that is renamed to ``final`` only if the block succeeds.
+
+    An existing ``final`` is refused unless ``overwrite``; then it is replaced only after success.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise Fuse4SegError(f"{final} already exists (pass --overwrite to replace it)")
+    parent = _check_parent_writable(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=parent))
+            os.replace(final, old / "x")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling file path that is renamed to ``final`` only if the block succeeds."""
+    final = Path(final)
+    parent = _check_parent_writable(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``final`` atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
