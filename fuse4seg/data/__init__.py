@@ -1,0 +1,46 @@
+"""BraTS reading, the phantom release, the BraTS-Fuse benchmark builder and its torch Dataset.
+
+Names are imported lazily (PEP 562) so that ``import fuse4seg.data`` stays cheap and the
+submodules (which import each other) cannot form an import cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "BraTSFuse": "fuse4seg.data.dataset",
+    "build_benchmark": "fuse4seg.data.benchmark",
+    "find_cases": "fuse4seg.data.brats",
+    "find_case": "fuse4seg.data.brats",
+    "load_case": "fuse4seg.data.brats",
+    "verify": "fuse4seg.data.package",
+    "cite": "fuse4seg.data.package",
+    "write_phantom_release": "fuse4seg.data.phantom",
+}
+
+__all__ = [
+    "BraTSFuse",
+    "build_benchmark",
+    "cite",
+    "find_case",
+    "find_cases",
+    "load_case",
+    "verify",
+    "write_phantom_release",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its submodule on first access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fuse4seg.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Module attributes including the lazily imported exports."""
+    return sorted(set(globals()) | set(__all__))
