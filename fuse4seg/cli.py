@@ -20,6 +20,16 @@ app = typer.Typer(
 # ---- commands are added below, one function each, grouped by library module -------------------
 
 
+@app.command("models")
+def models_command(
+    size: bool = typer.Option(False, "--size", help="Also report output shapes at 240 and 128 px."),
+) -> None:
+    """List the registered networks with their default options and parameter counts."""
+    from fuse4seg.models import format_model_table, model_summary
+
+    typer.echo(format_model_table(model_summary(sizes=(240, 128) if size else ())))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad input becomes a one-line ``error:`` message and exit status 1.
 

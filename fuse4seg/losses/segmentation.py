@@ -1,0 +1,108 @@
+"""Segmentation losses and predictions over the canonical labels {0 bg, 1 NCR, 2 ED, 3 ET}.
+
+Two output conventions:
+- label-based (default): logits (N, 4, H, W), one softmax over the four canonical labels;
+  loss = cross-entropy + soft Dice over the foreground classes 1..3.
+- region-based: logits (N, 3, H, W) with one sigmoid each for WT, TC, ET (the order of
+  :data:`fuse4seg.conventions.REGIONS`); loss = BCE + soft Dice per region. A 4-channel network may
+  also be trained region-based: its channel 0 is then ignored and channels 1..3 are WT, TC, ET.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fuse4seg.conventions import NUM_CLASSES, REGIONS
+from fuse4seg.errors import ConfigError, DataError
+
+#: Smoothing term of the soft Dice: (2 |P*T| + s) / (|P| + |T| + s). s = 1 pixel makes a class
+#: absent from both prediction and truth score Dice ~1 (loss ~0) instead of 0/0.
+DICE_SMOOTH: float = 1.0
+
+
+def _check_label(logits: torch.Tensor, label: torch.Tensor) -> None:
+    """ConfigError for shape mismatches, DataError for label values outside {0, 1, 2, 3}."""
+    if logits.dim() != 4 or label.dim() != 3 or label.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ConfigError(
+            f"label must have shape (N, H, W) matching logits (N, C, H, W) = {tuple(logits.shape)}, "
+            f"got {tuple(label.shape)}"
+        )
+    if label.dtype.is_floating_point or label.dtype == torch.bool:
+        raise ConfigError(f"label must be an integer tensor of canonical labels, got dtype {label.dtype}")
+    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= NUM_CLASSES):
+        raise DataError(
+            f"label values must be canonical labels 0..{NUM_CLASSES - 1}, "
+            f"got range [{int(label.min())}, {int(label.max())}]"
+        )
+
+
+def region_logits(logits: torch.Tensor) -> torch.Tensor:
+    """WT/TC/ET logits (N, 3, H, W) from region-based network output with 3 or 4 channels."""
+    r = len(REGIONS)
+    if logits.dim() != 4 or logits.shape[1] not in (r, r + 1):
+        raise ConfigError(
+            f"region-based logits must have shape (N, {r}, H, W) or (N, {r + 1}, H, W), "
+            f"got {tuple(logits.shape)}"
+        )
+    return logits[:, -r:]
+
+
+def region_targets(label: torch.Tensor) -> torch.Tensor:
+    """Float WT/TC/ET masks (N, 3, H, W) in {0, 1} from canonical labels (N, H, W)."""
+    return torch.stack(
+        [torch.isin(label, torch.tensor(v, device=label.device)) for v in REGIONS.values()], dim=1
+    ).to(torch.float32)
+
+
+def soft_dice(probs: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """Per-channel soft Dice (C,) of probabilities vs targets (N, C, H, W), summed over batch and pixels."""
+    dims = (0, 2, 3)
+    inter = (probs * target).sum(dims)
+    return (2.0 * inter + smooth) / (probs.sum(dims) + target.sum(dims) + smooth)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, smooth: float = DICE_SMOOTH
+) -> torch.Tensor:
+    """Scalar loss: CE + (1 - mean foreground soft Dice), or, region-based, BCE + (1 - mean region Dice).
+
+    ``logits``: (N, 4, H, W) (label-based) or (N, 3|4, H, W) (region-based); ``label``: (N, H, W)
+    int64 canonical labels. Dice is computed over the whole batch per class (not per image), so
+    classes absent from one slice do not dominate; the CE/BCE terms are means over pixels.
+    """
+    _check_label(logits, label)
+    if region_based:
+        z = region_logits(logits)
+        target = region_targets(label).to(z.dtype)
+        bce = F.binary_cross_entropy_with_logits(z, target)
+        return bce + 1.0 - soft_dice(torch.sigmoid(z), target, smooth).mean()
+    if logits.shape[1] != NUM_CLASSES:
+        raise ConfigError(
+            f"label-based logits must have {NUM_CLASSES} channels, got shape {tuple(logits.shape)}"
+        )
+    label = label.long()
+    ce = F.cross_entropy(logits, label)
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    onehot = F.one_hot(label, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    return ce + 1.0 - soft_dice(probs, onehot, smooth).mean()
+
+
+def regions_to_labels(wt: torch.Tensor, tc: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
+    """Canonical labels (int64) from boolean WT/TC/ET masks: ET->3, else TC->1, else WT->2, else 0."""
+    out = torch.zeros(wt.shape, dtype=torch.int64, device=wt.device)
+    out = torch.where(wt, torch.full_like(out, 2), out)
+    out = torch.where(tc, torch.full_like(out, 1), out)
+    return torch.where(et, torch.full_like(out, 3), out)
+
+
+def predict_labels(logits: torch.Tensor, region_based: bool = False, threshold: float = 0.5) -> torch.Tensor:
+    """Canonical label map (N, H, W) int64 from logits: argmax, or region sigmoids > ``threshold``."""
+    if region_based:
+        wt, tc, et = (torch.sigmoid(region_logits(logits)) > threshold).unbind(dim=1)
+        return regions_to_labels(wt, tc, et)
+    if logits.dim() != 4 or logits.shape[1] != NUM_CLASSES:
+        raise ConfigError(
+            f"label-based logits must have shape (N, {NUM_CLASSES}, H, W), got {tuple(logits.shape)}"
+        )
+    return logits.argmax(dim=1)

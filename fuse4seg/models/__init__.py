@@ -1,0 +1,32 @@
+"""Networks: fusion nets (sources -> one image in [0, 1]) and segmenters (image -> label logits).
+
+Every model is built by name from :data:`MODEL_REGISTRY` with :func:`build_model`; none uses
+BatchNorm, so all of them unroll cleanly under ``torch.func.functional_call``.
+"""
+
+from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
+from fuse4seg.models.fusion import FrequencyFusionNet, FusionCNN
+from fuse4seg.models.registry import (
+    MODEL_REGISTRY,
+    build_model,
+    count_parameters,
+    format_model_table,
+    list_models,
+    model_options,
+    model_summary,
+)
+from fuse4seg.models.unet import UNet
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "FeatureFusionSegmenter",
+    "FrequencyFusionNet",
+    "FusionCNN",
+    "UNet",
+    "build_model",
+    "count_parameters",
+    "format_model_table",
+    "list_models",
+    "model_options",
+    "model_summary",
+]

@@ -1,0 +1,132 @@
+"""Fusion networks: (N, C, H, W) sources in [0, 1] -> (N, 1, H, W) fused image in [0, 1].
+
+Both networks predict a residual in logit space on top of a fixed, parameter-free fusion of the
+inputs (the mean for ``fusion-cnn``; low-pass mean plus max-abs detail for ``fusion-freq``):
+
+    fused = sigmoid(logit(base) + r(x))
+
+Why: with the last layer initialised near zero, the untrained network already outputs a sensible
+fused image, so the segmentation follower sees realistic input from the first bi-level step; the
+sigmoid keeps the output in [0, 1] without clamping, so no pixel ever gets a zero gradient the way
+a clamped output would. ``output="sigmoid"`` (fused = sigmoid(r(x))) is kept for comparison.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fuse4seg.models.blocks import (
+    NORMS,
+    ConvNormAct,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    gaussian_blur,
+    gaussian_kernel1d,
+    logit,
+)
+
+OUTPUTS: tuple[str, ...] = ("residual", "sigmoid")
+# Standard deviation of the last conv's initial weights: small, so the initial output is close to
+# the base fusion, but non-zero, so every earlier layer receives a gradient from the first step.
+_HEAD_INIT_STD = 1e-2
+
+
+def _small_head(conv: nn.Conv2d) -> nn.Conv2d:
+    """Initialise the residual head near zero (see module docstring) and return it."""
+    nn.init.normal_(conv.weight, std=_HEAD_INIT_STD)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class FusionCNN(nn.Module):
+    """Small image-level fusion CNN: (N, in_channels, H, W) in [0, 1] -> (N, 1, H, W) in [0, 1].
+
+    Options: ``in_channels`` (number of fused modalities, default 2 = T1ce + FLAIR), ``width``
+    (feature maps per layer, 16), ``layers`` (3x3 conv layers including the output layer, 4),
+    ``norm`` ("group" | "instance" | "none", "group"), ``output`` ("residual" on the mean of the
+    inputs, or plain "sigmoid"). Fully convolutional at stride 1: any H, W.
+    """
+
+    kind = "fusion"
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        width: int = 16,
+        layers: int = 4,
+        norm: str = "group",
+        output: str = "residual",
+    ) -> None:
+        """Build the network; ConfigError for invalid options."""
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        width = check_positive_int("width", width)
+        layers = check_positive_int("layers", layers, minimum=2)
+        norm = check_choice("norm", norm, NORMS)
+        self.output = check_choice("output", output, OUTPUTS)
+        blocks: list[nn.Module] = [ConvNormAct(self.in_channels, width, norm)]
+        blocks += [ConvNormAct(width, width, norm) for _ in range(layers - 2)]
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(width, 1, 3, padding=1)
+        if self.output == "residual":
+            _small_head(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fuse (N, in_channels, H, W) sources in [0, 1] into (N, 1, H, W) in [0, 1]."""
+        r = self.head(self.features(x))
+        if self.output == "residual":
+            r = r + logit(x.mean(dim=1, keepdim=True))
+        return torch.sigmoid(r)
+
+
+class FrequencyFusionNet(nn.Module):
+    """Frequency-decoupled fusion: low- and high-frequency branches, recombined; -> (N, 1, H, W) in [0, 1].
+
+    Each source is split into a low-frequency part (Gaussian blur, standard deviation ``sigma``
+    pixels) and a high-frequency part (source minus its blur). One conv branch sees all low parts,
+    another all high parts; their features are concatenated and a head predicts a logit-space
+    residual on the base fusion ``mean(low) + maxabs(high)`` (per pixel, the high part of the source
+    with the largest magnitude). Options: ``in_channels`` (2), ``width`` (16 per branch),
+    ``layers`` (3 per branch), ``sigma`` (2.0), ``norm`` ("group").
+    """
+
+    kind = "fusion"
+
+    def __init__(
+        self, in_channels: int = 2, width: int = 16, layers: int = 3, sigma: float = 2.0, norm: str = "group"
+    ) -> None:
+        """Build the network; ConfigError for invalid options."""
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        width = check_positive_int("width", width)
+        layers = check_positive_int("layers", layers)
+        self.sigma = check_positive_float("sigma", sigma)
+        norm = check_choice("norm", norm, NORMS)
+        # A fixed filter, not a parameter: the split into bands is part of the architecture.
+        self.register_buffer("blur_kernel", gaussian_kernel1d(self.sigma), persistent=False)
+
+        def branch() -> nn.Sequential:
+            """One conv branch: in_channels -> width feature maps."""
+            blocks = [ConvNormAct(self.in_channels, width, norm)]
+            return nn.Sequential(*blocks, *[ConvNormAct(width, width, norm) for _ in range(layers - 1)])
+
+        self.low_branch = branch()
+        self.high_branch = branch()
+        self.merge = ConvNormAct(2 * width, width, norm)
+        self.head = _small_head(nn.Conv2d(width, 1, 3, padding=1))
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split (N, C, H, W) into (low, high) parts of the same shape; low + high == x."""
+        low = gaussian_blur(x, self.blur_kernel)
+        return low, x - low
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fuse (N, in_channels, H, W) sources in [0, 1] into (N, 1, H, W) in [0, 1]."""
+        low, high = self.split(x)
+        features = torch.cat([self.low_branch(low), self.high_branch(high)], dim=1)
+        r = self.head(self.merge(features))
+        idx = high.abs().argmax(dim=1, keepdim=True)
+        base = low.mean(dim=1, keepdim=True) + torch.gather(high, 1, idx)
+        return torch.sigmoid(logit(base) + r)

@@ -1,0 +1,76 @@
+"""2-D UNet segmenter: (N, in_channels, H, W) image -> (N, num_classes, H, W) logits, any H and W."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fuse4seg.conventions import NUM_CLASSES
+from fuse4seg.models.blocks import DoubleConv, check_choice, check_positive_int, crop_to, pad_to_multiple
+
+
+class UNetDecoder(nn.Module):
+    """UNet decoder: bottleneck + skips (finest first) -> (N, num_classes, H, W) logits."""
+
+    def __init__(self, channels: list[int], num_classes: int, norm: str) -> None:
+        """``channels[i]`` is the width at scale i (0 = full resolution, last = bottleneck)."""
+        super().__init__()
+        depth = len(channels) - 1
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in reversed(range(depth))
+        )
+        self.stages = nn.ModuleList(
+            DoubleConv(2 * channels[i], channels[i], norm) for i in reversed(range(depth))
+        )
+        self.out = nn.Conv2d(channels[0], num_classes, 1)
+
+    def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Upsample the (N, c_D, H/2^D, W/2^D) bottleneck through the skips (finest first) to logits."""
+        x = bottleneck
+        for up, stage, skip in zip(self.up, self.stages, reversed(skips)):
+            x = stage(torch.cat([up(x), skip], dim=1))
+        return self.out(x)
+
+
+class UNet(nn.Module):
+    """2-D UNet with GroupNorm or InstanceNorm (never BatchNorm): image -> (N, num_classes, H, W) logits.
+
+    Options: ``in_channels`` (1: one fused image), ``num_classes`` (4 canonical labels; 3 for
+    region-based WT/TC/ET training), ``width`` (16 feature maps at full resolution, doubled at
+    each scale), ``depth`` (4 downsamplings), ``norm`` ("group" | "instance"). Inputs whose H or W
+    is not a multiple of 2^depth are zero-padded inside ``forward`` and the logits cropped back.
+    """
+
+    kind = "segmentation"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = NUM_CLASSES,
+        width: int = 16,
+        depth: int = 4,
+        norm: str = "group",
+    ) -> None:
+        """Build the network; ConfigError for invalid options."""
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        width = check_positive_int("width", width)
+        self.depth = check_positive_int("depth", depth)
+        norm = check_choice("norm", norm, ("group", "instance"))
+        channels = [width * 2**i for i in range(self.depth + 1)]
+        self.encoder = nn.ModuleList(
+            DoubleConv(self.in_channels if i == 0 else channels[i - 1], channels[i], norm)
+            for i in range(self.depth + 1)
+        )
+        self.decoder = UNetDecoder(channels, self.num_classes, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment (N, in_channels, H, W) images into (N, num_classes, H, W) logits."""
+        x, size = pad_to_multiple(x, 2**self.depth)
+        skips = []
+        for i, stage in enumerate(self.encoder):
+            x = stage(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        return crop_to(self.decoder(skips[-1], skips[:-1]), size)
