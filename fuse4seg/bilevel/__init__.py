@@ -1,0 +1,19 @@
+"""Hypergradients for bi-level problems on torch.func: unrolled, truncated, higher, first-order,
+finite-difference (DARTS) and implicit (CG / Neumann), independent of imaging."""
+
+from fuse4seg.bilevel.core import OPTION_NAMES, HypergradientResult, NonFiniteHypergradient, Options
+from fuse4seg.bilevel.hypergradient import METHODS, hypergradient
+from fuse4seg.bilevel.modules import (
+    assign_grads,
+    load_params,
+    lower_params,
+    module_hypergradient,
+)
+from fuse4seg.bilevel.optimizers import OPTIMIZERS, InnerOptimizer, adam, make_optimizer, momentum, sgd
+from fuse4seg.bilevel.solvers import conjugate_gradient, neumann_series
+
+__all__ = [
+    "METHODS", "OPTIMIZERS", "OPTION_NAMES", "HypergradientResult", "InnerOptimizer", "NonFiniteHypergradient",
+    "Options", "adam", "assign_grads", "conjugate_gradient", "hypergradient", "load_params", "lower_params",
+    "make_optimizer", "module_hypergradient", "momentum", "neumann_series", "sgd",
+]

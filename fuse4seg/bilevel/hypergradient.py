@@ -1,0 +1,54 @@
+"""The entry point: ``hypergradient(upper, lower, lower_loss, upper_loss, method=..., **options)``.
+
+A method is a function of (upper, lower, losses, options); solving (the inner optimiser, the
+linear solver) is kept apart from differentiating (unrolling, implicit function theorem, finite
+differences). Costs per method are documented in ``unrolled``, ``approximate`` and ``implicit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fuse4seg.bilevel.approximate import finite_difference, first_order
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Params, as_upper, parse_options
+from fuse4seg.bilevel.implicit import implicit_cg, implicit_neumann
+from fuse4seg.bilevel.unrolled import higher_unrolled, truncated, unrolled
+from fuse4seg.errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., HypergradientResult]] = {
+    "unrolled": unrolled,
+    "higher": higher_unrolled,
+    "truncated": truncated,
+    "first-order": first_order,
+    "finite-difference": finite_difference,
+    "implicit-cg": implicit_cg,
+    "implicit-neumann": implicit_neumann,
+}
+
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def hypergradient(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, method: str = "unrolled",
+    **options: Any,
+) -> HypergradientResult:
+    """Hypergradient of ``upper_loss(upper, w_K)`` w.r.t. ``upper``, where ``w_K`` is ``lower``
+    after ``steps`` inner steps of ``optimizer`` on ``lower_loss(upper, w)``.
+
+    ``upper``/``lower``: dicts name -> tensor (any device/dtype; ``lower`` is not modified);
+    ``lower_loss(upper, lower)``, ``upper_loss(upper, lower)``: scalar tensors.
+    ``method``: one of METHODS. Options (all optional): ``steps`` (K, default 1), ``lr`` (0.1),
+    ``optimizer`` (``sgd`` | ``momentum`` | ``adam``), ``momentum`` (0.9), ``betas``
+    ((0.9, 0.999)), ``truncate`` (T, default 1), ``eps`` (finite-difference step before DARTS
+    scaling, 0.01), ``cg_iters`` (10), ``tol`` (relative CG residual, 1e-10), ``damping`` (ridge
+    added to the Hessian, 0), ``neumann_terms`` (10), ``neumann_alpha`` (default ``lr``),
+    ``state`` (inner optimiser state from an earlier result's ``.state``, for warm starts).
+    Returns ``(grads, new_lower)`` (a :class:`HypergradientResult` with ``.state`` and ``.info``);
+    the direct term ``d upper_loss / d upper`` is included by every method. Raises ConfigError
+    for an unknown method/option or bad value, NonFiniteHypergradient on NaN/Inf.
+    """
+    if method not in _REGISTRY:
+        raise ConfigError(f"method: unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}")
+    opts = parse_options(options)
+    return _REGISTRY[method](as_upper(upper), lower, lower_loss, upper_loss, opts)

@@ -1,0 +1,106 @@
+"""Linear solvers for ``(H + damping I) x = b`` on dict-of-tensor vectors, given only ``v -> H v``.
+
+``H`` is never formed: ``hvp`` is a callable returning the Hessian-vector product as a dict with
+the same keys and shapes as its argument. Both solvers run without building an autograd graph
+through their own iterations (the HVPs themselves may use double backward internally).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Vec = dict[str, torch.Tensor]
+HVP = Callable[[Vec], Vec]
+
+
+def vdot(a: Vec, b: Vec) -> torch.Tensor:
+    """Inner product sum_k <a[k], b[k]> as a 0-d tensor (on the tensors' device, their dtype)."""
+    return torch.stack([torch.sum(a[k] * b[k]) for k in a]).sum()
+
+
+def axpy(alpha: torch.Tensor | float, x: Vec, y: Vec) -> Vec:
+    """``alpha * x + y`` key by key."""
+    return {k: alpha * x[k] + y[k] for k in y}
+
+
+def damped(hvp: HVP, damping: float) -> HVP:
+    """The operator ``v -> H v + damping * v`` (Tikhonov ridge; makes H positive definite)."""
+    if damping == 0.0:
+        return hvp
+
+    def matvec(v: Vec) -> Vec:
+        """Damped Hessian-vector product."""
+        hv = hvp(v)
+        return {k: hv[k] + damping * v[k] for k in v}
+
+    return matvec
+
+
+def conjugate_gradient(
+    hvp: HVP, b: Vec, iters: int = 10, tol: float = 1e-10, damping: float = 0.0, x0: Vec | None = None
+) -> tuple[Vec, dict[str, float]]:
+    """Solve ``(H + damping I) x = b`` by CG (H symmetric positive definite); stop at ``iters``
+    iterations or relative residual ``||r|| <= tol ||b||``. Cost: one HVP per iteration.
+    Returns ``(x, {"iterations", "residual", "indefinite"})``: relative residual of the last
+    iterate; ``indefinite`` is True when CG stopped early on non-positive curvature."""
+    matvec = damped(hvp, damping)
+    with torch.no_grad():
+        b = {k: v.detach() for k, v in b.items()}
+        b_norm = torch.sqrt(vdot(b, b))
+        if x0 is None:
+            x = {k: torch.zeros_like(v) for k, v in b.items()}
+            r = dict(b)
+        else:
+            x = {k: v.detach().clone() for k, v in x0.items()}
+            ax = matvec(x)
+            r = {k: b[k] - ax[k] for k in b}
+        p = dict(r)
+        rr = vdot(r, r)
+    done, indefinite = 0, False
+    threshold = float(tol) * float(b_norm)
+    if float(torch.sqrt(rr)) <= threshold:
+        return x, {"iterations": 0, "residual": float(torch.sqrt(rr) / b_norm.clamp_min(1e-300)),
+                   "indefinite": False}
+    for done in range(1, iters + 1):
+        ap = matvec(p)
+        with torch.no_grad():
+            ap = {k: v.detach() for k, v in ap.items()}
+            curvature = vdot(p, ap)
+            if float(curvature) <= 0.0:
+                # H + damping I is not positive definite along p: a CG step would move uphill, so
+                # keep the last iterate and report it (raise `damping` to make the system PD).
+                indefinite = True
+                break
+            alpha = rr / curvature
+            x = axpy(alpha, p, x)
+            r = axpy(-alpha, ap, r)
+            rr_new = vdot(r, r)
+            if float(torch.sqrt(rr_new)) <= threshold:
+                rr = rr_new
+                break
+            p = axpy(rr_new / rr, p, r)
+            rr = rr_new
+    residual = float(torch.sqrt(rr) / b_norm.clamp_min(1e-300))
+    return x, {"iterations": done, "residual": residual, "indefinite": indefinite}
+
+
+def neumann_series(
+    hvp: HVP, b: Vec, terms: int = 10, alpha: float = 0.01, damping: float = 0.0
+) -> tuple[Vec, dict[str, float]]:
+    """Approximate ``(H + damping I)^-1 b`` by ``alpha * sum_{j=0..terms} (I - alpha (H + damping I))^j b``
+    (converges when ``alpha * lambda_max < 2`` and H + damping I is positive definite; ``alpha`` is
+    an inner step size, units 1/curvature). Cost: ``terms`` HVPs. Returns ``(x, {"terms"})``."""
+    matvec = damped(hvp, damping)
+    with torch.no_grad():
+        v = {k: t.detach() for k, t in b.items()}
+        total = dict(v)
+    for _ in range(terms):
+        hv = matvec(v)
+        with torch.no_grad():
+            v = {k: v[k] - alpha * hv[k].detach() for k in v}
+            total = {k: total[k] + v[k] for k in v}
+    with torch.no_grad():
+        x = {k: alpha * t for k, t in total.items()}
+    return x, {"terms": terms}
