@@ -1,0 +1,364 @@
+"""Phantom BraTS: a synthetic release in real BraTS layout built on the MNI152 (ICBM 2009c) templates.
+
+Each case warps the real MNI152 T1, GM and WM templates shipped in the nilearn wheel (CSF = brain mask
+minus GM and WM) with a smooth random elastic field plus the mass effect of one or two tumours, then
+draws the four modalities from tissue-weighted contrasts. Tumours are noise-perturbed level sets
+(a rotated anisotropic distance whose radius is modulated by smooth random noise), each with a
+necrotic core (NCR), an enhancing rim (ET) and surrounding oedema (ED) that spreads through GM/WM but
+not CSF. Contrasts follow real MRI: ET is bright only in T1ce, NCR is dark in T1/T1ce and bright-ish
+in T2, oedema is bright in FLAIR and T2 and slightly dark in T1, CSF is bright in T2 and dark in
+FLAIR and T1. A smooth multiplicative bias field, Rician noise and a per-case intensity scale
+follow; images are stored as int16 and labels as uint8 in the chosen release's label scheme.
+Case ``i`` uses ``np.random.default_rng([seed, i])``, so a release is byte-identical for one seed
+whatever the number of workers (nibabel writes gzip with mtime 0).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from fuse4seg.conventions import MODALITIES
+from fuse4seg.data.brats import FILE_SUFFIXES, from_canonical_labels
+from fuse4seg.errors import ConfigError
+from fuse4seg.io import atomic_dir
+
+#: Full-scale BraTS grid (voxels at 1 mm).
+BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
+NAMINGS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023")
+TEMPLATE_FILES: dict[str, str] = {
+    name: f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in ("t1", "gm", "wm")
+}
+
+#: Mean intensity (arbitrary units, WM of T1 ~ 0.85) of each tissue/tumour class per modality.
+#: Columns: CSF, GM, WM, ED (oedema), NCR (necrotic core), ET (enhancing tumour).
+CONTRASTS: dict[str, tuple[float, ...]] = {
+    "t1": (0.25, 0.60, 0.85, 0.50, 0.30, 0.55),
+    "t1ce": (0.25, 0.58, 0.80, 0.48, 0.22, 1.35),
+    "t2": (1.00, 0.55, 0.35, 0.85, 0.90, 0.60),
+    "flair": (0.12, 0.60, 0.45, 1.00, 0.50, 0.70),
+}
+#: Typical stored intensity of each modality (multiplied per case by a random factor in [0.6, 1.6]).
+BASE_SCALE: dict[str, float] = {"t1": 700.0, "t1ce": 900.0, "t2": 1000.0, "flair": 600.0}
+_CSF, _GM, _WM, _ED, _NCR, _ET = range(6)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """MNI152 tissue maps on their 1 mm grid, float32 in [0, 1], smoothed for the target scale."""
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    origin: np.ndarray  # world mm of template voxel (0, 0, 0); the template axes are +x, +y, +z at 1 mm
+    centre: np.ndarray  # world mm of the brain's bounding-box centre
+    bbox: tuple[np.ndarray, np.ndarray]  # world mm min/max of the brain
+    sites: np.ndarray  # (N, 3) world mm of deep white-matter voxels (tumour centres) with (N,) depth mm
+    depth: np.ndarray
+
+
+@dataclass
+class PhantomCase:
+    """One generated case: images (4, X, Y, Z) float32 (stored intensities), canonical label uint8, tissue (3, X, Y, Z) CSF/GM/WM."""
+
+    images: np.ndarray
+    label: np.ndarray
+    tissue: np.ndarray
+    affine: np.ndarray
+
+
+def template_path(name: str) -> Path:
+    """Path of the MNI152 ``t1``/``gm``/``wm`` template inside the installed nilearn package."""
+    return Path(str(resources.files("nilearn.datasets") / "data" / TEMPLATE_FILES[name]))
+
+
+@lru_cache(maxsize=4)
+def _load_template(scale: float) -> _Template:
+    """Load the templates once per process and scale; pre-smooth them to avoid aliasing on coarse grids."""
+    maps = {}
+    for name in TEMPLATE_FILES:
+        img = nib.load(template_path(name))
+        maps[name] = np.asanyarray(img.dataobj).astype(np.float32) / 255.0
+    affine = img.affine
+    sigma = 0.5 * (1.0 / scale - 1.0)
+    if sigma > 0.1:
+        maps = {k: ndi.gaussian_filter(v, sigma) for k, v in maps.items()}
+    # The T1 template is skull-stripped: its support is the brain (GM, WM and CSF).
+    brain = (maps["t1"] > 0.05).astype(np.float32)
+    csf = np.clip(brain - maps["gm"] - maps["wm"], 0.0, 1.0)
+    origin = affine[:3, 3].astype(np.float64)
+    idx = np.argwhere(brain > 0.5)
+    lo, hi = origin + idx.min(axis=0), origin + idx.max(axis=0)
+    # Tumour sites: white matter at least 15 mm from the brain surface (distance on a 2 mm grid).
+    coarse = brain[::2, ::2, ::2] > 0.5
+    depth = ndi.distance_transform_edt(coarse) * 2.0
+    wm_coarse = maps["wm"][::2, ::2, ::2]
+    site_idx = np.argwhere((depth >= 15.0) & (wm_coarse > 0.5))
+    sites = origin + site_idx * 2.0
+    return _Template(
+        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], csf=csf, origin=origin, centre=(lo + hi) / 2.0,
+        bbox=(lo, hi), sites=sites, depth=depth[tuple(site_idx.T)],
+    )
+
+
+def grid_for_scale(scale: float) -> tuple[tuple[int, int, int], float]:
+    """Output grid shape (voxels) and isotropic spacing (mm) for ``scale`` (1.0 -> 240 x 240 x 155 at 1 mm)."""
+    shape = tuple(max(8, round(n * scale)) for n in BRATS_SHAPE)
+    return shape, 1.0 / scale
+
+
+def _affine(shape: tuple[int, ...], spacing: float, centre: np.ndarray) -> np.ndarray:
+    """BraTS-like affine (x and y flipped, LPS storage order) whose grid centre lies at world ``centre`` mm."""
+    axes = np.array([-spacing, -spacing, spacing])
+    affine = np.diag([*axes, 1.0])
+    affine[:3, 3] = centre - axes * (np.array(shape) - 1) / 2.0
+    return affine
+
+
+def _smooth_field(rng: np.random.Generator, coords: list[np.ndarray], spacing: float, count: int = 1) -> np.ndarray:
+    """``count`` smooth random fields (count, X, Y, Z) float32, std ~1, on the grid given by 1-D world coords (mm).
+
+    Separable Gaussian radial basis on knots ``spacing`` mm apart: three small matrix products, no per-voxel loop.
+    """
+    bases = []
+    for c in coords:
+        knots = np.arange(c.min() - spacing, c.max() + 1.5 * spacing, spacing)
+        basis = np.exp(-0.5 * ((c[:, None] - knots[None, :]) / (0.6 * spacing)) ** 2).astype(np.float32)
+        bases.append(basis / np.sqrt((basis**2).sum(axis=1).mean()))
+    weights = rng.standard_normal((count, *(b.shape[1] for b in bases)), dtype=np.float32)
+    field = np.einsum("nabc,zc->nabz", weights, bases[2], optimize=True)
+    field = np.einsum("nabz,yb->nayz", field, bases[1], optimize=True)
+    return np.einsum("nayz,xa->nxyz", field, bases[0], optimize=True)
+
+
+@dataclass(frozen=True)
+class _Tumour:
+    """One tumour: centre (world mm), rotation (3, 3), relative axes (3,), radii of oedema, core, necrosis (mm)."""
+
+    centre: np.ndarray
+    rotation: np.ndarray
+    axes: np.ndarray
+    r_ed: float
+    r_core: float
+    r_ncr: float
+
+
+def _draw_tumour(rng: np.random.Generator, tpl: _Template, shift: np.ndarray) -> _Tumour:
+    """Random tumour at a deep white-matter site (shifted into output world coordinates)."""
+    r_core = float(rng.uniform(10.0, 20.0))
+    deep = np.flatnonzero(tpl.depth >= min(r_core + 5.0, tpl.depth.max()))
+    centre = tpl.sites[rng.choice(deep)] + shift + rng.uniform(-1.0, 1.0, 3)
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    return _Tumour(
+        centre=centre, rotation=rotation, axes=rng.uniform(0.8, 1.25, 3),
+        r_ed=r_core * float(rng.uniform(1.5, 2.3)), r_core=r_core, r_ncr=r_core * float(rng.uniform(0.35, 0.6)),
+    )
+
+
+def _mass_effect(tumours: list[_Tumour], coords: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Displacement (mm, per axis, broadcastable) that samples anatomy nearer each tumour centre (pushes tissue out)."""
+    disp = [np.zeros(1, np.float32)] * 3
+    for t in tumours:
+        strength = float(rng.uniform(0.15, 0.35))
+        rel = [(c - t.centre[a]).astype(np.float32).reshape([-1 if i == a else 1 for i in range(3)])
+               for a, c in enumerate(coords)]
+        r2 = rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2
+        falloff = strength * np.exp(-r2 / np.float32(2.0 * (1.5 * t.r_ed) ** 2))
+        disp = [d - falloff * r for d, r in zip(disp, rel)]
+    return disp
+
+
+def _tumour_labels(tumours: list[_Tumour], coords: list[np.ndarray], healthy: np.ndarray,
+                   brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Canonical labels (X, Y, Z) uint8 of the tumours on the work grid; oedema only in GM/WM, all inside the brain."""
+    label = np.zeros(brain.shape, dtype=np.uint8)
+    for t in tumours:
+        half = 1.4 * t.r_ed * t.axes.max() + 4.0
+        box = [np.flatnonzero(np.abs(c - t.centre[a]) <= half) for a, c in enumerate(coords)]
+        if any(b.size == 0 for b in box):
+            continue
+        sl = tuple(slice(b[0], b[-1] + 1) for b in box)
+        local = [c[s] for c, s in zip(coords, sl)]
+        rel = np.stack(np.meshgrid(*[c - t.centre[a] for a, c in enumerate(local)], indexing="ij"), axis=-1)
+        q = (rel.astype(np.float32) @ t.rotation.astype(np.float32)) / t.axes.astype(np.float32)
+        dist = np.sqrt((q**2).sum(axis=-1))
+        # Radius modulation: lobulated (coarse) plus ragged (fine) noise, so shapes are not ellipsoids.
+        coarse = _smooth_field(rng, local, 0.6 * t.r_core, count=2)
+        fine = _smooth_field(rng, local, 4.0, count=1)[0]
+        r_ed = t.r_ed * (1.0 + 0.22 * coarse[0] + 0.06 * fine)
+        r_core = t.r_core * (1.0 + 0.18 * coarse[1] + 0.05 * fine)
+        r_ncr = t.r_ncr * (1.0 + 0.18 * coarse[1] + 0.12 * fine)
+        inside = brain[sl]
+        ed = (dist < r_ed) & healthy[sl] & inside
+        core = (dist < r_core) & inside
+        ncr = core & (dist < np.minimum(r_ncr, r_core - 4.0))
+        view = label[sl]
+        view[ed & (view == 0)] = 2
+        view[core & (view != 1)] = 3
+        view[ncr] = 1
+    return label
+
+
+def case_id_for(naming: str, index: int) -> str:
+    """Case directory name of phantom case ``index`` (0-based) in the naming scheme of a real release."""
+    if naming == "brats2020":
+        return f"BraTS20_Training_{index + 1:03d}"
+    if naming == "brats2021":
+        return f"BraTS2021_{index:05d}"
+    return f"BraTS-GLI-{index:05d}-000"
+
+
+def _warp_anatomy(tpl: _Template, coords: list[np.ndarray], tumours: list[_Tumour], rng: np.random.Generator,
+                  linear: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Sample the template (CSF, GM, WM, T1) at the deformed positions of the work grid: (4, X, Y, Z) float32."""
+    mass = _mass_effect(tumours, coords, rng)
+    elastic = 2.5 * _smooth_field(rng, coords, 24.0, count=3)
+    # Offsets from the (shifted) brain centre, pushed by the mass effect before the linear map.
+    rel = [(c - tpl.centre[a] - shift[a]).astype(np.float32).reshape([-1 if i == a else 1 for i in range(3)]) + m
+           for a, (c, m) in enumerate(zip(coords, mass))]
+    shape = elastic.shape[1:]
+    sample = np.empty((3, *shape), dtype=np.float32)
+    for a in range(3):
+        lin = linear[a, 0] * rel[0] + linear[a, 1] * rel[1] + linear[a, 2] * rel[2]
+        sample[a] = lin + elastic[a] + np.float32(tpl.centre[a] - tpl.origin[a])
+    out = np.empty((4, *shape), dtype=np.float32)
+    for i, volume in enumerate((tpl.csf, tpl.gm, tpl.wm, tpl.t1)):
+        ndi.map_coordinates(volume, sample, output=out[i], order=1, mode="constant", cval=0.0)
+    return out
+
+
+def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coords: list[np.ndarray],
+                 rng: np.random.Generator) -> np.ndarray:
+    """The four modalities (4, X, Y, Z) int16 on the work grid from tissue maps and tumour labels."""
+    csf, gm, wm, t1 = anatomy
+    p_brain = csf + gm + wm
+    # Soft (partial-volume) tumour class weights, computed only around the tumours.
+    weights = np.zeros((3, *label.shape), dtype=np.float32)
+    texture = np.zeros(label.shape, dtype=np.float32)
+    idx = np.argwhere(label > 0)
+    if idx.size:
+        lo, hi = np.maximum(idx.min(axis=0) - 3, 0), idx.max(axis=0) + 4
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        for k, value in enumerate((2, 1, 3)):
+            weights[(k, *sl)] = ndi.gaussian_filter((label[sl] == value).astype(np.float32), 0.6)
+        texture[sl] = 0.1 * _smooth_field(rng, [c[s] for c, s in zip(coords, sl)], 5.0)[0]
+    w_tumour = weights.sum(axis=0)
+    out = np.zeros((4, *label.shape), dtype=np.int16)
+    inside = np.flatnonzero(brain)
+    for m, name in enumerate(MODALITIES):
+        mu = CONTRASTS[name]
+        tissue = csf * mu[_CSF] + gm * mu[_GM] + wm * mu[_WM]
+        # The real T1 template's fine structure, re-mapped to this modality's tissue contrast.
+        detail = np.interp(t1, [0.30, 0.65, 0.86], [mu[_CSF], mu[_GM], mu[_WM]]).astype(np.float32)
+        tissue = 0.5 * tissue + 0.5 * p_brain * detail
+        image = tissue * (1.0 - w_tumour) + weights[0] * (0.3 * tissue + 0.7 * mu[_ED])
+        image += (weights[1] * mu[_NCR] + weights[2] * mu[_ET]) * (1.0 + texture)
+        bias = np.exp(0.12 * _smooth_field(rng, coords, 60.0)[0])
+        scale = BASE_SCALE[name] * float(rng.uniform(0.6, 1.6))
+        values = (image * bias).ravel()[inside] * np.float32(scale)
+        sigma = np.float32(0.03 * scale * mu[_WM])
+        noise = rng.standard_normal((2, inside.size), dtype=np.float32) * sigma
+        values = np.sqrt((values + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude noise
+        flat = out[m].reshape(-1)
+        flat[inside] = np.clip(np.rint(values), 1, np.iinfo(np.int16).max).astype(np.int16)
+    return out
+
+
+def generate_case(seed: int, index: int, scale: float = 1.0) -> PhantomCase:
+    """Generate phantom case ``index``: int16 images (4, X, Y, Z), canonical label, CSF/GM/WM (3, X, Y, Z)."""
+    rng = np.random.default_rng([seed, index])
+    tpl = _load_template(float(scale))
+    shape, spacing = grid_for_scale(scale)
+    affine = _affine(shape, spacing, tpl.centre)
+    world = [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
+    shift = rng.uniform(-4.0, 4.0, 3)
+    angles = np.deg2rad(rng.uniform(-5.0, 5.0, 3))
+    linear = _rotation(angles) / rng.uniform(0.92, 1.08)  # head size and pose vary between patients
+    # Work only on the part of the grid that can hold brain (plus a margin for the deformation).
+    lo, hi = tpl.bbox
+    box = [np.flatnonzero((w >= lo[a] + shift[a] - 15.0) & (w <= hi[a] + shift[a] + 15.0)) for a, w in enumerate(world)]
+    sl = tuple(slice(b[0], b[-1] + 1) for b in box)
+    coords = [w[s] for w, s in zip(world, sl)]
+    for _attempt in range(20):
+        tumours = [_draw_tumour(rng, tpl, shift) for _ in range(1 + int(rng.random() < 0.35))]
+        anatomy = _warp_anatomy(tpl, coords, tumours, rng, linear, shift)
+        brain = anatomy[:3].sum(axis=0) > 0.5
+        label = _tumour_labels(tumours, coords, anatomy[1] + anatomy[2] > 0.5, brain, rng)
+        if np.all(np.bincount(label.ravel(), minlength=4)[1:] > 0):
+            break
+    images = np.zeros((4, *shape), dtype=np.int16)
+    images[(slice(None), *sl)] = _intensities(anatomy, label, brain, coords, rng)
+    full_label = np.zeros(shape, dtype=np.uint8)
+    full_label[sl] = label
+    tissue = np.zeros((3, *shape), dtype=np.float32)
+    tissue[(slice(None), *sl)] = anatomy[:3] * brain
+    return PhantomCase(images=images, label=full_label, tissue=tissue, affine=affine)
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) from three Euler angles in radians (x, then y, then z)."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _write_case(args: tuple[Path, str, int, int, float]) -> str:
+    """Generate one case and write its five NIfTI files under ``root``; returns the case id."""
+    root, naming, seed, index, scale = args
+    case = generate_case(seed, index, scale)
+    case_id = case_id_for(naming, index)
+    directory = root / case_id
+    directory.mkdir()
+    suffixes = FILE_SUFFIXES[naming]
+    volumes = {name: case.images[m] for m, name in enumerate(MODALITIES)}
+    volumes["seg"] = from_canonical_labels(case.label, naming)
+    for name, volume in volumes.items():
+        img = nib.Nifti1Image(volume, case.affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(case.affine, code=1)
+        img.set_sform(case.affine, code=1)
+        nib.save(img, directory / f"{case_id}{suffixes[name]}.nii.gz")
+    return case_id
+
+
+def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021", seed: int = 0,
+                          scale: float = 1.0, workers: int = 1, overwrite: bool = False) -> Path:
+    """Write ``cases`` phantom cases in real BraTS layout under ``out`` (atomically); returns ``out``."""
+    naming = naming.lower()
+    if naming not in NAMINGS:
+        raise ConfigError(f"--naming must be one of {', '.join(NAMINGS)}, got {naming!r}")
+    if int(cases) < 1:
+        raise ConfigError(f"--cases must be at least 1, got {cases}")
+    if not 0.1 <= float(scale) <= 1.0:
+        raise ConfigError(f"--scale must lie in [0.1, 1.0], got {scale}")
+    if int(workers) < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    out = Path(out)
+    shape, spacing = grid_for_scale(scale)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        jobs = [(tmp, naming, int(seed), i, float(scale)) for i in range(int(cases))]
+        if workers == 1 or cases == 1:
+            ids = [_write_case(job) for job in jobs]
+        else:
+            with ProcessPoolExecutor(max_workers=min(int(workers), int(cases))) as pool:
+                ids = list(pool.map(_write_case, jobs))
+        meta = {
+            "generator": "fuse4seg phantom", "naming": naming, "seed": int(seed), "scale": float(scale),
+            "cases": ids, "shape": list(shape), "spacing_mm": spacing,
+            "anatomy": "MNI152 ICBM 2009c nonlinear symmetric T1/GM/WM templates (nilearn)",
+            "labels": {"NCR": 1, "ED": 2, "ET": 4 if naming != "brats2023" else 3},
+        }
+        (tmp / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
