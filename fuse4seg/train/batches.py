@@ -1,0 +1,90 @@
+"""Deterministic batches: the slices of step s are a pure function of (seed, stream, s).
+
+Nothing depends on a live iterator's hidden state, so a resumed run sees exactly the batches an
+uninterrupted run would have seen. Slice order within an epoch is a seeded permutation; epochs are
+concatenated, so batches may straddle epoch boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fuse4seg.errors import ConfigError, DataError
+
+#: Separate random streams so that, e.g., held-out batches do not shift when the batch size changes.
+STREAMS: dict[str, int] = {"fit": 1, "holdout": 2, "holdout_split": 3}
+
+
+def _generator(seed: int, stream: str, epoch: int) -> torch.Generator:
+    """A torch Generator seeded from (seed, stream, epoch) only."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 1_000_003 + STREAMS[stream] * 7_919 + int(epoch) * 104_729) % (2**63 - 1))
+    return g
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int, stream: str = "fit") -> list[int]:
+    """Positions (into a pool of ``n`` items) of the batch at ``step``: ``batch_size`` ints in [0, n)."""
+    if n < 1:
+        raise DataError("cannot draw batches from an empty set of slices")
+    first = step * batch_size
+    positions = np.arange(first, first + batch_size)
+    epochs = positions // n
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):  # at most ceil(batch_size / n) + 1 epochs, not per item
+        perm = torch.randperm(n, generator=_generator(seed, stream, int(epoch))).numpy()
+        sel = epochs == epoch
+        out[sel] = perm[positions[sel] % n]
+    return out.tolist()
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batch sampler for steps ``start .. stop-1``; yields dataset indices taken from ``pool``."""
+
+    def __init__(self, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str) -> None:
+        """``pool``: dataset indices to draw from; steps [start, stop); ``stream`` names the random stream."""
+        self.pool = np.asarray(pool, dtype=np.int64)
+        self.batch_size, self.seed, self.start, self.stop, self.stream = batch_size, seed, start, stop, stream
+
+    def __len__(self) -> int:
+        """Number of batches (steps) this sampler yields."""
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield one list of dataset indices per step."""
+        for step in range(self.start, self.stop):
+            yield self.pool[batch_indices(len(self.pool), self.batch_size, self.seed, step, self.stream)].tolist()
+
+
+def step_loader(
+    dataset: Dataset, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str,
+    num_workers: int = 0,
+) -> DataLoader:
+    """DataLoader yielding the batches of steps [start, stop) from ``pool`` (order fixed by seed+step)."""
+    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream)
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def split_by_case(case_ids: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split item indices into (fit, held-out) by case: about ``fraction`` of the cases are held out.
+
+    Every case lands wholly on one side. At least one case is held out and one kept; ConfigError
+    when the split has fewer than two cases.
+    """
+    ids = np.asarray([str(c) for c in case_ids])
+    cases = np.unique(ids)  # sorted, so the split does not depend on the file's slice order
+    if len(cases) < 2:
+        raise ConfigError(
+            f"--val-fraction: the train split has {len(cases)} case(s); at least 2 are needed to hold one out"
+        )
+    n_hold = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    perm = torch.randperm(len(cases), generator=_generator(seed, "holdout_split", 0)).numpy()
+    held = set(cases[perm[:n_hold]].tolist())
+    is_held = np.isin(ids, list(held))
+    return np.flatnonzero(~is_held).tolist(), np.flatnonzero(is_held).tolist()

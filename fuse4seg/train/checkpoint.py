@@ -1,0 +1,93 @@
+"""Checkpoints: plain state dicts, optimiser states, RNG states and counters; atomic save, safe load.
+
+A checkpoint holds only tensors and primitive containers (dict, list, tuple, str, int, float, bool,
+None), so it loads with ``torch.load(weights_only=True)``: a checkpoint file is data, never code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fuse4seg.errors import DataError
+from fuse4seg.io import atomic_path
+
+#: Bumped when the checkpoint layout changes; load refuses layouts it does not know.
+CHECKPOINT_FORMAT = 1
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG state that training touches (torch CPU, CUDA if present, NumPy, Python) as tensors/ints."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_state[0]), "internal": list(py_state[1]), "gauss_next": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states stored by :func:`capture_rng_state` (CUDA only when present here)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Copy every tensor inside nested dicts/lists/tuples to CPU (checkpoints load on any device)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors + primitive containers) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, **_to_cpu(state)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; DataError naming the file if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        # torch raises these for truncated, corrupt or unsafe (non-weights) files: all mean "bad file"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"checkpoint {path} cannot be loaded safely: {first}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"checkpoint {path} is not a fuse4seg checkpoint (format {CHECKPOINT_FORMAT})")
+    for key in ("config", "step", "models"):
+        if key not in state:
+            raise DataError(f"checkpoint {path} lacks {key!r}")
+    return state
