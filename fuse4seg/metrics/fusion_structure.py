@@ -1,0 +1,187 @@
+"""Windowed fusion metrics (SSIM, VIF, Qabf) in the MMIF convention of CDDFuse's ``utils/Evaluator.py``.
+
+Inputs: fused (H, W) and sources (C, H, W) float64 arrays on the 0-255 scale. Filters are separable
+``scipy.ndimage`` passes over stacked arrays, so the fused image's statistics are computed once and
+shared by all sources. Quirks of the reference kept here are listed in each docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+# VIF (pixel domain, Sheikh & Bovik; CDDFuse's compare_viff): noise variance and guard.
+_VIF_SIGMA_NSQ = 2.0
+_VIF_EPS = 1e-10
+# Qabf (Xydeas & Petrovic) sigmoid constants, L = 1.
+_QG, _KG, _DG = 0.9994, -15.0, 0.5
+_QA, _KA, _DA = 0.9879, -22.0, 0.8
+#: Smallest side the four VIF scales accept (17-valid, /2, 9-valid, /2, 5-valid, /2, 3-valid).
+VIF_MIN_SIZE = 41
+
+
+def _box_mean_valid(stack: np.ndarray, size: int) -> np.ndarray:
+    """Mean over every full size x size window of a (K, H, W) stack -> (K, H - size + 1, W - size + 1).
+
+    These are exactly the interior values of a uniform filter, i.e. the region skimage keeps after
+    cropping (size - 1) // 2 per side; shifted-slice sums are faster than ndimage for small windows.
+    """
+    w = stack.shape[2] - size + 1
+    rows = stack[:, :, :w].copy()
+    for i in range(1, size):
+        rows += stack[:, :, i : i + w]
+    h = stack.shape[1] - size + 1
+    out = rows[:, :h].copy()
+    for i in range(1, size):
+        out += rows[:, i : i + h]
+    out /= float(size * size)
+    return out
+
+
+def ssim_sum(fused: np.ndarray, sources: np.ndarray, data_range: float, win_size: int = 7) -> float:
+    """SSIM: sum over sources of mean SSIM(F, S_i), uniform 7x7 window, K1 0.01, K2 0.03, sample covariance.
+
+    Same as ``skimage.metrics.structural_similarity(F, S, win_size=7, data_range=data_range)`` (uniform
+    window, ``use_sample_covariance=True``, mean over the map cropped by (win_size - 1) // 2). CDDFuse
+    called it without ``data_range`` on float images, which old scikit-image read as 2 (the float dtype
+    range -1..1); pass ``data_range=2`` to reproduce its published tables, 255 for the 0-255 scale.
+    """
+    n_src = sources.shape[0]
+    np_ = win_size * win_size
+    cov_norm = np_ / (np_ - 1.0)
+    stack = np.concatenate([fused[None], sources, fused[None] ** 2, sources**2, fused[None] * sources])
+    means = _box_mean_valid(stack, win_size)
+    uf, us = means[0], means[1 : 1 + n_src]
+    uff, uss = means[1 + n_src], means[2 + n_src : 2 + 2 * n_src]
+    ufs = means[2 + 2 * n_src :]
+    vf = cov_norm * (uff - uf * uf)
+    vs = cov_norm * (uss - us * us)
+    vfs = cov_norm * (ufs - uf * us)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    s_map = ((2 * uf * us + c1) * (2 * vfs + c2)) / ((uf * uf + us * us + c1) * (vf + vs + c2))
+    return float(s_map.reshape(n_src, -1).mean(axis=1).sum())
+
+
+def _gaussian_1d(n: int) -> np.ndarray:
+    """1-D factor of CDDFuse's MATLAB-style n x n Gaussian window (sigma = n / 5), normalised to sum 1.
+
+    The 2-D window exp(-(x^2+y^2)/(2 sd^2)) / sum is exactly the outer product of this vector with
+    itself; the reference's ``h < eps * max`` truncation never triggers for n in {17, 9, 5, 3}
+    (smallest corner value ~ exp(-6) of the peak), so the separable form is the same filter.
+    """
+    sd = n / 5.0
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    g = np.exp(-(x * x) / (2.0 * sd * sd))
+    return g / g.sum()
+
+
+def _valid_filter_t(stack: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation of a (K, H, W) stack with symmetric 1-D kernel g, returned TRANSPOSED.
+
+    Output (K, W - n + 1, H - n + 1). Both passes run ``ndimage.correlate1d`` along contiguous lines
+    (twice as fast as filtering along axis 1); the transpose is harmless because the kernel is the
+    same on both axes and VIF only sums element-wise results, and a second call transposes back.
+    """
+    r = (g.size - 1) // 2
+    cols = ndimage.correlate1d(stack, g, axis=2, mode="constant")[:, :, r : stack.shape[2] - r]
+    cols_t = np.ascontiguousarray(cols.transpose(0, 2, 1))
+    return ndimage.correlate1d(cols_t, g, axis=2, mode="constant")[:, :, r : stack.shape[1] - r]
+
+
+def vif_per_source(fused: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Pixel-domain VIF of the fused image against each source (reference = source), shape (C,).
+
+    CDDFuse's compare_viff(ref=S, dist=F): 4 scales, Gaussian windows 17/9/5/3 (sigma N/5), 'valid'
+    filtering, 2x decimation before scales 2-4 with that scale's window, sigma_n^2 = 2, eps = 1e-10,
+    the same clamping order; numerator and denominator summed over all scales before dividing. Quirk
+    kept: 0/0 (a constant source) returns 1.0.
+    """
+    n_src = sources.shape[0]
+    ref = sources
+    dist = fused[None]
+    num = np.zeros(n_src)
+    den = np.zeros(n_src)
+    for scale in range(1, 5):
+        g = _gaussian_1d(2 ** (4 - scale + 1) + 1)
+        if scale > 1:
+            smooth = _valid_filter_t(np.concatenate([ref, dist]), g)[:, ::2, ::2]
+            ref, dist = smooth[:n_src], smooth[n_src:]
+        maps = _valid_filter_t(np.concatenate([ref, dist, ref * ref, dist * dist, ref * dist]), g)
+        mu1, mu2 = maps[:n_src], maps[n_src]
+        s1 = maps[n_src + 1 : 2 * n_src + 1] - mu1 * mu1
+        s2 = np.broadcast_to(maps[2 * n_src + 1] - mu2 * mu2, s1.shape).copy()
+        s12 = maps[2 * n_src + 2 :] - mu1 * mu2
+        s1[s1 < 0] = 0
+        s2[s2 < 0] = 0
+        gain = s12 / (s1 + _VIF_EPS)
+        sv = s2 - gain * s12
+        low1 = s1 < _VIF_EPS
+        gain[low1] = 0
+        sv[low1] = s2[low1]
+        s1[low1] = 0
+        low2 = s2 < _VIF_EPS
+        gain[low2] = 0
+        sv[low2] = 0
+        neg = gain < 0
+        sv[neg] = s2[neg]
+        gain[neg] = 0
+        sv[sv <= _VIF_EPS] = _VIF_EPS
+        num += np.log10(1 + gain * gain * s1 / (sv + _VIF_SIGMA_NSQ)).reshape(n_src, -1).sum(axis=1)
+        den += np.log10(1 + s1 / _VIF_SIGMA_NSQ).reshape(n_src, -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vif = num / den
+    return np.where(np.isnan(vif), 1.0, vif)
+
+
+def vif_sum(fused: np.ndarray, sources: np.ndarray) -> float:
+    """VIF: sum over sources of VIF(S_i -> F) (2.0 when F equals two identical non-constant sources)."""
+    return float(vif_per_source(fused, sources).sum())
+
+
+def sobel_strength_angle(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel edge strength and orientation (radians) of a (K, H, W) stack, as CDDFuse's Qabf_getArray.
+
+    CDDFuse uses ``convolve2d(img, h, mode='same')``: zero padding (the image border reads as an
+    edge, kept) and true convolution, which gives SAx = -(x-Sobel correlation), SAy = +(y-Sobel
+    correlation). Orientation is arctan(SAy / SAx), and pi/2 where SAx == 0 (flat pixels included).
+    """
+    padded = np.pad(stack, ((0, 0), (1, 1), (1, 1)))
+    dx = padded[:, :, 2:] - padded[:, :, :-2]
+    dy = padded[:, 2:, :] - padded[:, :-2, :]
+    sx = -(dx[:, :-2] + 2.0 * dx[:, 1:-1] + dx[:, 2:])
+    sy = dy[:, :, :-2] + 2.0 * dy[:, :, 1:-1] + dy[:, :, 2:]
+    strength = np.sqrt(sx * sx + sy * sy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        angle = np.where(sx == 0, math.pi / 2, np.arctan(sy / sx))
+    return strength, angle
+
+
+def edge_preservation(g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
+    """Per-pixel Xydeas-Petrovic preservation Q^{SF} in [0, ~0.987] from strengths g and angles a.
+
+    Quirk kept from CDDFuse: where g_src == g_f the relative strength is set to g_f itself (not 1), so
+    equal non-zero strengths above ~1 give Q_g ~ 0.9994 and equal zero strengths give Q_g ~ 5.5e-4.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(g_src > g_f, g_f / g_src, np.where(g_src == g_f, g_f, g_src / g_f))
+    dang = 1.0 - np.abs(a_src - a_f) / (math.pi / 2)
+    q_g = _QG / (1.0 + np.exp(_KG * (rel - _DG)))
+    q_a = _QA / (1.0 + np.exp(_KA * (dang - _DA)))
+    return q_g * q_a
+
+
+def qabf(fused: np.ndarray, sources: np.ndarray) -> float:
+    """Qabf: sum_i sum(Q^{S_i F} g_i) / sum_i sum(g_i) (weights g = Sobel strength, L = 1); in [0, ~1].
+
+    For two sources this is CDDFuse's formula; C > 2 sources use the same weighted mean over all of
+    them. nan when every source has zero gradient everywhere (all-zero sources), as the reference.
+    """
+    strength, angle = sobel_strength_angle(np.concatenate([fused[None], sources]))
+    g_f, a_f = strength[0], angle[0]
+    g_s, a_s = strength[1:], angle[1:]
+    q = edge_preservation(g_s, a_s, g_f[None], a_f[None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.sum(q * g_s) / np.sum(g_s))
