@@ -1,0 +1,334 @@
+"""Build the BraTS-Fuse benchmark: tumour slices, a fused image per slice, patient-level splits, HDF5.
+
+Slice rule (:func:`select_slices`): the whole-tumour (WT, labels 1-3) area of every axial slice
+``volume[:, :, z]`` is counted; slices with an area of at least ``min_area_fraction`` (0.25) of the
+case's largest slice area are candidates (this drops slices that only graze the tumour edge); K of
+them are kept, evenly spaced over the candidates' range from the first to the last (so the kept
+slices span the tumour instead of clustering around its widest part). Fewer candidates than K:
+all are kept. No randomness is involved, so the choice depends only on the label map. A case
+without any tumour voxel contributes no slices and is listed in the summary as skipped.
+
+Geometry: slices keep the volume's in-plane axes (H = first voxel axis, W = second). With ``size``
+each case is cropped to the square around the bounding box of its brain mask (the union over all
+slices, so every slice of a case shares one crop) and resized to size x size: images with bilinear
+interpolation, labels with nearest neighbour.
+
+Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
+train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
+at least one case. No patient appears in two splits.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from fuse4seg import __version__
+from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, modality_indices, parse_modalities
+from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
+from fuse4seg.fusion import fuse_batch, get_rule
+from fuse4seg.io import atomic_dir
+
+DEFAULT_SLICES_PER_CASE = 8
+DEFAULT_PHANTOM_CASES = 10
+MIN_AREA_FRACTION = 0.25
+PHANTOM_SOURCE = "fuse4seg phantom BraTS (synthetic, MNI152-based; not patient data)"
+
+FusionFn = Callable[[np.ndarray], np.ndarray]
+
+
+def parse_split(split: str | Sequence[float]) -> tuple[float, float, float]:
+    """Parse '0.7,0.1,0.2' (or a sequence) into train/val/test fractions >= 0 summing to 1 (+-1e-6)."""
+    try:
+        parts = [float(p) for p in (split.split(",") if isinstance(split, str) else split)]
+    except ValueError:
+        raise ConfigError(f"--split {split!r}: expected three numbers such as 0.7,0.1,0.2") from None
+    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) < 0:
+        raise ConfigError(f"--split {split!r}: expected three non-negative fractions (train,val,test)")
+    if abs(sum(parts) - 1.0) > 1e-6:
+        raise ConfigError(f"--split {split!r}: fractions sum to {sum(parts):.6g}, not 1")
+    return parts[0], parts[1], parts[2]
+
+
+def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
+    """Assign whole cases to train/val/test (see module doc); ConfigError if too few cases."""
+    names = ("train", "val", "test")
+    nonzero = [i for i, f in enumerate(fractions) if f > 0]
+    if len(case_ids) < len(nonzero):
+        raise ConfigError(f"--split needs at least {len(nonzero)} cases (one per non-zero split), "
+                          f"found {len(case_ids)}")
+    n = len(case_ids)
+    exact = np.asarray(fractions, dtype=np.float64) * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    for i in nonzero:  # every non-zero split gets a case, taken from the largest split
+        if counts[i] == 0:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] = 1
+    order = np.random.default_rng(seed).permutation(sorted(case_ids))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return {name: sorted(order[bounds[i]:bounds[i + 1]].tolist()) for i, name in enumerate(names)}
+
+
+def select_slices(label: np.ndarray, k: int, min_area_fraction: float = MIN_AREA_FRACTION) -> np.ndarray:
+    """Axial slice indices (sorted, <= k) of a (X, Y, Z) canonical label map by the module's rule."""
+    area = np.count_nonzero(label, axis=(0, 1))
+    if area.max(initial=0) == 0:
+        return np.zeros(0, dtype=np.int64)
+    candidates = np.flatnonzero(area >= min_area_fraction * area.max())
+    if len(candidates) <= k:
+        return candidates
+    picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, k)).astype(np.int64))
+    return candidates[picks]
+
+
+def square_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1): the square around the True bounding box of a (X, Y) mask, possibly
+    extending past the array (the caller pads); the whole array if the mask is empty."""
+    if not mask.any():
+        return 0, mask.shape[0], 0, mask.shape[1]
+    xs, ys = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x0, x1, y0, y1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
+    side = max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    return cx - side // 2, cx - side // 2 + side, cy - side // 2, cy - side // 2 + side
+
+
+def crop_resize(images: np.ndarray, label: np.ndarray, box: tuple[int, int, int, int],
+                size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop (K, C, X, Y) images and (K, X, Y) labels to ``box`` (zero-padding outside the array)
+    and resize to (size, size): images bilinear, labels nearest. Returns float32 and uint8."""
+    import cv2  # albumentations' dependency; imported here so workers that never resize skip it
+
+    x0, x1, y0, y1 = box
+    pads = [(max(0, -x0), max(0, x1 - images.shape[-2])), (max(0, -y0), max(0, y1 - images.shape[-1]))]
+    images = np.pad(images, [(0, 0), (0, 0), *pads])
+    label = np.pad(label, [(0, 0), *pads])
+    sx, sy = x0 + pads[0][0], y0 + pads[1][0]
+    images = images[..., sx:sx + x1 - x0, sy:sy + y1 - y0]
+    label = label[..., sx:sx + x1 - x0, sy:sy + y1 - y0]
+    k, c, h, w = images.shape
+    stacked = np.ascontiguousarray(images.reshape(k * c, h, w).transpose(1, 2, 0))
+    # cv2 handles at most 512 channels per call; K*C is far below that for any sane K.
+    resized = cv2.resize(stacked, (size, size), interpolation=cv2.INTER_LINEAR)
+    resized = resized.reshape(size, size, k * c).transpose(2, 0, 1).reshape(k, c, size, size)
+    labels = cv2.resize(np.ascontiguousarray(label.transpose(1, 2, 0)), (size, size),
+                        interpolation=cv2.INTER_NEAREST).reshape(size, size, k).transpose(2, 0, 1)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def extract_case(case: object, slices_per_case: int, size: int | None, fusion: str | None,
+                 fusion_inputs: tuple[str, ...]) -> dict[str, object]:
+    """Load one case and return its selected slices: source (K,4,H,W) float32, label (K,H,W) uint8,
+    slice_index (K,), fused (K,1,H,W) float32 when ``fusion`` names a classical rule (else None)."""
+    from fuse4seg.data.brats import load_case
+
+    loaded = load_case(case, require_label=True)
+    z = select_slices(loaded.label, slices_per_case)
+    source = np.ascontiguousarray(np.moveaxis(loaded.images[..., z], -1, 0), dtype=np.float32)
+    label = np.ascontiguousarray(np.moveaxis(loaded.label[..., z], -1, 0), dtype=np.uint8)
+    if size is not None and len(z):
+        source, label = crop_resize(source, label, square_box(loaded.brain_mask.any(axis=2)), size)
+    fused = None
+    if fusion is not None and len(z):
+        fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
+    return {"case_id": loaded.case_id, "scheme": loaded.scheme, "source": source, "label": label,
+            "slice_index": z.astype(np.int32), "fused": fused}
+
+
+def _apply_fusion_fn(fusion_fn: FusionFn, sources: np.ndarray, case_id: str) -> np.ndarray:
+    """Run a trained fusion callable on (K, C, H, W) and check it returns (K, H, W) finite values."""
+    out = np.asarray(fusion_fn(sources), dtype=np.float32)
+    if out.shape != (sources.shape[0],) + sources.shape[2:] or not np.isfinite(out).all():
+        raise DataError(f"fusion_fn returned shape {out.shape} (or non-finite values) for case {case_id}; "
+                        f"expected finite {(sources.shape[0],) + sources.shape[2:]}")
+    return np.clip(out, 0.0, 1.0)[:, None]
+
+
+def created_timestamp() -> str:
+    """ISO-8601 UTC build time; from SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    seconds = int(epoch) if epoch and epoch.strip().isdigit() else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _validate_options(brats: object, phantom: int | None, fusion: str, fusion_fn: FusionFn | None,
+                      size: int | None, slices_per_case: int, workers: int, phantom_scale: float) -> None:
+    """ConfigError naming the option for any invalid build option (checked before any work)."""
+    if brats is not None and phantom is not None:
+        raise ConfigError("--brats and --phantom are exclusive: give one source (or none for the phantom default)")
+    if phantom is not None and phantom < 1:
+        raise ConfigError(f"--phantom must be >= 1 case, got {phantom}")
+    if not 0 < phantom_scale <= 1:
+        raise ConfigError(f"--phantom-scale must be in (0, 1], got {phantom_scale}")
+    if fusion_fn is None:
+        get_rule(fusion)
+    if size is not None and size < 8:
+        raise ConfigError(f"--size must be >= 8 pixels, got {size}")
+    if slices_per_case < 1:
+        raise ConfigError(f"--slices-per-case must be >= 1, got {slices_per_case}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+
+
+def _extracted_in_order(cases: list, workers: int, progress: bool, **options: object):
+    """Yield :func:`extract_case` results in case order, computed by ``workers`` processes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(cases), desc="building", unit="case", disable=not progress, leave=False)
+    try:
+        if workers == 1:
+            for case in cases:
+                yield extract_case(case, **options)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=min(workers, len(cases))) as pool:
+            futures = {pool.submit(extract_case, case, **options): i for i, case in enumerate(cases)}
+            done: dict[int, dict] = {}
+            next_index = 0
+            try:
+                for future in as_completed(futures):
+                    done[futures[future]] = future.result()
+                    bar.update()
+                    while next_index in done:  # hand results on in case order: deterministic file
+                        yield done.pop(next_index)
+                        next_index += 1
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        bar.close()
+
+
+def _write_h5(path: Path, results, splits: dict[str, list[str]], attrs: dict[str, object],
+              fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...]) -> dict[str, object]:
+    """Stream case results into ``path`` (schema in :mod:`fuse4seg.data.h5format`); returns counts."""
+    import h5py
+
+    from fuse4seg.data.h5format import SPLITS, append_slices, create_split_group, string_array
+
+    split_of = {case_id: name for name, ids in splits.items() for case_id in ids}
+    counts = {name: {"cases": 0, "slices": 0} for name in SPLITS}
+    skipped: list[str] = []
+    schemes: set[str] = set()
+    shape: tuple[int, int] | None = None
+    with h5py.File(path, "w") as h5:
+        for key, value in attrs.items():
+            h5.attrs[key] = string_array(value) if isinstance(value, tuple) else value
+        for result in results:
+            case_id, source = result["case_id"], result["source"]
+            schemes.add(result["scheme"])
+            if len(source) == 0:
+                skipped.append(case_id)
+                continue
+            if shape is None:
+                shape = source.shape[-2:]
+                for name in SPLITS:
+                    create_split_group(h5, name, *shape)
+            elif source.shape[-2:] != shape:
+                raise DataError(f"case {case_id}: slices are {source.shape[-2:]} but earlier cases are "
+                                f"{shape}; pass --size to resample every case to one size")
+            fused = result["fused"]
+            if fusion_fn is not None:
+                fused = _apply_fusion_fn(fusion_fn, source[:, modality_indices(fusion_inputs)], case_id)
+            split = split_of[case_id]
+            append_slices(h5[split], source, fused, result["label"], case_id, result["slice_index"])
+            counts[split]["cases"] += 1
+            counts[split]["slices"] += len(source)
+    if shape is None:
+        raise DataError("no case has a tumour-bearing slice: nothing to build")
+    return {"splits": counts, "skipped_cases": skipped, "schemes": sorted(schemes),
+            "height": int(shape[0]), "width": int(shape[1])}
+
+
+def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = None, phantom: int | None = None,
+                    fusion_inputs: Sequence[str] | str = DEFAULT_FUSION_INPUTS, fusion: str = "laplacian",
+                    size: int | None = None, slices_per_case: int = DEFAULT_SLICES_PER_CASE,
+                    split: Sequence[float] | str = (0.7, 0.1, 0.2), workers: int = 1, seed: int = 0,
+                    overwrite: bool = False, fusion_fn: FusionFn | None = None, fusion_name: str | None = None,
+                    progress: bool = True, phantom_scale: float = 1.0, command: str | None = None) -> dict:
+    """Build the BraTS-Fuse dataset package in ``out`` (atomically) and return a summary dict.
+
+    Source: the BraTS release ``brats``, else a phantom release of ``phantom`` cases (default
+    :data:`DEFAULT_PHANTOM_CASES`) written to a temporary directory. ``fusion_fn`` (N, C, H, W) ->
+    (N, H, W) in [0, 1], if given, replaces the classical rule ``fusion`` and is recorded as
+    ``fusion_name``. ``command`` is the command line recorded in the dataset card.
+    """
+    from fuse4seg.data import package
+    from fuse4seg.data.brats import find_cases
+    from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME
+
+    started = time.perf_counter()
+    fusion_inputs = parse_modalities(fusion_inputs)
+    fractions = parse_split(split)
+    _validate_options(brats, phantom, fusion, fusion_fn, size, slices_per_case, workers, phantom_scale)
+    method = (fusion_name or getattr(fusion_fn, "__name__", "custom")) if fusion_fn is not None else fusion
+    use_phantom = brats is None
+    n_phantom = (phantom or DEFAULT_PHANTOM_CASES) if use_phantom else 0
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(
+                prefix="fuse4seg-phantom-") as scratch:
+            if use_phantom:
+                from fuse4seg.data.phantom import write_phantom_release
+
+                root = write_phantom_release(Path(scratch) / "release", cases=n_phantom, seed=seed,
+                                             scale=phantom_scale, workers=workers)
+            else:
+                root = Path(brats)
+            cases = find_cases(root)
+            splits = split_cases([c.case_id for c in cases], fractions, seed)
+            created = created_timestamp()
+            source_dataset = PHANTOM_SOURCE if use_phantom else f"BraTS ({cases[0].scheme})"
+            attrs = {
+                "format_version": FORMAT_VERSION, "fusion_inputs": fusion_inputs, "fusion_method": method,
+                "source_dataset": source_dataset,
+                "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {cases[0].scheme})",
+                "builder_version": f"fuse4seg {__version__}", "created": created,
+            }
+            results = _extracted_in_order(cases, workers, progress, slices_per_case=slices_per_case, size=size,
+                                          fusion=None if fusion_fn is not None else fusion,
+                                          fusion_inputs=fusion_inputs)
+            written = _write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, fusion_inputs)
+            empty = [s for s, f in zip(("train", "val", "test"), fractions) if f > 0
+                     and written["splits"][s]["slices"] == 0]
+            if empty:
+                raise DataError(f"split {empty[0]} has no tumour-bearing case (cases without tumour: "
+                                f"{', '.join(written['skipped_cases'])}); use more cases or change --split")
+            summary = {
+                "out": str(Path(out)), "source": "phantom" if use_phantom else str(root),
+                "phantom_default": use_phantom, "phantom_cases": n_phantom, "source_dataset": source_dataset,
+                "brats_derived": not use_phantom, "label_scheme": attrs["label_scheme"],
+                "fusion_method": method, "fusion_inputs": list(fusion_inputs), "seed": seed,
+                "slices_per_case": slices_per_case, "size": size, "cases": len(cases), "created": created,
+                "builder_version": attrs["builder_version"], "command": command, **written,
+            }
+            package.write_package_files(tmp, summary)
+    except OSError as exc:
+        raise Fuse4SegError(f"cannot write {out}: {exc.strerror or exc}") from None
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable summary of a build: source, counts per split, size, fusion, time."""
+    if summary["phantom_default"]:
+        source = (f"phantom release of {summary['phantom_cases']} synthetic cases (the embedded phantom BraTS; "
+                  f"pass --brats DIR to build from a real BraTS download)")
+    else:
+        source = f"BraTS release {summary['source']}"
+    lines = [f"built {summary['out']} from {source}",
+             (f"fusion {summary['fusion_method']} of {'+'.join(summary['fusion_inputs'])}; slices "
+              f"{summary['height']}x{summary['width']}; seed {summary['seed']}")]
+    for name, count in summary["splits"].items():
+        lines.append(f"  {name:5s} {count['cases']:5d} cases {count['slices']:7d} slices")
+    if summary["skipped_cases"]:
+        lines.append(f"  left out (no tumour): {', '.join(summary['skipped_cases'])}")
+    lines.append(f"time {summary['seconds']:.1f} s")
+    return "\n".join(lines)

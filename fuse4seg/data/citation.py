@@ -1,0 +1,115 @@
+"""Citation metadata of a BraTS-Fuse package: CITATION.cff content and its BibTeX rendering."""
+
+from __future__ import annotations
+
+import re
+
+#: The three papers that every publication using BraTS data must cite (DESIGN.md section 2).
+BRATS_REFERENCES: tuple[dict, ...] = (
+    {
+        "type": "article", "key": "menze2015brats",
+        "authors": [{"family-names": "Menze", "given-names": "Bjoern H."},
+                    {"family-names": "Jakab", "given-names": "Andras"},
+                    {"family-names": "Bauer", "given-names": "Stefan"},
+                    {"family-names": "Kalpathy-Cramer", "given-names": "Jayashree"},
+                    {"family-names": "Farahani", "given-names": "Keyvan"},
+                    {"family-names": "Kirby", "given-names": "Justin"},
+                    {"name": "others"}],
+        "title": "The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS)",
+        "journal": "IEEE Transactions on Medical Imaging", "volume": 34, "issue": 10,
+        "start": 1993, "end": 2024, "year": 2015, "doi": "10.1109/TMI.2014.2377694",
+    },
+    {
+        "type": "article", "key": "bakas2017advancing",
+        "authors": [{"family-names": "Bakas", "given-names": "Spyridon"},
+                    {"family-names": "Akbari", "given-names": "Hamed"},
+                    {"family-names": "Sotiras", "given-names": "Aristeidis"},
+                    {"family-names": "Bilello", "given-names": "Michel"},
+                    {"family-names": "Rozycki", "given-names": "Martin"},
+                    {"family-names": "Kirby", "given-names": "Justin S."},
+                    {"family-names": "Freymann", "given-names": "John B."},
+                    {"family-names": "Farahani", "given-names": "Keyvan"},
+                    {"family-names": "Davatzikos", "given-names": "Christos"}],
+        "title": "Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation "
+                 "labels and radiomic features",
+        "journal": "Scientific Data", "volume": 4, "start": 170117, "year": 2017,
+        "doi": "10.1038/sdata.2017.117",
+    },
+    {
+        "type": "article", "key": "baid2021rsna",
+        "authors": [{"family-names": "Baid", "given-names": "Ujjwal"},
+                    {"family-names": "Ghodasara", "given-names": "Satyam"},
+                    {"family-names": "Mohan", "given-names": "Suyash"},
+                    {"family-names": "Bilello", "given-names": "Michel"},
+                    {"family-names": "Calabrese", "given-names": "Evan"},
+                    {"family-names": "Colak", "given-names": "Errol"},
+                    {"family-names": "Farahani", "given-names": "Keyvan"},
+                    {"name": "others"}],
+        "title": "The RSNA-ASNR-MICCAI BraTS 2021 Benchmark on Brain Tumor Segmentation and "
+                 "Radiogenomic Classification",
+        "journal": "arXiv preprint arXiv:2107.02314", "year": 2021, "doi": "10.48550/arXiv.2107.02314",
+        "url": "https://arxiv.org/abs/2107.02314",
+    },
+)
+
+
+def citation_cff(meta: dict) -> dict:
+    """CITATION.cff content (cff-version 1.2.0, type dataset) for a package described by ``meta``
+    (the build summary); BraTS-derived builds carry the three BraTS papers as references."""
+    total = sum(s["slices"] for s in meta["splits"].values())
+    cff: dict = {
+        "cff-version": "1.2.0",
+        "message": "If you use this dataset, please cite it as below"
+                   + (" and cite the BraTS papers listed under references." if meta["brats_derived"] else "."),
+        "type": "dataset",
+        "title": f"BraTS-Fuse: paired multi-modal MRI source, fused ({meta['fusion_method']}) and "
+                 f"label slices, built with {meta['builder_version']}",
+        "authors": [{"name": "fuse4seg contributors"}],
+        "version": f"format 1, {meta['builder_version']}",
+        "date-released": meta["created"][:10],
+        "license": "CC-BY-4.0" if not meta["brats_derived"] else "LicenseRef-BraTS-data-terms",
+        "abstract": f"{total} axial slices from {meta['cases'] - len(meta['skipped_cases'])} cases of "
+                    f"{meta['source_dataset']}: four source modalities (t1, t1ce, t2, flair), a fused image "
+                    f"of {'+'.join(meta['fusion_inputs'])} and the tumour label map, split by patient.",
+        "keywords": ["brain tumour", "MRI", "image fusion", "segmentation", "BraTS"],
+    }
+    if meta["brats_derived"]:
+        cff["references"] = [{k: v for k, v in ref.items() if k != "key"} for ref in BRATS_REFERENCES]
+    return cff
+
+
+def _bibtex_authors(authors: list[dict]) -> str:
+    """BibTeX author list 'Family, Given and ...' ('others' for an 'others' entity)."""
+    names = []
+    for author in authors:
+        if "family-names" in author:
+            names.append(f"{author['family-names']}, {author.get('given-names', '')}".strip(", "))
+        else:
+            names.append("others" if author.get("name") == "others" else "{" + author["name"] + "}")
+    return " and ".join(names)
+
+
+def _bibtex_entry(kind: str, key: str, fields: dict[str, object]) -> str:
+    """One BibTeX entry with fields in the given order (None values left out)."""
+    body = ",\n".join(f"  {name} = {{{value}}}" for name, value in fields.items() if value is not None)
+    return f"@{kind}{{{key},\n{body}\n}}"
+
+
+def cff_to_bibtex(cff: dict) -> str:
+    """Render parsed CITATION.cff content as BibTeX: the dataset, then each reference."""
+    year = str(cff.get("date-released", ""))[:4] or None
+    entries = [_bibtex_entry("misc", f"bratsfuse{year or ''}", {
+        "title": cff["title"], "author": _bibtex_authors(cff["authors"]), "year": year,
+        "version": cff.get("version"), "note": "Dataset; " + str(cff.get("license", "")),
+        "howpublished": "Built with the fuse4seg toolkit (fuse4seg build-benchmark)",
+    })]
+    for ref in cff.get("references", []):
+        first = ref["authors"][0].get("family-names", "ref").lower()
+        key = re.sub(r"[^a-z0-9]", "", f"{first}{ref.get('year', '')}{ref['title'].split()[0].lower()}")
+        pages = f"{ref['start']}--{ref['end']}" if "end" in ref else ref.get("start")
+        entries.append(_bibtex_entry("article", key, {
+            "title": ref["title"], "author": _bibtex_authors(ref["authors"]), "journal": ref.get("journal"),
+            "volume": ref.get("volume"), "number": ref.get("issue"), "pages": pages,
+            "year": ref.get("year"), "doi": ref.get("doi"), "url": ref.get("url"),
+        }))
+    return "\n\n".join(entries) + "\n"

@@ -1,0 +1,161 @@
+"""The BraTS-Fuse HDF5 schema (``brats_fuse.h5``): writing it and validating it before use.
+
+Layout (format version 1)::
+
+    /                 attrs: format_version, fusion_inputs, fusion_method, source_dataset,
+                             label_scheme, builder_version, created
+    /{train,val,test}/source       (N, 4, H, W) float32 in [0, 1], attr modalities = t1,t1ce,t2,flair
+                     /fused        (N, 1, H, W) float32 in [0, 1]
+                     /label        (N, H, W)    uint8 in {0, 1, 2, 3} (canonical: 0 bg, 1 NCR, 2 ED, 3 ET)
+                     /case_id      (N,)         UTF-8 str
+                     /slice_index  (N,)         int32, axial index z into the case's volume
+
+Image datasets are chunked one slice per chunk (``chunks=(1, ...)``) so a random slice costs one
+chunk read, and compressed with gzip level 4 plus the byte-shuffle filter (measured against lzf in
+``benchmarks/build.py``: about 2x smaller for a small cost in read time). Object modification
+times are not stored (``track_times=False``) so a rebuild with the same inputs is byte-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fuse4seg.conventions import MODALITIES
+from fuse4seg.errors import DataError
+
+FORMAT_VERSION = 1
+H5_NAME = "brats_fuse.h5"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+ROOT_ATTRS: tuple[str, ...] = (
+    "format_version", "fusion_inputs", "fusion_method", "source_dataset", "label_scheme",
+    "builder_version", "created",
+)
+STRING = h5py.string_dtype("utf-8")
+COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
+    """A 1-D array of UTF-8 strings as h5py stores it (variable-length str)."""
+    return np.array(list(values), dtype=STRING)
+
+
+def create_split_group(h5: h5py.File, split: str, height: int, width: int,
+                       compression: dict[str, object] | None = None) -> h5py.Group:
+    """Create one empty, appendable split group with the five datasets of the schema."""
+    comp = COMPRESSION if compression is None else compression
+    group = h5.create_group(split)
+    common = {"track_times": False}
+    source = group.create_dataset("source", shape=(0, 4, height, width), maxshape=(None, 4, height, width),
+                                  dtype=np.float32, chunks=(1, 4, height, width), **comp, **common)
+    source.attrs["modalities"] = string_array(MODALITIES)
+    group.create_dataset("fused", shape=(0, 1, height, width), maxshape=(None, 1, height, width),
+                         dtype=np.float32, chunks=(1, 1, height, width), **comp, **common)
+    group.create_dataset("label", shape=(0, height, width), maxshape=(None, height, width),
+                         dtype=np.uint8, chunks=(1, height, width), **comp, **common)
+    group.create_dataset("case_id", shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), **common)
+    group.create_dataset("slice_index", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(256,), **common)
+    return group
+
+
+def append_slices(group: h5py.Group, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
+                  case_id: str, slice_index: np.ndarray) -> None:
+    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,)."""
+    k = len(source)
+    start = group["source"].shape[0]
+    for name, values in (("source", source), ("fused", fused), ("label", label),
+                         ("case_id", string_array([case_id] * k)), ("slice_index", slice_index)):
+        dataset = group[name]
+        dataset.resize(start + k, axis=0)
+        dataset[start:start + k] = values
+
+
+def _attr_text(value: object) -> str:
+    """An HDF5 attribute read back as Python str (h5py returns str or bytes for strings)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_root_attrs(h5: h5py.File) -> dict[str, object]:
+    """The root attributes as Python values (strings decoded, string arrays as tuples)."""
+    out: dict[str, object] = {}
+    for key, value in h5.attrs.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+            out[key] = tuple(_attr_text(v) for v in value)
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        else:
+            out[key] = _attr_text(value) if isinstance(value, (str, bytes)) else value
+    return out
+
+
+def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
+    """Check attributes, groups, dtypes and shapes against the schema without reading the data.
+
+    Returns {split: number of slices} plus "height" and "width"; DataError naming ``where`` and the
+    offending dataset on any mismatch.
+    """
+    missing = [a for a in ROOT_ATTRS if a not in h5.attrs]
+    if missing:
+        raise DataError(f"{where}: missing root attribute(s) {', '.join(missing)}")
+    version = int(np.asarray(h5.attrs["format_version"]).item())
+    if version != FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+    counts: dict[str, int] = {}
+    size: tuple[int, int] | None = None
+    for split in SPLITS:
+        if split not in h5 or not isinstance(h5[split], h5py.Group):
+            raise DataError(f"{where}: missing group /{split}")
+        group = h5[split]
+        for name in ("source", "fused", "label", "case_id", "slice_index"):
+            if name not in group or not isinstance(group[name], h5py.Dataset):
+                raise DataError(f"{where}: missing dataset /{split}/{name}")
+        source, fused, label = group["source"], group["fused"], group["label"]
+        n = source.shape[0] if source.ndim == 4 else -1
+        expected = {
+            "source": ((n, 4) + source.shape[2:], np.float32),
+            "fused": ((n, 1) + source.shape[2:], np.float32),
+            "label": ((n,) + source.shape[2:], np.uint8),
+        }
+        if source.ndim != 4 or source.shape[1] != 4:
+            raise DataError(f"{where}: /{split}/source has shape {source.shape}, expected (N, 4, H, W)")
+        for name, (shape, dtype) in expected.items():
+            dataset = group[name]
+            if dataset.shape != shape or dataset.dtype != dtype:
+                raise DataError(f"{where}: /{split}/{name} is {dataset.dtype}{dataset.shape}, "
+                                f"expected {np.dtype(dtype)}{shape}")
+        if fused.shape[0] != n or label.shape[0] != n:
+            raise DataError(f"{where}: /{split} datasets disagree on the number of slices")
+        if group["case_id"].shape != (n,) or h5py.check_string_dtype(group["case_id"].dtype) is None:
+            raise DataError(f"{where}: /{split}/case_id must be ({n},) strings, got "
+                            f"{group['case_id'].dtype}{group['case_id'].shape}")
+        if group["slice_index"].shape != (n,) or group["slice_index"].dtype.kind not in "iu":
+            raise DataError(f"{where}: /{split}/slice_index must be ({n},) integers, got "
+                            f"{group['slice_index'].dtype}{group['slice_index'].shape}")
+        modalities = tuple(_attr_text(m) for m in np.atleast_1d(source.attrs.get("modalities", [])))
+        if modalities != MODALITIES:
+            raise DataError(f"{where}: /{split}/source attribute modalities is {modalities}, "
+                            f"expected {MODALITIES}")
+        if size is not None and source.shape[2:] != size:
+            raise DataError(f"{where}: /{split} slices are {source.shape[2:]}, other splits {size}")
+        size = source.shape[2:]
+        counts[split] = n
+    counts["height"], counts["width"] = size
+    return counts
+
+
+def open_validated(path: str | Path) -> tuple[h5py.File, dict[str, int]]:
+    """Open ``path`` read-only and validate its schema; DataError if unreadable or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such HDF5 file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    try:
+        return h5, validate_schema(h5, path)
+    except BaseException:
+        h5.close()
+        raise

@@ -1,0 +1,292 @@
+"""The BraTS-Fuse dataset package around ``brats_fuse.h5``: dataset card, citation, Croissant
+metadata, and :func:`verify` / :func:`cite` for a built package directory.
+
+Files: ``brats_fuse.h5`` (schema in :mod:`fuse4seg.data.h5format`), ``README.md`` (dataset card
+with YAML front matter), ``CITATION.cff``, ``croissant.json`` (MLCommons Croissant 1.0, with the
+sha256 and size of every other file; written last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fuse4seg.data.citation import cff_to_bibtex, citation_cff
+from fuse4seg.data.h5format import H5_NAME, SPLITS, open_validated, read_root_attrs
+from fuse4seg.errors import ConfigError, DataError
+
+CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
+CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
+#: The Croissant 1.0 JSON-LD context (as published with the 1.0 specification).
+CROISSANT_CONTEXT: dict[str, object] = {
+    "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
+    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/", "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"}, "dct": "http://purl.org/dc/terms/",
+    "equivalentProperty": "cr:equivalentProperty", "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract", "field": "cr:field",
+    "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
+    "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField",
+    "path": "cr:path", "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex",
+    "repeated": "cr:repeated", "replace": "cr:replace", "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform",
+}
+#: HDF5 dataset -> (Croissant data type, description) for the record sets.
+FIELDS: dict[str, tuple[str, str]] = {
+    "source": ("sc:Float", "(4, H, W) float32 in [0, 1]: t1, t1ce, t2, flair, each normalised in the brain mask"),
+    "fused": ("sc:Float", "(1, H, W) float32 in [0, 1]: the fused image of the fusion inputs"),
+    "label": ("sc:Integer", "(H, W) uint8: 0 background, 1 NCR, 2 ED, 3 ET"),
+    "case_id": ("sc:Text", "patient / case identifier of the source release"),
+    "slice_index": ("sc:Integer", "axial index z of the slice in the case's volume"),
+}
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size_category(n: int) -> str:
+    """Hugging Face size_categories bucket for ``n`` examples."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return name
+    return "100K<n<1M"
+
+
+def _command(meta: dict) -> str:
+    """The command line recorded in the card: the caller's, else an equivalent CLI invocation."""
+    if meta.get("command"):
+        return str(meta["command"])
+    source = f"--brats {meta['source']}" if meta["brats_derived"] else f"--phantom {meta['phantom_cases']}"
+    size = f" --size {meta['size']}" if meta["size"] else ""
+    return (f"fuse4seg build-benchmark --out DIR {source} --fusion-inputs {','.join(meta['fusion_inputs'])} "
+            f"--fusion {meta['fusion_method']}{size} --slices-per-case {meta['slices_per_case']} "
+            f"--seed {meta['seed']}")
+
+
+def dataset_card(meta: dict) -> str:
+    """README.md dataset card (YAML front matter + Markdown) for the build summary ``meta``."""
+    total = sum(s["slices"] for s in meta["splits"].values())
+    front = {
+        "pretty_name": "BraTS-Fuse",
+        "license": "cc-by-4.0" if not meta["brats_derived"] else "other",
+        "task_categories": ["image-segmentation", "image-to-image"],
+        "tags": ["medical", "mri", "brain-tumor", "image-fusion", "brats"],
+        "size_categories": [_size_category(total)],
+        "source_datasets": ["BraTS"] if meta["brats_derived"] else ["synthetic (fuse4seg phantom, MNI152 ICBM 2009)"],
+        "dataset_info": {"splits": [{"name": s, "num_examples": meta["splits"][s]["slices"],
+                                     "num_cases": meta["splits"][s]["cases"]} for s in SPLITS]},
+    }
+    rows = "\n".join(f"| {s} | {meta['splits'][s]['cases']} | {meta['splits'][s]['slices']} |" for s in SPLITS)
+    licence = ("Derived from BraTS: sharing it is governed by the data terms of the BraTS release it was "
+               "built from; check them before redistributing, and cite the BraTS papers (CITATION.cff)."
+               if meta["brats_derived"] else
+               "CC BY 4.0. Synthetic data: anatomy from the MNI ICBM 2009 template (Copyright (C) 1993-2009 "
+               "Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University).")
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# BraTS-Fuse ({meta['source_dataset']})
+
+Paired multi-modal brain-MRI slices for image-level fusion and tumour segmentation: for every
+axial slice the four normalised source modalities, one fused image of
+{' + '.join(meta['fusion_inputs'])} (fusion method `{meta['fusion_method']}`), and the tumour label map.
+Splits are by patient: no case appears in two splits.
+
+| split | cases | slices |
+|---|---|---|
+{rows}
+
+Slices are {meta['height']} x {meta['width']} pixels; label scheme: {meta['label_scheme']}.
+Created {meta['created']} by {meta['builder_version']}.
+
+## How it was built
+
+```
+{_command(meta)}
+```
+
+Slice rule: per case, axial slices whose whole-tumour area is at least 25% of the case's largest
+slice area are candidates; {meta['slices_per_case']} of them are kept, evenly spaced from the first to the last.
+{'Each case was cropped to the square around its brain bounding box and resized to ' + str(meta['size']) +
+ ' px (images bilinear, labels nearest).' if meta['size'] else 'Slices keep the volume size.'}
+Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
+
+## Files
+
+- `brats_fuse.h5`: groups `train`, `val`, `test`, each with `source` (N, 4, H, W) float32,
+  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32.
+- `CITATION.cff`: how to cite (`fuse4seg cite DIR --format bibtex`).
+- `croissant.json`: MLCommons Croissant 1.0 metadata with the sha256 of every file
+  (`fuse4seg verify DIR` checks them).
+
+## Intended use
+
+Training and evaluating image-level fusion networks and segmentation networks on fused images
+(Fuse4Seg), and comparing them with feature-level fusion, on identical slices and splits.
+
+## Limits
+
+2-D axial slices chosen for tumour content: not representative of whole volumes or of
+tumour-free anatomy, so slice metrics are not BraTS volume metrics. The fused image is one
+method's output, not ground truth. {'Phantom builds are synthetic and only for testing pipelines; '
+'results on them say nothing about patients.' if not meta['brats_derived'] else 'Inherits the '
+'selection biases and annotation noise of BraTS.'}
+
+## Licence
+
+{licence}
+"""
+
+
+def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
+    """Croissant 1.0 JSON-LD for the package in ``directory`` listing ``files`` with their hashes."""
+    distribution = [{
+        "@type": "cr:FileObject", "@id": name, "name": name, "contentUrl": name,
+        "encodingFormat": {"h5": "application/x-hdf5", "md": "text/markdown", "cff": "application/x-yaml"}[
+            name.rsplit(".", 1)[-1]],
+        "contentSize": f"{(directory / name).stat().st_size} B", "sha256": sha256_file(directory / name),
+    } for name in files]
+    record_sets = []
+    for split in SPLITS:
+        fields = [{
+            "@type": "cr:Field", "@id": f"{split}/{name}", "name": name, "description": desc, "dataType": dtype,
+            "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"/{split}/{name}"}},
+        } for name, (dtype, desc) in FIELDS.items()]
+        record_sets.append({
+            "@type": "cr:RecordSet", "@id": split, "name": split,
+            "description": f"{meta['splits'][split]['slices']} slices of {meta['splits'][split]['cases']} cases; "
+                           f"each field is the HDF5 dataset /{split}/<field> (one record per index N).",
+            "field": fields,
+        })
+    cff = citation_cff(meta)
+    return {
+        "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "conformsTo": CROISSANT_CONFORMS_TO,
+        "name": "BraTS-Fuse", "description": cff["abstract"],
+        "license": "https://creativecommons.org/licenses/by/4.0/" if not meta["brats_derived"]
+        else "https://www.synapse.org/brats",
+        "url": "https://github.com/fuse4seg/fuse4seg", "version": "1.0.0", "datePublished": meta["created"],
+        "citeAs": cff_to_bibtex(cff), "keywords": cff["keywords"],
+        "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
+        "distribution": distribution, "recordSet": record_sets,
+    }
+
+
+def write_package_files(directory: Path, meta: dict) -> None:
+    """Write README.md, CITATION.cff and then croissant.json (hashing the others) into ``directory``."""
+    directory = Path(directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)  # the atomic temp dir is created 0700; a shared package is not
+    (directory / CARD_NAME).write_text(dataset_card(meta), encoding="utf-8")
+    (directory / CITATION_NAME).write_text(
+        yaml.safe_dump(citation_cff(meta), sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
+    croissant = croissant_metadata(directory, meta, [H5_NAME, CARD_NAME, CITATION_NAME])
+    (directory / CROISSANT_NAME).write_text(json.dumps(croissant, indent=2) + "\n", encoding="utf-8")
+
+
+def cite(directory: str | Path, format: str = "bibtex") -> str:
+    """The package's citation as BibTeX (dataset + references) or as the CITATION.cff text."""
+    path = Path(directory) / CITATION_NAME
+    if format not in ("bibtex", "cff"):
+        raise ConfigError(f"--format {format!r}: expected bibtex or cff")
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
+    text = path.read_text(encoding="utf-8")
+    if format == "cff":
+        return text
+    try:
+        cff = yaml.safe_load(text)
+        return cff_to_bibtex(cff)
+    except (yaml.YAMLError, KeyError, TypeError, IndexError) as exc:
+        raise DataError(f"{path}: not a valid CITATION.cff ({exc})") from None
+
+
+def _check_files(directory: Path) -> list[str]:
+    """Re-hash every file listed in croissant.json; DataError on a missing, changed or unlisted file."""
+    path = directory / CROISSANT_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+        objects = [d for d in metadata["distribution"] if d.get("@type") == "cr:FileObject"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not valid Croissant JSON ({exc})") from None
+    listed = []
+    for entry in objects:
+        name = str(entry.get("contentUrl", ""))
+        file = directory / name
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise DataError(f"{path}: file entry {name!r} is not a relative path inside the package")
+        if not file.is_file():
+            raise DataError(f"{file}: listed in croissant.json but missing")
+        size = f"{file.stat().st_size} B"
+        if entry.get("contentSize") != size:
+            raise DataError(f"{file}: size {size} differs from croissant.json ({entry.get('contentSize')})")
+        if entry.get("sha256") != sha256_file(file):
+            raise DataError(f"{file}: sha256 differs from croissant.json (file modified or corrupt)")
+        listed.append(name)
+    unlisted = sorted(p.name for p in directory.iterdir() if p.name not in {*listed, CROISSANT_NAME})
+    if unlisted:
+        raise DataError(f"{directory}: file(s) not listed in croissant.json: {', '.join(unlisted)}")
+    if H5_NAME not in listed:
+        raise DataError(f"{path}: does not list {H5_NAME}")
+    return listed
+
+
+def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[str]:
+    """Scan one split block-wise: sources/fused finite in [0, 1], labels in {0..3}; returns case ids."""
+    group = h5[split]
+    n = group["source"].shape[0]
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        for name in ("source", "fused"):
+            values = group[name][start:stop]
+            if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+                raise DataError(f"{path}: /{split}/{name}[{start}:{stop}] has values outside [0, 1] or NaN")
+        labels = group["label"][start:stop]
+        if labels.max(initial=0) > 3:
+            raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
+    if n and group["slice_index"][:].min() < 0:
+        raise DataError(f"{path}: /{split}/slice_index has negative values")
+    return set(group["case_id"].asstr()[:].tolist())
+
+
+def verify(directory: str | Path) -> dict:
+    """Check a package: file hashes and sizes against croissant.json, the HDF5 schema (dtypes, shapes,
+    attributes), value ranges, and that no case is in two splits. DataError on the first problem;
+    returns {"files": [...], "splits": {split: {"cases", "slices"}}} when everything holds."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such package directory")
+    files = _check_files(directory)
+    path = directory / H5_NAME
+    h5, counts = open_validated(path)
+    with h5:
+        attrs = read_root_attrs(h5)
+        from fuse4seg.conventions import parse_modalities
+
+        try:
+            parse_modalities(attrs["fusion_inputs"])
+        except ConfigError as exc:
+            raise DataError(f"{path}: root attribute fusion_inputs is invalid ({exc})") from None
+        cases = {split: _check_values(h5, path, split) for split in SPLITS}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1:]:
+            shared = sorted(cases[first] & cases[second])
+            if shared:
+                raise DataError(f"{path}: case {shared[0]} is in both {first} and {second} "
+                                f"({len(shared)} shared case(s)); splits must be by patient")
+    return {"files": files, "splits": {s: {"cases": len(cases[s]), "slices": counts[s]} for s in SPLITS}}
