@@ -48,6 +48,61 @@ def phantom_command(
     typer.echo(f"wrote {cases} phantom cases ({naming}, scale {scale}) to {path}")
 
 
+@app.command("build-benchmark")
+def build_benchmark_command(
+    out: str = typer.Option(..., "--out", help="Package directory to create (brats_fuse.h5, card, citation, croissant)."),
+    brats: str | None = typer.Option(None, "--brats", help="BraTS release directory (2020, 2021 or 2023+ layout)."),
+    phantom: int | None = typer.Option(None, "--phantom", help="Build from a phantom release of N cases (the default "
+                                                               "when no --brats is given: 10 cases)."),
+    phantom_scale: float = typer.Option(1.0, "--phantom-scale", help="Phantom grid scale (0.25 for fast tests)."),
+    fusion_inputs: str = typer.Option("t1ce,flair", "--fusion-inputs", help="Modalities to fuse, comma-separated."),
+    fusion: str = typer.Option("laplacian", "--fusion", help="Fusion rule: mean, max, pca, laplacian, wavelet."),
+    size: int | None = typer.Option(None, "--size", help="Crop to the brain and resize slices to PX x PX."),
+    slices_per_case: int = typer.Option(8, "--slices-per-case", help="Tumour slices kept per case."),
+    split: str = typer.Option("0.7,0.1,0.2", "--split", help="Train,val,test fractions of the cases (sum 1)."),
+    workers: int = typer.Option(1, "--workers", help="Cases processed in parallel."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the patient split (and of the phantom release)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+) -> None:
+    """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
+    import shlex
+
+    from fuse4seg.data.benchmark import build_benchmark, format_summary
+
+    argv = ["fuse4seg", "build-benchmark", "--out", out]
+    argv += ["--brats", brats] if brats is not None else []
+    argv += ["--phantom", str(phantom)] if phantom is not None else []
+    argv += ["--phantom-scale", str(phantom_scale)] if brats is None and phantom_scale != 1.0 else []
+    argv += ["--fusion-inputs", fusion_inputs, "--fusion", fusion]
+    argv += ["--size", str(size)] if size is not None else []
+    argv += ["--slices-per-case", str(slices_per_case), "--split", split, "--seed", str(seed)]
+    summary = build_benchmark(out, brats=brats, phantom=phantom, fusion_inputs=fusion_inputs, fusion=fusion,
+                              size=size, slices_per_case=slices_per_case, split=split, workers=workers, seed=seed,
+                              overwrite=overwrite, phantom_scale=phantom_scale, command=shlex.join(argv))
+    typer.echo(format_summary(summary))
+
+
+@app.command("verify")
+def verify_command(directory: str = typer.Argument(..., help="BraTS-Fuse package directory.")) -> None:
+    """Re-hash a package's files against croissant.json and check its HDF5 schema and patient splits."""
+    from fuse4seg.data.package import verify
+
+    report = verify(directory)
+    counts = ", ".join(f"{s} {c['slices']} slices / {c['cases']} cases" for s, c in report["splits"].items())
+    typer.echo(f"ok: {directory}: {len(report['files'])} files match croissant.json; {counts}")
+
+
+@app.command("cite")
+def cite_command(
+    directory: str = typer.Argument(..., help="BraTS-Fuse package directory."),
+    format: str = typer.Option("bibtex", "--format", help="bibtex or cff."),
+) -> None:
+    """Print how to cite a BraTS-Fuse package (and, for BraTS builds, the BraTS papers)."""
+    from fuse4seg.data.package import cite
+
+    typer.echo(cite(directory, format=format), nl=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad input becomes a one-line ``error:`` message and exit status 1.
 
