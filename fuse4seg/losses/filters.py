@@ -49,7 +49,7 @@ def split_bands(x: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torc
 
 
 def ssim_window(window: str = "gaussian", win_size: int | None = None, sigma: float = 1.5) -> torch.Tensor:
-    """2-D SSIM window (K, K) summing to 1, matching skimage.metrics.structural_similarity.
+    """2-D SSIM window (K, K), float64, summing to 1, matching skimage.metrics.structural_similarity.
 
     "gaussian": K = 2 * int(3.5 * sigma + 0.5) + 1 (skimage's truncate 3.5; 11 for sigma 1.5) unless
     ``win_size`` is given; "uniform": K = ``win_size`` (default 7).
@@ -66,7 +66,7 @@ def ssim_window(window: str = "gaussian", win_size: int | None = None, sigma: fl
         raise ConfigError(f"option 'window' must be one of {', '.join(WINDOWS)}, got {window!r}")
     if k < 3 or k % 2 == 0:
         raise ConfigError(f"option 'win_size' must be an odd integer >= 3, got {k}")
-    return (w / w.sum()).float()
+    return w / w.sum()
 
 
 def ssim(

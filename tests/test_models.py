@@ -1,0 +1,217 @@
+"""Networks: registry, shapes at 240/128/odd sizes, functional_call equivalence, gradients, no BatchNorm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fuse4seg.errors import ConfigError
+from fuse4seg.models import (
+    MODEL_REGISTRY,
+    build_model,
+    count_parameters,
+    format_model_table,
+    list_models,
+    model_options,
+    model_summary,
+)
+
+# Small variants so every test runs in well under a second on one core.
+TINY: dict[str, dict] = {
+    "fusion-cnn": {"width": 4, "layers": 3},
+    "fusion-freq": {"width": 4, "layers": 2},
+    "unet": {"width": 4, "depth": 3},
+    "feature-fusion": {"width": 4, "depth": 3},
+}
+FUSION = ("fusion-cnn", "fusion-freq")
+
+
+def tiny(name: str, **extra) -> nn.Module:
+    """Tiny variant of model ``name`` with fixed seed."""
+    torch.manual_seed(0)
+    return build_model(name, **{**TINY[name], **extra})
+
+
+def test_registry_lists_every_model() -> None:
+    assert list_models() == ["fusion-cnn", "fusion-freq", "unet", "feature-fusion"]
+    assert set(TINY) == set(MODEL_REGISTRY)
+    assert model_options("unet") == {
+        "in_channels": 1,
+        "num_classes": 4,
+        "width": 16,
+        "depth": 4,
+        "norm": "group",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "needle"),
+    [
+        ("resnet", {}, "resnet"),
+        ("unet", {"widht": 8}, "widht"),
+        ("unet", {"norm": "batch"}, "norm"),
+        ("unet", {"width": 0}, "width"),
+        ("unet", {"depth": 2.5}, "depth"),
+        ("fusion-cnn", {"output": "clamp"}, "output"),
+        ("fusion-cnn", {"layers": 1}, "layers"),
+        ("fusion-freq", {"sigma": -1.0}, "sigma"),
+        ("feature-fusion", {"in_channels": True}, "in_channels"),
+    ],
+)
+def test_registry_errors_name_the_problem(name: str, options: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_model(name, **options)
+
+
+def test_fusion_cnn_parameter_count_by_hand() -> None:
+    # conv 2->16 (no bias before GroupNorm) + GN, two conv 16->16 + GN, head 16->1 with bias.
+    expected = 2 * 16 * 9 + 32 + 2 * (16 * 16 * 9 + 32) + (16 * 9 + 1)
+    assert count_parameters(build_model("fusion-cnn")) == expected == 5137
+
+
+def test_unet_parameter_count_by_hand() -> None:
+    def double_conv(cin: int, c: int) -> int:
+        return 9 * cin * c + 2 * c + 9 * c * c + 2 * c  # bias-free convs, GroupNorm weight + bias
+
+    c = [16 * 2**i for i in range(5)]
+    encoder = double_conv(1, c[0]) + sum(double_conv(c[i - 1], c[i]) for i in range(1, 5))
+    decoder = sum(4 * c[i + 1] * c[i] + c[i] + double_conv(2 * c[i], c[i]) for i in range(4))
+    head = c[0] * 4 + 4
+    assert count_parameters(build_model("unet")) == encoder + decoder + head
+
+
+@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("size", [(240, 240), (128, 128), (97, 130)])
+def test_output_shapes(name: str, size: tuple[int, int]) -> None:
+    model = tiny(name)
+    x = torch.rand(2, model.in_channels, *size)
+    with torch.no_grad():
+        out = model(x)
+    channels = 1 if name in FUSION else 4
+    assert out.shape == (2, channels, *size)
+    assert torch.isfinite(out).all()
+    if name in FUSION:
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["unet", "feature-fusion"])
+def test_odd_sizes_are_zero_padded_and_cropped(name: str) -> None:
+    model = tiny(name)  # depth 3: multiples of 8
+    x = torch.rand(1, model.in_channels, 37, 50)
+    with torch.no_grad():
+        direct = model(x)
+        padded = model(F.pad(x, (0, 6, 0, 3)))[..., :37, :50]
+    torch.testing.assert_close(direct, padded)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_functional_call_matches_module(name: str) -> None:
+    model = tiny(name, norm="instance") if name != "fusion-cnn" else tiny(name)
+    x = torch.rand(2, model.in_channels, 40, 36)
+    # Substituted parameters: the functional forward must equal the module carrying them.
+    torch.manual_seed(1)
+    params = {k: v.detach() + 0.05 * torch.randn_like(v) for k, v in model.named_parameters()}
+    functional = functional_call(model, params, (x,))
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(params[k])
+    torch.testing.assert_close(functional, model(x))
+
+    # Gradients through functional_call equal the module's autograd gradients.
+    weights = torch.randn_like(functional)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad((functional_call(model, leaves, (x,)) * weights).sum(), list(leaves.values()))
+    (model(x) * weights).sum().backward()
+    for (k, p), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(p.grad, g, msg=k)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = tiny(name)
+    out = model(torch.rand(2, model.in_channels, 32, 32))
+    (out * torch.randn_like(out)).sum().backward()
+    for k, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), k
+        assert float(p.grad.abs().max()) > 0, k
+
+
+@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_no_batchnorm_and_no_running_statistics(name: str, norm: str) -> None:
+    model = tiny(name, norm=norm)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, (nn.GroupNorm, nn.InstanceNorm2d)) for m in model.modules())
+    x = torch.rand(2, model.in_channels, 32, 32)
+    with torch.no_grad():
+        train_out = model.train()(x)
+        eval_out = model.eval()(x)
+    torch.testing.assert_close(train_out, eval_out)
+
+
+def test_fusion_cnn_starts_at_mean_of_inputs() -> None:
+    model = tiny("fusion-cnn")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        x = torch.rand(3, 2, 20, 24)
+        out = model(x)
+    torch.testing.assert_close(out, x.mean(dim=1, keepdim=True).clamp(1e-3, 1 - 1e-3))
+
+
+def test_fusion_freq_base_is_low_mean_plus_max_abs_detail() -> None:
+    model = tiny("fusion-freq", in_channels=3)
+    x = torch.rand(2, 3, 24, 24)
+    low, high = model.split(x)
+    torch.testing.assert_close(low + high, x)
+    const = torch.full((1, 3, 16, 16), 0.3)
+    torch.testing.assert_close(model.split(const)[0], const)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        out = model(x)
+    idx = high.abs().argmax(dim=1, keepdim=True)
+    base = low.mean(dim=1, keepdim=True) + high.gather(1, idx)
+    torch.testing.assert_close(out, base.clamp(1e-3, 1 - 1e-3))
+
+
+def test_feature_fusion_has_one_encoder_per_modality() -> None:
+    model = tiny("feature-fusion", in_channels=3)
+    assert len(model.encoders) == 3
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    out = model(x)
+    out.sum().backward()
+    assert all(float(x.grad[0, m].abs().sum()) > 0 for m in range(3))
+
+
+def test_fusion_input_subset_sizes() -> None:
+    for c in (1, 3, 4):
+        for name in FUSION:
+            model = tiny(name, in_channels=c)
+            assert model(torch.rand(1, c, 17, 23)).shape == (1, 1, 17, 23)
+
+
+def test_unet_region_based_head() -> None:
+    model = tiny("unet", num_classes=3, in_channels=2)
+    assert model(torch.rand(1, 2, 24, 24)).shape == (1, 3, 24, 24)
+
+
+def test_model_summary_and_table() -> None:
+    rows = model_summary(sizes=(64,))
+    assert [r["name"] for r in rows] == list_models()
+    for r in rows:
+        assert r["parameters"] == count_parameters(build_model(r["name"]))
+        assert r["output@64"] == ("1 x 64 x 64" if r["kind"] == "fusion" else "4 x 64 x 64")
+    table = format_model_table(rows)
+    assert "fusion-cnn" in table and "5,137" in table and "output@64" in table
+
+
+def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from fuse4seg.cli import models_command
+
+    models_command(size=False)
+    out = capsys.readouterr().out
+    for name in list_models():
+        assert name in out
+    assert "1,942,340" in out  # the default UNet: width 16, depth 4
