@@ -103,6 +103,113 @@ def cite_command(
     typer.echo(cite(directory, format=format), nl=False)
 
 
+# ---- train (fuse4seg.train) ----------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    benchmark: str | None = typer.Option(None, "--benchmark", help="BraTS-Fuse package directory to train on."),
+    out: str | None = typer.Option(None, "--out", help="Run directory (config.json, last.pt, best.pt, tb/)."),
+    bilevel: bool = typer.Option(False, "--bilevel", help="Same as --mode bilevel (the default mode)."),
+    mode: str | None = typer.Option(None, "--mode", help="bilevel, two-stage, joint, direct or feature-fusion."),
+    hypergrad: str | None = typer.Option(None, "--hypergrad", help="Hypergradient method (bilevel): unrolled, "
+                                         "higher, truncated, first-order, finite-difference, implicit-cg, "
+                                         "implicit-neumann."),
+    inner_steps: int | None = typer.Option(None, "--inner-steps", help="K inner segmentation steps per outer step."),
+    inner_optimizer: str | None = typer.Option(None, "--inner-optimizer", help="Inner optimiser: sgd, momentum, adam."),
+    truncate: int | None = typer.Option(None, "--truncate", help="T last inner steps differentiated (truncated)."),
+    fd_eps: float | None = typer.Option(None, "--fd-eps", help="Finite-difference eps (before DARTS scaling)."),
+    cg_iters: int | None = typer.Option(None, "--cg-iters", help="Conjugate-gradient iterations (implicit-cg)."),
+    neumann_terms: int | None = typer.Option(None, "--neumann-terms", help="Neumann series terms (implicit-neumann)."),
+    damping: float | None = typer.Option(None, "--damping", help="Ridge added to the inner Hessian (implicit)."),
+    fusion_model: str | None = typer.Option(None, "--fusion-model", help="Fusion network: fusion-cnn, fusion-freq."),
+    seg_model: str | None = typer.Option(None, "--seg-model", help="Segmentation network (unet)."),
+    fusion_width: int | None = typer.Option(None, "--fusion-width", help="Fusion network width."),
+    seg_width: int | None = typer.Option(None, "--seg-width", help="Segmentation network base width."),
+    seg_depth: int | None = typer.Option(None, "--seg-depth", help="Segmentation network depth (downsamplings)."),
+    fusion_inputs: str | None = typer.Option(None, "--fusion-inputs", help="Modalities to fuse, e.g. t1ce,flair."),
+    inputs: str | None = typer.Option(None, "--inputs", help="direct/feature-fusion inputs: 'fused' or modalities."),
+    lambda_seg: float | None = typer.Option(None, "--lambda-seg", help="Weight of the segmentation loss (upper)."),
+    region_based: bool | None = typer.Option(None, "--region-based/--label-based", help="WT/TC/ET sigmoid loss."),
+    steps: int | None = typer.Option(None, "--steps", help="Total (outer) steps."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Total epochs over the fitting slices."),
+    fusion_steps: int | None = typer.Option(None, "--fusion-steps", help="two-stage: steps of stage 1."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per batch."),
+    lr_upper: float | None = typer.Option(None, "--lr-upper", help="Learning rate of the fusion network."),
+    lr_lower: float | None = typer.Option(None, "--lr-lower", help="Learning rate of the segmentation network."),
+    upper_optimizer: str | None = typer.Option(None, "--upper-optimizer", help="adam or sgd (fusion network)."),
+    lower_optimizer: str | None = typer.Option(None, "--lower-optimizer", help="adam or sgd (segmenter, non-bilevel)."),
+    val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share of train cases held out (bilevel)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Val Dice every N steps (0: at the end)."),
+    eval_slices: int | None = typer.Option(None, "--eval-slices", help="Val slices scored during training."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Write last.pt every N steps."),
+    log_every: int | None = typer.Option(None, "--log-every", help="TensorBoard scalars every N steps."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
+    max_bad_steps: int | None = typer.Option(None, "--max-bad-steps", help="Stop after N non-finite steps in a row."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of initial weights and data order."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    config: str | None = typer.Option(None, "--config", help="TOML file of options (CLI options override it)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Train a fusion + segmentation pipeline on a BraTS-Fuse package (bi-level by default)."""
+    from fuse4seg.train.loop import format_train_summary, train_from_options
+
+    values = dict(locals())
+    config_file = values.pop("config")
+    values["resume"] = resume or None
+    values["overwrite"] = overwrite or None
+    typer.echo(format_train_summary(train_from_options(values, config_file)))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: str = typer.Option(..., "--run", help="Run directory written by `fuse4seg train`."),
+    benchmark: str | None = typer.Option(None, "--benchmark", help="Package to evaluate on (default: the run's)."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate only the first N slices."),
+    untrained: bool = typer.Option(False, "--compare-untrained", help="Also score the untrained networks."),
+) -> None:
+    """Fusion metrics and Dice/HD95 of a run; writes RUN/eval/metrics.json, report.md and gallery.png."""
+    from fuse4seg.train.evaluate import evaluate_run
+    from fuse4seg.train.report import format_summary
+
+    metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained)
+    typer.echo(format_summary(metrics))
+    typer.echo(f"report: {run}/eval/report.md; metrics: {run}/eval/metrics.json")
+
+
+@app.command("fuse")
+def fuse_command(
+    run: str = typer.Option(..., "--run", help="Run directory written by `fuse4seg train`."),
+    case: str = typer.Option(..., "--case", help="One BraTS-layout case directory."),
+    out: str = typer.Option(..., "--out", help="Output directory (fused.nii.gz, seg.nii.gz)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+) -> None:
+    """Apply a trained run to a case slice by slice: fused.nii.gz and seg.nii.gz (release label values)."""
+    from fuse4seg.train.infer import fuse_case
+
+    result = fuse_case(run, case, out, checkpoint, device, overwrite)
+    voxels = ", ".join(f"{k} {v}" for k, v in result["voxels"].items())
+    typer.echo(f"{result['case_id']}: wrote {', '.join(result['files'])} to {out} ({result['scheme']} labels; {voxels})")
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("runs/demo", "--out", help="Directory for the demo's benchmark and run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+) -> None:
+    """Build a small phantom benchmark, train bi-level, evaluate, and print the results."""
+    from fuse4seg.train.demo import run_demo
+
+    run_demo(out, overwrite=overwrite, echo=typer.echo)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad input becomes a one-line ``error:`` message and exit status 1.
 
