@@ -58,7 +58,6 @@ class _Template:
     t1: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
-    csf: np.ndarray
     origin: np.ndarray  # world mm of template voxel (0, 0, 0); the template axes are +x, +y, +z at 1 mm
     centre: np.ndarray  # world mm of the brain's bounding-box centre
     bbox: tuple[np.ndarray, np.ndarray]  # world mm min/max of the brain
@@ -87,14 +86,14 @@ def _load_template(scale: float) -> _Template:
     maps = {}
     for name in TEMPLATE_FILES:
         img = nib.load(template_path(name))
-        maps[name] = np.asanyarray(img.dataobj).astype(np.float32) / 255.0
+        # nibabel returns Fortran-ordered arrays; C order makes map_coordinates about 4x faster here.
+        maps[name] = np.ascontiguousarray(np.asanyarray(img.dataobj), dtype=np.float32) / np.float32(255.0)
     affine = img.affine
+    # The T1 template is skull-stripped: its support is the brain (GM, WM and CSF).
+    brain = (maps["t1"] > 0.05).astype(np.float32)
     sigma = 0.5 * (1.0 / scale - 1.0)
     if sigma > 0.1:
         maps = {k: ndi.gaussian_filter(v, sigma) for k, v in maps.items()}
-    # The T1 template is skull-stripped: its support is the brain (GM, WM and CSF).
-    brain = (maps["t1"] > 0.05).astype(np.float32)
-    csf = np.clip(brain - maps["gm"] - maps["wm"], 0.0, 1.0)
     origin = affine[:3, 3].astype(np.float64)
     idx = np.argwhere(brain > 0.5)
     lo, hi = origin + idx.min(axis=0), origin + idx.max(axis=0)
@@ -105,7 +104,7 @@ def _load_template(scale: float) -> _Template:
     site_idx = np.argwhere((depth >= 15.0) & (wm_coarse > 0.5))
     sites = origin + site_idx * 2.0
     return _Template(
-        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], csf=csf, origin=origin, centre=(lo + hi) / 2.0,
+        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], origin=origin, centre=(lo + hi) / 2.0,
         bbox=(lo, hi), sites=sites, depth=depth[tuple(site_idx.T)],
     )
 
@@ -152,15 +151,17 @@ class _Tumour:
     r_ncr: float
 
 
-def _draw_tumour(rng: np.random.Generator, tpl: _Template, shift: np.ndarray) -> _Tumour:
-    """Random tumour at a deep white-matter site (shifted into output world coordinates)."""
-    r_core = float(rng.uniform(10.0, 20.0))
+def _draw_tumour(rng: np.random.Generator, tpl: _Template, pose: tuple[np.ndarray, np.ndarray]) -> _Tumour:
+    """Random tumour centred at a deep white-matter site of the template, mapped into output world mm."""
+    linear, shift = pose
+    r_core = float(rng.uniform(11.0, 20.0))
     deep = np.flatnonzero(tpl.depth >= min(r_core + 5.0, tpl.depth.max()))
-    centre = tpl.sites[rng.choice(deep)] + shift + rng.uniform(-1.0, 1.0, 3)
+    site = tpl.sites[rng.choice(deep)] + rng.uniform(-1.0, 1.0, 3)
+    centre = tpl.centre + shift + np.linalg.solve(linear, site - tpl.centre)
     rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     return _Tumour(
         centre=centre, rotation=rotation, axes=rng.uniform(0.8, 1.25, 3),
-        r_ed=r_core * float(rng.uniform(1.5, 2.3)), r_core=r_core, r_ncr=r_core * float(rng.uniform(0.35, 0.6)),
+        r_ed=r_core * float(rng.uniform(1.5, 2.3)), r_core=r_core, r_ncr=r_core * float(rng.uniform(0.45, 0.7)),
     )
 
 
@@ -191,7 +192,7 @@ def _tumour_labels(tumours: list[_Tumour], coords: list[np.ndarray], healthy: np
         rel = np.stack(np.meshgrid(*[c - t.centre[a] for a, c in enumerate(local)], indexing="ij"), axis=-1)
         q = (rel.astype(np.float32) @ t.rotation.astype(np.float32)) / t.axes.astype(np.float32)
         dist = np.sqrt((q**2).sum(axis=-1))
-        # Radius modulation: lobulated (coarse) plus ragged (fine) noise, so shapes are not ellipsoids.
+        # Noise-perturbed level sets: the radius is modulated by lobulated (coarse) and ragged (fine) noise.
         coarse = _smooth_field(rng, local, 0.6 * t.r_core, count=2)
         fine = _smooth_field(rng, local, 4.0, count=1)[0]
         r_ed = t.r_ed * (1.0 + 0.22 * coarse[0] + 0.06 * fine)
@@ -200,7 +201,8 @@ def _tumour_labels(tumours: list[_Tumour], coords: list[np.ndarray], healthy: np
         inside = brain[sl]
         ed = (dist < r_ed) & healthy[sl] & inside
         core = (dist < r_core) & inside
-        ncr = core & (dist < np.minimum(r_ncr, r_core - 4.0))
+        # The enhancing rim keeps at least 3 mm so that the core is ring-enhancing, as in glioblastoma.
+        ncr = core & (dist < np.minimum(r_ncr, r_core - 3.0))
         view = label[sl]
         view[ed & (view == 0)] = 2
         view[core & (view != 1)] = 3
@@ -218,58 +220,69 @@ def case_id_for(naming: str, index: int) -> str:
 
 
 def _warp_anatomy(tpl: _Template, coords: list[np.ndarray], tumours: list[_Tumour], rng: np.random.Generator,
-                  linear: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Sample the template (CSF, GM, WM, T1) at the deformed positions of the work grid: (4, X, Y, Z) float32."""
+                  pose: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Sample the template at the deformed work-grid positions: (4, X, Y, Z) float32 CSF, GM, WM, T1 in [0, 1].
+
+    Output point x samples the template at ``centre + L (x + m(x) - centre - shift) + e(x)``: pose (L, shift),
+    tumour mass effect m and a smooth elastic field e (std 2.5 mm, correlation ~24 mm).
+    """
+    linear, shift = pose
     mass = _mass_effect(tumours, coords, rng)
-    elastic = 2.5 * _smooth_field(rng, coords, 24.0, count=3)
-    # Offsets from the (shifted) brain centre, pushed by the mass effect before the linear map.
+    sample = _smooth_field(rng, coords, 24.0, count=3)
+    sample *= np.float32(2.5)
     rel = [(c - tpl.centre[a] - shift[a]).astype(np.float32).reshape([-1 if i == a else 1 for i in range(3)]) + m
            for a, (c, m) in enumerate(zip(coords, mass))]
-    shape = elastic.shape[1:]
-    sample = np.empty((3, *shape), dtype=np.float32)
     for a in range(3):
-        lin = linear[a, 0] * rel[0] + linear[a, 1] * rel[1] + linear[a, 2] * rel[2]
-        sample[a] = lin + elastic[a] + np.float32(tpl.centre[a] - tpl.origin[a])
-    out = np.empty((4, *shape), dtype=np.float32)
-    for i, volume in enumerate((tpl.csf, tpl.gm, tpl.wm, tpl.t1)):
-        ndi.map_coordinates(volume, sample, output=out[i], order=1, mode="constant", cval=0.0)
+        for b in range(3):
+            sample[a] += np.float32(linear[a, b]) * rel[b]
+        sample[a] += np.float32(tpl.centre[a] - tpl.origin[a])
+    out = np.empty((4, *sample.shape[1:]), dtype=np.float32)
+    for i, volume in enumerate((tpl.gm, tpl.wm, tpl.t1), start=1):
+        ndi.map_coordinates(volume, sample, output=out[i], order=1, mode="constant", cval=0.0, prefilter=False)
+    # CSF = brain minus GM and WM; the warped skull-stripped T1 gives the brain (its darkest brain voxels are > 0.125).
+    np.minimum(out[3] * np.float32(8.0), 1.0, out=out[0])
+    out[0] -= out[1] + out[2]
+    np.clip(out[0], 0.0, 1.0, out=out[0])
     return out
 
 
 def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coords: list[np.ndarray],
                  rng: np.random.Generator) -> np.ndarray:
-    """The four modalities (4, X, Y, Z) int16 on the work grid from tissue maps and tumour labels."""
-    csf, gm, wm, t1 = anatomy
+    """Stored intensities of the four modalities at the brain voxels: (4, n_brain) int16 (>= 1)."""
+    inside = np.flatnonzero(brain)
+    csf, gm, wm, t1 = (a.reshape(-1)[inside] for a in anatomy)
     p_brain = csf + gm + wm
-    # Soft (partial-volume) tumour class weights, computed only around the tumours.
-    weights = np.zeros((3, *label.shape), dtype=np.float32)
-    texture = np.zeros(label.shape, dtype=np.float32)
+    # Piecewise-linear ramps of the real T1 template: its fine structure, re-mapped per modality below.
+    ramp1, ramp2 = np.clip(t1 - 0.25, 0.0, 0.40) / 0.40, np.clip(t1 - 0.65, 0.0, 0.21) / 0.21
+    # Soft (partial-volume) tumour class weights and texture, computed only around the tumours.
+    weights = np.zeros((3, inside.size), dtype=np.float32)
+    texture = np.zeros(inside.size, dtype=np.float32)
     idx = np.argwhere(label > 0)
     if idx.size:
         lo, hi = np.maximum(idx.min(axis=0) - 3, 0), idx.max(axis=0) + 4
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = np.zeros(label.shape, dtype=bool)
+        sub[sl] = True
+        pick = sub.reshape(-1)[inside]
+        local = [c[s] for c, s in zip(coords, sl)]
         for k, value in enumerate((2, 1, 3)):
-            weights[(k, *sl)] = ndi.gaussian_filter((label[sl] == value).astype(np.float32), 0.6)
-        texture[sl] = 0.1 * _smooth_field(rng, [c[s] for c, s in zip(coords, sl)], 5.0)[0]
+            soft = ndi.gaussian_filter((label[sl] == value).astype(np.float32), 0.6)
+            weights[k, pick] = soft[brain[sl]]
+        texture[pick] = 0.1 * _smooth_field(rng, local, 5.0)[0][brain[sl]]
     w_tumour = weights.sum(axis=0)
-    out = np.zeros((4, *label.shape), dtype=np.int16)
-    inside = np.flatnonzero(brain)
+    bias = np.exp(0.12 * _smooth_field(rng, coords, 60.0, count=4).reshape(4, -1)[:, inside])
+    out = np.empty((4, inside.size), dtype=np.int16)
     for m, name in enumerate(MODALITIES):
         mu = CONTRASTS[name]
-        tissue = csf * mu[_CSF] + gm * mu[_GM] + wm * mu[_WM]
-        # The real T1 template's fine structure, re-mapped to this modality's tissue contrast.
-        detail = np.interp(t1, [0.30, 0.65, 0.86], [mu[_CSF], mu[_GM], mu[_WM]]).astype(np.float32)
-        tissue = 0.5 * tissue + 0.5 * p_brain * detail
+        detail = mu[_CSF] + (mu[_GM] - mu[_CSF]) * ramp1 + (mu[_WM] - mu[_GM]) * ramp2
+        tissue = 0.5 * (csf * mu[_CSF] + gm * mu[_GM] + wm * mu[_WM]) + 0.5 * p_brain * detail
         image = tissue * (1.0 - w_tumour) + weights[0] * (0.3 * tissue + 0.7 * mu[_ED])
         image += (weights[1] * mu[_NCR] + weights[2] * mu[_ET]) * (1.0 + texture)
-        bias = np.exp(0.12 * _smooth_field(rng, coords, 60.0)[0])
         scale = BASE_SCALE[name] * float(rng.uniform(0.6, 1.6))
-        values = (image * bias).ravel()[inside] * np.float32(scale)
-        sigma = np.float32(0.03 * scale * mu[_WM])
-        noise = rng.standard_normal((2, inside.size), dtype=np.float32) * sigma
+        values = image * bias[m] * np.float32(scale)
+        noise = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(0.03 * scale * mu[_WM])
         values = np.sqrt((values + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude noise
-        flat = out[m].reshape(-1)
-        flat[inside] = np.clip(np.rint(values), 1, np.iinfo(np.int16).max).astype(np.int16)
+        out[m] = np.clip(np.rint(values), 1, np.iinfo(np.int16).max)
     return out
 
 
@@ -280,23 +293,28 @@ def generate_case(seed: int, index: int, scale: float = 1.0) -> PhantomCase:
     shape, spacing = grid_for_scale(scale)
     affine = _affine(shape, spacing, tpl.centre)
     world = [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
+    # Pose: template offsets are scaled by 1/size, so the MNI brain (larger than most) shrinks to 86-98 %.
     shift = rng.uniform(-4.0, 4.0, 3)
-    angles = np.deg2rad(rng.uniform(-5.0, 5.0, 3))
-    linear = _rotation(angles) / rng.uniform(0.92, 1.08)  # head size and pose vary between patients
-    # Work only on the part of the grid that can hold brain (plus a margin for the deformation).
-    lo, hi = tpl.bbox
-    box = [np.flatnonzero((w >= lo[a] + shift[a] - 15.0) & (w <= hi[a] + shift[a] + 15.0)) for a, w in enumerate(world)]
+    linear = _rotation(np.deg2rad(rng.uniform(-5.0, 5.0, 3))) / rng.uniform(0.86, 0.98)
+    pose = (linear, shift)
+    # Work only on the part of the grid that can hold brain: the posed template bounding box plus 10 mm.
+    corners = np.stack(np.meshgrid(*zip(*tpl.bbox), indexing="ij"), axis=-1).reshape(-1, 3)
+    posed = tpl.centre + shift + np.linalg.solve(linear, (corners - tpl.centre).T).T
+    box = [np.flatnonzero((w >= posed[:, a].min() - 10.0) & (w <= posed[:, a].max() + 10.0))
+           for a, w in enumerate(world)]
     sl = tuple(slice(b[0], b[-1] + 1) for b in box)
     coords = [w[s] for w, s in zip(world, sl)]
     for _attempt in range(20):
-        tumours = [_draw_tumour(rng, tpl, shift) for _ in range(1 + int(rng.random() < 0.35))]
-        anatomy = _warp_anatomy(tpl, coords, tumours, rng, linear, shift)
+        tumours = [_draw_tumour(rng, tpl, pose) for _ in range(1 + int(rng.random() < 0.35))]
+        anatomy = _warp_anatomy(tpl, coords, tumours, rng, pose)
         brain = anatomy[:3].sum(axis=0) > 0.5
         label = _tumour_labels(tumours, coords, anatomy[1] + anatomy[2] > 0.5, brain, rng)
         if np.all(np.bincount(label.ravel(), minlength=4)[1:] > 0):
             break
     images = np.zeros((4, *shape), dtype=np.int16)
-    images[(slice(None), *sl)] = _intensities(anatomy, label, brain, coords, rng)
+    work = np.zeros((4, *label.shape), dtype=np.int16)
+    work.reshape(4, -1)[:, np.flatnonzero(brain)] = _intensities(anatomy, label, brain, coords, rng)
+    images[(slice(None), *sl)] = work
     full_label = np.zeros(shape, dtype=np.uint8)
     full_label[sl] = label
     tissue = np.zeros((3, *shape), dtype=np.float32)
