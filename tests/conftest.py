@@ -1,0 +1,80 @@
+"""Shared fixtures: small NIfTI cases in any BraTS naming scheme, and a tiny phantom release.
+
+``write_brats_case`` (a fixture returning :func:`write_case`) writes one case directory in milliseconds;
+``phantom_release`` is a session-scoped 6-case phantom release at scale 0.25 (60 x 60 x 39 voxels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+#: File suffix of t1, t1ce, t2, flair, seg per naming scheme (as in real releases).
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "brats2020": ("_t1", "_t1ce", "_t2", "_flair", "_seg"),
+    "brats2021": ("_t1", "_t1ce", "_t2", "_flair", "_seg"),
+    "brats2023": ("-t1n", "-t1c", "-t2w", "-t2f", "-seg"),
+}
+DEFAULT_IDS: dict[str, str] = {
+    "brats2020": "BraTS20_Training_001",
+    "brats2021": "BraTS2021_00000",
+    "brats2023": "BraTS-GLI-00000-000",
+}
+FIXTURE_SHAPE: tuple[int, int, int] = (12, 10, 8)
+
+
+def fixture_label(shape: tuple[int, int, int], scheme: str) -> np.ndarray:
+    """Release-scheme labels of a cube tumour: NCR centre, ET shell, ED around (uint8, shape ``shape``)."""
+    label = np.zeros(shape, dtype=np.uint8)
+    cx, cy, cz = (n // 2 for n in shape)
+    label[cx - 3:cx + 3, cy - 3:cy + 3, cz - 2:cz + 2] = 2
+    label[cx - 2:cx + 2, cy - 2:cy + 2, cz - 1:cz + 1] = 4 if scheme != "brats2023" else 3
+    label[cx - 1:cx + 1, cy - 1:cy + 1, cz - 1:cz + 1] = 1
+    return label
+
+
+def write_case(root: Path, scheme: str = "brats2021", case_id: str | None = None,
+               shape: tuple[int, int, int] = FIXTURE_SHAPE, labels: np.ndarray | None = None,
+               images: dict[str, np.ndarray] | None = None, affine: np.ndarray | None = None,
+               seg: bool = True, seed: int = 0, ext: str = ".nii.gz") -> Path:
+    """Write one case directory ``root/case_id`` in ``scheme``'s layout; returns the directory.
+
+    Images default to int16 values 100..900 inside an ellipsoidal brain (0 outside) that covers
+    the default cube tumour; ``images`` overrides single modalities (keys t1, t1ce, t2, flair).
+    ``labels`` are written as given (release scheme, not canonical).
+    """
+    case_id = case_id or DEFAULT_IDS[scheme]
+    directory = Path(root) / case_id
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    brain = (grid**2).sum(axis=0) < 1.5
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) if affine is None else affine
+    volumes = {}
+    for name in ("t1", "t1ce", "t2", "flair"):
+        default = (rng.integers(100, 900, size=shape) * brain).astype(np.int16)
+        volumes[name] = default if images is None or name not in images else images[name]
+    if seg:
+        volumes["seg"] = fixture_label(shape, scheme) if labels is None else labels
+    suffixes = dict(zip(("t1", "t1ce", "t2", "flair", "seg"), SUFFIXES[scheme]))
+    for name, volume in volumes.items():
+        nib.save(nib.Nifti1Image(np.asarray(volume), affine), directory / f"{case_id}{suffixes[name]}{ext}")
+    return directory
+
+
+@pytest.fixture
+def write_brats_case() -> Callable[..., Path]:
+    """The :func:`write_case` helper (one small NIfTI case in any BraTS naming scheme)."""
+    return write_case
+
+
+@pytest.fixture(scope="session")
+def phantom_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-case phantom release (BraTS 2021 layout, seed 0, scale 0.25: 60 x 60 x 39 at 4 mm). Read only."""
+    from fuse4seg.data.phantom import write_phantom_release
+
+    return write_phantom_release(tmp_path_factory.mktemp("phantom") / "release", cases=6, seed=0, scale=0.25)
