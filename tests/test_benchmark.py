@@ -1,0 +1,207 @@
+"""build_benchmark: slice rule, patient splits, geometry, fusion, HDF5 schema, reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from _benchmark_data import tumour_label, write_release
+
+from fuse4seg.conventions import MODALITIES
+from fuse4seg.data.benchmark import (
+    build_benchmark,
+    crop_resize,
+    parse_split,
+    select_slices,
+    split_cases,
+    square_box,
+)
+from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.fusion import fuse_batch
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_release(tmp_path_factory.mktemp("release") / "brats", cases=7, empty=(6,))
+
+
+def build(release: Path, out: Path, **options: object) -> dict:
+    options = {"slices_per_case": 3, "progress": False, "command": "fuse4seg build-benchmark (test)", **options}
+    return build_benchmark(out, brats=release, **options)
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_select_slices_rule() -> None:
+    label = np.zeros((8, 8, 20), dtype=np.uint8)
+    areas = [0, 1, 4, 9, 16, 25, 36, 36, 25, 16, 9, 4, 1, 0, 0, 0, 0, 0, 0, 2]
+    for z, area in enumerate(areas):
+        label.reshape(64, 20)[:area, z] = 1
+    # Candidates: area >= 0.25 * 36 = 9 -> z = 3..10 (8 slices); 4 evenly spaced from first to last.
+    np.testing.assert_array_equal(select_slices(label, 4), [3, 5, 8, 10])
+    np.testing.assert_array_equal(select_slices(label, 20), np.arange(3, 11))
+    np.testing.assert_array_equal(select_slices(label, 1), [3])
+    assert select_slices(np.zeros((4, 4, 5), np.uint8), 3).size == 0
+
+
+def test_split_cases_by_patient() -> None:
+    ids = [f"case{i:03d}" for i in range(23)]
+    splits = split_cases(ids, (0.7, 0.1, 0.2), seed=3)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [16, 2, 5]  # 16.1, 2.3, 4.6: largest remainder
+    assert sorted(c for ids_ in splits.values() for c in ids_) == ids
+    assert split_cases(ids, (0.7, 0.1, 0.2), seed=3) == splits
+    assert split_cases(ids, (0.7, 0.1, 0.2), seed=4) != splits
+    tiny = split_cases(ids[:3], (0.98, 0.01, 0.01), seed=0)  # every non-zero split gets a case
+    assert [len(tiny[s]) for s in ("train", "val", "test")] == [1, 1, 1]
+    assert split_cases(ids[:2], (0.5, 0.5, 0.0), seed=0)["test"] == []
+    with pytest.raises(ConfigError, match="at least 3 cases"):
+        split_cases(ids[:2], (0.7, 0.1, 0.2), seed=0)
+
+
+@pytest.mark.parametrize("text", ["0.7,0.1", "0.7,0.2,0.2", "a,b,c", "1.2,-0.1,-0.1", "nan,0,1"])
+def test_parse_split_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="--split"):
+        parse_split(text)
+
+
+def test_parse_split_tolerance() -> None:
+    assert parse_split("0.7,0.1,0.2") == (0.7, 0.1, 0.2)
+    assert parse_split([1 / 3, 1 / 3, 1 / 3 + 5e-7]) == pytest.approx((1 / 3,) * 3, abs=1e-6)
+
+
+def test_square_box_and_crop_resize() -> None:
+    mask = np.zeros((20, 30), bool)
+    mask[4:10, 6:20] = True  # 6 x 14 box -> 14 x 14 square centred at (7, 13)
+    assert square_box(mask) == (0, 14, 6, 20)
+    images = np.zeros((2, 4, 20, 30), np.float32)
+    images[:, :, 4:10, 6:20] = 1.0
+    label = np.zeros((2, 20, 30), np.uint8)
+    label[:, 5:9, 8:12] = 3
+    out, lab = crop_resize(images, label, (-2, 12, 6, 20), 28)  # starts outside: zero padding
+    assert out.shape == (2, 4, 28, 28) and lab.shape == (2, 28, 28) and lab.dtype == np.uint8
+    assert set(np.unique(lab)) <= {0, 3} and out.min() >= 0 and out.max() <= 1
+    # Nearest-neighbour doubling: the label block (rows 5..8 -> 7..10 in the crop, cols 2..5) doubles.
+    assert (lab[0] == 3).sum() == 4 * 4 * 4
+    np.testing.assert_allclose(out[0, 0, :4], 0.0)  # the 2 padded rows stay zero
+
+
+def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
+    summary = build(release, tmp_path / "pkg", size=16, fusion="max", fusion_inputs="flair,t1ce")
+    assert summary["skipped_cases"] == ["BraTS2021_00006"]
+    with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
+        assert h5.attrs["fusion_method"] == "max"
+        assert list(h5.attrs["fusion_inputs"]) == ["flair", "t1ce"]
+        assert h5.attrs["format_version"] == 1
+        for key in ("source_dataset", "label_scheme", "builder_version", "created"):
+            assert key in h5.attrs
+        seen: dict[str, set[str]] = {}
+        for split in ("train", "val", "test"):
+            group = h5[split]
+            n = summary["splits"][split]["slices"]
+            assert group["source"].shape == (n, 4, 16, 16) and group["source"].dtype == np.float32
+            assert group["fused"].shape == (n, 1, 16, 16) and group["label"].dtype == np.uint8
+            assert group["source"].chunks == (1, 4, 16, 16) and group["source"].compression == "gzip"
+            assert list(group["source"].attrs["modalities"]) == list(MODALITIES)
+            source, fused = group["source"][:], group["fused"][:]
+            expected = fuse_batch(source[:, [3, 1]], "max")
+            np.testing.assert_array_equal(fused[:, 0], expected)
+            assert set(np.unique(group["label"][:])) <= {0, 1, 2, 3}
+            assert (group["label"][:] > 0).any(axis=(1, 2)).all()  # every slice carries tumour
+            seen[split] = set(group["case_id"].asstr()[:])
+        assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"])
+        assert not (seen["val"] & seen["test"])
+
+
+def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> None:
+    from fuse4seg.data.brats import find_cases, load_case
+
+    build(release, tmp_path / "pkg", split=(1.0, 0.0, 0.0))
+    case0 = load_case(find_cases(release)[0])
+    with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
+        rows = np.flatnonzero(h5["train/case_id"].asstr()[:] == "BraTS2021_00000")
+        z = h5["train/slice_index"][rows]
+        # Tumour sphere of radius 3 at z = 5: areas peak at z = 5, candidates z = 3..7 -> 3, 5, 7.
+        np.testing.assert_array_equal(z, [3, 5, 7])
+        np.testing.assert_array_equal(h5["train/source"][rows], np.moveaxis(case0.images[..., z], -1, 0))
+        np.testing.assert_array_equal(h5["train/label"][rows], np.moveaxis(case0.label[..., z], -1, 0))
+        assert h5["val/source"].shape[0] == 0 and h5["test/label"].shape == (0, 24, 24)
+    expected = tumour_label((24, 24, 10), (12.0, 12.0, 5.0), 3.0)
+    assert (case0.label > 0).sum() == (expected > 0).sum()
+
+
+def test_rebuild_is_byte_identical(release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    build(release, tmp_path / "a", size=16, seed=5)
+    build(release, tmp_path / "b", size=16, seed=5, workers=2)
+    assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
+    assert "2023-11-14T22:13:20Z" in (tmp_path / "a" / "README.md").read_text()
+    build(release, tmp_path / "c", size=16, seed=7)
+    assert file_hashes(tmp_path / "a")["brats_fuse.h5"] != file_hashes(tmp_path / "c")["brats_fuse.h5"]
+
+
+def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) -> None:
+    # Seed 6 puts the tumour-free case BraTS2021_00006 alone in the test split.
+    with pytest.raises(DataError, match="split test has no tumour-bearing case .*BraTS2021_00006"):
+        build(release, tmp_path / "pkg", seed=6)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    hashes = []
+    for name in ("a", "b"):
+        build(release, tmp_path / name, size=16)
+        with h5py.File(tmp_path / name / "brats_fuse.h5", "r") as h5:
+            content = {}
+            h5.visititems(lambda key, obj, c=content: c.__setitem__(key, hashlib.sha256(
+                np.ascontiguousarray(obj[()]).tobytes() if obj.dtype.kind != "O" else
+                "|".join(obj.asstr()[()]).encode()).hexdigest()) if isinstance(obj, h5py.Dataset) else None)
+        hashes.append(content)
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 15
+
+
+def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
+    calls = []
+
+    def half_sum(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return x.sum(axis=1) / 2
+
+    build(release, tmp_path / "pkg", size=16, fusion_fn=half_sum, fusion_name="fusion-cnn@ckpt")
+    with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
+        assert h5.attrs["fusion_method"] == "fusion-cnn@ckpt"
+        source, fused = h5["train/source"][:], h5["train/fused"][:, 0]
+    np.testing.assert_allclose(fused, (source[:, 1] + source[:, 3]) / 2, atol=1e-6)
+    assert all(shape[1:] == (2, 16, 16) for shape in calls)
+
+    with pytest.raises(DataError, match="fusion_fn returned shape"):
+        build(release, tmp_path / "bad", fusion_fn=lambda x: x[:, :1])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--slices-per-case"):
+        build(release, tmp_path / "x", slices_per_case=0)
+    with pytest.raises(ConfigError, match="--brats and --phantom"):
+        build_benchmark(tmp_path / "x", brats=release, phantom=3)
+    with pytest.raises(ConfigError, match="--size"):
+        build(release, tmp_path / "x", size=4)
+    with pytest.raises(DataError, match="--size"):  # mixed slice sizes need resampling
+        mixed = write_release(tmp_path / "mixed", 3)
+        import shutil
+
+        import nibabel as nib
+
+        case = mixed / "BraTS2021_00002"
+        for file in case.iterdir():
+            img = nib.load(file)
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:20], img.affine), file)
+        build(mixed, tmp_path / "x")
+    shutil.rmtree(tmp_path / "mixed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,0 +1,97 @@
+"""BraTSFuse: items equal the HDF5 content, DataLoader workers, joint albumentations transforms."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import albumentations as A
+import h5py
+import numpy as np
+import pytest
+import torch
+from _benchmark_data import write_release
+
+from fuse4seg.data import BraTSFuse
+from fuse4seg.data.benchmark import build_benchmark
+from fuse4seg.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ds")
+    build_benchmark(root / "package", brats=write_release(root / "brats", cases=4), size=16, slices_per_case=3,
+                    split=(0.5, 0.25, 0.25), progress=False)
+    return root / "package"
+
+
+def h5_split(package: Path, split: str) -> dict[str, np.ndarray]:
+    with h5py.File(package / "brats_fuse.h5", "r") as h5:
+        group = h5[split]
+        return {"source": group["source"][:], "fused": group["fused"][:], "label": group["label"][:],
+                "case_id": group["case_id"].asstr()[:], "slice_index": group["slice_index"][:]}
+
+
+def test_items_equal_the_file(package: Path) -> None:
+    dataset = BraTSFuse(package, "train")
+    expected = h5_split(package, "train")
+    assert len(dataset) == len(expected["source"]) == 6
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert item["source"].dtype == torch.float32 and item["label"].dtype == torch.int64
+        np.testing.assert_array_equal(item["source"].numpy(), expected["source"][i])
+        np.testing.assert_array_equal(item["fused"].numpy(), expected["fused"][i])
+        np.testing.assert_array_equal(item["label"].numpy(), expected["label"][i])
+        assert item["case_id"] == expected["case_id"][i] and item["slice_index"] == expected["slice_index"][i]
+    np.testing.assert_array_equal(dataset[-1]["label"].numpy(), expected["label"][-1])
+    with pytest.raises(IndexError):
+        dataset[6]
+
+
+def test_dataloader_with_two_workers(package: Path) -> None:
+    dataset = BraTSFuse(package / "brats_fuse.h5", "train", modalities="flair,t1ce")
+    dataset[0]  # open a handle in the parent: workers must not inherit it through pickling
+    assert pickle.loads(pickle.dumps(dataset))._h5 is None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, shuffle=False)
+    batches = list(loader)
+    expected = h5_split(package, "train")
+    source = torch.cat([b["source"] for b in batches]).numpy()
+    np.testing.assert_array_equal(source, expected["source"][:, [3, 1]])
+    np.testing.assert_array_equal(torch.cat([b["label"] for b in batches]).numpy(), expected["label"])
+    assert [c for b in batches for c in b["case_id"]] == list(expected["case_id"])
+    dataset.close()
+
+
+def test_transform_is_applied_jointly(package: Path) -> None:
+    plain = BraTSFuse(package, "val")
+    flipped = BraTSFuse(package, "val", transform=A.HorizontalFlip(p=1.0))
+    for i in range(len(plain)):
+        a, b = plain[i], flipped[i]
+        np.testing.assert_array_equal(b["source"].numpy(), a["source"].numpy()[..., ::-1])
+        np.testing.assert_array_equal(b["fused"].numpy(), a["fused"].numpy()[..., ::-1])
+        np.testing.assert_array_equal(b["label"].numpy(), a["label"].numpy()[..., ::-1])
+    rotated = BraTSFuse(package, "val", transform=A.Compose([A.Transpose(p=1.0)]))
+    np.testing.assert_array_equal(rotated[0]["label"].numpy(), plain[0]["label"].numpy().T)
+    np.testing.assert_array_equal(rotated[0]["source"].numpy(), plain[0]["source"].numpy().transpose(0, 2, 1))
+
+
+def test_bad_arguments_and_files(package: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="split 'dev'"):
+        BraTSFuse(package, "dev")
+    with pytest.raises(ConfigError, match="unknown modality"):
+        BraTSFuse(package, "train", modalities="t1,pd")
+    with pytest.raises(DataError, match="no such HDF5 file"):
+        BraTSFuse(tmp_path, "train")
+    (tmp_path / "brats_fuse.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="not a readable HDF5"):
+        BraTSFuse(tmp_path, "train")
+    bad = tmp_path / "bad.h5"
+    with h5py.File(package / "brats_fuse.h5", "r") as src, h5py.File(bad, "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for split in ("train", "val", "test"):
+            src.copy(split, dst)
+        del dst["test/label"]
+        dst["test"].create_dataset("label", data=np.zeros((1, 16, 16), np.uint8))
+    with pytest.raises(DataError, match="/test/label is uint8"):
+        BraTSFuse(bad, "train")
