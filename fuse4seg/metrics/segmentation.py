@@ -42,33 +42,75 @@ def image_diagonal(shape: Sequence[int], spacing: float | Sequence[float] | None
     return float(np.sqrt(np.sum((np.asarray(shape, dtype=np.float64) * sp) ** 2)))
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice 2|P & T| / (|P| + |T|) of two same-shape boolean masks; 1.0 when both are empty."""
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """(|P & T|, |P|, |T|) of two same-shape boolean masks."""
+    return int(np.count_nonzero(pred & truth)), int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
+
+
+def _rates(tp: int, n_pred: int, n_truth: int, n_total: int) -> tuple[float, float, float]:
+    """(Dice, sensitivity, specificity) from confusion counts, with the empty-denominator rules above."""
+    dice_value = 1.0 if n_pred + n_truth == 0 else 2.0 * tp / (n_pred + n_truth)
+    sens = 1.0 if n_truth == 0 else tp / n_truth
+    negatives = n_total - n_truth
+    spec = 1.0 if negatives == 0 else (negatives - (n_pred - tp)) / negatives
+    return dice_value, sens, spec
+
+
+def _as_mask_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two same-shape boolean masks (DataError on a shape mismatch)."""
     p = np.asarray(pred, dtype=bool)
     t = np.asarray(truth, dtype=bool)
-    total = np.count_nonzero(p) + np.count_nonzero(t)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(p & t) / total
+    if p.shape != t.shape:
+        raise DataError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
+    return p, t
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice 2|P & T| / (|P| + |T|) of two same-shape boolean masks; 1.0 when both are empty."""
+    p, t = _as_mask_pair(pred, truth)
+    return _rates(*_counts(p, t), p.size)[0]
 
 
 def sensitivity(pred: np.ndarray, truth: np.ndarray) -> float:
     """TP / (TP + FN) of two same-shape boolean masks; 1.0 when the truth is empty."""
-    t = np.asarray(truth, dtype=bool)
-    positives = np.count_nonzero(t)
-    return 1.0 if positives == 0 else np.count_nonzero(np.asarray(pred, dtype=bool) & t) / positives
+    p, t = _as_mask_pair(pred, truth)
+    return _rates(*_counts(p, t), p.size)[1]
 
 
 def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
     """TN / (TN + FP) of two same-shape boolean masks; 1.0 when the truth covers the whole image."""
-    t = np.asarray(truth, dtype=bool)
-    negatives = t.size - np.count_nonzero(t)
-    if negatives == 0:
-        return 1.0
-    return (negatives - np.count_nonzero(np.asarray(pred, dtype=bool) & ~t)) / negatives
+    p, t = _as_mask_pair(pred, truth)
+    return _rates(*_counts(p, t), p.size)[2]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel of a 2-D/3-D mask; None when it is empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels of a boolean mask: mask minus its erosion by the face-connected cross (zero border)."""
     return mask & ~ndimage.binary_erosion(mask)
+
+
+def _hd95(p: np.ndarray, t: np.ndarray, sp: np.ndarray, diagonal: float) -> float:
+    """HD95 of two boolean masks (possibly a crop holding both) with spacing sp; ``diagonal`` if one is empty."""
+    box = _bounding_box(p | t)
+    if box is None:
+        return 0.0
+    pc, tc = p[box], t[box]
+    if not (pc.any() and tc.any()):
+        return diagonal
+    surf_p, surf_t = _surface(pc), _surface(tc)
+    d_pt = ndimage.distance_transform_edt(~surf_t, sampling=sp)[surf_p]
+    d_tp = ndimage.distance_transform_edt(~surf_p, sampling=sp)[surf_t]
+    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] | None = None) -> float:
@@ -79,25 +121,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] |
     -> 0; one empty -> the image diagonal. Work is cropped to the bounding box of the union of the
     two masks: every surface voxel lies inside it and erosion outside it sees only background.
     """
-    p = np.asarray(pred, dtype=bool)
-    t = np.asarray(truth, dtype=bool)
-    if p.shape != t.shape:
-        raise DataError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
+    p, t = _as_mask_pair(pred, truth)
     sp = _spacing(spacing, p.ndim)
-    p_any, t_any = p.any(), t.any()
-    if not p_any and not t_any:
-        return 0.0
-    if not (p_any and t_any):
-        return image_diagonal(p.shape, sp)
-    union = p | t
-    box = []
-    for axis in range(p.ndim):
-        hits = np.flatnonzero(union.any(axis=tuple(a for a in range(p.ndim) if a != axis)))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    sp_surface, st_surface = _surface(p[tuple(box)]), _surface(t[tuple(box)])
-    d_pt = ndimage.distance_transform_edt(~st_surface, sampling=sp)[sp_surface]
-    d_tp = ndimage.distance_transform_edt(~sp_surface, sampling=sp)[st_surface]
-    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+    return _hd95(p, t, sp, image_diagonal(p.shape, sp))
 
 
 def _check_label_map(label: np.ndarray, name: str) -> np.ndarray:
@@ -131,17 +157,23 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray,
     if p.shape != t.shape:
         raise DataError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
     sp = _spacing(spacing, p.ndim)
+    diagonal = image_diagonal(p.shape, sp)
+    n_total = p.size
+    # Every region lies inside the non-background voxels: crop once, count the rest analytically.
+    box = _bounding_box((p != 0) | (t != 0))
+    if box is not None:
+        p, t = p[box], t[box]
     out: dict[str, dict[str, float]] = {}
     for region, values in REGIONS.items():
+        if box is None:
+            out[region] = {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0}
+            continue
         # A lookup table maps every label to its region membership in one gather (same as region_masks).
         lut = np.isin(np.arange(max(LABELS) + 1), values)
         pm, tm = lut[p], lut[t]
-        out[region] = {
-            "dice": float(dice(pm, tm)),
-            "hd95": hd95(pm, tm, sp),
-            "sensitivity": float(sensitivity(pm, tm)),
-            "specificity": float(specificity(pm, tm)),
-        }
+        dice_value, sens, spec = _rates(*_counts(pm, tm), n_total)
+        out[region] = {"dice": dice_value, "hd95": _hd95(pm, tm, sp, diagonal), "sensitivity": sens,
+                       "specificity": spec}
     return out
 
 
