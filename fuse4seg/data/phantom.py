@@ -15,11 +15,11 @@ whatever the number of workers (nibabel writes gzip with mtime 0).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.brats import FILE_SUFFIXES, from_canonical_labels
-from fuse4seg.errors import ConfigError
+from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 
 #: Full-scale BraTS grid (voxels at 1 mm).
@@ -53,12 +53,13 @@ _CSF, _GM, _WM, _ED, _NCR, _ET = range(6)
 
 @dataclass(frozen=True)
 class _Template:
-    """MNI152 tissue maps on their 1 mm grid, float32 in [0, 1], smoothed for the target scale."""
+    """MNI152 tissue maps, float32 in [0, 1], block-averaged to ``step`` mm and smoothed for the target scale."""
 
     t1: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
-    origin: np.ndarray  # world mm of template voxel (0, 0, 0); the template axes are +x, +y, +z at 1 mm
+    step: int  # template voxel size in mm (the templates are 1 mm; coarse outputs use 2 mm or more)
+    origin: np.ndarray  # world mm of template voxel (0, 0, 0); the template axes are +x, +y, +z
     centre: np.ndarray  # world mm of the brain's bounding-box centre
     bbox: tuple[np.ndarray, np.ndarray]  # world mm min/max of the brain
     sites: np.ndarray  # (N, 3) world mm of deep white-matter voxels (tumour centres) with (N,) depth mm
@@ -77,7 +78,14 @@ class PhantomCase:
 
 def template_path(name: str) -> Path:
     """Path of the MNI152 ``t1``/``gm``/``wm`` template inside the installed nilearn package."""
-    return Path(str(resources.files("nilearn.datasets") / "data" / TEMPLATE_FILES[name]))
+    # find_spec locates the wheel without importing nilearn.datasets (which pulls in pandas and sklearn: ~4 s).
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("nilearn is not installed: the phantom needs the MNI152 templates its wheel ships")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / TEMPLATE_FILES[name]
+    if not path.is_file():
+        raise DataError(f"MNI152 template {path} is missing from the nilearn installation")
+    return path
 
 
 @lru_cache(maxsize=4)
@@ -90,23 +98,38 @@ def _load_template(scale: float) -> _Template:
         maps[name] = np.ascontiguousarray(np.asanyarray(img.dataobj), dtype=np.float32) / np.float32(255.0)
     affine = img.affine
     # The T1 template is skull-stripped: its support is the brain (GM, WM and CSF).
-    brain = (maps["t1"] > 0.05).astype(np.float32)
-    sigma = 0.5 * (1.0 / scale - 1.0)
-    if sigma > 0.1:
-        maps = {k: ndi.gaussian_filter(v, sigma) for k, v in maps.items()}
+    brain = maps["t1"] > 0.05
     origin = affine[:3, 3].astype(np.float64)
-    idx = np.argwhere(brain > 0.5)
+    idx = np.argwhere(brain)
     lo, hi = origin + idx.min(axis=0), origin + idx.max(axis=0)
     # Tumour sites: white matter at least 15 mm from the brain surface (distance on a 2 mm grid).
-    coarse = brain[::2, ::2, ::2] > 0.5
-    depth = ndi.distance_transform_edt(coarse) * 2.0
-    wm_coarse = maps["wm"][::2, ::2, ::2]
-    site_idx = np.argwhere((depth >= 15.0) & (wm_coarse > 0.5))
+    depth = ndi.distance_transform_edt(brain[::2, ::2, ::2]) * 2.0
+    site_idx = np.argwhere((depth >= 15.0) & (maps["wm"][::2, ::2, ::2] > 0.5))
     sites = origin + site_idx * 2.0
+    # Anti-aliasing for coarse grids: block-average to ``step`` mm (cheap), then a Gaussian that brings the
+    # total blur to sigma = (1/scale - 1)/2 mm (a box of width s mm has variance (s^2 - 1)/12 on a 1 mm grid).
+    step = max(1, int(0.5 / scale))
+    if step > 1:
+        maps = {k: _block_mean(v, step) for k, v in maps.items()}
+    sigma = np.sqrt(max((0.5 * (1.0 / scale - 1.0)) ** 2 - (step**2 - 1) / 12.0, 0.0)) / step
+    if sigma > 0.1:
+        maps = {k: ndi.gaussian_filter(v, sigma) for k, v in maps.items()}
+    maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
     return _Template(
-        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], origin=origin, centre=(lo + hi) / 2.0,
-        bbox=(lo, hi), sites=sites, depth=depth[tuple(site_idx.T)],
+        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], step=step, origin=origin + (step - 1) / 2.0,
+        centre=(lo + hi) / 2.0, bbox=(lo, hi), sites=sites, depth=depth[tuple(site_idx.T)],
     )
+
+
+def _block_mean(volume: np.ndarray, step: int) -> np.ndarray:
+    """Mean over non-overlapping step^3 blocks (trailing partial blocks dropped): (X//step, Y//step, Z//step)."""
+    shape = tuple(n // step for n in volume.shape)
+    out = np.zeros(shape, dtype=np.float32)
+    for i in range(step):
+        for j in range(step):
+            for k in range(step):
+                out += volume[i::step, j::step, k::step][: shape[0], : shape[1], : shape[2]]
+    return out / np.float32(step**3)
 
 
 def grid_for_scale(scale: float) -> tuple[tuple[int, int, int], float]:
@@ -236,6 +259,8 @@ def _warp_anatomy(tpl: _Template, coords: list[np.ndarray], tumours: list[_Tumou
         for b in range(3):
             sample[a] += np.float32(linear[a, b]) * rel[b]
         sample[a] += np.float32(tpl.centre[a] - tpl.origin[a])
+    if tpl.step > 1:
+        sample /= np.float32(tpl.step)
     out = np.empty((4, *sample.shape[1:]), dtype=np.float32)
     for i, volume in enumerate((tpl.gm, tpl.wm, tpl.t1), start=1):
         ndi.map_coordinates(volume, sample, output=out[i], order=1, mode="constant", cval=0.0, prefilter=False)
@@ -265,8 +290,10 @@ def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coor
         sub[sl] = True
         pick = sub.reshape(-1)[inside]
         local = [c[s] for c, s in zip(coords, sl)]
+        # 0.6 mm partial-volume blur: at coarse scales the labels are coarse too, so it shrinks with the voxel.
+        sigma = 0.6 / abs(float(coords[0][1] - coords[0][0]))
         for k, value in enumerate((2, 1, 3)):
-            soft = ndi.gaussian_filter((label[sl] == value).astype(np.float32), 0.6)
+            soft = ndi.gaussian_filter((label[sl] == value).astype(np.float32), sigma)
             weights[k, pick] = soft[brain[sl]]
         texture[pick] = 0.1 * _smooth_field(rng, local, 5.0)[0][brain[sl]]
     w_tumour = weights.sum(axis=0)
