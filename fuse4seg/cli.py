@@ -154,9 +154,9 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
     """Train a fusion + segmentation pipeline on a BraTS-Fuse package (bi-level by default)."""
+    values = dict(locals())  # every option above, None where not given
     from fuse4seg.train.loop import format_train_summary, train_from_options
 
-    values = dict(locals())
     config_file = values.pop("config")
     values["resume"] = resume or None
     values["overwrite"] = overwrite or None

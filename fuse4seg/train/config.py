@@ -169,6 +169,25 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     raise bad  # pragma: no cover - every field type is handled above
 
 
+def cli_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Map command-line values to config overrides: --bilevel -> mode, --seg-width etc. -> option tables.
+
+    ``values`` holds every CLI option (None = not given); the result has only TrainConfig fields.
+    """
+    values = dict(values)
+    bilevel = values.pop("bilevel", False)
+    if bilevel:
+        if values.get("mode") not in (None, "bilevel"):
+            raise ConfigError(f"--bilevel and --mode {values['mode']}: give one of them")
+        values["mode"] = "bilevel"
+    for table, keys in (("seg_options", ("seg_width", "seg_depth")), ("fusion_options", ("fusion_width",))):
+        extra = {k.split("_", 1)[1]: values.pop(k) for k in keys if k in values}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra:
+            values[table] = {**(values.get(table) or {}), **extra}
+    return values
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file of options (keys = option names, dashes or underscores; optional [train] table)."""
     path = Path(path)
@@ -200,7 +219,9 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
         if name not in FIELD_NAMES:
             raise ConfigError(f"unknown option --{name.replace('_', '-')}")
         if value is not None:
-            values[name] = _coerce(name, value, "")
+            value = _coerce(name, value, "")
+            # model/loss option tables merge key by key: --seg-width keeps a file's seg_options.depth
+            values[name] = {**values.get(name, {}), **value} if isinstance(value, dict) else value
     # --steps on the command line replaces --epochs from the file, and the reverse.
     given = {k for k, v in (overrides or {}).items() if v is not None}
     if "steps" in given and "epochs" not in given:

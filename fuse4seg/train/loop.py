@@ -284,3 +284,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
     summary = trainer.run()
     atomic_write_text(Path(config.out) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def train_from_options(values: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
+    """Resolve command-line style options (None = not given; see config.cli_overrides) and train."""
+    from fuse4seg.train.config import cli_overrides
+
+    return train(resolve_config(cli_overrides(values), config_file))
+
+
+def format_train_summary(summary: dict[str, Any]) -> str:
+    """Lines for the terminal: steps, skipped, val Dice, where the checkpoints and logs are."""
+    run = summary["run"]
+    val = summary.get("val") or {}
+    dice = ", ".join(f"{k[5:]} {v:.3f}" for k, v in val.items() if k.startswith("dice_")) or "no val split"
+    return "\n".join([
+        (f"trained {summary['mode']}: {summary['steps']} steps ({summary['steps_this_call']} this call, "
+        f"{summary['skipped']} skipped) in {summary['seconds']:.1f} s"),
+        f"val Dice (per slice): {dice}; best step {summary['best_step']}",
+        f"checkpoints: {run}/best.pt, {run}/last.pt; options: {run}/config.json",
+        f"TensorBoard: tensorboard --logdir {summary['tensorboard']}",
+    ])

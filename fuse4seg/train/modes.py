@@ -81,7 +81,7 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
 def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, what: str) -> float:
     """Backward ``loss`` and step ``opt`` unless the loss or a gradient is non-finite; returns grad norm."""
     if not _finite(loss):
-        raise NonFiniteStep(f"non-finite {what} loss ({float(loss)})")
+        raise NonFiniteStep(f"non-finite {what} loss ({float(loss.detach())})")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -197,7 +197,7 @@ def joint_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.d
     ls = segmentation_loss(logits, y, config.region_based)
     loss = lf + config.lambda_seg * ls
     if not _finite(loss):
-        raise NonFiniteStep(f"non-finite joint loss ({float(loss)})")
+        raise NonFiniteStep(f"non-finite joint loss ({float(loss.detach())})")
     opts.upper.zero_grad(set_to_none=True)
     opts.lower.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,7 +207,7 @@ def joint_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.d
         raise NonFiniteStep("non-finite joint gradient")
     opts.upper.step()
     opts.lower.step()
-    scalars = {"loss/fusion": float(lf), "loss/seg": float(ls), "loss/total": float(loss),
+    scalars = {"loss/fusion": float(lf.detach()), "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
                "grad/fusion_norm": norm_f, "grad/seg_norm": norm_s}
     return StepResult(scalars)
 
@@ -223,13 +223,13 @@ def two_stage_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: tor
         fused = pipeline.fusion(s)
         lf, _ = fusion_loss(fused, s, config.fusion_loss_weights or None)
         norm = _backward_step(lf, opts.upper, "fusion")
-        return StepResult({"loss/fusion": float(lf), "grad/fusion_norm": norm, "stage": 1.0})
+        return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
     with torch.no_grad():
         fused = pipeline.fusion(s)
     logits = pipeline.seg(fused)
     ls = segmentation_loss(logits, y, config.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
-    return StepResult({"loss/seg": float(ls), "grad/seg_norm": norm, "stage": 2.0})
+    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
 
 
 def segmentation_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.device) -> StepResult:
@@ -239,4 +239,4 @@ def segmentation_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: 
     logits = pipeline.seg(pipeline.seg_input(x, stored, None))
     ls = segmentation_loss(logits, y, pipeline.config.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
-    return StepResult({"loss/seg": float(ls), "grad/seg_norm": norm})
+    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})

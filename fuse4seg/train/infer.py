@@ -1,0 +1,138 @@
+"""``fuse4seg fuse``: apply a trained run to one BraTS-layout case, writing fused.nii.gz and seg.nii.gz.
+
+Preprocessing matches ``build-benchmark``: the case is read and normalised by fuse4seg.data.brats;
+if its in-plane size differs from the run's training slices (H, W), every axial slice is cropped to
+the square around the brain mask's bounding box (union over slices) and resized to H x W, exactly
+as ``build-benchmark --size`` does. The outputs are mapped back: the fused image is resized
+bilinearly, the segmentation logits are resized bilinearly before taking labels, and both are
+pasted into a zero volume of the input's shape. Labels outside the brain mask are set to
+background, and labels are written in the case's release scheme (e.g. 4 for ET in BraTS 2021).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fuse4seg.errors import ConfigError
+from fuse4seg.io import atomic_dir
+from fuse4seg.train.evaluate import load_run
+from fuse4seg.train.loop import resolve_device
+from fuse4seg.train.networks import Pipeline
+
+
+def training_slice_size(run: str | Path) -> tuple[int, int]:
+    """(H, W) of the slices the run was trained on, from RUN/config.json."""
+    path = Path(run) / "config.json"
+    try:
+        derived = json.loads(path.read_text(encoding="utf-8"))["derived"]
+        return int(derived["slice_height"]), int(derived["slice_width"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--run: cannot read the training slice size from {path}: {exc}") from None
+
+
+def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int]) -> torch.Tensor:
+    """Resize (Z, C, h, w) to the box's side (bilinear) and paste it into zeros (Z, C, X, Y), clipping."""
+    x0, x1, y0, y1 = box
+    resized = F.interpolate(values, size=(x1 - x0, y1 - y0), mode="bilinear", align_corners=False)
+    out = values.new_zeros((values.shape[0], values.shape[1], *shape))
+    ax0, ax1, ay0, ay1 = max(x0, 0), min(x1, shape[0]), max(y0, 0), min(y1, shape[1])
+    out[:, :, ax0:ax1, ay0:ay1] = resized[:, :, ax0 - x0:ax1 - x0, ay0 - y0:ay1 - y0]
+    return out
+
+
+def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarray, size: tuple[int, int],
+                   device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16
+                   ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(4, X, Y, Z) sources in [0, 1] -> (fused (X, Y, Z) float32 in [0, 1] or None, labels (X, Y, Z) uint8).
+
+    Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize when (X, Y)
+    differs from the training ``size``; labels are canonical {0..3}, background outside the brain.
+    """
+    from fuse4seg.data.benchmark import crop_resize, square_box
+    from fuse4seg.fusion import fuse_batch
+    from fuse4seg.losses import predict_labels
+
+    slices = np.ascontiguousarray(np.moveaxis(images, -1, 0), dtype=np.float32)  # (Z, 4, X, Y)
+    shape = slices.shape[-2:]
+    box = None
+    if shape != tuple(size):
+        if size[0] != size[1]:
+            raise ConfigError(f"--case: slices are {shape} but the run was trained on non-square {size} slices")
+        box = square_box(brain_mask.any(axis=2))
+        # In chunks: OpenCV resizes at most 128 channels (slices x 4 modalities) per call.
+        slices = np.concatenate([
+            crop_resize(part, np.zeros(part.shape[:1] + shape, np.uint8), box, size[0])[0]
+            for part in np.array_split(slices, max(1, -(-len(slices) // 16)))
+        ])
+    needs_stored = pipeline.fusion is None and pipeline.config.seg_inputs() == ("fused",)
+    fused_parts, logit_parts = [], []
+    with torch.no_grad():
+        for start in range(0, len(slices), batch_size):
+            source = torch.from_numpy(slices[start:start + batch_size]).to(device)
+            stored = None
+            if needs_stored:  # direct mode on the benchmark's classical fusion: recompute it here
+                stored = torch.from_numpy(fuse_batch(source[:, pipeline.fusion_channels].cpu().numpy(),
+                                                     fusion_method)[:, None]).to(device)
+            fused, logits = pipeline.forward(source, stored)
+            shown = fused if fused is not None else stored
+            if shown is not None:
+                fused_parts.append(shown.float().cpu())
+            logit_parts.append(logits.float().cpu())
+    logits = torch.cat(logit_parts)
+    fused = torch.cat(fused_parts) if fused_parts else None
+    if box is not None:
+        logits = _paste(logits, box, shape)
+        fused = None if fused is None else _paste(fused, box, shape)
+    labels = predict_labels(logits, pipeline.config.region_based).numpy().astype(np.uint8)  # (Z, X, Y)
+    labels = np.moveaxis(labels, 0, -1) * brain_mask.astype(np.uint8)
+    fused_vol = None if fused is None else np.clip(np.moveaxis(fused[:, 0].numpy(), 0, -1), 0.0, 1.0)
+    return (None if fused_vol is None else fused_vol.astype(np.float32)), labels
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header, dtype: type) -> nib.Nifti1Image:
+    """A NIfTI image with the input's affine and header, stored as ``dtype`` without intensity scaling."""
+    img = nib.Nifti1Image(data.astype(dtype), affine, header=header.copy())
+    img.set_data_dtype(dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    return img
+
+
+def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint: str = "best", device: str = "cpu",
+              overwrite: bool = False) -> dict[str, Any]:
+    """Apply RUN's networks to the case in ``case_dir``; writes OUT/fused.nii.gz and OUT/seg.nii.gz atomically."""
+    from fuse4seg.data.brats import find_case, from_canonical_labels, load_case
+
+    _config, pipeline, _ = load_run(run, checkpoint, device)
+    dev = resolve_device(device)
+    size = training_slice_size(run)
+    files = find_case(case_dir)
+    case = load_case(files, require_label=False)
+    method = _benchmark_method(run)
+    fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method)
+    seg = from_canonical_labels(labels, case.scheme)
+    written = []
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if fused is not None:
+            nib.save(_nifti(fused, case.affine, case.header, np.float32), tmp / "fused.nii.gz")
+            written.append("fused.nii.gz")
+        nib.save(_nifti(seg, case.affine, case.header, np.uint8), tmp / "seg.nii.gz")
+        written.append("seg.nii.gz")
+    voxels = {name: int(np.count_nonzero(labels == v)) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
+    return {"case_id": case.case_id, "scheme": case.scheme, "out": str(out), "files": written,
+            "shape": list(labels.shape), "voxels": voxels, "resized": tuple(labels.shape[:2]) != size}
+
+
+def _benchmark_method(run: str | Path) -> str:
+    """The classical fusion rule of the benchmark the run was trained on (for direct mode on 'fused')."""
+    try:
+        derived = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))["derived"]
+        return str(derived.get("benchmark_fusion_method") or "laplacian")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "laplacian"

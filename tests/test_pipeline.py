@@ -1,0 +1,123 @@
+"""End to end through the command line: build-benchmark -> train --bilevel -> evaluate -> fuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from fuse4seg.cli import main
+
+LR_UPPER, LR_LOWER, LAMBDA = 0.5, 0.05, 2.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two pytest workers on two cores: one torch thread each avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def independent_hypergradient(bench: Path, config) -> tuple[dict, dict, dict, dict]:
+    """(phi0, theta0, d upper / d phi, theta after one inner SGD step) for step 0, by plain autograd.
+
+    Reproduces step 0 of bi-level training without fuse4seg.bilevel: theta1 = theta0 - a dL_fit/dtheta
+    (graph kept), U = L_fuse(F(x_fit), x_fit) + lambda L_seg(S_theta1(F(x_hold)), y_hold), dU/dphi.
+    """
+    from fuse4seg.data import BraTSFuse
+    from fuse4seg.losses import fusion_loss, segmentation_loss
+    from fuse4seg.train.batches import batch_indices, split_by_case
+    from fuse4seg.train.networks import build_pipeline
+
+    data = BraTSFuse(bench, "train")
+    case_ids = [data[i]["case_id"] for i in range(len(data))]
+    fit_pool, hold_pool = split_by_case(case_ids, config.val_fraction, config.seed)
+
+    def batch(pool: list[int], stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion sources (t1ce, flair) and labels of step 0's batch from ``pool``."""
+        items = [data[pool[j]] for j in batch_indices(len(pool), config.batch_size, config.seed, 0, stream)]
+        return torch.stack([it["source"][[1, 3]] for it in items]), torch.stack([it["label"] for it in items])
+
+    (x_fit, y_fit), (x_hold, y_hold) = batch(fit_pool, "fit"), batch(hold_pool, "holdout")
+    pipeline = build_pipeline(config)
+    phi = {k: v.detach().clone().requires_grad_() for k, v in pipeline.fusion.named_parameters()}
+    theta = {k: v.detach().clone().requires_grad_() for k, v in pipeline.seg.named_parameters()}
+    f, s = pipeline.fusion, pipeline.seg
+    inner = segmentation_loss(functional_call(s, theta, (functional_call(f, phi, (x_fit,)),)), y_fit)
+    g_theta = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
+    theta1 = {k: v - LR_LOWER * g for (k, v), g in zip(theta.items(), g_theta)}
+    upper = fusion_loss(functional_call(f, phi, (x_fit,)), x_fit)[0] + LAMBDA * segmentation_loss(
+        functional_call(s, theta1, (functional_call(f, phi, (x_hold,)),)), y_hold)
+    g_phi = dict(zip(phi, torch.autograd.grad(upper, list(phi.values()))))
+    return ({k: v.detach() for k, v in phi.items()}, {k: v.detach() for k, v in theta.items()}, g_phi,
+            {k: v.detach() for k, v in theta1.items()})
+
+
+@pytest.mark.slow
+def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The user's pipeline through `fuse4seg.cli.main`, checking every file and the first update."""
+    from fuse4seg.train.checkpoint import load_checkpoint
+    from fuse4seg.train.config import config_from_dict
+
+    bench, run, fused_dir = tmp_path / "bench", tmp_path / "run", tmp_path / "fused"
+    assert main(["build-benchmark", "--out", str(bench), "--brats", str(phantom_release), "--size", "48",
+                 "--slices-per-case", "3", "--split", "0.5,0.25,0.25"]) == 0
+    train_args = ["train", "--benchmark", str(bench), "--out", str(run), "--bilevel", "--hypergrad", "unrolled",
+                  "--inner-steps", "1", "--inner-optimizer", "sgd", "--upper-optimizer", "sgd",
+                  "--lr-upper", str(LR_UPPER), "--lr-lower", str(LR_LOWER), "--lambda-seg", str(LAMBDA),
+                  "--seg-width", "4", "--seg-depth", "2", "--fusion-width", "4", "--batch-size", "2",
+                  "--eval-slices", "2", "--no-progress"]
+    assert main([*train_args, "--steps", "1"]) == 0
+    for name in ("config.json", "last.pt", "best.pt"):
+        assert (run / name).is_file()
+
+    # The fusion net moved by exactly -lr_upper * hypergradient (plain SGD on the upper level), and the
+    # segmenter kept its inner step: both checked against an autograd computation of step 0.
+    state = load_checkpoint(run / "last.pt")
+    config = config_from_dict(state["config"])
+    phi0, _theta0, g_phi, theta1 = independent_hypergradient(bench, config)
+    assert max(float(g.abs().max()) for g in g_phi.values()) > 0
+    for k, g in g_phi.items():
+        torch.testing.assert_close(state["models"]["fusion"][k] - phi0[k], -LR_UPPER * g, rtol=1e-4, atol=1e-6)
+    for k in theta1:
+        torch.testing.assert_close(state["models"]["seg"][k], theta1[k], rtol=1e-5, atol=1e-6)
+
+    assert main([*train_args, "--steps", "3", "--resume"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--compare-untrained"]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice WT" in printed and "report:" in printed
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert (run / "eval" / "report.md").read_text().count("|") > 20
+    assert (run / "eval" / "gallery.png").stat().st_size > 1000
+    from fuse4seg.data import BraTSFuse
+
+    test = BraTSFuse(bench, "test")
+    labels = np.stack([test[i]["label"].numpy() for i in range(len(test))])
+    assert metrics["slices"] == len(test)
+    # Background everywhere scores, per slice, 1 where the region is absent and 0 where present.
+    for region, values in {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}.items():
+        expected = float(np.mean([not np.isin(lab, values).any() for lab in labels]))
+        assert metrics["background_dice_per_slice_mean"][region] == pytest.approx(expected)
+    assert set(metrics["fusion"]["learned"]) >= {"EN", "SSIM", "Qabf", "VIF"}
+
+    case_dir = min(p for p in phantom_release.iterdir() if p.is_dir())
+    assert main(["fuse", "--run", str(run), "--case", str(case_dir), "--out", str(fused_dir)]) == 0
+    t1 = nib.load(next(case_dir.glob("*_t1.nii.gz")))
+    fused, seg = nib.load(fused_dir / "fused.nii.gz"), nib.load(fused_dir / "seg.nii.gz")
+    for img in (fused, seg):
+        assert img.shape == t1.shape
+        np.testing.assert_array_equal(img.affine, t1.affine)
+    f = np.asarray(fused.dataobj)
+    assert f.dtype == np.float32 and 0.0 <= f.min() and f.max() <= 1.0 and f.max() > 0.1
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}  # BraTS 2021 values
+    assert main(["fuse", "--run", str(run), "--case", str(case_dir), "--out", str(fused_dir)]) == 1
