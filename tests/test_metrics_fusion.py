@@ -94,14 +94,16 @@ def ref_qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     h_y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], float)
     h_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], float)
 
-    def arrays(img):
+    def arrays(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sobel strength and orientation of one image."""
         sx, sy = convolve2d(img, h_x, mode="same"), convolve2d(img, h_y, mode="same")
         ang = np.full(img.shape, math.pi / 2)
         nz = sx != 0
         ang[nz] = np.arctan(sy[nz] / sx[nz])
         return np.hypot(sx, sy), ang
 
-    def q(g_s, a_s, g_f, a_f):
+    def q(g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
+        """Per-pixel edge preservation of a source in the fused image."""
         rel = np.zeros_like(g_s)
         gt, eq, lt = g_s > g_f, g_s == g_f, g_s < g_f
         rel[gt], rel[eq], rel[lt] = g_f[gt] / g_s[gt], g_f[eq], g_s[lt] / g_f[lt]
@@ -116,6 +118,7 @@ def ref_qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_simple_metrics_match_direct_formulas(seed: int) -> None:
+    """EN, SD, SF, AG, SCD, CC, PSNR against the formulas written above."""
     f, a, b = make_pair(seed)
     m = fusion_metrics(f, [a, b])
     assert tuple(m) == FUSION_METRIC_NAMES
@@ -131,12 +134,14 @@ def test_simple_metrics_match_direct_formulas(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_mi_matches_sklearn_in_nats(seed: int) -> None:
+    """MI = sklearn mutual_info_score(F, A) + (F, B), natural log, one label per integer intensity."""
     f, a, b = make_pair(seed)
     expected = mutual_info_score(f.ravel(), a.ravel()) + mutual_info_score(f.ravel(), b.ravel())
     assert fusion_metrics(f, [a, b])["MI"] == pytest.approx(expected, rel=1e-10)
 
 
 def test_mi_rounds_float_images_instead_of_one_bin_per_float() -> None:
+    """Sub-integer jitter on F leaves MI unchanged (rounded bins, the documented deviation)."""
     f, a, b = make_pair(4)
     jitter = np.random.default_rng(9).uniform(-0.3, 0.3, f.shape)
     assert fusion_metrics(f + jitter, [a, b])["MI"] == pytest.approx(fusion_metrics(f, [a, b])["MI"], rel=1e-12)
@@ -144,6 +149,7 @@ def test_mi_rounds_float_images_instead_of_one_bin_per_float() -> None:
 
 @pytest.mark.parametrize("data_range", [255.0, 2.0])
 def test_ssim_matches_skimage_uniform_window(data_range: float) -> None:
+    """SSIM sum = skimage structural_similarity(win_size=7, uniform, sample covariance) per source."""
     f, a, b = make_pair(5)
     expected = sum(structural_similarity(f, s, win_size=7, data_range=data_range, gaussian_weights=False,
                                          use_sample_covariance=True, K1=0.01, K2=0.03) for s in (a, b))
@@ -152,12 +158,14 @@ def test_ssim_matches_skimage_uniform_window(data_range: float) -> None:
 
 @pytest.mark.parametrize("seed", [0, 6])
 def test_vif_matches_two_dimensional_transcription(seed: int) -> None:
+    """Separable VIF equals the full 2-D convolve2d VIF per source."""
     f, a, b = make_pair(seed, size=(70, 90))
     got = vif_per_source(f, np.stack([a, b]))
     np.testing.assert_allclose(got, [ref_vif(a, f), ref_vif(b, f)], rtol=1e-9)
 
 
 def test_vif_properties() -> None:
+    """VIF(A, A) = 1 per source; falls with noise; > 1 for contrast stretch; constant source -> 1."""
     _, a, _ = make_pair(7)
     # An image against itself: g = 1, residual variance clamps to eps, so VIF = 1 per source.
     assert fusion_metrics(a, [a, a])["VIF"] == pytest.approx(2.0, abs=1e-8)
@@ -171,6 +179,7 @@ def test_vif_properties() -> None:
 
 
 def test_sobel_arrays_match_convolve2d() -> None:
+    """Sobel strength and orientation equal zero-padded convolve2d 'same' responses."""
     _, a, _ = make_pair(8)
     strength, angle = sobel_strength_angle(a[None])
     sx = convolve2d(a, np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]), mode="same")
@@ -182,11 +191,13 @@ def test_sobel_arrays_match_convolve2d() -> None:
 
 @pytest.mark.parametrize("seed", [0, 9])
 def test_qabf_matches_transcription(seed: int) -> None:
+    """Qabf equals the convolve2d transcription of the Xydeas-Petrovic formula."""
     f, a, b = make_pair(seed)
     assert qabf(f, np.stack([a, b])) == pytest.approx(ref_qabf(f, a, b), rel=1e-10)
 
 
 def test_qabf_hand_worked_source_with_itself() -> None:
+    """Qabf(A; A, A) and Qabf(A; A, 0) in closed form."""
     # Integer steps of >= 10 grey levels: every non-zero Sobel strength is >= 10, so equal strengths give
     # Q_g = 0.9994 / (1 + exp(-15 (g - 0.5))) = 0.9994 to double precision (the "relative strength = g_F"
     # quirk), equal angles give Q_a = 0.9879 / (1 + exp(-22 * 0.2)); the weights cancel.
@@ -199,13 +210,37 @@ def test_qabf_hand_worked_source_with_itself() -> None:
     assert expected == pytest.approx(0.975333, abs=1e-6)
 
 
+def test_qabf_hand_worked_contrast_doubling() -> None:
+    """F = 2A: every edge has relative strength g_A / g_F = 1/2 (Q_g = 0.9994 / 2), same orientation."""
+    img = np.zeros((48, 48))
+    img[10:30, 12:40] = 100.0
+    img[20:44, 5:18] = 30.0
+    expected = 0.9994 / 2 * 0.9879 / (1 + math.exp(-4.4))
+    assert qabf(2 * img, np.stack([img, img])) == pytest.approx(expected, rel=1e-12)
+
+
+def test_input_types_and_quantisation() -> None:
+    """uint8 / float32 / (C, H, W) inputs give the float64 numbers; quantise=True undoes sub-integer jitter."""
+    f, a, b = make_pair(15)
+    ref = fusion_metrics(f, [a, b])
+    for got in (fusion_metrics(f.astype(np.uint8), [a.astype(np.uint8), b.astype(np.uint8)]),
+                fusion_metrics(f.astype(np.float32), np.stack([a, b]).astype(np.float32))):
+        for key in FUSION_METRIC_NAMES:
+            assert got[key] == pytest.approx(ref[key], rel=1e-12), key
+    jitter = np.random.default_rng(3).uniform(-0.4, 0.4, f.shape)
+    assert fusion_metrics(f + jitter, [a, b], quantise=True) == pytest.approx(ref, rel=1e-12)
+    assert fusion_metrics(f + jitter, [a, b])["SD"] != pytest.approx(ref["SD"], rel=1e-9)
+
+
 def test_qabf_prefers_the_better_fusion() -> None:
+    """A real fusion scores higher Qabf than uniform noise; both in (0, 1)."""
     f, a, b = make_pair(10)
     noise = np.random.default_rng(0).uniform(0, 255, f.shape)
     assert 0 < fusion_metrics(noise, [a, b])["Qabf"] < fusion_metrics(f, [a, b])["Qabf"] < 1
 
 
 def test_more_than_two_sources_sum_per_source() -> None:
+    """Three sources: MI, SSIM, VIF, SCD per-source sums; CC the mean."""
     f, a, b = make_pair(11)
     c = np.clip(np.round(255 - a + 0.3 * b), 0, 255)
     m3 = fusion_metrics(f, [a, b, c])
@@ -220,6 +255,7 @@ def test_more_than_two_sources_sum_per_source() -> None:
 
 
 def test_average_is_the_mean_of_pairs() -> None:
+    """average_fusion_metrics is the per-key mean and counts the pairs."""
     pairs = [(f, [a, b]) for f, a, b in (make_pair(12), make_pair(13))]
     avg = average_fusion_metrics(pairs)
     single = [fusion_metrics(f, s) for f, s in pairs]
@@ -231,6 +267,7 @@ def test_average_is_the_mean_of_pairs() -> None:
 
 
 def test_bad_input_is_rejected() -> None:
+    """Wrong rank, shape mismatch, one source, NaN, too small, bad data_range."""
     f, a, b = make_pair(14)
     with pytest.raises(DataError, match="2-D"):
         fusion_metrics(f[None], [a, b])
@@ -264,6 +301,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("seed", sorted(EXPECTED))
 def test_regression_fixture(seed: int) -> None:
+    """The literals above, to 1e-9 relative."""
     f, a, b = make_pair(seed)
     got = fusion_metrics(f, [a, b])
     assert set(EXPECTED[seed]) == set(FUSION_METRIC_NAMES)

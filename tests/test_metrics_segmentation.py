@@ -42,6 +42,7 @@ def brute_hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...], 
     """Max of directed 95th percentiles (or MedPy's percentile of the pooled distances when ``pooled``),
     surfaces from an explicit 2*ndim-neighbour test, all-pairs cdist."""
     def surface(mask: np.ndarray) -> np.ndarray:
+        """Physical coordinates (mm) of the voxels with a background face-neighbour (or the border)."""
         padded = np.pad(mask, 1)
         inner = np.ones_like(mask)
         for axis in range(mask.ndim):

@@ -3,6 +3,22 @@
 Conventions (DESIGN.md section 2): images on the 0-255 scale; EN in bits, MI in nats; the two-source
 metrics MI, SCD, VIF and SSIM are sums over sources, Qabf a gradient-weighted mean over sources, CC
 the mean correlation and PSNR uses the source-averaged MSE with max(F) as peak (as CDDFuse).
+
+CDDFuse quirks REPRODUCED (so numbers compare with published tables): PSNR's peak is max(F), not 255;
+CC is averaged, not summed; VIF returns 1.0 for 0/0 (a constant source) and keeps the reference's
+clamping order and per-scale pre-filtering; Qabf uses zero-padded Sobel responses (the image border
+reads as an edge), orientation arctan(SAy/SAx) with pi/2 wherever SAx == 0 (flat pixels too), and
+relative strength g_F (not 1) where g_S == g_F; SSIM is skimage's uniform 7x7 window with sample
+covariance; AG divides by 2 inside the square root and uses one-sided differences at the border.
+
+Deliberate DEVIATIONS: (1) SSIM's ``data_range`` is an argument (default 255); CDDFuse called skimage
+without it on float images, which old skimage read as 2 (pass 2.0 to reproduce its tables). (2) EN
+and MI clip to [0, 255] before the uint8 cast (CDDFuse wraps out-of-range values), and MI bins rounded
+intensities (CDDFuse gives every distinct float its own label: same for its integer PNG inputs,
+degenerate for float images). (3) Everything is float64; CDDFuse's float32 images make its Sobel
+(Qabf) and SSIM float32 (relative differences ~1e-6). (4) Bad input raises DataError/ConfigError
+instead of asserting. CDDFuse also min-max normalises each fused output to 0-255 and saves it as
+PNG before scoring: that is the caller's choice here (``quantise=True`` mimics the PNG rounding).
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ from fuse4seg.metrics.fusion_stats import (
     entropy,
     mutual_information,
     psnr,
+    quantise_uint8,
     scd,
     spatial_frequency,
     standard_deviation,
@@ -56,7 +73,7 @@ def _as_images(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray) ->
 
 
 def fusion_metrics(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray,
-                   data_range: float = 255.0) -> dict[str, float]:
+                   data_range: float = 255.0, quantise: bool = False) -> dict[str, float]:
     """All fusion metrics of a fused (H, W) image against C >= 2 source (H, W) images, all on the 0-255 scale.
 
     Returns {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "CC"} as floats.
@@ -64,12 +81,16 @@ def fusion_metrics(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray
     case (MI = sum MI(F, S_i), VIF = sum VIF(S_i -> F), SSIM = sum SSIM(F, S_i), SCD = sum corr(S_i,
     F - other sources)); Qabf stays a gradient-weighted mean, CC a mean, PSNR uses the mean MSE.
     ``data_range`` enters SSIM only (C1 = (0.01 R)^2, C2 = (0.03 R)^2): CDDFuse's tables used R = 2.
-    Images must be at least 41 x 41 (VIF's four scales).
+    Images must be at least 41 x 41 (VIF's four scales). ``quantise=True`` first rounds every image to
+    integers clipped to [0, 255], as CDDFuse's PNG save/load round trip does.
     """
     if not (isinstance(data_range, (int, float, np.floating, np.integer)) and math.isfinite(data_range)
             and data_range > 0):
         raise ConfigError(f"data_range must be a positive finite number, got {data_range!r}")
     f, s = _as_images(fused, sources)
+    if quantise:
+        f = quantise_uint8(f).astype(np.float64)
+        s = quantise_uint8(s).astype(np.float64)
     return {
         "EN": entropy(f),
         "SD": standard_deviation(f),
@@ -86,7 +107,7 @@ def fusion_metrics(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray
 
 
 def average_fusion_metrics(pairs: Iterable[tuple[np.ndarray, Sequence[np.ndarray] | np.ndarray]],
-                           data_range: float = 255.0) -> dict[str, float]:
+                           data_range: float = 255.0, quantise: bool = False) -> dict[str, float]:
     """Mean of :func:`fusion_metrics` over (fused (H, W), sources) pairs; adds "count" (number of pairs).
 
     A plain arithmetic mean per metric (a NaN or inf in one pair propagates: it is not hidden).
@@ -94,7 +115,7 @@ def average_fusion_metrics(pairs: Iterable[tuple[np.ndarray, Sequence[np.ndarray
     sums = dict.fromkeys(FUSION_METRIC_NAMES, 0.0)
     count = 0
     for fused, sources in pairs:
-        for key, value in fusion_metrics(fused, sources, data_range=data_range).items():
+        for key, value in fusion_metrics(fused, sources, data_range=data_range, quantise=quantise).items():
             sums[key] += value
         count += 1
     if count == 0:
