@@ -68,11 +68,14 @@ class _Template:
 
 @dataclass
 class PhantomCase:
-    """One generated case: images (4, X, Y, Z) float32 (stored intensities), canonical label uint8, tissue (3, X, Y, Z) CSF/GM/WM."""
+    """One generated case: images (4, X, Y, Z) int16 as stored, canonical label (X, Y, Z) uint8, affine (4, 4).
+
+    ``tissue`` (3, X, Y, Z) float32 holds the warped CSF/GM/WM fractions inside the brain (0 outside), if requested.
+    """
 
     images: np.ndarray
     label: np.ndarray
-    tissue: np.ndarray
+    tissue: np.ndarray | None
     affine: np.ndarray
 
 
@@ -157,9 +160,11 @@ def _smooth_field(rng: np.random.Generator, coords: list[np.ndarray], spacing: f
         basis = np.exp(-0.5 * ((c[:, None] - knots[None, :]) / (0.6 * spacing)) ** 2).astype(np.float32)
         bases.append(basis / np.sqrt((basis**2).sum(axis=1).mean()))
     weights = rng.standard_normal((count, *(b.shape[1] for b in bases)), dtype=np.float32)
-    field = np.einsum("nabc,zc->nabz", weights, bases[2], optimize=True)
-    field = np.einsum("nabz,yb->nayz", field, bases[1], optimize=True)
-    return np.einsum("nayz,xa->nxyz", field, bases[0], optimize=True)
+    field = weights @ bases[2].T  # (n, A, B, Z)
+    field = bases[1] @ field  # (n, A, Y, Z)
+    n, a, y, z = field.shape
+    # The last product writes a C-ordered (n, X, Y*Z) block directly: no copy when callers reshape.
+    return (bases[0] @ field.reshape(n, a, y * z)).reshape(n, len(coords[0]), y, z)
 
 
 @dataclass(frozen=True)
@@ -261,9 +266,23 @@ def _warp_anatomy(tpl: _Template, coords: list[np.ndarray], tumours: list[_Tumou
         sample[a] += np.float32(tpl.centre[a] - tpl.origin[a])
     if tpl.step > 1:
         sample /= np.float32(tpl.step)
-    out = np.empty((4, *sample.shape[1:]), dtype=np.float32)
+    out = np.zeros((4, *sample.shape[1:]), dtype=np.float32)
+    # Interpolate only where brain can be: probe every f-th voxel (4 mm apart), dilate twice, expand to blocks.
+    f = int(4.0 * len(coords[0]) / max(abs(coords[0][-1] - coords[0][0]), 1e-6))
+    if f >= 2:
+        probe = ndi.map_coordinates(tpl.t1, sample[:, ::f, ::f, ::f], order=1, prefilter=False) > 0.01
+        probe = ndi.binary_dilation(probe, np.ones((3, 3, 3), bool), iterations=2)
+        near = probe.repeat(f, 0).repeat(f, 1).repeat(f, 2)[tuple(slice(0, n) for n in sample.shape[1:])]
+        idx = np.flatnonzero(near)
+        points = sample.reshape(3, -1)[:, idx]
+    else:
+        idx, points = None, sample
     for i, volume in enumerate((tpl.gm, tpl.wm, tpl.t1), start=1):
-        ndi.map_coordinates(volume, sample, output=out[i], order=1, mode="constant", cval=0.0, prefilter=False)
+        values = ndi.map_coordinates(volume, points, order=1, mode="constant", cval=0.0, prefilter=False)
+        if idx is None:
+            out[i] = values
+        else:
+            out[i].reshape(-1)[idx] = values
     # CSF = brain minus GM and WM; the warped skull-stripped T1 gives the brain (its darkest brain voxels are > 0.125).
     np.minimum(out[3] * np.float32(8.0), 1.0, out=out[0])
     out[0] -= out[1] + out[2]
@@ -313,8 +332,8 @@ def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coor
     return out
 
 
-def generate_case(seed: int, index: int, scale: float = 1.0) -> PhantomCase:
-    """Generate phantom case ``index``: int16 images (4, X, Y, Z), canonical label, CSF/GM/WM (3, X, Y, Z)."""
+def generate_case(seed: int, index: int, scale: float = 1.0, with_tissue: bool = False) -> PhantomCase:
+    """Generate phantom case ``index``: int16 images (4, X, Y, Z), canonical label, optionally CSF/GM/WM maps."""
     rng = np.random.default_rng([seed, index])
     tpl = _load_template(float(scale))
     shape, spacing = grid_for_scale(scale)
@@ -344,8 +363,10 @@ def generate_case(seed: int, index: int, scale: float = 1.0) -> PhantomCase:
     images[(slice(None), *sl)] = work
     full_label = np.zeros(shape, dtype=np.uint8)
     full_label[sl] = label
-    tissue = np.zeros((3, *shape), dtype=np.float32)
-    tissue[(slice(None), *sl)] = anatomy[:3] * brain
+    tissue = None
+    if with_tissue:
+        tissue = np.zeros((3, *shape), dtype=np.float32)
+        tissue[(slice(None), *sl)] = anatomy[:3] * brain
     return PhantomCase(images=images, label=full_label, tissue=tissue, affine=affine)
 
 
