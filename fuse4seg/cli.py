@@ -63,6 +63,8 @@ def build_benchmark_command(
     workers: int = typer.Option(1, "--workers", help="Cases processed in parallel."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient split (and of the phantom release)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    fusion_checkpoint: str | None = typer.Option(None, "--fusion-checkpoint", help="Fuse with the trained fusion "
+                                                 "network of a run checkpoint (e.g. RUN/best.pt) instead of --fusion."),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
     import shlex
@@ -76,9 +78,17 @@ def build_benchmark_command(
     argv += ["--fusion-inputs", fusion_inputs, "--fusion", fusion]
     argv += ["--size", str(size)] if size is not None else []
     argv += ["--slices-per-case", str(slices_per_case), "--split", split, "--seed", str(seed)]
+    fusion_fn = fusion_name = None
+    if fusion_checkpoint is not None:
+        from fuse4seg.conventions import parse_modalities
+        from fuse4seg.train.infer import fusion_fn_from_checkpoint
+
+        fusion_fn, fusion_name = fusion_fn_from_checkpoint(fusion_checkpoint, parse_modalities(fusion_inputs))
+        argv += ["--fusion-checkpoint", fusion_checkpoint]
     summary = build_benchmark(out, brats=brats, phantom=phantom, fusion_inputs=fusion_inputs, fusion=fusion,
                               size=size, slices_per_case=slices_per_case, split=split, workers=workers, seed=seed,
-                              overwrite=overwrite, phantom_scale=phantom_scale, command=shlex.join(argv))
+                              overwrite=overwrite, phantom_scale=phantom_scale, command=shlex.join(argv),
+                              fusion_fn=fusion_fn, fusion_name=fusion_name)
     typer.echo(format_summary(summary))
 
 

@@ -121,3 +121,20 @@ def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys
     assert f.dtype == np.float32 and 0.0 <= f.min() and f.max() <= 1.0 and f.max() > 0.1
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}  # BraTS 2021 values
     assert main(["fuse", "--run", str(run), "--case", str(case_dir), "--out", str(fused_dir)]) == 1
+
+    # The benchmark rebuilt with the trained fusion network stores that network's output.
+    bench2 = tmp_path / "bench2"
+    assert main(["build-benchmark", "--out", str(bench2), "--brats", str(phantom_release), "--size", "48",
+                 "--slices-per-case", "3", "--split", "0.5,0.25,0.25", "--fusion-checkpoint",
+                 str(run / "best.pt")]) == 0
+    from fuse4seg.models import build_model
+
+    best = load_checkpoint(run / "best.pt")
+    net = build_model("fusion-cnn", in_channels=2, width=4)
+    net.load_state_dict(best["models"]["fusion"])
+    rebuilt = BraTSFuse(bench2, "test")
+    assert "fusion-cnn trained bilevel" in rebuilt.attrs["fusion_method"]
+    item = rebuilt[0]
+    with torch.no_grad():
+        expected = net(item["source"][[1, 3]][None])[0]
+    torch.testing.assert_close(item["fused"], expected, atol=1e-5, rtol=0)

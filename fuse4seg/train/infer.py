@@ -136,3 +136,41 @@ def _benchmark_method(run: str | Path) -> str:
         return str(derived.get("benchmark_fusion_method") or "laplacian")
     except (OSError, ValueError, KeyError, TypeError):
         return "laplacian"
+
+
+def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] | None = None, device: str = "cpu",
+                              batch_size: int = 32):
+    """(fusion_fn, fusion_name) for build_benchmark from a training checkpoint (e.g. RUN/best.pt).
+
+    ``fusion_fn`` maps (N, C, H, W) float32 sources in [0, 1] (C = the checkpoint's fusion inputs,
+    in that order) to (N, H, W) float32 in [0, 1]. ConfigError if the checkpoint has no fusion
+    network or ``fusion_inputs`` differs from the inputs it was trained on.
+    """
+    from fuse4seg.train.checkpoint import load_checkpoint
+    from fuse4seg.train.config import config_from_dict
+    from fuse4seg.train.networks import build_pipeline
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"], f" (in {path})")
+    if "fusion" not in state["models"]:
+        raise ConfigError(f"--fusion-checkpoint: {path} ({config.mode} mode) has no fusion network")
+    if fusion_inputs is not None and tuple(fusion_inputs) != tuple(config.fusion_inputs):
+        raise ConfigError(f"--fusion-inputs {','.join(fusion_inputs)}: the fusion network in {path} was trained on "
+                          f"{','.join(config.fusion_inputs)}")
+    pipeline = build_pipeline(config)
+    pipeline.load_state_dicts(state["models"])
+    dev = resolve_device(device)
+    net = pipeline.fusion.to(dev).eval()
+
+    def fusion_fn(sources: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 in [0, 1] -> (N, H, W) float32 in [0, 1] through the trained fusion network."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(sources), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(sources[start:start + batch_size], dtype=np.float32))
+                out.append(net(x.to(dev))[:, 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, *sources.shape[2:]), np.float32)
+
+    name = f"{config.fusion_model} trained {config.mode} ({path.parent.name}/{path.name}, step {int(state['step'])})"
+    return fusion_fn, name
