@@ -145,3 +145,30 @@ def test_bad_options(tmp_path: Path, option: str, value: str, message: str, caps
     with pytest.raises(ConfigError):
         write_phantom_release(tmp_path / "y", **{option.strip("-"): int(value) if value.isdigit() else value,
                                                  **({} if option == "--cases" else {"cases": 1})})
+
+
+def test_tumours_are_noise_perturbed_level_sets_not_spheres() -> None:
+    from scipy import ndimage as ndi
+
+    from fuse4seg.data.phantom import _Tumour, _tumour_labels
+
+    axis = np.arange(-50.0, 51.0)
+    grid = np.meshgrid(axis, axis, axis, indexing="ij")
+    radius = np.sqrt(grid[0] ** 2 + grid[1] ** 2 + grid[2] ** 2)
+    everywhere = np.ones(radius.shape, dtype=bool)
+
+    def boundary_spread(mask: np.ndarray) -> float:
+        """Coefficient of variation of the centre distance over a mask's boundary voxels."""
+        dist = radius[mask & ~ndi.binary_erosion(mask)]
+        return float(dist.std() / dist.mean())
+
+    sphere = boundary_spread(radius < 15.0)
+    assert sphere < 0.03  # a digital sphere's boundary lies at nearly one distance
+    # A tumour with spherical base shape (isotropic axes): only the level-set noise makes it irregular.
+    tumour = _Tumour(centre=np.zeros(3), rotation=np.eye(3), axes=np.ones(3), r_ed=30.0, r_core=15.0, r_ncr=8.0)
+    for seed in range(3):
+        label = _tumour_labels([tumour], [axis, axis, axis], everywhere, everywhere, np.random.default_rng(seed))
+        assert np.bincount(label.ravel(), minlength=4)[1:].min() > 500
+        assert boundary_spread(label > 0) > 3 * sphere and boundary_spread(np.isin(label, (1, 3))) > 3 * sphere
+        # Nesting: necrosis inside the enhancing core, the core inside the oedema.
+        assert not (ndi.binary_dilation(label == 1) & (label == 0)).any()
