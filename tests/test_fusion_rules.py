@@ -128,3 +128,14 @@ def test_bad_input() -> None:
     bad[0, 1, 1] = np.nan
     with pytest.raises(DataError, match="NaN"):
         fuse_images(bad, "mean")
+
+
+@pytest.mark.parametrize("shape", [(240, 240), (3, 5, 5), (2, 4, 7, 9), (6, 4), (3, 3)])
+def test_blur_matches_scipy_mirror_convolution(shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    from scipy.ndimage import convolve1d
+
+    from fuse4seg.fusion.pyramid import _KERNEL, _blur
+
+    image = rng.random(shape)
+    expected = convolve1d(convolve1d(image, 2 * _KERNEL, axis=-1, mode="mirror"), 2 * _KERNEL, axis=-2, mode="mirror")
+    np.testing.assert_allclose(_blur(image, 2.0), expected, atol=1e-12)

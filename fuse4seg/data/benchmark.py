@@ -126,9 +126,12 @@ def crop_resize(images: np.ndarray, label: np.ndarray, box: tuple[int, int, int,
 
 def extract_case(case: object, slices_per_case: int, size: int | None, fusion: str | None,
                  fusion_inputs: tuple[str, ...]) -> dict[str, object]:
-    """Load one case and return its selected slices: source (K,4,H,W) float32, label (K,H,W) uint8,
-    slice_index (K,), fused (K,1,H,W) float32 when ``fusion`` names a classical rule (else None)."""
+    """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), and
+    either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
+    workers share that cost) when ``fusion`` names a classical rule, or ``source`` (K,4,H,W) float32
+    for a caller-side fusion_fn (``fusion`` None)."""
     from fuse4seg.data.brats import load_case
+    from fuse4seg.data.h5format import encode_slices
 
     loaded = load_case(case, require_label=True)
     z = select_slices(loaded.label, slices_per_case)
@@ -136,11 +139,12 @@ def extract_case(case: object, slices_per_case: int, size: int | None, fusion: s
     label = np.ascontiguousarray(np.moveaxis(loaded.label[..., z], -1, 0), dtype=np.uint8)
     if size is not None and len(z):
         source, label = crop_resize(source, label, square_box(loaded.brain_mask.any(axis=2)), size)
-    fused = None
+    result = {"case_id": loaded.case_id, "scheme": loaded.scheme, "label": label, "shape": source.shape[-2:],
+              "slice_index": z.astype(np.int32), "source": source, "chunks": None}
     if fusion is not None and len(z):
         fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
-    return {"case_id": loaded.case_id, "scheme": loaded.scheme, "source": source, "label": label,
-            "slice_index": z.astype(np.int32), "fused": fused}
+        result["chunks"], result["source"] = encode_slices(source, fused, label), None
+    return result
 
 
 def _apply_fusion_fn(fusion_fn: FusionFn, sources: np.ndarray, case_id: str) -> np.ndarray:
@@ -212,7 +216,7 @@ def _write_h5(path: Path, results, splits: dict[str, list[str]], attrs: dict[str
     """Stream case results into ``path`` (schema in :mod:`fuse4seg.data.h5format`); returns counts."""
     import h5py
 
-    from fuse4seg.data.h5format import SPLITS, append_slices, create_split_group, string_array
+    from fuse4seg.data.h5format import SPLITS, append_encoded, create_split_group, encode_slices, string_array
 
     split_of = {case_id: name for name, ids in splits.items() for case_id in ids}
     counts = {name: {"cases": 0, "slices": 0} for name in SPLITS}
@@ -223,25 +227,27 @@ def _write_h5(path: Path, results, splits: dict[str, list[str]], attrs: dict[str
         for key, value in attrs.items():
             h5.attrs[key] = string_array(value) if isinstance(value, tuple) else value
         for result in results:
-            case_id, source = result["case_id"], result["source"]
+            case_id, k = result["case_id"], len(result["slice_index"])
             schemes.add(result["scheme"])
-            if len(source) == 0:
+            if k == 0:
                 skipped.append(case_id)
                 continue
             if shape is None:
-                shape = source.shape[-2:]
+                shape = tuple(result["shape"])
                 for name in SPLITS:
                     create_split_group(h5, name, *shape)
-            elif source.shape[-2:] != shape:
-                raise DataError(f"case {case_id}: slices are {source.shape[-2:]} but earlier cases are "
+            elif tuple(result["shape"]) != shape:
+                raise DataError(f"case {case_id}: slices are {tuple(result['shape'])} but earlier cases are "
                                 f"{shape}; pass --size to resample every case to one size")
-            fused = result["fused"]
-            if fusion_fn is not None:
+            chunks = result["chunks"]
+            if chunks is None:  # trained fusion: runs here, in the parent process, on the raw sources
+                source = result["source"]
                 fused = _apply_fusion_fn(fusion_fn, source[:, modality_indices(fusion_inputs)], case_id)
+                chunks = encode_slices(source, fused, result["label"])
             split = split_of[case_id]
-            append_slices(h5[split], source, fused, result["label"], case_id, result["slice_index"])
+            append_encoded(h5[split], chunks, case_id, result["slice_index"])
             counts[split]["cases"] += 1
-            counts[split]["slices"] += len(source)
+            counts[split]["slices"] += k
     if shape is None:
         raise DataError("no case has a tumour-bearing slice: nothing to build")
     return {"splits": counts, "skipped_cases": skipped, "schemes": sorted(schemes),

@@ -20,6 +20,7 @@ times are not stored (``track_times=False``) so a rebuild with the same inputs i
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import h5py
@@ -44,34 +45,58 @@ def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
     return np.array(list(values), dtype=STRING)
 
 
-def create_split_group(h5: h5py.File, split: str, height: int, width: int,
-                       compression: dict[str, object] | None = None) -> h5py.Group:
+def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5py.Group:
     """Create one empty, appendable split group with the five datasets of the schema."""
-    comp = COMPRESSION if compression is None else compression
     group = h5.create_group(split)
     common = {"track_times": False}
     source = group.create_dataset("source", shape=(0, 4, height, width), maxshape=(None, 4, height, width),
-                                  dtype=np.float32, chunks=(1, 4, height, width), **comp, **common)
+                                  dtype=np.float32, chunks=(1, 4, height, width), **COMPRESSION, **common)
     source.attrs["modalities"] = string_array(MODALITIES)
     group.create_dataset("fused", shape=(0, 1, height, width), maxshape=(None, 1, height, width),
-                         dtype=np.float32, chunks=(1, 1, height, width), **comp, **common)
+                         dtype=np.float32, chunks=(1, 1, height, width), **COMPRESSION, **common)
     group.create_dataset("label", shape=(0, height, width), maxshape=(None, height, width),
-                         dtype=np.uint8, chunks=(1, height, width), **comp, **common)
+                         dtype=np.uint8, chunks=(1, height, width), **COMPRESSION, **common)
     group.create_dataset("case_id", shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), **common)
     group.create_dataset("slice_index", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(256,), **common)
     return group
 
 
-def append_slices(group: h5py.Group, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
-                  case_id: str, slice_index: np.ndarray) -> None:
-    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,)."""
-    k = len(source)
+def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict[str, list[bytes]]:
+    """Compress each slice's chunk of source (K,4,H,W) float32, fused (K,1,H,W) float32 and label
+    (K,H,W) uint8 exactly as HDF5's deflate filter would (a zlib stream at the same level).
+
+    Done in the builder's worker processes so the compression runs in parallel; the writer then
+    stores the chunks as they are (:func:`append_encoded`).
+    """
+    level = int(COMPRESSION["compression_opts"])
+    arrays = {"source": (source, np.float32), "fused": (fused, np.float32), "label": (label, np.uint8)}
+    return {name: [zlib.compress(np.ascontiguousarray(item, dtype=dtype).tobytes(), level) for item in values]
+            for name, (values, dtype) in arrays.items()}
+
+
+def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: str,
+                   slice_index: np.ndarray) -> None:
+    """Append K slices of one case from :func:`encode_slices` chunks, plus case_id and slice_index."""
+    k = len(slice_index)
     start = group["source"].shape[0]
-    for name, values in (("source", source), ("fused", fused), ("label", label),
-                         ("case_id", string_array([case_id] * k)), ("slice_index", slice_index)):
+    for name, encoded in chunks.items():
+        dataset = group[name]
+        if len(encoded) != k:
+            raise ValueError(f"{name}: {len(encoded)} chunks for {k} slices")
+        dataset.resize(start + k, axis=0)
+        zeros = (0,) * (dataset.ndim - 1)
+        for i, chunk in enumerate(encoded):
+            dataset.id.write_direct_chunk((start + i, *zeros), chunk)
+    for name, values in (("case_id", string_array([case_id] * k)), ("slice_index", slice_index)):
         dataset = group[name]
         dataset.resize(start + k, axis=0)
         dataset[start:start + k] = values
+
+
+def append_slices(group: h5py.Group, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
+                  case_id: str, slice_index: np.ndarray) -> None:
+    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,)."""
+    append_encoded(group, encode_slices(source, fused, label), case_id, slice_index)
 
 
 def _attr_text(value: object) -> str:

@@ -9,6 +9,7 @@ up-sampling, reconstruction is exact for every image size, divisible by 2**level
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy.ndimage import convolve1d
 
@@ -16,10 +17,21 @@ _KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
 def _blur(images: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Separable binomial blur over the last two axes of (..., H, W) float64 (times scale**2)."""
+    """Separable binomial blur over the last two axes of (..., H, W) float64 (times scale**2).
+
+    OpenCV's sepFilter2D (BORDER_REFLECT_101 = SciPy's "mirror") is about 3x faster than SciPy's
+    convolve1d here; SciPy handles the sides shorter than the kernel that OpenCV rejects.
+    """
     kernel = _KERNEL * scale
-    out = convolve1d(images, kernel, axis=-1, mode="mirror")
-    return convolve1d(out, kernel, axis=-2, mode="mirror")
+    h, w = images.shape[-2:]
+    if min(h, w) < len(kernel):
+        out = convolve1d(images, kernel, axis=-1, mode="mirror")
+        return convolve1d(out, kernel, axis=-2, mode="mirror")
+    flat = np.ascontiguousarray(images, dtype=np.float64).reshape(-1, h, w)
+    out = np.empty_like(flat)
+    for i, image in enumerate(flat):  # one call per 2-D image (OpenCV filters single planes)
+        cv2.sepFilter2D(image, cv2.CV_64F, kernel, kernel, dst=out[i], borderType=cv2.BORDER_REFLECT_101)
+    return out.reshape(images.shape)
 
 
 def pyr_down(images: np.ndarray) -> np.ndarray:
