@@ -58,7 +58,10 @@ def test_detect_scheme_rejects_other_names() -> None:
 
 def test_uncompressed_nii_nested_release_and_validation_cases(tmp_path: Path) -> None:
     root = tmp_path / "release"
-    write_case(root / "MICCAI_BraTS2020_ValidationData", "brats2020", "BraTS20_Validation_001", seg=False, ext=".nii")
+    # Nested two levels deep, as Kaggle's BraTS 2020 download unpacks.
+    wrapper = root / "BraTS2020_ValidationData" / "MICCAI_BraTS2020_ValidationData"
+    write_case(wrapper, "brats2020", "BraTS20_Validation_001", seg=False, ext=".nii")
+    (root / "BraTS2020_ValidationData" / "survival_evaluation.csv").write_text("BraTS20_Validation_001,60\n")
     cases = find_cases(root)
     assert [c.case_id for c in cases] == ["BraTS20_Validation_001"]
     assert sorted(cases[0].paths) == ["flair", "t1", "t1ce", "t2"]
@@ -67,6 +70,14 @@ def test_uncompressed_nii_nested_release_and_validation_cases(tmp_path: Path) ->
     assert loaded.label is None and loaded.images.shape == (4, *FIXTURE_SHAPE)
     with pytest.raises(DataError, match=r"BraTS20_Validation_001: seg file BraTS20_Validation_001_seg.nii.gz is missing"):
         load_case(cases[0])
+
+
+def test_misnamed_seg_file_of_brats2020_case_355_is_found(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "brats2020", "BraTS20_Training_355")
+    (case / "BraTS20_Training_355_seg.nii.gz").rename(case / "W39_1998.09.19_Segm.nii.gz")
+    (found,) = find_cases(tmp_path)
+    assert found.paths["seg"].name == "W39_1998.09.19_Segm.nii.gz"
+    np.testing.assert_array_equal(load_case(found).label, to_canonical_labels(fixture_label(FIXTURE_SHAPE, "brats2020"), "brats2020"))
 
 
 @pytest.mark.parametrize("scheme", sorted(IDS))
@@ -219,10 +230,12 @@ def test_bad_case_via_build_benchmark_cli(tmp_path: Path, problem: str, capsys: 
     assert not out.exists() and not list(tmp_path.glob(".package*"))
 
 
-@pytest.mark.parametrize("layout", ["empty", "non-brats", "absent"])
+@pytest.mark.parametrize("layout", ["empty", "non-brats", "absent", "file"])
 def test_empty_or_non_brats_directory(tmp_path: Path, layout: str, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "data"
-    if layout != "absent":
+    if layout == "file":
+        root.write_text("BraTS2021_00000\n")
+    elif layout != "absent":
         root.mkdir()
     if layout == "non-brats":
         (root / "scans").mkdir()
@@ -232,6 +245,7 @@ def test_empty_or_non_brats_directory(tmp_path: Path, layout: str, capsys: pytes
         "empty": f"BraTS directory {root} is empty",
         "non-brats": f"{root} contains no BraTS cases (expected subdirectories like BraTS20_Training_001",
         "absent": f"BraTS directory {root} does not exist",
+        "file": f"BraTS directory {root} is a file, not a directory",
     }[layout]
     with pytest.raises(DataError) as info:
         find_cases(root)

@@ -119,6 +119,8 @@ def find_case(case_dir: str | Path) -> CaseFiles:
     paths: dict[str, Path] = {}
     for name, suffix in FILE_SUFFIXES[scheme].items():
         path = _find_file(case_dir, case_id, suffix)
+        if path is None and name == "seg":
+            path = _misnamed_seg(case_dir)
         if path is None and name != "seg":
             raise DataError(f"{case_id}: {name} file {case_id}{suffix}.nii.gz is missing")
         if path is not None:
@@ -126,20 +128,38 @@ def find_case(case_dir: str | Path) -> CaseFiles:
     return CaseFiles(case_id=case_id, scheme=scheme, directory=case_dir, paths=paths)
 
 
-def _case_dirs(root: Path) -> list[Path]:
-    """Subdirectories of ``root`` (or of its subdirectories, for releases unpacked one level deep) named like cases."""
-    children = sorted(p for p in root.iterdir() if p.is_dir())
-    direct = [p for p in children if detect_scheme(p.name)]
-    if direct:
-        return direct
-    return sorted(q for p in children for q in p.iterdir() if q.is_dir() and detect_scheme(q.name))
+def _case_dirs(root: Path, max_depth: int = 3) -> list[Path]:
+    """Case-named directories at the shallowest level (1..max_depth) below ``root`` that has any.
+
+    Downloads nest cases under wrapper folders (e.g. Kaggle's
+    ``BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/BraTS20_Training_001``).
+    """
+    level = [root]
+    for _depth in range(max_depth):
+        level = sorted(q for p in level for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+        cases = [p for p in level if detect_scheme(p.name)]
+        if cases:
+            return cases
+    return []
+
+
+def _misnamed_seg(case_dir: Path) -> Path | None:
+    """The one NIfTI file in ``case_dir`` whose name contains "seg" but not the case id, if exactly one.
+
+    Real releases have such files: BraTS 2020's BraTS20_Training_355 ships ``W39_1998.09.19_Segm.nii``.
+    """
+    found = [p for p in case_dir.iterdir() if p.is_file() and "seg" in p.name.lower()
+             and p.name.endswith(_EXTENSIONS) and not p.name.startswith(case_dir.name)]
+    return found[0] if len(found) == 1 else None
 
 
 def find_cases(root: str | Path) -> list[CaseFiles]:
     """All cases of a BraTS release directory, sorted by case id; DataError if empty or not BraTS."""
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise DataError(f"BraTS directory {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"BraTS directory {root} is a file, not a directory")
     if detect_scheme(root.name):
         return [find_case(root)]
     if not any(root.iterdir()):
