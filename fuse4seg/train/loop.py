@@ -74,8 +74,8 @@ def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) ->
     return config
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create RUN (or check it for --resume); an existing non-run directory is never deleted."""
+def prepare_run_dir(config: TrainConfig, create: bool = True) -> Path:
+    """Check RUN and, with ``create``, (re)create it; an existing non-run directory is never deleted."""
     run = Path(config.out)
     if config.resume:
         if not (run / "last.pt").is_file():
@@ -89,7 +89,10 @@ def prepare_run_dir(config: TrainConfig) -> Path:
                 raise ConfigError(f"--out: {run} already exists (pass --resume to continue it or --overwrite)")
             if not (run / "config.json").is_file():
                 raise ConfigError(f"--out: {run} is not a fuse4seg run (no config.json); refusing to overwrite it")
-            shutil.rmtree(run)
+            if create:
+                shutil.rmtree(run)
+    if not create:
+        return run
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -279,8 +282,9 @@ class Trainer:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train one run as configured (creating or resuming RUN); returns a summary dict."""
     validate(config)
+    prepare_run_dir(config, create=False)
+    trainer = Trainer(config)  # opens and checks the benchmark before anything is written
     prepare_run_dir(config)
-    trainer = Trainer(config)
     summary = trainer.run()
     atomic_write_text(Path(config.out) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

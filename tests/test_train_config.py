@@ -1,0 +1,161 @@
+"""Training configuration (TOML, overrides, validation), deterministic batches, checkpoints, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fuse4seg.cli import main
+from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.train.batches import batch_indices, split_by_case
+from fuse4seg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from fuse4seg.train.config import (
+    TrainConfig,
+    build_config,
+    cli_overrides,
+    read_config_json,
+    resolve_steps,
+    write_config_json,
+)
+
+
+def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
+    """defaults < TOML < CLI; option tables merge key by key; every option lands in config.json."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('[train]\nbenchmark = "B"\nout = "R"\nlr-upper = 0.5\nsteps = 7\nfusion-inputs = "t1,flair"\n'
+                    'seg_options = { width = 8, depth = 2 }\n')
+    c = build_config(cli_overrides({"lr_upper": None, "seg_depth": 3, "batch_size": 2}), toml)
+    assert (c.lr_upper, c.steps, c.batch_size, c.fusion_inputs) == (0.5, 7, 2, ("t1", "flair"))
+    assert c.seg_options == {"width": 8, "depth": 3}
+    assert c.lr_lower == TrainConfig().lr_lower
+    write_config_json(c, tmp_path / "config.json", {"total_steps": 7})
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert set(stored["options"]) == set(TrainConfig().to_dict())
+    assert read_config_json(tmp_path / "config.json") == c
+    # --epochs on the command line replaces the file's --steps instead of clashing with it
+    assert build_config({"epochs": 2}, toml).steps is None
+
+
+def test_resolve_steps_from_epochs() -> None:
+    """ceil(epochs * slices / batch), one epoch by default."""
+    c = TrainConfig(benchmark="b", out="o", epochs=2.5, batch_size=4)
+    assert resolve_steps(c, 10) == 7  # ceil(25 / 4)
+    assert resolve_steps(TrainConfig(benchmark="b", out="o", batch_size=4), 10) == 3
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"mode": "nonsense"}, "--mode"),
+    ({"steps": 0}, "--steps"),
+    ({"steps": 3, "epochs": 1.0}, "--steps and --epochs"),
+    ({"lr_upper": -1.0}, "--lr-upper"),
+    ({"hypergrad": "magic"}, "--hypergrad"),
+    ({"fusion_inputs": "t1ce,bogus"}, "--fusion-inputs"),
+    ({"batch_size": "many"}, "--batch-size"),
+    ({"val_fraction": 1.0}, "--val-fraction"),
+    ({"inner_steps": 2, "truncate": 3}, "--truncate"),
+    ({"mode": "bilevel", "inputs": "t1"}, "--inputs"),
+    ({"seg_model": "resnet"}, "--seg-model"),
+])
+def test_bad_options_raise_config_error_naming_the_option(overrides: dict, message: str) -> None:
+    """Each bad value is a ConfigError whose message names the option."""
+    with pytest.raises(ConfigError, match=message):
+        build_config({"benchmark": "b", "out": "o", **overrides})
+
+
+def test_unknown_toml_key(tmp_path: Path) -> None:
+    """An unknown key in the TOML file is named with the file."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("lr_uper = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown option 'lr_uper'"):
+        build_config({"benchmark": "b", "out": "o"}, toml)
+
+
+def test_batches_depend_only_on_seed_and_step() -> None:
+    """Same (seed, step) -> same batch; an epoch of full batches is a permutation of the pool."""
+    n, b = 12, 4
+    steps = [batch_indices(n, b, seed=3, step=s) for s in range(6)]
+    assert steps[4] == batch_indices(n, b, seed=3, step=4)
+    epoch0, epoch1 = [i for s in steps[:3] for i in s], [i for s in steps[3:] for i in s]
+    assert sorted(epoch0) == list(range(n)) and sorted(epoch1) == list(range(n))
+    assert steps[:3] != steps[3:]  # a new order each epoch
+    assert batch_indices(n, b, seed=4, step=0) != steps[0]
+    # a batch straddling an epoch boundary takes the tail of one permutation and the head of the next
+    assert batch_indices(10, 4, seed=0, step=2)[:2] == batch_indices(10, 2, seed=0, step=4)
+
+
+def test_split_by_case_keeps_cases_whole() -> None:
+    """Held-out and fitting slices never share a case; about the asked fraction of cases is held out."""
+    ids = [f"c{i // 3}" for i in range(30)]  # 10 cases x 3 slices
+    fit, hold = split_by_case(ids, 0.2, seed=0)
+    assert sorted(fit + hold) == list(range(30))
+    assert not {ids[i] for i in fit} & {ids[i] for i in hold}
+    assert len({ids[i] for i in hold}) == 2
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        split_by_case(["a", "a"], 0.2, seed=0)
+
+
+def test_checkpoint_roundtrip_weights_only_and_rng(tmp_path: Path) -> None:
+    """Tensors, optimiser state and RNG states survive save/load with weights_only=True."""
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    torch.manual_seed(5)
+    np.random.seed(6)
+    random.seed(7)
+    rng = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    path = save_checkpoint(tmp_path / "x.pt", {"config": {"mode": "direct"}, "step": 2, "models": {"seg": net.state_dict()},
+                                               "opt": opt.state_dict(), "rng": rng})
+    state = torch.load(path, weights_only=True)  # plain data: no code is needed to read it
+    assert torch.equal(state["models"]["seg"]["weight"], net.weight.detach())
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    opt2.load_state_dict(state["opt"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    restore_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+    assert not list(tmp_path.glob(".*partial"))  # the atomic write left no temporary file
+
+
+class _Payload:
+    """An arbitrary object: pickled code that weights_only loading must refuse."""
+
+
+def test_checkpoint_with_code_or_garbage_is_refused(tmp_path: Path) -> None:
+    """A pickle holding an arbitrary object, or a corrupt file, is a DataError naming the file."""
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "config": {}, "step": 0, "models": {}, "x": _Payload()}, evil)
+    with pytest.raises(DataError, match="evil.pt"):
+        load_checkpoint(evil)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("args", [
+    ["--mode", "nonsense"],
+    ["--steps", "0"],
+    ["--bilevel", "--mode", "direct"],
+    ["--lr-lower", "0"],
+])
+def test_cli_bad_options_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str]) -> None:
+    """Bad options: exit status 1 and exactly one `error:` line on stderr, no traceback."""
+    rc = main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A directory without brats_fuse.h5, and --resume without last.pt, are one-line errors."""
+    assert main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1"]) == 1
+    assert "brats_fuse.h5" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written for a failed start
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
+    assert "config.json not found" in capsys.readouterr().err
