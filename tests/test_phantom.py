@@ -13,7 +13,8 @@ import pytest
 from fuse4seg.cli import main
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.brats import find_cases, load_case
-from fuse4seg.data.phantom import generate_case, grid_for_scale, template_path, write_phantom_release
+from fuse4seg.data.mni152 import template_path
+from fuse4seg.data.phantom import generate_case, grid_for_scale, write_phantom_release
 from fuse4seg.errors import ConfigError
 
 

@@ -15,11 +15,9 @@ whatever the number of workers (nibabel writes gzip with mtime 0).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -28,15 +26,13 @@ from scipy import ndimage as ndi
 
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.brats import FILE_SUFFIXES, from_canonical_labels
-from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.data.mni152 import MNITemplate, load_template
+from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
 
 #: Full-scale BraTS grid (voxels at 1 mm).
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 NAMINGS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023")
-TEMPLATE_FILES: dict[str, str] = {
-    name: f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in ("t1", "gm", "wm")
-}
 
 #: Mean intensity (arbitrary units, WM of T1 ~ 0.85) of each tissue/tumour class per modality.
 #: Columns: CSF, GM, WM, ED (oedema), NCR (necrotic core), ET (enhancing tumour).
@@ -51,21 +47,6 @@ BASE_SCALE: dict[str, float] = {"t1": 700.0, "t1ce": 900.0, "t2": 1000.0, "flair
 _CSF, _GM, _WM, _ED, _NCR, _ET = range(6)
 
 
-@dataclass(frozen=True)
-class _Template:
-    """MNI152 tissue maps, float32 in [0, 1], block-averaged to ``step`` mm and smoothed for the target scale."""
-
-    t1: np.ndarray
-    gm: np.ndarray
-    wm: np.ndarray
-    step: int  # template voxel size in mm (the templates are 1 mm; coarse outputs use 2 mm or more)
-    origin: np.ndarray  # world mm of template voxel (0, 0, 0); the template axes are +x, +y, +z
-    centre: np.ndarray  # world mm of the brain's bounding-box centre
-    bbox: tuple[np.ndarray, np.ndarray]  # world mm min/max of the brain
-    sites: np.ndarray  # (N, 3) world mm of deep white-matter voxels (tumour centres) with (N,) depth mm
-    depth: np.ndarray
-
-
 @dataclass
 class PhantomCase:
     """One generated case: images (4, X, Y, Z) int16 as stored, canonical label (X, Y, Z) uint8, affine (4, 4).
@@ -77,62 +58,6 @@ class PhantomCase:
     label: np.ndarray
     tissue: np.ndarray | None
     affine: np.ndarray
-
-
-def template_path(name: str) -> Path:
-    """Path of the MNI152 ``t1``/``gm``/``wm`` template inside the installed nilearn package."""
-    # find_spec locates the wheel without importing nilearn.datasets (which pulls in pandas and sklearn: ~4 s).
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("nilearn is not installed: the phantom needs the MNI152 templates its wheel ships")
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / TEMPLATE_FILES[name]
-    if not path.is_file():
-        raise DataError(f"MNI152 template {path} is missing from the nilearn installation")
-    return path
-
-
-@lru_cache(maxsize=4)
-def _load_template(scale: float) -> _Template:
-    """Load the templates once per process and scale; pre-smooth them to avoid aliasing on coarse grids."""
-    maps = {}
-    for name in TEMPLATE_FILES:
-        img = nib.load(template_path(name))
-        # nibabel returns Fortran-ordered arrays; C order makes map_coordinates about 4x faster here.
-        maps[name] = np.ascontiguousarray(np.asanyarray(img.dataobj), dtype=np.float32) / np.float32(255.0)
-    affine = img.affine
-    # The T1 template is skull-stripped: its support is the brain (GM, WM and CSF).
-    brain = maps["t1"] > 0.05
-    origin = affine[:3, 3].astype(np.float64)
-    idx = np.argwhere(brain)
-    lo, hi = origin + idx.min(axis=0), origin + idx.max(axis=0)
-    # Tumour sites: white matter at least 15 mm from the brain surface (distance on a 2 mm grid).
-    depth = ndi.distance_transform_edt(brain[::2, ::2, ::2]) * 2.0
-    site_idx = np.argwhere((depth >= 15.0) & (maps["wm"][::2, ::2, ::2] > 0.5))
-    sites = origin + site_idx * 2.0
-    # Anti-aliasing for coarse grids: block-average to ``step`` mm (cheap), then a Gaussian that brings the
-    # total blur to sigma = (1/scale - 1)/2 mm (a box of width s mm has variance (s^2 - 1)/12 on a 1 mm grid).
-    step = max(1, int(0.5 / scale))
-    if step > 1:
-        maps = {k: _block_mean(v, step) for k, v in maps.items()}
-    sigma = np.sqrt(max((0.5 * (1.0 / scale - 1.0)) ** 2 - (step**2 - 1) / 12.0, 0.0)) / step
-    if sigma > 0.1:
-        maps = {k: ndi.gaussian_filter(v, sigma) for k, v in maps.items()}
-    maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
-    return _Template(
-        t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], step=step, origin=origin + (step - 1) / 2.0,
-        centre=(lo + hi) / 2.0, bbox=(lo, hi), sites=sites, depth=depth[tuple(site_idx.T)],
-    )
-
-
-def _block_mean(volume: np.ndarray, step: int) -> np.ndarray:
-    """Mean over non-overlapping step^3 blocks (trailing partial blocks dropped): (X//step, Y//step, Z//step)."""
-    shape = tuple(n // step for n in volume.shape)
-    out = np.zeros(shape, dtype=np.float32)
-    for i in range(step):
-        for j in range(step):
-            for k in range(step):
-                out += volume[i::step, j::step, k::step][: shape[0], : shape[1], : shape[2]]
-    return out / np.float32(step**3)
 
 
 def grid_for_scale(scale: float) -> tuple[tuple[int, int, int], float]:
@@ -179,7 +104,7 @@ class _Tumour:
     r_ncr: float
 
 
-def _draw_tumour(rng: np.random.Generator, tpl: _Template, pose: tuple[np.ndarray, np.ndarray]) -> _Tumour:
+def _draw_tumour(rng: np.random.Generator, tpl: MNITemplate, pose: tuple[np.ndarray, np.ndarray]) -> _Tumour:
     """Random tumour centred at a deep white-matter site of the template, mapped into output world mm."""
     linear, shift = pose
     r_core = float(rng.uniform(11.0, 20.0))
@@ -247,7 +172,7 @@ def case_id_for(naming: str, index: int) -> str:
     return f"BraTS-GLI-{index:05d}-000"
 
 
-def _warp_anatomy(tpl: _Template, coords: list[np.ndarray], tumours: list[_Tumour], rng: np.random.Generator,
+def _warp_anatomy(tpl: MNITemplate, coords: list[np.ndarray], tumours: list[_Tumour], rng: np.random.Generator,
                   pose: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Sample the template at the deformed work-grid positions: (4, X, Y, Z) float32 CSF, GM, WM, T1 in [0, 1].
 
@@ -335,7 +260,7 @@ def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coor
 def generate_case(seed: int, index: int, scale: float = 1.0, with_tissue: bool = False) -> PhantomCase:
     """Generate phantom case ``index``: int16 images (4, X, Y, Z), canonical label, optionally CSF/GM/WM maps."""
     rng = np.random.default_rng([seed, index])
-    tpl = _load_template(float(scale))
+    tpl = load_template(float(scale))
     shape, spacing = grid_for_scale(scale)
     affine = _affine(shape, spacing, tpl.centre)
     world = [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
