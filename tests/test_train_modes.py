@@ -42,6 +42,15 @@ def options(bench: Path, out: Path, **extra) -> dict:
     return {**TINY, "benchmark": str(bench), "out": str(out), **extra}
 
 
+def tensorboard_tags(directory: Path) -> dict[str, list[str]]:
+    """Scalar tags (as a set) and image tags written to a TensorBoard log directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    return {"scalars": set(acc.Tags()["scalars"]), "images": acc.Tags()["images"]}
+
+
 def weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Model state dicts of a checkpoint, loaded with weights_only=True."""
     return torch.load(path, weights_only=True)["models"]
@@ -65,7 +74,11 @@ def test_every_mode_trains_its_networks(bench: Path, tmp_path: Path, mode: str) 
     assert summary["steps"] == 3 and summary["skipped"] == 0
     for name in ("config.json", "last.pt", "best.pt", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file()
-    assert any((tmp_path / "run" / "tb").iterdir())
+    tags = tensorboard_tags(tmp_path / "run" / "tb")
+    expected = {"time/step_s", "val/dice_mean", "val/dice_WT", "train/skipped"}
+    expected |= {"loss/upper", "loss/fusion", "loss/seg_holdout", "hypergrad/norm"} if mode == "bilevel" else set()
+    expected |= {"loss/seg"} if mode in ("direct", "feature-fusion", "joint", "two-stage") else set()
+    assert expected <= tags["scalars"] and tags["images"] == ["val/panels"]
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["config"]["mode"] == mode
     final = ckpt["models"]

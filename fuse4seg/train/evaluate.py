@@ -171,6 +171,7 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
             "empty_masks": "BraTS rule: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 = diagonal",
         },
     }
+    metrics["benchmark_fusion_method"] = str(getattr(dataset, "attrs", {}).get("fusion_method", ""))
     metrics.update(score_split(pipeline, dataset, dev, max_slices))
     if compare_untrained:
         untrained = build_pipeline(config).to(dev).train(False)

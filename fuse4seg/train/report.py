@@ -57,7 +57,8 @@ def fusion_table(metrics: dict[str, Any]) -> list[list[str]]:
         rows.append(["untrained fusion net", *(_fmt(untrained[k]) for k in FUSION_COLUMNS)])
     stored = metrics["fusion"].get("benchmark_stored") or {}
     if stored:
-        rows.append(["benchmark's stored fusion", *(_fmt(stored[k]) for k in FUSION_COLUMNS)])
+        method = metrics.get("benchmark_fusion_method") or "classical"
+        rows.append([f"benchmark's stored fusion ({method})", *(_fmt(stored[k]) for k in FUSION_COLUMNS)])
     return rows
 
 

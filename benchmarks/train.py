@@ -1,0 +1,124 @@
+"""Seconds per outer training step for every hypergradient method and for plain segmentation training.
+
+Builds a phantom BraTS-Fuse benchmark in a temporary directory, then, in the same run and at the
+same slice size, batch and network widths, times the real training step of fuse4seg.train
+(``Trainer.one_step``: forward, hypergradient or gradient, optimiser update) for ``--mode bilevel``
+with each method of fuse4seg.bilevel.METHODS and for ``--mode direct`` (segmentation alone on the
+benchmark's fused image: the reference). Batches come from the training DataLoader exactly as in
+``fuse4seg train``; the time spent waiting for the next batch is measured separately and reported
+as the DataLoader's share of the step (target < 5 %). Wall time and process CPU time are both
+reported: on a shared machine CPU time is the steadier measure. Prints a table and writes
+benchmarks/results/train.json.
+
+    python benchmarks/train.py [--size 96] [--batch-size 4] [--inner-steps 1] [--steps 6] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fuse4seg.bilevel import METHODS
+from fuse4seg.data.benchmark import build_benchmark
+from fuse4seg.train.batches import step_loader
+from fuse4seg.train.config import build_config
+from fuse4seg.train.loop import Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> dict[str, float]:
+    """Per-step wall/CPU seconds of ``one_step`` and the share of wall time spent waiting for batches."""
+    c = trainer.config
+    total = warmup + steps
+    fit = step_loader(trainer.train_set, trainer.fit_pool, c.batch_size, c.seed, 0, total, "fit", num_workers)
+    hold = None
+    if trainer.hold_pool:
+        hold = iter(step_loader(trainer.train_set, trainer.hold_pool, c.batch_size, c.seed, 0, total, "holdout",
+                                num_workers))
+    walls, cpus, waits = [], [], []
+    trainer.pipeline.train(True)
+    t_data = time.perf_counter()
+    for i, batch in enumerate(fit):
+        other = next(hold) if hold is not None else None
+        t0, c0 = time.perf_counter(), time.process_time()
+        wait = t0 - t_data
+        trainer.one_step(batch, other)
+        trainer.step += 1
+        if i >= warmup:
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            waits.append(wait)
+        t_data = time.perf_counter()
+    step_wall = statistics.median(walls)
+    return {
+        "step_wall_s": step_wall, "step_wall_min_s": min(walls), "step_cpu_s": statistics.median(cpus),
+        "data_wait_s": statistics.median(waits),
+        "data_share": sum(waits) / (sum(waits) + sum(walls)),
+    }
+
+
+def main() -> None:
+    """Parse options, build the benchmark, time every configuration, print the table, write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--seg-width", type=int, default=8)
+    parser.add_argument("--seg-depth", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers during the timed steps")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="fuse4seg-bench-train-") as tmp:
+        bench = Path(tmp) / "bench"
+        build_benchmark(bench, phantom=6, phantom_scale=0.5, size=args.size, slices_per_case=6,
+                        split=(0.7, 0.15, 0.15), workers=2, progress=False)
+        common = {"benchmark": str(bench), "batch_size": args.batch_size, "progress": False,
+                  "inner_steps": args.inner_steps, "seg_options": {"width": args.seg_width, "depth": args.seg_depth},
+                  "fusion_options": {"width": 8}}
+        configs = [("direct", "-", {"mode": "direct"})]
+        configs += [("bilevel", m, {"mode": "bilevel", "hypergrad": m,
+                                    "truncate": 1 if m == "truncated" else None}) for m in METHODS]
+        rows = []
+        for mode, method, extra in configs:
+            config = build_config({**common, **extra, "out": str(Path(tmp) / "run"), "steps": args.steps})
+            row = {"mode": mode, "method": method, **time_steps(Trainer(config), args.steps, args.warmup,
+                                                                    args.num_workers)}
+            rows.append(row)
+            print(f"  {mode:8s} {method:18s} {row['step_wall_s']:.3f} s/step", file=sys.stderr)
+    ref = rows[0]
+    for r in rows:
+        r["wall_vs_direct"] = r["step_wall_s"] / ref["step_wall_s"]
+        r["cpu_vs_direct"] = r["step_cpu_s"] / ref["step_cpu_s"]
+    header = f"{'mode':8s} {'method':18s} {'wall s/step':>11s} {'cpu s/step':>10s} {'x direct':>8s} {'data share':>10s}"
+    print(f"train step at {args.size}x{args.size}, batch {args.batch_size}, K={args.inner_steps}, "
+          f"UNet width {args.seg_width} depth {args.seg_depth}, {args.threads} thread(s), "
+          f"{args.num_workers} DataLoader workers")
+    print(header)
+    for r in rows:
+        print(f"{r['mode']:8s} {r['method']:18s} {r['step_wall_s']:11.3f} {r['step_cpu_s']:10.3f} "
+              f"{r['cpu_vs_direct']:8.2f} {100 * r['data_share']:9.2f}%")
+    worst = max(r["data_share"] for r in rows)
+    print(f"largest DataLoader share: {100 * worst:.2f}% (target < 5%)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": vars(args), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                                   "cpu_count": torch.get_num_threads()},
+               "rows": rows, "max_data_share": worst,
+               "notes": "x direct = CPU seconds per step relative to direct segmentation training, same run"}
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
