@@ -3,7 +3,8 @@
 Writes a full-scale phantom release (240 x 240 x 155) to a temporary directory, then measures in
 the same run: (floor) loading every NIfTI file of a case with nibabel into arrays, (reader) the
 fuse4seg reader ``load_case`` (validate + canonical labels + normalise), and (build) the whole
-``build_benchmark`` with 1 and 2 workers, per case. It also compares HDF5 compression settings for
+``build_benchmark`` with 1 and 2 workers, per case, as wall time and as CPU time (this process
+plus its worker processes): on a shared machine CPU time is the steadier measure of work. It also compares HDF5 compression settings for
 the slice datasets (size, write time, random-slice read time). Prints a table and writes
 benchmarks/results/build.json.
 
@@ -16,9 +17,11 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -41,25 +44,34 @@ COMPRESSIONS: dict[str, dict[str, object]] = {
 }
 
 
-def nibabel_floor(cases: list) -> list[float]:
-    """Seconds per case to load every NIfTI file of the case with nibabel (stored dtype, no scaling)."""
-    times = []
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its reaped children (the build's pool workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn()``, each the minimum over ``repeats`` runs."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(cpu_seconds() - cpu)
+    return min(walls), min(cpus)
+
+
+def nibabel_floor(cases: list) -> None:
+    """Load every NIfTI file of every case with nibabel (stored dtype, no scaling): the floor."""
     for case in cases:
-        start = time.perf_counter()
         for path in case.paths.values():
             np.asanyarray(nib.load(path).dataobj)
-        times.append(time.perf_counter() - start)
-    return times
 
 
-def reader_times(cases: list) -> list[float]:
-    """Seconds per case of fuse4seg's ``load_case`` (read, validate, normalise, canonical labels)."""
-    times = []
+def reader(cases: list) -> None:
+    """fuse4seg's ``load_case`` on every case (read, validate, normalise, canonical labels)."""
     for case in cases:
-        start = time.perf_counter()
         load_case(case)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def compression_table(h5_path: Path, scratch: Path, reads: int = 200) -> list[dict]:
@@ -106,33 +118,35 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         nibabel_floor(cases)  # warm the page cache so every row reads from memory
         # Best of ``repeats`` for every row: the machine is shared, the minimum is the least disturbed run.
-        floor = min(float(np.mean(nibabel_floor(cases))) for _ in range(args.repeats))
-        reader = min(float(np.mean(reader_times(cases))) for _ in range(args.repeats))
-        build = {}
+        n = args.cases
+        rows = {"nibabel load (floor)": timed(lambda: nibabel_floor(cases), args.repeats),
+                "fuse4seg load_case": timed(lambda: reader(cases), args.repeats)}
         for workers in (1, 2):
-            runs = [build_benchmark(tmp / f"pkg{workers}", brats=release, workers=workers, progress=False,
-                                    slices_per_case=args.slices_per_case, overwrite=True)
-                    for _ in range(args.repeats)]
-            build[workers] = min(summary["seconds"] for summary in runs) / args.cases
+            rows[f"build_benchmark, {workers} worker{'s' if workers > 1 else ''}"] = timed(
+                lambda w=workers: build_benchmark(tmp / f"pkg{w}", brats=release, workers=w, progress=False,
+                                                  slices_per_case=args.slices_per_case, overwrite=True),
+                args.repeats)
+        rows = {name: (wall / n, cpu / n) for name, (wall, cpu) in rows.items()}
+        with h5py.File(tmp / "pkg1" / "brats_fuse.h5", "r") as h5:
+            shape = h5["train/source"].shape[2:]
         compression = compression_table(tmp / "pkg1" / "brats_fuse.h5", tmp)
-        shape = runs[0]["height"], runs[0]["width"]
-    rows = [("nibabel load (floor)", floor), ("fuse4seg load_case", reader),
-            ("build_benchmark, 1 worker", build[1]), ("build_benchmark, 2 workers", build[2])]
+    floor_wall, floor_cpu = rows["nibabel load (floor)"]
     print(f"BraTS-Fuse build from a phantom release: {args.cases} cases at scale {args.scale} "
           f"({shape[0]}x{shape[1]} slices, {args.slices_per_case} slices/case), phantom written in {phantom_s:.1f} s; "
           f"best of {args.repeats}; {os.cpu_count()} CPUs, load average {load_before:.1f} at start")
-    print(f"{'step':32s} {'s/case':>8s} {'x floor':>8s}")
-    for name, seconds in rows:
-        print(f"{name:32s} {seconds:8.3f} {seconds / floor:8.2f}")
+    print(f"{'step':32s} {'wall s/case':>11s} {'x floor':>8s} {'CPU s/case':>11s} {'x floor':>8s}")
+    for name, (wall, cpu) in rows.items():
+        print(f"{name:32s} {wall:11.3f} {wall / floor_wall:8.2f} {cpu:11.3f} {cpu / floor_cpu:8.2f}")
     print(f"\n{'HDF5 compression (train split)':32s} {'MB':>7s} {'write ms/sl':>12s} {'read ms/sl':>11s}")
     for row in compression:
         print(f"{row['compression']:32s} {row['mb']:7.2f} {row['write_ms_per_slice']:12.2f} "
               f"{row['read_ms_per_slice']:11.2f}")
     result = {
-        "cases": args.cases, "repeats": args.repeats, "scale": args.scale, "slices_per_case": args.slices_per_case, "slice_shape": shape,
-        "phantom_seconds": phantom_s, "floor_nibabel_s_per_case": floor, "load_case_s_per_case": reader,
-        "build_s_per_case": {str(k): v for k, v in build.items()},
-        "ratio_to_floor": {"load_case": reader / floor, **{f"build_workers_{k}": v / floor for k, v in build.items()}},
+        "cases": args.cases, "repeats": args.repeats, "scale": args.scale, "slices_per_case": args.slices_per_case,
+        "slice_shape": list(shape), "phantom_seconds": phantom_s,
+        "seconds_per_case": {name: {"wall": wall, "cpu": cpu} for name, (wall, cpu) in rows.items()},
+        "ratio_to_floor": {name: {"wall": wall / floor_wall, "cpu": cpu / floor_cpu}
+                           for name, (wall, cpu) in rows.items()},
         "compression": compression,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_at_start": load_before},
