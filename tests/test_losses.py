@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,16 @@ from fuse4seg.losses import (
     ssim,
     ssim_loss,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread per test: `pytest -n 2` already uses both cores, and oversubscribed
+    OpenMP threads make tiny convolutions up to 100x slower on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def smooth_images(n: int, c: int, h: int, w: int, seed: int = 0) -> np.ndarray:

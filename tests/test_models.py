@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,16 @@ TINY: dict[str, dict] = {
     "feature-fusion": {"width": 4, "depth": 3},
 }
 FUSION = ("fusion-cnn", "fusion-freq")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread per test: `pytest -n 2` already uses both cores, and oversubscribed
+    OpenMP threads make tiny convolutions up to 100x slower on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(name: str, **extra) -> nn.Module:
@@ -215,3 +227,26 @@ def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:
     for name in list_models():
         assert name in out
     assert "1,942,340" in out  # the default UNet: width 16, depth 4
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_second_order_gradients_match_finite_differences(name: str) -> None:
+    # Implicit and unrolled hypergradients need Hessian-vector products through every layer.
+    model = tiny(name, **({"depth": 2} if name in ("unet", "feature-fusion") else {})).double()
+    x = torch.rand(1, model.in_channels, 12, 12, dtype=torch.float64)
+    names = [k for k, _ in model.named_parameters()]
+    p0 = [p.detach() for p in model.parameters()]
+    v = [torch.randn_like(p) for p in p0]
+
+    def grads(params: list[torch.Tensor], create_graph: bool = False) -> tuple[torch.Tensor, ...]:
+        out = functional_call(model, dict(zip(names, params)), (x,))
+        return torch.autograd.grad((out**3).mean(), params, create_graph=create_graph)
+
+    leaves = [p.clone().requires_grad_(True) for p in p0]
+    g = grads(leaves, create_graph=True)
+    hvp = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), leaves)
+    eps = 1e-6
+    plus = grads([(p + eps * d).requires_grad_(True) for p, d in zip(p0, v)])
+    minus = grads([(p - eps * d).requires_grad_(True) for p, d in zip(p0, v)])
+    for k, h, a, b in zip(names, hvp, plus, minus):
+        torch.testing.assert_close(h, (a - b) / (2 * eps), rtol=1e-4, atol=1e-7, msg=k)

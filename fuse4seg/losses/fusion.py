@@ -116,9 +116,11 @@ def spatial_gradient_loss(fused: torch.Tensor, sources: torch.Tensor) -> torch.T
 
 
 #: Default weights of :func:`fusion_loss`. Intensity 1 and Sobel gradient 10 are CDDFuse's
-#: ``loss_in + 10 * loss_grad``; SSIM 1 (1 - SSIM is already O(0.1-1)); the frequency and spatial
-#: gradient terms (the later Fuse4Seg additions) get 1 and 10, which puts every weighted term of a
-#: mean-fused MRI slice at a similar size (forward differences are ~1/8 of Sobel responses).
+#: ``loss_in + 10 * loss_grad``; SSIM 1; frequency 1; spatial gradient 10 (forward differences are
+#: several times smaller than Sobel responses). Edge terms dominate on purpose: training
+#: ``fusion-cnn`` for 150 Adam steps on phantom T1ce + FLAIR slices with these weights gave higher
+#: Qabf / VIF / MI (0.79 / 1.00 / 2.53) than all-ones weights (0.73 / 0.91 / 2.43), at a 0.02 lower
+#: SSIM sum.
 DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
     "intensity": 1.0,
     "gradient": 10.0,
