@@ -283,6 +283,18 @@ def test_bad_input_is_rejected() -> None:
         fusion_metrics(f, [a, b], data_range=0)
 
 
+def test_degenerate_images() -> None:
+    """Constant images: zero statistics, NaN correlations, VIF 1 per constant source, PSNR inf for F = sources."""
+    f, a, b = make_pair(16)
+    flat = fusion_metrics(np.full_like(f, 100.0), [a, b])
+    assert (flat["EN"], flat["SD"], flat["SF"], flat["AG"], flat["MI"]) == (0.0, 0.0, 0.0, 0.0, 0.0)
+    assert math.copysign(1.0, flat["EN"]) == 1.0
+    assert math.isnan(flat["CC"]) and math.isfinite(flat["SCD"])
+    zeros = fusion_metrics(np.zeros_like(f), [np.zeros_like(a), np.zeros_like(b)])
+    assert math.isnan(zeros["Qabf"]) and math.isnan(zeros["SCD"])
+    assert zeros["VIF"] == 2.0 and zeros["SSIM"] == pytest.approx(2.0) and zeros["PSNR"] == math.inf
+
+
 # Regression fixture. Inputs: make_pair(seed) above, 64 x 72, integer-valued. Expected values were computed
 # once with the independent references in this file, not with fuse4seg: EN ref_entropy, SD np.std, SF ref_sf,
 # AG ref_ag, MI sklearn mutual_info_score, SCD/CC ref_corr, PSNR the direct formula, VIF ref_vif (2-D

@@ -82,7 +82,9 @@ def fusion_metrics(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray
     F - other sources)); Qabf stays a gradient-weighted mean, CC a mean, PSNR uses the mean MSE.
     ``data_range`` enters SSIM only (C1 = (0.01 R)^2, C2 = (0.03 R)^2): CDDFuse's tables used R = 2.
     Images must be at least 41 x 41 (VIF's four scales). ``quantise=True`` first rounds every image to
-    integers clipped to [0, 255], as CDDFuse's PNG save/load round trip does.
+    integers clipped to [0, 255], as CDDFuse's PNG save/load round trip does. Degenerate inputs give
+    the reference's values without warnings: CC/SCD are NaN when a correlated image is constant,
+    Qabf is NaN when no source has any gradient, PSNR is +inf when F equals every source.
     """
     if not (isinstance(data_range, (int, float, np.floating, np.integer)) and math.isfinite(data_range)
             and data_range > 0):

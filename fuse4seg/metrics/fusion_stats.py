@@ -26,7 +26,7 @@ def entropy(image: np.ndarray) -> float:
     """EN: Shannon entropy in bits of the 256-bin histogram of the rounded uint8 (H, W) image."""
     counts = np.bincount(quantise_uint8(image).ravel(), minlength=_LEVELS)
     p = counts[counts > 0] / counts.sum()
-    return float(-np.sum(p * np.log2(p)))
+    return float(0.0 - np.sum(p * np.log2(p)))  # 0.0 - x: a constant image gives +0.0, not -0.0
 
 
 def standard_deviation(image: np.ndarray) -> float:
