@@ -220,9 +220,9 @@ def test_model_summary_and_table() -> None:
 
 
 def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from fuse4seg.cli import models_command
+    from fuse4seg.cli import main
 
-    models_command(size=False)
+    assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in list_models():
         assert name in out

@@ -30,11 +30,11 @@ def _check_label(logits: torch.Tensor, label: torch.Tensor) -> None:
         )
     if label.dtype.is_floating_point or label.dtype == torch.bool:
         raise ConfigError(f"label must be an integer tensor of canonical labels, got dtype {label.dtype}")
-    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= NUM_CLASSES):
-        raise DataError(
-            f"label values must be canonical labels 0..{NUM_CLASSES - 1}, "
-            f"got range [{int(label.min())}, {int(label.max())}]"
-        )
+    if label.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(label)).tolist()  # one device sync per call
+    if lo < 0 or hi >= NUM_CLASSES:
+        raise DataError(f"label values must be canonical labels 0..{NUM_CLASSES - 1}, got range [{lo}, {hi}]")
 
 
 def region_logits(logits: torch.Tensor) -> torch.Tensor:

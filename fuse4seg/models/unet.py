@@ -40,6 +40,8 @@ class UNet(nn.Module):
     region-based WT/TC/ET training), ``width`` (16 feature maps at full resolution, doubled at
     each scale), ``depth`` (4 downsamplings), ``norm`` ("group" | "instance"). Inputs whose H or W
     is not a multiple of 2^depth are zero-padded inside ``forward`` and the logits cropped back.
+    With ``norm="instance"`` the padded size must exceed 2^depth so the bottleneck keeps more than
+    one pixel to normalise over (torch refuses instance statistics of a single pixel).
     """
 
     kind = "segmentation"
