@@ -1,8 +1,9 @@
 """Windowed fusion metrics (SSIM, VIF, Qabf) in the MMIF convention of CDDFuse's ``utils/Evaluator.py``.
 
-Inputs: fused (H, W) and sources (C, H, W) float64 arrays on the 0-255 scale. Filters are separable
-``scipy.ndimage`` passes over stacked arrays, so the fused image's statistics are computed once and
-shared by all sources. Quirks of the reference kept here are listed in each docstring.
+Inputs: fused (H, W) and sources (C, H, W) float64 arrays on the 0-255 scale. Windows are separable
+(box sums by shifted slices for SSIM, ``scipy.ndimage.correlate1d`` for VIF's Gaussians, slice
+differences for Sobel); the fused image's local moments are computed once and shared by all
+sources. Quirks of the reference kept here are listed in each docstring.
 """
 
 from __future__ import annotations
