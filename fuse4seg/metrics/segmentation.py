@@ -2,10 +2,12 @@
 
 Empty-mask rules (BraTS convention, DESIGN.md section 2): both masks empty -> Dice 1, HD95 0; exactly
 one empty -> Dice 0, HD95 = the image diagonal sqrt(sum((shape * spacing)^2)) (373.13 mm for a
-240 x 240 x 155 volume at 1 mm). HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``
-(and BraTS/DeepMind's robust Hausdorff): the larger of the two directed 95th percentiles of the
-distances between the surface voxels of the two masks -- not MedPy's ``hd95``, which takes one
-percentile of the pooled distances. Sensitivity and specificity with an empty denominator (no true
+240 x 240 x 155 volume at 1 mm). HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``:
+the larger of the two directed 95th percentiles (linear interpolation) of the distances between
+the surface voxels (mask minus its face-connected erosion) of the two masks. That max-of-directed
+form is also DeepMind's robust Hausdorff (used by recent BraTS evaluations, which in addition weight
+by surfel area); MedPy's ``hd95`` instead takes one percentile of the pooled distances and is
+smaller when only one direction has outliers. Sensitivity and specificity with an empty denominator (no true
 positives to find / no true negatives to keep) are 1.0: nothing was missed.
 """
 
