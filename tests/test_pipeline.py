@@ -138,3 +138,25 @@ def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys
     with torch.no_grad():
         expected = net(item["source"][[1, 3]][None])[0]
     torch.testing.assert_close(item["fused"], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path) -> None:
+    """`run_demo` (what `make demo` runs) with tiny sizes: prints the comparison table and writes the report."""
+    from fuse4seg.errors import ConfigError
+    from fuse4seg.train.demo import run_demo
+
+    lines: list[str] = []
+    out = tmp_path / "demo"
+    metrics = run_demo(out, echo=lines.append,
+                       benchmark_overrides={"phantom": 5, "phantom_scale": 0.25, "size": 48, "slices_per_case": 3,
+                                            "split": (0.6, 0.2, 0.2)},
+                       train_overrides={"steps": 2, "eval_every": 0, "batch_size": 2, "progress": False,
+                                        "seg_options": {"width": 4, "depth": 2}})
+    text = "\n".join(lines)
+    for expected in ("trained, per slice", "untrained network, per slice", "all background, per slice",
+                     "report.md", "tensorboard --logdir"):
+        assert expected in text
+    assert (out / "run" / "eval" / "report.md").is_file() and "untrained" in metrics
+    with pytest.raises(ConfigError, match="already exists"):
+        run_demo(out, echo=lines.append)

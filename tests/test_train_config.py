@@ -152,6 +152,15 @@ def test_cli_bad_options_exit_1_with_one_line(tmp_path: Path, capsys: pytest.Cap
     assert rc == 1 and err.startswith("error: ") and len(err.splitlines()) == 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_a_config_error() -> None:
+    """--device cuda on a CPU-only machine is refused with a message naming the option."""
+    from fuse4seg.train.loop import resolve_device
+
+    with pytest.raises(ConfigError, match="--device cuda"):
+        resolve_device("cuda")
+
+
 def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A directory without brats_fuse.h5, and --resume without last.pt, are one-line errors."""
     assert main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1"]) == 1

@@ -98,6 +98,14 @@ def test_direct_inputs_choose_channels(bench: Path, tmp_path: Path) -> None:
     train(config)
 
 
+def test_region_based_training_and_prediction(bench: Path, tmp_path: Path) -> None:
+    """--region-based: 3 sigmoid outputs (WT, TC, ET), trained and scored through the same loop."""
+    config = build_config(options(bench, tmp_path / "run", mode="direct", region_based=True, steps=2))
+    assert build_pipeline(config).seg(torch.rand(1, 1, 48, 48)).shape == (1, 3, 48, 48)
+    summary = train(config)
+    assert set(summary["val"]) == {"dice_WT", "dice_TC", "dice_ET", "dice_mean"}
+
+
 @pytest.mark.parametrize("mode", ["bilevel", "joint"])
 def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str) -> None:
     """--steps 3 then --resume --steps 6 gives bitwise the weights of one --steps 6 run."""

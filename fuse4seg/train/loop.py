@@ -136,6 +136,8 @@ class Trainer:
         self.run_dir = Path(config.out)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
+            if self.step > self.total:
+                raise ConfigError(f"--steps: the run has already completed {self.step} steps (asked for {self.total})")
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -226,6 +228,7 @@ class Trainer:
         bar = tqdm(total=self.total, initial=self.step, disable=not c.progress, desc=f"train {c.mode}",
                    unit="step", dynamic_ncols=True)
         started, scores, data_time, step_time, first_step = time.perf_counter(), {}, 0.0, 0.0, self.step
+        in_step = False
         try:
             t_data = time.perf_counter()
             for fit in fit_loader:
@@ -233,12 +236,14 @@ class Trainer:
                 t0 = time.perf_counter()
                 data_time += t0 - t_data
                 self.pipeline.train(True)
+                in_step = True
                 try:
                     result = self.one_step(fit, hold)
                     self.bad_in_a_row = 0
                 except modes.NonFiniteStep as exc:
                     result = None
                     self._skip(str(exc))
+                in_step = False
                 dt = time.perf_counter() - t0
                 step_time += dt
                 self.step += 1
@@ -253,7 +258,8 @@ class Trainer:
                 bar.update(1)
                 t_data = time.perf_counter()
         except KeyboardInterrupt:
-            self.save("last")  # a resumable state at the last completed step
+            if not in_step:  # mid-step the weights may be half updated: keep the last periodic checkpoint
+                self.save("last")
             raise
         finally:
             bar.close()
