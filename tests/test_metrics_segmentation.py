@@ -89,6 +89,10 @@ def test_hd95_hand_made_shift() -> None:
     assert hd95(a, b, (1.0, 0.5)) == pytest.approx(2.0)
     assert hd95(a, b) == pytest.approx(4.0)
     assert hd95(a, a, (0.3, 0.3)) == 0.0
+    empty = np.zeros_like(a)
+    assert hd95(empty, empty) == 0.0 and dice(empty, empty) == 1.0
+    assert hd95(a, empty, (1.0, 0.5)) == pytest.approx(math.hypot(30, 15)) == hd95(empty, a, (1.0, 0.5))
+    assert dice(a, empty) == 0.0 == dice(empty, a)
 
 
 def test_hd95_is_max_of_directed_percentiles_not_pooled() -> None:
