@@ -205,3 +205,18 @@ def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> N
         build(mixed, tmp_path / "x")
     shutil.rmtree(tmp_path / "mixed")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_crop_resize_many_slices_equals_one_at_a_time() -> None:
+    # 40 slices x 4 modalities = 160 planes: more than OpenCV resizes in one call.
+    rng = np.random.default_rng(2)
+    images = rng.random((40, 4, 30, 26)).astype(np.float32)
+    label = rng.integers(0, 4, (40, 30, 26)).astype(np.uint8)
+    out, lab = crop_resize(images, label, (0, 30, -2, 28), 45)
+    for i in (0, 17, 39):
+        one, one_lab = crop_resize(images[i:i + 1], label[i:i + 1], (0, 30, -2, 28), 45)
+        np.testing.assert_array_equal(out[i], one[0])
+        np.testing.assert_array_equal(lab[i], one_lab[0])
+    flat, _ = crop_resize(np.full((2, 4, 30, 30), 0.25, np.float32), label[:2, :, :26].repeat(2, 2)[:, :, :30],
+                          (0, 30, 0, 30), 45)
+    np.testing.assert_allclose(flat, 0.25, atol=1e-6)  # bilinear keeps constants
