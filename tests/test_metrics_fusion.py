@@ -275,6 +275,10 @@ def test_bad_input_is_rejected() -> None:
         fusion_metrics(f, [a, b[:-1]])
     with pytest.raises(DataError, match="two source"):
         fusion_metrics(f, [a])
+    with pytest.raises(DataError, match="two source"):
+        fusion_metrics(f, [])
+    with pytest.raises(DataError, match="two source"):
+        fusion_metrics(f, a[None])
     with pytest.raises(DataError, match="NaN"):
         fusion_metrics(np.where(f > 100, np.nan, f), [a, b])
     with pytest.raises(DataError, match="41"):

@@ -51,6 +51,8 @@ def _as_images(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray) ->
     f = np.asarray(fused)
     if f.ndim != 2:
         raise DataError(f"fused image must be 2-D (H, W), got shape {f.shape}")
+    if not isinstance(sources, np.ndarray) and len(sources) < 2:
+        raise DataError(f"fusion metrics need at least two source images, got {len(sources)}")
     try:
         s = np.stack([np.asarray(x) for x in sources]) if not isinstance(sources, np.ndarray) else sources
     except ValueError as exc:
