@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -129,6 +130,21 @@ def test_brats2023_naming_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert _hashes(out) == before
     assert main(["phantom", "--out", str(out), "--cases", "1", "--scale", "0.2", "--overwrite"]) == 0
     assert [c.case_id for c in find_cases(out)] == ["BraTS2021_00000"]
+
+
+def test_brats2020_naming(tmp_path: Path) -> None:
+    out = write_phantom_release(tmp_path / "r2020", cases=1, naming="brats2020", scale=0.2)
+    (case,) = find_cases(out)
+    assert case.case_id == "BraTS20_Training_001" and case.scheme == "brats2020"
+    assert np.unique(np.asanyarray(nib.load(case.paths["seg"]).dataobj)).tolist() == [0, 1, 2, 4]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # shared like a plain mkdir
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
