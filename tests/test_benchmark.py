@@ -215,7 +215,7 @@ def test_crop_resize_many_slices_equals_one_at_a_time() -> None:
     out, lab = crop_resize(images, label, (0, 30, -2, 28), 45)
     for i in (0, 17, 39):
         one, one_lab = crop_resize(images[i:i + 1], label[i:i + 1], (0, 30, -2, 28), 45)
-        np.testing.assert_allclose(out[i], one[0], atol=1e-6)  # OpenCV's SIMD paths differ in the last bit
+        np.testing.assert_allclose(out[i], one[0], atol=1e-5)  # OpenCV's SIMD paths differ in the last bit
         np.testing.assert_array_equal(lab[i], one_lab[0])
     flat, _ = crop_resize(np.full((2, 4, 30, 30), 0.25, np.float32), label[:2, :, :26].repeat(2, 2)[:, :, :30],
                           (0, 30, 0, 30), 45)
