@@ -13,6 +13,7 @@ from sklearn.metrics import mutual_info_score
 
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.metrics import FUSION_METRIC_NAMES, average_fusion_metrics, fusion_metrics
+from fuse4seg.metrics.fusion_stats import mutual_information_pair
 from fuse4seg.metrics.fusion_structure import qabf, sobel_strength_angle, vif_per_source
 
 
@@ -138,6 +139,13 @@ def test_mi_matches_sklearn_in_nats(seed: int) -> None:
     f, a, b = make_pair(seed)
     expected = mutual_info_score(f.ravel(), a.ravel()) + mutual_info_score(f.ravel(), b.ravel())
     assert fusion_metrics(f, [a, b])["MI"] == pytest.approx(expected, rel=1e-10)
+
+
+def test_mi_hand_worked() -> None:
+    """Independent ramps (every (row, column) level pair once): MI 0; an image with itself: MI = its entropy."""
+    ramp = np.tile(np.arange(64.0) * 4, (64, 1))
+    assert mutual_information_pair(ramp, ramp.T) == 0.0
+    assert mutual_information_pair(ramp, ramp) == pytest.approx(math.log(64), rel=1e-12)
 
 
 def test_mi_rounds_float_images_instead_of_one_bin_per_float() -> None:

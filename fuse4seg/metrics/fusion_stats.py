@@ -64,7 +64,8 @@ def mutual_information_pair(a: np.ndarray, b: np.ndarray) -> float:
     pb = joint.sum(axis=0) / n
     ia, ib = np.nonzero(joint)
     pab = joint[ia, ib] / n
-    return float(np.sum(pab * (np.log(pab) - np.log(pa[ia]) - np.log(pb[ib]))))
+    mi = float(np.sum(pab * (np.log(pab) - np.log(pa[ia]) - np.log(pb[ib]))))
+    return max(mi, 0.0)  # as sklearn: rounding can make independent images' MI -1e-17
 
 
 def mutual_information(fused: np.ndarray, sources: np.ndarray) -> float:
