@@ -155,6 +155,7 @@ def train_command(
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Write last.pt every N steps."),
     log_every: int | None = typer.Option(None, "--log-every", help="TensorBoard scalars every N steps."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
+    cache: bool | None = typer.Option(None, "--cache/--no-cache", help="Hold the benchmark in memory (< 2 GiB)."),
     max_bad_steps: int | None = typer.Option(None, "--max-bad-steps", help="Stop after N non-finite steps in a row."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of initial weights and data order."),

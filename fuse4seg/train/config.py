@@ -29,7 +29,7 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 #: Options that may change when a run is resumed (they do not alter the trajectory of the weights).
 RESUMABLE_OVERRIDES: frozenset[str] = frozenset(
-    {"steps", "epochs", "eval_every", "checkpoint_every", "log_every", "num_workers", "progress", "resume",
+    {"steps", "epochs", "eval_every", "checkpoint_every", "log_every", "num_workers", "cache", "progress", "resume",
      "eval_slices", "overwrite", "out", "benchmark", "max_bad_steps"}
 )
 
@@ -74,6 +74,7 @@ class TrainConfig:
     eval_slices: int | None = None
     log_every: int = 1
     num_workers: int = 0
+    cache: bool = True
     device: str = "cpu"
     seed: int = 0
     max_bad_steps: int = 10

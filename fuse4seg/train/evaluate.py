@@ -155,7 +155,7 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     config, pipeline, state = load_run(run, checkpoint, device)
     dev = resolve_device(device)
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
-    dataset = open_split(bench, split)
+    dataset = open_split(bench, split, cache=True)
     if len(dataset) == 0:
         raise DataError(f"{bench}: split {split!r} has no slices")
     metrics: dict[str, Any] = {

@@ -115,8 +115,8 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.info: BenchmarkInfo = benchmark_info(config.benchmark)
-        self.train_set = open_split(config.benchmark, "train")
-        self.val_set = open_split(config.benchmark, "val") if self.info.counts["val"] else None
+        self.train_set = open_split(config.benchmark, "train", config.cache)
+        self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
         if config.mode == "bilevel":
             self.fit_pool, self.hold_pool = split_by_case(self.info.train_case_ids, config.val_fraction, config.seed)
         else:
