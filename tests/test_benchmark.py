@@ -25,19 +25,23 @@ from fuse4seg.fusion import fuse_batch
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 7-case tiny BraTS 2021 release; case 6 has no tumour."""
     return write_release(tmp_path_factory.mktemp("release") / "brats", cases=7, empty=(6,))
 
 
 def build(release: Path, out: Path, **options: object) -> dict:
+    """build_benchmark from ``release`` with small test defaults."""
     options = {"slices_per_case": 3, "progress": False, "command": "fuse4seg build-benchmark (test)", **options}
     return build_benchmark(out, brats=release, **options)
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file in ``directory``, by name."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 def test_select_slices_rule() -> None:
+    """Select slices rule."""
     label = np.zeros((8, 8, 20), dtype=np.uint8)
     areas = [0, 1, 4, 9, 16, 25, 36, 36, 25, 16, 9, 4, 1, 0, 0, 0, 0, 0, 0, 2]
     for z, area in enumerate(areas):
@@ -50,6 +54,7 @@ def test_select_slices_rule() -> None:
 
 
 def test_split_cases_by_patient() -> None:
+    """Split cases by patient."""
     ids = [f"case{i:03d}" for i in range(23)]
     splits = split_cases(ids, (0.7, 0.1, 0.2), seed=3)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [16, 2, 5]  # 16.1, 2.3, 4.6: largest remainder
@@ -65,16 +70,19 @@ def test_split_cases_by_patient() -> None:
 
 @pytest.mark.parametrize("text", ["0.7,0.1", "0.7,0.2,0.2", "a,b,c", "1.2,-0.1,-0.1", "nan,0,1"])
 def test_parse_split_rejects(text: str) -> None:
+    """Parse split rejects."""
     with pytest.raises(ConfigError, match="--split"):
         parse_split(text)
 
 
 def test_parse_split_tolerance() -> None:
+    """Parse split tolerance."""
     assert parse_split("0.7,0.1,0.2") == (0.7, 0.1, 0.2)
     assert parse_split([1 / 3, 1 / 3, 1 / 3 + 5e-7]) == pytest.approx((1 / 3,) * 3, abs=1e-6)
 
 
 def test_square_box_and_crop_resize() -> None:
+    """Square box and crop resize."""
     mask = np.zeros((20, 30), bool)
     mask[4:10, 6:20] = True  # 6 x 14 box -> 14 x 14 square centred at (7, 13)
     assert square_box(mask) == (0, 14, 6, 20)
@@ -91,6 +99,7 @@ def test_square_box_and_crop_resize() -> None:
 
 
 def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
+    """Build schema and content."""
     summary = build(release, tmp_path / "pkg", size=16, fusion="max", fusion_inputs="flair,t1ce")
     assert summary["skipped_cases"] == ["BraTS2021_00006"]
     with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
@@ -118,6 +127,7 @@ def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
 
 
 def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> None:
+    """Native size slices match the volume."""
     from fuse4seg.data.brats import find_cases, load_case
 
     build(release, tmp_path / "pkg", split=(1.0, 0.0, 0.0))
@@ -135,6 +145,7 @@ def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> N
 
 
 def test_rebuild_is_byte_identical(release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuild is byte identical."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     build(release, tmp_path / "a", size=16, seed=5)
     build(release, tmp_path / "b", size=16, seed=5, workers=2)
@@ -146,6 +157,7 @@ def test_rebuild_is_byte_identical(release: Path, tmp_path: Path, monkeypatch: p
 
 def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) -> None:
     # Seed 6 puts the tumour-free case BraTS2021_00006 alone in the test split.
+    """Split left without tumour is an error."""
     with pytest.raises(DataError, match="split test has no tumour-bearing case .*BraTS2021_00006"):
         build(release, tmp_path / "pkg", seed=6)
     assert list(tmp_path.iterdir()) == []
@@ -153,6 +165,7 @@ def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) ->
 
 def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dataset content hashes match without source date epoch."""
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     hashes = []
     for name in ("a", "b"):
@@ -167,6 +180,7 @@ def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, t
 
 
 def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
+    """Fusion fn replaces the rule."""
     calls = []
 
     def half_sum(x: np.ndarray) -> np.ndarray:
@@ -186,6 +200,7 @@ def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
 
 
 def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> None:
+    """Library errors leave nothing behind."""
     with pytest.raises(ConfigError, match="--slices-per-case"):
         build(release, tmp_path / "x", slices_per_case=0)
     with pytest.raises(ConfigError, match="--brats and --phantom"):
@@ -209,6 +224,7 @@ def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> N
 
 def test_crop_resize_many_slices_equals_one_at_a_time() -> None:
     # 40 slices x 4 modalities = 160 planes: more than OpenCV resizes in one call.
+    """Crop resize many slices equals one at a time."""
     rng = np.random.default_rng(2)
     images = rng.random((40, 4, 30, 26)).astype(np.float32)
     label = rng.integers(0, 4, (40, 30, 26)).astype(np.uint8)

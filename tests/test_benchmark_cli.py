@@ -13,6 +13,7 @@ from fuse4seg.cli import main
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
@@ -27,12 +28,14 @@ def assert_one_line_error(code: int, err: str, pattern: str) -> None:
 
 
 def hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file in ``directory``, by name."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 @pytest.mark.slow
 def test_phantom_build_verify_cite_and_identical_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phantom build verify cite and identical rebuild."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "pkg"
     argv = ["build-benchmark", "--out", str(out), "--phantom", "2", "--phantom-scale", "0.25", "--size", "24",
@@ -53,11 +56,13 @@ def test_phantom_build_verify_cite_and_identical_rebuild(tmp_path: Path, capsys:
 
 @pytest.fixture
 def release(tmp_path: Path) -> Path:
+    """A 4-case tiny BraTS 2021 release in this test's tmp_path."""
     return write_release(tmp_path / "brats", cases=4)
 
 
 def bad_build(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, *extra: str,
               pattern: str) -> None:
+    """Build with bad input: one-line error, and tmp_path unchanged (no DIR, no temp sibling)."""
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run(["build-benchmark", "--out", str(tmp_path / "pkg"), "--brats", str(release),
                         "--size", "16", *extra], capsys)
@@ -74,15 +79,18 @@ def bad_build(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, *ext
 ])
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, extra: tuple[str, ...],
                      pattern: str) -> None:
+    """Bad options."""
     bad_build(tmp_path, capsys, release, *extra, pattern=pattern)
 
 
 def test_fewer_cases_than_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fewer cases than splits."""
     release = write_release(tmp_path / "two", cases=2)
     bad_build(tmp_path, capsys, release, pattern="--split needs at least 3 cases (one per non-zero split), found 2")
 
 
 def test_existing_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
+    """Existing output is refused."""
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "keep.txt").write_text("mine")
     bad_build(tmp_path, capsys, release, pattern="already exists (pass --overwrite")
@@ -90,6 +98,7 @@ def test_existing_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
+    """Unwritable output."""
     (tmp_path / "afile").write_text("x")
     code, _, err = run(["build-benchmark", "--out", str(tmp_path / "afile" / "pkg"), "--brats", str(release)],
                        capsys)
@@ -98,18 +107,21 @@ def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture, releas
 
 
 def test_missing_modality(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
+    """Missing modality."""
     (release / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz").unlink()
     bad_build(tmp_path, capsys, release, pattern="BraTS2021_00002")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_corrupt_nifti(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, workers: str) -> None:
+    """Corrupt nifti."""
     path = release / "BraTS2021_00003" / "BraTS2021_00003_t1ce.nii.gz"
     path.write_bytes(gzip.compress(b"\x00" * 100)[:-5])  # truncated gzip of garbage
     bad_build(tmp_path, capsys, release, "--workers", workers, pattern="BraTS2021_00003")
 
 
 def test_not_a_brats_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Not a brats directory."""
     (tmp_path / "empty").mkdir()
     code, _, err = run(["build-benchmark", "--out", str(tmp_path / "pkg"), "--brats", str(tmp_path / "empty")],
                        capsys)
@@ -118,6 +130,7 @@ def test_not_a_brats_directory(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_verify_and_cite_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Verify and cite errors."""
     assert_one_line_error(*run(["verify", str(tmp_path / "none")], capsys)[::2], "no such package directory")
     tmp_path.joinpath("pkg").mkdir()
     assert_one_line_error(*run(["cite", str(tmp_path / "pkg")], capsys)[::2], "CITATION.cff: missing")

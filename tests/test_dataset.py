@@ -19,6 +19,7 @@ from fuse4seg.errors import ConfigError, DataError
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package built from a 4-case tiny release, 16 x 16 slices."""
     root = tmp_path_factory.mktemp("ds")
     build_benchmark(root / "package", brats=write_release(root / "brats", cases=4), size=16, slices_per_case=3,
                     split=(0.5, 0.25, 0.25), progress=False)
@@ -26,6 +27,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def h5_split(package: Path, split: str) -> dict[str, np.ndarray]:
+    """One split's datasets read directly with h5py (the reference)."""
     with h5py.File(package / "brats_fuse.h5", "r") as h5:
         group = h5[split]
         return {"source": group["source"][:], "fused": group["fused"][:], "label": group["label"][:],
@@ -33,6 +35,7 @@ def h5_split(package: Path, split: str) -> dict[str, np.ndarray]:
 
 
 def test_items_equal_the_file(package: Path) -> None:
+    """Items equal the file."""
     dataset = BraTSFuse(package, "train")
     expected = h5_split(package, "train")
     assert len(dataset) == len(expected["source"]) == 6
@@ -49,6 +52,7 @@ def test_items_equal_the_file(package: Path) -> None:
 
 
 def test_dataloader_with_two_workers(package: Path) -> None:
+    """Dataloader with two workers."""
     dataset = BraTSFuse(package / "brats_fuse.h5", "train", modalities="flair,t1ce")
     dataset[0]  # open a handle in the parent: workers must not inherit it through pickling
     assert pickle.loads(pickle.dumps(dataset))._h5 is None
@@ -63,6 +67,7 @@ def test_dataloader_with_two_workers(package: Path) -> None:
 
 
 def test_transform_is_applied_jointly(package: Path) -> None:
+    """Transform is applied jointly."""
     plain = BraTSFuse(package, "val")
     flipped = BraTSFuse(package, "val", transform=A.HorizontalFlip(p=1.0))
     for i in range(len(plain)):
@@ -76,6 +81,7 @@ def test_transform_is_applied_jointly(package: Path) -> None:
 
 
 def test_bad_arguments_and_files(package: Path, tmp_path: Path) -> None:
+    """Bad arguments and files."""
     with pytest.raises(ConfigError, match="split 'dev'"):
         BraTSFuse(package, "dev")
     with pytest.raises(ConfigError, match="unknown modality"):

@@ -17,6 +17,7 @@ from fuse4seg.errors import ConfigError
 
 
 def test_noise_std_is_the_fraction_of_the_max() -> None:
+    """Noise std is the fraction of the max."""
     rng = np.random.default_rng(0)
     image = np.full((2, 256, 256), 0.5)
     image[1] *= 2  # channel max 1.0: twice the noise of channel 0
@@ -30,6 +31,7 @@ def test_noise_std_is_the_fraction_of_the_max() -> None:
 
 
 def test_blur_small_sigma_is_identity_and_moments_match() -> None:
+    """Blur small sigma is identity and moments match."""
     rng = np.random.default_rng(1)
     image = rng.random((33, 40))
     np.testing.assert_array_equal(gaussian_blur(image, 0), image.astype(np.float32))
@@ -47,6 +49,7 @@ def test_blur_small_sigma_is_identity_and_moments_match() -> None:
 def test_spike_adds_one_frequency_of_known_energy() -> None:
     # Constant c with a spike of a * |F(0)|: the complex image is c (1 + a e^{i phi(x)}), so the mean
     # squared magnitude is c^2 (1 + a^2) exactly (the cross term averages to zero over full periods).
+    """Spike adds one frequency of known energy."""
     c, a = 0.5, 0.3
     out = kspace_spike(np.full((64, 48), c), np.random.default_rng(3), amplitude=a, clip=False).astype(np.float64)
     assert (out**2).mean() == pytest.approx(c**2 * (1 + a**2), rel=1e-6)
@@ -55,6 +58,7 @@ def test_spike_adds_one_frequency_of_known_energy() -> None:
 
 
 def test_undersampling_keep_all_is_identity_and_parseval_holds() -> None:
+    """Undersampling keep all is identity and parseval holds."""
     rng = np.random.default_rng(4)
     image = rng.random((40, 30))
     np.testing.assert_allclose(kspace_undersample(image, rng, keep=1.0, centre=0.1), image, atol=1e-6)
@@ -68,6 +72,7 @@ def test_undersampling_keep_all_is_identity_and_parseval_holds() -> None:
 
 
 def test_random_degradation_and_bad_parameters() -> None:
+    """Random degradation and bad parameters."""
     rng = np.random.default_rng(6)
     image = rng.random((2, 16, 16)).astype(np.float32)
     kinds = set()

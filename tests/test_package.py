@@ -20,6 +20,7 @@ BRATS_DOIS = ("10.1109/TMI.2014.2377694", "10.1038/sdata.2017.117", "10.48550/ar
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package built from a 5-case tiny BraTS release (BraTS-derived)."""
     root = tmp_path_factory.mktemp("pkg")
     release = write_release(root / "brats", cases=5)
     out = root / "package"
@@ -30,6 +31,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def copy(package: Path, tmp_path: Path) -> Path:
+    """A private copy of the package that a test may damage."""
     target = tmp_path / "copy"
     shutil.copytree(package, target)
     return target
@@ -47,12 +49,14 @@ def rehash(directory: Path, name: str = "brats_fuse.h5") -> None:
 
 
 def test_verify_passes_on_a_fresh_build(package: Path) -> None:
+    """Verify passes on a fresh build."""
     report = verify(package)
     assert report["files"] == ["brats_fuse.h5", "README.md", "CITATION.cff"]
     assert sum(s["cases"] for s in report["splits"].values()) == 5
 
 
 def test_verify_catches_a_flipped_byte(copy: Path) -> None:
+    """Verify catches a flipped byte."""
     path = copy / "brats_fuse.h5"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -63,12 +67,14 @@ def test_verify_catches_a_flipped_byte(copy: Path) -> None:
 
 @pytest.mark.parametrize("name", ["brats_fuse.h5", "README.md", "CITATION.cff", "croissant.json"])
 def test_verify_catches_a_deleted_file(copy: Path, name: str) -> None:
+    """Verify catches a deleted file."""
     (copy / name).unlink()
     with pytest.raises(DataError, match=f"{name}.*missing"):
         verify(copy)
 
 
 def test_verify_catches_edits_and_strays(copy: Path) -> None:
+    """Verify catches edits and strays."""
     (copy / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not listed in croissant.json: notes.txt"):
         verify(copy)
@@ -80,6 +86,7 @@ def test_verify_catches_edits_and_strays(copy: Path) -> None:
 
 
 def test_verify_checks_labels_ranges_and_disjointness(copy: Path) -> None:
+    """Verify checks labels ranges and disjointness."""
     with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
         h5["val/label"][0, 0, 0] = 7
     rehash(copy)
@@ -100,6 +107,7 @@ def test_verify_checks_labels_ranges_and_disjointness(copy: Path) -> None:
 
 
 def test_verify_checks_the_schema(copy: Path) -> None:
+    """Verify checks the schema."""
     with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
         del h5["val/fused"]
         h5["val"].create_dataset("fused", data=h5["val/source"][:, :2])
@@ -116,6 +124,7 @@ def test_verify_checks_the_schema(copy: Path) -> None:
 
 
 def test_croissant_validates_with_mlcroissant(package: Path) -> None:
+    """Croissant validates with mlcroissant."""
     mlcroissant = pytest.importorskip("mlcroissant")
     dataset = mlcroissant.Dataset(jsonld=package / "croissant.json")
     assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
@@ -129,6 +138,7 @@ def test_croissant_validates_with_mlcroissant(package: Path) -> None:
 
 
 def test_card_front_matter_and_command(package: Path) -> None:
+    """Card front matter and command."""
     text = (package / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
     report = verify(package)
@@ -143,6 +153,7 @@ def test_card_front_matter_and_command(package: Path) -> None:
 
 
 def test_citation_cff_and_bibtex_carry_the_brats_papers(package: Path) -> None:
+    """Citation cff and bibtex carry the brats papers."""
     cff = yaml.safe_load(cite(package, format="cff"))
     assert cff["cff-version"] == "1.2.0" and cff["type"] == "dataset"
     assert [ref["doi"] for ref in cff["references"]] == list(BRATS_DOIS)
