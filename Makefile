@@ -23,8 +23,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fuse4seg demo --out runs/demo --overwrite
 
+# One BLAS/OpenMP thread per pytest worker: oversubscribed threads made small convolutions 100x slower.
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fuse4seg tests benchmarks tools
