@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, modality_indices, parse_
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch, get_rule
 from fuse4seg.io import atomic_dir
+
+if TYPE_CHECKING:  # brats is imported lazily at run time (workers import it themselves)
+    from fuse4seg.data.brats import CaseFiles
 
 DEFAULT_SLICES_PER_CASE = 8
 DEFAULT_PHANTOM_CASES = 10
@@ -128,7 +132,7 @@ def crop_resize(images: np.ndarray, label: np.ndarray, box: tuple[int, int, int,
     return np.clip(resized, 0.0, 1.0).astype(np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
 
 
-def extract_case(case: object, slices_per_case: int, size: int | None, fusion: str | None,
+def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,
                  fusion_inputs: tuple[str, ...]) -> dict[str, object]:
     """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), and
     either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
@@ -186,7 +190,7 @@ def _validate_options(brats: object, phantom: int | None, fusion: str, fusion_fn
         raise ConfigError(f"--workers must be >= 1, got {workers}")
 
 
-def _extracted_in_order(cases: list, workers: int, progress: bool, **options: object) -> Iterator[dict]:
+def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **options: object) -> Iterator[dict]:
     """Yield :func:`extract_case` results in case order, computed by ``workers`` processes."""
     from tqdm import tqdm
 

@@ -81,6 +81,7 @@ def dataset_card(meta: dict) -> str:
     front = {
         "pretty_name": "BraTS-Fuse",
         "license": "cc-by-4.0" if not meta["brats_derived"] else "other",
+        **({"license_name": "brats-data-terms"} if meta["brats_derived"] else {}),
         "task_categories": ["image-segmentation", "image-to-image"],
         "tags": ["medical", "mri", "brain-tumor", "image-fusion", "brats"],
         "size_categories": [_size_category(total)],
