@@ -158,6 +158,7 @@ def train_command(
     cache: bool | None = typer.Option(None, "--cache/--no-cache", help="Hold the benchmark in memory (< 2 GiB)."),
     max_bad_steps: int | None = typer.Option(None, "--max-bad-steps", help="Stop after N non-finite steps in a row."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of initial weights and data order."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
     config: str | None = typer.Option(None, "--config", help="TOML file of options (CLI options override it)."),
@@ -214,11 +215,12 @@ def fuse_command(
 def demo_command(
     out: str = typer.Option("runs/demo", "--out", help="Directory for the demo's benchmark and run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch (1 is robust on a busy 2-core machine)."),
 ) -> None:
     """Build a small phantom benchmark, train bi-level, evaluate, and print the results."""
     from fuse4seg.train.demo import run_demo
 
-    run_demo(out, overwrite=overwrite, echo=typer.echo)
+    run_demo(out, overwrite=overwrite, echo=typer.echo, train_overrides={"threads": threads})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,7 @@ class TrainConfig:
     num_workers: int = 0
     cache: bool = True
     device: str = "cpu"
+    threads: int | None = None
     seed: int = 0
     max_bad_steps: int = 10
     progress: bool = True
@@ -275,6 +276,7 @@ def validate(c: TrainConfig) -> None:
     _require(c.eval_slices is None or c.eval_slices >= 1, f"--eval-slices: must be >= 1, got {c.eval_slices}")
     _require(c.checkpoint_every >= 1, f"--checkpoint-every: must be >= 1, got {c.checkpoint_every}")
     _require(c.log_every >= 1, f"--log-every: must be >= 1, got {c.log_every}")
+    _require(c.threads is None or c.threads >= 1, f"--threads: must be >= 1, got {c.threads}")
     _require(c.num_workers >= 0, f"--num-workers: must be >= 0, got {c.num_workers}")
     _require(c.max_bad_steps >= 1, f"--max-bad-steps: must be >= 1, got {c.max_bad_steps}")
     _require(c.seed >= 0, f"--seed: must be >= 0, got {c.seed}")

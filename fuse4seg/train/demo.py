@@ -23,6 +23,9 @@ DEMO_TRAIN: dict[str, Any] = {
     "mode": "bilevel", "hypergrad": "unrolled", "inner_steps": 1, "inner_optimizer": "adam",
     "lr_lower": 3e-3, "lr_upper": 1e-3, "batch_size": 8, "steps": 240, "eval_every": 60,
     "seg_options": {"width": 8, "depth": 3}, "fusion_options": {"width": 8, "layers": 3}, "seed": 0,
+    # One torch thread: two OpenMP threads on a 2-core machine that is busy with anything else stall
+    # (measured: a UNet step 20x slower under load); on an idle machine one thread costs < 2x.
+    "threads": 1,
 }
 
 

@@ -114,6 +114,8 @@ class Trainer:
         """Open the benchmark, build networks and optimisers, and restore RUN/last.pt on --resume."""
         self.config = config
         self.device = resolve_device(config.device)
+        if config.threads is not None:  # CPU threads; changing them may change the last bits of results
+            torch.set_num_threads(config.threads)
         self.info: BenchmarkInfo = benchmark_info(config.benchmark)
         self.train_set = open_split(config.benchmark, "train", config.cache)
         self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
