@@ -20,6 +20,7 @@ at least one case. No patient appears in two splits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -313,7 +314,8 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
             results = _extracted_in_order(cases, workers, progress, slices_per_case=slices_per_case, size=size,
                                           fusion=None if fusion_fn is not None else fusion,
                                           fusion_inputs=fusion_inputs)
-            written = _write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, fusion_inputs)
+            with contextlib.closing(results):  # a write error stops the worker pool at once
+                written = _write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, fusion_inputs)
             empty = [s for s, f in zip(("train", "val", "test"), fractions) if f > 0
                      and written["splits"][s]["slices"] == 0]
             if empty:
