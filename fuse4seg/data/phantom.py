@@ -245,7 +245,8 @@ def _intensities(anatomy: np.ndarray, label: np.ndarray, brain: np.ndarray, coor
     bias = np.exp(0.12 * _smooth_field(rng, coords, 60.0, count=4).reshape(4, -1)[:, inside])
     out = np.empty((4, inside.size), dtype=np.int16)
     for m, name in enumerate(MODALITIES):
-        mu = CONTRASTS[name]
+        # Scanners and protocols differ: each class mean varies by up to 5 % between cases.
+        mu = np.asarray(CONTRASTS[name]) * rng.uniform(0.95, 1.05, len(CONTRASTS[name]))
         detail = mu[_CSF] + (mu[_GM] - mu[_CSF]) * ramp1 + (mu[_WM] - mu[_GM]) * ramp2
         tissue = 0.5 * (csf * mu[_CSF] + gm * mu[_GM] + wm * mu[_WM]) + 0.5 * p_brain * detail
         image = tissue * (1.0 - w_tumour) + weights[0] * (0.3 * tissue + 0.7 * mu[_ED])
