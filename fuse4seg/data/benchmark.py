@@ -21,6 +21,7 @@ at least one case. No patient appears in two splits.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import tempfile
 import time
@@ -202,7 +203,10 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
                 yield extract_case(case, **options)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=min(workers, len(cases))) as pool:
+        # forkserver, not fork: the parent may hold OpenCV/OpenMP/torch thread pools that a forked
+        # child would inherit in an undefined state.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=context) as pool:
             futures = {pool.submit(extract_case, case, **options): i for i, case in enumerate(cases)}
             done: dict[int, dict] = {}
             next_index = 0
