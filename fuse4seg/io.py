@@ -24,6 +24,13 @@ def _check_parent_writable(path: Path) -> Path:
     return parent
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that is renamed to ``final`` only if the block succeeds.
@@ -35,6 +42,8 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise Fuse4SegError(f"{final} already exists (pass --overwrite to replace it)")
     parent = _check_parent_writable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
+    # mkdtemp makes a private (0700) directory; the output should get the usual umask permissions.
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
@@ -57,6 +66,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private (0600) file
     try:
         yield tmp
         os.replace(tmp, final)
