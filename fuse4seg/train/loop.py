@@ -270,7 +270,8 @@ class Trainer:
             self.save("best")
         return {
             "run": str(self.run_dir), "mode": c.mode, "steps": self.step, "skipped": self.skipped,
-            "val": scores, "best_step": self.best_step, "best_dice_mean": self.best_score,
+            "val": scores, "best_step": self.best_step,
+            "best_dice_mean": self.best_score if math.isfinite(self.best_score) else None,
             "seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_time, 3),
             "data_seconds": round(data_time, 3), "steps_this_call": self.step - first_step,
             "tensorboard": str(self.run_dir / "tb"),
