@@ -43,7 +43,7 @@ class TrainConfig:
     mode: str = "bilevel"
     hypergrad: str = "unrolled"
     inner_steps: int = 1
-    inner_optimizer: str = "sgd"
+    inner_optimizer: str = "adam"
     inner_momentum: float = 0.9
     truncate: int | None = None
     fd_eps: float = 0.01
