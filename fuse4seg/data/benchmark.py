@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -219,6 +220,10 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
                     while next_index in done:  # hand results on in case order: deterministic file
                         yield done.pop(next_index)
                         next_index += 1
+            except BrokenProcessPool:
+                raise Fuse4SegError(
+                    "--workers: a worker process died (out of memory, or the calling script re-runs the build when "
+                    "imported: guard it with `if __name__ == \"__main__\":`); retry with fewer workers") from None
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
