@@ -123,6 +123,7 @@ def test_verify_checks_the_schema(copy: Path) -> None:
         verify(copy / "nope")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # rdflib inside mlcroissant
 def test_croissant_validates_with_mlcroissant(package: Path) -> None:
     """Croissant validates with mlcroissant."""
     mlcroissant = pytest.importorskip("mlcroissant")
