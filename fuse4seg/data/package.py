@@ -177,8 +177,8 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "conformsTo": CROISSANT_CONFORMS_TO,
         "name": "BraTS-Fuse", "description": cff["abstract"],
         "license": "https://creativecommons.org/licenses/by/4.0/" if not meta["brats_derived"]
-        else "https://www.synapse.org/brats",
-        "url": "https://github.com/fuse4seg/fuse4seg", "version": "1.0.0", "datePublished": meta["created"],
+        else "BraTS data terms of the source release (derived data; see README.md)",
+        "version": "1.0.0", "datePublished": meta["created"],
         "citeAs": cff_to_bibtex(cff), "keywords": cff["keywords"],
         "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
         "distribution": distribution, "recordSet": record_sets,
