@@ -32,7 +32,7 @@ BRATS_REFERENCES: tuple[dict, ...] = (
                     {"family-names": "Davatzikos", "given-names": "Christos"}],
         "title": "Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation "
                  "labels and radiomic features",
-        "journal": "Scientific Data", "volume": 4, "start": 170117, "year": 2017,
+        "journal": "Scientific Data", "volume": 4, "issue": 1, "start": 170117, "year": 2017,
         "doi": "10.1038/sdata.2017.117",
     },
     {
