@@ -315,7 +315,7 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
             cases = find_cases(root)
             splits = split_cases([c.case_id for c in cases], fractions, seed)
             created = created_timestamp()
-            source_dataset = PHANTOM_SOURCE if use_phantom else f"BraTS ({cases[0].scheme})"
+            source_dataset = PHANTOM_SOURCE if use_phantom else f"BraTS, {cases[0].scheme} release layout"
             attrs = {
                 "format_version": FORMAT_VERSION, "fusion_inputs": fusion_inputs, "fusion_method": method,
                 "source_dataset": source_dataset,

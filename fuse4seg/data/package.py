@@ -99,7 +99,7 @@ def dataset_card(meta: dict) -> str:
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# BraTS-Fuse ({meta['source_dataset']})
+# BraTS-Fuse built from {meta['source_dataset']}
 
 Paired multi-modal brain-MRI slices for image-level fusion and tumour segmentation: for every
 axial slice the four normalised source modalities, one fused image of
@@ -110,7 +110,8 @@ Splits are by patient: no case appears in two splits.
 |---|---|---|
 {rows}
 
-Slices are {meta['height']} x {meta['width']} pixels; label scheme: {meta['label_scheme']}.
+Slices are {meta['height']} x {meta['width']} pixels (H = first voxel axis of the volume, W = second,
+no rotation); label scheme: {meta['label_scheme']}.
 Created {meta['created']} by {meta['builder_version']}.
 
 ## How it was built
