@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -189,9 +188,6 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
 def write_package_files(directory: Path, meta: dict) -> None:
     """Write README.md, CITATION.cff and then croissant.json (hashing the others) into ``directory``."""
     directory = Path(directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)  # the atomic temp dir is created 0700; a shared package is not
     (directory / CARD_NAME).write_text(dataset_card(meta), encoding="utf-8")
     (directory / CITATION_NAME).write_text(
         yaml.safe_dump(citation_cff(meta), sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")

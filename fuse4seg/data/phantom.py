@@ -16,7 +16,6 @@ whatever the number of workers (nibabel writes gzip with mtime 0).
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,13 +325,6 @@ def _write_case(args: tuple[Path, str, int, int, float]) -> str:
     return case_id
 
 
-def _share_like_umask(directory: Path) -> None:
-    """Give a mkdtemp directory (created 0700) the permissions a plain mkdir would (0777 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory, 0o777 & ~mask)
-
-
 def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021", seed: int = 0,
                           scale: float = 1.0, workers: int = 1, overwrite: bool = False) -> Path:
     """Write ``cases`` phantom cases in real BraTS layout under ``out`` (atomically); returns ``out``."""
@@ -348,7 +340,6 @@ def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021"
     out = Path(out)
     shape, spacing = grid_for_scale(scale)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        _share_like_umask(tmp)
         jobs = [(tmp, naming, int(seed), i, float(scale)) for i in range(int(cases))]
         if workers == 1 or cases == 1:
             ids = [_write_case(job) for job in jobs]
