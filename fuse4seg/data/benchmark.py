@@ -197,7 +197,8 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
     """Yield :func:`extract_case` results in case order, computed by ``workers`` processes."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(cases), desc="building", unit="case", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one clean line.
+    bar = tqdm(total=len(cases), desc="building", unit="case", disable=None if progress else True, leave=False)
     try:
         if workers == 1:
             for case in cases:
