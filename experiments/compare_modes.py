@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from fuse4seg.data.benchmark import build_benchmark
 from fuse4seg.train.config import build_config

@@ -41,6 +41,15 @@ def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
     assert build_config({"epochs": 2}, toml).steps is None
 
 
+@pytest.mark.parametrize("inputs", ["fused", "t1ce", "t1,t2,flair"])
+def test_config_survives_its_stored_form(inputs: str) -> None:
+    """to_dict (config.json, checkpoints) -> config_from_dict gives the same config back."""
+    from fuse4seg.train.config import config_from_dict
+
+    c = build_config({"benchmark": "b", "out": "o", "mode": "direct", "inputs": inputs, "seg_options": {"width": 4}})
+    assert config_from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
 def test_resolve_steps_from_epochs() -> None:
     """ceil(epochs * slices / batch), one epoch by default."""
     c = TrainConfig(benchmark="b", out="o", epochs=2.5, batch_size=4)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError
@@ -157,7 +156,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return dict(value)
     if typing.get_origin(tp) is tuple:
         if name in ("fusion_inputs", "inputs"):
-            if isinstance(value, str) and value.strip().lower() == "fused":
+            if (isinstance(value, str) and value.strip().lower() == "fused") or (
+                isinstance(value, (list, tuple)) and [str(v).lower() for v in value] == ["fused"]
+            ):
                 if name == "fusion_inputs":
                     raise ConfigError(f"{opt}{where}: the fusion network's inputs must be modalities")
                 return ("fused",)
