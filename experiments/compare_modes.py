@@ -63,6 +63,12 @@ def main() -> None:
               flush=True)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
+    previous = results / "compare_modes.json"
+    if args.only and previous.is_file():  # keep the rows of runs not redone this time
+        done = {r["run"] for r in rows}
+        kept = [r for r in json.loads(previous.read_text(encoding="utf-8"))["rows"] if r["run"] not in done]
+        order = list(spec["runs"])
+        rows = sorted(kept + rows, key=lambda r: order.index(r["run"]) if r["run"] in order else len(order))
     payload = {"benchmark": spec["benchmark"], "common": common, "runs": spec["runs"], "rows": rows}
     (results / "compare_modes.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     lines = ["| run | Dice WT | Dice TC | Dice ET | Dice mean | case Dice WT | HD95 WT | Qabf | VIF | train s |",
