@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fuse4seg.conventions import REGIONS
-from fuse4seg.errors import DataError
+from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import TrainConfig, config_from_dict
@@ -36,8 +36,6 @@ CHECKPOINTS = ("best", "last")
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[TrainConfig, Pipeline, dict]:
     """Config, pipeline with the checkpoint's weights (eval mode, on ``device``) and the checkpoint."""
-    from fuse4seg.errors import ConfigError
-
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"--checkpoint: choose one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     run = Path(run)
