@@ -11,6 +11,7 @@ import pytest
 from conftest import DEFAULT_IDS, FIXTURE_SHAPE, fixture_label, write_case
 
 from fuse4seg.cli import main
+from fuse4seg.data import intensity
 from fuse4seg.data.brats import (
     detect_scheme,
     find_case,
@@ -20,6 +21,7 @@ from fuse4seg.data.brats import (
     normalise_modality,
     to_canonical_labels,
 )
+from fuse4seg.data.intensity import linear_percentiles, percentile_bounds
 from fuse4seg.errors import DataError
 
 IDS = {
@@ -143,6 +145,114 @@ def test_load_case_brain_mask_is_any_modality_positive(tmp_path: Path) -> None:
     expected_t1 = normalise_modality(t1, loaded.brain_mask)
     np.testing.assert_array_equal(loaded.images[0], expected_t1)
     assert loaded.images[0, 0, 0, 0] == 0.0 and loaded.images[3, 0, 0, 0] == 1.0
+
+
+def _reference_normalise(volumes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The rule from its definition, cast first: float32 volumes, any-positive mask, np.percentile, clip."""
+    cast = [np.asarray(v, dtype=np.float32) for v in volumes]
+    mask = np.any([c > 0 for c in cast], axis=0)
+    out = np.zeros((len(cast), *mask.shape), np.float32)
+    for m, values in enumerate(c[mask] for c in cast):
+        if values.size:
+            lo, hi = (float(p) for p in np.percentile(values, [0.5, 99.5]))
+            out[m][mask] = (np.clip((values - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0) if hi > lo
+                            else (values > lo).astype(np.float32))
+    return out, mask
+
+
+def _assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
+    """float32 arrays equal bit for bit (so +0.0 and -0.0 differ)."""
+    assert actual.dtype == expected.dtype == np.float32 and actual.shape == expected.shape
+    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 199, 200, 201, 202, 1000, 4321])
+def test_histogram_percentiles_equal_numpy_bit_for_bit(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for values in (rng.integers(-300, 3000, size=n), rng.integers(0, 4, size=n), np.full(n, 7),
+                   rng.normal(500.0, 300.0, size=n)):
+        values = values.astype(np.float32)
+        ordered = np.sort(values)
+        assert linear_percentiles(lambda k, s=ordered: s[k], n) == percentile_bounds(values)
+        assert percentile_bounds(values) == tuple(float(p) for p in np.percentile(values, [0.5, 99.5]))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_integer_table_normalisation_equals_the_cast_first_rule(dtype: type, order: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intensity, "GATHER_CHUNK", 37)  # many chunks and a ragged last one
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(5)
+    shape = (9, 7, 5)
+    mask = rng.random(shape) < 0.6
+    cases = {
+        "full range": rng.integers(info.min, info.max, size=shape, endpoint=True),
+        "negatives in the brain (lo < 0)": rng.integers(max(info.min, -20), 100, size=shape),
+        "constant (hi == lo)": np.full(shape, 3),
+        "two values": rng.integers(0, 2, size=shape) * 5,
+    }
+    for name, values in cases.items():
+        # Positive values outside this arbitrary mask too: the public function must zero them.
+        volume = np.asarray(values.astype(dtype), order=order)
+        reference = np.zeros(shape, np.float32)
+        cast = volume.astype(np.float32)
+        lo, hi = (float(p) for p in np.percentile(cast[mask], [0.5, 99.5]))
+        scaled = np.clip((cast - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0) if hi > lo else (cast > lo)
+        reference[mask] = scaled[mask]
+        out = normalise_modality(volume, mask)
+        _assert_same_bits(out, reference)
+        assert out.flags[f"{order}_CONTIGUOUS"], name
+    assert not normalise_modality(np.ones(shape, dtype), np.zeros(shape, bool)).any()  # empty brain
+
+
+def _write_mixed_case(root: Path) -> Path:
+    """A case whose modalities are stored as int16 with negatives, uint8, float32 and scaled int16 (float64)."""
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in FIXTURE_SHAPE], indexing="ij"))
+    brain = (grid**2).sum(axis=0) < 1.5
+    t1 = (rng.integers(-40, 2000, size=FIXTURE_SHAPE) * brain).astype(np.int16)
+    t1ce = (rng.integers(0, 256, size=FIXTURE_SHAPE) * brain).astype(np.uint8)
+    t2 = (rng.gamma(2.0, 300.0, size=FIXTURE_SHAPE) * brain).astype(np.float32)
+    directory = write_case(root, images={"t1": t1, "t1ce": t1ce, "t2": t2})
+    flair = nib.Nifti1Image((rng.integers(0, 900, size=FIXTURE_SHAPE) * brain).astype(np.int16), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    flair.header.set_slope_inter(0.37, 0.0)  # nibabel returns scaled data as float64
+    nib.save(flair, directory / "BraTS2021_00000_flair.nii.gz")
+    return directory
+
+
+def test_load_case_equals_the_cast_first_rule_for_integer_and_float_files(tmp_path: Path) -> None:
+    case = find_case(_write_mixed_case(tmp_path))
+    stored = [np.asanyarray(nib.load(case.paths[name]).dataobj) for name in ("t1", "t1ce", "t2", "flair")]
+    assert [v.dtype for v in stored] == [np.int16, np.uint8, np.float32, np.float64]
+    expected, mask = _reference_normalise(stored)
+    loaded = load_case(case)
+    _assert_same_bits(loaded.images, expected)
+    np.testing.assert_array_equal(loaded.brain_mask, mask)
+    assert all(loaded.images[m].flags.f_contiguous for m in range(4))
+    assert (~mask).any() and np.percentile(stored[0][mask], 0.5) < 0  # lo < 0, and still a +0.0 background
+
+
+def test_load_case_equals_the_cast_first_rule_on_the_phantom(phantom_release: Path) -> None:
+    for case in find_cases(phantom_release)[:2]:
+        stored = [np.asanyarray(nib.load(case.paths[name]).dataobj) for name in ("t1", "t1ce", "t2", "flair")]
+        expected, mask = _reference_normalise(stored)
+        loaded = load_case(case)
+        _assert_same_bits(loaded.images, expected)
+        np.testing.assert_array_equal(loaded.brain_mask, mask)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32])
+def test_label_mapping_for_every_stored_dtype(dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intensity, "GATHER_CHUNK", 5)
+    release = np.asfortranarray(np.array([0, 1, 2, 4, 4, 2, 0, 1, 4, 2, 1, 0], dtype=dtype).reshape(2, 3, 2))
+    out = to_canonical_labels(release, "brats2021")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.where(release == 4, 3, release.astype(np.int64)))
+    bad = release.copy()
+    bad[1, 2, 1] = 3
+    with pytest.raises(DataError, match=r"unknown label values 3 \(the brats2021 scheme allows 0, 1, 2, 4\)"):
+        to_canonical_labels(bad, "brats2021")
 
 
 # ---- bad input: each raises DataError naming the case and the file, and the CLI exits 1 in one line ----

@@ -19,6 +19,10 @@ Intensity normalisation (:func:`normalise_modality`), applied to each modality s
    modality's values over the brain mask;
 3. brain voxels become ``clip((v - lo) / (hi - lo), 0, 1)``; voxels outside the mask become 0;
    if ``hi == lo`` (a constant modality), brain voxels above ``lo`` become 1 and the rest 0.
+
+(implemented in :mod:`fuse4seg.data.intensity`: integer volumes through a histogram and a table of
+every value, never cast; the result equals the cast-first float32 computation bit for bit).
+Loaded volumes keep the NIfTI files' Fortran memory order per modality.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ import nibabel as nib
 import numpy as np
 
 from fuse4seg.conventions import MODALITIES
+from fuse4seg.data.intensity import (
+    normalise_by_table,
+    normalise_modality,  # noqa: F401 (re-exported: part of this module's interface)
+    normalise_values,
+    take_chunked,
+    unsigned_codes,
+    uses_table,
+)
 from fuse4seg.errors import DataError
 
 SCHEMES: tuple[str, ...] = ("brats2020", "brats2021", "brats2023")
@@ -76,7 +88,8 @@ class CaseFiles:
 
 @dataclass
 class BraTSCase:
-    """One loaded case: images (4, X, Y, Z) float32 in [0, 1] (MODALITIES order), label (X, Y, Z) uint8."""
+    """One loaded case: images (4, X, Y, Z) float32 in [0, 1] (MODALITIES order, each a Fortran-ordered
+    block as in the NIfTI files), label (X, Y, Z) uint8 {0..3}, brain mask (X, Y, Z) bool."""
 
     case_id: str
     scheme: str
@@ -207,11 +220,13 @@ def to_canonical_labels(label: np.ndarray, scheme: str) -> np.ndarray:
         _raise_unknown(values, scheme, allowed)
     if label.dtype.kind == "f":
         label = label.astype(np.intp)
-    # A lookup table turns the check and the mapping into one vectorised gather.
-    lut = np.full(allowed[-1] + 1, 255, dtype=np.uint8)
+    # A lookup table turns the check and the mapping into one vectorised gather; 1- and 2-byte
+    # labels (as stored) index a table of every bit pattern, gathered in cache-sized chunks.
+    small = uses_table(label.dtype)
+    lut = np.full(2 ** (8 * label.itemsize) if small else allowed[-1] + 1, 255, dtype=np.uint8)
     for value, canonical in LABEL_MAPS[scheme].items():
         lut[value] = canonical
-    out = lut[label]
+    out = take_chunked(lut, unsigned_codes(label)) if small else lut[label]
     unknown = out == 255
     if unknown.any():
         _raise_unknown(np.unique(label[unknown]), scheme, allowed)
@@ -229,31 +244,6 @@ def from_canonical_labels(label: np.ndarray, scheme: str) -> np.ndarray:
     for value, canonical in LABEL_MAPS[scheme].items():
         lut[canonical] = value
     return lut[label.astype(np.int64)]
-
-
-def _percentile_bounds(values: np.ndarray) -> tuple[float, float]:
-    """0.5th and 99.5th percentiles (linear interpolation) of a 1-D array of brain intensities."""
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    return float(lo), float(hi)
-
-
-def normalise_modality(volume: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
-    """Clip to the [0.5, 99.5] percentiles of brain voxels and rescale to [0, 1] (float32, background 0)."""
-    volume = np.asarray(volume)
-    brain_mask = np.asarray(brain_mask, dtype=bool)
-    if volume.shape != brain_mask.shape:
-        raise ValueError(f"volume shape {volume.shape} and brain mask shape {brain_mask.shape} differ")
-    out = np.zeros(volume.shape, dtype=np.float32)
-    values = volume[brain_mask].astype(np.float32, copy=False)
-    if values.size == 0:
-        return out
-    lo, hi = _percentile_bounds(values)
-    if hi > lo:
-        values = np.clip((values - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
-    else:
-        values = (values > lo).astype(np.float32)
-    out[brain_mask] = values
-    return out
 
 
 def _load_volume(case: CaseFiles, name: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -295,19 +285,31 @@ def load_case(case: CaseFiles, require_label: bool = True) -> BraTSCase:
         raise DataError(f"{case.case_id}: seg file {case.case_id}{suffix}.nii.gz is missing")
     t1_img, t1 = _load_volume(case, "t1")
     shape, affine = t1.shape, np.asarray(t1_img.affine, dtype=np.float64)
-    images = np.empty((len(MODALITIES), *shape), dtype=np.float32)
+    # Each modality is a Fortran-ordered (X, Y, Z) block, the NIfTI files' own layout: no transposing
+    # copy, and an axial slice images[m, :, :, z] is contiguous.
+    images = np.empty((len(MODALITIES), *shape[::-1]), dtype=np.float32).transpose(0, 3, 2, 1)
+    brain_mask = np.zeros(shape, dtype=bool, order="F")
+    integer_volumes: dict[int, np.ndarray] = {}
     for index, name in enumerate(MODALITIES):
         img, data = (t1_img, t1) if name == "t1" else _load_volume(case, name)
         _check_geometry(case, name, img, data, shape, affine)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             bad = int(np.count_nonzero(~np.isfinite(data)))
             raise DataError(f"{case.case_id}: {name} file {case.paths[name].name} has {bad} non-finite voxels (NaN/Inf)")
-        images[index] = data  # the one cast to float32
+        if uses_table(data.dtype):
+            integer_volumes[index] = np.asfortranarray(data)  # normalised from the integers, never cast
+            brain_mask |= integer_volumes[index] > 0
+        else:
+            images[index] = data  # the one cast to float32
+            brain_mask |= images[index] > 0
         del data
     del t1
-    brain_mask = (images > 0).any(axis=0)
     for index in range(len(MODALITIES)):
-        images[index] = normalise_modality(images[index], brain_mask)
+        if index in integer_volumes:
+            # Outside the mask every modality is <= 0, by the mask's definition.
+            normalise_by_table(integer_volumes.pop(index), brain_mask, images[index], outside_nonpositive=True)
+        else:
+            normalise_values(images[index], brain_mask, images[index])
     label = None
     if "seg" in case.paths:
         seg_img, seg = _load_volume(case, "seg")
