@@ -50,6 +50,13 @@ def test_config_survives_its_stored_form(inputs: str) -> None:
     assert config_from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
+def test_finite_difference_defaults_to_an_sgd_inner_step() -> None:
+    """Adam is the inner default, except for DARTS finite differences, which differentiate an SGD step."""
+    assert build_config({"benchmark": "b", "out": "o"}).inner_optimizer == "adam"
+    fd = build_config({"benchmark": "b", "out": "o", "hypergrad": "finite-difference"})
+    assert fd.inner_optimizer == "sgd"
+
+
 def test_resolve_steps_from_epochs() -> None:
     """ceil(epochs * slices / batch), one epoch by default."""
     c = TrainConfig(benchmark="b", out="o", epochs=2.5, batch_size=4)
@@ -69,6 +76,7 @@ def test_resolve_steps_from_epochs() -> None:
     ({"inner_steps": 2, "truncate": 3}, "--truncate"),
     ({"mode": "bilevel", "inputs": "t1"}, "--inputs"),
     ({"seg_model": "resnet"}, "--seg-model"),
+    ({"hypergrad": "finite-difference", "inner_optimizer": "adam"}, "--inner-optimizer"),
 ])
 def test_bad_options_raise_config_error_naming_the_option(overrides: dict, message: str) -> None:
     """Each bad value is a ConfigError whose message names the option."""

@@ -42,7 +42,7 @@ class TrainConfig:
     mode: str = "bilevel"
     hypergrad: str = "unrolled"
     inner_steps: int = 1
-    inner_optimizer: str = "adam"
+    inner_optimizer: str = "adam"  # "sgd" when --hypergrad finite-difference leaves it unset
     inner_momentum: float = 0.9
     truncate: int | None = None
     fd_eps: float = 0.01
@@ -231,6 +231,8 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
         values.pop("epochs", None)
     if "epochs" in given and "steps" not in given:
         values.pop("steps", None)
+    if "inner_optimizer" not in values and values.get("hypergrad") == "finite-difference":
+        values["inner_optimizer"] = "sgd"  # DARTS differentiates an SGD step; Adam is the default elsewhere
     config = TrainConfig(**values)
     validate(config)
     return config
@@ -286,6 +288,11 @@ def validate(c: TrainConfig) -> None:
     _require(
         c.inner_optimizer in INNER_OPTIMIZERS,
         f"--inner-optimizer: choose one of {', '.join(INNER_OPTIMIZERS)}",
+    )
+    _require(
+        not (c.mode == "bilevel" and c.hypergrad == "finite-difference" and c.inner_optimizer == "adam"),
+        "--inner-optimizer adam: --hypergrad finite-difference differentiates an SGD or momentum step; "
+        "choose --inner-optimizer sgd or momentum",
     )
     _require(c.device in ("cpu", "cuda") or c.device.startswith("cuda:"), f"--device: cpu or cuda, got {c.device!r}")
     _require(len(c.fusion_inputs) >= 1, "--fusion-inputs: at least one modality")
