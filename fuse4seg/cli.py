@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -223,11 +225,22 @@ def demo_command(
     run_demo(out, overwrite=overwrite, echo=typer.echo, train_overrides={"threads": threads})
 
 
+def _exit_cleanly_on_sigterm() -> object:
+    """Turn SIGTERM into SystemExit so atomic writes remove their temporary outputs (as on Ctrl-C).
+
+    Returns the previous handler (None off the main thread, where signals cannot be handled).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad input becomes a one-line ``error:`` message and exit status 1.
 
     Usage errors (unknown option, bad value) are reported by Typer itself with exit status 2.
     """
+    previous = _exit_cleanly_on_sigterm()
     try:
         app(args=argv, prog_name="fuse4seg")
     except Fuse4SegError as exc:
@@ -238,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -12,16 +12,27 @@ from pathlib import Path
 from fuse4seg.errors import Fuse4SegError
 
 
-def _check_parent_writable(path: Path) -> Path:
-    """Create ``path``'s parent if needed and check it is writable; returns the parent."""
+def _make_parent(path: Path) -> tuple[Path, list[Path]]:
+    """Create ``path``'s parent if needed and check it is writable; returns it and the folders created."""
     parent = path.resolve().parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(created)
         raise Fuse4SegError(f"cannot create output directory {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise Fuse4SegError(f"output directory {parent} is not writable")
-    return parent
+    return parent, created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _umask() -> int:
@@ -40,7 +51,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final = Path(final)
     if final.exists() and not overwrite:
         raise Fuse4SegError(f"{final} already exists (pass --overwrite to replace it)")
-    parent = _check_parent_writable(final)
+    parent, created = _make_parent(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
     # mkdtemp makes a private (0700) directory; the output should get the usual umask permissions.
     os.chmod(tmp, 0o777 & ~_umask())
@@ -55,6 +66,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
 
 
@@ -62,7 +74,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling file path that is renamed to ``final`` only if the block succeeds."""
     final = Path(final)
-    parent = _check_parent_writable(final)
+    parent, created = _make_parent(final)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
     os.close(fd)
     tmp = Path(name)
@@ -72,6 +84,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
         raise
 
 
