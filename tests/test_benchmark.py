@@ -19,7 +19,7 @@ from fuse4seg.data.benchmark import (
     split_cases,
     square_box,
 )
-from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch
 
 
@@ -236,3 +236,40 @@ def test_crop_resize_many_slices_equals_one_at_a_time() -> None:
     flat, _ = crop_resize(np.full((2, 4, 30, 30), 0.25, np.float32), label[:2, :, :26].repeat(2, 2)[:, :, :30],
                           (0, 30, 0, 30), 45)
     np.testing.assert_allclose(flat, 0.25, atol=1e-6)  # bilinear keeps constants
+
+
+def test_os_errors_say_whether_a_read_or_a_write_failed(release: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OS error naming a source file is reported as 'cannot read FILE', one naming a file in the
+    output as 'cannot write OUT' (before the fix both read 'cannot write OUT'); without a file name the
+    stage decides (listing the release is a read); nothing is left behind either way."""
+    import errno
+
+    from fuse4seg.data import brats, package
+
+    case_file = release / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
+
+    def unreadable(root: Path) -> list:
+        """find_cases stand-in failing as an unreadable file in the release would."""
+        raise PermissionError(errno.EACCES, "Permission denied", str(case_file))
+
+    def no_name(root: Path) -> list:
+        """find_cases stand-in failing with an I/O error that names no file."""
+        raise OSError(errno.EIO, "Input/output error")
+
+    def disk_full(directory: Path, meta: dict) -> None:
+        """write_package_files stand-in failing as a full disk would, on a file it writes."""
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(directory) / "README.md"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(brats, "find_cases", unreadable)
+        with pytest.raises(Fuse4SegError, match=f"^cannot read {case_file}: Permission denied$"):
+            build(release, tmp_path / "out")
+        patch.setattr(brats, "find_cases", no_name)
+        with pytest.raises(Fuse4SegError, match=f"^cannot read {release}: Input/output error$"):
+            build(release, tmp_path / "out")
+    with monkeypatch.context() as patch:
+        patch.setattr(package, "write_package_files", disk_full)
+        with pytest.raises(Fuse4SegError, match=rf"^cannot write {tmp_path / 'out'}: No space left on device \("):
+            build(release, tmp_path / "out", size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -76,11 +76,39 @@ def bad_build(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, *ext
     (("--fusion", "median"), "unknown fusion method 'median'"),
     (("--fusion-inputs", "t1ce,pd"), "unknown modality 'pd'"),
     (("--workers", "0"), "--workers must be >= 1"),
+    (("--size", "100000"), "--size must be in [8, 4096] pixels, got 100000"),
 ])
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, extra: tuple[str, ...],
                      pattern: str) -> None:
     """Bad options."""
     bad_build(tmp_path, capsys, release, *extra, pattern=pattern)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path (to show a release is untouched)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("out", "brats", "pattern"), [
+    ("rel", "rel", "contains the --brats release"),
+    ("nest", "nest/sub/rel", "contains the --brats release"),
+    ("nest/sub/rel/../../", "nest/sub/rel", "contains the --brats release"),
+    ("rel/pkg", "rel", "is inside the --brats release"),
+    ("link", "rel", "contains the --brats release"),
+])
+def test_out_overlapping_the_release_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, out: str,
+                                                brats: str, pattern: str) -> None:
+    """--out equal to --brats, a parent of it (also via '..' or a symlink), or inside it is a one-line
+    ConfigError even with --overwrite, and the release is byte-for-byte untouched (before the fix the
+    build replaced the release folder with the package)."""
+    release = write_release(tmp_path / brats, cases=4)
+    (tmp_path / "link").symlink_to(release)
+    before = _tree(tmp_path)
+    code, _, err = run(["build-benchmark", "--out", str(tmp_path / out), "--brats", str(release), "--size", "16",
+                        "--overwrite"], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert _tree(tmp_path) == before and not list(tmp_path.rglob("*.partial"))
 
 
 def test_fewer_cases_than_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

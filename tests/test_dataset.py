@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import albumentations as A
@@ -101,3 +102,62 @@ def test_bad_arguments_and_files(package: Path, tmp_path: Path) -> None:
         dst["test"].create_dataset("label", data=np.zeros((1, 16, 16), np.uint8))
     with pytest.raises(DataError, match="/test/label is uint8"):
         BraTSFuse(bad, "train")
+
+
+def _copy_package(package: Path, tmp_path: Path) -> Path:
+    """A private copy of the package's HDF5 file that a test may damage."""
+    target = tmp_path / "brats_fuse.h5"
+    shutil.copyfile(package / "brats_fuse.h5", target)
+    return target
+
+
+@pytest.mark.parametrize(("split", "dataset", "where", "value", "message"), [
+    ("train", "source", (4, 2, 3, 5), np.nan, "source has values outside"),
+    ("train", "source", (4, 0, 0, 0), 2.0, "source has values outside"),
+    ("val", "fused", (1, 0, 7, 7), -0.5, "fused has values outside"),
+    ("test", "label", (2, 8, 8), 9, "label 9 not in"),
+    ("train", "slice_index", (5,), -1, "negative slice_index -1"),
+])
+def test_items_with_bad_values_name_file_split_and_index(package: Path, tmp_path: Path, split: str, dataset: str,
+                                                         where: tuple[int, ...], value: float, message: str) -> None:
+    """A NaN or out-of-range source/fused value, label 9 or a negative slice_index in one slice raise a
+    DataError naming the file, split, index and case when that slice is read; other slices still load."""
+    path = _copy_package(package, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        h5[f"{split}/{dataset}"][where] = value
+        case_id = h5[f"{split}/case_id"].asstr()[where[0]]
+    data = BraTSFuse(path, split)
+    with pytest.raises(DataError, match=message) as caught:
+        data[where[0]]
+    assert str(caught.value).startswith(f"{path}: /{split}[{where[0]}] (case {case_id}): ")
+    data[where[0] - 1]  # the neighbouring slice is fine
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("format_version", "abc", "format_version must be one integer"),
+    ("format_version", np.array([1, 2]), "format_version must be one integer"),
+    ("fusion_inputs", 5, "fusion_inputs must be a 1-D array of modality names"),
+])
+def test_crafted_root_attributes_are_data_errors(package: Path, tmp_path: Path, key: str, value: object,
+                                                 message: str) -> None:
+    """Wrongly typed root attributes make the constructor raise a DataError naming the file (before the
+    fix: ValueError / TypeError tracebacks)."""
+    path = _copy_package(package, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        h5.attrs[key] = value
+    with pytest.raises(DataError, match=message) as caught:
+        BraTSFuse(path, "train")
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_undecodable_case_id_is_a_data_error(package: Path, tmp_path: Path) -> None:
+    """A /train/case_id typed UTF-8 but holding non-UTF-8 bytes raises a DataError naming file, split and
+    index when the slice is read (before the fix: UnicodeDecodeError)."""
+    path = _copy_package(package, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        n = h5["train/case_id"].shape[0]
+        del h5["train/case_id"]
+        h5["train"].create_dataset("case_id", data=np.array([b"\xff\xfe"] * n, dtype=object),
+                                   dtype=h5py.string_dtype("utf-8"))
+    with pytest.raises(DataError, match=rf"{path}: /train\[0\]: unreadable slice"):
+        BraTSFuse(path, "train")[0]

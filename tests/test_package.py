@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 from _benchmark_data import write_release
 
+from fuse4seg import __version__
 from fuse4seg.data.benchmark import build_benchmark
+from fuse4seg.data.citation import cff_to_bibtex, citation_cff
 from fuse4seg.data.package import cite, sha256_file, verify
 from fuse4seg.errors import ConfigError, DataError
 
@@ -123,6 +128,103 @@ def test_verify_checks_the_schema(copy: Path) -> None:
         verify(copy / "nope")
 
 
+def _set_attr(key: str, value: object, **options: object) -> Callable[[h5py.File], None]:
+    """An edit that replaces root attribute ``key`` by ``value`` (h5py attrs.create options)."""
+    return lambda h5: h5.attrs.create(key, value, **options)
+
+
+def _replace_case_ids(h5: h5py.File) -> None:
+    """Store /train/case_id as non-UTF-8 bytes, first as ASCII-typed, which the schema refuses."""
+    n = h5["train/case_id"].shape[0]
+    del h5["train/case_id"]
+    h5["train"].create_dataset("case_id", data=np.array([b"\xff\xfe"] * n, dtype=object),
+                               dtype=h5py.string_dtype("ascii"))
+
+
+def _utf8_typed_bad_case_ids(h5: h5py.File) -> None:
+    """Store /train/case_id typed UTF-8 but holding bytes that are not UTF-8 (passes the schema)."""
+    n = h5["train/case_id"].shape[0]
+    del h5["train/case_id"]
+    h5["train"].create_dataset("case_id", data=np.array([b"\xff\xfe"] * n, dtype=object),
+                               dtype=h5py.string_dtype("utf-8"))
+
+
+CRAFTED = [  # (edit of brats_fuse.h5, expected one-line message)
+    (_set_attr("format_version", "abc"), "format_version must be one integer, got <U3"),
+    (_set_attr("format_version", np.array([1, 2])), r"format_version must be one integer, got int64\(2,\)"),
+    (_set_attr("format_version", 1.0), "format_version must be one integer, got float64"),
+    (_set_attr("format_version", 2), "format_version 2 is not supported"),
+    (_set_attr("fusion_inputs", 5), "fusion_inputs must be a 1-D array of modality names, got int64 5"),
+    (_set_attr("fusion_inputs", "t1ce,flair"), "fusion_inputs must be a 1-D array of modality names"),
+    (_set_attr("fusion_inputs", np.array(["t1ce", "pd"], dtype=object), dtype=h5py.string_dtype()),
+     "fusion_inputs is invalid.*unknown modality 'pd'"),
+    (_set_attr("label_scheme", 3), "root attribute label_scheme must be a string, got int64"),
+    (_set_attr("created", b"\xff\xfe", dtype=h5py.string_dtype("utf-8")), "created is not valid UTF-8"),
+    (_set_attr("created", np.bytes_(b"\xff\xfe")), "created is not valid UTF-8"),
+    (_replace_case_ids, r"/train/case_id must be \(\d+,\) UTF-8 strings"),
+    (_utf8_typed_bad_case_ids, "/train/case_id holds a string that is not UTF-8"),
+    (lambda h5: h5["train/source"].attrs.create("modalities", np.arange(3)), "modalities is"),
+    (lambda h5: h5["train/source"].attrs.create("modalities", np.array([b"\xff"] * 4, dtype="S1")),
+     "malformed BraTS-Fuse HDF5 content .UnicodeDecodeError"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), CRAFTED)
+def test_verify_names_the_file_for_crafted_attributes(copy: Path, edit: Callable[[h5py.File], None],
+                                                      message: str) -> None:
+    """Root attributes of the wrong type, undecodable strings and bad case ids give a one-line
+    DataError that names brats_fuse.h5 (before the fix: ValueError/TypeError/UnicodeDecodeError)."""
+    with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
+        edit(h5)
+    rehash(copy)
+    with pytest.raises(DataError, match=message) as caught:
+        verify(copy)
+    assert str(caught.value).startswith(f"{copy / 'brats_fuse.h5'}: ") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"distribution": ["a", 1]}', r"distribution\[0\] is str 'a', not an object"),
+    ("[1, 2]", 'expected an object with a "distribution" list'),
+    ('{"distribution": {"@type": "cr:FileObject"}}', 'expected an object with a "distribution" list'),
+    ('{"distribution": [{"@type": "cr:FileObject", "contentUrl": 7}]}', "contentUrl 7 is not a file name"),
+    ('{"distribution": [{"@type": "cr:FileObject", "contentUrl": "."}]}', "'.' is not a relative path"),
+    ("{not json", "not valid Croissant JSON"),
+])
+def test_verify_rejects_a_malformed_croissant_file(copy: Path, text: str, message: str) -> None:
+    """croissant.json holding non-objects, a list, a non-string or '.' file name, or bad JSON gives a
+    one-line DataError naming croissant.json (before the fix: AttributeError for non-objects)."""
+    (copy / "croissant.json").write_text(text)
+    with pytest.raises(DataError, match=message) as caught:
+        verify(copy)
+    assert str(caught.value).startswith(str(copy / "croissant.json")) and "\n" not in str(caught.value)
+
+
+def test_verify_rejects_non_utf8_croissant_bytes(copy: Path) -> None:
+    """Non-UTF-8 bytes in croissant.json are a DataError naming it, not a UnicodeDecodeError."""
+    (copy / "croissant.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DataError, match="croissant.json: not valid Croissant JSON"):
+        verify(copy)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"- a\n- b\n", "expected a YAML mapping at the top level, found list"),
+    (b"\xff\xfe\x00bad", "not UTF-8 text"),
+    (b"title: [unclosed\n", "not a valid CITATION.cff"),
+    (b"cff-version: 1.2.0\ntitle: x\nauthors: 5\n", "not a valid CITATION.cff"),
+])
+@pytest.mark.parametrize("fmt", ["bibtex", "cff"])
+def test_cite_rejects_a_damaged_citation_file(copy: Path, content: bytes, message: str, fmt: str) -> None:
+    """A YAML list, non-UTF-8 bytes, malformed YAML or a wrongly typed field in CITATION.cff give a
+    one-line DataError naming the file (--format cff only needs the text to be UTF-8)."""
+    (copy / "CITATION.cff").write_bytes(content)
+    if fmt == "cff" and b"\xff" not in content:
+        assert cite(copy, format="cff") == content.decode()
+        return
+    with pytest.raises(DataError, match=message) as caught:
+        cite(copy, format=fmt)
+    assert str(caught.value).startswith(str(copy / "CITATION.cff")) and "\n" not in str(caught.value)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # rdflib inside mlcroissant
 def test_croissant_validates_with_mlcroissant(package: Path) -> None:
     """Croissant validates with mlcroissant."""
@@ -169,3 +271,56 @@ def test_citation_cff_and_bibtex_carry_the_brats_papers(package: Path) -> None:
     assert "pages = {1993--2024}" in bibtex and "Menze, Bjoern H." in bibtex
     with pytest.raises(ConfigError, match="--format"):
         cite(package, format="ris")
+
+
+def _build_meta(brats_derived: bool) -> dict:
+    """A build summary as build_benchmark returns it (only the keys the citation uses)."""
+    return {"splits": {"train": {"cases": 3, "slices": 12}, "val": {"cases": 1, "slices": 4},
+                       "test": {"cases": 1, "slices": 4}}, "brats_derived": brats_derived,
+            "fusion_method": "laplacian", "builder_version": "fuse4seg 0.1.0", "created": "2026-01-02T03:04:05Z",
+            "cases": 5, "skipped_cases": [], "source_dataset": "BraTS, brats2021 release layout",
+            "fusion_inputs": ["t1ce", "flair"]}
+
+
+@pytest.mark.parametrize("brats_derived", [True, False])
+def test_citation_cff_validates_against_the_cff_1_2_0_schema(package: Path, brats_derived: bool) -> None:
+    """CITATION.cff is valid CFF 1.2.0 per cffconvert's bundled JSON schema, for a BraTS build (the
+    file on disk; before the fix its 'LicenseRef-BraTS-data-terms' licence failed the SPDX enum) and a
+    phantom build; BraTS builds carry no licence field and state the data terms in message/abstract."""
+    citation = pytest.importorskip("cffconvert.citation")
+    text = (package / "CITATION.cff").read_text() if brats_derived else yaml.safe_dump(
+        citation_cff(_build_meta(False)), sort_keys=False, allow_unicode=True)
+    citation.Citation(text).validate()  # raises jsonschema.ValidationError when invalid
+    cff = yaml.safe_load(text)
+    if brats_derived:
+        assert "license" not in cff
+        assert "data terms of the BraTS release" in cff["message"] and "data terms" in cff["abstract"]
+    else:
+        assert cff["license"] == "CC-BY-4.0"
+    jsonschema = pytest.importorskip("jsonschema")
+    with pytest.raises(jsonschema.ValidationError, match="LicenseRef-BraTS-data-terms"):  # the check can fail
+        citation.Citation(yaml.safe_dump({**cff, "license": "LicenseRef-BraTS-data-terms"})).validate()
+
+
+def test_croissant_and_cff_share_one_version_and_the_card_states_the_hdf5_limit(package: Path) -> None:
+    """croissant.json "version" equals CITATION.cff "version" (the builder's semantic version) and the
+    card's Limits section says that mlcroissant cannot read the HDF5 record sets."""
+    croissant = json.loads((package / "croissant.json").read_text())
+    cff = yaml.safe_load((package / "CITATION.cff").read_text())
+    assert croissant["version"] == cff["version"] == __version__
+    limits = (package / "README.md").read_text().split("## Limits")[1]
+    assert "mlcroissant has" in limits and "no HDF5 reader" in limits
+    assert all("mlcroissant has no HDF5 reader" in r["description"] for r in croissant["recordSet"])
+
+
+def test_bibtex_keys_use_the_stored_keys_and_skip_articles() -> None:
+    """The BraTS references keep their curated keys; a reference without a stored key takes
+    family name + year + first title word that is not an article (menze2015multimodal, not menze2015the)."""
+    bibtex = cff_to_bibtex(citation_cff(_build_meta(True)))
+    keys = re.findall(r"@\w+\{([^,]+),", bibtex)
+    assert keys == ["bratsfuse2026", "menze2015multimodal", "bakas2017advancing", "baid2021rsna"]
+    ref = {"authors": [{"family-names": "Menze"}], "year": 2015,
+           "title": "The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS)"}
+    assert re.search(r"@article\{menze2015multimodal,", cff_to_bibtex({**_build_meta(True), "title": "t",
+                                                                        "authors": [{"name": "x"}],
+                                                                        "references": [ref]}))

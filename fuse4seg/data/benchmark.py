@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # brats is imported lazily at run time (workers import it the
 DEFAULT_SLICES_PER_CASE = 8
 DEFAULT_PHANTOM_CASES = 10
 MIN_AREA_FRACTION = 0.25
+#: Largest --size: 4096 x 4096 float32 slices are 320 MiB per 5 planes, already past any GPU batch.
+MAX_SIZE = 4096
 PHANTOM_SOURCE = "fuse4seg phantom BraTS (synthetic, MNI152-based; not patient data)"
 
 FusionFn = Callable[[np.ndarray], np.ndarray]
@@ -185,12 +187,43 @@ def _validate_options(brats: object, phantom: int | None, fusion: str, fusion_fn
         raise ConfigError(f"--phantom-scale must be in (0, 1], got {phantom_scale}")
     if fusion_fn is None:
         get_rule(fusion)
-    if size is not None and size < 8:
-        raise ConfigError(f"--size must be >= 8 pixels, got {size}")
+    if size is not None and not 8 <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be in [8, {MAX_SIZE}] pixels, got {size}")
     if slices_per_case < 1:
         raise ConfigError(f"--slices-per-case must be >= 1, got {slices_per_case}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+
+
+def check_out_outside_source(out: str | os.PathLike, brats: str | os.PathLike) -> None:
+    """ConfigError if ``out`` and the ``brats`` release overlap (same folder, or one inside the other).
+
+    The same folder or a parent of the release: --overwrite would delete the release. A folder
+    inside the release: the package would sit among the cases (the next build from that release
+    would find it) and --overwrite could replace a case folder; so every overlap is refused.
+    Compared after resolving symlinks and '..'.
+    """
+    out_path, source = Path(out).resolve(), Path(brats).resolve()
+    if out_path == source or out_path in source.parents:
+        raise ConfigError(f"--out {out} contains the --brats release {brats} (writing there, or --overwrite, "
+                          f"would destroy it); choose an output folder outside the release")
+    if source in out_path.parents:
+        raise ConfigError(f"--out {out} is inside the --brats release {brats}; choose an output folder "
+                          f"outside the release")
+
+
+def _os_error_message(exc: OSError, out: str | os.PathLike, written: Sequence[Path], reading: Path | None) -> str:
+    """One-line message for an OS error during a build. An error naming a file under one of the
+    ``written`` folders (the output, its temporary sibling, the phantom scratch folder) is a write
+    error; one naming any other file is a read error. Without a file name, the stage decides:
+    ``reading`` is the source folder while it is being read, else None (writing)."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is not None:
+        name = Path(os.fsdecode(exc.filename)).resolve()
+        if not any(name == folder.resolve() or folder.resolve() in name.parents for folder in written):
+            return f"cannot read {name}: {reason}"
+        return f"cannot write {out}: {reason} ({name})"
+    return f"cannot read {reading}: {reason}" if reading is not None else f"cannot write {out}: {reason}"
 
 
 def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **options: object) -> Iterator[dict]:
@@ -300,12 +333,17 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
     fusion_inputs = parse_modalities(fusion_inputs)
     fractions = parse_split(split)
     _validate_options(brats, phantom, fusion, fusion_fn, size, slices_per_case, workers, phantom_scale)
+    if brats is not None:
+        check_out_outside_source(out, brats)
     method = (fusion_name or getattr(fusion_fn, "__name__", "custom")) if fusion_fn is not None else fusion
     use_phantom = brats is None
     n_phantom = (phantom or DEFAULT_PHANTOM_CASES) if use_phantom else 0
+    reading: Path | None = None  # the source folder while it is being listed (OS errors there are reads)
+    outputs = [Path(out)]  # folders this build writes to, for telling read errors from write errors
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(
                 prefix="fuse4seg-phantom-") as scratch:
+            outputs += [tmp, Path(scratch)]
             if use_phantom:
                 from fuse4seg.data.phantom import write_phantom_release
 
@@ -313,7 +351,9 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
                                              scale=phantom_scale, workers=workers)
             else:
                 root = Path(brats)
+            reading = root
             cases = find_cases(root)
+            reading = None
             splits = split_cases([c.case_id for c in cases], fractions, seed)
             created = created_timestamp()
             source_dataset = PHANTOM_SOURCE if use_phantom else f"BraTS, {cases[0].scheme} release layout"
@@ -343,7 +383,7 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
             }
             package.write_package_files(tmp, summary)
     except OSError as exc:
-        raise Fuse4SegError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise Fuse4SegError(_os_error_message(exc, out, outputs, reading)) from None
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 

@@ -7,7 +7,7 @@ import re
 #: The three papers that every publication using BraTS data must cite (DESIGN.md section 2).
 BRATS_REFERENCES: tuple[dict, ...] = (
     {
-        "type": "article", "key": "menze2015brats",
+        "type": "article", "key": "menze2015multimodal",
         "authors": [{"family-names": "Menze", "given-names": "Bjoern H."},
                     {"family-names": "Jakab", "given-names": "Andras"},
                     {"family-names": "Bauer", "given-names": "Stefan"},
@@ -53,6 +53,18 @@ BRATS_REFERENCES: tuple[dict, ...] = (
 )
 
 
+#: What CITATION.cff and the card say about sharing a BraTS-derived build (CFF 1.2.0 only takes SPDX
+#: ids in ``license``, and the BraTS data terms have none, so the field is left out for such builds).
+BRATS_TERMS = ("Derived from BraTS: sharing it is governed by the data terms of the BraTS release it was "
+               "built from (not an open licence); check them before redistributing.")
+
+
+def package_version(meta: dict) -> str:
+    """The package's version string, shared by CITATION.cff and croissant.json: the builder's
+    semantic version (``builder_version`` is 'fuse4seg X.Y.Z'), as Croissant expects MAJOR.MINOR.PATCH."""
+    return str(meta["builder_version"]).split()[-1]
+
+
 def citation_cff(meta: dict) -> dict:
     """CITATION.cff content (cff-version 1.2.0, type dataset) for a package described by ``meta``
     (the build summary); BraTS-derived builds carry the three BraTS papers as references."""
@@ -60,21 +72,26 @@ def citation_cff(meta: dict) -> dict:
     cff: dict = {
         "cff-version": "1.2.0",
         "message": "If you use this dataset, please cite it as below"
-                   + (" and cite the BraTS papers listed under references." if meta["brats_derived"] else "."),
+                   + (" and cite the BraTS papers listed under references. " + BRATS_TERMS
+                      if meta["brats_derived"] else "."),
         "type": "dataset",
         "title": f"BraTS-Fuse: paired multi-modal MRI source, fused ({meta['fusion_method']}) and "
                  f"label slices, built with {meta['builder_version']}",
         "authors": [{"name": "fuse4seg contributors"}],
-        "version": f"format 1, {meta['builder_version']}",
+        "version": package_version(meta),
         "date-released": meta["created"][:10],
-        "license": "CC-BY-4.0" if not meta["brats_derived"] else "LicenseRef-BraTS-data-terms",
         "abstract": f"{total} axial slices from {meta['cases'] - len(meta['skipped_cases'])} cases of "
                     f"{meta['source_dataset']}: four source modalities (t1, t1ce, t2, flair), a fused image "
-                    f"of {'+'.join(meta['fusion_inputs'])} and the tumour label map, split by patient.",
+                    f"of {'+'.join(meta['fusion_inputs'])} and the tumour label map, split by patient."
+                    + (" " + BRATS_TERMS if meta["brats_derived"] else ""),
         "keywords": ["brain tumour", "MRI", "image fusion", "segmentation", "BraTS"],
     }
-    if meta["brats_derived"]:
-        cff["references"] = [{k: v for k, v in ref.items() if k != "key"} for ref in BRATS_REFERENCES]
+    if not meta["brats_derived"]:
+        cff["license"] = "CC-BY-4.0"
+    else:
+        # CFF references have no key field: the BibTeX key travels as ``notes`` (a CFF reference key).
+        cff["references"] = [{**{k: v for k, v in ref.items() if k != "key"}, "notes": f"BibTeX key: {ref['key']}"}
+                             for ref in BRATS_REFERENCES]
     return cff
 
 
@@ -95,17 +112,32 @@ def _bibtex_entry(kind: str, key: str, fields: dict[str, object]) -> str:
     return f"@{kind}{{{key},\n{body}\n}}"
 
 
+def _reference_key(ref: dict) -> str:
+    """BibTeX key of a CFF reference: the one stored in ``notes`` ('BibTeX key: K'), else family name +
+    year + first title word that is not an article or preposition (e.g. menze2015multimodal)."""
+    stored = re.fullmatch(r"BibTeX key: ([A-Za-z0-9_:-]+)", str(ref.get("notes", "")).strip())
+    if stored:
+        return stored.group(1)
+    first = str(ref["authors"][0].get("family-names", "ref")).lower()
+    words = [w for w in re.findall(r"[a-z0-9]+", str(ref["title"]).lower()) if w not in _STOP_WORDS]
+    return re.sub(r"[^a-z0-9]", "", f"{first}{ref.get('year', '')}{words[0] if words else ''}")
+
+
+#: Words skipped when a citation key takes the first word of a title (as Google Scholar keys do).
+_STOP_WORDS = frozenset({"a", "an", "the", "on", "of", "in", "for", "and", "to", "with", "from"})
+
+
 def cff_to_bibtex(cff: dict) -> str:
     """Render parsed CITATION.cff content as BibTeX: the dataset, then each reference."""
     year = str(cff.get("date-released", ""))[:4] or None
     entries = [_bibtex_entry("misc", f"bratsfuse{year or ''}", {
         "title": cff["title"], "author": _bibtex_authors(cff["authors"]), "year": year,
-        "version": cff.get("version"), "note": "Dataset; " + str(cff.get("license", "")),
+        "version": cff.get("version"),
+        "note": f"Dataset; licence {cff['license']}" if cff.get("license") else "Dataset; see its README.md for the data terms",
         "howpublished": "Built with the fuse4seg toolkit (fuse4seg build-benchmark)",
     })]
     for ref in cff.get("references", []):
-        first = ref["authors"][0].get("family-names", "ref").lower()
-        key = re.sub(r"[^a-z0-9]", "", f"{first}{ref.get('year', '')}{ref['title'].split()[0].lower()}")
+        key = _reference_key(ref)
         pages = f"{ref['start']}--{ref['end']}" if "end" in ref else ref.get("start")
         entries.append(_bibtex_entry("article", key, {
             "title": ref["title"], "author": _bibtex_authors(ref["authors"]), "journal": ref.get("journal"),

@@ -26,8 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fuse4seg.conventions import MODALITIES
-from fuse4seg.errors import DataError
+from fuse4seg.conventions import MODALITIES, parse_modalities
+from fuse4seg.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 H5_NAME = "brats_fuse.h5"
@@ -104,8 +104,19 @@ def _attr_text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def one_line(exc: object) -> str:
+    """An exception's (or any object's) text on one line (HDF5 and decoder messages may hold newlines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show(value: object) -> str:
+    """A short one-line rendering of an attribute value for an error message (at most 60 chars)."""
+    return one_line(repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value))[:60]
+
+
 def read_root_attrs(h5: h5py.File) -> dict[str, object]:
-    """The root attributes as Python values (strings decoded, string arrays as tuples)."""
+    """The root attributes as Python values (strings decoded, string arrays as tuples); call it on a
+    file that passed :func:`validate_schema`, which checks that the schema's attributes decode."""
     out: dict[str, object] = {}
     for key, value in h5.attrs.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
@@ -117,18 +128,64 @@ def read_root_attrs(h5: h5py.File) -> dict[str, object]:
     return out
 
 
+def _text_attr(h5: h5py.File, key: str, where: str | Path) -> str:
+    """A root attribute that must be one UTF-8 string; DataError naming it otherwise."""
+    value = h5.attrs[key]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if not isinstance(value, (str, bytes)):
+        raise DataError(f"{where}: root attribute {key} must be a string, got {type(value).__name__} {_show(value)}")
+    try:
+        # h5py hands invalid UTF-8 back as lone surrogates; encoding finds them before a print does.
+        return _attr_text(value).encode("utf-8").decode("utf-8")
+    except UnicodeError:
+        raise DataError(f"{where}: root attribute {key} is not valid UTF-8 text") from None
+
+
+def _check_root_attrs(h5: h5py.File, where: str | Path) -> None:
+    """Check that the root attributes exist and have the schema's types (never trusting the file)."""
+    missing = [a for a in ROOT_ATTRS if a not in h5.attrs]
+    if missing:
+        raise DataError(f"{where}: missing root attribute(s) {', '.join(missing)}")
+    version = np.asarray(h5.attrs["format_version"])
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise DataError(f"{where}: root attribute format_version must be one integer, got "
+                        f"{version.dtype}{version.shape} {_show(version)}")
+    if int(version) != FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {int(version)} is not supported (expected {FORMAT_VERSION})")
+    inputs = h5.attrs["fusion_inputs"]
+    if not (isinstance(inputs, np.ndarray) and inputs.ndim == 1 and inputs.dtype.kind in "OSU"
+            and all(isinstance(v, (str, bytes)) for v in inputs.tolist())):
+        raise DataError(f"{where}: root attribute fusion_inputs must be a 1-D array of modality names, got "
+                        f"{type(inputs).__name__} {_show(inputs)}")
+    try:
+        parse_modalities(tuple(_attr_text(v) for v in inputs))
+    except ConfigError as exc:
+        raise DataError(f"{where}: root attribute fusion_inputs is invalid ({exc})") from None
+    for key in ROOT_ATTRS[2:]:
+        _text_attr(h5, key, where)
+
+
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """Check attributes, groups, dtypes and shapes against the schema without reading the data.
 
     Returns {split: number of slices} plus "height" and "width"; DataError naming ``where`` and the
-    offending dataset on any mismatch.
+    offending attribute or dataset on any mismatch, whatever types the file holds.
     """
-    missing = [a for a in ROOT_ATTRS if a not in h5.attrs]
-    if missing:
-        raise DataError(f"{where}: missing root attribute(s) {', '.join(missing)}")
-    version = int(np.asarray(h5.attrs["format_version"]).item())
-    if version != FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+    try:
+        return _validate_schema(h5, where)
+    except DataError:
+        raise
+    # A crafted file can make h5py or NumPy fail in many ways (undecodable strings, empty dataspaces,
+    # unsupported types, broken links); each is a bad data file, not a bug to show as a traceback.
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
+        raise DataError(f"{where}: malformed BraTS-Fuse HDF5 content ({type(exc).__name__}: {one_line(exc)})") \
+            from None
+
+
+def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
+    """:func:`validate_schema` without the catch-all for unexpected h5py/NumPy errors."""
+    _check_root_attrs(h5, where)
     counts: dict[str, int] = {}
     size: tuple[int, int] | None = None
     for split in SPLITS:
@@ -154,8 +211,9 @@ def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
                                 f"expected {np.dtype(dtype)}{shape}")
         if fused.shape[0] != n or label.shape[0] != n:
             raise DataError(f"{where}: /{split} datasets disagree on the number of slices")
-        if group["case_id"].shape != (n,) or h5py.check_string_dtype(group["case_id"].dtype) is None:
-            raise DataError(f"{where}: /{split}/case_id must be ({n},) strings, got "
+        string_info = h5py.check_string_dtype(group["case_id"].dtype)
+        if group["case_id"].shape != (n,) or string_info is None or string_info.encoding != "utf-8":
+            raise DataError(f"{where}: /{split}/case_id must be ({n},) UTF-8 strings, got "
                             f"{group['case_id'].dtype}{group['case_id'].shape}")
         if group["slice_index"].shape != (n,) or group["slice_index"].dtype.kind not in "iu":
             raise DataError(f"{where}: /{split}/slice_index must be ({n},) integers, got "

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fuse4seg.data.citation import cff_to_bibtex, citation_cff
-from fuse4seg.data.h5format import H5_NAME, SPLITS, open_validated, read_root_attrs
+from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
+from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS, one_line, open_validated
 from fuse4seg.errors import ConfigError, DataError
 
 CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
@@ -89,8 +89,7 @@ def dataset_card(meta: dict) -> str:
                                      "num_cases": meta["splits"][s]["cases"]} for s in SPLITS]},
     }
     rows = "\n".join(f"| {s} | {meta['splits'][s]['cases']} | {meta['splits'][s]['slices']} |" for s in SPLITS)
-    licence = ("Derived from BraTS: sharing it is governed by the data terms of the BraTS release it was "
-               "built from; check them before redistributing, and cite the BraTS papers (CITATION.cff)."
+    licence = (f"{BRATS_TERMS} Cite the BraTS papers (CITATION.cff)."
                if meta["brats_derived"] else
                "CC BY 4.0. Synthetic data: anatomy from the MNI ICBM 2009 template (Copyright (C) 1993-2009 "
                "Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University).")
@@ -111,7 +110,7 @@ Splits are by patient: no case appears in two splits.
 
 Slices are {meta['height']} x {meta['width']} pixels (H = first voxel axis of the volume, W = second,
 no rotation); label scheme: {meta['label_scheme']}.
-Created {meta['created']} by {meta['builder_version']}.
+Version {package_version(meta)} (HDF5 format {FORMAT_VERSION}), created {meta['created']} by {meta['builder_version']}.
 
 ## How it was built
 
@@ -145,6 +144,9 @@ tumour-free anatomy, so slice metrics are not BraTS volume metrics. The fused im
 method's output, not ground truth. {'Phantom builds are synthetic and only for testing pipelines; '
 'results on them say nothing about patients.' if not meta['brats_derived'] else 'Inherits the '
 'selection biases and annotation noise of BraTS.'}
+`croissant.json` describes the files and record sets and carries their hashes, but mlcroissant has
+no HDF5 reader, so `mlcroissant.Dataset(...).records(...)` cannot load the records: read
+`brats_fuse.h5` with h5py or `fuse4seg.data.BraTSFuse`.
 
 ## Licence
 
@@ -169,7 +171,8 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         record_sets.append({
             "@type": "cr:RecordSet", "@id": split, "name": split,
             "description": f"{meta['splits'][split]['slices']} slices of {meta['splits'][split]['cases']} cases; "
-                           f"each field is the HDF5 dataset /{split}/<field> (one record per index N).",
+                           f"each field is the HDF5 dataset /{split}/<field> (one record per index N). "
+                           f"Read it with h5py or fuse4seg.data.BraTSFuse: mlcroissant has no HDF5 reader.",
             "field": fields,
         })
     cff = citation_cff(meta)
@@ -178,7 +181,7 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         "name": "BraTS-Fuse", "description": cff["abstract"],
         "license": "https://creativecommons.org/licenses/by/4.0/" if not meta["brats_derived"]
         else "BraTS data terms of the source release (derived data; see README.md)",
-        "version": "1.0.0", "datePublished": meta["created"],
+        "version": package_version(meta), "datePublished": meta["created"],
         "citeAs": cff_to_bibtex(cff), "keywords": cff["keywords"],
         "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
         "distribution": distribution, "recordSet": record_sets,
@@ -202,14 +205,20 @@ def cite(directory: str | Path, format: str = "bibtex") -> str:
         raise ConfigError(f"--format {format!r}: expected bibtex or cff")
     if not path.is_file():
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a valid CITATION.cff (not UTF-8 text: {one_line(exc)})") from None
     if format == "cff":
         return text
     try:
         cff = yaml.safe_load(text)
+        if not isinstance(cff, dict):
+            raise TypeError(f"expected a YAML mapping at the top level, found {type(cff).__name__}")
         return cff_to_bibtex(cff)
-    except (yaml.YAMLError, KeyError, TypeError, IndexError) as exc:
-        raise DataError(f"{path}: not a valid CITATION.cff ({exc})") from None
+    # The file is data: any malformed structure shows up as one of these while rendering it.
+    except (yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        raise DataError(f"{path}: not a valid CITATION.cff ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _check_files(directory: Path) -> list[str]:
@@ -219,14 +228,22 @@ def _check_files(directory: Path) -> list[str]:
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
-        objects = [d for d in metadata["distribution"] if d.get("@type") == "cr:FileObject"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not valid Croissant JSON ({exc})") from None
+    except ValueError as exc:  # JSON syntax and non-UTF-8 bytes (UnicodeDecodeError) alike
+        raise DataError(f"{path}: not valid Croissant JSON ({one_line(exc)})") from None
+    distribution = metadata.get("distribution") if isinstance(metadata, dict) else None
+    if not isinstance(distribution, list):
+        raise DataError(f"{path}: not valid Croissant JSON (expected an object with a \"distribution\" list)")
+    for i, entry in enumerate(distribution):
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: distribution[{i}] is {type(entry).__name__} {entry!r:.40}, not an object")
+    objects = [d for d in distribution if d.get("@type") == "cr:FileObject"]
     listed = []
     for entry in objects:
-        name = str(entry.get("contentUrl", ""))
+        name = entry.get("contentUrl", "")
+        if not isinstance(name, str) or "\0" in name:
+            raise DataError(f"{path}: file entry contentUrl {name!r:.60} is not a file name")
         file = directory / name
-        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).name:
             raise DataError(f"{path}: file entry {name!r} is not a relative path inside the package")
         if not file.is_file():
             raise DataError(f"{file}: listed in croissant.json but missing")
@@ -259,7 +276,10 @@ def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[st
             raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
     if n and group["slice_index"][:].min() < 0:
         raise DataError(f"{path}: /{split}/slice_index has negative values")
-    return set(group["case_id"].asstr()[:].tolist())
+    try:
+        return set(group["case_id"].asstr()[:].tolist())
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: /{split}/case_id holds a string that is not UTF-8 ({one_line(exc)})") from None
 
 
 def verify(directory: str | Path) -> dict:
@@ -271,16 +291,12 @@ def verify(directory: str | Path) -> dict:
         raise DataError(f"{directory}: no such package directory")
     files = _check_files(directory)
     path = directory / H5_NAME
-    h5, counts = open_validated(path)
+    h5, counts = open_validated(path)  # also checks the root attributes' types and values
     with h5:
-        attrs = read_root_attrs(h5)
-        from fuse4seg.conventions import parse_modalities
-
         try:
-            parse_modalities(attrs["fusion_inputs"])
-        except ConfigError as exc:
-            raise DataError(f"{path}: root attribute fusion_inputs is invalid ({exc})") from None
-        cases = {split: _check_values(h5, path, split) for split in SPLITS}
+            cases = {split: _check_values(h5, path, split) for split in SPLITS}
+        except OSError as exc:  # a corrupt chunk (the hashes only vouch for what croissant.json says)
+            raise DataError(f"{path}: unreadable HDF5 data ({one_line(exc)})") from None
     for i, first in enumerate(SPLITS):
         for second in SPLITS[i + 1:]:
             shared = sorted(cases[first] & cases[second])
