@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
@@ -27,16 +26,6 @@ from fuse4seg.losses import (
     ssim,
     ssim_loss,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread per test: `pytest -n 2` already uses both cores, and oversubscribed
-    OpenMP threads make tiny convolutions up to 100x slower on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def smooth_images(n: int, c: int, h: int, w: int, seed: int = 0) -> np.ndarray:

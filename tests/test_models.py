@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.func import functional_call
 
@@ -20,6 +19,7 @@ from fuse4seg.models import (
     model_options,
     model_summary,
 )
+from fuse4seg.models.blocks import segmenter_plan
 
 # Small variants so every test runs in well under a second on one core.
 TINY: dict[str, dict] = {
@@ -29,16 +29,6 @@ TINY: dict[str, dict] = {
     "feature-fusion": {"width": 4, "depth": 3},
 }
 FUSION = ("fusion-cnn", "fusion-freq")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread per test: `pytest -n 2` already uses both cores, and oversubscribed
-    OpenMP threads make tiny convolutions up to 100x slower on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(name: str, **extra) -> nn.Module:
@@ -93,6 +83,33 @@ def test_unet_parameter_count_by_hand() -> None:
     decoder = sum(4 * c[i + 1] * c[i] + c[i] + double_conv(2 * c[i], c[i]) for i in range(4))
     head = c[0] * 4 + 4
     assert count_parameters(build_model("unet")) == encoder + decoder + head
+
+
+def test_feature_fusion_parameter_count_by_hand() -> None:
+    """feature-fusion = one 1-channel UNet encoder per modality + a 1x1 merge conv (with bias) per
+    scale + the UNet decoder and head; counted by hand for the defaults (2 modalities, width 16, depth 4)."""
+    def double_conv(cin: int, c: int) -> int:
+        return 9 * cin * c + 2 * c + 9 * c * c + 2 * c
+
+    c = [16 * 2**i for i in range(5)]
+    encoder = double_conv(1, c[0]) + sum(double_conv(c[i - 1], c[i]) for i in range(1, 5))
+    merge = sum(2 * ci * ci + ci for ci in c)
+    decoder = sum(4 * c[i + 1] * c[i] + c[i] + double_conv(2 * c[i], c[i]) for i in range(4)) + c[0] * 4 + 4
+    assert count_parameters(build_model("feature-fusion")) == 2 * encoder + merge + decoder
+
+
+def test_segmenter_plan_validates_and_doubles_the_width() -> None:
+    """The shared segmenter set-up: channels width * 2**i for scales 0..depth; a bad option is a
+    ConfigError naming it; UNet and feature-fusion build their encoders from that plan."""
+    plan = segmenter_plan(2, 4, 8, 3, "instance")
+    assert plan == (2, 4, 3, "instance", [8, 16, 32, 64])
+    for bad, needle in (({"width": 0}, "width"), ({"depth": 1.5}, "depth"), ({"norm": "batch"}, "norm")):
+        with pytest.raises(ConfigError, match=needle):
+            segmenter_plan(**{"in_channels": 1, "num_classes": 4, "width": 8, "depth": 3, "norm": "group", **bad})
+    unet = build_model("unet", width=8, depth=3)
+    fusion = build_model("feature-fusion", width=8, depth=3, in_channels=3)
+    for encoder in (unet.encoder, *fusion.encoders):
+        assert [stage[0][0].out_channels for stage in encoder] == plan.channels
 
 
 @pytest.mark.parametrize("name", list(TINY))

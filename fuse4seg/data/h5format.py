@@ -238,7 +238,7 @@ def open_validated(path: str | Path) -> tuple[h5py.File, dict[str, int]]:
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise DataError(f"{path}: not a readable HDF5 file ({one_line(exc)})") from None
     try:
         return h5, validate_schema(h5, path)
     except BaseException:

@@ -7,6 +7,7 @@ Nothing here keeps running statistics (no BatchNorm), so every block behaves the
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,45 @@ class DoubleConv(nn.Sequential):
             ConvNormAct(in_channels, out_channels, norm, groups),
             ConvNormAct(out_channels, out_channels, norm, groups),
         )
+
+
+class SegmenterPlan(NamedTuple):
+    """Validated options shared by the UNet-style segmenters; ``channels[i]`` = width * 2**i is the
+    feature count at scale i (0 = full resolution, ``depth`` = bottleneck)."""
+
+    in_channels: int
+    num_classes: int
+    depth: int
+    norm: str
+    channels: list[int]
+
+
+def segmenter_plan(in_channels: object, num_classes: object, width: object, depth: object,
+                   norm: object) -> SegmenterPlan:
+    """Check the segmenter options (ConfigError naming the bad one) and derive the channel plan."""
+    in_channels = check_positive_int("in_channels", in_channels)
+    num_classes = check_positive_int("num_classes", num_classes)
+    width = check_positive_int("width", width)
+    depth = check_positive_int("depth", depth)
+    norm = check_choice("norm", norm, ("group", "instance"))
+    return SegmenterPlan(in_channels, num_classes, depth, norm, [width * 2**i for i in range(depth + 1)])
+
+
+def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleList:
+    """UNet encoder stages: DoubleConv per scale, in_channels -> channels[0] -> ... -> channels[-1]."""
+    return nn.ModuleList(
+        DoubleConv(in_channels if i == 0 else channels[i - 1], c, norm) for i, c in enumerate(channels)
+    )
+
+
+def run_encoder(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Features of (N, C, H, W) ``x`` at every scale (2x max-pool between stages), finest first;
+    H and W must divide 2**(len(encoder) - 1)."""
+    features = []
+    for i, stage in enumerate(encoder):
+        x = stage(x if i == 0 else F.max_pool2d(x, 2))
+        features.append(x)
+    return features
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

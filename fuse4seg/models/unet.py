@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES
-from fuse4seg.models.blocks import DoubleConv, check_choice, check_positive_int, crop_to, pad_to_multiple
+from fuse4seg.models.blocks import (
+    DoubleConv,
+    crop_to,
+    pad_to_multiple,
+    run_encoder,
+    segmenter_plan,
+    unet_encoder,
+)
 
 
 class UNetDecoder(nn.Module):
@@ -56,23 +62,13 @@ class UNet(nn.Module):
     ) -> None:
         """Build the network; ConfigError for invalid options."""
         super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        width = check_positive_int("width", width)
-        self.depth = check_positive_int("depth", depth)
-        norm = check_choice("norm", norm, ("group", "instance"))
-        channels = [width * 2**i for i in range(self.depth + 1)]
-        self.encoder = nn.ModuleList(
-            DoubleConv(self.in_channels if i == 0 else channels[i - 1], channels[i], norm)
-            for i in range(self.depth + 1)
-        )
-        self.decoder = UNetDecoder(channels, self.num_classes, norm)
+        plan = segmenter_plan(in_channels, num_classes, width, depth, norm)
+        self.in_channels, self.num_classes, self.depth = plan.in_channels, plan.num_classes, plan.depth
+        self.encoder = unet_encoder(self.in_channels, plan.channels, plan.norm)
+        self.decoder = UNetDecoder(plan.channels, self.num_classes, plan.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment (N, in_channels, H, W) images into (N, num_classes, H, W) logits."""
         x, size = pad_to_multiple(x, 2**self.depth)
-        skips = []
-        for i, stage in enumerate(self.encoder):
-            x = stage(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = run_encoder(self.encoder, x)
         return crop_to(self.decoder(skips[-1], skips[:-1]), size)
