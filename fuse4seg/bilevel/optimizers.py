@@ -50,7 +50,7 @@ def sgd(lr: float) -> InnerOptimizer:
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         """One step; differentiable in ``grads`` and ``params``."""
-        return {k: params[k] - lr * grads[k] for k in params}, state
+        return {k: torch.add(params[k], grads[k], alpha=-lr) for k in params}, state
 
     return InnerOptimizer("sgd", init, update, {"lr": lr})
 
@@ -64,8 +64,8 @@ def momentum(lr: float, beta: float = 0.9) -> InnerOptimizer:
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         """One step; differentiable in ``grads``, ``params`` and the buffers."""
-        buf = {k: beta * state["buf"][k] + grads[k] for k in params}
-        return {k: params[k] - lr * buf[k] for k in params}, {"buf": buf}
+        buf = {k: torch.add(grads[k], state["buf"][k], alpha=beta) for k in params}
+        return {k: torch.add(params[k], buf[k], alpha=-lr) for k in params}, {"buf": buf}
 
     return InnerOptimizer("momentum", init, update, {"lr": lr, "momentum": beta})
 
