@@ -41,7 +41,8 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 
 def test_select_slices_rule() -> None:
-    """Select slices rule."""
+    """Hand-worked areas: candidates are the slices with at least 25% of the largest tumour area (z 3..10); K of
+    them evenly spaced from first to last; K above the count keeps all; no tumour gives none."""
     label = np.zeros((8, 8, 20), dtype=np.uint8)
     areas = [0, 1, 4, 9, 16, 25, 36, 36, 25, 16, 9, 4, 1, 0, 0, 0, 0, 0, 0, 2]
     for z, area in enumerate(areas):
@@ -54,7 +55,8 @@ def test_select_slices_rule() -> None:
 
 
 def test_split_cases_by_patient() -> None:
-    """Split cases by patient."""
+    """23 cases at 0.7/0.1/0.2 split 16/2/5 by largest remainder, every case exactly once, same seed same split,
+    other seed other split; every non-zero split gets a case; too few cases is a ConfigError."""
     ids = [f"case{i:03d}" for i in range(23)]
     splits = split_cases(ids, (0.7, 0.1, 0.2), seed=3)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [16, 2, 5]  # 16.1, 2.3, 4.6: largest remainder
@@ -70,19 +72,20 @@ def test_split_cases_by_patient() -> None:
 
 @pytest.mark.parametrize("text", ["0.7,0.1", "0.7,0.2,0.2", "a,b,c", "1.2,-0.1,-0.1", "nan,0,1"])
 def test_parse_split_rejects(text: str) -> None:
-    """Parse split rejects."""
+    """Two values, a sum of 1.1, text, negatives and NaN are each a ConfigError naming --split."""
     with pytest.raises(ConfigError, match="--split"):
         parse_split(text)
 
 
 def test_parse_split_tolerance() -> None:
-    """Parse split tolerance."""
+    """Exact fractions parse unchanged and a sum off by 5e-7 (within the 1e-6 tolerance) is accepted."""
     assert parse_split("0.7,0.1,0.2") == (0.7, 0.1, 0.2)
     assert parse_split([1 / 3, 1 / 3, 1 / 3 + 5e-7]) == pytest.approx((1 / 3,) * 3, abs=1e-6)
 
 
 def test_square_box_and_crop_resize() -> None:
-    """Square box and crop resize."""
+    """square_box centres a square on a 6x14 box; crop_resize zero-pads a box that starts outside the array,
+    keeps labels in their set and doubles a 4x4 label block to 8x8 by nearest neighbour."""
     mask = np.zeros((20, 30), bool)
     mask[4:10, 6:20] = True  # 6 x 14 box -> 14 x 14 square centred at (7, 13)
     assert square_box(mask) == (0, 14, 6, 20)
@@ -99,7 +102,9 @@ def test_square_box_and_crop_resize() -> None:
 
 
 def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
-    """Build schema and content."""
+    """A --size 16 'max' build: root attributes, shapes, dtypes, chunking and compression per split, fused equal
+    to fuse_batch of the recorded inputs, labels in {0..3}, every slice with tumour, no case in two splits,
+    tumour-free case skipped."""
     summary = build(release, tmp_path / "pkg", size=16, fusion="max", fusion_inputs="flair,t1ce")
     assert summary["skipped_cases"] == ["BraTS2021_00006"]
     with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
@@ -127,7 +132,8 @@ def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
 
 
 def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> None:
-    """Native size slices match the volume."""
+    """Without --size the stored slices are exactly load_case's volume slices z 3, 5, 7 (the hand-derived rule
+    for case 0's radius-3 tumour at z 5), images and labels alike; empty splits keep (0, 24, 24)."""
     from fuse4seg.data.brats import find_cases, load_case
 
     build(release, tmp_path / "pkg", split=(1.0, 0.0, 0.0))
@@ -145,7 +151,8 @@ def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> N
 
 
 def test_rebuild_is_byte_identical(release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rebuild is byte identical."""
+    """With SOURCE_DATE_EPOCH fixed, 1 and 2 workers give byte-identical files with that date in the card;
+    another seed gives a different HDF5 file."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     build(release, tmp_path / "a", size=16, seed=5)
     build(release, tmp_path / "b", size=16, seed=5, workers=2)
@@ -156,8 +163,8 @@ def test_rebuild_is_byte_identical(release: Path, tmp_path: Path, monkeypatch: p
 
 
 def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) -> None:
-    # Seed 6 puts the tumour-free case BraTS2021_00006 alone in the test split.
-    """Split left without tumour is an error."""
+    """Seed 6 leaves only the tumour-free case in test: a DataError naming the split and the case, and nothing is
+    written."""
     with pytest.raises(DataError, match="split test has no tumour-bearing case .*BraTS2021_00006"):
         build(release, tmp_path / "pkg", seed=6)
     assert list(tmp_path.iterdir()) == []
@@ -165,7 +172,7 @@ def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) ->
 
 def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dataset content hashes match without source date epoch."""
+    """Without SOURCE_DATE_EPOCH two builds differ only in dates: all 15 HDF5 datasets hash identically."""
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     hashes = []
     for name in ("a", "b"):
@@ -180,7 +187,8 @@ def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, t
 
 
 def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
-    """Fusion fn replaces the rule."""
+    """A fusion_fn is called on (K, 2, 16, 16) batches of the fusion inputs and its output stored as fused with
+    fusion_name as fusion_method; a wrong output shape is a DataError leaving nothing behind."""
     calls = []
 
     def half_sum(x: np.ndarray) -> np.ndarray:
@@ -200,7 +208,8 @@ def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
 
 
 def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> None:
-    """Library errors leave nothing behind."""
+    """Bad --slices-per-case, --brats with --phantom, --size 4 and cases of mixed slice sizes raise before or
+    during the build and leave tmp_path empty."""
     with pytest.raises(ConfigError, match="--slices-per-case"):
         build(release, tmp_path / "x", slices_per_case=0)
     with pytest.raises(ConfigError, match="--brats and --phantom"):
@@ -223,8 +232,8 @@ def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> N
 
 
 def test_crop_resize_many_slices_equals_one_at_a_time() -> None:
-    # 40 slices x 4 modalities = 160 planes: more than OpenCV resizes in one call.
-    """Crop resize many slices equals one at a time."""
+    """160 planes (over OpenCV's 128-channel limit, resized in blocks) equal resizing each slice alone, and
+    bilinear resizing keeps a constant image constant."""
     rng = np.random.default_rng(2)
     images = rng.random((40, 4, 30, 26)).astype(np.float32)
     label = rng.integers(0, 4, (40, 30, 26)).astype(np.uint8)

@@ -35,7 +35,9 @@ def hashes(directory: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_phantom_build_verify_cite_and_identical_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Phantom build verify cite and identical rebuild."""
+    """CLI round trip on a 2-case phantom: the summary names the phantom and the split counts, verify exits 0,
+    cite gives the dataset entry without BraTS papers, the card records the command, and --overwrite rebuilds
+    byte-identical files with no temp sibling left."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "pkg"
     argv = ["build-benchmark", "--out", str(out), "--phantom", "2", "--phantom-scale", "0.25", "--size", "24",
@@ -80,7 +82,8 @@ def bad_build(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, *ext
 ])
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, extra: tuple[str, ...],
                      pattern: str) -> None:
-    """Bad options."""
+    """Each bad option (split sum or length, fusion, fusion inputs, workers, --size above 4096) is one `error:`
+    line naming the option, exit 1, and nothing written next to --out."""
     bad_build(tmp_path, capsys, release, *extra, pattern=pattern)
 
 
@@ -112,13 +115,13 @@ def test_out_overlapping_the_release_is_refused(tmp_path: Path, capsys: pytest.C
 
 
 def test_fewer_cases_than_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Fewer cases than splits."""
+    """Two cases for three non-zero splits: a one-line error with both counts and nothing written."""
     release = write_release(tmp_path / "two", cases=2)
     bad_build(tmp_path, capsys, release, pattern="--split needs at least 3 cases (one per non-zero split), found 2")
 
 
 def test_existing_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
-    """Existing output is refused."""
+    """An existing --out without --overwrite is refused in one line and its content is left as it was."""
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "keep.txt").write_text("mine")
     bad_build(tmp_path, capsys, release, pattern="already exists (pass --overwrite")
@@ -126,7 +129,8 @@ def test_existing_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
-    """Unwritable output."""
+    """--out under a regular file: one-line 'cannot create output directory' error and no folder or temp sibling
+    created."""
     (tmp_path / "afile").write_text("x")
     code, _, err = run(["build-benchmark", "--out", str(tmp_path / "afile" / "pkg"), "--brats", str(release)],
                        capsys)
@@ -135,21 +139,22 @@ def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture, releas
 
 
 def test_missing_modality(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:
-    """Missing modality."""
+    """A case without its flair file: one-line error naming that case, nothing written."""
     (release / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz").unlink()
     bad_build(tmp_path, capsys, release, pattern="BraTS2021_00002")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_corrupt_nifti(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, workers: str) -> None:
-    """Corrupt nifti."""
+    """A truncated gzip t1ce file, read in-process or by a worker process: one-line error naming the case,
+    nothing written."""
     path = release / "BraTS2021_00003" / "BraTS2021_00003_t1ce.nii.gz"
     path.write_bytes(gzip.compress(b"\x00" * 100)[:-5])  # truncated gzip of garbage
     bad_build(tmp_path, capsys, release, "--workers", workers, pattern="BraTS2021_00003")
 
 
 def test_not_a_brats_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Not a brats directory."""
+    """An empty --brats folder: one-line error naming it, nothing written."""
     (tmp_path / "empty").mkdir()
     code, _, err = run(["build-benchmark", "--out", str(tmp_path / "pkg"), "--brats", str(tmp_path / "empty")],
                        capsys)
@@ -158,7 +163,8 @@ def test_not_a_brats_directory(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_verify_and_cite_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Verify and cite errors."""
+    """verify on a missing folder and cite on a folder without CITATION.cff: one `error:` line each naming what
+    is missing."""
     assert_one_line_error(*run(["verify", str(tmp_path / "none")], capsys)[::2], "no such package directory")
     tmp_path.joinpath("pkg").mkdir()
     assert_one_line_error(*run(["cite", str(tmp_path / "pkg")], capsys)[::2], "CITATION.cff: missing")

@@ -36,7 +36,8 @@ def h5_split(package: Path, split: str) -> dict[str, np.ndarray]:
 
 
 def test_items_equal_the_file(package: Path) -> None:
-    """Items equal the file."""
+    """Every item of the 6-slice train split equals the HDF5 content read directly with h5py (dtypes
+    float32/int64, case id, slice index); -1 is the last slice and index 6 is an IndexError."""
     dataset = BraTSFuse(package, "train")
     expected = h5_split(package, "train")
     assert len(dataset) == len(expected["source"]) == 6
@@ -53,7 +54,8 @@ def test_items_equal_the_file(package: Path) -> None:
 
 
 def test_dataloader_with_two_workers(package: Path) -> None:
-    """Dataloader with two workers."""
+    """Pickling drops the open handle, and a 2-worker DataLoader with modalities flair,t1ce yields source
+    channels [3, 1] of the file, the labels and the case ids in file order."""
     dataset = BraTSFuse(package / "brats_fuse.h5", "train", modalities="flair,t1ce")
     dataset[0]  # open a handle in the parent: workers must not inherit it through pickling
     assert pickle.loads(pickle.dumps(dataset))._h5 is None
@@ -68,7 +70,8 @@ def test_dataloader_with_two_workers(package: Path) -> None:
 
 
 def test_transform_is_applied_jointly(package: Path) -> None:
-    """Transform is applied jointly."""
+    """An albumentations horizontal flip (or transpose) moves sources, fused image and label together: each
+    equals the untransformed item flipped (or transposed)."""
     plain = BraTSFuse(package, "val")
     flipped = BraTSFuse(package, "val", transform=A.HorizontalFlip(p=1.0))
     for i in range(len(plain)):
@@ -82,7 +85,8 @@ def test_transform_is_applied_jointly(package: Path) -> None:
 
 
 def test_bad_arguments_and_files(package: Path, tmp_path: Path) -> None:
-    """Bad arguments and files."""
+    """An unknown split or modality is a ConfigError; a missing file, a non-HDF5 file and a label dataset of the
+    wrong shape are DataErrors naming the problem."""
     with pytest.raises(ConfigError, match="split 'dev'"):
         BraTSFuse(package, "dev")
     with pytest.raises(ConfigError, match="unknown modality"):

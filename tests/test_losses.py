@@ -58,6 +58,8 @@ def t(a: np.ndarray) -> torch.Tensor:
 )
 @pytest.mark.parametrize("data_range", [1.0, 2.0])
 def test_ssim_matches_skimage(window: str, skimage_kwargs: dict, data_range: float) -> None:
+    """Per-image, per-channel SSIM with the uniform 7x7 and the Gaussian sigma 1.5 windows equals skimage's
+    structural_similarity to 1e-10, for data ranges 1 and 2."""
     x = smooth_images(2, 2, 40, 33)
     y = 0.6 * x + 0.4 * smooth_images(2, 2, 40, 33, seed=1)
     ours = ssim(t(x), t(y), window=window, data_range=data_range).numpy()
@@ -68,6 +70,8 @@ def test_ssim_matches_skimage(window: str, skimage_kwargs: dict, data_range: flo
 
 
 def test_ssim_loss_is_mean_one_minus_ssim_over_sources() -> None:
+    """ssim_loss is the mean over images and sources of 1 - skimage SSIM(fused, source) with the Gaussian window,
+    and 0 when the fused image is the only source."""
     s = smooth_images(2, 2, 32, 32)
     f = smooth_images(2, 1, 32, 32, seed=5)
     expected = np.mean(
@@ -82,6 +86,8 @@ def test_ssim_loss_is_mean_one_minus_ssim_over_sources() -> None:
 
 
 def test_ssim_rejects_images_smaller_than_window() -> None:
+    """8x8 images are smaller than the 11x11 Gaussian window, and 'box' is not a window: each is a ConfigError
+    naming the window."""
     with pytest.raises(ConfigError, match="window"):
         ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
     with pytest.raises(ConfigError, match="window"):
@@ -92,6 +98,7 @@ def test_ssim_rejects_images_smaller_than_window() -> None:
 
 
 def test_sobel_matches_scipy() -> None:
+    """sobel_gradients (x along W, y along H) equal scipy.ndimage.sobel along the matching axis to 1e-12."""
     x = smooth_images(2, 3, 21, 30)
     gx, gy = sobel_gradients(t(x))
     np.testing.assert_allclose(gx.numpy(), sobel2d(x, axis=1), atol=1e-12)
@@ -99,6 +106,7 @@ def test_sobel_matches_scipy() -> None:
 
 
 def test_gradient_loss_matches_scipy_formula() -> None:
+    """gradient_loss is mean | |Sobel(F)|_1 - max over sources of |Sobel(S)|_1 |, recomputed with scipy."""
     s = smooth_images(2, 2, 24, 24)
     f = smooth_images(2, 1, 24, 24, seed=3)
 
@@ -110,6 +118,8 @@ def test_gradient_loss_matches_scipy_formula() -> None:
 
 
 def test_split_bands_matches_scipy_gaussian() -> None:
+    """The low band is scipy's Gaussian filter (sigma 2, nearest border, truncate 3) to 1e-6 and low + high
+    restores the input."""
     x = smooth_images(1, 2, 30, 30)
     low, high = split_bands(torch.tensor(x, dtype=torch.float32), sigma=2.0)
     ref = ndimage.gaussian_filter(x, (0, 0, 2.0, 2.0), mode="nearest", truncate=3.0)
@@ -121,6 +131,8 @@ def test_split_bands_matches_scipy_gaussian() -> None:
 
 
 def test_intensity_loss_hand_worked() -> None:
+    """Two 1x2 sources by hand: the max target gives 0.2, a 3:1 mix 0.2, an equal mix 0.1; a negative mix weight
+    or an unknown target is a ConfigError."""
     sources = torch.tensor([[[[0.2, 0.8]], [[0.6, 0.4]]]])  # (1, 2, 1, 2)
     fused = torch.tensor([[[[0.5, 0.5]]]])
     # max target (0.6, 0.8): |0.5-0.6| + |0.5-0.8| = 0.4 over 2 pixels.
@@ -136,6 +148,8 @@ def test_intensity_loss_hand_worked() -> None:
 
 
 def test_frequency_loss_independent() -> None:
+    """frequency_loss equals an independent NumPy/scipy computation: L1 of the low band to the mean (or max)
+    source low band plus L1 of the high band to the max-absolute source detail."""
     s = smooth_images(1, 2, 28, 28).astype(np.float32)
     f = smooth_images(1, 1, 28, 28, seed=7).astype(np.float32)
 
@@ -154,6 +168,9 @@ def test_frequency_loss_independent() -> None:
 
 
 def test_spatial_gradient_loss_hand_worked() -> None:
+    """Hand-worked ramp and step sources: a flat fused image scores the mean |target dx|, the image carrying the
+    target gradients scores 0, and inverted contrast is penalised here although the Sobel-magnitude loss gives
+    0."""
     # Source A is a horizontal ramp (dx = 0.1), source B is flat except a step (dx = -0.3 once).
     a = np.tile(np.arange(4) * 0.1, (3, 1))
     b = np.zeros((3, 4))
@@ -176,6 +193,7 @@ def test_spatial_gradient_loss_hand_worked() -> None:
 
 
 def test_fusion_loss_zero_when_fused_is_the_only_source() -> None:
+    """With one source equal to the fused image, every default term is reported and the total is 0."""
     s = torch.tensor(smooth_images(2, 1, 32, 32), dtype=torch.float32)
     total, parts = fusion_loss(s, s)
     assert set(parts) == set(DEFAULT_FUSION_WEIGHTS)
@@ -183,6 +201,8 @@ def test_fusion_loss_zero_when_fused_is_the_only_source() -> None:
 
 
 def test_fusion_loss_is_weighted_sum_and_weights_override() -> None:
+    """The total is the default-weighted sum of the reported parts (each equal to its own loss function),
+    gradients flow to the fused image, and weights override defaults with a zero weight dropping the term."""
     s = torch.tensor(smooth_images(2, 2, 32, 32), dtype=torch.float32)
     f = s.mean(dim=1, keepdim=True).requires_grad_(True)
     total, parts = fusion_loss(f, s)
@@ -202,12 +222,14 @@ def test_fusion_loss_is_weighted_sum_and_weights_override() -> None:
 
 @pytest.mark.parametrize("weights", [{"edges": 1.0}, {"ssim": -1.0}, {"ssim": float("nan")}])
 def test_fusion_loss_rejects_bad_weights(weights: dict) -> None:
+    """An unknown term, a negative weight and a NaN weight are ConfigErrors naming the term."""
     s = torch.rand(1, 2, 16, 16)
     with pytest.raises(ConfigError, match="edges|ssim"):
         fusion_loss(s[:, :1], s, weights=weights)
 
 
 def test_fusion_loss_rejects_bad_shapes() -> None:
+    """A 2-channel fused image or sources of another size are ConfigErrors naming the argument."""
     with pytest.raises(ConfigError, match="fused"):
         fusion_loss(torch.rand(1, 2, 16, 16), torch.rand(1, 2, 16, 16))
     with pytest.raises(ConfigError, match="sources"):
@@ -223,6 +245,8 @@ def np_dice(p: np.ndarray, g: np.ndarray, smooth: float = 1.0) -> float:
 
 
 def test_segmentation_loss_is_ce_plus_foreground_dice() -> None:
+    """The default loss equals torch cross-entropy plus 1 - the mean soft Dice (smooth 1) of classes 1..3,
+    computed with NumPy."""
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6, 5)
     label = torch.randint(0, 4, (2, 6, 5))
@@ -234,6 +258,8 @@ def test_segmentation_loss_is_ce_plus_foreground_dice() -> None:
 
 
 def test_dice_hand_worked_tiny() -> None:
+    """Two pixels by hand: cross-entropy of probabilities 0.5 and 0.75 plus 1 - mean Dice, where absent classes 2
+    and 3 score Dice 1."""
     # One image of 2 pixels with labels (1, 0). Class probabilities per pixel (classes 2, 3 ~ 0):
     probs = torch.tensor([[0.5, 0.75], [0.5, 0.25], [1e-9, 1e-9], [1e-9, 1e-9]]).reshape(1, 4, 1, 2)
     label = torch.tensor([[[1, 0]]])
@@ -244,6 +270,7 @@ def test_dice_hand_worked_tiny() -> None:
 
 
 def test_perfect_prediction_scores_near_zero() -> None:
+    """Confident correct logits (softmax and region-based sigmoid alike) give a loss below 1e-6."""
     label = torch.randint(0, 4, (2, 8, 8), generator=torch.Generator().manual_seed(0))
     logits = 30.0 * F.one_hot(label, 4).permute(0, 3, 1, 2).float()
     assert float(segmentation_loss(logits, label)) < 1e-6
@@ -252,6 +279,8 @@ def test_perfect_prediction_scores_near_zero() -> None:
 
 
 def test_region_based_loss_hand_computed() -> None:
+    """The region-based loss is mean BCE plus 1 - mean soft Dice over the WT/TC/ET targets (NumPy, float64); with
+    4 channels, channel 0 is ignored."""
     torch.manual_seed(1)
     z = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     label = torch.randint(0, 4, (2, 5, 4))
@@ -268,6 +297,8 @@ def test_region_based_loss_hand_computed() -> None:
 
 
 def test_segmentation_loss_input_errors() -> None:
+    """Label 4 is a DataError (not canonical); a label of another size, 3 logit channels, and 5 channels
+    region-based are ConfigErrors naming the problem."""
     logits = torch.randn(1, 4, 4, 4)
     with pytest.raises(DataError, match="canonical"):
         segmentation_loss(logits, torch.full((1, 4, 4), 4))
@@ -280,6 +311,8 @@ def test_segmentation_loss_input_errors() -> None:
 
 
 def test_predict_labels_argmax_and_region_rule() -> None:
+    """Softmax prediction is the int64 argmax; region-based prediction of all eight WT/TC/ET combinations follows
+    ET over TC over WT."""
     logits = torch.randn(2, 4, 3, 3)
     assert torch.equal(predict_labels(logits), logits.argmax(1))
     assert predict_labels(logits).dtype == torch.int64
@@ -292,6 +325,7 @@ def test_predict_labels_argmax_and_region_rule() -> None:
 
 
 def test_region_round_trip_recovers_labels() -> None:
+    """Region targets turned into confident logits (3 or 4 channels) predict back the original canonical labels."""
     label = torch.randint(0, 4, (3, 7, 9), generator=torch.Generator().manual_seed(2))
     z = 10.0 * (2 * region_targets(label) - 1)
     assert torch.equal(predict_labels(z, region_based=True), label)

@@ -38,6 +38,8 @@ def tiny(name: str, **extra) -> nn.Module:
 
 
 def test_registry_lists_every_model() -> None:
+    """list_models gives the four names in registry order, every registered model has a tiny test variant, and
+    the unet defaults are in_channels 1, 4 classes, width 16, depth 4, GroupNorm."""
     assert list_models() == ["fusion-cnn", "fusion-freq", "unet", "feature-fusion"]
     assert set(TINY) == set(MODEL_REGISTRY)
     assert model_options("unet") == {
@@ -64,17 +66,23 @@ def test_registry_lists_every_model() -> None:
     ],
 )
 def test_registry_errors_name_the_problem(name: str, options: dict, needle: str) -> None:
+    """An unknown model, a misspelt option and each invalid option value (norm, width 0, fractional depth, layers
+    1, negative sigma, bool in_channels) are ConfigErrors naming it."""
     with pytest.raises(ConfigError, match=needle):
         build_model(name, **options)
 
 
 def test_fusion_cnn_parameter_count_by_hand() -> None:
     # conv 2->16 (no bias before GroupNorm) + GN, two conv 16->16 + GN, head 16->1 with bias.
+    """Default fusion-cnn has 5137 parameters, counted by hand: bias-free 3x3 convs with GroupNorm scale and
+    shift, and a 3x3 head with bias."""
     expected = 2 * 16 * 9 + 32 + 2 * (16 * 16 * 9 + 32) + (16 * 9 + 1)
     assert count_parameters(build_model("fusion-cnn")) == expected == 5137
 
 
 def test_unet_parameter_count_by_hand() -> None:
+    """Default unet parameters counted by hand: bias-free DoubleConv stages with GroupNorm per scale, 2x2
+    transposed convs with bias, decoder stages and a 1x1 head to 4 classes."""
     def double_conv(cin: int, c: int) -> int:
         return 9 * cin * c + 2 * c + 9 * c * c + 2 * c  # bias-free convs, GroupNorm weight + bias
 
@@ -115,6 +123,8 @@ def test_segmenter_plan_validates_and_doubles_the_width() -> None:
 @pytest.mark.parametrize("name", list(TINY))
 @pytest.mark.parametrize("size", [(240, 240), (128, 128), (97, 130)])
 def test_output_shapes(name: str, size: tuple[int, int]) -> None:
+    """At 240x240, 128x128 and 97x130 every model keeps H and W, fusion nets give one channel in [0, 1] and
+    segmenters four finite logit channels."""
     model = tiny(name)
     x = torch.rand(2, model.in_channels, *size)
     with torch.no_grad():
@@ -128,6 +138,8 @@ def test_output_shapes(name: str, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("name", ["unet", "feature-fusion"])
 def test_odd_sizes_are_zero_padded_and_cropped(name: str) -> None:
+    """A 37x50 input gives the same logits as the same input zero-padded by hand to 40x56 and cropped back, so
+    internal padding is exactly bottom/right zeros."""
     model = tiny(name)  # depth 3: multiples of 8
     x = torch.rand(1, model.in_channels, 37, 50)
     with torch.no_grad():
@@ -138,6 +150,8 @@ def test_odd_sizes_are_zero_padded_and_cropped(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_functional_call_matches_module(name: str) -> None:
+    """With perturbed parameters, torch.func.functional_call equals the module holding those parameters, in the
+    output and in every parameter gradient."""
     model = tiny(name, norm="instance") if name != "fusion-cnn" else tiny(name)
     x = torch.rand(2, model.in_channels, 40, 36)
     # Substituted parameters: the functional forward must equal the module carrying them.
@@ -160,6 +174,7 @@ def test_functional_call_matches_module(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_gradients_reach_every_parameter(name: str) -> None:
+    """A random linear function of the output gives every parameter a finite, non-zero gradient (no dead branch)."""
     model = tiny(name)
     out = model(torch.rand(2, model.in_channels, 32, 32))
     (out * torch.randn_like(out)).sum().backward()
@@ -171,6 +186,8 @@ def test_gradients_reach_every_parameter(name: str) -> None:
 @pytest.mark.parametrize("name", list(TINY))
 @pytest.mark.parametrize("norm", ["group", "instance"])
 def test_no_batchnorm_and_no_running_statistics(name: str, norm: str) -> None:
+    """With either norm, no BatchNorm module exists, a Group/InstanceNorm does, and train() and eval() outputs
+    are identical (no running statistics)."""
     model = tiny(name, norm=norm)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert any(isinstance(m, (nn.GroupNorm, nn.InstanceNorm2d)) for m in model.modules())
@@ -182,6 +199,8 @@ def test_no_batchnorm_and_no_running_statistics(name: str, norm: str) -> None:
 
 
 def test_fusion_cnn_starts_at_mean_of_inputs() -> None:
+    """With the head's weights zeroed, fusion-cnn outputs the mean of its inputs clamped to [1e-3, 1 - 1e-3] (its
+    residual base)."""
     model = tiny("fusion-cnn")
     with torch.no_grad():
         model.head.weight.zero_()
@@ -191,6 +210,8 @@ def test_fusion_cnn_starts_at_mean_of_inputs() -> None:
 
 
 def test_fusion_freq_base_is_low_mean_plus_max_abs_detail() -> None:
+    """fusion-freq's split is exact (low + high = x, a constant is all low band), and with a zeroed head the
+    output is the mean low band plus the max-absolute detail, clamped."""
     model = tiny("fusion-freq", in_channels=3)
     x = torch.rand(2, 3, 24, 24)
     low, high = model.split(x)
@@ -206,6 +227,8 @@ def test_fusion_freq_base_is_low_mean_plus_max_abs_detail() -> None:
 
 
 def test_feature_fusion_has_one_encoder_per_modality() -> None:
+    """feature-fusion with 3 inputs has 3 encoders and the logits depend on every input channel (non-zero input
+    gradient for each)."""
     model = tiny("feature-fusion", in_channels=3)
     assert len(model.encoders) == 3
     x = torch.rand(1, 3, 16, 16, requires_grad=True)
@@ -215,6 +238,7 @@ def test_feature_fusion_has_one_encoder_per_modality() -> None:
 
 
 def test_fusion_input_subset_sizes() -> None:
+    """Fusion nets accept 1, 3 or 4 input modalities and odd sizes (17x23), returning (1, 1, 17, 23)."""
     for c in (1, 3, 4):
         for name in FUSION:
             model = tiny(name, in_channels=c)
@@ -222,11 +246,14 @@ def test_fusion_input_subset_sizes() -> None:
 
 
 def test_unet_region_based_head() -> None:
+    """unet with num_classes 3 (region-based WT/TC/ET) and 2 inputs returns 3 logit channels at the input size."""
     model = tiny("unet", num_classes=3, in_channels=2)
     assert model(torch.rand(1, 2, 24, 24)).shape == (1, 3, 24, 24)
 
 
 def test_model_summary_and_table() -> None:
+    """model_summary lists every model with its parameter count and output shape at 64 px; the table text carries
+    the names, 5,137 for fusion-cnn and the size column."""
     rows = model_summary(sizes=(64,))
     assert [r["name"] for r in rows] == list_models()
     for r in rows:
@@ -237,6 +264,7 @@ def test_model_summary_and_table() -> None:
 
 
 def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fuse4seg models` exits 0 and lists every model with the default unet's 1,942,340 parameters."""
     from fuse4seg.cli import main
 
     assert main(["models"]) == 0
@@ -248,7 +276,8 @@ def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_second_order_gradients_match_finite_differences(name: str) -> None:
-    # Implicit and unrolled hypergradients need Hessian-vector products through every layer.
+    """Hessian-vector products through functional_call (needed by implicit and unrolled hypergradients) equal
+    central finite differences of the gradient in float64 for every model."""
     model = tiny(name, **({"depth": 2} if name in ("unet", "feature-fusion") else {})).double()
     x = torch.rand(1, model.in_channels, 12, 12, dtype=torch.float64)
     names = [k for k, _ in model.named_parameters()]

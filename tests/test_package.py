@@ -54,14 +54,15 @@ def rehash(directory: Path, name: str = "brats_fuse.h5") -> None:
 
 
 def test_verify_passes_on_a_fresh_build(package: Path) -> None:
-    """Verify passes on a fresh build."""
+    """A fresh build verifies: the three hashed files are listed in order and the split case counts add up to the
+    5 input cases."""
     report = verify(package)
     assert report["files"] == ["brats_fuse.h5", "README.md", "CITATION.cff"]
     assert sum(s["cases"] for s in report["splits"].values()) == 5
 
 
 def test_verify_catches_a_flipped_byte(copy: Path) -> None:
-    """Verify catches a flipped byte."""
+    """One flipped bit in brats_fuse.h5 is reported as a sha256 mismatch naming the file."""
     path = copy / "brats_fuse.h5"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -72,14 +73,15 @@ def test_verify_catches_a_flipped_byte(copy: Path) -> None:
 
 @pytest.mark.parametrize("name", ["brats_fuse.h5", "README.md", "CITATION.cff", "croissant.json"])
 def test_verify_catches_a_deleted_file(copy: Path, name: str) -> None:
-    """Verify catches a deleted file."""
+    """Deleting any package file (including croissant.json itself) is a DataError naming that file as missing."""
     (copy / name).unlink()
     with pytest.raises(DataError, match=f"{name}.*missing"):
         verify(copy)
 
 
 def test_verify_catches_edits_and_strays(copy: Path) -> None:
-    """Verify catches edits and strays."""
+    """A file not listed in croissant.json, and an appended line in README.md (a size change), are each a
+    DataError naming the file."""
     (copy / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not listed in croissant.json: notes.txt"):
         verify(copy)
@@ -91,7 +93,8 @@ def test_verify_catches_edits_and_strays(copy: Path) -> None:
 
 
 def test_verify_checks_labels_ranges_and_disjointness(copy: Path) -> None:
-    """Verify checks labels ranges and disjointness."""
+    """With hashes updated so the value checks are reached: label 7, a fused value of 1.5 and a case id shared by
+    train and test are each a DataError naming the dataset or the splits."""
     with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
         h5["val/label"][0, 0, 0] = 7
     rehash(copy)
@@ -112,7 +115,8 @@ def test_verify_checks_labels_ranges_and_disjointness(copy: Path) -> None:
 
 
 def test_verify_checks_the_schema(copy: Path) -> None:
-    """Verify checks the schema."""
+    """With hashes updated: a fused dataset of the wrong shape and a missing root attribute are DataErrors naming
+    them; a missing folder is 'no such package'."""
     with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
         del h5["val/fused"]
         h5["val"].create_dataset("fused", data=h5["val/source"][:, :2])
@@ -227,7 +231,8 @@ def test_cite_rejects_a_damaged_citation_file(copy: Path, content: bytes, messag
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # rdflib inside mlcroissant
 def test_croissant_validates_with_mlcroissant(package: Path) -> None:
-    """Croissant validates with mlcroissant."""
+    """mlcroissant loads croissant.json with no errors or warnings and three record sets; its conformsTo is
+    Croissant 1.0 and each listed sha256 and size equals the file's."""
     mlcroissant = pytest.importorskip("mlcroissant")
     dataset = mlcroissant.Dataset(jsonld=package / "croissant.json")
     assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
@@ -241,7 +246,9 @@ def test_croissant_validates_with_mlcroissant(package: Path) -> None:
 
 
 def test_card_front_matter_and_command(package: Path) -> None:
-    """Card front matter and command."""
+    """The card's YAML front matter matches verify's split counts, marks BraTS builds 'other' licence with BraTS
+    as source, has the task and size categories, and the card holds the build command and the required
+    sections."""
     text = (package / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
     report = verify(package)
@@ -256,7 +263,9 @@ def test_card_front_matter_and_command(package: Path) -> None:
 
 
 def test_citation_cff_and_bibtex_carry_the_brats_papers(package: Path) -> None:
-    """Citation cff and bibtex carry the brats papers."""
+    """CITATION.cff (cff-version 1.2.0, type dataset) lists the three BraTS papers by DOI with Menze's journal,
+    volume, issue, pages and year; BibTeX has one misc and three articles with balanced braces and those DOIs;
+    an unknown --format is a ConfigError."""
     cff = yaml.safe_load(cite(package, format="cff"))
     assert cff["cff-version"] == "1.2.0" and cff["type"] == "dataset"
     assert [ref["doi"] for ref in cff["references"]] == list(BRATS_DOIS)
