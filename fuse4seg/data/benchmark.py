@@ -196,20 +196,14 @@ def _validate_options(brats: object, phantom: int | None, fusion: str, fusion_fn
 
 
 def check_out_outside_source(out: str | os.PathLike, brats: str | os.PathLike) -> None:
-    """ConfigError if ``out`` and the ``brats`` release overlap (same folder, or one inside the other).
-
-    The same folder or a parent of the release: --overwrite would delete the release. A folder
-    inside the release: the package would sit among the cases (the next build from that release
-    would find it) and --overwrite could replace a case folder; so every overlap is refused.
-    Compared after resolving symlinks and '..'.
-    """
+    """ConfigError if ``out`` and the ``brats`` release overlap (after resolving symlinks and '..'): the
+    same folder or a parent of the release (--overwrite would delete it), or a folder inside it (the
+    package would sit among the cases, where the next build from that release would find it)."""
     out_path, source = Path(out).resolve(), Path(brats).resolve()
-    if out_path == source or out_path in source.parents:
-        raise ConfigError(f"--out {out} contains the --brats release {brats} (writing there, or --overwrite, "
-                          f"would destroy it); choose an output folder outside the release")
-    if source in out_path.parents:
-        raise ConfigError(f"--out {out} is inside the --brats release {brats}; choose an output folder "
-                          f"outside the release")
+    if out_path == source or out_path in source.parents or source in out_path.parents:
+        where = "is inside" if source in out_path.parents else "contains"
+        raise ConfigError(f"--out {out} {where} the --brats release {brats} (writing there, or --overwrite, "
+                          f"could destroy it); choose an output folder outside the release")
 
 
 def _os_error_message(exc: OSError, out: str | os.PathLike, written: Sequence[Path], reading: Path | None) -> str:
@@ -319,7 +313,8 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
     Source: the BraTS release ``brats``, else a phantom release of ``phantom`` cases (default
     :data:`DEFAULT_PHANTOM_CASES`) written to a temporary directory. ``fusion_fn`` (N, C, H, W) ->
     (N, H, W) in [0, 1], if given, replaces the classical rule ``fusion`` and is recorded as
-    ``fusion_name``. ``command`` is the command line recorded in the dataset card.
+    ``fusion_name``. ``command`` is the command line recorded in the dataset card. ``out`` must lie
+    outside ``brats`` (neither the same folder, nor a parent, nor inside it: :func:`check_out_outside_source`).
 
     Reproducible: the same source, options and seed give byte-identical files when
     SOURCE_DATE_EPOCH is set (it fixes the ``created`` time); without it only ``created`` and the

@@ -270,7 +270,7 @@ def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[st
         for name in ("source", "fused"):
             values = group[name][start:stop]
             if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-                raise DataError(f"{path}: /{split}/{name}[{start}:{stop}] has values outside [0, 1] or NaN")
+                raise DataError(f"{path}: /{split}/{name}[{start}:{stop}] has values outside [0, 1] or NaN/Inf")
         labels = group["label"][start:stop]
         if labels.max(initial=0) > 3:
             raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
