@@ -52,7 +52,8 @@ def phantom_command(
 
 @app.command("build-benchmark")
 def build_benchmark_command(
-    out: str = typer.Option(..., "--out", help="Package directory to create (brats_fuse.h5, card, citation, croissant)."),
+    out: str = typer.Option(..., "--out", help="Package directory to create (brats_fuse.h5, card, citation, croissant); "
+                                          "not the --brats release, nor a folder inside or around it."),
     brats: str | None = typer.Option(None, "--brats", help="BraTS release directory (2020, 2021 or 2023+ layout)."),
     phantom: int | None = typer.Option(None, "--phantom", help="Build from a phantom release of N cases (the default "
                                                                "when no --brats is given: 10 cases)."),
@@ -107,12 +108,12 @@ def verify_command(directory: str = typer.Argument(..., help="BraTS-Fuse package
 @app.command("cite")
 def cite_command(
     directory: str = typer.Argument(..., help="BraTS-Fuse package directory."),
-    format: str = typer.Option("bibtex", "--format", help="bibtex or cff."),
+    output_format: str = typer.Option("bibtex", "--format", help="bibtex or cff."),
 ) -> None:
     """Print how to cite a BraTS-Fuse package (and, for BraTS builds, the BraTS papers)."""
     from fuse4seg.data.package import cite
 
-    typer.echo(cite(directory, format=format), nl=False)
+    typer.echo(cite(directory, format=output_format), nl=False)
 
 
 # ---- train (fuse4seg.train) ----------------------------------------------------------------------
