@@ -138,3 +138,12 @@ def test_module_adapter_rejects_training_batchnorm() -> None:
     loss = lambda f, s: s(f(x)).mean()
     with pytest.raises(ConfigError, match="BatchNorm"):
         module_hypergradient(fuse, seg, loss, loss, "unrolled")
+
+
+def test_module_adapter_rejects_unknown_lower_keys() -> None:
+    """A lower starting point with a name the lower module does not have is a ConfigError."""
+    fuse, seg = _nets()
+    x = torch.randn(2, 2, 8, 8)
+    start = {**{k: v.detach() for k, v in seg.named_parameters()}, "extra.weight": torch.zeros(1)}
+    with pytest.raises(ConfigError, match="extra.weight"):
+        module_hypergradient(fuse, seg, lambda f, s: s(f(x)).mean(), lambda f, s: s(f(x)).mean(), lower=start)

@@ -127,3 +127,18 @@ def test_implicit_cg_matches_torchopt_custom_root() -> None:
     assert _rel(res[0], ref) < 1e-4
     direct = hypergradient(p["upper"], w_star, lower_loss, upper_loss, "first-order", steps=0)
     assert _rel(direct[0], ref) > 1e-2  # the indirect term matters, so agreement is not trivial
+
+
+# torch's own forward-mode decompositions (used by torch.func.jvp) still call torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_hvp_backends_agree() -> None:
+    """The torch.func (jvp of grad, vjp) and double-backward HVP backends give the same answer."""
+    from fuse4seg.bilevel.core import as_upper, parse_options
+    from fuse4seg.bilevel.implicit import implicit_neumann
+
+    p = _setup(seed=3)
+    opts = parse_options({"steps": 5, "lr": 0.2, "neumann_terms": 8, "damping": 0.5})
+    args = (as_upper(p["upper"]), p["lower"], p["lower_loss"], p["upper_loss"], opts)
+    a = implicit_neumann(*args, backend="autograd")
+    b = implicit_neumann(*args, backend="func")
+    assert _rel(b[0], a[0]) < 1e-10

@@ -9,6 +9,9 @@ Costs with K inner steps and ``A`` = activation memory of one lower-loss forward
   ``w_{K-1} +- eps' v`` with ``eps' = eps / ||v||`` (DARTS, Liu et al. 2019, eq. 8);
   memory O(A). It differentiates the last inner step exactly up to O(eps'^2):
   ``d_u G - lr * [d_u F(u, w+) - d_u F(u, w-)] / (2 eps')``, i.e. ``truncated`` with T = 1.
+  The central difference converges to the Hessian-vector product only for smooth losses: with
+  piecewise-linear layers (ReLU/LeakyReLU, max-pooling) units crossing a kink inside +-eps' add
+  an O(1) error whatever eps is (benchmarks/hypergrad.py shows it on the project's UNet).
 """
 
 from __future__ import annotations

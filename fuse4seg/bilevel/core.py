@@ -18,7 +18,7 @@ from fuse4seg.bilevel.optimizers import InnerOptimizer, State, check_state, deta
 from fuse4seg.errors import ConfigError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, Params], torch.Tensor]

@@ -2,7 +2,23 @@
 
 A method is a function of (upper, lower, losses, options); solving (the inner optimiser, the
 linear solver) is kept apart from differentiating (unrolling, implicit function theorem, finite
-differences). Costs per method are documented in ``unrolled``, ``approximate`` and ``implicit``.
+differences). Cost per call, with K = ``steps``, T = ``truncate``, J = ``cg_iters`` or
+``neumann_terms``, "pass" = one forward + backward of the lower loss, A = its activation memory
+(every method adds one forward + backward of the upper loss):
+
+==================  ==============================================  ================
+method              passes                                          memory
+==================  ==============================================  ================
+unrolled, higher    K with create_graph + one backward through all  O(K A)
+                    K steps (about 2 passes each)
+truncated           K - T plain + T as unrolled                     O(T A)
+first-order         K plain                                         O(A)
+finite-difference   K plain + 2 (gradients at w -+ eps v)           O(A)
+implicit-cg/-neum.  K plain + 1 with create_graph + (J + 1)         O(A), about 3A
+                    Hessian-vector products (about 2 passes each)
+==================  ==============================================  ================
+
+Measured on a UNet at 128 x 128 in ``benchmarks/hypergrad.py``.
 """
 
 from __future__ import annotations

@@ -84,6 +84,9 @@ def module_hypergradient(
     missing = sorted(set(trainable(lower_module)) - set(start))
     if missing:
         raise ConfigError(f"lower: missing parameter(s) {', '.join(missing)} of lower_module")
+    unknown = sorted(set(start) - set(trainable(lower_module)))
+    if unknown:
+        raise ConfigError(f"lower: {', '.join(unknown)} is not a trainable parameter of lower_module")
     uc, lc = constants(upper_module), constants(lower_module)
 
     def inner(u: Params, w: Params) -> torch.Tensor:
