@@ -282,3 +282,22 @@ def test_os_errors_say_whether_a_read_or_a_write_failed(release: Path, tmp_path:
         with pytest.raises(Fuse4SegError, match=rf"^cannot write {tmp_path / 'out'}: No space left on device \("):
             build(release, tmp_path / "out", size=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_resize_planes_over_128_channels_equals_cv2_per_plane() -> None:
+    """geometry.resize_planes on 300 planes (three blocks of <= 128 channels) equals cv2.resize of each
+    plane alone, for bilinear and nearest; crop_box zero-pads a box that starts outside the array."""
+    import cv2
+
+    from fuse4seg.data.geometry import MAX_CV_CHANNELS, crop_box, resize_planes
+
+    rng = np.random.default_rng(5)
+    planes = rng.random((300, 21, 17)).astype(np.float32)
+    for interpolation in (cv2.INTER_LINEAR, cv2.INTER_NEAREST):
+        out = resize_planes(planes, 33, interpolation)
+        expected = np.stack([cv2.resize(p, (33, 33), interpolation=interpolation) for p in planes])
+        assert out.shape == (300, 33, 33) and MAX_CV_CHANNELS == 128
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+    cropped = crop_box(np.ones((2, 4, 5), np.float32), (-1, 4, 1, 6))
+    assert cropped.shape == (2, 5, 5) and cropped[:, 0].sum() == 0 and cropped[:, :, -1].sum() == 0
+    assert cropped[:, 1:, :4].min() == 1

@@ -58,3 +58,24 @@ def test_predict_volume_maps_labels_back_to_the_input_grid() -> None:
     inside[7:53, 7:53] = True  # away from the box edge, where resampling blurs
     agree = (labels == expected)[inside].mean()
     assert agree > 0.97 and not labels[~brain].any()
+
+
+def test_predict_volume_resizes_through_the_shared_geometry_helper(monkeypatch) -> None:
+    """fuse resizes 40 slices x 4 modalities (160 channels, over OpenCV's 128) with the benchmark's own
+    geometry.resize_planes (one helper, not a copy), giving labels on the full input grid."""
+    from fuse4seg.data import geometry
+
+    calls: list[int] = []
+    original = geometry.resize_planes
+
+    def spy(planes: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+        """Record the number of planes, then resize as usual."""
+        calls.append(len(planes))
+        return original(planes, size, interpolation)
+
+    monkeypatch.setattr(geometry, "resize_planes", spy)
+    images = np.stack([smooth_volume((50, 50, 40))] * 4)
+    brain = np.ones((50, 50, 40), bool)
+    config = TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",))
+    _, labels = predict_volume(Pipeline(config, None, _Threshold()), images, brain, (32, 32), torch.device("cpu"))
+    assert calls == [160] and labels.shape == (50, 50, 40)

@@ -11,7 +11,8 @@ without any tumour voxel contributes no slices and is listed in the summary as s
 Geometry: slices keep the volume's in-plane axes (H = first voxel axis, W = second). With ``size``
 each case is cropped to the square around the bounding box of its brain mask (the union over all
 slices, so every slice of a case shares one crop) and resized to size x size: images with bilinear
-interpolation, labels with nearest neighbour.
+interpolation, labels with nearest neighbour (:mod:`fuse4seg.data.geometry`, shared with ``fuse``).
+The rule is recorded in the root attribute ``slice_size`` (``size``, 0 for none).
 
 Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
 train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
@@ -35,6 +36,7 @@ import numpy as np
 
 from fuse4seg import __version__
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, modality_indices, parse_modalities
+from fuse4seg.data.geometry import crop_resize, square_box
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch, get_rule
 from fuse4seg.io import atomic_dir
@@ -96,45 +98,6 @@ def select_slices(label: np.ndarray, k: int, min_area_fraction: float = MIN_AREA
         return candidates
     picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, k)).astype(np.int64))
     return candidates[picks]
-
-
-def square_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, x1, y0, y1): the square around the True bounding box of a (X, Y) mask, possibly
-    extending past the array (the caller pads); the whole array if the mask is empty."""
-    if not mask.any():
-        return 0, mask.shape[0], 0, mask.shape[1]
-    xs, ys = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    x0, x1, y0, y1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
-    side = max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    return cx - side // 2, cx - side // 2 + side, cy - side // 2, cy - side // 2 + side
-
-
-def crop_resize(images: np.ndarray, label: np.ndarray, box: tuple[int, int, int, int],
-                size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop (K, C, X, Y) images and (K, X, Y) labels to ``box`` (zero-padding outside the array)
-    and resize to (size, size): images bilinear, labels nearest. Returns float32 and uint8."""
-    import cv2  # albumentations' dependency; imported here so workers that never resize skip it
-
-    x0, x1, y0, y1 = box
-    pads = [(max(0, -x0), max(0, x1 - images.shape[-2])), (max(0, -y0), max(0, y1 - images.shape[-1]))]
-    images = np.pad(images, [(0, 0), (0, 0), *pads])
-    label = np.pad(label, [(0, 0), *pads])
-    sx, sy = x0 + pads[0][0], y0 + pads[1][0]
-    images = images[..., sx:sx + x1 - x0, sy:sy + y1 - y0]
-    label = label[..., sx:sx + x1 - x0, sy:sy + y1 - y0]
-    k, c, h, w = images.shape
-
-    def resize_planes(planes: np.ndarray, interpolation: int) -> np.ndarray:
-        """(P, h, w) -> (P, size, size); OpenCV 5 resizes at most 128 channels per call, so in blocks."""
-        out = [cv2.resize(np.ascontiguousarray(block.transpose(1, 2, 0)), (size, size), interpolation=interpolation)
-               .reshape(size, size, len(block)).transpose(2, 0, 1) for block in np.array_split(
-                   planes, max(1, -(-len(planes) // 128)))]
-        return np.concatenate(out)
-
-    resized = resize_planes(images.reshape(k * c, h, w), cv2.INTER_LINEAR).reshape(k, c, size, size)
-    labels = resize_planes(label, cv2.INTER_NEAREST)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
 
 
 def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,

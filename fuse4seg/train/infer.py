@@ -55,7 +55,7 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
     Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize when (X, Y)
     differs from the training ``size``; labels are canonical {0..3}, background outside the brain.
     """
-    from fuse4seg.data.benchmark import crop_resize, square_box
+    from fuse4seg.data.geometry import crop_resize_images, square_box
     from fuse4seg.fusion import fuse_batch
     from fuse4seg.losses import predict_labels
 
@@ -66,11 +66,7 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
         if size[0] != size[1]:
             raise ConfigError(f"--case: slices are {shape} but the run was trained on non-square {size} slices")
         box = square_box(brain_mask.any(axis=2))
-        # In chunks: OpenCV resizes at most 128 channels (slices x 4 modalities) per call.
-        slices = np.concatenate([
-            crop_resize(part, np.zeros(part.shape[:1] + shape, np.uint8), box, size[0])[0]
-            for part in np.array_split(slices, max(1, -(-len(slices) // 16)))
-        ])
+        slices = crop_resize_images(slices, box, size[0])
     needs_stored = pipeline.fusion is None and pipeline.config.seg_inputs() == ("fused",)
     fused_parts, logit_parts = [], []
     with torch.no_grad():
