@@ -1,17 +1,19 @@
 """Shared fixtures: small NIfTI cases in any BraTS naming scheme, and a tiny phantom release.
 
 ``write_brats_case`` (a fixture returning :func:`write_case`) writes one case directory in milliseconds;
-``phantom_release`` is a session-scoped 6-case phantom release at scale 0.25 (60 x 60 x 39 voxels).
+``phantom_release`` is a session-scoped 6-case phantom release at scale 0.25 (60 x 60 x 39 voxels);
+``one_torch_thread`` (autouse) runs every test with one torch intra-op thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 #: File suffix of t1, t1ce, t2, flair, seg per naming scheme (as in real releases).
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -78,3 +80,13 @@ def phantom_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fuse4seg.data.phantom import write_phantom_release
 
     return write_phantom_release(tmp_path_factory.mktemp("phantom") / "release", cases=6, seed=0, scale=0.25)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread per test, restored afterwards: `pytest -n 2` already uses both cores, and
+    oversubscribed OpenMP threads make tiny convolutions up to 100x slower on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.func import functional_call
 

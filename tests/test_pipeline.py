@@ -16,15 +16,6 @@ from fuse4seg.cli import main
 LR_UPPER, LR_LOWER, LAMBDA = 0.5, 0.05, 2.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two pytest workers on two cores: one torch thread each avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def independent_hypergradient(bench: Path, config) -> tuple[dict, dict, dict, dict]:
     """(phi0, theta0, d upper / d phi, theta after one inner SGD step) for step 0, by plain autograd.
 

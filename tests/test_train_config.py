@@ -185,3 +185,9 @@ def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "r").exists()  # nothing written for a failed start
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_every_test_gets_the_shared_one_thread_fixture(request: pytest.FixtureRequest) -> None:
+    """conftest's autouse one_torch_thread applies here (a module that defines no fixture of its own)."""
+    assert "one_torch_thread" in request.fixturenames
+    assert torch.get_num_threads() == 1

@@ -17,15 +17,6 @@ TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, 
         "progress": False, "eval_slices": 2, "lr_lower": 0.01}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two pytest workers on two cores: one torch thread each avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny benchmark: 6 phantom cases, 3 slices each at 48 x 48 (train 3 cases, val 2, test 1)."""
