@@ -156,6 +156,39 @@ def test_checkpoint_with_code_or_garbage_is_refused(tmp_path: Path) -> None:
         load_checkpoint(bad)
 
 
+def _write_bad_checkpoint(path: Path, kind: str) -> None:
+    """Write a file that is not a fuse4seg checkpoint: raw bytes, a pickled object, empty, or a bare tensor."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "object":
+        torch.save({"format": 1, "config": {}, "step": 0, "models": {}, "x": _Payload()}, path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(torch.zeros(3), path)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "object", "empty", "tensor"])
+@pytest.mark.parametrize("command", ["fuse", "build-benchmark"])
+def test_cli_bad_checkpoint_is_one_line_without_weights_only_advice(
+        tmp_path: Path, capsys: pytest.CaptureFixture, kind: str, command: str) -> None:
+    """`fuse --run RUN` (RUN/best.pt) and `build-benchmark --fusion-checkpoint`: a file that is not a
+    checkpoint exits 1 with one line "PATH is not a fuse4seg checkpoint (...)" that never suggests
+    weights_only=False (torch's advice: a checkpoint is untrusted data, not code)."""
+    path = tmp_path / "run" / "best.pt"
+    _write_bad_checkpoint(path, kind)
+    out = str(tmp_path / "out")
+    argv = (["fuse", "--run", str(path.parent), "--case", str(tmp_path / "case"), "--out", out] if command == "fuse"
+            else ["build-benchmark", "--out", out, "--fusion-checkpoint", str(path)])
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {path} is not a fuse4seg checkpoint (") and err.endswith(")"), err
+    assert "weights_only" not in err and "trusted" not in err and "add_safe_globals" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args", [
     ["--mode", "nonsense"],
     ["--steps", "0"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
         # torch raises these for truncated, corrupt or unsafe (non-weights) files: all mean "bad file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"checkpoint {path} cannot be loaded safely: {first}") from None
+        raise DataError(f"{path} is not a fuse4seg checkpoint ({_load_failure(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"checkpoint {path} is not a fuse4seg checkpoint (format {CHECKPOINT_FORMAT})")
+        raise DataError(f"{path} is not a fuse4seg checkpoint (no format {CHECKPOINT_FORMAT} marker)")
     for key in ("config", "step", "models"):
         if key not in state:
-            raise DataError(f"checkpoint {path} lacks {key!r}")
+            raise DataError(f"{path} is not a fuse4seg checkpoint (it lacks {key!r})")
     return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """A short one-line reason why torch.load(weights_only=True) refused a file.
+
+    torch's own text advises re-running with ``weights_only=False`` or allow-listing globals; a
+    checkpoint is data, not trusted code, so only the unpickler's finding is kept.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", text, re.DOTALL)
+        detail = " ".join(found.group(1).split()) if found else ""
+        return f"refused by the weights-only unpickler: {detail}" if detail else "refused by the weights-only unpickler"
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated"
+    first = " ".join(text.split(". ")[0].split()) or type(exc).__name__
+    return first[:200]
