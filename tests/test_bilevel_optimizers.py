@@ -139,3 +139,15 @@ def test_neumann_series_converges_to_inverse() -> None:
     few, _ = neumann_series(lambda v: {"x": H @ v["x"]}, b, terms=2, alpha=1.0)
     assert torch.allclose(x["x"], expected, rtol=1e-8)
     assert not torch.allclose(few["x"], expected, rtol=1e-2)
+
+
+def test_conjugate_gradient_flags_indefinite_system() -> None:
+    """On H = diag(1, -3) CG meets non-positive curvature and says so instead of stepping uphill;
+    damping 4 makes the same system positive definite and CG solves it."""
+    H = torch.diag(torch.tensor([1.0, -3.0], dtype=DT))
+    b = {"x": torch.tensor([1.0, 1.0], dtype=DT)}
+    _, info = conjugate_gradient(lambda v: {"x": H @ v["x"]}, b, iters=10)
+    assert info["indefinite"]
+    x, info = conjugate_gradient(lambda v: {"x": H @ v["x"]}, b, iters=10, damping=4.0)
+    assert not info["indefinite"]
+    assert torch.allclose(x["x"], torch.tensor([1.0 / 5.0, 1.0], dtype=DT))

@@ -38,7 +38,7 @@ class InnerOptimizer(NamedTuple):
 
 def _zeros_like(params: Params) -> Params:
     """Zero tensors with the shapes, dtypes and devices of ``params`` (no graph)."""
-    return {k: torch.zeros_like(v, memory_format=torch.preserve_format).detach() for k, v in params.items()}
+    return {k: torch.zeros_like(v.detach()) for k, v in params.items()}
 
 
 def sgd(lr: float) -> InnerOptimizer:

@@ -25,6 +25,12 @@ def axpy(alpha: torch.Tensor | float, x: Vec, y: Vec) -> Vec:
     return {k: alpha * x[k] + y[k] for k in y}
 
 
+def _relative(rr: torch.Tensor, b_norm: torch.Tensor) -> float:
+    """Relative residual sqrt(rr) / ||b|| as a float (0 when b = 0), safe in any dtype."""
+    norm = float(b_norm)
+    return float(torch.sqrt(rr)) / norm if norm > 0.0 else 0.0
+
+
 def damped(hvp: HVP, damping: float) -> HVP:
     """The operator ``v -> H v + damping * v`` (Tikhonov ridge; makes H positive definite)."""
     if damping == 0.0:
@@ -61,7 +67,7 @@ def conjugate_gradient(
     done, indefinite = 0, False
     threshold = float(tol) * float(b_norm)
     if float(torch.sqrt(rr)) <= threshold:
-        return x, {"iterations": 0, "residual": float(torch.sqrt(rr) / b_norm.clamp_min(1e-300)),
+        return x, {"iterations": 0, "residual": _relative(rr, b_norm),
                    "indefinite": False}
     for done in range(1, iters + 1):
         ap = matvec(p)
@@ -82,7 +88,7 @@ def conjugate_gradient(
                 break
             p = axpy(rr_new / rr, p, r)
             rr = rr_new
-    residual = float(torch.sqrt(rr) / b_norm.clamp_min(1e-300))
+    residual = _relative(rr, b_norm)
     return x, {"iterations": done, "residual": residual, "indefinite": indefinite}
 
 
