@@ -301,3 +301,62 @@ def test_resize_planes_over_128_channels_equals_cv2_per_plane() -> None:
     cropped = crop_box(np.ones((2, 4, 5), np.float32), (-1, 4, 1, 6))
     assert cropped.shape == (2, 5, 5) and cropped[:, 0].sum() == 0 and cropped[:, :, -1].sum() == 0
     assert cropped[:, 1:, :4].min() == 1
+
+
+def _rehash(directory: Path) -> None:
+    """Update croissant.json's sha256/size of a deliberately edited brats_fuse.h5 (so verify reaches the schema)."""
+    import json
+
+    from fuse4seg.data.package import sha256_file
+
+    path, h5_path = directory / "croissant.json", directory / "brats_fuse.h5"
+    meta = json.loads(path.read_text())
+    for entry in meta["distribution"]:
+        if entry["contentUrl"] == "brats_fuse.h5":
+            entry["sha256"], entry["contentSize"] = sha256_file(h5_path), f"{h5_path.stat().st_size} B"
+    path.write_text(json.dumps(meta))
+
+
+def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp_path: Path) -> None:
+    """brats_fuse.h5 records the geometry rule: slice_size = --size (16) or 0 without --size, named in the card;
+    a file without it (written before it existed) still opens and verifies, read as None; a slice_size of the
+    wrong type, negative, or disagreeing with the slices is a one-line DataError from open_validated and verify."""
+    import shutil
+
+    from fuse4seg.data.h5format import open_validated, slice_size
+    from fuse4seg.data.package import verify
+
+    build(release, tmp_path / "sized", size=16)
+    build(release, tmp_path / "native")
+    for name, expected in (("sized", 16), ("native", 0)):
+        h5, counts = open_validated(tmp_path / name / "brats_fuse.h5")
+        with h5:
+            assert slice_size(h5, name) == expected and h5.attrs["slice_size"].dtype.kind == "i"
+        assert f"`slice_size` ({expected}:" in (tmp_path / name / "README.md").read_text()
+    import nibabel as nib
+
+    t1 = nib.load(next(release.glob("*/*_t1.nii.gz")))
+    assert (counts["height"], counts["width"]) == t1.shape[:2]  # native: the volume's in-plane size
+    copy = tmp_path / "copy"
+    for value, message in ((None, None), ("16", "slice_size must be one integer >= 0"),
+                           (np.array([16, 16]), "slice_size must be one integer >= 0"),
+                           (16.0, "slice_size must be one integer >= 0"), (-1, "slice_size must be one integer >= 0"),
+                           (8, "slice_size is 8 but the slices are 16 x 16")):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(tmp_path / "sized", copy)
+        with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
+            if value is None:
+                del h5.attrs["slice_size"]
+            else:
+                h5.attrs["slice_size"] = value
+        _rehash(copy)
+        if message is None:
+            h5, _ = open_validated(copy / "brats_fuse.h5")
+            with h5:
+                assert slice_size(h5, copy) is None
+            assert verify(copy)["files"][0] == "brats_fuse.h5"
+            continue
+        for check in (lambda: open_validated(copy / "brats_fuse.h5"), lambda: verify(copy)):
+            with pytest.raises(DataError, match=message) as caught:
+                check()
+            assert str(caught.value).startswith(str(copy / "brats_fuse.h5")) and "\n" not in str(caught.value)

@@ -68,6 +68,8 @@ def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys
     assert main([*train_args, "--steps", "1"]) == 0
     for name in ("config.json", "last.pt", "best.pt"):
         assert (run / name).is_file()
+    # The benchmark's slice geometry rule (--size 48) travels to the run, where `fuse` reads it.
+    assert json.loads((run / "config.json").read_text())["derived"]["benchmark_slice_size"] == 48
 
     # The fusion net moved by exactly -lr_upper * hypergradient (plain SGD on the upper level), and the
     # segmenter kept its inner step: both checked against an autograd computation of step 0.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fuse4seg.data.benchmark import crop_resize, square_box
@@ -63,19 +64,63 @@ def test_predict_volume_maps_labels_back_to_the_input_grid() -> None:
 def test_predict_volume_resizes_through_the_shared_geometry_helper(monkeypatch) -> None:
     """fuse resizes 40 slices x 4 modalities (160 channels, over OpenCV's 128) with the benchmark's own
     geometry.resize_planes (one helper, not a copy), giving labels on the full input grid."""
-    from fuse4seg.data import geometry
-
-    calls: list[int] = []
-    original = geometry.resize_planes
-
-    def spy(planes: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-        """Record the number of planes, then resize as usual."""
-        calls.append(len(planes))
-        return original(planes, size, interpolation)
-
-    monkeypatch.setattr(geometry, "resize_planes", spy)
+    calls = _count_resizes(monkeypatch)
     images = np.stack([smooth_volume((50, 50, 40))] * 4)
     brain = np.ones((50, 50, 40), bool)
     config = TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",))
     _, labels = predict_volume(Pipeline(config, None, _Threshold()), images, brain, (32, 32), torch.device("cpu"))
     assert calls == [160] and labels.shape == (50, 50, 40)
+
+
+def _count_resizes(monkeypatch) -> list[int]:
+    """Spy on geometry.resize_planes: the returned list receives the number of planes of each call."""
+    from fuse4seg.data import geometry
+
+    calls: list[int] = []
+    original = geometry.resize_planes
+    monkeypatch.setattr(geometry, "resize_planes", lambda planes, size, interp: calls.append(len(planes))
+                        or original(planes, size, interp))
+    return calls
+
+
+def test_native_size_case_is_cropped_when_the_benchmark_recorded_its_size(monkeypatch) -> None:
+    """A 48 x 48 case for a run trained on a --size 48 benchmark (slice_size 48) is still cropped to its
+    brain box and resized, as build-benchmark did (before the fix it was used uncropped); without the
+    attribute (older benchmarks) the old guess applies (no crop at equal sizes); slice_size 0 uses slices
+    as they are and refuses other sizes."""
+    from fuse4seg.errors import ConfigError
+    from fuse4seg.train.infer import uses_crop
+
+    vol = smooth_volume((48, 48, 3))
+    images = np.stack([vol] * 4)
+    brain = np.zeros((48, 48, 3), bool)
+    brain[12:36, 10:34] = True
+    pipeline = Pipeline(TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",)), None, _Threshold())
+    calls = _count_resizes(monkeypatch)
+    _, cropped = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=48)
+    assert calls == [12]
+    # Independently: the 24 x 24 brain box blown up to 48 x 48, thresholded, and resized back.
+    box = square_box(brain.any(axis=2))
+    assert box == (12, 36, 10, 34)
+    small = cv2_resize_stack(np.moveaxis(vol, -1, 0)[:, 12:36, 10:34], 48)
+    back = torch.nn.functional.interpolate(torch.from_numpy((small > 0.6).astype(np.float32))[:, None],
+                                           size=(24, 24), mode="bilinear", align_corners=False)[:, 0].numpy()
+    inner = (slice(14, 34), slice(12, 32))
+    expected = np.where(np.moveaxis(back, 0, -1) > 0.5, 3, 0)[2:22, 2:22]
+    assert (cropped[inner] == expected).mean() > 0.97 and not cropped[~brain].any()
+    calls.clear()
+    _, plain = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=None)
+    assert calls == [] and np.array_equal(plain, np.where((vol > 0.6) & brain, 3, 0))
+    assert not uses_crop((48, 48), (48, 48), 0) and uses_crop((60, 56), (48, 48), None)
+    with pytest.raises(ConfigError, match="kept the volume size 48 x 48"):
+        uses_crop((60, 60), (48, 48), 0)
+    with pytest.raises(ConfigError, match="slice_size 32 disagrees"):
+        uses_crop((48, 48), (48, 48), 32)
+
+
+def cv2_resize_stack(planes: np.ndarray, size: int) -> np.ndarray:
+    """(P, h, w) float32 -> (P, size, size) by cv2.resize (bilinear) plane by plane."""
+    import cv2
+
+    return np.stack([cv2.resize(np.ascontiguousarray(p, dtype=np.float32), (size, size),
+                                interpolation=cv2.INTER_LINEAR) for p in planes])

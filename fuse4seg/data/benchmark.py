@@ -319,7 +319,7 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
                 "format_version": FORMAT_VERSION, "fusion_inputs": fusion_inputs, "fusion_method": method,
                 "source_dataset": source_dataset,
                 "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {cases[0].scheme})",
-                "builder_version": f"fuse4seg {__version__}", "created": created,
+                "builder_version": f"fuse4seg {__version__}", "created": created, "slice_size": size or 0,
             }
             results = _extracted_in_order(cases, workers, progress, slices_per_case=slices_per_case, size=size,
                                           fusion=None if fusion_fn is not None else fusion,

@@ -3,12 +3,17 @@
 Layout (format version 1)::
 
     /                 attrs: format_version, fusion_inputs, fusion_method, source_dataset,
-                             label_scheme, builder_version, created
+                             label_scheme, builder_version, created, slice_size (optional)
     /{train,val,test}/source       (N, 4, H, W) float32 in [0, 1], attr modalities = t1,t1ce,t2,flair
                      /fused        (N, 1, H, W) float32 in [0, 1]
                      /label        (N, H, W)    uint8 in {0, 1, 2, 3} (canonical: 0 bg, 1 NCR, 2 ED, 3 ET)
                      /case_id      (N,)         UTF-8 str
                      /slice_index  (N,)         int32, axial index z into the case's volume
+
+``slice_size`` records the slice geometry rule: the ``--size`` of the build (every case cropped to
+its brain box and resized to slice_size x slice_size, so H = W = slice_size), or 0 when slices keep
+the volume's in-plane size. Files written before it existed lack it (still format 1): readers then
+know only H and W. ``fuse4seg fuse`` applies the same rule to a new case.
 
 Image datasets are chunked one slice per chunk (``chunks=(1, ...)``) so a random slice costs one
 chunk read, and compressed with gzip level 1 without the shuffle filter: ``benchmarks/build.py``
@@ -36,6 +41,8 @@ ROOT_ATTRS: tuple[str, ...] = (
     "format_version", "fusion_inputs", "fusion_method", "source_dataset", "label_scheme",
     "builder_version", "created",
 )
+#: Optional root attributes (absent in files written before they existed), checked when present.
+OPTIONAL_ROOT_ATTRS: tuple[str, ...] = ("slice_size",)
 STRING = h5py.string_dtype("utf-8")
 COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 1}
 
@@ -164,6 +171,21 @@ def _check_root_attrs(h5: h5py.File, where: str | Path) -> None:
         raise DataError(f"{where}: root attribute fusion_inputs is invalid ({exc})") from None
     for key in ROOT_ATTRS[2:]:
         _text_attr(h5, key, where)
+    slice_size(h5, where)
+
+
+def slice_size(h5: h5py.File, where: str | Path) -> int | None:
+    """The root attribute slice_size (pixels; 0 = volume size kept), or None when the file predates it.
+
+    DataError naming ``where`` unless it is one non-negative integer.
+    """
+    if "slice_size" not in h5.attrs:
+        return None
+    value = np.asarray(h5.attrs["slice_size"])
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 0:
+        raise DataError(f"{where}: root attribute slice_size must be one integer >= 0 (pixels, 0 = volume size), "
+                        f"got {value.dtype}{value.shape} {_show(value)}")
+    return int(value)
 
 
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
@@ -226,6 +248,9 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
             raise DataError(f"{where}: /{split} slices are {source.shape[2:]}, other splits {size}")
         size = source.shape[2:]
         counts[split] = n
+    side = slice_size(h5, where)
+    if side and size != (side, side):
+        raise DataError(f"{where}: root attribute slice_size is {side} but the slices are {size[0]} x {size[1]}")
     counts["height"], counts["width"] = size
     return counts
 

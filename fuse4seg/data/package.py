@@ -127,7 +127,10 @@ Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
 ## Files
 
 - `brats_fuse.h5`: groups `train`, `val`, `test`, each with `source` (N, 4, H, W) float32,
-  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32.
+  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32;
+  root attributes `format_version`, `fusion_inputs`, `fusion_method`, `source_dataset`, `label_scheme`,
+  `builder_version`, `created` and `slice_size` ({meta['size'] or 0}: the `--size` crop-and-resize rule
+  in pixels, 0 when slices keep the volume size; `fuse4seg fuse` applies the same rule to new cases).
 - `CITATION.cff`: how to cite (`fuse4seg cite DIR --format bibtex`).
 - `croissant.json`: MLCommons Croissant 1.0 metadata with the sha256 of every file
   (`fuse4seg verify DIR` checks them).

@@ -25,6 +25,7 @@ class BenchmarkInfo:
     fusion_inputs: tuple[str, ...]
     fusion_method: str
     train_case_ids: tuple[str, ...]  # one per train slice, in file order
+    slice_size: int | None = None  # build --size (0: volume size kept); None: file predates the attribute
 
 
 def _text(value: object) -> str:
@@ -34,7 +35,7 @@ def _text(value: object) -> str:
 
 def benchmark_info(directory: str | Path) -> BenchmarkInfo:
     """Read split sizes, slice size, fusion attributes and train case ids; ConfigError/DataError if bad."""
-    from fuse4seg.data.h5format import open_validated
+    from fuse4seg.data.h5format import open_validated, slice_size
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -48,11 +49,12 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
         inputs = attr.tolist() if isinstance(attr, np.ndarray) else _text(attr).split(",")
         case_ids = tuple(_text(c) for c in h5["train/case_id"][()]) if counts.get("train", 0) else ()
         method = _text(h5.attrs.get("fusion_method", ""))
+        side = slice_size(h5, path)
     if counts.get("train", 0) == 0:
         raise DataError(f"{path}: the train split is empty")
     return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in ("train", "val", "test")},
                          int(counts["height"]), int(counts["width"]),
-                         tuple(_text(i).strip() for i in inputs if _text(i).strip()), method, case_ids)
+                         tuple(_text(i).strip() for i in inputs if _text(i).strip()), method, case_ids, side)
 
 
 #: Splits up to this many bytes of slices are held in memory (--cache): reading gzip-compressed HDF5

@@ -1,9 +1,13 @@
 """``fuse4seg fuse``: apply a trained run to one BraTS-layout case, writing fused.nii.gz and seg.nii.gz.
 
-Preprocessing matches ``build-benchmark``: the case is read and normalised by fuse4seg.data.brats;
-if its in-plane size differs from the run's training slices (H, W), every axial slice is cropped to
-the square around the brain mask's bounding box (union over slices) and resized to H x W, exactly
-as ``build-benchmark --size`` does. The outputs are mapped back: the fused image is resized
+Preprocessing matches ``build-benchmark``: the case is read and normalised by fuse4seg.data.brats,
+and the benchmark's slice geometry rule (its root attribute ``slice_size``, recorded by training in
+RUN/config.json as ``benchmark_slice_size``) is applied: with a ``--size`` S every axial slice is
+cropped to the square around the brain mask's bounding box (union over slices) and resized to S x S
+(:mod:`fuse4seg.data.geometry`, as ``build-benchmark --size`` does), even when the case is already
+S x S; with 0 (volume size kept) slices are used as they are and must match the training size.
+Runs on benchmarks that predate the attribute fall back to cropping only when the case's in-plane
+size differs from the training slices (H, W). The outputs are mapped back: the fused image is resized
 bilinearly, the segmentation logits are resized bilinearly before taking labels, and both are
 pasted into a zero volume of the input's shape. Labels outside the brain mask are set to
 background, and labels are written in the case's release scheme (e.g. 4 for ET in BraTS 2021).
@@ -47,13 +51,36 @@ def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[in
     return out
 
 
+def uses_crop(shape: tuple[int, int], size: tuple[int, int], slice_size: int | None) -> bool:
+    """Whether a case with (X, Y) slices ``shape`` is cropped and resized for a run trained on (H, W) ``size``
+    slices of a benchmark with root attribute ``slice_size`` (None: absent, guess from the sizes).
+
+    ConfigError when the case cannot be brought to the training geometry.
+    """
+    shape, size = tuple(shape), tuple(size)
+    if slice_size is None:  # benchmark predates slice_size: crop only when the sizes differ
+        if shape != size and size[0] != size[1]:
+            raise ConfigError(f"--case: slices are {shape} but the run was trained on non-square {size} slices")
+        return shape != size
+    if slice_size == 0:
+        if shape != size:
+            raise ConfigError(f"--case: slices are {shape[0]} x {shape[1]} but the run's benchmark kept the volume "
+                              f"size {size[0]} x {size[1]} (built without --size); rebuild it with --size to apply "
+                              f"the run to other sizes")
+        return False
+    if size != (slice_size, slice_size):
+        raise ConfigError(f"--run: the benchmark's slice_size {slice_size} disagrees with the training slices {size}")
+    return True
+
+
 def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarray, size: tuple[int, int],
-                   device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16
-                   ) -> tuple[np.ndarray | None, np.ndarray]:
+                   device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16,
+                   slice_size: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(4, X, Y, Z) sources in [0, 1] -> (fused (X, Y, Z) float32 in [0, 1] or None, labels (X, Y, Z) uint8).
 
-    Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize when (X, Y)
-    differs from the training ``size``; labels are canonical {0..3}, background outside the brain.
+    Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize to the training
+    ``size`` when :func:`uses_crop` says so for ``slice_size`` (the benchmark's root attribute, None if
+    absent); labels are canonical {0..3}, background outside the brain.
     """
     from fuse4seg.data.geometry import crop_resize_images, square_box
     from fuse4seg.fusion import fuse_batch
@@ -62,9 +89,7 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
     slices = np.ascontiguousarray(np.moveaxis(images, -1, 0), dtype=np.float32)  # (Z, 4, X, Y)
     shape = slices.shape[-2:]
     box = None
-    if shape != tuple(size):
-        if size[0] != size[1]:
-            raise ConfigError(f"--case: slices are {shape} but the run was trained on non-square {size} slices")
+    if uses_crop(shape, size, slice_size):
         box = square_box(brain_mask.any(axis=2))
         slices = crop_resize_images(slices, box, size[0])
     needs_stored = pipeline.fusion is None and pipeline.config.seg_inputs() == ("fused",)
@@ -110,8 +135,14 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     size = training_slice_size(run)
     files = find_case(case_dir)
     case = load_case(files, require_label=False)
-    method = _benchmark_method(run)
-    fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method)
+    derived = _derived(run)
+    method = str(derived.get("benchmark_fusion_method") or "laplacian")
+    slice_size = derived.get("benchmark_slice_size")
+    if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0):
+        raise ConfigError(f"--run: {Path(run) / 'config.json'} has benchmark_slice_size {slice_size!r}, "
+                          f"expected an integer >= 0")
+    fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method,
+                                   slice_size=slice_size)
     seg = from_canonical_labels(labels, case.scheme)
     written = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -122,16 +153,17 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
         written.append("seg.nii.gz")
     voxels = {name: int(np.count_nonzero(labels == v)) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
     return {"case_id": case.case_id, "scheme": case.scheme, "out": str(out), "files": written,
-            "shape": list(labels.shape), "voxels": voxels, "resized": tuple(labels.shape[:2]) != size}
+            "shape": list(labels.shape), "voxels": voxels,
+            "resized": uses_crop(tuple(labels.shape[:2]), size, slice_size)}
 
 
-def _benchmark_method(run: str | Path) -> str:
-    """The classical fusion rule of the benchmark the run was trained on (for direct mode on 'fused')."""
+def _derived(run: str | Path) -> dict[str, Any]:
+    """RUN/config.json's "derived" facts (benchmark fusion rule and slice_size); {} when unreadable."""
     try:
         derived = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))["derived"]
-        return str(derived.get("benchmark_fusion_method") or "laplacian")
     except (OSError, ValueError, KeyError, TypeError):
-        return "laplacian"
+        return {}
+    return derived if isinstance(derived, dict) else {}
 
 
 def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] | None = None, device: str = "cpu",

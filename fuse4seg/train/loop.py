@@ -284,7 +284,8 @@ class Trainer:
             "total_steps": self.total, "fusion_steps": self.fusion_steps, "fit_slices": len(self.fit_pool),
             "holdout_slices": len(self.hold_pool), "holdout_cases": cases, "benchmark_counts": self.info.counts,
             "slice_height": self.info.height, "slice_width": self.info.width,
-            "benchmark_fusion_method": self.info.fusion_method, "seg_inputs": list(self.config.seg_inputs()),
+            "benchmark_fusion_method": self.info.fusion_method, "benchmark_slice_size": self.info.slice_size,
+            "seg_inputs": list(self.config.seg_inputs()),
         }
 
 
