@@ -248,7 +248,8 @@ def test_qabf_prefers_the_better_fusion() -> None:
 
 
 def test_more_than_two_sources_sum_per_source() -> None:
-    """Three sources: MI, SSIM, VIF, SCD per-source sums; CC the mean."""
+    """Three sources: MI, SSIM, VIF per-source sums; SCD the mean over the 3 source pairs of the two-source
+    SCD, written out pair by pair (before the fix: a sum of corr(S_i, F - all other sources)); CC the mean."""
     f, a, b = make_pair(11)
     c = np.clip(np.round(255 - a + 0.3 * b), 0, 255)
     m3 = fusion_metrics(f, [a, b, c])
@@ -257,8 +258,11 @@ def test_more_than_two_sources_sum_per_source() -> None:
     assert m3["SSIM"] == pytest.approx(sum(structural_similarity(f, s, win_size=7, data_range=255) for s in (a, b, c)),
                                        abs=1e-9)
     assert m3["VIF"] == pytest.approx(sum(ref_vif(s, f) for s in (a, b, c)), rel=1e-9)
-    total = a + b + c
-    assert m3["SCD"] == pytest.approx(sum(ref_corr(s, f - (total - s)) for s in (a, b, c)), rel=1e-10)
+    scd_ab = ref_corr(a, f - b) + ref_corr(b, f - a)
+    scd_ac = ref_corr(a, f - c) + ref_corr(c, f - a)
+    scd_bc = ref_corr(b, f - c) + ref_corr(c, f - b)
+    assert m3["SCD"] == pytest.approx((scd_ab + scd_ac + scd_bc) / 3, rel=1e-10)
+    assert fusion_metrics(f, [a, b])["SCD"] == pytest.approx(scd_ab, rel=1e-10)  # C = 2: the pair itself
     assert m3["CC"] == pytest.approx(np.mean([ref_corr(s, f) for s in (a, b, c)]), rel=1e-10)
 
 

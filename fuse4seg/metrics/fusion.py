@@ -1,7 +1,10 @@
 """Fusion quality metrics in the MMIF convention (CDDFuse's ``utils/Evaluator.py``): one call for all eleven.
 
-Conventions (DESIGN.md section 2): images on the 0-255 scale; EN in bits, MI in nats; the two-source
-metrics MI, SCD, VIF and SSIM are sums over sources, Qabf a gradient-weighted mean over sources, CC
+Conventions (DESIGN.md section 2): images on the 0-255 scale; EN in bits, MI in nats. MI, VIF and
+SSIM compare F with one source at a time, so with C sources they are SUMMED over the (F, S_i) pairs
+(for C = 2 exactly the two-source definition, e.g. MI(F,A)+MI(F,B)). SCD couples two sources
+(corr(A, F-B) + corr(B, F-A)), so with C > 2 sources it is AVERAGED over the C(C-1)/2 source pairs
+of that two-source SCD (keeping its [-2, 2] scale). Qabf is a gradient-weighted mean over sources, CC
 the mean correlation and PSNR uses the source-averaged MSE with max(F) as peak (as CDDFuse).
 
 CDDFuse quirks REPRODUCED (so numbers compare with published tables): PSNR's peak is max(F), not 255;
@@ -79,9 +82,10 @@ def fusion_metrics(fused: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray
     """All fusion metrics of a fused (H, W) image against C >= 2 source (H, W) images, all on the 0-255 scale.
 
     Returns {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "CC"} as floats.
-    With more than two sources the two-source metrics are per-source sums exactly as in the two-source
-    case (MI = sum MI(F, S_i), VIF = sum VIF(S_i -> F), SSIM = sum SSIM(F, S_i), SCD = sum corr(S_i,
-    F - other sources)); Qabf stays a gradient-weighted mean, CC a mean, PSNR uses the mean MSE.
+    With more than two sources MI, VIF and SSIM are sums over the (F, S_i) pairs as in the two-source
+    case (MI = sum MI(F, S_i), VIF = sum VIF(S_i -> F), SSIM = sum SSIM(F, S_i)); SCD is the mean over
+    source pairs (i < j) of corr(S_i, F - S_j) + corr(S_j, F - S_i); Qabf stays a gradient-weighted
+    mean, CC a mean, PSNR uses the mean MSE.
     ``data_range`` enters SSIM only (C1 = (0.01 R)^2, C2 = (0.03 R)^2): CDDFuse's tables used R = 2.
     Images must be at least 41 x 41 (VIF's four scales). ``quantise=True`` first rounds every image to
     integers clipped to [0, 255], as CDDFuse's PNG save/load round trip does. Degenerate inputs give

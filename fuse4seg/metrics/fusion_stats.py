@@ -8,6 +8,8 @@ stack (see :func:`fuse4seg.metrics.fusion.fusion_metrics` for validation).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 _LEVELS = 256
@@ -81,14 +83,20 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.sum(da * db) / np.sqrt(np.sum(da * da) * np.sum(db * db)))
 
 
-def scd(fused: np.ndarray, sources: np.ndarray) -> float:
-    """SCD: sum over sources of corr(S_i, F - sum_{j != i} S_j); fused (H, W), sources (C, H, W).
+def scd_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Two-source SCD (CDDFuse's formula): corr(A, F - B) + corr(B, F - A); (H, W) arrays, 0-255 scale."""
+    return _correlation(a, fused - b) + _correlation(b, fused - a)
 
-    For two sources this is corr(A, F - B) + corr(B, F - A), CDDFuse's formula. For C > 2 sources the
-    difference image removes every other source (the additive model F ~ sum of sources behind SCD).
+
+def scd(fused: np.ndarray, sources: np.ndarray) -> float:
+    """SCD of fused (H, W) against sources (C, H, W): the MEAN over the C(C-1)/2 source pairs of the
+    two-source SCD (:func:`scd_pair`); for C = 2 exactly CDDFuse's value, for any C in [-2, 2].
+
+    Averaged, not summed, so that the value keeps the two-source scale (published tables) whatever C;
+    NaN when any pair's correlation is undefined (a constant difference image), as for two sources.
     """
-    total = sources.sum(axis=0)
-    return float(sum(_correlation(s, fused - (total - s)) for s in sources))
+    values = [scd_pair(fused, sources[i], sources[j]) for i, j in itertools.combinations(range(len(sources)), 2)]
+    return float(np.mean(values))
 
 
 def correlation_coefficient(fused: np.ndarray, sources: np.ndarray) -> float:
