@@ -172,7 +172,7 @@ def test_split_left_without_tumour_is_an_error(release: Path, tmp_path: Path) ->
 
 def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without SOURCE_DATE_EPOCH two builds differ only in dates: all 15 HDF5 datasets hash identically."""
+    """Without SOURCE_DATE_EPOCH two builds differ only in dates: all 18 HDF5 datasets hash identically."""
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     hashes = []
     for name in ("a", "b"):
@@ -183,7 +183,7 @@ def test_dataset_content_hashes_match_without_source_date_epoch(release: Path, t
                 np.ascontiguousarray(obj[()]).tobytes() if obj.dtype.kind != "O" else
                 "|".join(obj.asstr()[()]).encode()).hexdigest()) if isinstance(obj, h5py.Dataset) else None)
         hashes.append(content)
-    assert hashes[0] == hashes[1] and len(hashes[0]) == 15
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 18
 
 
 def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
@@ -360,3 +360,56 @@ def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp
             with pytest.raises(DataError, match=message) as caught:
                 check()
             assert str(caught.value).startswith(str(copy / "brats_fuse.h5")) and "\n" not in str(caught.value)
+
+
+def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Path) -> None:
+    """Cases with 1.5 x 1.2 x 3 mm voxels and a brain spanning the whole 20 x 16 grid: --size 16 crops each to a
+    20-voxel square, so pixels are 1.5 * 20/16 = 1.875 by 1.2 * 20/16 = 1.5 mm; without --size they stay
+    1.5 x 1.2; dz is 3 mm either way. Older files without the dataset still verify (read as None); a wrongly
+    shaped, non-positive or partial spacing is a one-line DataError."""
+    import shutil
+
+    from fuse4seg.data.h5format import open_validated, read_spacing
+    from fuse4seg.data.package import verify
+
+    release = tmp_path / "release"
+    for i in range(3):
+        write_brats_case(release, case_id=f"BraTS2021_{i:05d}", shape=(20, 16, 8), seed=i,
+                         affine=np.diag([-1.5, 1.2, 3.0, 1.0]))
+    for name, size, expected in (("sized", 16, (1.875, 1.5, 3.0)), ("native", None, (1.5, 1.2, 3.0))):
+        build_benchmark(tmp_path / name, brats=release, size=size, slices_per_case=2, split=(0.34, 0.33, 0.33),
+                        progress=False)
+        h5, counts = open_validated(tmp_path / name / "brats_fuse.h5")
+        with h5:
+            for split in ("train", "val", "test"):
+                assert h5[split]["spacing"].dtype == np.float32
+                np.testing.assert_allclose(read_spacing(h5, split, name), [expected] * counts[split], rtol=1e-6)
+        assert "`spacing` (N, 3) float32 in mm" in (tmp_path / name / "README.md").read_text()
+    croissant = (tmp_path / "sized" / "croissant.json").read_text()
+    assert '"@id": "train/spacing"' in croissant
+    copy = tmp_path / "copy"
+
+    def edit(change: object) -> None:
+        """A re-hashed copy of the sized package with ``change(h5)`` applied."""
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(tmp_path / "sized", copy)
+        with h5py.File(copy / "brats_fuse.h5", "r+") as h5:
+            change(h5)
+        _rehash(copy)
+
+    edit(lambda h5: [h5[s].__delitem__("spacing") for s in ("train", "val", "test")])
+    h5, _ = open_validated(copy / "brats_fuse.h5")
+    with h5:
+        assert read_spacing(h5, "train", copy) is None
+    assert verify(copy)["splits"]["train"]["cases"] == 1
+    broken = {
+        "must be float32": lambda h5: (h5["val"].__delitem__("spacing"), h5["val"].create_dataset(
+            "spacing", data=np.ones((h5["val/label"].shape[0], 2), np.float32))),
+        "exists but not in every split": lambda h5: h5["test"].__delitem__("spacing"),
+        "not finite and > 0 mm": lambda h5: h5["train/spacing"].__setitem__((0, 2), 0.0),
+    }
+    for message, change in broken.items():
+        edit(change)
+        with pytest.raises(DataError, match=message) as caught:
+            verify(copy)
+        assert "\n" not in str(caught.value)

@@ -12,7 +12,8 @@ Geometry: slices keep the volume's in-plane axes (H = first voxel axis, W = seco
 each case is cropped to the square around the bounding box of its brain mask (the union over all
 slices, so every slice of a case shares one crop) and resized to size x size: images with bilinear
 interpolation, labels with nearest neighbour (:mod:`fuse4seg.data.geometry`, shared with ``fuse``).
-The rule is recorded in the root attribute ``slice_size`` (``size``, 0 for none).
+The rule is recorded in the root attribute ``slice_size`` (``size``, 0 for none), and the physical
+size of every slice's pixels in the dataset ``spacing`` (:func:`slice_spacing`).
 
 Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
 train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
@@ -100,9 +101,19 @@ def select_slices(label: np.ndarray, k: int, min_area_fraction: float = MIN_AREA
     return candidates[picks]
 
 
+def slice_spacing(zooms: Sequence[float], box: tuple[int, int, int, int] | None, size: int | None) -> np.ndarray:
+    """(3,) float32 mm (dy, dx, dz) of a stored slice: the volume's voxel size ``zooms`` (x, y, z), with the
+    in-plane sizes scaled by box side / ``size`` when the case was cropped to the square ``box`` and resized."""
+    spacing = np.asarray(zooms[:3], dtype=np.float64)
+    if box is not None and size is not None:
+        spacing[:2] *= (box[1] - box[0]) / size
+    return spacing.astype(np.float32)
+
+
 def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,
                  fusion_inputs: tuple[str, ...]) -> dict[str, object]:
-    """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), and
+    """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), spacing (3,)
+    mm, and
     either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
     workers share that cost) when ``fusion`` names a classical rule, or ``source`` (K,4,H,W) float32
     for a caller-side fusion_fn (``fusion`` None)."""
@@ -113,10 +124,12 @@ def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion
     z = select_slices(loaded.label, slices_per_case)
     source = np.ascontiguousarray(np.moveaxis(loaded.images[..., z], -1, 0), dtype=np.float32)
     label = np.ascontiguousarray(np.moveaxis(loaded.label[..., z], -1, 0), dtype=np.uint8)
-    if size is not None and len(z):
-        source, label = crop_resize(source, label, square_box(loaded.brain_mask.any(axis=2)), size)
+    box = square_box(loaded.brain_mask.any(axis=2)) if size is not None else None
+    if box is not None and len(z):
+        source, label = crop_resize(source, label, box, size)
     result = {"case_id": loaded.case_id, "scheme": loaded.scheme, "label": label, "shape": source.shape[-2:],
-              "slice_index": z.astype(np.int32), "source": source, "chunks": None}
+              "slice_index": z.astype(np.int32), "source": source, "chunks": None,
+              "spacing": slice_spacing(loaded.header.get_zooms(), box, size)}
     if fusion is not None and len(z):
         fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
         result["chunks"], result["source"] = encode_slices(source, fused, label), None
@@ -256,7 +269,7 @@ def _write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]],
                 fused = _apply_fusion_fn(fusion_fn, source[:, modality_indices(fusion_inputs)], case_id)
                 chunks = encode_slices(source, fused, result["label"])
             split = split_of[case_id]
-            append_encoded(h5[split], chunks, case_id, result["slice_index"])
+            append_encoded(h5[split], chunks, case_id, result["slice_index"], result["spacing"])
             counts[split]["cases"] += 1
             counts[split]["slices"] += k
     if shape is None:

@@ -9,11 +9,19 @@ Layout (format version 1)::
                      /label        (N, H, W)    uint8 in {0, 1, 2, 3} (canonical: 0 bg, 1 NCR, 2 ED, 3 ET)
                      /case_id      (N,)         UTF-8 str
                      /slice_index  (N,)         int32, axial index z into the case's volume
+                     /spacing      (N, 3)       float32 mm (optional): (dy, dx, dz) = physical size of a
+                                                pixel along H and along W, and the original slice thickness
 
 ``slice_size`` records the slice geometry rule: the ``--size`` of the build (every case cropped to
 its brain box and resized to slice_size x slice_size, so H = W = slice_size), or 0 when slices keep
 the volume's in-plane size. Files written before it existed lack it (still format 1): readers then
 know only H and W. ``fuse4seg fuse`` applies the same rule to a new case.
+
+``spacing`` makes distances physical: with ``--size`` S a case cropped to a brain box of side B
+voxels has pixels of (zoom_x * B / S, zoom_y * B / S) mm (one box per case, so all its slices
+agree), without it the volume's voxel size; dz is the volume's voxel size along z (consecutive
+``slice_index`` values are dz mm apart). Files written before it existed lack it (still format 1):
+readers then have distances in pixels only (:func:`read_spacing` returns None).
 
 Image datasets are chunked one slice per chunk (``chunks=(1, ...)``) so a random slice costs one
 chunk read, and compressed with gzip level 1 without the shuffle filter: ``benchmarks/build.py``
@@ -65,6 +73,7 @@ def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5
                          dtype=np.uint8, chunks=(1, height, width), **COMPRESSION, **common)
     group.create_dataset("case_id", shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), **common)
     group.create_dataset("slice_index", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(256,), **common)
+    group.create_dataset("spacing", shape=(0, 3), maxshape=(None, 3), dtype=np.float32, chunks=(256, 3), **common)
     return group
 
 
@@ -82,8 +91,9 @@ def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> d
 
 
 def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: str,
-                   slice_index: np.ndarray) -> None:
-    """Append K slices of one case from :func:`encode_slices` chunks, plus case_id and slice_index."""
+                   slice_index: np.ndarray, spacing: np.ndarray) -> None:
+    """Append K slices of one case from :func:`encode_slices` chunks, plus case_id, slice_index and
+    spacing ((3,) or (K, 3) mm: dy, dx, dz; see the module doc)."""
     k = len(slice_index)
     start = group["source"].shape[0]
     for name, encoded in chunks.items():
@@ -94,16 +104,19 @@ def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: s
         zeros = (0,) * (dataset.ndim - 1)
         for i, chunk in enumerate(encoded):
             dataset.id.write_direct_chunk((start + i, *zeros), chunk)
-    for name, values in (("case_id", string_array([case_id] * k)), ("slice_index", slice_index)):
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float32), (k, 3))
+    for name, values in (("case_id", string_array([case_id] * k)), ("slice_index", slice_index),
+                         ("spacing", spacing)):
         dataset = group[name]
         dataset.resize(start + k, axis=0)
         dataset[start:start + k] = values
 
 
 def append_slices(group: h5py.Group, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
-                  case_id: str, slice_index: np.ndarray) -> None:
-    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,)."""
-    append_encoded(group, encode_slices(source, fused, label), case_id, slice_index)
+                  case_id: str, slice_index: np.ndarray, spacing: np.ndarray) -> None:
+    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,),
+    spacing (3,) or (K, 3) mm."""
+    append_encoded(group, encode_slices(source, fused, label), case_id, slice_index, spacing)
 
 
 def _attr_text(value: object) -> str:
@@ -240,6 +253,11 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
         if group["slice_index"].shape != (n,) or group["slice_index"].dtype.kind not in "iu":
             raise DataError(f"{where}: /{split}/slice_index must be ({n},) integers, got "
                             f"{group['slice_index'].dtype}{group['slice_index'].shape}")
+        if "spacing" in group:
+            spacing = group["spacing"]
+            if not isinstance(spacing, h5py.Dataset) or spacing.shape != (n, 3) or spacing.dtype != np.float32:
+                raise DataError(f"{where}: /{split}/spacing must be float32({n}, 3) (mm: dy, dx, dz), got "
+                                f"{getattr(spacing, 'dtype', type(spacing).__name__)}{getattr(spacing, 'shape', '')}")
         modalities = tuple(_attr_text(m) for m in np.atleast_1d(source.attrs.get("modalities", [])))
         if modalities != MODALITIES:
             raise DataError(f"{where}: /{split}/source attribute modalities is {modalities}, "
@@ -248,11 +266,27 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
             raise DataError(f"{where}: /{split} slices are {source.shape[2:]}, other splits {size}")
         size = source.shape[2:]
         counts[split] = n
+    present = [split for split in SPLITS if "spacing" in h5[split]]
+    if present and len(present) != len(SPLITS):
+        raise DataError(f"{where}: /{present[0]}/spacing exists but not in every split")
     side = slice_size(h5, where)
     if side and size != (side, side):
         raise DataError(f"{where}: root attribute slice_size is {side} but the slices are {size[0]} x {size[1]}")
     counts["height"], counts["width"] = size
     return counts
+
+
+def read_spacing(h5: h5py.File, split: str, where: str | Path) -> np.ndarray | None:
+    """(N, 3) float64 mm (dy, dx, dz) of a validated file's ``split``, or None when the file predates it.
+
+    DataError naming ``where`` unless every value is finite and > 0.
+    """
+    if "spacing" not in h5[split]:
+        return None
+    values = np.asarray(h5[split]["spacing"][()], dtype=np.float64).reshape(-1, 3)
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise DataError(f"{where}: /{split}/spacing has values that are not finite and > 0 mm")
+    return values
 
 
 def open_validated(path: str | Path) -> tuple[h5py.File, dict[str, int]]:

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
-from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS, one_line, open_validated
+from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS, one_line, open_validated, read_spacing
 from fuse4seg.errors import ConfigError, DataError
 
 CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
@@ -43,6 +43,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "label": ("sc:Integer", "(H, W) uint8: 0 background, 1 NCR, 2 ED, 3 ET"),
     "case_id": ("sc:Text", "patient / case identifier of the source release"),
     "slice_index": ("sc:Integer", "axial index z of the slice in the case's volume"),
+    "spacing": ("sc:Float", "(3,) float32 mm: pixel size along H and W after crop/resize, slice thickness"),
 }
 
 
@@ -127,7 +128,9 @@ Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
 ## Files
 
 - `brats_fuse.h5`: groups `train`, `val`, `test`, each with `source` (N, 4, H, W) float32,
-  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32;
+  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32,
+  `spacing` (N, 3) float32 in mm (pixel size along H and W after the crop/resize, and the volume's
+  slice thickness: consecutive `slice_index` values are that far apart), for distances such as HD95 in mm;
   root attributes `format_version`, `fusion_inputs`, `fusion_method`, `source_dataset`, `label_scheme`,
   `builder_version`, `created` and `slice_size` ({meta['size'] or 0}: the `--size` crop-and-resize rule
   in pixels, 0 when slices keep the volume size; `fuse4seg fuse` applies the same rule to new cases).
@@ -265,7 +268,8 @@ def _check_files(directory: Path) -> list[str]:
 
 
 def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[str]:
-    """Scan one split block-wise: sources/fused finite in [0, 1], labels in {0..3}; returns case ids."""
+    """Scan one split block-wise: sources/fused finite in [0, 1], labels in {0..3}, spacing finite and > 0;
+    returns case ids."""
     group = h5[split]
     n = group["source"].shape[0]
     for start in range(0, n, block):
@@ -279,6 +283,7 @@ def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[st
             raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
     if n and group["slice_index"][:].min() < 0:
         raise DataError(f"{path}: /{split}/slice_index has negative values")
+    read_spacing(h5, split, path)  # optional (older files); finite and > 0 when present
     try:
         return set(group["case_id"].asstr()[:].tolist())
     except UnicodeDecodeError as exc:
