@@ -1,31 +1,36 @@
 """``fuse4seg evaluate``: fusion metrics of the learned fused images and BraTS Dice/HD95 of a run.
 
 Segmentation metrics are reported per slice (2-D, averaged over slices) and per case: a case's
-slices are stacked in slice-index order into one (H, W, K) volume and scored in 3-D. The stacked
-slices are not contiguous in the original volume (the benchmark keeps K spread-out slices), so the
-per-case HD95 uses the median slice-index gap as the spacing of the stacking axis; all distances
-are in benchmark pixels (slices may have been resized by ``build-benchmark --size``).
-Fusion metrics (fuse4seg.metrics.fusion_metrics, 0-255 scale, SSIM data_range 255, sums over
-sources) compare the fused image with the fusion inputs; the benchmark's stored classical fusion
-is scored the same way for reference.
+slices are stacked in slice-index order into one (H, W, K) volume and scored in 3-D. HD95 is in mm
+when the benchmark records each slice's ``spacing`` (dy, dx, dz): per slice with the pixel size
+(dy, dx), per case with (dy, dx, median slice-index gap x dz), since the stacked slices are not
+contiguous in the original volume (the benchmark keeps K spread-out slices). Benchmarks built
+before ``spacing`` existed give HD95 in pixels (per case: benchmark pixels in-plane, slice-index
+gaps along the stack), and metrics.json and report.md say which unit was used.
+Fusion metrics (fuse4seg.metrics.fusion_metrics, 0-255 scale, SSIM data_range 255) compare the
+fused image with the fusion inputs; the benchmark's stored classical fusion is scored the same way
+for reference.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from fuse4seg.conventions import REGIONS
+from fuse4seg.data.h5format import H5_NAME, open_validated, read_root_attrs, read_spacing, slice_size
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.train.checkpoint import load_checkpoint
-from fuse4seg.train.config import TrainConfig, config_from_dict
+from fuse4seg.train.config import TrainConfig, config_from_dict, read_config_json
 from fuse4seg.train.data import open_split
-from fuse4seg.train.loop import resolve_device
+from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import dice_per_slice, predict_batches
 
@@ -51,6 +56,48 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     return config, pipeline.to(resolve_device(device)).train(False), state
 
 
+def run_derived(run: str | Path) -> dict[str, Any]:
+    """RUN/config.json's "derived" facts (slice size, benchmark fusion rule, slice_size, ...), after
+    :func:`read_config_json` has checked that the file is a run config; ConfigError otherwise."""
+    path = Path(run) / "config.json"
+    read_config_json(path)
+    derived = json.loads(path.read_text(encoding="utf-8")).get("derived")
+    if not isinstance(derived, dict):
+        raise ConfigError(f"--run: {path} has no \"derived\" facts (written by `fuse4seg train`)")
+    return derived
+
+
+def _benchmark_facts(path: Path) -> dict[str, Any]:
+    """Root attributes of a validated brats_fuse.h5 plus "height"/"width" and the optional "slice_size"."""
+    h5, counts = open_validated(path)
+    with h5:
+        return {**read_root_attrs(h5), "height": counts["height"], "width": counts["width"],
+                "slice_size": slice_size(h5, path)}
+
+
+def check_benchmark_matches(run: str | Path, config: TrainConfig, bench: Path) -> None:
+    """ConfigError (one line) unless the benchmark ``bench`` given to evaluate RUN has the training slices'
+    size (and slice_size rule, when both record it) and stores a fusion of the same inputs as the run's
+    training benchmark (else the stored-fusion baseline, and a direct-mode segmenter's input, differ)."""
+    derived = run_derived(run)
+    other = _benchmark_facts(bench / H5_NAME)
+    trained = (int(derived["slice_height"]), int(derived["slice_width"]))
+    if (other["height"], other["width"]) != trained:
+        raise ConfigError(f"--benchmark: {bench} has {other['height']} x {other['width']} slices but the run was "
+                          f"trained on {trained[0]} x {trained[1]} slices")
+    own = derived.get("benchmark_slice_size")
+    if own is not None and other["slice_size"] is not None and own != other["slice_size"]:
+        raise ConfigError(f"--benchmark: {bench} was built with slice_size {other['slice_size']} but the run's "
+                          f"benchmark with {own} (a different crop/resize rule)")
+    try:
+        reference = tuple(_benchmark_facts(Path(config.benchmark) / H5_NAME)["fusion_inputs"])
+    except DataError:  # the training benchmark moved away: the run's own fusion inputs are the reference
+        reference = tuple(config.fusion_inputs)
+    if tuple(other["fusion_inputs"]) != reference:
+        raise ConfigError(f"--benchmark: {bench} stores a fusion of {','.join(other['fusion_inputs'])} but the run's "
+                          f"benchmark fused {','.join(reference)}; its stored fusion is not comparable")
+
+
 def _mean_fusion(rows: list[dict[str, float]]) -> dict[str, float]:
     """Per-metric mean over slices (plus "count")."""
     if not rows:
@@ -71,26 +118,33 @@ def _stack_gap(slice_index: list[int]) -> float:
     return float(np.median(gaps)) if len(gaps) else 1.0
 
 
-def score_split(pipeline: Pipeline, dataset, device: torch.device, limit: int | None = None, batch_size: int = 16
-                ) -> dict[str, Any]:
-    """Every metric of ``pipeline`` on ``dataset``: per-slice/per-case segmentation, fusion, baselines."""
+def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limit: int | None = None,
+                batch_size: int = 16, spacing: np.ndarray | None = None) -> dict[str, Any]:
+    """Every metric of ``pipeline`` on ``dataset``: per-slice/per-case segmentation, fusion, baselines.
+
+    ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm), or None (pixels).
+    """
     from fuse4seg.metrics import fusion_metrics, segmentation_metrics
 
     config = pipeline.config
     inputs = config.fusion_inputs
     per_slice, learned, stored, bg_dices = [], [], [], []
-    cases: dict[str, dict[str, list]] = defaultdict(lambda: {"pred": [], "truth": [], "z": []})
+    cases: dict[str, dict[str, list]] = defaultdict(lambda: {"pred": [], "truth": [], "z": [], "row": []})
     can_fuse_metrics = len(inputs) >= 2
+    row = 0
     for b in predict_batches(pipeline, dataset, device, batch_size, limit):
         small = min(b.source.shape[-2:]) < MIN_FUSION_METRIC_SIZE
         srcs = (b.source[:, pipeline.fusion_channels].numpy() * 255.0).astype(np.float64)
         for i in range(len(b.pred)):
             pred, truth = b.pred[i].numpy().astype(np.uint8), b.label[i].numpy().astype(np.uint8)
-            per_slice.append(segmentation_metrics(pred, truth))
+            pixel = None if spacing is None else tuple(spacing[row, :2])
+            per_slice.append(segmentation_metrics(pred, truth, spacing=pixel))
             c = cases[b.case_id[i]]
             c["pred"].append(pred)
             c["truth"].append(truth)
             c["z"].append(b.slice_index[i])
+            c["row"].append(row)
+            row += 1
             if can_fuse_metrics and not small:
                 if b.fused is not None:
                     learned.append(fusion_metrics(b.fused[i, 0].numpy() * 255.0, list(srcs[i])))
@@ -104,7 +158,9 @@ def score_split(pipeline: Pipeline, dataset, device: torch.device, limit: int | 
         order = np.argsort(c["z"])
         pred = np.stack([c["pred"][j] for j in order], axis=-1)
         truth = np.stack([c["truth"][j] for j in order], axis=-1)
-        m = segmentation_metrics(pred, truth, spacing=(1.0, 1.0, _stack_gap(c["z"])))
+        # One crop box per case, so its slices share (dy, dx); dz is the original voxel size along z.
+        dy, dx, dz = (1.0, 1.0, 1.0) if spacing is None else np.median(spacing[c["row"]], axis=0)
+        m = segmentation_metrics(pred, truth, spacing=(dy, dx, _stack_gap(c["z"]) * dz))
         per_case[case_id] = m
         case_rows.append(m)
     notes = []
@@ -113,7 +169,7 @@ def score_split(pipeline: Pipeline, dataset, device: torch.device, limit: int | 
     elif not learned and not stored:
         notes.append(f"fusion metrics need slices of at least {MIN_FUSION_METRIC_SIZE} px; skipped")
     return {
-        "slices": len(per_slice), "cases": len(per_case),
+        "slices": len(per_slice), "cases": len(per_case), "hd95_unit": "pixels" if spacing is None else "mm",
         "segmentation": {"per_slice": _mean_seg(per_slice), "per_case": _mean_seg(case_rows)},
         "per_case": per_case,
         "fusion": {"learned": _mean_fusion(learned), "benchmark_stored": _mean_fusion(stored)},
@@ -122,7 +178,7 @@ def score_split(pipeline: Pipeline, dataset, device: torch.device, limit: int | 
     }
 
 
-def _gallery_rows(pipeline: Pipeline, dataset, device: torch.device, count: int) -> list[dict[str, Any]]:
+def _gallery_rows(pipeline: Pipeline, dataset: Dataset, device: torch.device, count: int) -> list[dict[str, Any]]:
     """Sources, fused, truth and prediction of ``count`` slices spread evenly over the split."""
     from fuse4seg.losses import predict_labels
 
@@ -151,11 +207,17 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     from fuse4seg.train.report import write_eval_outputs
 
     config, pipeline, state = load_run(run, checkpoint, device)
-    dev = resolve_device(device)
+    dev = next(pipeline.seg.parameters()).device
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
     dataset = open_split(bench, split, cache=True)
     if len(dataset) == 0:
         raise DataError(f"{bench}: split {split!r} has no slices")
+    if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
+        check_benchmark_matches(run, config, bench)
+    h5, _ = open_validated(bench / H5_NAME)
+    with h5:
+        spacing = read_spacing(h5, split, bench / H5_NAME)
+    unit = "pixels" if spacing is None else "mm"
     metrics: dict[str, Any] = {
         "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode,
         "split": split, "benchmark": str(bench), "fusion_inputs": list(config.fusion_inputs),
@@ -163,17 +225,22 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
         "conventions": {
             "per_slice": "2-D metrics per slice, averaged over slices",
             "per_case": "a case's slices stacked in slice order into a 3-D volume; spacing of the stacking axis "
-                        "= median slice-index gap; distances in benchmark pixels",
-            "fusion": "fusion_metrics on the 0-255 scale vs the fusion inputs; SSIM data_range 255; "
-                      "two-source metrics summed over sources",
+                        "= median slice-index gap" + (" x slice thickness" if spacing is not None else ""),
+            "hd95": ("HD95 in mm: per slice with the pixel size (dy, dx), per case with (dy, dx, gap x dz), from the "
+                     "benchmark's spacing" if spacing is not None else
+                     "HD95 in pixels (this benchmark predates the spacing dataset: in-plane benchmark pixels, "
+                     "slice-index gaps along the stack; not comparable with BraTS HD95 in mm)"),
+            "fusion": "fusion_metrics on the 0-255 scale vs the fusion inputs; SSIM data_range 255; MI, VIF and "
+                      "SSIM summed over sources, Qabf and CC averaged, SCD the mean over source pairs",
             "empty_masks": "BraTS rule: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 = diagonal",
         },
     }
+    metrics["hd95_unit"] = unit
     metrics["benchmark_fusion_method"] = str(getattr(dataset, "attrs", {}).get("fusion_method", ""))
-    metrics.update(score_split(pipeline, dataset, dev, max_slices))
+    metrics.update(score_split(pipeline, dataset, dev, max_slices, spacing=spacing))
     if compare_untrained:
         untrained = build_pipeline(config).to(dev).train(False)
-        base = score_split(untrained, dataset, dev, max_slices)
+        base = score_split(untrained, dataset, dev, max_slices, spacing=spacing)
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     rows = _gallery_rows(pipeline, dataset, dev, gallery)
     with atomic_dir(Path(run) / "eval", overwrite=True) as tmp:

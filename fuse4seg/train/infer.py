@@ -15,7 +15,7 @@ background, and labels are written in the case's release scheme (e.g. 4 for ET i
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,19 @@ import torch.nn.functional as F
 
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
-from fuse4seg.train.evaluate import load_run
-from fuse4seg.train.loop import resolve_device
+from fuse4seg.train.device import resolve_device
+from fuse4seg.train.evaluate import load_run, run_derived
 from fuse4seg.train.networks import Pipeline
 
 
 def training_slice_size(run: str | Path) -> tuple[int, int]:
     """(H, W) of the slices the run was trained on, from RUN/config.json."""
-    path = Path(run) / "config.json"
+    derived = run_derived(run)
     try:
-        derived = json.loads(path.read_text(encoding="utf-8"))["derived"]
         return int(derived["slice_height"]), int(derived["slice_width"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--run: cannot read the training slice size from {path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--run: cannot read the training slice size from {Path(run) / 'config.json'}: "
+                          f"{exc}") from None
 
 
 def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int]) -> torch.Tensor:
@@ -131,11 +131,11 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     from fuse4seg.data.brats import find_case, from_canonical_labels, load_case
 
     _config, pipeline, _ = load_run(run, checkpoint, device)
-    dev = resolve_device(device)
+    dev = next(pipeline.seg.parameters()).device
     size = training_slice_size(run)
     files = find_case(case_dir)
     case = load_case(files, require_label=False)
-    derived = _derived(run)
+    derived = run_derived(run)
     method = str(derived.get("benchmark_fusion_method") or "laplacian")
     slice_size = derived.get("benchmark_slice_size")
     if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0):
@@ -157,17 +157,8 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
             "resized": uses_crop(tuple(labels.shape[:2]), size, slice_size)}
 
 
-def _derived(run: str | Path) -> dict[str, Any]:
-    """RUN/config.json's "derived" facts (benchmark fusion rule and slice_size); {} when unreadable."""
-    try:
-        derived = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))["derived"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return derived if isinstance(derived, dict) else {}
-
-
 def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] | None = None, device: str = "cpu",
-                              batch_size: int = 32):
+                              batch_size: int = 32) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """(fusion_fn, fusion_name) for build_benchmark from a training checkpoint (e.g. RUN/best.pt).
 
     ``fusion_fn`` maps (N, C, H, W) float32 sources in [0, 1] (C = the checkpoint's fusion inputs,

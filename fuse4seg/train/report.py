@@ -46,6 +46,13 @@ def segmentation_table(metrics: dict[str, Any]) -> list[list[str]]:
 SEG_HEADER = ["", "Dice WT", "Dice TC", "Dice ET", "Dice mean", "HD95 WT", "HD95 TC", "HD95 ET"]
 
 
+def seg_header(metrics: dict[str, Any]) -> list[str]:
+    """SEG_HEADER with the HD95 unit of ``metrics`` ("mm" or "pixels"; absent in older metrics) in the titles."""
+    unit = metrics.get("hd95_unit")
+    return SEG_HEADER if not unit else [f"{h} ({'px' if unit == 'pixels' else unit})" if h.startswith("HD95") else h
+                                        for h in SEG_HEADER]
+
+
 def fusion_table(metrics: dict[str, Any]) -> list[list[str]]:
     """Rows [which fused image, metric values...] for the learned and the stored classical fusion."""
     rows = []
@@ -79,7 +86,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     """Terminal summary: the segmentation table and, when present, the fusion table."""
     out = [(f"{metrics['split']} split: {metrics['slices']} slices from {metrics['cases']} cases "
            f"(checkpoint {metrics['checkpoint']}, step {metrics['step']})"),
-           text_table(SEG_HEADER, segmentation_table(metrics))]
+           text_table(seg_header(metrics), segmentation_table(metrics))]
     rows = fusion_table(metrics)
     if rows:
         out += ["", "fusion metrics (0-255 scale, vs " + ",".join(metrics["fusion_inputs"]) + "):",
@@ -123,10 +130,10 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
         "",
         "## Segmentation (BraTS regions)",
         "",
-        markdown_table(SEG_HEADER, segmentation_table(metrics)),
+        markdown_table(seg_header(metrics), segmentation_table(metrics)),
         "",
         "Per slice: 2-D metrics averaged over slices. Per case: " + metrics["conventions"]["per_case"] + ". "
-        + metrics["conventions"]["empty_masks"] + ".",
+        + metrics["conventions"]["empty_masks"] + ". " + metrics["conventions"].get("hd95", "") + ".",
     ]
     frows = fusion_table(metrics)
     if frows:
