@@ -70,27 +70,19 @@ def build_benchmark_command(
                                                  "network of a run checkpoint (e.g. RUN/best.pt) instead of --fusion."),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
-    import shlex
+    from fuse4seg.data.benchmark import build_benchmark, command_line, format_summary
 
-    from fuse4seg.data.benchmark import build_benchmark, format_summary
-
-    argv = ["fuse4seg", "build-benchmark", "--out", out]
-    argv += ["--brats", brats] if brats is not None else []
-    argv += ["--phantom", str(phantom)] if phantom is not None else []
-    argv += ["--phantom-scale", str(phantom_scale)] if brats is None and phantom_scale != 1.0 else []
-    argv += ["--fusion-inputs", fusion_inputs, "--fusion", fusion]
-    argv += ["--size", str(size)] if size is not None else []
-    argv += ["--slices-per-case", str(slices_per_case), "--split", split, "--seed", str(seed)]
+    command = command_line(out, brats, phantom, fusion_inputs, fusion, size, slices_per_case, split, seed,
+                           phantom_scale, fusion_checkpoint)
     fusion_fn = fusion_name = None
     if fusion_checkpoint is not None:
         from fuse4seg.conventions import parse_modalities
         from fuse4seg.train.infer import fusion_fn_from_checkpoint
 
         fusion_fn, fusion_name = fusion_fn_from_checkpoint(fusion_checkpoint, parse_modalities(fusion_inputs))
-        argv += ["--fusion-checkpoint", fusion_checkpoint]
     summary = build_benchmark(out, brats=brats, phantom=phantom, fusion_inputs=fusion_inputs, fusion=fusion,
                               size=size, slices_per_case=slices_per_case, split=split, workers=workers, seed=seed,
-                              overwrite=overwrite, phantom_scale=phantom_scale, command=shlex.join(argv),
+                              overwrite=overwrite, phantom_scale=phantom_scale, command=command,
                               fusion_fn=fusion_fn, fusion_name=fusion_name)
     typer.echo(format_summary(summary))
 
@@ -135,6 +127,10 @@ def train_command(
     cg_iters: int | None = typer.Option(None, "--cg-iters", help="Conjugate-gradient iterations (implicit-cg)."),
     neumann_terms: int | None = typer.Option(None, "--neumann-terms", help="Neumann series terms (implicit-neumann)."),
     damping: float | None = typer.Option(None, "--damping", help="Ridge added to the inner Hessian (implicit)."),
+    neumann_alpha: float | None = typer.Option(None, "--neumann-alpha", help="Neumann step size (implicit-neumann; "
+                                               "default: the inner learning rate)."),
+    inner_momentum: float | None = typer.Option(None, "--inner-momentum", help="Inner momentum in [0, 1) "
+                                                "(--inner-optimizer momentum)."),
     fusion_model: str | None = typer.Option(None, "--fusion-model", help="Fusion network: fusion-cnn, fusion-freq."),
     seg_model: str | None = typer.Option(None, "--seg-model", help="Segmentation network (unet)."),
     fusion_width: int | None = typer.Option(None, "--fusion-width", help="Fusion network width."),
@@ -153,7 +149,8 @@ def train_command(
     upper_optimizer: str | None = typer.Option(None, "--upper-optimizer", help="adam or sgd (fusion network)."),
     lower_optimizer: str | None = typer.Option(None, "--lower-optimizer", help="adam or sgd (segmenter, non-bilevel)."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share of train cases held out (bilevel)."),
-    eval_every: int | None = typer.Option(None, "--eval-every", help="Val Dice every N steps (0: at the end)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Val Dice and best.pt choice every N steps "
+                                        "(0: at the end, best.pt = final weights)."),
     eval_slices: int | None = typer.Option(None, "--eval-slices", help="Val slices scored during training."),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Write last.pt every N steps."),
     log_every: int | None = typer.Option(None, "--log-every", help="TensorBoard scalars every N steps."),
@@ -164,7 +161,9 @@ def train_command(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of initial weights and data order."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
-    config: str | None = typer.Option(None, "--config", help="TOML file of options (CLI options override it)."),
+    config: str | None = typer.Option(None, "--config", help="TOML file of options (CLI options override it). "
+                                      "Only there: fusion_options/seg_options tables (model options beyond "
+                                      "width/depth) and fusion_loss_weights."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:

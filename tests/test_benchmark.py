@@ -413,3 +413,20 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
         with pytest.raises(DataError, match=message) as caught:
             verify(copy)
         assert "\n" not in str(caught.value)
+
+
+def test_library_build_records_its_own_command_line(release: Path, tmp_path: Path) -> None:
+    """build_benchmark without ``command`` records the equivalent CLI call (it used to write `--out DIR` and drop
+    --split); command_line quotes paths and adds --phantom-scale and --fusion-checkpoint only when they matter."""
+    from fuse4seg.data.benchmark import command_line
+
+    out = tmp_path / "my pkg"
+    build_benchmark(out, brats=release, size=16, slices_per_case=3, split="0.6,0.2,0.2", progress=False)
+    expected = (f"fuse4seg build-benchmark --out '{out}' --brats {release} --fusion-inputs t1ce,flair "
+                f"--fusion laplacian --size 16 --slices-per-case 3 --split 0.6,0.2,0.2 --seed 0")
+    assert f"```\n{expected}\n```" in (out / "README.md").read_text()
+    assert command_line("o", phantom=4, phantom_scale=0.25, fusion_inputs="flair,t1", fusion="max", split=(1, 0, 0),
+                        seed=3, fusion_checkpoint="r/best.pt") == (
+        "fuse4seg build-benchmark --out o --phantom 4 --phantom-scale 0.25 --fusion-inputs flair,t1 --fusion max "
+        "--slices-per-case 8 --split 1,0,0 --seed 3 --fusion-checkpoint r/best.pt")
+    assert "--phantom-scale" not in command_line("o", brats="b", phantom_scale=0.5)

@@ -124,3 +124,23 @@ def cv2_resize_stack(planes: np.ndarray, size: int) -> np.ndarray:
 
     return np.stack([cv2.resize(np.ascontiguousarray(p, dtype=np.float32), (size, size),
                                 interpolation=cv2.INTER_LINEAR) for p in planes])
+
+
+def test_gallery_panels_join_tiles_with_white_gaps() -> None:
+    """panel_row: sources, fused, truth, prediction side by side with 2 px white columns between them; panel_grid
+    stacks rows with 2 px white rows: shapes, spacers and tile contents checked by hand."""
+    from fuse4seg.train.visual import LABEL_COLOURS, panel_grid, panel_row
+
+    sources = np.stack([np.zeros((3, 4)), np.ones((3, 4))]).astype(np.float32)
+    truth = np.zeros((3, 4), np.uint8)
+    truth[0, 0] = 3
+    row = panel_row(sources, np.full((3, 4), 0.5, np.float32), truth, np.zeros((3, 4), np.uint8))
+    assert row.shape == (3, 5 * 4 + 4 * 2, 3) and row.dtype == np.uint8
+    for gap in (4, 10, 16, 22):
+        assert (row[:, gap:gap + 2] == 255).all()
+    assert (row[:, 0:4] == 0).all() and (row[:, 6:10] == 255).all() and (row[:, 12:16] == 128).all()
+    expected = np.round(0.4 * 128 + 0.6 * LABEL_COLOURS[3].astype(np.float32) - 0.5).astype(np.uint8)
+    assert (np.abs(row[0, 18].astype(int) - expected.astype(int)) <= 1).all()  # ET over the fused grey
+    assert (row[:, 24:28] == 128).all()  # empty prediction: the fused image shows through
+    grid = panel_grid([row, row], gap=2)
+    assert grid.shape == (8, 28, 3) and (grid[3:5] == 255).all() and (grid[5:] == row).all()

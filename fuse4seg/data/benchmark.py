@@ -145,6 +145,27 @@ def _apply_fusion_fn(fusion_fn: FusionFn, sources: np.ndarray, case_id: str) -> 
     return np.clip(out, 0.0, 1.0)[:, None]
 
 
+def command_line(out: str | os.PathLike, brats: str | os.PathLike | None = None, phantom: int | None = None,
+                 fusion_inputs: Sequence[str] | str = DEFAULT_FUSION_INPUTS, fusion: str = "laplacian",
+                 size: int | None = None, slices_per_case: int = DEFAULT_SLICES_PER_CASE,
+                 split: Sequence[float] | str = (0.7, 0.1, 0.2), seed: int = 0, phantom_scale: float = 1.0,
+                 fusion_checkpoint: str | os.PathLike | None = None) -> str:
+    """The ``fuse4seg build-benchmark`` command line (shell-quoted) that builds with these options, as the
+    dataset card records it (workers and --overwrite are left out: they do not change the package)."""
+    import shlex
+
+    argv = ["fuse4seg", "build-benchmark", "--out", os.fspath(out)]
+    argv += ["--brats", os.fspath(brats)] if brats is not None else []
+    argv += ["--phantom", str(phantom)] if phantom is not None else []
+    argv += ["--phantom-scale", f"{phantom_scale:g}"] if brats is None and phantom_scale != 1.0 else []
+    argv += ["--fusion-inputs", ",".join(parse_modalities(fusion_inputs)), "--fusion", fusion]
+    argv += ["--size", str(size)] if size is not None else []
+    argv += ["--slices-per-case", str(slices_per_case), "--split", ",".join(f"{f:g}" for f in parse_split(split)),
+             "--seed", str(seed)]
+    argv += ["--fusion-checkpoint", os.fspath(fusion_checkpoint)] if fusion_checkpoint is not None else []
+    return shlex.join(argv)
+
+
 def created_timestamp() -> str:
     """ISO-8601 UTC build time; from SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -289,7 +310,8 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
     Source: the BraTS release ``brats``, else a phantom release of ``phantom`` cases (default
     :data:`DEFAULT_PHANTOM_CASES`) written to a temporary directory. ``fusion_fn`` (N, C, H, W) ->
     (N, H, W) in [0, 1], if given, replaces the classical rule ``fusion`` and is recorded as
-    ``fusion_name``. ``command`` is the command line recorded in the dataset card. ``out`` must lie
+    ``fusion_name``. ``command`` is the command line recorded in the dataset card (default: the
+    :func:`command_line` of these options when no ``fusion_fn`` is given). ``out`` must lie
     outside ``brats`` (neither the same folder, nor a parent, nor inside it: :func:`check_out_outside_source`).
 
     Reproducible: the same source, options and seed give byte-identical files when
@@ -307,6 +329,9 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
     if brats is not None:
         check_out_outside_source(out, brats)
     method = (fusion_name or getattr(fusion_fn, "__name__", "custom")) if fusion_fn is not None else fusion
+    if command is None and fusion_fn is None:
+        command = command_line(out, brats, phantom, fusion_inputs, fusion, size, slices_per_case, fractions, seed,
+                               phantom_scale)
     use_phantom = brats is None
     n_phantom = (phantom or DEFAULT_PHANTOM_CASES) if use_phantom else 0
     reading: Path | None = None  # the source folder while it is being listed (OS errors there are reads)

@@ -33,7 +33,11 @@ from fuse4seg.train.networks import Pipeline
 
 def training_slice_size(run: str | Path) -> tuple[int, int]:
     """(H, W) of the slices the run was trained on, from RUN/config.json."""
-    derived = run_derived(run)
+    return _trained_size(run_derived(run), run)
+
+
+def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
+    """(H, W) from RUN/config.json's "derived" facts; ConfigError naming the file if they lack it."""
     try:
         return int(derived["slice_height"]), int(derived["slice_width"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -132,10 +136,10 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
 
     _config, pipeline, _ = load_run(run, checkpoint, device)
     dev = next(pipeline.seg.parameters()).device
-    size = training_slice_size(run)
+    derived = run_derived(run)  # RUN/config.json, read once
+    size = _trained_size(derived, run)
     files = find_case(case_dir)
     case = load_case(files, require_label=False)
-    derived = run_derived(run)
     method = str(derived.get("benchmark_fusion_method") or "laplacian")
     slice_size = derived.get("benchmark_slice_size")
     if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0):

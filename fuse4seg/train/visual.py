@@ -27,6 +27,17 @@ def label_to_rgb(label: np.ndarray, background: np.ndarray | None = None, alpha:
     return np.where(mask, (1 - alpha) * base + alpha * colour, base).astype(np.uint8)
 
 
+def _join(parts: Sequence[np.ndarray], gap: int, axis: int) -> np.ndarray:
+    """Concatenate (H, W, 3) uint8 images along ``axis`` (0 rows, 1 columns) with ``gap`` px white spacers."""
+    shape = list(parts[0].shape)
+    shape[axis] = gap
+    spacer = np.full(shape, 255, dtype=np.uint8)
+    joined: list[np.ndarray] = [parts[0]]
+    for part in parts[1:]:
+        joined += [spacer, part]
+    return np.concatenate(joined, axis=axis)
+
+
 def panel_row(sources: np.ndarray, fused: np.ndarray | None, truth: np.ndarray, pred: np.ndarray,
               gap: int = 2) -> np.ndarray:
     """One gallery row (H, W_total, 3) uint8: each source (C, H, W), fused (H, W), truth, prediction.
@@ -38,22 +49,12 @@ def panel_row(sources: np.ndarray, fused: np.ndarray | None, truth: np.ndarray, 
     if fused is not None:
         tiles.append(gray_to_rgb(fused))
     tiles += [label_to_rgb(truth, back), label_to_rgb(pred, back)]
-    h = tiles[0].shape[0]
-    spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
-    parts: list[np.ndarray] = []
-    for i, t in enumerate(tiles):
-        parts += [t] if i == 0 else [spacer, t]
-    return np.concatenate(parts, axis=1)
+    return _join(tiles, gap, axis=1)
 
 
 def panel_grid(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
     """Stack rows (H, W, 3) uint8 of equal width vertically with white gaps -> (H_total, W, 3) uint8."""
-    width = rows[0].shape[1]
-    spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
-    parts: list[np.ndarray] = []
-    for i, r in enumerate(rows):
-        parts += [r] if i == 0 else [spacer, r]
-    return np.concatenate(parts, axis=0)
+    return _join(rows, gap, axis=0)
 
 
 def column_titles(source_names: Sequence[str], has_fused: bool) -> list[str]:
