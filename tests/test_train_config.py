@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,55 @@ def test_split_by_case_keeps_cases_whole() -> None:
         split_by_case(["a", "a"], 0.2, seed=0)
 
 
+def full_state(models: dict, lower: dict | None, rng: dict) -> dict:
+    """A checkpoint with every entry the training loop writes (direct mode: no upper optimiser)."""
+    return {"config": {"mode": "direct"}, "step": 2, "total_steps": 4, "models": models,
+            "optimizers": {"upper": None, "lower": lower}, "inner_state": None, "rng": rng,
+            "counters": {"skipped": 0, "bad_in_a_row": 0}, "best": {"score": -math.inf, "step": -1}}
+
+
+def _drop(state: dict, dotted: str) -> None:
+    """Delete a dotted key from nested dicts."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        state = state[part]
+    del state[last]
+
+
+def _set(state: dict, dotted: str, value: object) -> None:
+    """Set a dotted key inside nested dicts."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        state = state[part]
+    state[last] = value
+
+
+@pytest.mark.parametrize(("edit", "key", "message"), [
+    ("drop", "rng", "lacks 'rng'"),
+    ("drop", "optimizers", "lacks 'optimizers'"),
+    ("drop", "counters.bad_in_a_row", "lacks 'counters.bad_in_a_row'"),
+    ("drop", "best.score", "lacks 'best.score'"),
+    ("drop", "total_steps", "lacks 'total_steps'"),
+    ("set", "step", "entry 'step' is str, expected int"),
+    ("set", "rng.torch", "entry 'rng.torch' is list, expected Tensor"),
+    ("set", "counters.skipped", "entry 'counters.skipped' is bool, expected int"),
+    ("set", "models.seg", "'models.seg' is not a state dict of tensors"),
+    ("set", "optimizers.lower", "'optimizers.lower' is not an optimiser state dict"),
+])
+def test_checkpoint_missing_or_mistyped_entry_is_a_data_error(tmp_path: Path, edit: str, key: str, message: str
+                                                               ) -> None:
+    """Each entry the loop reads on resume is checked at load: DataError naming the file and the key."""
+    net = torch.nn.Linear(3, 2)
+    state = full_state({"seg": net.state_dict()}, torch.optim.SGD(net.parameters(), lr=0.1).state_dict(),
+                       capture_rng_state())
+    bad_values = {"step": "2", "rng.torch": [1, 2], "counters.skipped": True, "models.seg": {"weight": [1.0]},
+                  "optimizers.lower": {"state": {}}}
+    _drop(state, key) if edit == "drop" else _set(state, key, bad_values[key])
+    path = save_checkpoint(tmp_path / "odd.pt", state)
+    with pytest.raises(DataError, match=f"odd.pt.*{re.escape(message)}"):
+        load_checkpoint(path)
+
+
 def test_checkpoint_roundtrip_weights_only_and_rng(tmp_path: Path) -> None:
     """Tensors, optimiser state and RNG states survive save/load with weights_only=True."""
     net = torch.nn.Linear(3, 2)
@@ -127,12 +178,11 @@ def test_checkpoint_roundtrip_weights_only_and_rng(tmp_path: Path) -> None:
     random.seed(7)
     rng = capture_rng_state()
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    path = save_checkpoint(tmp_path / "x.pt", {"config": {"mode": "direct"}, "step": 2, "models": {"seg": net.state_dict()},
-                                               "opt": opt.state_dict(), "rng": rng})
+    path = save_checkpoint(tmp_path / "x.pt", full_state({"seg": net.state_dict()}, opt.state_dict(), rng))
     state = torch.load(path, weights_only=True)  # plain data: no code is needed to read it
     assert torch.equal(state["models"]["seg"]["weight"], net.weight.detach())
     opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
-    opt2.load_state_dict(state["opt"])
+    opt2.load_state_dict(state["optimizers"]["lower"])
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     restore_rng_state(load_checkpoint(path)["rng"])
     assert torch.equal(torch.rand(3), expected[0])
@@ -217,7 +267,65 @@ def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.
     assert "brats_fuse.h5" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written for a failed start
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
-    assert "config.json not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out: ") and "config.json not found" in err  # train has no --run option
+
+
+@pytest.mark.parametrize(("args", "option", "where"), [
+    (["--mode", "direct", "--hypergrad", "implicit-cg"], "--hypergrad", "--mode bilevel"),
+    (["--mode", "joint", "--inner-steps", "3"], "--inner-steps", "--mode bilevel"),
+    (["--mode", "two-stage", "--damping", "0.1"], "--damping", "implicit-cg or implicit-neumann"),
+    (["--hypergrad", "unrolled", "--damping", "0.1"], "--damping", "implicit-cg or implicit-neumann"),
+    (["--hypergrad", "unrolled", "--truncate", "1"], "--truncate", "--hypergrad truncated"),
+    (["--hypergrad", "implicit-cg", "--neumann-terms", "3"], "--neumann-terms", "implicit-neumann"),
+    (["--hypergrad", "implicit-cg", "--neumann-alpha", "0.1"], "--neumann-alpha", "implicit-neumann"),
+    (["--hypergrad", "unrolled", "--cg-iters", "3"], "--cg-iters", "implicit-cg"),
+    (["--mode", "direct", "--fd-eps", "0.1"], "--fd-eps", "finite-difference"),
+    (["--inner-optimizer", "adam", "--inner-momentum", "0.5"], "--inner-momentum", "--inner-optimizer momentum"),
+    (["--mode", "joint", "--fusion-steps", "2"], "--fusion-steps", "--mode two-stage"),
+    (["--mode", "direct", "--fusion-width", "4"], "--fusion-width/fusion_options", "--mode bilevel, two-stage, joint"),
+    (["--mode", "feature-fusion", "--lr-upper", "0.1"], "--lr-upper", "--mode bilevel, two-stage, joint"),
+    (["--mode", "bilevel", "--lower-optimizer", "sgd"], "--lower-optimizer", "other than bilevel"),
+    (["--mode", "direct", "--val-fraction", "0.3"], "--val-fraction", "--mode bilevel"),
+])
+def test_cli_option_the_mode_ignores_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                                option: str, where: str) -> None:
+    """An explicitly given option that the chosen mode/method never reads: one line naming both, exit 1."""
+    rc = main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "1", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {option}: only used with ") and where in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_relevant_options_and_defaults_pass_the_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Options that apply pass (the run then stops at the missing data); a TOML option counts as given."""
+    for args in (["--hypergrad", "truncated", "--truncate", "1", "--inner-steps", "2"],
+                 ["--hypergrad", "implicit-neumann", "--neumann-alpha", "0.1", "--damping", "0.2"],
+                 ["--inner-optimizer", "momentum", "--inner-momentum", "0.5"],
+                 ["--mode", "two-stage", "--fusion-steps", "1", "--steps", "2"],
+                 ["--mode", "direct", "--lower-optimizer", "sgd", "--region-based"]):
+        assert main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "r"), *args]) == 1
+        assert "brats_fuse.h5" in capsys.readouterr().err, args
+    toml = tmp_path / "c.toml"
+    toml.write_text('mode = "joint"\nfusion-steps = 3\n')
+    assert main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(toml)]) == 1
+    assert "--fusion-steps: only used with --mode two-stage" in capsys.readouterr().err
+    # library callers may share one option set across modes (experiments); only strict mode refuses
+    assert build_config({"benchmark": "b", "out": "o", "mode": "direct", "lr_upper": 0.1}).lr_upper == 0.1
+
+
+def test_creating_the_data_loader_leaves_the_global_rng_alone() -> None:
+    """Starting a step loader draws no number from torch's global RNG (exact resume with augmentation)."""
+    from fuse4seg.train.batches import step_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10.0))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    batches = [b[0].tolist() for b in step_loader(data, list(range(10)), 4, seed=1, start=0, stop=3, stream="fit")]
+    assert torch.equal(torch.rand(3), expected)
+    assert batches == [[float(i) for i in batch_indices(10, 4, 1, s)] for s in range(3)]
 
 
 def test_every_test_gets_the_shared_one_thread_fixture(request: pytest.FixtureRequest) -> None:

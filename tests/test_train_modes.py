@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from fuse4seg.cli import main
 from fuse4seg.errors import Fuse4SegError
 from fuse4seg.train import modes
 from fuse4seg.train.config import MODES, build_config
@@ -98,13 +102,39 @@ def test_region_based_training_and_prediction(bench: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("mode", ["bilevel", "joint"])
-def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str) -> None:
-    """--steps 3 then --resume --steps 6 gives bitwise the weights of one --steps 6 run."""
-    train(build_config(options(bench, tmp_path / "a", mode=mode, steps=6, inner_optimizer="adam")))
-    train(build_config(options(bench, tmp_path / "b", mode=mode, steps=3, inner_optimizer="adam")))
+def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps 3 then --resume --steps 6 gives bitwise the last.pt and best.pt of one --steps 6 run.
+
+    The val score is made a known function of the step (peaking at the interruption point, step 3,
+    which is not on the --eval-every 2 schedule), so best.pt must come from step 4 in both runs.
+    """
+    from fuse4seg.train import loop
+
+    seen = {"step": -1}
+    real_step = Trainer.one_step
+
+    def counting(self: Trainer, fit: dict, hold: dict | None) -> modes.StepResult:
+        """The real step, remembering which step ran last."""
+        seen["step"] = self.step
+        return real_step(self, fit, hold)
+
+    def scores(*args: object, **kwargs: object) -> tuple[dict[str, float], None]:
+        """Val 'Dice' of the weights after step s: 0.1, 0.9, 0.5, 0.2, 0.3 for s = 2, 3, 4, 5, 6."""
+        value = {2: 0.1, 3: 0.9, 4: 0.5, 5: 0.2, 6: 0.3}[seen["step"] + 1]
+        return {"dice_WT": value, "dice_mean": value}, None
+
+    monkeypatch.setattr(Trainer, "one_step", counting)
+    monkeypatch.setattr(loop, "validation_scores", scores)
+    extra = {"mode": mode, "inner_optimizer": "adam" if mode == "bilevel" else None, "eval_every": 2}
+    train(build_config(options(bench, tmp_path / "a", steps=6, **extra)))
+    train(build_config(options(bench, tmp_path / "b", steps=3, **extra)))
     summary = train(resolve_config({"out": str(tmp_path / "b"), "resume": True, "steps": 6, "progress": False}))
     assert summary["steps"] == 6 and summary["steps_this_call"] == 3
     assert_same(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    best_a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    best_b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    assert best_a["step"] == best_b["step"] == 4 and best_a["best"] == best_b["best"] == {"score": 0.5, "step": 4}
+    assert_same(best_a["models"], best_b["models"])
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for key in ("upper", "lower"):
@@ -166,3 +196,76 @@ def test_many_nonfinite_steps_stop_the_run(bench: Path, tmp_path: Path, monkeypa
     with pytest.warns(RuntimeWarning), pytest.raises(Fuse4SegError, match="3 non-finite steps in a row"):
         train(config)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["counters"]["skipped"] == 3
+
+
+@pytest.fixture(scope="module")
+def two_runs(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step bilevel run and a 2-step joint run (same widths) in one directory."""
+    root = tmp_path_factory.mktemp("runs")
+    train(build_config(options(bench, root / "bilevel", steps=2)))
+    train(build_config(options(bench, root / "joint", mode="joint", steps=2)))
+    return root
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run directory (each test edits its own)."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resume_refuses_a_benchmark_with_other_content(bench: Path, two_runs: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A moved copy of the same package resumes; one with a changed slice is a one-line --benchmark error."""
+    import h5py
+
+    moved = shutil.copytree(bench, tmp_path / "moved")
+    run = copy_run(two_runs / "bilevel", tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["derived"]["benchmark_sha256"] == hashlib.sha256(
+        (bench / "brats_fuse.h5").read_bytes()).hexdigest()
+    summary = train(resolve_config({"out": str(run), "resume": True, "steps": 3, "benchmark": str(moved),
+                                    "progress": False}))
+    assert summary["steps"] == 3
+    with h5py.File(moved / "brats_fuse.h5", "r+") as h5:
+        h5["train/fused"][0, 0, 0, 0] = 0.5  # same shapes and counts, other content
+    before = (run / "last.pt").read_bytes()
+    rc = main(["train", "--out", str(run), "--resume", "--steps", "4", "--benchmark", str(moved), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --benchmark: {moved} is not the benchmark this run was trained on (sha256 ")
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_foreign_checkpoint(two_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A joint run's last.pt copied into a bilevel run is refused with one line naming the file and option."""
+    run = copy_run(two_runs / "bilevel", tmp_path / "run")
+    shutil.copy(two_runs / "joint" / "last.pt", run / "last.pt")
+    rc = main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {run / 'last.pt'}: written by a run with --mode 'joint'"), err
+
+
+@pytest.mark.parametrize("key", ["rng", "counters", "optimizers"])
+def test_resume_from_a_checkpoint_missing_an_entry(two_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   key: str) -> None:
+    """last.pt without an entry the loop restores: one `error:` line naming the file and the key, no traceback."""
+    run = copy_run(two_runs / "bilevel", tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state[key]
+    torch.save(state, run / "last.pt")
+    rc = main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err == f"error: {run / 'last.pt'} is not a fuse4seg checkpoint (it lacks {key!r})", err
+
+
+def test_resume_with_weights_of_other_shapes(two_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint whose tensors do not fit the run's networks is a DataError naming the file."""
+    run = copy_run(two_runs / "bilevel", tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    name = next(iter(state["models"]["seg"]))
+    state["models"]["seg"][name] = torch.zeros(1)
+    torch.save(state, run / "last.pt")
+    rc = main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {run / 'last.pt'}: weights or optimiser state do not fit this run ("), err

@@ -63,11 +63,16 @@ def step_loader(
     dataset: Dataset, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str,
     num_workers: int = 0,
 ) -> DataLoader:
-    """DataLoader yielding the batches of steps [start, stop) from ``pool`` (order fixed by seed+step)."""
+    """DataLoader yielding the batches of steps [start, stop) from ``pool`` (order fixed by seed+step).
+
+    The loader gets its own generator (seeded from seed, stream and ``start``): starting an iterator
+    draws a worker base seed from it, which would otherwise consume the global torch RNG at a point
+    that differs between an uninterrupted and a resumed run.
+    """
     sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None, generator=_generator(seed, stream, start),
     )
 
 

@@ -87,10 +87,69 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(f"{path} is not a fuse4seg checkpoint ({_load_failure(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a fuse4seg checkpoint (no format {CHECKPOINT_FORMAT} marker)")
-    for key in ("config", "step", "models"):
-        if key not in state:
-            raise DataError(f"{path} is not a fuse4seg checkpoint (it lacks {key!r})")
+    check_layout(state, path)
     return state
+
+
+_NONE = type(None)
+#: Every entry the training loop writes (dotted key -> accepted types); "benchmark" is optional
+#: because checkpoints written before it existed still evaluate (resume then checks the path).
+LAYOUT: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("config", (dict,)), ("step", (int,)), ("total_steps", (int,)), ("models", (dict,)),
+    ("optimizers", (dict,)), ("optimizers.upper", (dict, _NONE)), ("optimizers.lower", (dict, _NONE)),
+    ("inner_state", (dict, _NONE)),
+    ("rng", (dict,)), ("rng.torch", (torch.Tensor,)), ("rng.numpy", (dict,)), ("rng.numpy.name", (str,)),
+    ("rng.numpy.key", (torch.Tensor,)), ("rng.numpy.pos", (int,)), ("rng.numpy.has_gauss", (int,)),
+    ("rng.numpy.cached_gaussian", (float,)), ("rng.python", (dict,)), ("rng.python.version", (int,)),
+    ("rng.python.internal", (list, tuple)), ("rng.python.gauss_next", (float, _NONE)),
+    ("counters", (dict,)), ("counters.skipped", (int,)), ("counters.bad_in_a_row", (int,)),
+    ("best", (dict,)), ("best.score", (float, int)), ("best.step", (int,)),
+)
+OPTIONAL: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("benchmark", (dict,)), ("benchmark.sha256", (str,)), ("benchmark.counts", (dict,)),
+)
+
+
+def _lookup(state: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key inside nested dicts."""
+    value: Any = state
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    """'int' / 'dict or None' for messages."""
+    return " or ".join("None" if t is _NONE else t.__name__ for t in types)
+
+
+def check_layout(state: dict[str, Any], path: str | Path) -> None:
+    """DataError naming ``path`` and the key when an entry of :data:`LAYOUT` is missing or mistyped.
+
+    Also checks that every model entry is a state dict of tensors and every optimiser state has
+    ``state`` and ``param_groups``: a foreign or hand-edited file fails here, not deep in torch.
+    """
+    for entries, required in ((LAYOUT, True), (OPTIONAL, False)):
+        for key, types in entries:
+            found, value = _lookup(state, key)
+            if not found:
+                if required:
+                    raise DataError(f"{path} is not a fuse4seg checkpoint (it lacks {key!r})")
+                break  # an optional table that is absent: skip its sub-keys
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                raise DataError(f"{path}: checkpoint entry {key!r} is {type(value).__name__}, "
+                                f"expected {_type_names(types)}")
+    for net, tensors in state["models"].items():
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise DataError(f"{path}: checkpoint entry 'models.{net}' is not a state dict of tensors")
+    for key in ("upper", "lower"):
+        opt = state["optimizers"][key]
+        if opt is not None and not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+            raise DataError(f"{path}: checkpoint entry 'optimizers.{key}' is not an optimiser state dict")
+    if state["step"] < 0 or state["total_steps"] < 1:
+        raise DataError(f"{path}: checkpoint step {state['step']} / total {state['total_steps']} out of range")
 
 
 def _load_failure(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ FUSION_MODES: tuple[str, ...] = ("bilevel", "two-stage", "joint")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 #: Options that may change when a run is resumed (they do not alter the trajectory of the weights).
+#: ``benchmark`` may name a new path only when it holds the same content (checked by the loop).
 RESUMABLE_OVERRIDES: frozenset[str] = frozenset(
     {"steps", "epochs", "eval_every", "checkpoint_every", "log_every", "num_workers", "cache", "progress", "resume",
      "eval_slices", "overwrite", "out", "benchmark", "max_bad_steps"}
@@ -213,8 +215,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | None = None) -> TrainConfig:
-    """Resolve defaults < TOML file < ``overrides`` (None values mean 'not given') and validate."""
+def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | None = None, strict: bool = False
+                 ) -> TrainConfig:
+    """Resolve defaults < TOML file < ``overrides`` (None values mean 'not given') and validate.
+
+    ``strict`` (the command line): an option given in ``overrides`` or the TOML file that the chosen
+    mode or method ignores is a ConfigError (see :func:`check_relevant`); library callers may pass
+    one option set to several modes.
+    """
     values: dict[str, Any] = {}
     if toml is not None:
         values.update(load_toml(toml))
@@ -231,10 +239,13 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
         values.pop("epochs", None)
     if "epochs" in given and "steps" not in given:
         values.pop("steps", None)
+    explicit = set(values)
     if "inner_optimizer" not in values and values.get("hypergrad") == "finite-difference":
         values["inner_optimizer"] = "sgd"  # DARTS differentiates an SGD step; Adam is the default elsewhere
     config = TrainConfig(**values)
     validate(config)
+    if strict:
+        check_relevant(config, explicit)
     return config
 
 
@@ -322,6 +333,40 @@ def _check_registries(c: TrainConfig) -> None:
         _require(c.hypergrad in METHODS, f"--hypergrad: unknown method {c.hypergrad!r}; choose one of {', '.join(METHODS)}")
 
 
+#: Options read only under a condition: name -> (predicate on the config, where the option applies).
+_ONLY_FOR: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    **{name: (lambda c: c.mode == "bilevel", "--mode bilevel") for name in (
+        "hypergrad", "inner_steps", "inner_optimizer", "val_fraction")},
+    "truncate": (lambda c: c.mode == "bilevel" and c.hypergrad == "truncated", "--mode bilevel --hypergrad truncated"),
+    "fd_eps": (lambda c: c.mode == "bilevel" and c.hypergrad == "finite-difference",
+               "--mode bilevel --hypergrad finite-difference"),
+    "cg_iters": (lambda c: c.mode == "bilevel" and c.hypergrad == "implicit-cg", "--mode bilevel --hypergrad implicit-cg"),
+    **{name: (lambda c: c.mode == "bilevel" and c.hypergrad == "implicit-neumann",
+              "--mode bilevel --hypergrad implicit-neumann") for name in ("neumann_terms", "neumann_alpha")},
+    "damping": (lambda c: c.mode == "bilevel" and c.hypergrad in ("implicit-cg", "implicit-neumann"),
+                "--mode bilevel --hypergrad implicit-cg or implicit-neumann"),
+    "inner_momentum": (lambda c: c.mode == "bilevel" and c.inner_optimizer == "momentum",
+                       "--mode bilevel --inner-optimizer momentum"),
+    "fusion_steps": (lambda c: c.mode == "two-stage", "--mode two-stage"),
+    "lambda_seg": (lambda c: c.mode in ("bilevel", "joint"), "--mode bilevel or joint"),
+    "lower_optimizer": (lambda c: c.mode != "bilevel", "modes other than bilevel (its inner loop uses --inner-optimizer)"),
+    **{name: (lambda c: c.mode in FUSION_MODES, "--mode " + ", ".join(FUSION_MODES)) for name in (
+        "fusion_model", "fusion_options", "fusion_loss_weights", "lr_upper", "upper_optimizer")},
+}
+
+
+def check_relevant(c: TrainConfig, given: set[str]) -> None:
+    """ConfigError for the first option in ``given`` (set explicitly) that this mode/method ignores."""
+    for name in sorted(given & set(_ONLY_FOR)):
+        applies, where = _ONLY_FOR[name]
+        if not applies(c):
+            opt = "--fusion-width/fusion_options" if name == "fusion_options" else "--" + name.replace("_", "-")
+            raise ConfigError(f"{opt}: only used with {where}; this run is --mode {c.mode}"
+                              + (f" --hypergrad {c.hypergrad}" if c.mode == "bilevel" else "")
+                              + (f" --inner-optimizer {c.inner_optimizer}" if name == "inner_momentum" else "")
+                              + "; remove the option")
+
+
 def resolve_steps(c: TrainConfig, n_train: int) -> int:
     """Total optimisation steps: ``--steps``, or ``ceil(epochs * n_train / batch_size)`` (default 1 epoch)."""
     if c.steps is not None:
@@ -338,28 +383,20 @@ def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_config_json(path: str | Path) -> TrainConfig:
-    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError if missing or malformed."""
+def read_config_json(path: str | Path, option: str = "--run") -> TrainConfig:
+    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError naming ``option`` if missing or malformed."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         options = payload["options"]
     except FileNotFoundError:
-        raise ConfigError(f"--run: {path} not found (is {path.parent} a training run?)") from None
+        raise ConfigError(f"{option}: {path} not found (is {path.parent} a training run?)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--run: {path} is not a fuse4seg run config: {exc}") from None
+        raise ConfigError(f"{option}: {path} is not a fuse4seg run config: {exc}") from None
     return config_from_dict(options, f" (in {path})")
 
 
 __all__ = [
-    "FUSION_MODES",
-    "MODES",
-    "TrainConfig",
-    "build_config",
-    "config_from_dict",
-    "load_toml",
-    "read_config_json",
-    "resolve_steps",
-    "validate",
-    "write_config_json",
+    "FUSION_MODES", "MODES", "TrainConfig", "build_config", "check_relevant", "config_from_dict", "load_toml",
+    "read_config_json", "resolve_steps", "validate", "write_config_json",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
     return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in ("train", "val", "test")},
                          int(counts["height"]), int(counts["width"]),
                          tuple(_text(i).strip() for i in inputs if _text(i).strip()), method, case_ids, side)
+
+
+def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:
+    """What a run was trained on: sha256 (hex) of brats_fuse.h5, slices per split, slice height/width (px).
+
+    A resumed run must see the same content; the path alone is not enough (a package can be moved,
+    or rebuilt in place with other cases or sizes).
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(info.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{info.path}: cannot read: {exc.strerror}") from None
+    return {"sha256": digest.hexdigest(), "counts": dict(info.counts), "height": info.height, "width": info.width}
 
 
 #: Splits up to this many bytes of slices are held in memory (--cache): reading gzip-compressed HDF5

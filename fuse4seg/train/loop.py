@@ -3,7 +3,10 @@
 Exact resume: the batches of step s depend only on (seed, s) (fuse4seg.train.batches); a
 checkpoint stores the weights, optimiser states, the bi-level inner optimiser state, every RNG
 state and the step counters. Resuming from ``RUN/last.pt`` therefore reproduces, on CPU, the
-weights of an uninterrupted run bit for bit.
+weights of an uninterrupted run bit for bit, in last.pt and in best.pt (best.pt is chosen only at
+the --eval-every schedule, never at the step where a call happened to stop). A resume checks that
+the checkpoint belongs to the run (same options) and that the benchmark has the same content
+(sha256 of brats_fuse.h5, recorded in every checkpoint and in config.json "derived").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fuse4seg.errors import ConfigError, Fuse4SegError
+from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.io import atomic_write_text
 from fuse4seg.train import modes
 from fuse4seg.train.batches import split_by_case, step_loader
@@ -29,6 +32,7 @@ from fuse4seg.train.config import (
     RESUMABLE_OVERRIDES,
     TrainConfig,
     build_config,
+    check_relevant,
     config_from_dict,
     load_toml,
     read_config_json,
@@ -36,7 +40,7 @@ from fuse4seg.train.config import (
     validate,
     write_config_json,
 )
-from fuse4seg.train.data import BenchmarkInfo, benchmark_info, open_split
+from fuse4seg.train.data import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
@@ -45,11 +49,11 @@ from fuse4seg.train.tblog import TensorBoardLog
 def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) -> TrainConfig:
     """The run's configuration; with ``resume`` it is RUN/config.json plus the few options allowed to change."""
     if not overrides.get("resume"):
-        return build_config(overrides, toml)
+        return build_config(overrides, toml, strict=True)
     out = overrides.get("out")
     if not out:
         raise ConfigError("--out: the run directory to resume is required")
-    stored = read_config_json(Path(out) / "config.json")
+    stored = read_config_json(Path(out) / "config.json", "--out")
     given = dict(load_toml(toml)) if toml is not None else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
     values = stored.to_dict()
@@ -71,6 +75,7 @@ def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) ->
     config = config_from_dict(values, f" (in {out}/config.json)")
     config.resume = True
     validate(config)
+    check_relevant(config, set(given))
     return config
 
 
@@ -117,6 +122,10 @@ class Trainer:
         if config.threads is not None:  # CPU threads; changing them may change the last bits of results
             torch.set_num_threads(config.threads)
         self.info: BenchmarkInfo = benchmark_info(config.benchmark)
+        resumed = load_checkpoint(Path(config.out) / "last.pt", map_location=self.device) if config.resume else None
+        self.identity = benchmark_identity(self.info)
+        if resumed is not None:
+            self._check_same_run(resumed, Path(config.out) / "last.pt")
         self.train_set = open_split(config.benchmark, "train", config.cache)
         self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
         if config.mode == "bilevel":
@@ -136,8 +145,8 @@ class Trainer:
         self.step, self.skipped, self.bad_in_a_row = 0, 0, 0
         self.best_score, self.best_step = -math.inf, -1
         self.run_dir = Path(config.out)
-        if config.resume:
-            self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
+        if resumed is not None:
+            self._restore(resumed, self.run_dir / "last.pt")
             if self.step > self.total:
                 raise ConfigError(f"--steps: the run has already completed {self.step} steps (asked for {self.total})")
 
@@ -157,15 +166,46 @@ class Trainer:
             "rng": capture_rng_state(),
             "counters": {"skipped": self.skipped, "bad_in_a_row": self.bad_in_a_row},
             "best": {"score": self.best_score, "step": self.best_step},
+            "benchmark": self.identity,
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint written by :meth:`state` into this trainer."""
-        self.pipeline.load_state_dicts(state["models"])
-        for key in ("upper", "lower"):
-            opt = getattr(self.opts, key)
-            if opt is not None and state["optimizers"][key] is not None:
-                opt.load_state_dict(state["optimizers"][key])
+    def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another run (other options) or a benchmark with other content."""
+        try:
+            written = config_from_dict(state["config"], f" (in {path})")
+        except ConfigError as exc:
+            raise DataError(f"{path}: its stored options are not valid here: {exc}") from None
+        for name in FIELD_NAMES:
+            if name not in RESUMABLE_OVERRIDES and getattr(written, name) != getattr(self.config, name):
+                raise DataError(
+                    f"{path}: written by a run with --{name.replace('_', '-')} {getattr(written, name)!r}, but "
+                    f"{Path(self.config.out) / 'config.json'} has {getattr(self.config, name)!r}; not this run's checkpoint"
+                )
+        old, new = state.get("benchmark"), self.identity
+        if old is None:  # written before identities were recorded: only the same path is accepted
+            if Path(written.benchmark).resolve() != Path(self.config.benchmark).resolve():
+                raise ConfigError(f"--benchmark: {self.config.benchmark} differs from {written.benchmark}, and {path} "
+                                  "records no benchmark checksum to prove it is the same data")
+        elif old["sha256"] != new["sha256"]:
+            raise ConfigError(
+                f"--benchmark: {self.config.benchmark} is not the benchmark this run was trained on "
+                f"(sha256 {new['sha256'][:12]}... != {old['sha256'][:12]}..., slices {new['counts']} vs "
+                f"{old['counts']})"
+            )
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint written by :meth:`state` (layout checked by load_checkpoint) into this trainer."""
+        try:
+            self.pipeline.load_state_dicts(state["models"])
+            for key in ("upper", "lower"):
+                opt, saved = getattr(self.opts, key), state["optimizers"][key]
+                if (opt is None) != (saved is None):
+                    raise ValueError(f"optimiser {key!r} is {'absent' if saved is None else 'unexpected'}")
+                if opt is not None:
+                    opt.load_state_dict(saved)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise DataError(f"{path}: weights or optimiser state do not fit this run ({reason})") from None
         self.opts.inner_state = state.get("inner_state")
         self.step = int(state["step"])
         self.skipped = int(state["counters"]["skipped"])
@@ -202,8 +242,12 @@ class Trainer:
                 f"(last: {reason}); lower --lr-upper/--lr-lower or check the data"
             )
 
-    def evaluate(self, log: TensorBoardLog) -> dict[str, float]:
-        """Dice on the benchmark's val split; logs scalars and panels; saves best.pt on improvement."""
+    def evaluate(self, log: TensorBoardLog, select: bool = True) -> dict[str, float]:
+        """Dice on the benchmark's val split; logs scalars and panels; with ``select`` updates best.pt.
+
+        best.pt is chosen only at scheduled evaluations (every --eval-every steps; with --eval-every 0
+        it is the final weights), so it does not depend on where a run was interrupted and resumed.
+        """
         if self.val_set is None:
             return {}
         scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
@@ -211,7 +255,7 @@ class Trainer:
         if first is not None:
             sources = first.source[:, self.pipeline.fusion_channels]
             log.panels(self.step, "val/panels", sources, first.fused, first.label, first.pred)
-        if scores and scores["dice_mean"] > self.best_score:
+        if select and scores and (self.config.eval_every == 0 or scores["dice_mean"] > self.best_score):
             self.best_score, self.best_step = scores["dice_mean"], self.step
             self.save("best")
         return scores
@@ -253,8 +297,9 @@ class Trainer:
                     log.scalars(self.step, {**result.scalars, "time/step_s": dt, "train/skipped": self.skipped})
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in result.scalars.items()
                                      if k.startswith("loss/")}, refresh=False)
-                if (c.eval_every and self.step % c.eval_every == 0) or self.step == self.total:
-                    scores = self.evaluate(log)
+                scheduled = bool(c.eval_every) and self.step % c.eval_every == 0
+                if scheduled or self.step == self.total:  # the end of a call always reports its val Dice
+                    scores = self.evaluate(log, select=scheduled or c.eval_every == 0)
                 if self.step % c.checkpoint_every == 0 or self.step == self.total:
                     self.save("last")
                 bar.update(1)
@@ -285,7 +330,7 @@ class Trainer:
             "holdout_slices": len(self.hold_pool), "holdout_cases": cases, "benchmark_counts": self.info.counts,
             "slice_height": self.info.height, "slice_width": self.info.width,
             "benchmark_fusion_method": self.info.fusion_method, "benchmark_slice_size": self.info.slice_size,
-            "seg_inputs": list(self.config.seg_inputs()),
+            "seg_inputs": list(self.config.seg_inputs()), "benchmark_sha256": self.identity["sha256"],
         }
 
 

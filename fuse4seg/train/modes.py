@@ -15,6 +15,7 @@ fuse4seg.bilevel. The inner optimiser's state (momentum, Adam moments) is carrie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.networks import Pipeline
 
 Batch = dict[str, Any]
+#: A loss closure over (phi, theta) parameter dicts -> scalar tensor.
+LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
 
 class NonFiniteStep(ArithmeticError):
@@ -118,7 +121,8 @@ def hypergrad_options(config: TrainConfig) -> dict[str, Any]:
     return opts
 
 
-def bilevel_losses(pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device, record: dict[str, float]):
+def bilevel_losses(pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device, record: dict[str, float]
+                   ) -> tuple[LossFn, LossFn]:
     """(lower_loss, upper_loss) closures over (phi, theta) dicts for this step's batches.
 
     ``record`` receives the last evaluated upper-loss parts (for logging), as floats.
