@@ -255,7 +255,7 @@ def test_cli_bad_options_exit_1_with_one_line(tmp_path: Path, capsys: pytest.Cap
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_a_config_error() -> None:
     """--device cuda on a CPU-only machine is refused with a message naming the option."""
-    from fuse4seg.train.loop import resolve_device
+    from fuse4seg.train.device import resolve_device
 
     with pytest.raises(ConfigError, match="--device cuda"):
         resolve_device("cuda")

@@ -41,6 +41,7 @@ from fuse4seg.train.config import (
     write_config_json,
 )
 from fuse4seg.train.data import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
+from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
@@ -103,13 +104,6 @@ def prepare_run_dir(config: TrainConfig, create: bool = True) -> Path:
     except OSError as exc:
         raise ConfigError(f"--out: cannot create {run}: {exc.strerror}") from None
     return run
-
-
-def resolve_device(name: str) -> torch.device:
-    """torch.device for --device; ConfigError when CUDA is asked for but absent."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 class Trainer:
