@@ -115,3 +115,42 @@ def test_finite_difference_converges_to_one_step_unrolled() -> None:
         errors.append(float((g["s"] - ref["s"]).norm() / ref["s"].norm()))
     assert all(b < a for a, b in itertools.pairwise(errors))
     assert errors[0] > 1e-4 and errors[-1] < 1e-6
+
+
+def test_finite_difference_scales_eps_by_the_validation_gradient_norm() -> None:
+    """DARTS step eps' = eps / ||v||, v = d_w G(u, w_1): .info["eps"] equals it (v by plain
+    autograd here), the result equals the central difference written out with eps' to 1e-10, and
+    with ||v|| ~ 50 the unscaled step eps would give a > 100x larger error against unrolled K = 1."""
+    X, y, Xv, yv = _data(5)
+
+    def lower_loss(u: dict, w: dict) -> torch.Tensor:
+        """Training logistic loss on features scaled by exp(s), plus 0.05 ||w||^2."""
+        return torch.nn.functional.softplus(-y * ((X * torch.exp(u["s"])) @ w["w"])).mean() + 0.05 * (w["w"] ** 2).sum()
+
+    def upper_loss(u: dict, w: dict) -> torch.Tensor:
+        """Validation logistic loss on the scaled features, weighted by 100 (so ||v|| >> 1)."""
+        return 100.0 * torch.nn.functional.softplus(-yv * ((Xv * torch.exp(u["s"])) @ w["w"])).mean()
+
+    lr, eps = 0.5, 0.05
+    s = torch.zeros(D, dtype=DT, requires_grad=True)
+    w0 = torch.randn(D, generator=torch.Generator().manual_seed(6), dtype=DT)
+    w_leaf = w0.clone().requires_grad_()
+    (g0,) = torch.autograd.grad(lower_loss({"s": s.detach()}, {"w": w_leaf}), w_leaf)
+    w1 = (w0 - lr * g0).requires_grad_()
+    direct, v = torch.autograd.grad(upper_loss({"s": s}, {"w": w1}), (s, w1))
+    assert float(v.norm()) > 40.0
+
+    def central(step: float) -> torch.Tensor:
+        """d_u G - lr [d_u F(u, w0 + step v) - d_u F(u, w0 - step v)] / (2 step)."""
+        (plus,) = torch.autograd.grad(lower_loss({"s": s}, {"w": w0 + step * v}), s)
+        (minus,) = torch.autograd.grad(lower_loss({"s": s}, {"w": w0 - step * v}), s)
+        return direct - lr * (plus - minus) / (2.0 * step)
+
+    res = hypergradient({"s": s}, {"w": w0}, lower_loss, upper_loss, "finite-difference", steps=1, lr=lr, eps=eps)
+    ref, _ = hypergradient({"s": s}, {"w": w0}, lower_loss, upper_loss, "unrolled", steps=1, lr=lr)
+    scaled, unscaled = central(eps / float(v.norm())), central(eps)
+    assert res.info["eps"] == pytest.approx(eps / float(v.norm()), rel=1e-12)
+    assert torch.allclose(res[0]["s"], scaled, rtol=1e-10, atol=0.0)
+    err_scaled = float((scaled - ref["s"]).norm() / ref["s"].norm())
+    err_unscaled = float((unscaled - ref["s"]).norm() / ref["s"].norm())
+    assert err_scaled < 1e-4 and err_unscaled > 100.0 * err_scaled

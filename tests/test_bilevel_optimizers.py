@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fuse4seg.bilevel import adam, conjugate_gradient, hypergradient, momentum, neumann_series, sgd
+from fuse4seg.bilevel import METHODS, adam, conjugate_gradient, hypergradient, momentum, neumann_series, sgd
 
 DT = torch.float64
 
@@ -151,3 +151,52 @@ def test_conjugate_gradient_flags_indefinite_system() -> None:
     x, info = conjugate_gradient(lambda v: {"x": H @ v["x"]}, b, iters=10, damping=4.0)
     assert not info["indefinite"]
     assert torch.allclose(x["x"], torch.tensor([1.0 / 5.0, 1.0], dtype=DT))
+
+
+def _hand_momentum(u0: torch.Tensor, w: torch.Tensor, buf: torch.Tensor, steps: int, lr: float,
+                   tracked: bool) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
+    """``steps`` heavy-ball steps (beta 0.8) from (w, buf) by plain autograd; returns
+    (w, buf, lower loss at the last step's start, d upper_loss/du through them if ``tracked``)."""
+    lower_loss, upper_loss, _, _ = _problem()
+    u = u0.clone().requires_grad_(tracked)
+    w = w.clone().requires_grad_()
+    for _ in range(steps):
+        loss = lower_loss({"u": u}, {"w": w})
+        (g,) = torch.autograd.grad(loss, w, create_graph=tracked)
+        buf = 0.8 * buf + g
+        w = w - lr * buf
+        if not tracked:
+            w, buf = w.detach().requires_grad_(), buf.detach()
+    hg = torch.autograd.grad(upper_loss({"u": u}, {"w": w}), u)[0] if tracked else None
+    return w.detach(), buf.detach(), float(loss.detach()), hg
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_continues_a_warm_momentum_state(method: str) -> None:
+    """Given (w_2, buf_2) from 2 hand-written momentum steps, 3 more steps of every method end at
+    the hand-written (w_5, buf_5) and report the lower loss at w_4; unrolled and higher also give
+    the gradient through those 3 steps with buf_2 held constant."""
+    lower_loss, upper_loss, u0, w0 = _problem()
+    w2, buf2, _, _ = _hand_momentum(u0, w0, torch.zeros_like(w0), 2, 0.2, tracked=False)
+    w5, buf5, loss4, hg = _hand_momentum(u0, w2, buf2, 3, 0.2, tracked=True)
+    res = hypergradient({"u": u0.clone().requires_grad_()}, {"w": w2}, lower_loss, upper_loss, method, steps=3,
+                        lr=0.2, optimizer="momentum", momentum=0.8, truncate=3, state={"buf": {"w": buf2}})
+    assert torch.allclose(res[1]["w"], w5, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(res.state["buf"]["w"], buf5, rtol=1e-12, atol=1e-15)
+    assert res.info["lower_loss"] == pytest.approx(loss4, rel=1e-12)
+    if method in ("unrolled", "higher", "truncated"):
+        assert torch.allclose(res[0]["u"], hg, rtol=1e-10, atol=1e-15)
+
+
+def test_conjugate_gradient_stops_at_tolerance_and_reports_true_residual() -> None:
+    """A loose tol stops CG early; the reported relative residual is ||b - (H + d I) x|| / ||b||
+    recomputed densely, at most tol, and the tight solve needs more iterations."""
+    H, damping = _spd(), 0.01
+    b = {"x": torch.linspace(-1, 1, 12, dtype=DT)}
+    hvp = lambda v: {"x": H @ v["x"]}
+    _, tight = conjugate_gradient(hvp, b, iters=200, tol=1e-12, damping=damping)
+    x, loose = conjugate_gradient(hvp, b, iters=200, tol=1e-2, damping=damping)
+    true = float((b["x"] - (H + damping * torch.eye(12, dtype=DT)) @ x["x"]).norm() / b["x"].norm())
+    assert loose["residual"] == pytest.approx(true, rel=1e-6)
+    assert 1e-12 < loose["residual"] <= 1e-2
+    assert loose["iterations"] < tight["iterations"]

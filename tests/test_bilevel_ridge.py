@@ -113,3 +113,83 @@ def test_finite_difference_is_exact_one_step_for_quadratic_inner_loss() -> None:
         g, _ = hypergradient(_upper(p), w0, p["lower_loss"], p["upper_loss"], "finite-difference",
                              steps=1, lr=0.2, eps=eps)
         assert float(g["lam"]) == pytest.approx(exact, rel=1e-8)
+
+
+def _truncated_recurrence(p: dict, w0: torch.Tensor, a: float, steps: int, tracked: int, beta: float = 0.0) -> float:
+    """Hypergradient of K (momentum-)GD steps differentiated through the last ``tracked`` only:
+    ``w`` and the buffer run K - T steps with dw = db = 0, then db <- beta db + A dw + w,
+    dw <- dw - a db (d/dlam of g = A w - b is A dw + w); plain GD is beta = 0."""
+    w, buf = w0.clone(), torch.zeros_like(w0)
+    dw, dbuf = torch.zeros_like(w0), torch.zeros_like(w0)
+    for k in range(steps):
+        if k >= steps - tracked:
+            dbuf = beta * dbuf + p["A"] @ dw + w
+            dw = dw - a * dbuf
+        buf = beta * buf + (p["A"] @ w - p["b"])
+        w = w - a * buf
+    return float(p["val_grad"](w) @ dw)
+
+
+@pytest.mark.parametrize("optimizer,beta", [("sgd", 0.0), ("momentum", 0.7)])
+@pytest.mark.parametrize("truncate", [2, 4])
+def test_truncated_matches_recurrence_through_last_steps(optimizer: str, beta: float, truncate: int) -> None:
+    """1 < T < K: truncated equals the exact recurrence started (dw = 0) at step K - T, to 1e-8,
+    and differs from both unrolled and the recurrence through the first T steps."""
+    p = _problem(seed=7)
+    w0 = torch.randn(p["d"], generator=torch.Generator().manual_seed(8), dtype=DT)
+    kw = {"steps": 6, "lr": 0.2, "optimizer": optimizer, "momentum": beta}
+    exact = _truncated_recurrence(p, w0, 0.2, 6, truncate, beta)
+    g, w = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], "truncated", truncate=truncate, **kw)
+    full, _ = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], "unrolled", **kw)
+    assert float(g["lam"]) == pytest.approx(exact, rel=1e-8)
+    assert abs(exact - float(full["lam"])) > 1e-3 * abs(exact)
+    assert abs(exact - _truncated_recurrence(p, w0, 0.2, 6, 6, beta)) > 1e-3 * abs(exact)
+    assert torch.allclose(w["w"], hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"],
+                                                "first-order", **kw)[1]["w"], rtol=1e-13)
+
+
+def test_finite_difference_with_momentum_differentiates_the_last_step() -> None:
+    """Momentum, K = 4: finite-difference equals the T = 1 recurrence (buffer taken as constant) to
+    1e-8 (exact: the inner loss is quadratic), and its new w and buffer equal those of 4 steps."""
+    p = _problem(seed=9)
+    w0 = torch.randn(p["d"], generator=torch.Generator().manual_seed(10), dtype=DT)
+    kw = {"steps": 4, "lr": 0.2, "optimizer": "momentum", "momentum": 0.7}
+    res = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], "finite-difference", **kw)
+    ref = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], "first-order", **kw)
+    assert float(res[0]["lam"]) == pytest.approx(_truncated_recurrence(p, w0, 0.2, 4, 1, 0.7), rel=1e-8)
+    assert torch.allclose(res[1]["w"], ref[1]["w"], rtol=1e-13)
+    assert torch.allclose(res.state["buf"]["w"], ref.state["buf"]["w"], rtol=1e-13)
+
+
+def _neumann_dense(H: torch.Tensor, v: torch.Tensor, alpha: float, terms: int) -> torch.Tensor:
+    """alpha * sum_{j=0..terms} (I - alpha H)^j v with dense matrices."""
+    step = torch.eye(H.shape[0], dtype=DT) - alpha * H
+    term, total = v.clone(), v.clone()
+    for _ in range(terms):
+        term = step @ term
+        total = total + term
+    return alpha * total
+
+
+@pytest.mark.parametrize("method", ["implicit-cg", "implicit-neumann"])
+@pytest.mark.parametrize("damping", [0.0, 0.4])
+def test_implicit_solves_the_damped_system_at_w_k(method: str, damping: float) -> None:
+    """Away from w* (K = 2 steps from a random start) the IFT formula is evaluated at w_K:
+    d/dlam = -w_K^T q with q = (A + damping I)^-1 grad G(w_K) (CG) or its 6-term Neumann sum with
+    step neumann_alpha = 0.3 != lr (dense, float64, to 1e-10)."""
+    p = _problem(seed=11)
+    w0 = torch.randn(p["d"], generator=torch.Generator().manual_seed(12), dtype=DT)
+    w_k = w0.clone()
+    for _ in range(2):
+        w_k = w_k - 0.1 * (p["A"] @ w_k - p["b"])
+    H, v = p["A"] + damping * torch.eye(p["d"], dtype=DT), p["val_grad"](w_k)
+    if method == "implicit-cg":
+        q = torch.linalg.solve(H, v)
+        opts = {"cg_iters": 50, "tol": 1e-14}
+    else:
+        q = _neumann_dense(H, v, 0.3, 6)
+        opts = {"neumann_terms": 6, "neumann_alpha": 0.3}
+    g, w = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], method, steps=2, lr=0.1,
+                         damping=damping, **opts)
+    assert torch.allclose(w["w"], w_k, rtol=1e-13)
+    assert float(g["lam"]) == pytest.approx(float(-w_k @ q), rel=1e-10)
