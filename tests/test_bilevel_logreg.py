@@ -5,6 +5,7 @@ finite difference converging to one-step unrolling on a problem where it is not 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from fuse4seg.bilevel import hypergradient
 
 DT = torch.float64
 D = 25
+Loss = Callable[[dict, dict], torch.Tensor]
 
 
 def _data(seed: int) -> tuple[torch.Tensor, ...]:
@@ -42,7 +44,7 @@ def _losses(seed: int = 0) -> tuple:
     return lower_loss, upper_loss, u0
 
 
-def _exact(lower_loss, upper_loss, u0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _exact(lower_loss: Loss, upper_loss: Loss, u0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(w*, exact hypergradient) by Newton's method and the dense joint Hessian of F in (w, u)."""
     u = {"u": u0}
     w = torch.zeros(D, dtype=DT)

@@ -20,19 +20,24 @@ from dataclasses import replace
 
 import torch
 
-from fuse4seg.bilevel.core import LossFn, Options, Params, finish, grad, inner_loop
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
 from fuse4seg.errors import ConfigError
 
 
-def first_order(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options):
-    """Direct term only: ``d_u G(u, w_K)`` with ``w_K`` held fixed."""
+def first_order(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
+) -> HypergradientResult:
+    """Direct term only: ``d_u G(u, w_K)`` with ``w_K`` held fixed (grads shaped like ``upper``)."""
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=0)
     fixed = {k: v.detach() for k, v in w.items()}
     return finish(grad(upper_loss(upper, fixed), upper), w, state, info)
 
 
-def finite_difference(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options):
-    """DARTS approximation of the hypergradient through the last inner step (sgd or momentum)."""
+def finite_difference(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
+) -> HypergradientResult:
+    """DARTS approximation through the last inner step (sgd or momentum); grads shaped like ``upper``,
+    ``.info["eps"]`` = the scaled step eps / ||v|| in units of ``w``."""
     if opts.optimizer not in ("sgd", "momentum"):
         raise ConfigError(
             f"optimizer: finite-difference differentiates a (momentum-)SGD step; got {opts.optimizer!r}"

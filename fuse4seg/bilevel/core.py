@@ -29,6 +29,7 @@ class NonFiniteHypergradient(ArithmeticError):
     full :class:`HypergradientResult` (so a caller may still keep the new lower parameters)."""
 
     def __init__(self, names: list[str], result: HypergradientResult) -> None:
+        """Keep the offending upper keys and the full result; the message lists the keys."""
         super().__init__(f"non-finite hypergradient for upper parameter(s): {', '.join(names)}")
         self.names = names
         self.result = result

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from fuse4seg.bilevel.core import LossFn, Options, Params, finish, grad, inner_loop
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
 from fuse4seg.bilevel.solvers import Vec, conjugate_gradient, neumann_series
 
 HVP_BACKENDS = ("autograd", "func")
@@ -81,7 +81,7 @@ def func_operators(upper: Params, w: Params, lower_loss: LossFn) -> tuple[Linear
 
 
 def _implicit(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options,
-              use_cg: bool, backend: str):
+              use_cg: bool, backend: str) -> HypergradientResult:
     """Shared body: detached inner steps, then an IFT solve with the chosen solver and backend."""
     if backend not in HVP_BACKENDS:
         raise ValueError(f"unknown HVP backend {backend!r}; choose one of {HVP_BACKENDS}")
@@ -104,13 +104,14 @@ def _implicit(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: Loss
 
 
 def implicit_cg(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options,
-                backend: str = DEFAULT_HVP_BACKEND):
-    """IFT hypergradient with ``(H + damping I) q = d_w G`` solved by ``cg_iters`` CG steps (``tol``)."""
+                backend: str = DEFAULT_HVP_BACKEND) -> HypergradientResult:
+    """IFT hypergradient (shaped like ``upper``) with ``(H + damping I) q = d_w G`` solved by
+    ``cg_iters`` CG steps to relative residual ``tol`` (``.info``: iterations, residual, indefinite)."""
     return _implicit(upper, lower, lower_loss, upper_loss, opts, True, backend)
 
 
 def implicit_neumann(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options,
-                     backend: str = DEFAULT_HVP_BACKEND):
-    """IFT hypergradient with the inverse Hessian replaced by ``neumann_terms`` Neumann terms
-    of step ``neumann_alpha`` (default ``lr``)."""
+                     backend: str = DEFAULT_HVP_BACKEND) -> HypergradientResult:
+    """IFT hypergradient (shaped like ``upper``) with ``(H + damping I)^-1`` replaced by ``neumann_terms``
+    Neumann terms of step ``neumann_alpha`` (default ``lr``; units 1/curvature)."""
     return _implicit(upper, lower, lower_loss, upper_loss, opts, False, backend)

@@ -17,19 +17,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from fuse4seg.bilevel.core import LossFn, Options, Params, finish, grad, inner_loop
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
 from fuse4seg.bilevel.optimizers import State, check_state
 from fuse4seg.errors import ConfigError
 
 
-def unrolled(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options):
-    """Exact gradient of ``G(u, w_K(u))`` through all K differentiable inner steps."""
+def unrolled(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
+) -> HypergradientResult:
+    """Exact gradient of ``G(u, w_K(u))`` through all K differentiable inner steps (shaped like ``upper``)."""
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=opts.steps)
     return finish(grad(upper_loss(upper, w), upper), w, state, info)
 
 
-def truncated(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options):
-    """Back-propagate through the last ``truncate`` (T) of the K steps only (T = K: ``unrolled``)."""
+def truncated(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
+) -> HypergradientResult:
+    """Back-propagate through the last ``truncate`` (T) of the K steps only (T = K: ``unrolled``);
+    steps 1..K-T and the optimiser state they produce are treated as constants in ``upper``."""
     if opts.truncate > opts.steps:
         raise ConfigError(f"truncate: must be <= steps ({opts.steps}), got {opts.truncate}")
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=opts.truncate)
@@ -75,7 +80,9 @@ def _state_from_higher(diffopt: Any, names: list[str], opts: Options) -> State:
     return {}
 
 
-def higher_unrolled(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options):
+def higher_unrolled(
+    upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
+) -> HypergradientResult:
     """``unrolled`` run through ``higher.innerloop_ctx`` and higher's differentiable optimisers.
     (higher's Adam adds eps to sqrt(v) before bias correction, so Adam differs by O(eps))."""
     import higher  # deferred: only this backend needs it
