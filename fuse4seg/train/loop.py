@@ -265,7 +265,8 @@ class Trainer:
         if self.hold_pool:
             hold_iter = iter(step_loader(self.train_set, self.hold_pool, c.batch_size, c.seed, self.step, self.total,
                                          "holdout", c.num_workers))
-        bar = tqdm(total=self.total, initial=self.step, disable=not c.progress, desc=f"train {c.mode}",
+        # disable=None: no bar when stderr is not a terminal (CI logs), as in build-benchmark.
+        bar = tqdm(total=self.total, initial=self.step, disable=None if c.progress else True, desc=f"train {c.mode}",
                    unit="step", dynamic_ncols=True)
         started, scores, data_time, step_time, first_step = time.perf_counter(), {}, 0.0, 0.0, self.step
         in_step = False
