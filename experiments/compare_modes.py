@@ -49,6 +49,7 @@ def main() -> None:
         summary = train(build_config({**common, **opts, "benchmark": str(bench), "out": str(out / name),
                                       "overwrite": True, "progress": False}))
         m = evaluate_run(out / name, split="test")
+        hd95_unit = m["hd95_unit"]
         per_slice, per_case = m["segmentation"]["per_slice"], m["segmentation"]["per_case"]
         row = {"run": name, "mode": opts["mode"], "steps": summary["steps"], "train_s": summary["seconds"],
                "wall_s": time.perf_counter() - started, "best_step": summary["best_step"],
@@ -57,7 +58,7 @@ def main() -> None:
                **{f"case_dice_{r}": per_case[r]["dice"] for r in REGIONS},
                **{f"hd95_{r}": per_slice[r]["hd95"] for r in REGIONS},
                "fusion_learned": m["fusion"]["learned"], "fusion_stored": m["fusion"]["benchmark_stored"],
-               "background_dice": m["background_dice_per_slice_mean"]}
+               "background_dice": m["background_dice_per_slice_mean"], "hd95_unit": hd95_unit}
         rows.append(row)
         print(f"{name:22s} Dice mean {row['dice_mean']:.3f} (WT {row['dice_WT']:.3f}) in {row['train_s']:.0f} s",
               flush=True)
@@ -71,13 +72,22 @@ def main() -> None:
         rows = sorted(kept + rows, key=lambda r: order.index(r["run"]) if r["run"] in order else len(order))
     payload = {"benchmark": spec["benchmark"], "common": common, "runs": spec["runs"], "rows": rows}
     (results / "compare_modes.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    lines = ["| run | Dice WT | Dice TC | Dice ET | Dice mean | case Dice WT | HD95 WT | Qabf | VIF | train s |",
+    unit = "mm" if all(r.get("hd95_unit") == "mm" for r in rows) else "px"
+    lines = [f"| run | Dice WT | Dice TC | Dice ET | Dice mean | case Dice WT | HD95 WT ({unit}) | Qabf | VIF | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        fl = r["fusion_learned"] or {}
+        # Learned fusion metrics where the run has a fusion net; the stored fusion in brackets for
+        # the direct run on the benchmark's fused image; blank where no fused image is segmented.
+        fl, stored = r["fusion_learned"] or {}, r["fusion_stored"] or {}
+        if fl:
+            qabf, vif = f"{fl['Qabf']:.3f}", f"{fl['VIF']:.3f}"
+        elif r["run"] == "direct-laplacian" and stored:
+            qabf, vif = f"({stored['Qabf']:.3f})", f"({stored['VIF']:.3f})"
+        else:
+            qabf = vif = ""
         lines.append(f"| {r['run']} | {r['dice_WT']:.3f} | {r['dice_TC']:.3f} | {r['dice_ET']:.3f} | "
                      f"{r['dice_mean']:.3f} | {r['case_dice_WT']:.3f} | {r['hd95_WT']:.1f} | "
-                     f"{fl.get('Qabf', float('nan')):.3f} | {fl.get('VIF', float('nan')):.3f} | {r['train_s']:.0f} |")
+                     f"{qabf} | {vif} | {r['train_s']:.0f} |")
     (results / "compare_modes.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
