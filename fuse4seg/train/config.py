@@ -383,8 +383,11 @@ def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_config_json(path: str | Path, option: str = "--run") -> TrainConfig:
-    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError naming ``option`` if missing or malformed."""
+def read_run_config(path: str | Path, option: str = "--run") -> tuple[TrainConfig, dict[str, Any]]:
+    """Read ``RUN/config.json`` once: (its TrainConfig, its "derived" facts dict, {} if absent).
+
+    ConfigError naming ``option`` if the file is missing or malformed.
+    """
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -393,10 +396,16 @@ def read_config_json(path: str | Path, option: str = "--run") -> TrainConfig:
         raise ConfigError(f"{option}: {path} not found (is {path.parent} a training run?)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{option}: {path} is not a fuse4seg run config: {exc}") from None
-    return config_from_dict(options, f" (in {path})")
+    derived = payload.get("derived", {})
+    return config_from_dict(options, f" (in {path})"), derived
+
+
+def read_config_json(path: str | Path, option: str = "--run") -> TrainConfig:
+    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError naming ``option`` if missing or malformed."""
+    return read_run_config(path, option)[0]
 
 
 __all__ = [
     "FUSION_MODES", "MODES", "TrainConfig", "build_config", "check_relevant", "config_from_dict", "load_toml",
-    "read_config_json", "resolve_steps", "validate", "write_config_json",
+    "read_config_json", "read_run_config", "resolve_steps", "validate", "write_config_json",
 ]

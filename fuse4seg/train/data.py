@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fuse4seg.data.package import sha256_file
 from fuse4seg.errors import ConfigError, DataError
 
 H5_NAME = "brats_fuse.h5"
@@ -64,14 +64,11 @@ def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:
     A resumed run must see the same content; the path alone is not enough (a package can be moved,
     or rebuilt in place with other cases or sizes).
     """
-    digest = hashlib.sha256()
     try:
-        with open(info.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        digest = sha256_file(info.path)
     except OSError as exc:
         raise DataError(f"{info.path}: cannot read: {exc.strerror}") from None
-    return {"sha256": digest.hexdigest(), "counts": dict(info.counts), "height": info.height, "width": info.width}
+    return {"sha256": digest, "counts": dict(info.counts), "height": info.height, "width": info.width}
 
 
 #: Splits up to this many bytes of slices are held in memory (--cache): reading gzip-compressed HDF5

@@ -14,7 +14,6 @@ for reference.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from fuse4seg.data.h5format import H5_NAME, open_validated, read_root_attrs, rea
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.train.checkpoint import load_checkpoint
-from fuse4seg.train.config import TrainConfig, config_from_dict, read_config_json
+from fuse4seg.train.config import TrainConfig, config_from_dict, read_run_config
 from fuse4seg.train.data import open_split
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
@@ -58,10 +57,9 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
 
 def run_derived(run: str | Path) -> dict[str, Any]:
     """RUN/config.json's "derived" facts (slice size, benchmark fusion rule, slice_size, ...), after
-    :func:`read_config_json` has checked that the file is a run config; ConfigError otherwise."""
+    :func:`read_run_config` has checked that the file is a run config; ConfigError otherwise."""
     path = Path(run) / "config.json"
-    read_config_json(path)
-    derived = json.loads(path.read_text(encoding="utf-8")).get("derived")
+    derived = read_run_config(path)[1]
     if not isinstance(derived, dict):
         raise ConfigError(f"--run: {path} has no \"derived\" facts (written by `fuse4seg train`)")
     return derived
