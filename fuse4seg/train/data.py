@@ -29,14 +29,9 @@ class BenchmarkInfo:
     slice_size: int | None = None  # build --size (0: volume size kept); None: file predates the attribute
 
 
-def _text(value: object) -> str:
-    """An HDF5 attribute or string element as str (h5py returns bytes or str depending on version)."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def benchmark_info(directory: str | Path) -> BenchmarkInfo:
     """Read split sizes, slice size, fusion attributes and train case ids; ConfigError/DataError if bad."""
-    from fuse4seg.data.h5format import open_validated, slice_size
+    from fuse4seg.data.h5format import open_validated, read_root_attrs, slice_size
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -46,16 +41,14 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
         raise ConfigError(f"--benchmark: {directory} has no {H5_NAME} (build one with `fuse4seg build-benchmark`)")
     h5, counts = open_validated(path)
     with h5:
-        attr = h5.attrs.get("fusion_inputs", "")
-        inputs = attr.tolist() if isinstance(attr, np.ndarray) else _text(attr).split(",")
-        case_ids = tuple(_text(c) for c in h5["train/case_id"][()]) if counts.get("train", 0) else ()
-        method = _text(h5.attrs.get("fusion_method", ""))
+        attrs = read_root_attrs(h5)  # validated: fusion_inputs is a list of modality names
+        case_ids = tuple(h5["train/case_id"].asstr()[()]) if counts.get("train", 0) else ()
         side = slice_size(h5, path)
     if counts.get("train", 0) == 0:
         raise DataError(f"{path}: the train split is empty")
     return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in ("train", "val", "test")},
                          int(counts["height"]), int(counts["width"]),
-                         tuple(_text(i).strip() for i in inputs if _text(i).strip()), method, case_ids, side)
+                         tuple(attrs["fusion_inputs"]), str(attrs["fusion_method"]), case_ids, side)
 
 
 def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:
@@ -81,7 +74,7 @@ class InMemorySplit(Dataset):
 
     def __init__(self, path: Path, split: str) -> None:
         """Read source, fused, label, case_id and slice_index of ``split`` from the validated HDF5 file."""
-        from fuse4seg.data.h5format import open_validated
+        from fuse4seg.data.h5format import open_validated, read_root_attrs
 
         h5, _ = open_validated(path)
         with h5:
@@ -89,9 +82,9 @@ class InMemorySplit(Dataset):
             self.source = torch.from_numpy(np.ascontiguousarray(g["source"][()], dtype=np.float32))
             self.fused = torch.from_numpy(np.ascontiguousarray(g["fused"][()], dtype=np.float32))
             self.label = torch.from_numpy(np.ascontiguousarray(g["label"][()], dtype=np.uint8))
-            self.case_id = [_text(c) for c in g["case_id"][()]]
+            self.case_id = list(g["case_id"].asstr()[()])
             self.slice_index = [int(z) for z in g["slice_index"][()]]
-            self.attrs = {k: _text(v) if isinstance(v, bytes) else v for k, v in h5.attrs.items()}
+            self.attrs = read_root_attrs(h5)  # as BraTSFuse.attrs
 
     def __len__(self) -> int:
         """Number of slices."""
