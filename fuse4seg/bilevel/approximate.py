@@ -20,7 +20,16 @@ from dataclasses import replace
 
 import torch
 
-from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
+from fuse4seg.bilevel.core import (
+    HypergradientResult,
+    LossFn,
+    Options,
+    Params,
+    direct_and_lower_grads,
+    finish,
+    grad,
+    inner_loop,
+)
 from fuse4seg.errors import ConfigError
 
 
@@ -48,10 +57,7 @@ def finite_difference(
     w_prev, state, _ = inner_loop(upper, lower, lower_loss, before, tracked=0)
     last = replace(opts, steps=1, state=state)
     w, state, info = inner_loop(upper, w_prev, lower_loss, last, tracked=0)
-    both = {**{("u", k): v for k, v in upper.items()}, **{("w", k): v for k, v in w.items()}}
-    g = grad(upper_loss(upper, w), both)
-    direct = {k: g[("u", k)] for k in upper}
-    v = {k: g[("w", k)] for k in w}
+    direct, v = direct_and_lower_grads(upper_loss, upper, w)
     norm = torch.sqrt(sum(torch.sum(t * t) for t in v.values()))
     if float(norm) == 0.0:
         info["eps"] = 0.0

@@ -157,6 +157,20 @@ def grad(output: torch.Tensor, inputs: Params, create_graph: bool = False, retai
     return dict(zip(names, grads))
 
 
+def initial_state(opt: InnerOptimizer, opts: Options, w: Params) -> State:
+    """Inner optimiser state for ``w``: fresh from ``opt.init`` or the carried ``opts.state``,
+    validated (keys and shapes) against ``w``."""
+    return opt.init(w) if opts.state is None else check_state(opt, opts.state, w)
+
+
+def direct_and_lower_grads(upper_loss: LossFn, upper: Params, w: Params) -> tuple[Params, Params]:
+    """One backward of ``G(u, w)``: ``(d_u G, d_w G)``, each a dict shaped like ``upper`` / ``w``
+    (``d_w G`` is the ``v`` of the implicit and finite-difference methods)."""
+    both = {**{("u", k): v for k, v in upper.items()}, **{("w", k): v for k, v in w.items()}}
+    g = grad(upper_loss(upper, w), both)
+    return {k: g[("u", k)] for k in upper}, {k: g[("w", k)] for k in w}
+
+
 def inner_loop(
     upper: Params, lower: Params, lower_loss: LossFn, opts: Options, tracked: int
 ) -> tuple[Params, State, dict[str, Any]]:
@@ -165,7 +179,7 @@ def inner_loop(
     Returns ``(w_K, optimiser state, {"lower_loss": loss at the last step's start})``."""
     opt = opts.inner_optimizer()
     w = as_lower(lower)
-    state = opt.init(w) if opts.state is None else check_state(opt, opts.state, w)
+    state = initial_state(opt, opts, w)
     frozen = {k: v.detach() for k, v in upper.items()}
     last = torch.full((), float("nan"))
     for step in range(opts.steps):

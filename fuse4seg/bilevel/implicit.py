@@ -24,7 +24,16 @@ from collections.abc import Callable
 
 import torch
 
-from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
+from fuse4seg.bilevel.core import (
+    HypergradientResult,
+    LossFn,
+    Options,
+    Params,
+    direct_and_lower_grads,
+    finish,
+    grad,
+    inner_loop,
+)
 from fuse4seg.bilevel.solvers import Vec, conjugate_gradient, neumann_series
 
 HVP_BACKENDS = ("autograd", "func")
@@ -87,10 +96,8 @@ def _implicit(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: Loss
         raise ValueError(f"unknown HVP backend {backend!r}; choose one of {HVP_BACKENDS}")
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=0)
     w = {k: v.detach().requires_grad_() for k, v in w.items()}
-    both = {**{("u", k): v for k, v in upper.items()}, **{("w", k): v for k, v in w.items()}}
-    g = grad(upper_loss(upper, w), both)
-    direct = {k: g[("u", k)] for k in upper}
-    v = {k: g[("w", k)].detach() for k in w}
+    direct, v = direct_and_lower_grads(upper_loss, upper, w)
+    v = {k: t.detach() for k, t in v.items()}
     operators = autograd_operators if backend == "autograd" else func_operators
     hvp, mixed = operators(upper, w, lower_loss)
     if use_cg:

@@ -125,7 +125,8 @@ def detach_state(state: State) -> State:
 
 def check_state(opt: InnerOptimizer, state: State, params: Params) -> State:
     """Validate a carried-over state against ``params`` (keys and shapes); ConfigError naming the fault."""
-    expected = opt.init(params)
+    # init({}) gives the key layout without allocating zeros; shapes are checked against params below.
+    expected = opt.init({})
     if set(state) != set(expected):
         raise ConfigError(
             f"state: expected keys {sorted(expected)} for optimizer {opt.name!r}, got {sorted(state)}"

@@ -45,7 +45,7 @@ def damped(hvp: HVP, damping: float) -> HVP:
 
 
 def conjugate_gradient(
-    hvp: HVP, b: Vec, iters: int = 10, tol: float = 1e-10, damping: float = 0.0, x0: Vec | None = None
+    hvp: HVP, b: Vec, iters: int = 10, tol: float = 1e-10, damping: float = 0.0
 ) -> tuple[Vec, dict[str, float]]:
     """Solve ``(H + damping I) x = b`` by CG (H symmetric positive definite); stop at ``iters``
     iterations or relative residual ``||r|| <= tol ||b||``. Cost: one HVP per iteration.
@@ -55,13 +55,8 @@ def conjugate_gradient(
     with torch.no_grad():
         b = {k: v.detach() for k, v in b.items()}
         b_norm = torch.sqrt(vdot(b, b))
-        if x0 is None:
-            x = {k: torch.zeros_like(v) for k, v in b.items()}
-            r = dict(b)
-        else:
-            x = {k: v.detach().clone() for k, v in x0.items()}
-            ax = matvec(x)
-            r = {k: b[k] - ax[k] for k in b}
+        x = {k: torch.zeros_like(v) for k, v in b.items()}
+        r = dict(b)
         p = dict(r)
         rr = vdot(r, r)
     done, indefinite = 0, False

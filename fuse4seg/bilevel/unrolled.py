@@ -17,8 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, finish, grad, inner_loop
-from fuse4seg.bilevel.optimizers import State, check_state
+from fuse4seg.bilevel.core import (
+    HypergradientResult,
+    LossFn,
+    Options,
+    Params,
+    finish,
+    grad,
+    initial_state,
+    inner_loop,
+)
+from fuse4seg.bilevel.optimizers import State
 from fuse4seg.errors import ConfigError
 
 
@@ -91,7 +100,7 @@ def higher_unrolled(
     holder = _Holder(lower)
     opt = opts.inner_optimizer()
     init_w = {k: v.detach() for k, v in lower.items()}
-    state = opt.init(init_w) if opts.state is None else check_state(opt, opts.state, init_w)
+    state = initial_state(opt, opts, init_w)
     torch_opt = _torch_optimizer(holder, opts, state)
     last = torch.full((), float("nan"))
     with higher.innerloop_ctx(holder, torch_opt, copy_initial_weights=True, track_higher_grads=True) as (

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from fuse4seg.errors import ConfigError
-from fuse4seg.models.blocks import gaussian_blur, gaussian_kernel1d
+
+# split_bands / max_abs_select live with the fusion network that shares them; re-exported here.
+from fuse4seg.models.blocks import max_abs_select, split_bands
+
+__all__ = [
+    "WINDOWS", "check_pair", "forward_differences", "gradient_magnitude", "max_abs_select", "sobel_gradients",
+    "split_bands", "ssim", "ssim_window",
+]
 
 WINDOWS: tuple[str, ...] = ("gaussian", "uniform")
 
@@ -40,12 +47,6 @@ def forward_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
     dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
     return dx, dy
-
-
-def split_bands(x: torch.Tensor, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) parts of (N, C, H, W): Gaussian blur of standard deviation ``sigma`` px and the rest."""
-    low = gaussian_blur(x, gaussian_kernel1d(sigma))
-    return low, x - low
 
 
 def ssim_window(window: str = "gaussian", win_size: int | None = None, sigma: float = 1.5) -> torch.Tensor:
@@ -112,9 +113,3 @@ def check_pair(fused: torch.Tensor, sources: torch.Tensor) -> None:
         raise ConfigError(
             f"sources must have shape (N, C, H, W) = ({n}, C, {h}, {w}), got {tuple(sources.shape)}"
         )
-
-
-def max_abs_select(values: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-    """Per pixel, the entry of (N, C, H, W) ``values`` whose |key| is largest (key: values) -> (N, 1, H, W)."""
-    idx = (values if key is None else key).abs().argmax(dim=1, keepdim=True)
-    return torch.gather(values, 1, idx)

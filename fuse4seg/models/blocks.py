@@ -158,6 +158,21 @@ def gaussian_blur(x: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), ky, groups=c)
 
 
+def split_bands(
+    x: torch.Tensor, sigma: float = 2.0, kernel1d: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) parts of (N, C, H, W): Gaussian blur of standard deviation ``sigma`` px and the rest
+    (low + high == x); ``kernel1d`` (a cached ``gaussian_kernel1d(sigma)``) replaces ``sigma`` when given."""
+    low = gaussian_blur(x, gaussian_kernel1d(sigma) if kernel1d is None else kernel1d)
+    return low, x - low
+
+
+def max_abs_select(values: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+    """Per pixel, the entry of (N, C, H, W) ``values`` whose |key| is largest (key: values) -> (N, 1, H, W)."""
+    idx = (values if key is None else key).abs().argmax(dim=1, keepdim=True)
+    return torch.gather(values, 1, idx)
+
+
 def logit(p: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Inverse sigmoid of probabilities/intensities in [0, 1], clamped to [eps, 1 - eps] first."""
     p = p.clamp(eps, 1.0 - eps)

@@ -25,9 +25,10 @@ from fuse4seg.models.blocks import (
     check_choice,
     check_positive_float,
     check_positive_int,
-    gaussian_blur,
     gaussian_kernel1d,
     logit,
+    max_abs_select,
+    split_bands,
 )
 
 OUTPUTS: tuple[str, ...] = ("residual", "sigmoid")
@@ -122,14 +123,12 @@ class FrequencyFusionNet(nn.Module):
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Split (N, C, H, W) into (low, high) parts of the same shape; low + high == x."""
-        low = gaussian_blur(x, self.blur_kernel)
-        return low, x - low
+        return split_bands(x, kernel1d=self.blur_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse (N, in_channels, H, W) sources in [0, 1] into (N, 1, H, W) in [0, 1]."""
         low, high = self.split(x)
         features = torch.cat([self.low_branch(low), self.high_branch(high)], dim=1)
         r = self.head(self.merge(features))
-        idx = high.abs().argmax(dim=1, keepdim=True)
-        base = low.mean(dim=1, keepdim=True) + torch.gather(high, 1, idx)
+        base = low.mean(dim=1, keepdim=True) + max_abs_select(high)
         return torch.sigmoid(logit(base) + r)
