@@ -239,6 +239,26 @@ def test_cli_bad_checkpoint_is_one_line_without_weights_only_advice(
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_fusion_checkpoint_with_mismatched_weights_is_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """`build-benchmark --fusion-checkpoint` on a well-formed checkpoint whose fusion weights do not fit the
+    network its config builds (a wider layer) exits 1 with one DataError line naming the file, no traceback."""
+    from fuse4seg.train.networks import build_pipeline
+
+    config = build_config({"mode": "bilevel", "benchmark": str(tmp_path / "bench"), "out": str(tmp_path / "run")})
+    models = build_pipeline(config).state_dicts()
+    name, weight = next(iter(models["fusion"].items()))
+    models["fusion"][name] = torch.zeros(weight.shape[0] + 1, *weight.shape[1:])
+    state = full_state(models, None, capture_rng_state())
+    state["config"] = config.to_dict()
+    path = save_checkpoint(tmp_path / "run" / "best.pt", state)
+    rc = main(["build-benchmark", "--out", str(tmp_path / "out"), "--fusion-checkpoint", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: checkpoint {path}: weights do not fit the networks: "), err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args", [
     ["--mode", "nonsense"],
     ["--steps", "0"],

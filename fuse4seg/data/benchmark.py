@@ -70,7 +70,8 @@ def parse_split(split: str | Sequence[float]) -> tuple[float, float, float]:
 
 def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
     """Assign whole cases to train/val/test (see module doc); ConfigError if too few cases."""
-    names = ("train", "val", "test")
+    from fuse4seg.data.h5format import SPLITS as names
+
     nonzero = [i for i, f in enumerate(fractions) if f > 0]
     if len(case_ids) < len(nonzero):
         raise ConfigError(f"--split needs at least {len(nonzero)} cases (one per non-zero split), "
@@ -320,7 +321,7 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
     """
     from fuse4seg.data import package
     from fuse4seg.data.brats import find_cases
-    from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME
+    from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS
 
     started = time.perf_counter()
     fusion_inputs = parse_modalities(fusion_inputs)
@@ -364,7 +365,7 @@ def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = No
                                           fusion_inputs=fusion_inputs)
             with contextlib.closing(results):  # a write error stops the worker pool at once
                 written = _write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, fusion_inputs)
-            empty = [s for s, f in zip(("train", "val", "test"), fractions) if f > 0
+            empty = [s for s, f in zip(SPLITS, fractions) if f > 0
                      and written["splits"][s]["slices"] == 0]
             if empty:
                 raise DataError(f"split {empty[0]} has no tumour-bearing case (cases without tumour: "

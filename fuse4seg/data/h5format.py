@@ -112,13 +112,6 @@ def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: s
         dataset[start:start + k] = values
 
 
-def append_slices(group: h5py.Group, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
-                  case_id: str, slice_index: np.ndarray, spacing: np.ndarray) -> None:
-    """Append K slices of one case: source (K,4,H,W), fused (K,1,H,W), label (K,H,W), slice_index (K,),
-    spacing (3,) or (K, 3) mm."""
-    append_encoded(group, encode_slices(source, fused, label), case_id, slice_index, spacing)
-
-
 def _attr_text(value: object) -> str:
     """An HDF5 attribute read back as Python str (h5py returns str or bytes for strings)."""
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -25,14 +25,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.brats import FILE_SUFFIXES, from_canonical_labels
+from fuse4seg.data.brats import FILE_SUFFIXES, LABEL_MAPS, SCHEMES, from_canonical_labels
 from fuse4seg.data.mni152 import MNITemplate, load_template
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
 
 #: Full-scale BraTS grid (voxels at 1 mm).
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
-NAMINGS: tuple[str, ...] = ("brats2020", "brats2021", "brats2023")
+NAMINGS: tuple[str, ...] = SCHEMES  # the release layouts a phantom can be written in
 
 #: Mean intensity (arbitrary units, WM of T1 ~ 0.85) of each tissue/tumour class per modality.
 #: Columns: CSF, GM, WM, ED (oedema), NCR (necrotic core), ET (enhancing tumour).
@@ -350,7 +350,7 @@ def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021"
             "generator": "fuse4seg phantom", "naming": naming, "seed": int(seed), "scale": float(scale),
             "cases": ids, "shape": list(shape), "spacing_mm": spacing,
             "anatomy": "MNI152 ICBM 2009c nonlinear symmetric T1/GM/WM templates (nilearn)",
-            "labels": {"NCR": 1, "ED": 2, "ET": 4 if naming != "brats2023" else 3},
+            "labels": {"NCR": 1, "ED": 2, "ET": {v: k for k, v in LABEL_MAPS[naming].items()}[3]},
         }
         (tmp / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out

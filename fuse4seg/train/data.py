@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fuse4seg.data.h5format import H5_NAME, SPLITS
 from fuse4seg.data.package import sha256_file
 from fuse4seg.errors import ConfigError, DataError
-
-H5_NAME = "brats_fuse.h5"
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,6 @@ class BenchmarkInfo:
     counts: dict[str, int]  # slices per split
     height: int
     width: int
-    fusion_inputs: tuple[str, ...]
     fusion_method: str
     train_case_ids: tuple[str, ...]  # one per train slice, in file order
     slice_size: int | None = None  # build --size (0: volume size kept); None: file predates the attribute
@@ -46,9 +44,9 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
         side = slice_size(h5, path)
     if counts.get("train", 0) == 0:
         raise DataError(f"{path}: the train split is empty")
-    return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in ("train", "val", "test")},
+    return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in SPLITS},
                          int(counts["height"]), int(counts["width"]),
-                         tuple(attrs["fusion_inputs"]), str(attrs["fusion_method"]), case_ids, side)
+                         str(attrs["fusion_method"]), case_ids, side)
 
 
 def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:

@@ -23,9 +23,17 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import REGIONS
-from fuse4seg.data.h5format import H5_NAME, open_validated, read_root_attrs, read_spacing, slice_size
+from fuse4seg.data.h5format import (
+    H5_NAME,
+    one_line,
+    open_validated,
+    read_root_attrs,
+    read_spacing,
+    slice_size,
+)
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
+from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import TrainConfig, config_from_dict, read_run_config
 from fuse4seg.train.data import open_split
@@ -33,8 +41,6 @@ from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import dice_per_slice, predict_batches
 
-#: fusion_metrics needs images of at least this size (VIF's four scales).
-MIN_FUSION_METRIC_SIZE = 41
 CHECKPOINTS = ("best", "last")
 
 
@@ -45,14 +51,22 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     run = Path(run)
     if not run.is_dir():
         raise ConfigError(f"--run: {run} is not a directory")
-    state = load_checkpoint(run / f"{checkpoint}.pt")
-    config = config_from_dict(state["config"], f" (in {run / (checkpoint + '.pt')})")
+    config, pipeline, state = pipeline_from_checkpoint(run / f"{checkpoint}.pt")
+    return config, pipeline.to(resolve_device(device)).train(False), state
+
+
+def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, dict]:
+    """Config, pipeline (on CPU) with the weights of the checkpoint file ``path``, and the checkpoint;
+    DataError (one line, naming the file) if the weights do not fit the networks its config builds."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"], f" (in {path})")
     pipeline = build_pipeline(config)
     try:
         pipeline.load_state_dicts(state["models"])
     except (KeyError, RuntimeError) as exc:
-        raise DataError(f"checkpoint {run / (checkpoint + '.pt')}: weights do not fit the networks: {exc}") from None
-    return config, pipeline.to(resolve_device(device)).train(False), state
+        raise DataError(f"checkpoint {path}: weights do not fit the networks: {one_line(exc)}") from None
+    return config, pipeline, state
 
 
 def run_derived(run: str | Path) -> dict[str, Any]:
@@ -105,11 +119,6 @@ def _mean_fusion(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _mean_seg(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per-region, per-metric mean over slices or cases."""
-    return {r: {m: float(np.mean([row[r][m] for row in rows])) for m in rows[0][r]} for r in REGIONS}
-
-
 def _stack_gap(slice_index: list[int]) -> float:
     """Median gap between consecutive stacked slice indices (1 for a single slice)."""
     gaps = np.diff(np.sort(np.asarray(slice_index)))
@@ -122,7 +131,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
 
     ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm), or None (pixels).
     """
-    from fuse4seg.metrics import fusion_metrics, segmentation_metrics
+    from fuse4seg.metrics import average_segmentation_metrics, fusion_metrics, segmentation_metrics
 
     config = pipeline.config
     inputs = config.fusion_inputs
@@ -131,7 +140,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
     can_fuse_metrics = len(inputs) >= 2
     row = 0
     for b in predict_batches(pipeline, dataset, device, batch_size, limit):
-        small = min(b.source.shape[-2:]) < MIN_FUSION_METRIC_SIZE
+        small = min(b.source.shape[-2:]) < VIF_MIN_SIZE  # the smallest image fusion_metrics accepts
         srcs = (b.source[:, pipeline.fusion_channels].numpy() * 255.0).astype(np.float64)
         for i in range(len(b.pred)):
             pred, truth = b.pred[i].numpy().astype(np.uint8), b.label[i].numpy().astype(np.uint8)
@@ -165,10 +174,11 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
     if not can_fuse_metrics:
         notes.append("fusion metrics need at least two fusion inputs; skipped")
     elif not learned and not stored:
-        notes.append(f"fusion metrics need slices of at least {MIN_FUSION_METRIC_SIZE} px; skipped")
+        notes.append(f"fusion metrics need slices of at least {VIF_MIN_SIZE} px; skipped")
     return {
         "slices": len(per_slice), "cases": len(per_case), "hd95_unit": "pixels" if spacing is None else "mm",
-        "segmentation": {"per_slice": _mean_seg(per_slice), "per_case": _mean_seg(case_rows)},
+        "segmentation": {"per_slice": average_segmentation_metrics(per_slice),
+                         "per_case": average_segmentation_metrics(case_rows)},
         "per_case": per_case,
         "fusion": {"learned": _mean_fusion(learned), "benchmark_stored": _mean_fusion(stored)},
         "background_dice_per_slice_mean": dict(zip(REGIONS, torch.cat(bg_dices).mean(0).tolist())),

@@ -27,13 +27,8 @@ import torch.nn.functional as F
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
 from fuse4seg.train.device import resolve_device
-from fuse4seg.train.evaluate import load_run, run_derived
+from fuse4seg.train.evaluate import load_run, pipeline_from_checkpoint, run_derived
 from fuse4seg.train.networks import Pipeline
-
-
-def training_slice_size(run: str | Path) -> tuple[int, int]:
-    """(H, W) of the slices the run was trained on, from RUN/config.json."""
-    return _trained_size(run_derived(run), run)
 
 
 def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
@@ -169,20 +164,13 @@ def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] |
     in that order) to (N, H, W) float32 in [0, 1]. ConfigError if the checkpoint has no fusion
     network or ``fusion_inputs`` differs from the inputs it was trained on.
     """
-    from fuse4seg.train.checkpoint import load_checkpoint
-    from fuse4seg.train.config import config_from_dict
-    from fuse4seg.train.networks import build_pipeline
-
     path = Path(path)
-    state = load_checkpoint(path)
-    config = config_from_dict(state["config"], f" (in {path})")
+    config, pipeline, state = pipeline_from_checkpoint(path)
     if "fusion" not in state["models"]:
         raise ConfigError(f"--fusion-checkpoint: {path} ({config.mode} mode) has no fusion network")
     if fusion_inputs is not None and tuple(fusion_inputs) != tuple(config.fusion_inputs):
         raise ConfigError(f"--fusion-inputs {','.join(fusion_inputs)}: the fusion network in {path} was trained on "
                           f"{','.join(config.fusion_inputs)}")
-    pipeline = build_pipeline(config)
-    pipeline.load_state_dicts(state["models"])
     dev = resolve_device(device)
     net = pipeline.fusion.to(dev).eval()
 

@@ -10,12 +10,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fuse4seg.conventions import REGIONS
+from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES
 from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.visual import column_titles, panel_grid, panel_row
 
 GALLERY_NAME = "gallery.png"
-#: Fusion metrics shown in the report's table (all are in metrics.json).
-FUSION_COLUMNS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "CC")
+#: Fusion metrics shown in the report's table: every one fusion_metrics computes, in its order.
+FUSION_COLUMNS = FUSION_METRIC_NAMES
 
 
 def _fmt(value: float) -> str:
