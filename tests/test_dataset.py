@@ -137,6 +137,33 @@ def test_items_with_bad_values_name_file_split_and_index(package: Path, tmp_path
     data[where[0] - 1]  # the neighbouring slice is fine
 
 
+@pytest.mark.parametrize(("split", "dataset", "where", "value", "message"), [
+    ("train", "source", (4, 2, 3, 5), np.inf, "source has values outside"),
+    ("val", "fused", (1, 0, 7, 7), np.nan, "fused has values outside"),
+    ("test", "label", (2, 8, 8), 9, "label 9 not in"),
+    ("train", "slice_index", (5,), -1, "negative slice_index -1"),
+])
+def test_cached_split_checks_values_at_load(package: Path, tmp_path: Path, split: str, dataset: str,
+                                            where: tuple[int, ...], value: float, message: str) -> None:
+    """The in-memory split (training's and evaluate's default --cache path) refuses one bad value when it
+    loads, with the same DataError as BraTSFuse's per-item check (file, split, index, case); the
+    undamaged package loads and equals the lazy items."""
+    from fuse4seg.train.data import InMemorySplit, open_split
+
+    clean = open_split(package, split, cache=True)
+    assert isinstance(clean, InMemorySplit)
+    lazy = BraTSFuse(package, split)
+    for name in ("source", "fused", "label"):
+        torch.testing.assert_close(clean[where[0]][name], lazy[where[0]][name], atol=0, rtol=0)
+    path = _copy_package(package, tmp_path)
+    with h5py.File(path, "r+") as h5:
+        h5[f"{split}/{dataset}"][where] = value
+        case_id = h5[f"{split}/case_id"].asstr()[where[0]]
+    with pytest.raises(DataError, match=message) as caught:
+        open_split(tmp_path, split, cache=True)
+    assert str(caught.value).startswith(f"{path}: /{split}[{where[0]}] (case {case_id}): ")
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("format_version", "abc", "format_version must be one integer"),
     ("format_version", np.array([1, 2]), "format_version must be one integer"),

@@ -16,6 +16,39 @@ from fuse4seg.data.h5format import H5_NAME, SPLITS, one_line, open_validated, re
 from fuse4seg.errors import ConfigError, DataError
 
 
+def h5_path(path: str | os.PathLike, split: str) -> Path:
+    """The brats_fuse.h5 of a package directory (or ``path`` itself, a file); ConfigError if ``split`` is unknown."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    path = Path(path)
+    return path / H5_NAME if path.is_dir() else path
+
+
+def check_slices(path: str | os.PathLike, split: str, first: int, case_ids: Sequence[str], source: np.ndarray,
+                 fused: np.ndarray, label: np.ndarray, slice_index: np.ndarray) -> None:
+    """DataError naming file, split, index and case of the first bad slice unless source (K,C,H,W) and fused
+    (K,1,H,W) are finite in [0, 1], label (K,H,W) is in {0..3} and slice_index (K,) >= 0; rows are slices
+    ``first``, ``first + 1``, ... of ``split``. One vectorised pass: a bad file is named here, not inside a
+    loss or a CUDA kernel."""
+    k = len(case_ids)
+    if k == 0:
+        return
+    checks = []
+    for name, values in (("source", source), ("fused", fused)):
+        flat = np.asarray(values).reshape(k, -1)
+        # min/max propagate NaN, and NaN fails both comparisons, so this also rejects NaN/Inf
+        bad = ~((flat.min(axis=1) >= 0) & (flat.max(axis=1) <= 1))
+        checks.append((bad, lambda i, name=name: f"{name} has values outside [0, 1] or NaN/Inf"))
+    top = np.asarray(label).reshape(k, -1).max(axis=1)
+    checks.append((top > NUM_CLASSES - 1, lambda i: f"label {int(top[i])} not in {{0,1,2,3}}"))
+    z = np.asarray(slice_index).reshape(k)
+    checks.append((z < 0, lambda i: f"negative slice_index {int(z[i])}"))
+    for bad, message in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: /{split}[{first + i}] (case {case_ids[i]}): {message(i)}")
+
+
 class BraTSFuse(Dataset):
     """Slices of one split: {"source": (C, H, W) float32, "fused": (1, H, W) float32,
     "label": (H, W) int64, "case_id": str, "slice_index": int}.
@@ -31,10 +64,7 @@ class BraTSFuse(Dataset):
     def __init__(self, path: str | os.PathLike, split: str, modalities: Sequence[str] | str | None = None,
                  transform: Callable[..., dict] | None = None) -> None:
         """Validate the file's schema and remember what to read; see the class docstring."""
-        if split not in SPLITS:
-            raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-        path = Path(path)
-        self.path = path / H5_NAME if path.is_dir() else path
+        self.path = h5_path(path, split)
         self.split = split
         self.modalities = MODALITIES if modalities is None else parse_modalities(modalities)
         self._channels = modality_indices(self.modalities)
@@ -69,7 +99,6 @@ class BraTSFuse(Dataset):
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} slices in {self.split}")
         index = int(index) % self._length
-        where = f"{self.path}: /{self.split}[{index}]"
         try:
             group = self._group()
             source = group["source"][index][self._channels]
@@ -79,8 +108,9 @@ class BraTSFuse(Dataset):
             case_id = case_id.decode() if isinstance(case_id, bytes) else str(case_id)
             slice_index = int(group["slice_index"][index])
         except (OSError, UnicodeDecodeError) as exc:  # corrupt chunk, file replaced since construction
-            raise DataError(f"{where}: unreadable slice ({one_line(exc)})") from None
-        self._check_item(where, case_id, source, fused, label, slice_index)
+            raise DataError(f"{self.path}: /{self.split}[{index}]: unreadable slice ({one_line(exc)})") from None
+        check_slices(self.path, self.split, index, [case_id], source[None], fused[None], label[None],
+                     np.array([slice_index]))
         if self.transform is not None:
             image = np.concatenate([source, fused], axis=0).transpose(1, 2, 0)
             out = self.transform(image=np.ascontiguousarray(image), mask=label)
@@ -94,20 +124,6 @@ class BraTSFuse(Dataset):
             "case_id": case_id,
             "slice_index": slice_index,
         }
-
-    @staticmethod
-    def _check_item(where: str, case_id: str, source: np.ndarray, fused: np.ndarray, label: np.ndarray,
-                    slice_index: int) -> None:
-        """DataError unless source (C,H,W) and fused (1,H,W) are finite in [0, 1], label (H,W) is in
-        {0..3} and slice_index >= 0: a cheap guard (~µs per slice) so a bad file is named here, not
-        inside a loss or a CUDA kernel."""
-        for name, values in (("source", source), ("fused", fused)):
-            if not (np.isfinite(values).all() and values.min(initial=0.0) >= 0 and values.max(initial=0.0) <= 1):
-                raise DataError(f"{where} (case {case_id}): {name} has values outside [0, 1] or NaN/Inf")
-        if label.max(initial=0) > NUM_CLASSES - 1:
-            raise DataError(f"{where} (case {case_id}): label {int(label.max())} not in {{0,1,2,3}}")
-        if slice_index < 0:
-            raise DataError(f"{where} (case {case_id}): negative slice_index {slice_index}")
 
     def close(self) -> None:
         """Close this process's file handle (reopened on the next access)."""

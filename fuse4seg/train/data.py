@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -70,19 +71,27 @@ CACHE_MAX_BYTES = 2 * 1024**3
 class InMemorySplit(Dataset):
     """One split read once into memory; items are the same dicts BraTSFuse returns."""
 
-    def __init__(self, path: Path, split: str) -> None:
-        """Read source, fused, label, case_id and slice_index of ``split`` from the validated HDF5 file."""
-        from fuse4seg.data.h5format import open_validated, read_root_attrs
+    def __init__(self, path: Path, split: str, h5: h5py.File | None = None) -> None:
+        """Read source, fused, label, case_id, slice_index and spacing of ``split`` from the HDF5 file ``path``
+        (``h5``: its already validated open handle, else it is opened and validated here); DataError naming the
+        file, split and slice if a value is out of range (as BraTSFuse does per item)."""
+        from fuse4seg.data.dataset import check_slices
+        from fuse4seg.data.h5format import open_validated, read_root_attrs, read_spacing
 
-        h5, _ = open_validated(path)
+        if h5 is None:
+            h5 = open_validated(path)[0]
         with h5:
             g = h5[split]
-            self.source = torch.from_numpy(np.ascontiguousarray(g["source"][()], dtype=np.float32))
-            self.fused = torch.from_numpy(np.ascontiguousarray(g["fused"][()], dtype=np.float32))
-            self.label = torch.from_numpy(np.ascontiguousarray(g["label"][()], dtype=np.uint8))
+            source = np.ascontiguousarray(g["source"][()], dtype=np.float32)
+            fused = np.ascontiguousarray(g["fused"][()], dtype=np.float32)
+            label = np.ascontiguousarray(g["label"][()], dtype=np.uint8)
             self.case_id = list(g["case_id"].asstr()[()])
-            self.slice_index = [int(z) for z in g["slice_index"][()]]
+            slice_index = g["slice_index"][()]
             self.attrs = read_root_attrs(h5)  # as BraTSFuse.attrs
+            self.spacing = read_spacing(h5, split, path)  # (N, 3) mm, or None for older benchmarks
+        check_slices(path, split, 0, self.case_id, source, fused, label, slice_index)
+        self.source, self.fused, self.label = torch.from_numpy(source), torch.from_numpy(fused), torch.from_numpy(label)
+        self.slice_index = [int(z) for z in slice_index]
 
     def __len__(self) -> int:
         """Number of slices."""
@@ -98,12 +107,17 @@ def open_split(directory: str | Path, split: str, cache: bool = False) -> Datase
     """A torch Dataset of one split (all 4 sources; the pipeline selects channels).
 
     ``cache``: hold the split in memory when it is at most CACHE_MAX_BYTES, else read lazily (BraTSFuse).
+    The file is opened and validated once for the in-memory path.
     """
     from fuse4seg.data import BraTSFuse
+    from fuse4seg.data.dataset import h5_path
+    from fuse4seg.data.h5format import open_validated
 
-    lazy = BraTSFuse(Path(directory), split)
-    if cache and len(lazy):
-        h, w = lazy.size
-        if len(lazy) * h * w * (5 * 4 + 1) <= CACHE_MAX_BYTES:
-            return InMemorySplit(lazy.path, split)
-    return lazy
+    if cache:
+        path = h5_path(directory, split)
+        h5, counts = open_validated(path)
+        n = counts[split]
+        if n and n * counts["height"] * counts["width"] * (5 * 4 + 1) <= CACHE_MAX_BYTES:
+            return InMemorySplit(path, split, h5)
+        h5.close()
+    return BraTSFuse(Path(directory), split)

@@ -36,7 +36,7 @@ from fuse4seg.io import atomic_dir
 from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import TrainConfig, config_from_dict, read_run_config
-from fuse4seg.train.data import open_split
+from fuse4seg.train.data import InMemorySplit, open_split
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import dice_per_slice, predict_batches
@@ -222,9 +222,12 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
         raise DataError(f"{bench}: split {split!r} has no slices")
     if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
         check_benchmark_matches(run, config, bench)
-    h5, _ = open_validated(bench / H5_NAME)
-    with h5:
-        spacing = read_spacing(h5, split, bench / H5_NAME)
+    if isinstance(dataset, InMemorySplit):
+        spacing = dataset.spacing  # read with the slices: no second open
+    else:
+        h5, _ = open_validated(bench / H5_NAME)
+        with h5:
+            spacing = read_spacing(h5, split, bench / H5_NAME)
     unit = "pixels" if spacing is None else "mm"
     metrics: dict[str, Any] = {
         "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode,
