@@ -269,3 +269,16 @@ def test_resume_with_weights_of_other_shapes(two_runs: Path, tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1
     assert err.startswith(f"error: {run / 'last.pt'}: weights or optimiser state do not fit this run ("), err
+
+
+def test_dice_per_slice_hand_worked() -> None:
+    """(N, 3) WT/TC/ET Dice per slice on 1x4 label maps worked by hand; both-empty regions score 1."""
+    from fuse4seg.train.scoring import dice_per_slice
+
+    pred = torch.tensor([[[1, 2, 0, 0]], [[0, 0, 0, 0]]])
+    truth = torch.tensor([[[1, 3, 3, 0]], [[0, 0, 0, 3]]])
+    # slice 0: WT p={0,1} t={0,1,2} -> 2*2/5; TC p={0} t={0,1,2} -> 2/4; ET p={} t={1,2} -> 0
+    # slice 1: WT p={} t={3} -> 0; TC the same; ET the same
+    expected = torch.tensor([[0.8, 0.5, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(dice_per_slice(pred, truth), expected)
+    torch.testing.assert_close(dice_per_slice(pred[1:], pred[1:]), torch.ones(1, 3, dtype=torch.float64))

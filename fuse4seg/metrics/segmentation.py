@@ -22,6 +22,8 @@ from fuse4seg.conventions import LABELS, REGIONS
 from fuse4seg.errors import ConfigError, DataError
 
 SEGMENTATION_METRIC_NAMES: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
+#: Per region, a lookup table from label value to region membership: one gather per mask (as region_masks).
+_REGION_LUT: dict[str, np.ndarray] = {r: np.isin(np.arange(max(LABELS) + 1), v) for r, v in REGIONS.items()}
 
 
 def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
@@ -166,13 +168,11 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray,
     if box is not None:
         p, t = p[box], t[box]
     out: dict[str, dict[str, float]] = {}
-    for region, values in REGIONS.items():
+    for region in REGIONS:
         if box is None:
             out[region] = {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0}
             continue
-        # A lookup table maps every label to its region membership in one gather (same as region_masks).
-        lut = np.isin(np.arange(max(LABELS) + 1), values)
-        pm, tm = lut[p], lut[t]
+        pm, tm = _REGION_LUT[region][p], _REGION_LUT[region][t]
         dice_value, sens, spec = _rates(*_counts(pm, tm), n_total)
         out[region] = {"dice": dice_value, "hd95": _hd95(pm, tm, sp, diagonal), "sensitivity": sens,
                        "specificity": spec}

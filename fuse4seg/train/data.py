@@ -28,9 +28,26 @@ class BenchmarkInfo:
     slice_size: int | None = None  # build --size (0: volume size kept); None: file predates the attribute
 
 
+def _facts(h5: h5py.File, counts: dict[str, int], path: Path) -> dict[str, object]:
+    """Root attributes of a validated brats_fuse.h5 plus "height"/"width" (px) and the optional "slice_size"."""
+    from fuse4seg.data.h5format import read_root_attrs, slice_size
+
+    return {**read_root_attrs(h5), "height": counts["height"], "width": counts["width"],
+            "slice_size": slice_size(h5, path)}
+
+
+def read_benchmark_facts(path: str | Path) -> dict[str, object]:
+    """What a benchmark file ``path`` "is" (root attributes, slice height/width, slice_size); DataError if bad."""
+    from fuse4seg.data.h5format import open_validated
+
+    h5, counts = open_validated(path)
+    with h5:
+        return _facts(h5, counts, Path(path))
+
+
 def benchmark_info(directory: str | Path) -> BenchmarkInfo:
     """Read split sizes, slice size, fusion attributes and train case ids; ConfigError/DataError if bad."""
-    from fuse4seg.data.h5format import open_validated, read_root_attrs, slice_size
+    from fuse4seg.data.h5format import open_validated
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -40,14 +57,13 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
         raise ConfigError(f"--benchmark: {directory} has no {H5_NAME} (build one with `fuse4seg build-benchmark`)")
     h5, counts = open_validated(path)
     with h5:
-        attrs = read_root_attrs(h5)  # validated: fusion_inputs is a list of modality names
+        facts = _facts(h5, counts, path)
         case_ids = tuple(h5["train/case_id"].asstr()[()]) if counts.get("train", 0) else ()
-        side = slice_size(h5, path)
     if counts.get("train", 0) == 0:
         raise DataError(f"{path}: the train split is empty")
     return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in SPLITS},
-                         int(counts["height"]), int(counts["width"]),
-                         str(attrs["fusion_method"]), case_ids, side)
+                         int(facts["height"]), int(facts["width"]),
+                         str(facts["fusion_method"]), case_ids, facts["slice_size"])
 
 
 def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:

@@ -27,16 +27,14 @@ from fuse4seg.data.h5format import (
     H5_NAME,
     one_line,
     open_validated,
-    read_root_attrs,
     read_spacing,
-    slice_size,
 )
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import TrainConfig, config_from_dict, read_run_config
-from fuse4seg.train.data import InMemorySplit, open_split
+from fuse4seg.train.data import InMemorySplit, open_split, read_benchmark_facts
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.scoring import dice_per_slice, predict_batches
@@ -79,20 +77,12 @@ def run_derived(run: str | Path) -> dict[str, Any]:
     return derived
 
 
-def _benchmark_facts(path: Path) -> dict[str, Any]:
-    """Root attributes of a validated brats_fuse.h5 plus "height"/"width" and the optional "slice_size"."""
-    h5, counts = open_validated(path)
-    with h5:
-        return {**read_root_attrs(h5), "height": counts["height"], "width": counts["width"],
-                "slice_size": slice_size(h5, path)}
-
-
 def check_benchmark_matches(run: str | Path, config: TrainConfig, bench: Path) -> None:
     """ConfigError (one line) unless the benchmark ``bench`` given to evaluate RUN has the training slices'
     size (and slice_size rule, when both record it) and stores a fusion of the same inputs as the run's
     training benchmark (else the stored-fusion baseline, and a direct-mode segmenter's input, differ)."""
     derived = run_derived(run)
-    other = _benchmark_facts(bench / H5_NAME)
+    other = read_benchmark_facts(bench / H5_NAME)
     trained = (int(derived["slice_height"]), int(derived["slice_width"]))
     if (other["height"], other["width"]) != trained:
         raise ConfigError(f"--benchmark: {bench} has {other['height']} x {other['width']} slices but the run was "
@@ -102,7 +92,7 @@ def check_benchmark_matches(run: str | Path, config: TrainConfig, bench: Path) -
         raise ConfigError(f"--benchmark: {bench} was built with slice_size {other['slice_size']} but the run's "
                           f"benchmark with {own} (a different crop/resize rule)")
     try:
-        reference = tuple(_benchmark_facts(Path(config.benchmark) / H5_NAME)["fusion_inputs"])
+        reference = tuple(read_benchmark_facts(Path(config.benchmark) / H5_NAME)["fusion_inputs"])
     except DataError:  # the training benchmark moved away: the run's own fusion inputs are the reference
         reference = tuple(config.fusion_inputs)
     if tuple(other["fusion_inputs"]) != reference:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fuse4seg.conventions import REGIONS
-from fuse4seg.losses import predict_labels
+from fuse4seg.losses import predict_labels, region_targets
 from fuse4seg.train.networks import Pipeline
 
 
@@ -54,14 +54,10 @@ def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
 
 def dice_per_slice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(N, 3) Dice of WT, TC, ET per slice for (N, H, W) label maps; both empty -> 1 (BraTS rule)."""
-    out = []
-    for values in REGIONS.values():
-        v = torch.tensor(values, device=pred.device)
-        p, t = torch.isin(pred, v).flatten(1), torch.isin(truth, v).flatten(1)
-        inter = (p & t).sum(1).double()
-        total = (p.sum(1) + t.sum(1)).double()
-        out.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
-    return torch.stack(out, dim=1)
+    p, t = region_targets(pred).bool().flatten(2), region_targets(truth).bool().flatten(2)
+    inter = (p & t).sum(2).double()
+    total = (p.sum(2) + t.sum(2)).double()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
 def validation_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
