@@ -8,7 +8,7 @@ import threading
 
 import typer
 
-from fuse4seg.errors import Fuse4SegError
+from fuse4seg.errors import Fuse4SegError, cli_message
 
 app = typer.Typer(
     name="fuse4seg",
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="fuse4seg")
     except Fuse4SegError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {cli_message(exc)}", err=True)
         return 1
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
