@@ -1,0 +1,221 @@
+"""The study: every way of feeding the modalities to a segmenter, rows x seeds, on one phantom release.
+
+One command runs the grid and writes the tables and plots:
+
+    python experiments/study.py                       # the grid of experiments/study.toml, 2 jobs
+    python experiments/study.py --only bilevel direct-dual --seeds 5
+    python experiments/study.py --scale large         # more cases, 128 x 128 slices (for a GPU)
+    python experiments/study.py --report-only         # re-aggregate finished runs
+
+Each (row, seed) is a sequence of ``fuse4seg`` commands run as subprocesses, one CPU thread each,
+``--jobs`` of them at a time: ``train`` (options from the row's table), ``evaluate`` on the test
+split, and for rows with ``retrain = true`` the usual protocol after bi-level search:
+``build-benchmark --fusion-checkpoint RUN/best.pt`` (the learned fusion, frozen, stored as the
+benchmark's fused image) and ``train --mode direct --inputs fused`` from scratch on it, also
+evaluated. A finished (row, seed) leaves OUT/results/ROW/seed-S.json and is skipped next time,
+so an interrupted study resumes. The aggregate (experiments/study_report.py) writes
+experiments/results/study.{md,json} and one learning-curve PNG per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REGIONS = ("WT", "TC", "ET")
+#: Options of a row that the runner reads itself; all others go to ``fuse4seg train``.
+RUNNER_KEYS = ("benchmark", "retrain", "seeds", "note", "reference")
+
+
+def fuse4seg(*args: str, log: Path) -> None:
+    """Run ``python -m fuse4seg ARGS`` with one CPU thread, appending output to ``log``; raise on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write("$ fuse4seg " + " ".join(args) + "\n")
+        fh.flush()
+        done = subprocess.run([sys.executable, "-m", "fuse4seg", *args], stdout=fh, stderr=subprocess.STDOUT,
+                              env=env, check=False)
+    if done.returncode != 0:
+        tail = log.read_text(encoding="utf-8").strip().splitlines()[-1:]
+        raise RuntimeError(f"fuse4seg {args[0]} failed (exit {done.returncode}): {' '.join(tail)}")
+
+
+def as_list(value: str | list[str]) -> str:
+    """Comma-separated text of a TOML string or list of names."""
+    return value if isinstance(value, str) else ",".join(value)
+
+
+def write_toml(path: Path, options: dict[str, Any]) -> None:
+    """Write a flat TOML table of training options (strings, numbers, booleans, inline tables)."""
+    def value(v: Any) -> str:
+        """One TOML value."""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+    path.write_text("".join(f"{k} = {value(v)}\n" for k, v in options.items()), encoding="utf-8")
+
+
+def prepare_data(spec: dict[str, Any], out: Path, log: Path) -> dict[str, Path]:
+    """Write the phantom release once and one benchmark per fusion rule in the spec; returns rule -> dir."""
+    data = spec["data"]
+    release = out / "release"
+    if not (release / ".complete").is_file():
+        fuse4seg("phantom", "--out", str(release), "--cases", str(data["cases"]), "--scale", str(data["scale"]),
+                 "--seed", str(data["seed"]), "--workers", "2", "--overwrite", log=log)
+        (release / ".complete").write_text("", encoding="utf-8")
+    benches = {}
+    for rule in data["fusion_rules"]:
+        bench = out / f"bench-{rule}"
+        if not (bench / "brats_fuse.h5").is_file():
+            fuse4seg("build-benchmark", "--brats", str(release), "--out", str(bench), "--fusion", rule,
+                     "--size", str(data["size"]), "--slices-per-case", str(data["slices_per_case"]),
+                     "--split", ",".join(str(x) for x in data["split"]), "--seed", str(data["seed"]),
+                     "--workers", "2", "--overwrite", log=log)
+        benches[rule] = bench
+    return benches
+
+
+def read_curve(run: Path) -> list[list[float]]:
+    """[[step, val Dice mean], ...] from the run's TensorBoard log (every --eval-every steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "val/dice_mean" not in acc.Tags().get("scalars", []):
+        return []
+    return [[int(e.step), float(e.value)] for e in acc.Scalars("val/dice_mean")]
+
+
+def scores(run: Path) -> dict[str, Any]:
+    """Test-split scores of an evaluated run: Dice/HD95 per slice, Dice per case, fusion metrics."""
+    m = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    per_slice = m["segmentation"]["per_slice"]
+    out: dict[str, Any] = {
+        "dice": {r: per_slice[r]["dice"] for r in REGIONS},
+        "hd95": {r: per_slice[r]["hd95"] for r in REGIONS},
+        "case_dice": {case: {r: v[r]["dice"] for r in REGIONS} for case, v in sorted(m["per_case"].items())},
+        "fusion": m["fusion"].get("learned") if m.get("fusion") else None,
+        "curve": read_curve(run),
+    }
+    out["dice"]["mean"] = sum(out["dice"][r] for r in REGIONS) / len(REGIONS)
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    out.update(steps=summary["steps"], train_s=summary["seconds"], best_step=summary["best_step"])
+    return out
+
+
+def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], benches: dict[str, Path],
+            out: Path) -> Path:
+    """Train, evaluate (and retrain) one (row, seed); writes and returns OUT/results/NAME/seed-S.json."""
+    result = out / "results" / name / f"seed-{seed}.json"
+    if result.is_file():
+        return result
+    work = out / "runs" / name / f"seed-{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    log.write_text("", encoding="utf-8")
+    bench = benches[row.get("benchmark", "laplacian")]
+    options = {**common, **(SPEC.get("common_fusion", {}) if row.get("mode") in SPEC["fusion_modes"] else {}),
+               **{k: v for k, v in row.items() if k not in RUNNER_KEYS}}
+    write_toml(work / "options.toml", options)
+    started = time.perf_counter()
+    run = work / "run"
+    fuse4seg("train", "--config", str(work / "options.toml"), "--benchmark", str(bench), "--out", str(run),
+             "--seed", str(seed), "--overwrite", log=log)
+    fuse4seg("evaluate", "--run", str(run), "--split", "test", log=log)
+    record: dict[str, Any] = {"row": name, "seed": seed, "options": options, **scores(run)}
+    if row.get("retrain"):
+        retrain = row["retrain"] if isinstance(row["retrain"], dict) else {}
+        rebench = work / "bench-learned"
+        spec_data = SPEC["data"]  # same release, slices and split as the original benchmark
+        fuse4seg("build-benchmark", "--brats", str(out / "release"), "--out", str(rebench),
+                 "--fusion-checkpoint", str(run / "best.pt"),
+                 "--fusion-inputs", as_list(options.get("fusion_inputs", "t1ce,flair")),
+                 "--size", str(spec_data["size"]), "--slices-per-case", str(spec_data["slices_per_case"]),
+                 "--split", ",".join(str(x) for x in spec_data["split"]), "--seed", str(spec_data["seed"]),
+                 "--overwrite", log=log)
+        retrain_opts = {**common, **SPEC.get("retrain", {}), **retrain, "mode": "direct", "inputs": "fused"}
+        write_toml(work / "retrain.toml", retrain_opts)
+        rerun = work / "retrain"
+        fuse4seg("train", "--config", str(work / "retrain.toml"), "--benchmark", str(rebench), "--out", str(rerun),
+                 "--seed", str(seed), "--overwrite", log=log)
+        fuse4seg("evaluate", "--run", str(rerun), "--split", "test", log=log)
+        record["retrained"] = scores(rerun)
+    record["wall_s"] = round(time.perf_counter() - started, 1)
+    result.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(result)
+    return result
+
+
+SPEC: dict[str, Any] = {}
+
+
+def load_spec(path: Path, scale: str) -> dict[str, Any]:
+    """The study spec with the chosen data scale's table merged into [data]."""
+    spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    spec["data"] = {**spec["data"], **spec.get("scale", {}).get(scale, {})}
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the grid (resuming), then aggregate; exit 1 if any (row, seed) failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=HERE / "study.toml")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--jobs", type=int, default=2, help="(row, seed) pairs run at once, one thread each")
+    parser.add_argument("--only", nargs="*", help="rows to run (default: all)")
+    parser.add_argument("--seeds", type=int, help="seeds per row (default: the row's, else the spec's)")
+    parser.add_argument("--scale", default="small", help="data scale table of the spec: small or large")
+    parser.add_argument("--report-only", action="store_true", help="aggregate finished runs, train nothing")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="where the tables and plots go")
+    args = parser.parse_args(argv)
+    SPEC.update(load_spec(args.spec, args.scale))
+    out = args.out / args.scale
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {k: v for k, v in SPEC["rows"].items() if not args.only or k in args.only}
+    failures = []
+    if not args.report_only:
+        benches = prepare_data(SPEC, out, out / "data_log.txt")
+        jobs = [(name, row, seed) for name, row in rows.items()
+                for seed in range(args.seeds or row.get("seeds", SPEC["seeds"]))]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run_one, n, r, s, SPEC["common"], benches, out): (n, s) for n, r, s in jobs}
+            for i, (future, (name, seed)) in enumerate(futures.items(), 1):
+                try:
+                    future.result()
+                    status = "ok"
+                except Exception as exc:  # one failed run must not stop the grid; it is listed at the end
+                    failures.append(f"{name} seed {seed}: {exc}")
+                    status = "FAILED"
+                print(f"[{i}/{len(jobs)}] {name} seed {seed}: {status} ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
+    from study_report import write_report
+
+    suffix = "" if args.scale == "small" else f"_{args.scale}"
+    tables = write_report(out / "results", SPEC, args.results, suffix)
+    print(tables)
+    for line in failures:
+        print("failed:", line, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Aggregate the study's per-run JSON files: mean +- sd and 95 % CI over seeds, paired tests, curves.
+
+Statistics, per row (n = seeds that finished):
+- Dice mean (per slice, BraTS empty-mask rule, mean of WT/TC/ET) on the test split: mean +- sd
+  (ddof 1) over seeds and the 95 % t-interval mean +- t(0.975, n-1) sd / sqrt(n);
+- paired against the reference row: for every test case, its Dice (the case's slices stacked;
+  mean of WT/TC/ET) averaged over the seeds both rows finished; the mean difference over cases
+  and the two-sided Wilcoxon signed-rank p-value (scipy) over those cases;
+- a learning curve PNG: val Dice mean at every --eval-every step, one thin line per seed, the
+  seed mean in bold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def load_runs(results: Path) -> dict[str, list[dict[str, Any]]]:
+    """ROW -> its finished runs (seed order), read from RESULTS/ROW/seed-S.json."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(results.glob("*/seed-*.json"), key=lambda p: (p.parent.name, int(p.stem[5:]))):
+        rows.setdefault(path.parent.name, []).append(json.loads(path.read_text(encoding="utf-8")))
+    return rows
+
+
+def variants(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The scored variants of a row: "" (the run itself) and "retrained" where the row retrains."""
+    out = {"": [{"seed": r["seed"], **r} for r in runs]}
+    if all("retrained" in r for r in runs) and runs:
+        out["retrained"] = [{"seed": r["seed"], **r["retrained"]} for r in runs]
+    return out
+
+
+def interval(values: list[float]) -> dict[str, float]:
+    """Mean, sd (ddof 1), and the 95 % t-interval half width of ``values`` (nan where n < 2)."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+    return {"n": n, "mean": float(x.mean()), "sd": sd, "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
+
+
+def case_means(runs: list[dict[str, Any]], seeds: set[int]) -> dict[str, float]:
+    """Test case -> its Dice (mean of regions) averaged over the runs whose seed is in ``seeds``."""
+    per_case: dict[str, list[float]] = {}
+    for r in runs:
+        if r["seed"] in seeds:
+            for case, d in r["case_dice"].items():
+                per_case.setdefault(case, []).append(float(np.mean([d[k] for k in REGIONS])))
+    return {case: float(np.mean(v)) for case, v in sorted(per_case.items())}
+
+
+def paired(runs: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean per-case Dice difference (row - reference) and the Wilcoxon signed-rank p over test cases."""
+    seeds = {r["seed"] for r in runs} & {r["seed"] for r in ref}
+    a, b = case_means(runs, seeds), case_means(ref, seeds)
+    cases = sorted(set(a) & set(b))
+    diff = np.array([a[c] - b[c] for c in cases])
+    if not len(cases) or not np.any(diff):
+        return {"cases": len(cases), "seeds": len(seeds), "mean_diff": 0.0, "p": 1.0}
+    p = float(stats.wilcoxon(diff, alternative="two-sided").pvalue)
+    return {"cases": len(cases), "seeds": len(seeds), "mean_diff": float(diff.mean()), "p": p,
+            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary per scored variant of each row, in the spec's row order."""
+    reference = spec["reference"]
+    ref_runs = rows.get(reference, [])
+    out = []
+    for name in [n for n in spec["rows"] if n in rows]:
+        for variant, runs in variants(rows[name]).items():
+            label = f"{name} ({variant})" if variant else name
+            summary = {
+                "row": label, "note": spec["rows"][name].get("note", ""), "seeds": sorted(r["seed"] for r in runs),
+                "dice_mean": interval([r["dice"]["mean"] for r in runs]),
+                **{f"dice_{k}": interval([r["dice"][k] for r in runs]) for k in REGIONS},
+                "hd95_WT": interval([r["hd95"]["WT"] for r in runs]),
+                "steps": runs[0]["steps"], "train_s": float(np.mean([r["train_s"] for r in runs])),
+                "qabf": (interval([r["fusion"]["Qabf"] for r in runs]) if runs[0].get("fusion") else None),
+                "vs_reference": paired(runs, ref_runs) if ref_runs and label != reference else None,
+            }
+            out.append(summary)
+    return out
+
+
+def _pm(s: dict[str, Any] | None, digits: int = 3) -> str:
+    """'mean +- sd' of an interval dict ('' for None)."""
+    if s is None:
+        return ""
+    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+
+
+def markdown(summaries: list[dict[str, Any]], reference: str) -> str:
+    """The study table in Markdown."""
+    head = ("| row | seeds | steps | Dice mean ± sd | 95 % CI | WT | TC | ET | Δ vs " + reference +
+            " (per case) | Wilcoxon p | HD95 WT (mm) | Qabf | train s |")
+    lines = [head, "|" + "---|" * 13]
+    for s in summaries:
+        ci = s["dice_mean"]["ci95"]
+        v = s["vs_reference"]
+        lines.append(" | ".join([
+            f"| {s['row']}", str(len(s["seeds"])), str(s["steps"]), _pm(s["dice_mean"]),
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if s["dice_mean"]["n"] > 1 else "",
+            *(_pm(s[f"dice_{k}"], 2) for k in REGIONS),
+            "" if v is None else f"{v['mean_diff']:+.3f} ({v.get('wins', 0)}/{v['cases']} cases up)",
+            "" if v is None else f"{v['p']:.2g}", _pm(s["hd95_WT"], 1), _pm(s["qabf"], 3), f"{s['train_s']:.0f}",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
+    """One PNG per row (and per retrained variant): val Dice mean against step, per seed and mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, runs in rows.items():
+        for variant, vruns in variants(runs).items():
+            curves = [np.asarray(r["curve"], dtype=float) for r in vruns if r.get("curve")]
+            if not curves:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+            for r, c in zip(vruns, curves):
+                ax.plot(c[:, 0], c[:, 1], lw=0.8, alpha=0.5, label=f"seed {r['seed']}")
+            n = min(len(c) for c in curves)
+            ax.plot(curves[0][:n, 0], np.mean([c[:n, 1] for c in curves], axis=0), lw=2.2, color="k", label="mean")
+            title = f"{name} ({variant})" if variant else name
+            ax.set(title=title, xlabel="step", ylabel="val Dice mean", ylim=(0, 1))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, loc="lower right", ncol=2)
+            fig.tight_layout()
+            path = out_dir / f"{name}{'-' + variant if variant else ''}.png"
+            fig.savefig(path)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def write_report(results: Path, spec: dict[str, Any], out: Path, suffix: str = "") -> str:
+    """Write OUT/study{suffix}.md/.json, the curves and a copy of every run's JSON; returns the table."""
+    rows = load_runs(results)
+    summaries = summarise(rows, spec)
+    table = markdown(summaries, spec["reference"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"study{suffix}.md").write_text(table, encoding="utf-8")
+    (out / f"study{suffix}.json").write_text(json.dumps({"reference": spec["reference"], "data": spec["data"],
+                                                          "common": spec["common"], "rows": summaries},
+                                                         indent=1) + "\n", encoding="utf-8")
+    plot_curves(rows, out / f"study{suffix}_curves")
+    runs_copy = out / f"study{suffix}_runs"
+    for name in rows:
+        (runs_copy / name).mkdir(parents=True, exist_ok=True)
+        for path in (results / name).glob("seed-*.json"):
+            shutil.copyfile(path, runs_copy / name / path.name)
+    return table
