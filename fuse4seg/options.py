@@ -1,0 +1,116 @@
+"""Options declared once, as dataclass fields that carry their default and help text.
+
+A library function takes a dataclass of options; the command line derives its options from the
+same fields, so a default or a help text is written in one place::
+
+    @dataclass(frozen=True)
+    class RunOptions:
+        out: str = option(help="Run directory.")                      # required: no default
+        steps: int = option(100, "Total steps.")
+        threads: int = option(1, "CPU threads.", recorded=False)     # does not change the result
+
+    RUN = fields_by_name(RunOptions)
+
+    @app.command("run")
+    def run_command(out: str = typer_option(RUN["out"]), steps: int = typer_option(RUN["steps"]),
+                    threads: int = typer_option(RUN["threads"])) -> None:
+        run(RunOptions(**locals()))
+
+A field's flag is ``--`` + its name with ``-`` for ``_`` (:func:`fuse4seg.errors.flag_for`) unless
+``option(flag=...)`` says otherwise. Library errors name the field
+(``ConfigError("must be >= 1", option="steps")``) and the command line shows the flag;
+:func:`for_option` attaches a field to an error raised by a helper that does not know it.
+:func:`command_argv` writes an options object back as command-line arguments (to record how a
+result was made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fuse4seg.errors import Fuse4SegError, flag_for
+
+_FROM_FIELD = object()
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+           recorded: bool = True) -> Any:
+    """A dataclass field with ``default`` (none: required), ``help`` text, an optional ``flag`` other
+    than the default one, and whether the value is ``recorded`` in a command line that reproduces
+    a result (False for options that change how, not what, e.g. worker counts)."""
+    metadata = {"help": help, "flag": flag, "recorded": recorded}
+    if isinstance(default, (list, dict, set)):  # mutable defaults need a factory
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def fields_by_name(cls: type) -> dict[str, dataclasses.Field]:
+    """The dataclass fields of ``cls`` (a class or instance), by name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The command-line flag of ``field``: its declared ``flag``, else ``--field-name``."""
+    return field.metadata.get("flag") or flag_for(field.name)
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    """The default value of ``field``; ``...`` (Typer's "required") when it has none."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return ...
+
+
+def cli_text(value: object) -> str:
+    """``value`` as written on a command line: sequences comma-separated, floats as short as round-trips
+    ('0.25', '1', not '1.0'), paths as strings."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(cli_text(v) for v in value)
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def typer_option(field: dataclasses.Field, flag: str | None = None, default: Any = _FROM_FIELD) -> Any:
+    """A ``typer.Option`` for ``field``: its flag (``flag`` overrides), its help text, and its default
+    (``default`` overrides; a sequence default is shown as comma-separated text, which is what the
+    command-line parameter receives)."""
+    import typer
+
+    value = default_of(field) if default is _FROM_FIELD else default
+    if isinstance(value, (tuple, list)):
+        value = cli_text(value)
+    return typer.Option(value, flag or flag_of(field), help=field.metadata.get("help", ""))
+
+
+def command_argv(options: object, omit: Iterable[str] = ()) -> list[str]:
+    """The command-line arguments that give the recorded fields of the dataclass ``options`` their values:
+    ``--flag value`` per field, a bare ``--flag`` for a true bool; fields that are None, false bools,
+    declared ``recorded=False`` or named in ``omit`` are left out."""
+    argv: list[str] = []
+    skip = set(omit)
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name in skip or not field.metadata.get("recorded", True) or value is None or value is False:
+            continue
+        argv += [flag_of(field)] if value is True else [flag_of(field), cli_text(value)]
+    return argv
+
+
+@contextlib.contextmanager
+def for_option(name: str) -> Iterator[None]:
+    """Attach the parameter ``name`` to a Fuse4SegError raised inside the block that names none (from a
+    helper such as a parser that does not know which option it parses)."""
+    try:
+        yield
+    except Fuse4SegError as exc:
+        if exc.option:
+            raise
+        raise type(exc)(exc.message, option=name) from None
