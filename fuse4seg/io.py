@@ -1,8 +1,10 @@
-"""Atomic file and directory writes: outputs appear complete under their final name or not at all."""
+"""File helpers: atomic writes (outputs appear complete under their final name or not at all), file
+hashes, and one-line error text."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -92,3 +94,17 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``final`` atomically."""
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (read ``block`` bytes at a time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def one_line(exc: object) -> str:
+    """An exception's (or any object's) text on one line (HDF5 and decoder messages may hold newlines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

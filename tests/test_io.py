@@ -1,4 +1,5 @@
-"""Atomic outputs: complete under their final name or absent, also when the process is killed."""
+"""Atomic outputs (complete under their final name or absent, also when the process is killed), file hashes,
+one-line error text."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fuse4seg.errors import Fuse4SegError
-from fuse4seg.io import atomic_dir, atomic_path, atomic_write_text
+from fuse4seg.io import atomic_dir, atomic_path, atomic_write_text, one_line, sha256_file
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -84,3 +85,13 @@ def test_sigterm_during_a_command_leaves_no_partial_output(tmp_path: Path) -> No
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sha256_file_and_one_line(tmp_path: Path) -> None:
+    """sha256_file reads in blocks (3-byte blocks here) and gives the known digest of b"abc" repeated; one_line folds
+    whitespace and falls back to the exception's type name."""
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    assert sha256_file(path, block=2) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert one_line(OSError("unable to open\n  file:  x")) == "unable to open file: x"
+    assert one_line(ValueError()) == "ValueError"
