@@ -8,7 +8,9 @@ import threading
 
 import typer
 
+from fuse4seg.data.build_options import BuildOptions
 from fuse4seg.errors import Fuse4SegError, cli_message
+from fuse4seg.options import fields_by_name, typer_option
 
 app = typer.Typer(
     name="fuse4seg",
@@ -50,41 +52,30 @@ def phantom_command(
     typer.echo(f"wrote {cases} phantom cases ({naming}, scale {scale}) to {path}")
 
 
+_BUILD = fields_by_name(BuildOptions)  # flags, defaults and help of build-benchmark, declared once
+
+
 @app.command("build-benchmark")
 def build_benchmark_command(
-    out: str = typer.Option(..., "--out", help="Package directory to create (brats_fuse.h5, card, citation, croissant); "
-                                          "not the --brats release, nor a folder inside or around it."),
-    brats: str | None = typer.Option(None, "--brats", help="BraTS release directory (2020, 2021 or 2023+ layout)."),
-    phantom: int | None = typer.Option(None, "--phantom", help="Build from a phantom release of N cases (the default "
-                                                               "when no --brats is given: 10 cases)."),
-    phantom_scale: float = typer.Option(1.0, "--phantom-scale", help="Phantom grid scale (0.25 for fast tests)."),
-    fusion_inputs: str = typer.Option("t1ce,flair", "--fusion-inputs", help="Modalities to fuse, comma-separated."),
-    fusion: str = typer.Option("laplacian", "--fusion", help="Fusion rule: mean, max, pca, laplacian, wavelet."),
-    size: int | None = typer.Option(None, "--size", help="Crop to the brain and resize slices to PX x PX."),
-    slices_per_case: int = typer.Option(8, "--slices-per-case", help="Tumour slices kept per case."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="Train,val,test fractions of the cases (sum 1)."),
-    workers: int = typer.Option(1, "--workers", help="Cases processed in parallel."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the patient split (and of the phantom release)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
-    fusion_checkpoint: str | None = typer.Option(None, "--fusion-checkpoint", help="Fuse with the trained fusion "
-                                                 "network of a run checkpoint (e.g. RUN/best.pt) instead of --fusion."),
+    out: str = typer_option(_BUILD["out"]),
+    brats: str | None = typer_option(_BUILD["brats"]),
+    phantom: int | None = typer_option(_BUILD["phantom"]),
+    phantom_scale: float = typer_option(_BUILD["phantom_scale"]),
+    fusion_inputs: str = typer_option(_BUILD["fusion_inputs"]),
+    fusion: str = typer_option(_BUILD["fusion"]),
+    size: int | None = typer_option(_BUILD["size"]),
+    slices_per_case: int = typer_option(_BUILD["slices_per_case"]),
+    split: str = typer_option(_BUILD["split"]),
+    workers: int = typer_option(_BUILD["workers"]),
+    seed: int = typer_option(_BUILD["seed"]),
+    overwrite: bool = typer_option(_BUILD["overwrite"]),
+    fusion_checkpoint: str | None = typer_option(_BUILD["fusion_checkpoint"]),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
-    from fuse4seg.data.benchmark import build_benchmark, command_line, format_summary
+    options = BuildOptions(**locals())
+    from fuse4seg.data.benchmark import build_benchmark, format_summary
 
-    command = command_line(out, brats, phantom, fusion_inputs, fusion, size, slices_per_case, split, seed,
-                           phantom_scale, fusion_checkpoint)
-    fusion_fn = fusion_name = None
-    if fusion_checkpoint is not None:
-        from fuse4seg.conventions import parse_modalities
-        from fuse4seg.train.infer import fusion_fn_from_checkpoint
-
-        fusion_fn, fusion_name = fusion_fn_from_checkpoint(fusion_checkpoint, parse_modalities(fusion_inputs))
-    summary = build_benchmark(out, brats=brats, phantom=phantom, fusion_inputs=fusion_inputs, fusion=fusion,
-                              size=size, slices_per_case=slices_per_case, split=split, workers=workers, seed=seed,
-                              overwrite=overwrite, phantom_scale=phantom_scale, command=command,
-                              fusion_fn=fusion_fn, fusion_name=fusion_name)
-    typer.echo(format_summary(summary))
+    typer.echo(format_summary(build_benchmark(options)))
 
 
 @app.command("verify")

@@ -14,11 +14,11 @@ from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.benchmark import (
     build_benchmark,
     crop_resize,
-    parse_split,
     select_slices,
     split_cases,
     square_box,
 )
+from fuse4seg.data.build_options import parse_split
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch
 
@@ -72,8 +72,8 @@ def test_split_cases_by_patient() -> None:
 
 @pytest.mark.parametrize("text", ["0.7,0.1", "0.7,0.2,0.2", "a,b,c", "1.2,-0.1,-0.1", "nan,0,1"])
 def test_parse_split_rejects(text: str) -> None:
-    """Two values, a sum of 1.1, text, negatives and NaN are each a ConfigError naming --split."""
-    with pytest.raises(ConfigError, match="--split"):
+    """Two values, a sum of 1.1, text, negatives and NaN are each a ConfigError naming split."""
+    with pytest.raises(ConfigError, match="^split: "):
         parse_split(text)
 
 
@@ -110,7 +110,7 @@ def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
     with h5py.File(tmp_path / "pkg" / "brats_fuse.h5", "r") as h5:
         assert h5.attrs["fusion_method"] == "max"
         assert list(h5.attrs["fusion_inputs"]) == ["flair", "t1ce"]
-        assert h5.attrs["format_version"] == 1
+        assert h5.attrs["format_version"] == 2
         for key in ("source_dataset", "label_scheme", "builder_version", "created"):
             assert key in h5.attrs
         seen: dict[str, set[str]] = {}
@@ -210,13 +210,13 @@ def test_fusion_fn_replaces_the_rule(release: Path, tmp_path: Path) -> None:
 def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> None:
     """Bad --slices-per-case, --brats with --phantom, --size 4 and cases of mixed slice sizes raise before or
     during the build and leave tmp_path empty."""
-    with pytest.raises(ConfigError, match="--slices-per-case"):
+    with pytest.raises(ConfigError, match="^slices_per_case: must be >= 1"):
         build(release, tmp_path / "x", slices_per_case=0)
-    with pytest.raises(ConfigError, match="--brats and --phantom"):
+    with pytest.raises(ConfigError, match="brats: cannot be combined with phantom"):
         build_benchmark(tmp_path / "x", brats=release, phantom=3)
-    with pytest.raises(ConfigError, match="--size"):
+    with pytest.raises(ConfigError, match="^size: must be in"):
         build(release, tmp_path / "x", size=4)
-    with pytest.raises(DataError, match="--size"):  # mixed slice sizes need resampling
+    with pytest.raises(DataError, match="^size: case BraTS2021_00002: slices are"):  # mixed slice sizes need resampling
         mixed = write_release(tmp_path / "mixed", 3)
         import shutil
 
@@ -307,7 +307,7 @@ def _rehash(directory: Path) -> None:
     """Update croissant.json's sha256/size of a deliberately edited brats_fuse.h5 (so verify reaches the schema)."""
     import json
 
-    from fuse4seg.data.package import sha256_file
+    from fuse4seg.io import sha256_file
 
     path, h5_path = directory / "croissant.json", directory / "brats_fuse.h5"
     meta = json.loads(path.read_text())
@@ -317,10 +317,10 @@ def _rehash(directory: Path) -> None:
     path.write_text(json.dumps(meta))
 
 
-def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp_path: Path) -> None:
+def test_slice_size_attribute_recorded_required_and_validated(release: Path, tmp_path: Path) -> None:
     """brats_fuse.h5 records the geometry rule: slice_size = --size (16) or 0 without --size, named in the card;
-    a file without it (written before it existed) still opens and verifies, read as None; a slice_size of the
-    wrong type, negative, or disagreeing with the slices is a one-line DataError from open_validated and verify."""
+    a file without it (format 2 requires it), or with a slice_size of the wrong type, negative, or disagreeing with
+    the slices is a one-line DataError from open_validated and verify."""
     import shutil
 
     from fuse4seg.data.h5format import open_validated, slice_size
@@ -338,7 +338,7 @@ def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp
     t1 = nib.load(next(release.glob("*/*_t1.nii.gz")))
     assert (counts["height"], counts["width"]) == t1.shape[:2]  # native: the volume's in-plane size
     copy = tmp_path / "copy"
-    for value, message in ((None, None), ("16", "slice_size must be one integer >= 0"),
+    for value, message in ((None, r"missing root attribute\(s\) slice_size"), ("16", "slice_size must be one integer >= 0"),
                            (np.array([16, 16]), "slice_size must be one integer >= 0"),
                            (16.0, "slice_size must be one integer >= 0"), (-1, "slice_size must be one integer >= 0"),
                            (8, "slice_size is 8 but the slices are 16 x 16")):
@@ -350,12 +350,6 @@ def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp
             else:
                 h5.attrs["slice_size"] = value
         _rehash(copy)
-        if message is None:
-            h5, _ = open_validated(copy / "brats_fuse.h5")
-            with h5:
-                assert slice_size(h5, copy) is None
-            assert verify(copy)["files"][0] == "brats_fuse.h5"
-            continue
         for check in (lambda: open_validated(copy / "brats_fuse.h5"), lambda: verify(copy)):
             with pytest.raises(DataError, match=message) as caught:
                 check()
@@ -365,8 +359,8 @@ def test_slice_size_attribute_recorded_optional_and_validated(release: Path, tmp
 def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Path) -> None:
     """Cases with 1.5 x 1.2 x 3 mm voxels and a brain spanning the whole 20 x 16 grid: --size 16 crops each to a
     20-voxel square, so pixels are 1.5 * 20/16 = 1.875 by 1.2 * 20/16 = 1.5 mm; without --size they stay
-    1.5 x 1.2; dz is 3 mm either way. Older files without the dataset still verify (read as None); a wrongly
-    shaped, non-positive or partial spacing is a one-line DataError."""
+    1.5 x 1.2; dz is 3 mm either way. A file without the dataset (format 2 requires it), or with a wrongly
+    shaped, non-positive or partial spacing, is a one-line DataError."""
     import shutil
 
     from fuse4seg.data.h5format import open_validated, read_spacing
@@ -397,15 +391,11 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
             change(h5)
         _rehash(copy)
 
-    edit(lambda h5: [h5[s].__delitem__("spacing") for s in ("train", "val", "test")])
-    h5, _ = open_validated(copy / "brats_fuse.h5")
-    with h5:
-        assert read_spacing(h5, "train", copy) is None
-    assert verify(copy)["splits"]["train"]["cases"] == 1
     broken = {
+        "missing dataset /train/spacing": lambda h5: [h5[s].__delitem__("spacing") for s in ("train", "val", "test")],
         "must be float32": lambda h5: (h5["val"].__delitem__("spacing"), h5["val"].create_dataset(
             "spacing", data=np.ones((h5["val/label"].shape[0], 2), np.float32))),
-        "exists but not in every split": lambda h5: h5["test"].__delitem__("spacing"),
+        "missing dataset /test/spacing": lambda h5: h5["test"].__delitem__("spacing"),
         "not finite and > 0 mm": lambda h5: h5["train/spacing"].__setitem__((0, 2), 0.0),
     }
     for message, change in broken.items():

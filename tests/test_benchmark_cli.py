@@ -73,12 +73,12 @@ def bad_build(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, *ext
 
 
 @pytest.mark.parametrize(("extra", "pattern"), [
-    (("--split", "0.7,0.2,0.2"), "--split '0.7,0.2,0.2': fractions sum to 1.1"),
+    (("--split", "0.7,0.2,0.2"), "--split: '0.7,0.2,0.2': fractions sum to 1.1"),
     (("--split", "0.7,0.3"), "expected three non-negative fractions"),
     (("--fusion", "median"), "unknown fusion method 'median'"),
     (("--fusion-inputs", "t1ce,pd"), "unknown modality 'pd'"),
-    (("--workers", "0"), "--workers must be >= 1"),
-    (("--size", "100000"), "--size must be in [8, 4096] pixels, got 100000"),
+    (("--workers", "0"), "--workers: must be >= 1"),
+    (("--size", "100000"), "--size: must be in [8, 4096] pixels, got 100000"),
 ])
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path, extra: tuple[str, ...],
                      pattern: str) -> None:
@@ -117,7 +117,7 @@ def test_out_overlapping_the_release_is_refused(tmp_path: Path, capsys: pytest.C
 def test_fewer_cases_than_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Two cases for three non-zero splits: a one-line error with both counts and nothing written."""
     release = write_release(tmp_path / "two", cases=2)
-    bad_build(tmp_path, capsys, release, pattern="--split needs at least 3 cases (one per non-zero split), found 2")
+    bad_build(tmp_path, capsys, release, pattern="--split: needs at least 3 cases (one per non-zero split), found 2")
 
 
 def test_existing_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, release: Path) -> None:

@@ -11,20 +11,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from _benchmark_data import write_release
+from _benchmark_data import build_small_package
 
 from fuse4seg.data import BraTSFuse
-from fuse4seg.data.benchmark import build_benchmark
 from fuse4seg.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A package built from a 4-case tiny release, 16 x 16 slices."""
-    root = tmp_path_factory.mktemp("ds")
-    build_benchmark(root / "package", brats=write_release(root / "brats", cases=4), size=16, slices_per_case=3,
-                    split=(0.5, 0.25, 0.25), progress=False)
-    return root / "package"
+    return build_small_package(tmp_path_factory.mktemp("ds"))
 
 
 def h5_split(package: Path, split: str) -> dict[str, np.ndarray]:
@@ -151,7 +147,7 @@ def test_cached_split_checks_values_at_load(package: Path, tmp_path: Path, split
     from fuse4seg.train.data import InMemorySplit, open_split
 
     clean = open_split(package, split, cache=True)
-    assert isinstance(clean, InMemorySplit)
+    assert isinstance(clean, InMemorySplit) and clean.cached
     lazy = BraTSFuse(package, split)
     for name in ("source", "fused", "label"):
         torch.testing.assert_close(clean[where[0]][name], lazy[where[0]][name], atol=0, rtol=0)

@@ -17,8 +17,9 @@ from _benchmark_data import write_release
 from fuse4seg import __version__
 from fuse4seg.data.benchmark import build_benchmark
 from fuse4seg.data.citation import cff_to_bibtex, citation_cff
-from fuse4seg.data.package import cite, sha256_file, verify
+from fuse4seg.data.package import cite, verify
 from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.io import sha256_file
 
 BRATS_DOIS = ("10.1109/TMI.2014.2377694", "10.1038/sdata.2017.117", "10.48550/arXiv.2107.02314")
 
@@ -157,7 +158,7 @@ CRAFTED = [  # (edit of brats_fuse.h5, expected one-line message)
     (_set_attr("format_version", "abc"), "format_version must be one integer, got <U3"),
     (_set_attr("format_version", np.array([1, 2])), r"format_version must be one integer, got int64\(2,\)"),
     (_set_attr("format_version", 1.0), "format_version must be one integer, got float64"),
-    (_set_attr("format_version", 2), "format_version 2 is not supported"),
+    (_set_attr("format_version", 3), "format_version 3 is not supported"),
     (_set_attr("fusion_inputs", 5), "fusion_inputs must be a 1-D array of modality names, got int64 5"),
     (_set_attr("fusion_inputs", "t1ce,flair"), "fusion_inputs must be a 1-D array of modality names"),
     (_set_attr("fusion_inputs", np.array(["t1ce", "pd"], dtype=object), dtype=h5py.string_dtype()),
@@ -278,7 +279,7 @@ def test_citation_cff_and_bibtex_carry_the_brats_papers(package: Path) -> None:
     for doi in BRATS_DOIS:
         assert f"doi = {{{doi}}}" in bibtex
     assert "pages = {1993--2024}" in bibtex and "Menze, Bjoern H." in bibtex
-    with pytest.raises(ConfigError, match="--format"):
+    with pytest.raises(ConfigError, match="^format: 'ris'"):
         cite(package, format="ris")
 
 

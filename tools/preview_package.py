@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fuse4seg.data import BraTSFuse
-from fuse4seg.errors import Fuse4SegError
+from fuse4seg.errors import Fuse4SegError, cli_message
 from fuse4seg.io import atomic_path
 from fuse4seg.train.visual import gray_to_rgb, label_to_rgb, panel_grid
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.rows < 1:
-            raise Fuse4SegError(f"--rows must be at least 1, got {args.rows}")
+            raise Fuse4SegError(f"must be at least 1, got {args.rows}", option="rows")
         dataset = BraTSFuse(args.package, args.split)
         if len(dataset) == 0:
             raise Fuse4SegError(f"{args.package}: split {args.split!r} holds no slices")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(args.out) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
     except Fuse4SegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({grid.shape[1]} x {grid.shape[0]} px)")
     return 0

@@ -36,46 +36,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fuse4seg import __version__
-from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, modality_indices, parse_modalities
+from fuse4seg.conventions import modality_indices
+from fuse4seg.data.build_options import DEFAULT_PHANTOM_CASES, BuildOptions
 from fuse4seg.data.geometry import crop_resize, square_box
+from fuse4seg.data.schema import FORMAT_VERSION, H5_NAME, ROOT_ATTRIBUTES, SPLITS
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
-from fuse4seg.fusion import fuse_batch, get_rule
+from fuse4seg.fusion import fuse_batch
 from fuse4seg.io import atomic_dir
 
 if TYPE_CHECKING:  # brats is imported lazily at run time (workers import it themselves)
     from fuse4seg.data.brats import CaseFiles
 
-DEFAULT_SLICES_PER_CASE = 8
-DEFAULT_PHANTOM_CASES = 10
 MIN_AREA_FRACTION = 0.25
-#: Largest --size: 4096 x 4096 float32 slices are 320 MiB per 5 planes, already past any GPU batch.
-MAX_SIZE = 4096
 PHANTOM_SOURCE = "fuse4seg phantom BraTS (synthetic, MNI152-based; not patient data)"
 
 FusionFn = Callable[[np.ndarray], np.ndarray]
 
 
-def parse_split(split: str | Sequence[float]) -> tuple[float, float, float]:
-    """Parse '0.7,0.1,0.2' (or a sequence) into train/val/test fractions >= 0 summing to 1 (+-1e-6)."""
-    try:
-        parts = [float(p) for p in (split.split(",") if isinstance(split, str) else split)]
-    except ValueError:
-        raise ConfigError(f"--split {split!r}: expected three numbers such as 0.7,0.1,0.2") from None
-    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) < 0:
-        raise ConfigError(f"--split {split!r}: expected three non-negative fractions (train,val,test)")
-    if abs(sum(parts) - 1.0) > 1e-6:
-        raise ConfigError(f"--split {split!r}: fractions sum to {sum(parts):.6g}, not 1")
-    return parts[0], parts[1], parts[2]
-
-
 def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
     """Assign whole cases to train/val/test (see module doc); ConfigError if too few cases."""
-    from fuse4seg.data.h5format import SPLITS as names
-
     nonzero = [i for i, f in enumerate(fractions) if f > 0]
     if len(case_ids) < len(nonzero):
-        raise ConfigError(f"--split needs at least {len(nonzero)} cases (one per non-zero split), "
-                          f"found {len(case_ids)}")
+        raise ConfigError(f"needs at least {len(nonzero)} cases (one per non-zero split), found {len(case_ids)}",
+                          option="split")
     n = len(case_ids)
     exact = np.asarray(fractions, dtype=np.float64) * n
     counts = np.floor(exact).astype(int)
@@ -87,7 +70,7 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) 
             counts[i] = 1
     order = np.random.default_rng(seed).permutation(sorted(case_ids))
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    return {name: sorted(order[bounds[i]:bounds[i + 1]].tolist()) for i, name in enumerate(names)}
+    return {name: sorted(order[bounds[i]:bounds[i + 1]].tolist()) for i, name in enumerate(SPLITS)}
 
 
 def select_slices(label: np.ndarray, k: int, min_area_fraction: float = MIN_AREA_FRACTION) -> np.ndarray:
@@ -146,25 +129,9 @@ def _apply_fusion_fn(fusion_fn: FusionFn, sources: np.ndarray, case_id: str) -> 
     return np.clip(out, 0.0, 1.0)[:, None]
 
 
-def command_line(out: str | os.PathLike, brats: str | os.PathLike | None = None, phantom: int | None = None,
-                 fusion_inputs: Sequence[str] | str = DEFAULT_FUSION_INPUTS, fusion: str = "laplacian",
-                 size: int | None = None, slices_per_case: int = DEFAULT_SLICES_PER_CASE,
-                 split: Sequence[float] | str = (0.7, 0.1, 0.2), seed: int = 0, phantom_scale: float = 1.0,
-                 fusion_checkpoint: str | os.PathLike | None = None) -> str:
-    """The ``fuse4seg build-benchmark`` command line (shell-quoted) that builds with these options, as the
-    dataset card records it (workers and --overwrite are left out: they do not change the package)."""
-    import shlex
-
-    argv = ["fuse4seg", "build-benchmark", "--out", os.fspath(out)]
-    argv += ["--brats", os.fspath(brats)] if brats is not None else []
-    argv += ["--phantom", str(phantom)] if phantom is not None else []
-    argv += ["--phantom-scale", f"{phantom_scale:g}"] if brats is None and phantom_scale != 1.0 else []
-    argv += ["--fusion-inputs", ",".join(parse_modalities(fusion_inputs)), "--fusion", fusion]
-    argv += ["--size", str(size)] if size is not None else []
-    argv += ["--slices-per-case", str(slices_per_case), "--split", ",".join(f"{f:g}" for f in parse_split(split)),
-             "--seed", str(seed)]
-    argv += ["--fusion-checkpoint", os.fspath(fusion_checkpoint)] if fusion_checkpoint is not None else []
-    return shlex.join(argv)
+def command_line(out: str | os.PathLike, **options: object) -> str:
+    """``BuildOptions(out, **options).command_line()``: the command the dataset card records."""
+    return BuildOptions(out=out, **options).command_line()
 
 
 def created_timestamp() -> str:
@@ -172,36 +139,6 @@ def created_timestamp() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     seconds = int(epoch) if epoch and epoch.strip().isdigit() else int(time.time())
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _validate_options(brats: object, phantom: int | None, fusion: str, fusion_fn: FusionFn | None,
-                      size: int | None, slices_per_case: int, workers: int, phantom_scale: float) -> None:
-    """ConfigError naming the option for any invalid build option (checked before any work)."""
-    if brats is not None and phantom is not None:
-        raise ConfigError("--brats and --phantom are exclusive: give one source (or none for the phantom default)")
-    if phantom is not None and phantom < 1:
-        raise ConfigError(f"--phantom must be >= 1 case, got {phantom}")
-    if not 0 < phantom_scale <= 1:
-        raise ConfigError(f"--phantom-scale must be in (0, 1], got {phantom_scale}")
-    if fusion_fn is None:
-        get_rule(fusion)
-    if size is not None and not 8 <= size <= MAX_SIZE:
-        raise ConfigError(f"--size must be in [8, {MAX_SIZE}] pixels, got {size}")
-    if slices_per_case < 1:
-        raise ConfigError(f"--slices-per-case must be >= 1, got {slices_per_case}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-
-
-def check_out_outside_source(out: str | os.PathLike, brats: str | os.PathLike) -> None:
-    """ConfigError if ``out`` and the ``brats`` release overlap (after resolving symlinks and '..'): the
-    same folder or a parent of the release (--overwrite would delete it), or a folder inside it (the
-    package would sit among the cases, where the next build from that release would find it)."""
-    out_path, source = Path(out).resolve(), Path(brats).resolve()
-    if out_path == source or out_path in source.parents or source in out_path.parents:
-        where = "is inside" if source in out_path.parents else "contains"
-        raise ConfigError(f"--out {out} {where} the --brats release {brats} (writing there, or --overwrite, "
-                          f"could destroy it); choose an output folder outside the release")
 
 
 def _os_error_message(exc: OSError, out: str | os.PathLike, written: Sequence[Path], reading: Path | None) -> str:
@@ -248,8 +185,8 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
                         next_index += 1
             except BrokenProcessPool:
                 raise Fuse4SegError(
-                    "--workers: a worker process died (out of memory, or the calling script re-runs the build when "
-                    "imported: guard it with `if __name__ == \"__main__\":`); retry with fewer workers") from None
+                    "a worker process died (out of memory, or the calling script re-runs the build when imported: "
+                    "guard it with `if __name__ == \"__main__\":`); retry with fewer workers", option="workers") from None
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -257,12 +194,13 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
         bar.close()
 
 
-def _write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],
-              fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...]) -> dict[str, object]:
-    """Stream case results into ``path`` (schema in :mod:`fuse4seg.data.h5format`); returns counts."""
+def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],
+             fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...]) -> dict[str, object]:
+    """Stream case results (:func:`extract_case`) into ``path`` (schema in :mod:`fuse4seg.data.schema`); returns
+    {"splits": {split: {"cases", "slices"}}, "skipped_cases", "schemes", "height", "width" (px)}."""
     import h5py
 
-    from fuse4seg.data.h5format import SPLITS, append_encoded, create_split_group, encode_slices, string_array
+    from fuse4seg.data.h5format import append_encoded, create_split_group, encode_slices, string_array
 
     split_of = {case_id: name for name, ids in splits.items() for case_id in ids}
     counts = {name: {"cases": 0, "slices": 0} for name in SPLITS}
@@ -284,7 +222,7 @@ def _write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]],
                     create_split_group(h5, name, *shape)
             elif tuple(result["shape"]) != shape:
                 raise DataError(f"case {case_id}: slices are {tuple(result['shape'])} but earlier cases are "
-                                f"{shape}; pass --size to resample every case to one size")
+                                f"{shape}; set it to resample every case to one size", option="size")
             chunks = result["chunks"]
             if chunks is None:  # trained fusion: runs here, in the parent process, on the raw sources
                 source = result["source"]
@@ -300,87 +238,112 @@ def _write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]],
             "height": int(shape[0]), "width": int(shape[1])}
 
 
-def build_benchmark(out: str | os.PathLike, brats: str | os.PathLike | None = None, phantom: int | None = None,
-                    fusion_inputs: Sequence[str] | str = DEFAULT_FUSION_INPUTS, fusion: str = "laplacian",
-                    size: int | None = None, slices_per_case: int = DEFAULT_SLICES_PER_CASE,
-                    split: Sequence[float] | str = (0.7, 0.1, 0.2), workers: int = 1, seed: int = 0,
-                    overwrite: bool = False, fusion_fn: FusionFn | None = None, fusion_name: str | None = None,
-                    progress: bool = True, phantom_scale: float = 1.0, command: str | None = None) -> dict:
-    """Build the BraTS-Fuse dataset package in ``out`` (atomically) and return a summary dict.
+def resolve_source(options: BuildOptions, scratch: Path) -> tuple[Path, int]:
+    """(release folder, phantom cases): ``options.brats`` (0 phantom cases), or a phantom release of
+    ``options.phantom`` cases (default :data:`DEFAULT_PHANTOM_CASES`) written under ``scratch``."""
+    if options.brats is not None:
+        return Path(options.brats), 0
+    from fuse4seg.data.phantom import write_phantom_release
 
-    Source: the BraTS release ``brats``, else a phantom release of ``phantom`` cases (default
-    :data:`DEFAULT_PHANTOM_CASES`) written to a temporary directory. ``fusion_fn`` (N, C, H, W) ->
-    (N, H, W) in [0, 1], if given, replaces the classical rule ``fusion`` and is recorded as
-    ``fusion_name``. ``command`` is the command line recorded in the dataset card (default: the
-    :func:`command_line` of these options when no ``fusion_fn`` is given). ``out`` must lie
-    outside ``brats`` (neither the same folder, nor a parent, nor inside it: :func:`check_out_outside_source`).
+    cases = options.phantom or DEFAULT_PHANTOM_CASES
+    return write_phantom_release(scratch / "release", cases=cases, seed=options.seed, scale=options.phantom_scale,
+                                 workers=options.workers), cases
+
+
+def resolve_fusion(options: BuildOptions, fusion_fn: FusionFn | None,
+                   fusion_name: str | None) -> tuple[FusionFn | None, str]:
+    """(fusion callable or None for the classical rule, recorded fusion_method): ``fusion_fn``, else the trained
+    fusion network of ``options.fusion_checkpoint``, else the rule ``options.fusion``."""
+    if options.fusion_checkpoint is not None:
+        if fusion_fn is not None:
+            raise ConfigError("give fusion_checkpoint or fusion_fn, not both", option="fusion_checkpoint")
+        # The trained networks live on the train side: imported only for this option.
+        from fuse4seg.train.infer import fusion_fn_from_checkpoint
+
+        fusion_fn, fusion_name = fusion_fn_from_checkpoint(options.fusion_checkpoint, options.fusion_inputs)
+    if fusion_fn is None:
+        return None, options.fusion
+    return fusion_fn, fusion_name or getattr(fusion_fn, "__name__", "custom")
+
+
+def root_attributes(options: BuildOptions, method: str, scheme: str) -> dict[str, object]:
+    """The root attributes of brats_fuse.h5 in the schema's order, for cases of the release ``scheme``."""
+    values = {
+        "format_version": FORMAT_VERSION, "fusion_inputs": options.fusion_inputs, "fusion_method": method,
+        "source_dataset": PHANTOM_SOURCE if options.brats is None else f"BraTS, {scheme} release layout",
+        "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {scheme})",
+        "builder_version": f"fuse4seg {__version__}", "created": created_timestamp(), "slice_size": options.size or 0,
+    }
+    return {spec.name: values[spec.name] for spec in ROOT_ATTRIBUTES}
+
+
+def summarise(options: BuildOptions, root: Path, phantom_cases: int, cases: int, attrs: dict[str, object],
+              written: dict[str, object], command: str) -> dict[str, object]:
+    """The build summary (what the dataset card, CITATION.cff and croissant.json describe); DataError if a
+    split with a non-zero fraction received no tumour-bearing case."""
+    empty = [s for s, f in zip(SPLITS, options.split) if f > 0 and written["splits"][s]["slices"] == 0]
+    if empty:
+        raise DataError(f"split {empty[0]} has no tumour-bearing case (cases without tumour: "
+                        f"{', '.join(written['skipped_cases'])}); use more cases or change the fractions", option="split")
+    phantom = options.brats is None
+    return {
+        "out": str(Path(options.out)), "source": "phantom" if phantom else str(root), "phantom_default": phantom,
+        "phantom_cases": phantom_cases, "source_dataset": attrs["source_dataset"], "brats_derived": not phantom,
+        "label_scheme": attrs["label_scheme"], "fusion_method": attrs["fusion_method"],
+        "fusion_inputs": list(options.fusion_inputs), "seed": options.seed, "slices_per_case": options.slices_per_case,
+        "size": options.size, "cases": cases, "created": attrs["created"], "builder_version": attrs["builder_version"],
+        "command": command, **written, "attrs": attrs,
+    }
+
+
+def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionFn | None = None,
+                    fusion_name: str | None = None, progress: bool = True, command: str | None = None,
+                    **options: object) -> dict:
+    """Build the BraTS-Fuse dataset package atomically and return its summary (:func:`summarise`).
+
+    ``out``: a :class:`BuildOptions`, or the output folder with the other options as keywords
+    (``build_benchmark("pkg", brats="BraTS2021", size=192)``). Steps: :func:`resolve_source` (the
+    release, or a phantom release written to a scratch folder), :func:`split_cases`,
+    :func:`extract_case` per case (``workers`` processes), :func:`write_h5`, :func:`summarise`, then the
+    card, CITATION.cff and croissant.json. ``fusion_fn`` (N, C, H, W) -> (N, H, W) in [0, 1], if given,
+    replaces the classical rule and is recorded as ``fusion_name``. ``command`` replaces the command
+    line recorded in the card (default :meth:`BuildOptions.command_line`).
 
     Reproducible: the same source, options and seed give byte-identical files when
     SOURCE_DATE_EPOCH is set (it fixes the ``created`` time); without it only ``created`` and the
     dates derived from it differ, the HDF5 datasets are identical.
     """
-    from fuse4seg.data import package
-    from fuse4seg.data.brats import find_cases
-    from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS
+    from fuse4seg.data import brats, package
 
+    if isinstance(out, BuildOptions) and options:
+        raise TypeError(f"build_benchmark: options {', '.join(options)} given beside a BuildOptions")
+    opts = (out if isinstance(out, BuildOptions) else BuildOptions(out=out, **options)).validate(fusion_fn is not None)
     started = time.perf_counter()
-    fusion_inputs = parse_modalities(fusion_inputs)
-    fractions = parse_split(split)
-    _validate_options(brats, phantom, fusion, fusion_fn, size, slices_per_case, workers, phantom_scale)
-    if brats is not None:
-        check_out_outside_source(out, brats)
-    method = (fusion_name or getattr(fusion_fn, "__name__", "custom")) if fusion_fn is not None else fusion
-    if command is None and fusion_fn is None:
-        command = command_line(out, brats, phantom, fusion_inputs, fusion, size, slices_per_case, fractions, seed,
-                               phantom_scale)
-    use_phantom = brats is None
-    n_phantom = (phantom or DEFAULT_PHANTOM_CASES) if use_phantom else 0
+    custom = fusion_fn is not None and opts.fusion_checkpoint is None
+    fusion_fn, method = resolve_fusion(opts, fusion_fn, fusion_name)
+    if command is None:  # a Python callable has no flag: say so beside the options that were given
+        command = opts.command_line() + (f"  # fused by the Python callable {method!r}, not --fusion" if custom else "")
     reading: Path | None = None  # the source folder while it is being listed (OS errors there are reads)
-    outputs = [Path(out)]  # folders this build writes to, for telling read errors from write errors
+    outputs = [Path(opts.out)]  # folders this build writes to, for telling read errors from write errors
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(
+        with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, tempfile.TemporaryDirectory(
                 prefix="fuse4seg-phantom-") as scratch:
             outputs += [tmp, Path(scratch)]
-            if use_phantom:
-                from fuse4seg.data.phantom import write_phantom_release
-
-                root = write_phantom_release(Path(scratch) / "release", cases=n_phantom, seed=seed,
-                                             scale=phantom_scale, workers=workers)
-            else:
-                root = Path(brats)
+            root, phantom_cases = resolve_source(opts, Path(scratch))
             reading = root
-            cases = find_cases(root)
+            cases = brats.find_cases(root)
             reading = None
-            splits = split_cases([c.case_id for c in cases], fractions, seed)
-            created = created_timestamp()
-            source_dataset = PHANTOM_SOURCE if use_phantom else f"BraTS, {cases[0].scheme} release layout"
-            attrs = {
-                "format_version": FORMAT_VERSION, "fusion_inputs": fusion_inputs, "fusion_method": method,
-                "source_dataset": source_dataset,
-                "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {cases[0].scheme})",
-                "builder_version": f"fuse4seg {__version__}", "created": created, "slice_size": size or 0,
-            }
-            results = _extracted_in_order(cases, workers, progress, slices_per_case=slices_per_case, size=size,
-                                          fusion=None if fusion_fn is not None else fusion,
-                                          fusion_inputs=fusion_inputs)
+            splits = split_cases([c.case_id for c in cases], opts.split, opts.seed)
+            attrs = root_attributes(opts, method, cases[0].scheme)
+            results = _extracted_in_order(cases, opts.workers, progress, slices_per_case=opts.slices_per_case,
+                                          size=opts.size, fusion=None if fusion_fn is not None else opts.fusion,
+                                          fusion_inputs=opts.fusion_inputs)
             with contextlib.closing(results):  # a write error stops the worker pool at once
-                written = _write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, fusion_inputs)
-            empty = [s for s, f in zip(SPLITS, fractions) if f > 0
-                     and written["splits"][s]["slices"] == 0]
-            if empty:
-                raise DataError(f"split {empty[0]} has no tumour-bearing case (cases without tumour: "
-                                f"{', '.join(written['skipped_cases'])}); use more cases or change --split")
-            summary = {
-                "out": str(Path(out)), "source": "phantom" if use_phantom else str(root),
-                "phantom_default": use_phantom, "phantom_cases": n_phantom, "source_dataset": source_dataset,
-                "brats_derived": not use_phantom, "label_scheme": attrs["label_scheme"],
-                "fusion_method": method, "fusion_inputs": list(fusion_inputs), "seed": seed,
-                "slices_per_case": slices_per_case, "size": size, "cases": len(cases), "created": created,
-                "builder_version": attrs["builder_version"], "command": command, **written,
-            }
+                written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs)
+            summary = summarise(opts, root, phantom_cases, len(cases), attrs, written, command)
             package.write_package_files(tmp, summary)
     except OSError as exc:
-        raise Fuse4SegError(_os_error_message(exc, out, outputs, reading)) from None
+        raise Fuse4SegError(_os_error_message(exc, opts.out, outputs, reading)) from None
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 

@@ -1,4 +1,4 @@
-"""``BraTSFuse``: a torch Dataset over a BraTS-Fuse package's ``brats_fuse.h5``."""
+"""``BraTSFuse``: the torch Dataset over a BraTS-Fuse package's ``brats_fuse.h5`` (read lazily or from memory)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import MODALITIES, NUM_CLASSES, modality_indices, parse_modalities
-from fuse4seg.data.h5format import H5_NAME, SPLITS, one_line, open_validated, read_root_attrs
+from fuse4seg.data.h5format import open_validated, read_root_attrs, read_spacing
+from fuse4seg.data.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.io import one_line
 
 
 def h5_path(path: str | os.PathLike, split: str) -> Path:
@@ -49,31 +51,63 @@ def check_slices(path: str | os.PathLike, split: str, first: int, case_ids: Sequ
             raise DataError(f"{path}: /{split}[{first + i}] (case {case_ids[i]}): {message(i)}")
 
 
+#: Splits up to this many bytes of slices are held in memory with ``cache=True`` (training's --cache):
+#: reading gzip-compressed HDF5 chunks per item otherwise costs a visible share of a small network's step.
+CACHE_MAX_BYTES = 2 * 1024**3
+#: Bytes of one pixel of one slice in memory: four source and one fused float32 plane, one uint8 label.
+_BYTES_PER_PIXEL = 5 * 4 + 1
+
+
+def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
+    """Every slice of ``split`` of the validated open file ``h5``: source (N,4,H,W) and fused (N,1,H,W) float32,
+    label (N,H,W) uint8, case_id list of str, slice_index list of int, spacing (N,3) float64 mm; each value
+    checked once (:func:`check_slices`)."""
+    group = h5[split]
+    try:
+        arrays = {"source": np.ascontiguousarray(group["source"][()], dtype=np.float32),
+                  "fused": np.ascontiguousarray(group["fused"][()], dtype=np.float32),
+                  "label": np.ascontiguousarray(group["label"][()], dtype=np.uint8)}
+        case_id = list(group["case_id"].asstr()[()])
+        slice_index = group["slice_index"][()]
+    except (OSError, UnicodeDecodeError) as exc:  # a corrupt chunk or string
+        raise DataError(f"{path}: /{split}: unreadable data ({one_line(exc)})") from None
+    check_slices(path, split, 0, case_id, arrays["source"], arrays["fused"], arrays["label"], slice_index)
+    return {**arrays, "case_id": case_id, "slice_index": [int(z) for z in slice_index],
+            "spacing": read_spacing(h5, split, path)}
+
+
 class BraTSFuse(Dataset):
     """Slices of one split: {"source": (C, H, W) float32, "fused": (1, H, W) float32,
-    "label": (H, W) int64, "case_id": str, "slice_index": int}.
+    "label": (H, W) int64, "case_id": str, "slice_index": int}; ``spacing`` is the split's (N, 3) mm.
 
-    ``path`` is the package directory or the .h5 file itself. ``modalities`` picks and orders the
-    source channels (default all four, MODALITIES order). The schema is validated on construction;
-    the file is then opened lazily, once per process (each DataLoader worker opens its own handle,
-    and the handle is never pickled). ``transform`` is an albumentations transform called as
+    ``path`` is the package directory or the .h5 file itself; its layout is declared in
+    :mod:`fuse4seg.data.schema` and validated on construction. ``modalities`` picks and orders the
+    source channels (default all four, MODALITIES order). ``cache``: read the whole split into memory
+    now (if it takes at most :data:`CACHE_MAX_BYTES`; ``cached`` says whether it did), checking every
+    value once; otherwise the file is opened lazily, once per process (each DataLoader worker opens
+    its own handle, and the handle is never pickled), and each slice is checked when read. Either way
+    the items are the same. ``transform`` is an albumentations transform called as
     ``transform(image=HWC float32, mask=HW uint8)`` with the sources and the fused image stacked as
     channels, so spatial transforms move image and mask together.
     """
 
     def __init__(self, path: str | os.PathLike, split: str, modalities: Sequence[str] | str | None = None,
-                 transform: Callable[..., dict] | None = None) -> None:
-        """Validate the file's schema and remember what to read; see the class docstring."""
+                 transform: Callable[..., dict] | None = None, cache: bool = False) -> None:
+        """Validate the file's schema and remember (or, with ``cache``, read) the split; see the class docstring."""
         self.path = h5_path(path, split)
         self.split = split
         self.modalities = MODALITIES if modalities is None else parse_modalities(modalities)
         self._channels = modality_indices(self.modalities)
         self.transform = transform
+        self._memory: dict[str, object] | None = None
         h5, counts = open_validated(self.path)
         with h5:
             self._length = counts[split]
             self.size = (counts["height"], counts["width"])
             self.attrs = read_root_attrs(h5)
+            if cache and 0 < self._length * self.size[0] * self.size[1] * _BYTES_PER_PIXEL <= CACHE_MAX_BYTES:
+                self._memory = _read_split(h5, self.path, split)
+        self._spacing = None if self._memory is None else self._memory["spacing"]
         self._h5 = None
         self._pid: int | None = None
 
@@ -81,27 +115,44 @@ class BraTSFuse(Dataset):
         """Number of slices in the split."""
         return self._length
 
+    @property
+    def cached(self) -> bool:
+        """Whether the split is held in memory."""
+        return self._memory is not None
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """(N, 3) float64 mm (dy, dx, dz) of the split's slices (read on first use when not cached)."""
+        if self._spacing is None:
+            self._spacing = read_spacing(self._file(), self.split, self.path)
+        return self._spacing
+
     def __getstate__(self) -> dict:
         """Pickle without the open file handle (workers reopen the file)."""
         state = self.__dict__.copy()
         state["_h5"], state["_pid"] = None, None
         return state
 
-    def _group(self) -> h5py.Group:
-        """The split's h5py group, opening the file on first use in this process."""
+    def _file(self) -> h5py.File:
+        """The HDF5 file, opened on first use in this process."""
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
-        return self._h5[self.split]
+        return self._h5
 
-    def __getitem__(self, index: int) -> dict:
-        """One slice as tensors (see the class docstring); negative indices count from the end."""
-        if not -self._length <= index < self._length:
-            raise IndexError(f"index {index} out of range for {self._length} slices in {self.split}")
-        index = int(index) % self._length
+    def _channels_of(self, source: np.ndarray) -> np.ndarray:
+        """The chosen modality channels of a (4, H, W) source (itself when all four, in order)."""
+        return source if self.modalities == MODALITIES else source[self._channels]
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, int]:
+        """Slice ``index`` (in range) as (source (C,H,W), fused (1,H,W), label (H,W) uint8, case id, slice index)."""
+        if self._memory is not None:
+            memory = self._memory
+            return (self._channels_of(memory["source"][index]), memory["fused"][index], memory["label"][index],
+                    memory["case_id"][index], memory["slice_index"][index])
         try:
-            group = self._group()
-            source = group["source"][index][self._channels]
+            group = self._file()[self.split]
+            source = self._channels_of(group["source"][index])
             fused = group["fused"][index]
             label = group["label"][index]
             case_id = group["case_id"][index]
@@ -111,6 +162,13 @@ class BraTSFuse(Dataset):
             raise DataError(f"{self.path}: /{self.split}[{index}]: unreadable slice ({one_line(exc)})") from None
         check_slices(self.path, self.split, index, [case_id], source[None], fused[None], label[None],
                      np.array([slice_index]))
+        return source, fused, label, case_id, slice_index
+
+    def __getitem__(self, index: int) -> dict:
+        """One slice as tensors (see the class docstring); negative indices count from the end."""
+        if not -self._length <= index < self._length:
+            raise IndexError(f"index {index} out of range for {self._length} slices in {self.split}")
+        source, fused, label, case_id, slice_index = self._read(int(index) % self._length)
         if self.transform is not None:
             image = np.concatenate([source, fused], axis=0).transpose(1, 2, 0)
             out = self.transform(image=np.ascontiguousarray(image), mask=label)

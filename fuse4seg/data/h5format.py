@@ -1,27 +1,17 @@
-"""The BraTS-Fuse HDF5 schema (``brats_fuse.h5``): writing it and validating it before use.
+"""Writing ``brats_fuse.h5`` and validating it before use, both driven by :mod:`fuse4seg.data.schema`.
 
-Layout (format version 1)::
-
-    /                 attrs: format_version, fusion_inputs, fusion_method, source_dataset,
-                             label_scheme, builder_version, created, slice_size (optional)
-    /{train,val,test}/source       (N, 4, H, W) float32 in [0, 1], attr modalities = t1,t1ce,t2,flair
-                     /fused        (N, 1, H, W) float32 in [0, 1]
-                     /label        (N, H, W)    uint8 in {0, 1, 2, 3} (canonical: 0 bg, 1 NCR, 2 ED, 3 ET)
-                     /case_id      (N,)         UTF-8 str
-                     /slice_index  (N,)         int32, axial index z into the case's volume
-                     /spacing      (N, 3)       float32 mm (optional): (dy, dx, dz) = physical size of a
-                                                pixel along H and along W, and the original slice thickness
+The datasets, their shapes, dtypes, chunking and the root attributes are declared once in
+:mod:`fuse4seg.data.schema` (read it for the layout); this module turns that declaration into
+h5py calls and checks.
 
 ``slice_size`` records the slice geometry rule: the ``--size`` of the build (every case cropped to
 its brain box and resized to slice_size x slice_size, so H = W = slice_size), or 0 when slices keep
-the volume's in-plane size. Files written before it existed lack it (still format 1): readers then
-know only H and W. ``fuse4seg fuse`` applies the same rule to a new case.
+the volume's in-plane size. ``fuse4seg fuse`` applies the same rule to a new case.
 
 ``spacing`` makes distances physical: with ``--size`` S a case cropped to a brain box of side B
 voxels has pixels of (zoom_x * B / S, zoom_y * B / S) mm (one box per case, so all its slices
 agree), without it the volume's voxel size; dz is the volume's voxel size along z (consecutive
-``slice_index`` values are dz mm apart). Files written before it existed lack it (still format 1):
-readers then have distances in pixels only (:func:`read_spacing` returns None).
+``slice_index`` values are dz mm apart).
 
 Image datasets are chunked one slice per chunk (``chunks=(1, ...)``) so a random slice costs one
 chunk read, and compressed with gzip level 1 without the shuffle filter: ``benchmarks/build.py``
@@ -39,20 +29,34 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fuse4seg.conventions import MODALITIES, parse_modalities
-from fuse4seg.errors import ConfigError, DataError
-
-FORMAT_VERSION = 1
-H5_NAME = "brats_fuse.h5"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-ROOT_ATTRS: tuple[str, ...] = (
-    "format_version", "fusion_inputs", "fusion_method", "source_dataset", "label_scheme",
-    "builder_version", "created",
+from fuse4seg.conventions import parse_modalities
+from fuse4seg.data.schema import (
+    COMPRESSION,
+    DATASETS,
+    FORMAT_VERSION,
+    H5_NAME,
+    ROOT_ATTRIBUTES,
+    SPLITS,
+    UTF8,
+    DatasetSpec,
+    resolve,
+    shape_text,
 )
-#: Optional root attributes (absent in files written before they existed), checked when present.
-OPTIONAL_ROOT_ATTRS: tuple[str, ...] = ("slice_size",)
+from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.io import one_line
+
+__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "SPLITS", "append_encoded", "create_split_group",
+           "encode_slices", "one_line", "open_validated", "read_root_attrs", "read_spacing", "slice_size",
+           "string_array", "validate_schema"]
+
 STRING = h5py.string_dtype("utf-8")
-COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 1}
+#: What to say about a file of an older format version that this version no longer reads.
+REBUILD = "rebuild it with `fuse4seg build-benchmark`"
+
+
+def _h5_dtype(spec: DatasetSpec) -> np.dtype:
+    """The h5py dtype of a declared dataset."""
+    return STRING if spec.dtype == UTF8 else np.dtype(spec.dtype)
 
 
 def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -61,33 +65,32 @@ def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
 
 
 def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5py.Group:
-    """Create one empty, appendable split group with the five datasets of the schema."""
+    """Create one empty, appendable split group with every dataset of the schema (in declaration order)."""
     group = h5.create_group(split)
-    common = {"track_times": False}
-    source = group.create_dataset("source", shape=(0, 4, height, width), maxshape=(None, 4, height, width),
-                                  dtype=np.float32, chunks=(1, 4, height, width), **COMPRESSION, **common)
-    source.attrs["modalities"] = string_array(MODALITIES)
-    group.create_dataset("fused", shape=(0, 1, height, width), maxshape=(None, 1, height, width),
-                         dtype=np.float32, chunks=(1, 1, height, width), **COMPRESSION, **common)
-    group.create_dataset("label", shape=(0, height, width), maxshape=(None, height, width),
-                         dtype=np.uint8, chunks=(1, height, width), **COMPRESSION, **common)
-    group.create_dataset("case_id", shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), **common)
-    group.create_dataset("slice_index", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(256,), **common)
-    group.create_dataset("spacing", shape=(0, 3), maxshape=(None, 3), dtype=np.float32, chunks=(256, 3), **common)
+    sizes = {"N": 0, "H": height, "W": width}
+    for spec in DATASETS:
+        shape = resolve(spec.shape, sizes)
+        dataset = group.create_dataset(spec.name, shape=shape, maxshape=(None, *shape[1:]), dtype=_h5_dtype(spec),
+                                       chunks=resolve(spec.chunks, sizes), track_times=False,
+                                       **(COMPRESSION if spec.compressed else {}))
+        for key, values in spec.attrs:
+            dataset.attrs[key] = string_array(values)
     return group
 
 
 def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict[str, list[bytes]]:
     """Compress each slice's chunk of source (K,4,H,W) float32, fused (K,1,H,W) float32 and label
-    (K,H,W) uint8 exactly as HDF5's deflate filter would (a zlib stream at the same level).
+    (K,H,W) uint8 (the schema's compressed datasets) exactly as HDF5's deflate filter would (a zlib
+    stream at the same level).
 
     Done in the builder's worker processes so the compression runs in parallel; the writer then
     stores the chunks as they are (:func:`append_encoded`).
     """
     level = int(COMPRESSION["compression_opts"])
-    arrays = {"source": (source, np.float32), "fused": (fused, np.float32), "label": (label, np.uint8)}
-    return {name: [zlib.compress(np.ascontiguousarray(item, dtype=dtype).tobytes(), level) for item in values]
-            for name, (values, dtype) in arrays.items()}
+    arrays = {"source": source, "fused": fused, "label": label}
+    return {spec.name: [zlib.compress(np.ascontiguousarray(item, dtype=spec.dtype).tobytes(), level)
+                        for item in arrays[spec.name]]
+            for spec in DATASETS if spec.compressed}
 
 
 def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: str,
@@ -115,11 +118,6 @@ def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: s
 def _attr_text(value: object) -> str:
     """An HDF5 attribute read back as Python str (h5py returns str or bytes for strings)."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def one_line(exc: object) -> str:
-    """An exception's (or any object's) text on one line (HDF5 and decoder messages may hold newlines)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _show(value: object) -> str:
@@ -155,43 +153,55 @@ def _text_attr(h5: h5py.File, key: str, where: str | Path) -> str:
         raise DataError(f"{where}: root attribute {key} is not valid UTF-8 text") from None
 
 
+def _integer_attr(h5: h5py.File, key: str, where: str | Path, minimum: int | None = None) -> int:
+    """A root attribute that must be one integer (>= ``minimum``); DataError naming it otherwise."""
+    value = np.asarray(h5.attrs[key])
+    if value.shape != () or value.dtype.kind not in "iu" or (minimum is not None and int(value) < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise DataError(f"{where}: root attribute {key} must be one integer{bound}, got "
+                        f"{value.dtype}{value.shape} {_show(value)}")
+    return int(value)
+
+
+def _modalities_attr(h5: h5py.File, key: str, where: str | Path) -> tuple[str, ...]:
+    """A root attribute that must be a 1-D array of known modality names; DataError naming it otherwise."""
+    value = h5.attrs[key]
+    if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OSU"
+            and all(isinstance(v, (str, bytes)) for v in value.tolist())):
+        raise DataError(f"{where}: root attribute {key} must be a 1-D array of modality names, got "
+                        f"{type(value).__name__} {_show(value)}")
+    try:
+        return parse_modalities(tuple(_attr_text(v) for v in value))
+    except ConfigError as exc:
+        raise DataError(f"{where}: root attribute {key} is invalid ({exc})") from None
+
+
+def _check_format_version(h5: h5py.File, where: str | Path) -> None:
+    """DataError unless format_version is this module's; an older file is told to rebuild."""
+    version = _integer_attr(h5, "format_version", where)
+    if 0 < version < FORMAT_VERSION:
+        raise DataError(f"{where}: format version {version} is no longer read; {REBUILD}")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+
+
 def _check_root_attrs(h5: h5py.File, where: str | Path) -> None:
-    """Check that the root attributes exist and have the schema's types (never trusting the file)."""
-    missing = [a for a in ROOT_ATTRS if a not in h5.attrs]
+    """Check that the declared root attributes exist and have their declared kinds (never trusting the file)."""
+    if "format_version" in h5.attrs:  # first: an old file is told to rebuild, not what it lacks
+        _check_format_version(h5, where)
+    missing = [a.name for a in ROOT_ATTRIBUTES if a.name not in h5.attrs]
     if missing:
         raise DataError(f"{where}: missing root attribute(s) {', '.join(missing)}")
-    version = np.asarray(h5.attrs["format_version"])
-    if version.shape != () or version.dtype.kind not in "iu":
-        raise DataError(f"{where}: root attribute format_version must be one integer, got "
-                        f"{version.dtype}{version.shape} {_show(version)}")
-    if int(version) != FORMAT_VERSION:
-        raise DataError(f"{where}: format_version {int(version)} is not supported (expected {FORMAT_VERSION})")
-    inputs = h5.attrs["fusion_inputs"]
-    if not (isinstance(inputs, np.ndarray) and inputs.ndim == 1 and inputs.dtype.kind in "OSU"
-            and all(isinstance(v, (str, bytes)) for v in inputs.tolist())):
-        raise DataError(f"{where}: root attribute fusion_inputs must be a 1-D array of modality names, got "
-                        f"{type(inputs).__name__} {_show(inputs)}")
-    try:
-        parse_modalities(tuple(_attr_text(v) for v in inputs))
-    except ConfigError as exc:
-        raise DataError(f"{where}: root attribute fusion_inputs is invalid ({exc})") from None
-    for key in ROOT_ATTRS[2:]:
-        _text_attr(h5, key, where)
-    slice_size(h5, where)
+    readers = {"integer": _integer_attr, "text": _text_attr, "modalities": _modalities_attr}
+    for spec in ROOT_ATTRIBUTES:
+        extra = {"minimum": spec.minimum} if spec.kind == "integer" else {}
+        readers[spec.kind](h5, spec.name, where, **extra)
 
 
-def slice_size(h5: h5py.File, where: str | Path) -> int | None:
-    """The root attribute slice_size (pixels; 0 = volume size kept), or None when the file predates it.
-
-    DataError naming ``where`` unless it is one non-negative integer.
-    """
-    if "slice_size" not in h5.attrs:
-        return None
-    value = np.asarray(h5.attrs["slice_size"])
-    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 0:
-        raise DataError(f"{where}: root attribute slice_size must be one integer >= 0 (pixels, 0 = volume size), "
-                        f"got {value.dtype}{value.shape} {_show(value)}")
-    return int(value)
+def slice_size(h5: h5py.File, where: str | Path) -> int:
+    """The root attribute slice_size (pixels; 0 = volume size kept); DataError naming ``where`` unless it
+    is one non-negative integer."""
+    return _integer_attr(h5, "slice_size", where, minimum=0)
 
 
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
@@ -211,6 +221,46 @@ def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
             from None
 
 
+def _bind(shape: tuple[int, ...], symbolic: tuple[int | str, ...], sizes: dict[str, int]) -> bool:
+    """Whether ``shape`` fits ``symbolic`` given the sizes bound so far; binds new symbols on success."""
+    if len(shape) != len(symbolic):
+        return False
+    bound = dict(sizes)
+    for actual, want in zip(shape, symbolic):
+        if isinstance(want, str):
+            want = bound.setdefault(want, actual)
+        if actual != want:
+            return False
+    sizes.update(bound)
+    return True
+
+
+def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
+    """DataError unless ``group`` holds ``spec``'s dataset with its dtype, shape (binding N, H, W in
+    ``sizes``) and attributes."""
+    name = f"{group.name}/{spec.name}"
+    if spec.name not in group or not isinstance(group[spec.name], h5py.Dataset):
+        raise DataError(f"{where}: missing dataset {name}")
+    dataset = group[spec.name]
+    if spec.dtype == UTF8:
+        info = h5py.check_string_dtype(dataset.dtype)
+        dtype_ok = info is not None and info.encoding == "utf-8"
+    else:
+        dtype_ok = dataset.dtype == np.dtype(spec.dtype)
+    if not (_bind(dataset.shape, spec.shape, sizes) and dtype_ok):
+        want = shape_text(tuple(sizes.get(d, d) if isinstance(d, str) else d for d in spec.shape))
+        got = f"{dataset.dtype}{dataset.shape}"
+        # Images read "is X, expected Y", per-slice vectors "must be Y, got X": the format-1 wording, kept.
+        if "H" in spec.shape:
+            raise DataError(f"{where}: {name} is {got}, expected {spec.dtype}{want}")
+        expected = f"{want} UTF-8 strings" if spec.dtype == UTF8 else f"{spec.dtype}{want}"
+        raise DataError(f"{where}: {name} must be {expected}, got {got}")
+    for key, values in spec.attrs:
+        found = tuple(_attr_text(v) for v in np.atleast_1d(dataset.attrs.get(key, [])))
+        if found != values:
+            raise DataError(f"{where}: {name} attribute {key} is {found}, expected {values}")
+
+
 def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """:func:`validate_schema` without the catch-all for unexpected h5py/NumPy errors."""
     _check_root_attrs(h5, where)
@@ -220,48 +270,13 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
         if split not in h5 or not isinstance(h5[split], h5py.Group):
             raise DataError(f"{where}: missing group /{split}")
         group = h5[split]
-        for name in ("source", "fused", "label", "case_id", "slice_index"):
-            if name not in group or not isinstance(group[name], h5py.Dataset):
-                raise DataError(f"{where}: missing dataset /{split}/{name}")
-        source, fused, label = group["source"], group["fused"], group["label"]
-        n = source.shape[0] if source.ndim == 4 else -1
-        expected = {
-            "source": ((n, 4) + source.shape[2:], np.float32),
-            "fused": ((n, 1) + source.shape[2:], np.float32),
-            "label": ((n,) + source.shape[2:], np.uint8),
-        }
-        if source.ndim != 4 or source.shape[1] != 4:
-            raise DataError(f"{where}: /{split}/source has shape {source.shape}, expected (N, 4, H, W)")
-        for name, (shape, dtype) in expected.items():
-            dataset = group[name]
-            if dataset.shape != shape or dataset.dtype != dtype:
-                raise DataError(f"{where}: /{split}/{name} is {dataset.dtype}{dataset.shape}, "
-                                f"expected {np.dtype(dtype)}{shape}")
-        if fused.shape[0] != n or label.shape[0] != n:
-            raise DataError(f"{where}: /{split} datasets disagree on the number of slices")
-        string_info = h5py.check_string_dtype(group["case_id"].dtype)
-        if group["case_id"].shape != (n,) or string_info is None or string_info.encoding != "utf-8":
-            raise DataError(f"{where}: /{split}/case_id must be ({n},) UTF-8 strings, got "
-                            f"{group['case_id'].dtype}{group['case_id'].shape}")
-        if group["slice_index"].shape != (n,) or group["slice_index"].dtype.kind not in "iu":
-            raise DataError(f"{where}: /{split}/slice_index must be ({n},) integers, got "
-                            f"{group['slice_index'].dtype}{group['slice_index'].shape}")
-        if "spacing" in group:
-            spacing = group["spacing"]
-            if not isinstance(spacing, h5py.Dataset) or spacing.shape != (n, 3) or spacing.dtype != np.float32:
-                raise DataError(f"{where}: /{split}/spacing must be float32({n}, 3) (mm: dy, dx, dz), got "
-                                f"{getattr(spacing, 'dtype', type(spacing).__name__)}{getattr(spacing, 'shape', '')}")
-        modalities = tuple(_attr_text(m) for m in np.atleast_1d(source.attrs.get("modalities", [])))
-        if modalities != MODALITIES:
-            raise DataError(f"{where}: /{split}/source attribute modalities is {modalities}, "
-                            f"expected {MODALITIES}")
-        if size is not None and source.shape[2:] != size:
-            raise DataError(f"{where}: /{split} slices are {source.shape[2:]}, other splits {size}")
-        size = source.shape[2:]
-        counts[split] = n
-    present = [split for split in SPLITS if "spacing" in h5[split]]
-    if present and len(present) != len(SPLITS):
-        raise DataError(f"{where}: /{present[0]}/spacing exists but not in every split")
+        sizes: dict[str, int] = {}  # N, H, W of this split, bound by the first dataset that has them
+        for spec in DATASETS:
+            _check_dataset(group, spec, sizes, where)
+        if size is not None and (sizes["H"], sizes["W"]) != size:
+            raise DataError(f"{where}: /{split} slices are {(sizes['H'], sizes['W'])}, other splits {size}")
+        size = (sizes["H"], sizes["W"])
+        counts[split] = sizes["N"]
     side = slice_size(h5, where)
     if side and size != (side, side):
         raise DataError(f"{where}: root attribute slice_size is {side} but the slices are {size[0]} x {size[1]}")
@@ -269,13 +284,9 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     return counts
 
 
-def read_spacing(h5: h5py.File, split: str, where: str | Path) -> np.ndarray | None:
-    """(N, 3) float64 mm (dy, dx, dz) of a validated file's ``split``, or None when the file predates it.
-
-    DataError naming ``where`` unless every value is finite and > 0.
-    """
-    if "spacing" not in h5[split]:
-        return None
+def read_spacing(h5: h5py.File, split: str, where: str | Path) -> np.ndarray:
+    """(N, 3) float64 mm (dy, dx, dz) of a validated file's ``split``; DataError naming ``where`` unless every
+    value is finite and > 0."""
     values = np.asarray(h5[split]["spacing"][()], dtype=np.float64).reshape(-1, 3)
     if not (np.isfinite(values).all() and (values > 0).all()):
         raise DataError(f"{where}: /{split}/spacing has values that are not finite and > 0 mm")
@@ -283,7 +294,8 @@ def read_spacing(h5: h5py.File, split: str, where: str | Path) -> np.ndarray | N
 
 
 def open_validated(path: str | Path) -> tuple[h5py.File, dict[str, int]]:
-    """Open ``path`` read-only and validate its schema; DataError if unreadable or invalid."""
+    """Open ``path`` read-only and validate its schema; DataError if unreadable or invalid (a file of an
+    older format version is told to rebuild)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such HDF5 file")

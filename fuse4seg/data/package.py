@@ -1,14 +1,13 @@
 """The BraTS-Fuse dataset package around ``brats_fuse.h5``: dataset card, citation, Croissant
 metadata, and :func:`verify` / :func:`cite` for a built package directory.
 
-Files: ``brats_fuse.h5`` (schema in :mod:`fuse4seg.data.h5format`), ``README.md`` (dataset card
+Files: ``brats_fuse.h5`` (schema declared in :mod:`fuse4seg.data.schema`), ``README.md`` (dataset card
 with YAML front matter), ``CITATION.cff``, ``croissant.json`` (MLCommons Croissant 1.0, with the
 sha256 and size of every other file; written last).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import numpy as np
 import yaml
 
 from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
-from fuse4seg.data.h5format import FORMAT_VERSION, H5_NAME, SPLITS, one_line, open_validated, read_spacing
+from fuse4seg.data.h5format import open_validated, read_spacing
+from fuse4seg.data.schema import DATASETS, FORMAT_VERSION, H5_NAME, SPLITS, card_file_lines
 from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.io import one_line, sha256_file
 
 CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
 CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -36,25 +37,6 @@ CROISSANT_CONTEXT: dict[str, object] = {
     "sc": "https://schema.org/",
     "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform",
 }
-#: HDF5 dataset -> (Croissant data type, description) for the record sets.
-FIELDS: dict[str, tuple[str, str]] = {
-    "source": ("sc:Float", "(4, H, W) float32 in [0, 1]: t1, t1ce, t2, flair, each normalised in the brain mask"),
-    "fused": ("sc:Float", "(1, H, W) float32 in [0, 1]: the fused image of the fusion inputs"),
-    "label": ("sc:Integer", "(H, W) uint8: 0 background, 1 NCR, 2 ED, 3 ET"),
-    "case_id": ("sc:Text", "patient / case identifier of the source release"),
-    "slice_index": ("sc:Integer", "axial index z of the slice in the case's volume"),
-    "spacing": ("sc:Float", "(3,) float32 mm: pixel size along H and W after crop/resize, slice thickness"),
-}
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _size_category(n: int) -> str:
     """Hugging Face size_categories bucket for ``n`` examples."""
@@ -62,17 +44,6 @@ def _size_category(n: int) -> str:
         if n < limit:
             return name
     return "100K<n<1M"
-
-
-def _command(meta: dict) -> str:
-    """The command line recorded in the card: the caller's, else an equivalent CLI invocation."""
-    if meta.get("command"):
-        return str(meta["command"])
-    source = f"--brats {meta['source']}" if meta["brats_derived"] else f"--phantom {meta['phantom_cases']}"
-    size = f" --size {meta['size']}" if meta["size"] else ""
-    return (f"fuse4seg build-benchmark --out DIR {source} --fusion-inputs {','.join(meta['fusion_inputs'])} "
-            f"--fusion {meta['fusion_method']}{size} --slices-per-case {meta['slices_per_case']} "
-            f"--seed {meta['seed']}")
 
 
 def dataset_card(meta: dict) -> str:
@@ -94,6 +65,7 @@ def dataset_card(meta: dict) -> str:
                if meta["brats_derived"] else
                "CC BY 4.0. Synthetic data: anatomy from the MNI ICBM 2009 template (Copyright (C) 1993-2009 "
                "Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University).")
+    files = "\n".join(card_file_lines(meta["attrs"]))
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -116,7 +88,7 @@ Version {package_version(meta)} (HDF5 format {FORMAT_VERSION}), created {meta['c
 ## How it was built
 
 ```
-{_command(meta)}
+{meta['command']}
 ```
 
 Slice rule: per case, axial slices whose whole-tumour area is at least 25% of the case's largest
@@ -127,13 +99,7 @@ Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
 
 ## Files
 
-- `brats_fuse.h5`: groups `train`, `val`, `test`, each with `source` (N, 4, H, W) float32,
-  `fused` (N, 1, H, W) float32, `label` (N, H, W) uint8, `case_id` (N,) str, `slice_index` (N,) int32,
-  `spacing` (N, 3) float32 in mm (pixel size along H and W after the crop/resize, and the volume's
-  slice thickness: consecutive `slice_index` values are that far apart), for distances such as HD95 in mm;
-  root attributes `format_version`, `fusion_inputs`, `fusion_method`, `source_dataset`, `label_scheme`,
-  `builder_version`, `created` and `slice_size` ({meta['size'] or 0}: the `--size` crop-and-resize rule
-  in pixels, 0 when slices keep the volume size; `fuse4seg fuse` applies the same rule to new cases).
+{files}
 - `CITATION.cff`: how to cite (`fuse4seg cite DIR --format bibtex`).
 - `croissant.json`: MLCommons Croissant 1.0 metadata with the sha256 of every file
   (`fuse4seg verify DIR` checks them).
@@ -171,9 +137,10 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
     record_sets = []
     for split in SPLITS:
         fields = [{
-            "@type": "cr:Field", "@id": f"{split}/{name}", "name": name, "description": desc, "dataType": dtype,
-            "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"/{split}/{name}"}},
-        } for name, (dtype, desc) in FIELDS.items()]
+            "@type": "cr:Field", "@id": f"{split}/{spec.name}", "name": spec.name,
+            "description": spec.record_description(), "dataType": spec.croissant,
+            "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"/{split}/{spec.name}"}},
+        } for spec in DATASETS]
         record_sets.append({
             "@type": "cr:RecordSet", "@id": split, "name": split,
             "description": f"{meta['splits'][split]['slices']} slices of {meta['splits'][split]['cases']} cases; "
@@ -208,7 +175,7 @@ def cite(directory: str | Path, format: str = "bibtex") -> str:
     """The package's citation as BibTeX (dataset + references) or as the CITATION.cff text."""
     path = Path(directory) / CITATION_NAME
     if format not in ("bibtex", "cff"):
-        raise ConfigError(f"--format {format!r}: expected bibtex or cff")
+        raise ConfigError(f"{format!r}: expected bibtex or cff", option="format")
     if not path.is_file():
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
     try:
@@ -283,7 +250,7 @@ def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[st
             raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
     if n and group["slice_index"][:].min() < 0:
         raise DataError(f"{path}: /{split}/slice_index has negative values")
-    read_spacing(h5, split, path)  # optional (older files); finite and > 0 when present
+    read_spacing(h5, split, path)  # finite and > 0
     try:
         return set(group["case_id"].asstr()[:].tolist())
     except UnicodeDecodeError as exc:

@@ -330,13 +330,13 @@ def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021"
     """Write ``cases`` phantom cases in real BraTS layout under ``out`` (atomically); returns ``out``."""
     naming = naming.lower()
     if naming not in NAMINGS:
-        raise ConfigError(f"--naming must be one of {', '.join(NAMINGS)}, got {naming!r}")
+        raise ConfigError(f"must be one of {', '.join(NAMINGS)}, got {naming!r}", option="naming")
     if int(cases) < 1:
-        raise ConfigError(f"--cases must be at least 1, got {cases}")
+        raise ConfigError(f"must be at least 1, got {cases}", option="cases")
     if not 0.1 <= float(scale) <= 1.0:
-        raise ConfigError(f"--scale must lie in [0.1, 1.0], got {scale}")
+        raise ConfigError(f"must lie in [0.1, 1.0], got {scale}", option="scale")
     if int(workers) < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"must be at least 1, got {workers}", option="workers")
     out = Path(out)
     shape, spacing = grid_for_scale(scale)
     with atomic_dir(out, overwrite=overwrite) as tmp:

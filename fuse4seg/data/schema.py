@@ -1,0 +1,121 @@
+"""The BraTS-Fuse HDF5 schema (``brats_fuse.h5``, format version 2), declared once as data.
+
+Everything that writes, checks or describes the file reads this declaration: the writer
+(:func:`fuse4seg.data.h5format.create_split_group`), the validator
+(:func:`fuse4seg.data.h5format.validate_schema`, used by every reader and by ``verify``), the
+record-set fields of ``croissant.json`` and the file list of the dataset card. Change the file
+format here (and bump :data:`FORMAT_VERSION`), not in those places.
+
+Shapes are symbolic: ``N`` is the number of slices of one split, ``H`` x ``W`` the slice size
+(one per file: every split has the same). Every split group (``/train``, ``/val``, ``/test``)
+holds every dataset of :data:`DATASETS`; the root holds every attribute of :data:`ROOT_ATTRIBUTES`.
+
+Format history: version 2 made ``spacing`` and ``slice_size`` required (version 1 files written
+before they existed are refused with a request to rebuild; none exist outside this repository).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fuse4seg.conventions import MODALITIES
+
+FORMAT_VERSION = 2
+H5_NAME = "brats_fuse.h5"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: gzip level 1, no shuffle filter: measured in benchmarks/build.py (see h5format's module doc).
+COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 1}
+#: The dtype name that stands for variable-length UTF-8 strings (h5py.string_dtype("utf-8")).
+UTF8 = "utf-8"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of every split group: what the writer creates and the validator expects."""
+
+    name: str
+    shape: tuple[int | str, ...]  # symbolic: "N" slices of the split, "H" x "W" pixels, or a fixed size
+    dtype: str  # NumPy dtype name, or UTF8 for variable-length UTF-8 strings
+    values: str  # the value range as text ("in [0, 1]", ">= 0"); the checks live in verify and the Dataset
+    chunks: tuple[int | str, ...]  # symbolic chunk shape
+    compressed: bool  # stored with COMPRESSION (chunks compressed by the builder's workers) or raw
+    description: str
+    croissant: str  # Croissant dataType of the field
+    unit: str = ""  # physical unit of the values, if any
+    attrs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # dataset attributes: (name, UTF-8 string values)
+
+    def type_text(self) -> str:
+        """dtype, unit and value range in words: 'float32 in [0, 1]', 'float32 in mm (> 0)'."""
+        dtype = "UTF-8 string" if self.dtype == UTF8 else self.dtype
+        return " ".join(p for p in (dtype, f"in {self.unit}" if self.unit else "", self.values) if p)
+
+    def record_description(self) -> str:
+        """One record's field (the shape without N) in words, for croissant.json."""
+        shape = shape_text(self.shape[1:]) + " " if len(self.shape) > 1 else ""
+        return f"{shape}{self.type_text()}: {self.description}"
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One root attribute: ``kind`` "integer" (one integer >= ``minimum``), "text" (one UTF-8 string) or
+    "modalities" (a 1-D array of modality names)."""
+
+    name: str
+    kind: str
+    description: str
+    minimum: int | None = None
+
+
+DATASETS: tuple[DatasetSpec, ...] = (
+    DatasetSpec("source", ("N", 4, "H", "W"), "float32", "in [0, 1]", (1, 4, "H", "W"), True,
+                f"{', '.join(MODALITIES)}, each normalised in the brain mask", "sc:Float",
+                attrs=(("modalities", MODALITIES),)),
+    DatasetSpec("fused", ("N", 1, "H", "W"), "float32", "in [0, 1]", (1, 1, "H", "W"), True,
+                "the fused image of the fusion inputs", "sc:Float"),
+    DatasetSpec("label", ("N", "H", "W"), "uint8", "in {0, 1, 2, 3}", (1, "H", "W"), True,
+                "canonical tumour labels (0 background, 1 NCR, 2 ED, 3 ET)", "sc:Integer"),
+    DatasetSpec("case_id", ("N",), UTF8, "", (256,), False,
+                "patient / case identifier of the source release", "sc:Text"),
+    DatasetSpec("slice_index", ("N",), "int32", ">= 0", (256,), False,
+                "axial index z of the slice in the case's volume", "sc:Integer"),
+    DatasetSpec("spacing", ("N", 3), "float32", "(> 0)", (256, 3), False,
+                "dy, dx, dz = the pixel size along H and W after the crop/resize and the volume's slice "
+                "thickness (consecutive slice_index values are dz apart), for distances such as HD95 in mm",
+                "sc:Float", unit="mm"),
+)
+
+ROOT_ATTRIBUTES: tuple[AttributeSpec, ...] = (
+    AttributeSpec("format_version", "integer", "the schema version of the file"),
+    AttributeSpec("fusion_inputs", "modalities", "the modalities fused into `fused`, in order"),
+    AttributeSpec("fusion_method", "text", "the fusion rule, or the trained fusion network, that made `fused`"),
+    AttributeSpec("source_dataset", "text", "the release the slices come from"),
+    AttributeSpec("label_scheme", "text", "the label values and the release scheme they were mapped from"),
+    AttributeSpec("builder_version", "text", "the fuse4seg version that wrote the file"),
+    AttributeSpec("created", "text", "ISO-8601 UTC build time (SOURCE_DATE_EPOCH when set)"),
+    AttributeSpec("slice_size", "integer", "the `--size` crop-and-resize rule in pixels, 0 when slices keep the "
+                  "volume size; `fuse4seg fuse` applies the same rule to new cases", minimum=0),
+)
+
+
+def shape_text(shape: tuple[int | str, ...]) -> str:
+    """A (symbolic) shape as Python prints a tuple: ("N", 4) -> '(N, 4)', ("N",) -> '(N,)'."""
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def resolve(shape: tuple[int | str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
+    """A symbolic shape with its symbols replaced by ``sizes`` ({"N": .., "H": .., "W": ..})."""
+    return tuple(sizes[d] if isinstance(d, str) else d for d in shape)
+
+
+def card_file_lines(root_values: dict[str, object]) -> list[str]:
+    """Markdown bullet lines describing brats_fuse.h5 for the dataset card; ``root_values`` are the
+    written root attributes, shown beside their descriptions."""
+    groups = ", ".join(f"`{s}`" for s in SPLITS)
+    lines = [f"- `{H5_NAME}` (HDF5 format {FORMAT_VERSION}): groups {groups}, each with the datasets"]
+    lines += [f"  - `{d.name}` {shape_text(d.shape)} {d.type_text()}: {d.description}" for d in DATASETS]
+    lines.append("  and the root attributes")
+    for a in ROOT_ATTRIBUTES:
+        value = root_values[a.name]
+        shown = ", ".join(value) if isinstance(value, (tuple, list)) else value
+        lines.append(f"  - `{a.name}` ({shown}: {a.description})")
+    return lines
