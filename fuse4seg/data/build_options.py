@@ -63,7 +63,8 @@ class BuildOptions:
     def __post_init__(self) -> None:
         """Normalise the values (see the class docstring)."""
         def set_field(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)  # frozen: normalising is part of construction
+            """Set a field of this frozen instance (normalising is part of construction)."""
+            object.__setattr__(self, name, value)
 
         set_field("out", os.fspath(self.out))
         for name in ("brats", "fusion_checkpoint"):
