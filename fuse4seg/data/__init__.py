@@ -11,6 +11,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "BraTSFuse": "fuse4seg.data.dataset",
+    "BuildOptions": "fuse4seg.data.build_options",
     "build_benchmark": "fuse4seg.data.benchmark",
     "find_cases": "fuse4seg.data.brats",
     "find_case": "fuse4seg.data.brats",
@@ -22,6 +23,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "BraTSFuse",
+    "BuildOptions",
     "build_benchmark",
     "cite",
     "find_case",
