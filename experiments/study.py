@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     future.result()
                     status = "ok"
-                except Exception as exc:  # one failed run must not stop the grid; it is listed at the end
+                except (RuntimeError, OSError, ValueError, KeyError) as exc:  # listed at the end; the grid goes on
                     failures.append(f"{name} seed {seed}: {exc}")
                     status = "FAILED"
                 print(f"[{i}/{len(jobs)}] {name} seed {seed}: {status} ({time.perf_counter() - started:.0f} s)",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import study_report  # noqa: E402
+import study_report
 
 
 def test_interval_is_the_t_interval() -> None:
