@@ -30,7 +30,6 @@ from fuse4seg.bilevel.core import (
     grad,
     inner_loop,
 )
-from fuse4seg.errors import ConfigError
 
 
 def first_order(
@@ -45,14 +44,8 @@ def first_order(
 def finite_difference(
     upper: Params, lower: Params, lower_loss: LossFn, upper_loss: LossFn, opts: Options
 ) -> HypergradientResult:
-    """DARTS approximation through the last inner step (sgd or momentum); grads shaped like ``upper``,
-    ``.info["eps"]`` = the scaled step eps / ||v|| in units of ``w``."""
-    if opts.optimizer not in ("sgd", "momentum"):
-        raise ConfigError(
-            f"optimizer: finite-difference differentiates a (momentum-)SGD step; got {opts.optimizer!r}"
-        )
-    if opts.steps < 1:
-        raise ConfigError("steps: finite-difference needs at least one inner step")
+    """DARTS approximation through the last inner step (sgd or momentum: see ``check_method``); grads shaped
+    like ``upper``, ``.info["eps"]`` = the scaled step eps / ||v|| in units of ``w``."""
     before = replace(opts, steps=opts.steps - 1)
     w_prev, state, _ = inner_loop(upper, lower, lower_loss, before, tracked=0)
     last = replace(opts, steps=1, state=state)

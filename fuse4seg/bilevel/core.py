@@ -8,13 +8,21 @@ Notation used by every method: ``u`` = upper parameters, ``w`` = lower parameter
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fuse4seg.bilevel.optimizers import InnerOptimizer, State, check_state, detach_state, make_optimizer
+from fuse4seg.bilevel.optimizers import (
+    OPTIMIZERS,
+    InnerOptimizer,
+    State,
+    check_state,
+    detach_state,
+    make_optimizer,
+)
 from fuse4seg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,6 +30,8 @@ if TYPE_CHECKING:
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, Params], torch.Tensor]
+#: An option's declared check: value -> what is wrong with it, or None.
+Check = Callable[[Any], "str | None"]
 
 
 class NonFiniteHypergradient(ArithmeticError):
@@ -60,23 +70,94 @@ class HypergradientResult(tuple):
         return self[1]
 
 
+def _integer(low: int) -> Check:
+    """Check: an integer >= ``low``."""
+    def check(value: Any) -> str | None:
+        """Problem with ``value``, or None."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected a finite integer, got {value!r}"
+        return None if value >= low else f"must be >= {low}, got {value!r}"
+    return check
+
+
+def _number(low: float, low_open: bool = False, below: float | None = None) -> Check:
+    """Check: a finite number >= ``low`` (> with ``low_open``), and < ``below`` when given."""
+    def check(value: Any) -> str | None:
+        """Problem with ``value``, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        if value < low or (low_open and value == low):
+            return f"must be {'>' if low_open else '>='} {low:g}, got {value!r}"
+        return None if below is None or value < below else f"must be in [{low:g}, {below:g}), got {value!r}"
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    """Check: one of ``choices``."""
+    return lambda value: None if value in choices else f"unknown {value!r}; choose one of {', '.join(choices)}"
+
+
+def _betas(value: Any) -> str | None:
+    """Check: two numbers in [0, 1)."""
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or any(_number(0.0, below=1.0)(b) for b in value)):
+        return f"expected two numbers in [0, 1), got {value!r}"
+    return None
+
+
+def _optional(check: Check) -> Check:
+    """Check: None or what ``check`` accepts."""
+    return lambda value: None if value is None else check(value)
+
+
+def _state(value: Any) -> str | None:
+    """Check: None or a state dict from an earlier result."""
+    if value is None or isinstance(value, dict):
+        return None
+    return f"expected the dict an earlier call returned as .state, got {type(value).__name__}"
+
+
+def _option(default: Any, help: str, check: Check, *, flag: str | None = None,
+            methods: tuple[str, ...] | None = None, optimizers: tuple[str, ...] | None = None) -> Any:
+    """A field of :class:`Options` with its declaration in ``metadata`` (see there)."""
+    metadata = {"help": help, "check": check, "flag": flag, "methods": methods, "optimizers": optimizers}
+    return field(default=default, metadata={k: v for k, v in metadata.items() if v})
+
+
 @dataclass(frozen=True)
 class Options:
-    """Every option `hypergradient` accepts; names are part of the public API."""
+    """Every option `hypergradient` accepts; names are part of the public API.
 
-    steps: int = 1
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    truncate: int = 1
-    eps: float = 0.01
-    cg_iters: int = 10
-    tol: float = 1e-10
-    damping: float = 0.0
-    neumann_terms: int = 10
-    neumann_alpha: float | None = None
-    state: State | None = None
+    Each field declares, in its ``metadata``: ``help``; ``check`` (value -> problem or None, run by
+    :func:`parse_options`); ``methods`` / ``optimizers``: the methods or inner optimisers that read
+    it (absent: all); ``flag``: its name on a command line where the field name alone is ambiguous
+    there (e.g. ``steps`` is ``--inner-steps``); ``runtime``: a value passed between calls, not a
+    setting (``state``).
+    """
+
+    steps: int = _option(1, "K inner steps per hypergradient.", _integer(0), flag="--inner-steps")
+    lr: float = _option(0.1, "Learning rate of the lower level (the inner optimiser's step size).",
+                        _number(0.0, low_open=True), flag="--lr-lower")
+    optimizer: str = _option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)}.", _one_of(OPTIMIZERS),
+                             flag="--inner-optimizer")
+    momentum: float = _option(0.9, "Inner momentum in [0, 1).", _number(0.0, below=1.0), flag="--inner-momentum",
+                              optimizers=("momentum",))
+    betas: tuple[float, float] = _option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1).", _betas,
+                                         flag="--inner-betas", optimizers=("adam",))
+    truncate: int = _option(1, "T last inner steps differentiated (T <= K).", _integer(1), methods=("truncated",))
+    eps: float = _option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
+                         _number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
+    cg_iters: int = _option(10, "Conjugate-gradient iterations.", _integer(1), methods=("implicit-cg",))
+    tol: float = _option(1e-10, "Conjugate-gradient relative residual at which it stops early.", _number(0.0),
+                         flag="--cg-tol", methods=("implicit-cg",))
+    damping: float = _option(0.0, "Ridge added to the inner Hessian.", _number(0.0),
+                             methods=("implicit-cg", "implicit-neumann"))
+    neumann_terms: int = _option(10, "Neumann series terms.", _integer(1), methods=("implicit-neumann",))
+    neumann_alpha: float | None = _option(None, "Neumann step size (default: lr).",
+                                          _optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
+    state: State | None = field(default=None, metadata={
+        "help": "Inner optimiser state from an earlier result's .state (warm start).", "check": _state,
+        "runtime": True})
 
     def inner_optimizer(self) -> InnerOptimizer:
         """The differentiable inner optimiser these options describe."""
@@ -84,64 +165,42 @@ class Options:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
-
-
-def _number(name: str, value: Any, integer: bool, low: float, low_open: bool = False) -> Any:
-    """Validate one numeric option (finite, >= or > low); ConfigError naming it otherwise."""
-    kind = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a finite {'integer' if integer else 'number'}, got {value!r}")
-    if value < low or (low_open and value == low):
-        raise ConfigError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value!r}")
-    return int(value) if integer else float(value)
+_TYPES = typing.get_type_hints(Options)
 
 
 def parse_options(options: dict[str, Any]) -> Options:
-    """Check option names and values; ConfigError naming the first bad one."""
+    """Check option names and values (each field's declared ``check``); ConfigError naming the first bad one."""
     for name in options:
         if name not in OPTION_NAMES:
-            raise ConfigError(f"{name}: unknown hypergradient option; known options: {', '.join(OPTION_NAMES)}")
+            raise ConfigError(f"unknown hypergradient option; known options: {', '.join(OPTION_NAMES)}",
+                              option=name)
     o = dict(options)
-    for name in ("steps", "truncate", "cg_iters", "neumann_terms"):
-        if name in o:
-            o[name] = _number(name, o[name], True, 1 if name == "truncate" else 0)
-    for name in ("lr", "eps"):
-        if name in o:
-            o[name] = _number(name, o[name], False, 0.0, low_open=True)
-    for name in ("tol", "damping"):
-        if name in o:
-            o[name] = _number(name, o[name], False, 0.0)
-    if o.get("neumann_alpha") is not None:
-        o["neumann_alpha"] = _number("neumann_alpha", o["neumann_alpha"], False, 0.0, low_open=True)
-    if "momentum" in o:
-        o["momentum"] = _number("momentum", o["momentum"], False, 0.0)
-        if o["momentum"] >= 1.0:
-            raise ConfigError(f"momentum: must be in [0, 1), got {o['momentum']!r}")
+    for f in fields(Options):
+        if f.name in o:
+            problem = f.metadata["check"](o[f.name])
+            if problem:
+                raise ConfigError(problem, option=f.name)
+            if _TYPES[f.name] in (float, float | None) and o[f.name] is not None:
+                o[f.name] = float(o[f.name])
     if "betas" in o:
-        betas = o["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ConfigError(f"betas: expected two numbers in [0, 1), got {betas!r}")
-        o["betas"] = tuple(_number("betas", b, False, 0.0) for b in betas)
-        if max(o["betas"]) >= 1.0:
-            raise ConfigError(f"betas: each must be in [0, 1), got {betas!r}")
-    if o.get("state") is not None and not isinstance(o["state"], dict):
-        raise ConfigError(f"state: expected the dict an earlier call returned as .state, got {type(o['state']).__name__}")
+        o["betas"] = tuple(float(b) for b in o["betas"])
     opts = Options(**o)
-    opts.inner_optimizer()  # rejects an unknown optimizer name now, not mid-computation
+    if opts.steps >= 1 and opts.truncate > opts.steps:  # T of the last K steps (with K = 0 there is nothing to cut)
+        raise ConfigError(f"must be <= steps ({opts.steps}), got {opts.truncate}", option="truncate")
     return opts
 
 
 def as_upper(upper: Params) -> Params:
     """Upper tensors as given when they require grad; others as grad-requiring detached aliases."""
     if not isinstance(upper, dict) or not upper:
-        raise ConfigError("upper: expected a non-empty dict name -> tensor")
+        raise ConfigError("expected a non-empty dict name -> tensor", option="upper")
     return {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in upper.items()}
 
 
 def as_lower(lower: Params) -> Params:
     """Fresh leaves holding the lower starting point (never modifies or differentiates the caller's)."""
     if not isinstance(lower, dict) or not lower:
-        raise ConfigError("lower: expected a non-empty dict name -> tensor")
+        raise ConfigError("expected a non-empty dict name -> tensor", option="lower")
     return {k: v.detach().requires_grad_() for k, v in lower.items()}
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fuse4seg.bilevel.approximate import finite_difference, first_order
-from fuse4seg.bilevel.core import HypergradientResult, LossFn, Params, as_upper, parse_options
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, as_upper, parse_options
 from fuse4seg.bilevel.implicit import implicit_cg, implicit_neumann
 from fuse4seg.bilevel.unrolled import higher_unrolled, truncated, unrolled
 from fuse4seg.errors import ConfigError
@@ -43,6 +43,20 @@ _REGISTRY: dict[str, Callable[..., HypergradientResult]] = {
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def check_method(method: str, opts: Options) -> None:
+    """ConfigError naming the parameter when ``method`` is unknown or ``opts`` (checked by parse_options) do
+    not suit it: ``finite-difference`` differentiates one (momentum-)SGD step."""
+    if method not in _REGISTRY:
+        raise ConfigError(f"unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}",
+                          option="method")
+    if method == "finite-difference":
+        if opts.optimizer not in ("sgd", "momentum"):
+            raise ConfigError(f"finite-difference differentiates a (momentum-)SGD step; got {opts.optimizer!r}",
+                              option="optimizer")
+        if opts.steps < 1:
+            raise ConfigError("finite-difference needs at least one inner step", option="steps")
 
 
 def hypergradient(
@@ -64,7 +78,6 @@ def hypergradient(
     the direct term ``d upper_loss / d upper`` is included by every method. Raises ConfigError
     for an unknown method/option or bad value, NonFiniteHypergradient on NaN/Inf.
     """
-    if method not in _REGISTRY:
-        raise ConfigError(f"method: unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}")
     opts = parse_options(options)
+    check_method(method, opts)
     return _REGISTRY[method](as_upper(upper), lower, lower_loss, upper_loss, opts)

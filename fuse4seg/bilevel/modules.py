@@ -64,8 +64,8 @@ def _reject_batchnorm(module: nn.Module, role: str) -> None:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training and sub.track_running_stats:
             raise ConfigError(
-                f"{role}: BatchNorm layer {name or '<root>'!r} in training mode cannot be unrolled "
-                "(running statistics are updated in place); use GroupNorm or InstanceNorm"
+                f"BatchNorm layer {name or '<root>'!r} in training mode cannot be unrolled "
+                "(running statistics are updated in place); use GroupNorm or InstanceNorm", option=role
             )
 
 
@@ -79,14 +79,14 @@ def module_hypergradient(
     _reject_batchnorm(lower_module, "lower_module")
     upper = trainable(upper_module)
     if not upper:
-        raise ConfigError("upper_module: has no parameters that require grad")
+        raise ConfigError("has no parameters that require grad", option="upper_module")
     start = lower_params(lower_module) if lower is None else lower
     missing = sorted(set(trainable(lower_module)) - set(start))
     if missing:
-        raise ConfigError(f"lower: missing parameter(s) {', '.join(missing)} of lower_module")
+        raise ConfigError(f"missing parameter(s) {', '.join(missing)} of lower_module", option="lower")
     unknown = sorted(set(start) - set(trainable(lower_module)))
     if unknown:
-        raise ConfigError(f"lower: {', '.join(unknown)} is not a trainable parameter of lower_module")
+        raise ConfigError(f"{', '.join(unknown)} is not a trainable parameter of lower_module", option="lower")
     uc, lc = constants(upper_module), constants(lower_module)
 
     def inner(u: Params, w: Params) -> torch.Tensor:
@@ -105,7 +105,7 @@ def assign_grads(module: nn.Module, grads: Params, accumulate: bool = False) -> 
     params = dict(module.named_parameters())
     unknown = sorted(set(grads) - set(params))
     if unknown:
-        raise ConfigError(f"grads: no parameter named {', '.join(unknown)} in the module")
+        raise ConfigError(f"no parameter named {', '.join(unknown)} in the module", option="grads")
     for name, g in grads.items():
         p = params[name]
         g = g.detach().to(dtype=p.dtype, device=p.device)
@@ -120,9 +120,10 @@ def load_params(module: nn.Module, params: Params) -> None:
     own = dict(module.named_parameters())
     for name, value in params.items():
         if name not in own:
-            raise ConfigError(f"params: no parameter named {name!r} in the module")
+            raise ConfigError(f"no parameter named {name!r} in the module", option="params")
         if own[name].shape != value.shape:
-            raise ConfigError(f"params: {name!r} has shape {tuple(value.shape)}, module has {tuple(own[name].shape)}")
+            raise ConfigError(f"{name!r} has shape {tuple(value.shape)}, module has {tuple(own[name].shape)}",
+                              option="params")
     with torch.no_grad():
         for name, value in params.items():
             own[name].copy_(value)

@@ -107,7 +107,8 @@ def make_optimizer(
         return momentum(lr, momentum_)
     if name == "adam":
         return adam(lr, betas)
-    raise ConfigError(f"optimizer: unknown inner optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown inner optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}",
+                      option="optimizer")
 
 
 def detach_state(state: State) -> State:
@@ -128,18 +129,15 @@ def check_state(opt: InnerOptimizer, state: State, params: Params) -> State:
     # init({}) gives the key layout without allocating zeros; shapes are checked against params below.
     expected = opt.init({})
     if set(state) != set(expected):
-        raise ConfigError(
-            f"state: expected keys {sorted(expected)} for optimizer {opt.name!r}, got {sorted(state)}"
-        )
+        raise ConfigError(f"expected keys {sorted(expected)} for optimizer {opt.name!r}, got {sorted(state)}",
+                          option="state")
     for key, value in expected.items():
         if isinstance(value, dict):
             given = state[key]
             if not isinstance(given, dict) or set(given) != set(params):
-                raise ConfigError(f"state: state[{key!r}] must hold one tensor per lower parameter")
+                raise ConfigError(f"state[{key!r}] must hold one tensor per lower parameter", option="state")
             for name, tensor in given.items():
                 if tuple(tensor.shape) != tuple(params[name].shape):
-                    raise ConfigError(
-                        f"state: state[{key!r}][{name!r}] has shape {tuple(tensor.shape)}, "
-                        f"parameter has {tuple(params[name].shape)}"
-                    )
+                    raise ConfigError(f"state[{key!r}][{name!r}] has shape {tuple(tensor.shape)}, "
+                                      f"parameter has {tuple(params[name].shape)}", option="state")
     return detach_state(state)

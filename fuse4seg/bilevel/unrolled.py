@@ -28,7 +28,6 @@ from fuse4seg.bilevel.core import (
     inner_loop,
 )
 from fuse4seg.bilevel.optimizers import State
-from fuse4seg.errors import ConfigError
 
 
 def unrolled(
@@ -44,8 +43,6 @@ def truncated(
 ) -> HypergradientResult:
     """Back-propagate through the last ``truncate`` (T) of the K steps only (T = K: ``unrolled``);
     steps 1..K-T and the optimiser state they produce are treated as constants in ``upper``."""
-    if opts.truncate > opts.steps:
-        raise ConfigError(f"truncate: must be <= steps ({opts.steps}), got {opts.truncate}")
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=opts.truncate)
     info["truncate"] = opts.truncate
     return finish(grad(upper_loss(upper, w), upper), w, state, info)
