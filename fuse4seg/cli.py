@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 import threading
+from typing import Any
 
+import click
 import typer
+import typer.core
+import typer.main
 
 from fuse4seg.data.build_options import BuildOptions
 from fuse4seg.errors import Fuse4SegError, cli_message
 from fuse4seg.options import fields_by_name, typer_option
 
+#: Command-line names of parameters whose flag is not ``--`` + name (filled when ``train`` is built).
+FLAGS: dict[str, str] = {}
+
+
+class _Commands(typer.core.TyperGroup):
+    """fuse4seg's commands; ``train``, whose options derive from the training declarations (which import
+    torch), is built only when it is asked for, so other commands start fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Command names in the order of this file (train after cite)."""
+        names = super().list_commands(ctx)
+        return names if "train" in names else [*names[:names.index("cite") + 1], "train",
+                                               *names[names.index("cite") + 1:]]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The command ``name``; ``train`` is built from the declarations on first use."""
+        if name == "train" and name not in self.commands:
+            from fuse4seg.train.config import error_flags
+
+            train_command.__signature__ = _train_signature()  # type: ignore[attr-defined]
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single.command("train")(train_command)
+            self.add_command(typer.main.get_command(single), "train")
+            FLAGS.update(error_flags())
+        return super().get_command(ctx, name)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="fuse4seg",
     help="Image-level fusion of multi-modal medical images trained by bi-level optimisation.",
     no_args_is_help=True,
@@ -102,70 +135,27 @@ def cite_command(
 # ---- train (fuse4seg.train) ----------------------------------------------------------------------
 
 
-@app.command("train")
-def train_command(
-    benchmark: str | None = typer.Option(None, "--benchmark", help="BraTS-Fuse package directory to train on."),
-    out: str | None = typer.Option(None, "--out", help="Run directory (config.json, last.pt, best.pt, tb/)."),
-    bilevel: bool = typer.Option(False, "--bilevel", help="Same as --mode bilevel (the default mode)."),
-    mode: str | None = typer.Option(None, "--mode", help="bilevel, two-stage, joint, direct or feature-fusion."),
-    hypergrad: str | None = typer.Option(None, "--hypergrad", help="Hypergradient method (bilevel): unrolled, "
-                                         "higher, truncated, first-order, finite-difference, implicit-cg, "
-                                         "implicit-neumann."),
-    inner_steps: int | None = typer.Option(None, "--inner-steps", help="K inner segmentation steps per outer step."),
-    inner_optimizer: str | None = typer.Option(None, "--inner-optimizer", help="Inner optimiser: sgd, momentum, adam."),
-    truncate: int | None = typer.Option(None, "--truncate", help="T last inner steps differentiated (truncated)."),
-    fd_eps: float | None = typer.Option(None, "--fd-eps", help="Finite-difference eps (before DARTS scaling)."),
-    cg_iters: int | None = typer.Option(None, "--cg-iters", help="Conjugate-gradient iterations (implicit-cg)."),
-    neumann_terms: int | None = typer.Option(None, "--neumann-terms", help="Neumann series terms (implicit-neumann)."),
-    damping: float | None = typer.Option(None, "--damping", help="Ridge added to the inner Hessian (implicit)."),
-    neumann_alpha: float | None = typer.Option(None, "--neumann-alpha", help="Neumann step size (implicit-neumann; "
-                                               "default: the inner learning rate)."),
-    inner_momentum: float | None = typer.Option(None, "--inner-momentum", help="Inner momentum in [0, 1) "
-                                                "(--inner-optimizer momentum)."),
-    fusion_model: str | None = typer.Option(None, "--fusion-model", help="Fusion network: fusion-cnn, fusion-freq."),
-    seg_model: str | None = typer.Option(None, "--seg-model", help="Segmentation network (unet)."),
-    fusion_width: int | None = typer.Option(None, "--fusion-width", help="Fusion network width."),
-    seg_width: int | None = typer.Option(None, "--seg-width", help="Segmentation network base width."),
-    seg_depth: int | None = typer.Option(None, "--seg-depth", help="Segmentation network depth (downsamplings)."),
-    fusion_inputs: str | None = typer.Option(None, "--fusion-inputs", help="Modalities to fuse, e.g. t1ce,flair."),
-    inputs: str | None = typer.Option(None, "--inputs", help="direct/feature-fusion inputs: 'fused' or modalities."),
-    lambda_seg: float | None = typer.Option(None, "--lambda-seg", help="Weight of the segmentation loss (upper)."),
-    region_based: bool | None = typer.Option(None, "--region-based/--label-based", help="WT/TC/ET sigmoid loss."),
-    steps: int | None = typer.Option(None, "--steps", help="Total (outer) steps."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Total epochs over the fitting slices."),
-    fusion_steps: int | None = typer.Option(None, "--fusion-steps", help="two-stage: steps of stage 1."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per batch."),
-    lr_upper: float | None = typer.Option(None, "--lr-upper", help="Learning rate of the fusion network."),
-    lr_lower: float | None = typer.Option(None, "--lr-lower", help="Learning rate of the segmentation network."),
-    upper_optimizer: str | None = typer.Option(None, "--upper-optimizer", help="adam or sgd (fusion network)."),
-    lower_optimizer: str | None = typer.Option(None, "--lower-optimizer", help="adam or sgd (segmenter, non-bilevel)."),
-    val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share of train cases held out (bilevel)."),
-    eval_every: int | None = typer.Option(None, "--eval-every", help="Val Dice and best.pt choice every N steps "
-                                        "(0: at the end, best.pt = final weights)."),
-    eval_slices: int | None = typer.Option(None, "--eval-slices", help="Val slices scored during training."),
-    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Write last.pt every N steps."),
-    log_every: int | None = typer.Option(None, "--log-every", help="TensorBoard scalars every N steps."),
-    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
-    cache: bool | None = typer.Option(None, "--cache/--no-cache", help="Hold the benchmark in memory (< 2 GiB)."),
-    max_bad_steps: int | None = typer.Option(None, "--max-bad-steps", help="Stop after N non-finite steps in a row."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of initial weights and data order."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
-    config: str | None = typer.Option(None, "--config", help="TOML file of options (CLI options override it). "
-                                      "Only there: fusion_options/seg_options tables (model options beyond "
-                                      "width/depth) and fusion_loss_weights."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-) -> None:
+def train_command(config: str | None = None, **values: Any) -> None:
     """Train a fusion + segmentation pipeline on a BraTS-Fuse package (bi-level by default)."""
-    values = dict(locals())  # every option above, None where not given
     from fuse4seg.train.loop import format_train_summary, train_from_options
 
-    config_file = values.pop("config")
-    values["resume"] = resume or None
-    values["overwrite"] = overwrite or None
-    typer.echo(format_train_summary(train_from_options(values, config_file)))
+    typer.echo(format_train_summary(train_from_options(values, config)))
+
+
+def _train_signature() -> inspect.Signature:
+    """train_command's parameters: one typer.Option per declared training option (fuse4seg.train.config), each
+    None when not given (a TOML file then applies), and --config."""
+    from fuse4seg.train.config import command_line_options
+
+    def parameter(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+        """A keyword-only parameter with a Typer option as its default."""
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None)
+
+    params = [parameter(name, tp, typer_option(declaration)) for name, tp, declaration in command_line_options()]
+    params.append(parameter("config", str, typer.Option(None, "--config", help=(
+        "TOML file of options, keyed by option name (command-line options override it). Only there: the "
+        "fusion_options/seg_options tables (model options beyond width/depth) and fusion_loss_weights."))))
+    return inspect.Signature(params)
 
 
 @app.command("evaluate")
@@ -235,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="fuse4seg")
     except Fuse4SegError as exc:
-        typer.echo(f"error: {cli_message(exc)}", err=True)
+        typer.echo(f"error: {cli_message(exc, FLAGS)}", err=True)
         return 1
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)

@@ -39,7 +39,7 @@ def split_arrays(bench: Path, run: Path) -> dict[str, np.ndarray]:
         g = h5["test"]
         out = {"source": g["source"][()], "stored": g["fused"][()][:, 0], "label": g["label"][()],
                "case_id": g["case_id"].asstr()[()], "z": g["slice_index"][()]}
-        out["spacing"] = g["spacing"][()].astype(np.float64) if "spacing" in g else None
+        out["spacing"] = g["spacing"][()].astype(np.float64)
     state = load_checkpoint(run / "best.pt")
     pipeline = build_pipeline(config_from_dict(state["config"]))
     pipeline.load_state_dicts(state["models"])
@@ -118,33 +118,25 @@ def test_metrics_match_an_independent_recomputation(evaluated: tuple[Path, Path,
     assert "HD95 WT (mm)" in report and "HD95 in mm" in report
 
 
-def test_older_benchmark_without_spacing_reports_pixels(evaluated: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    """On a copy of the benchmark without the spacing dataset (as written before it existed) evaluate falls back
-    to pixels and says so: the per-case HD95 then uses spacing (1, 1, slice-index gap)."""
+def test_benchmark_without_spacing_is_refused(evaluated: tuple[Path, Path, dict], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """A copy of the benchmark without the spacing dataset (as format 1 wrote it): `evaluate --benchmark` stops
+    with one `error:` line naming the missing dataset, exit 1, the run's eval/ untouched. (Before format 2
+    such files were scored with HD95 in pixels; format 1 is no longer read.)"""
     import shutil
 
-    from fuse4seg.metrics import segmentation_metrics
-    from fuse4seg.train.evaluate import evaluate_run
-
     bench, run, _ = evaluated
-    old, copy_run = tmp_path / "old", tmp_path / "run"
+    old = tmp_path / "old"
     shutil.copytree(bench, old)
-    shutil.copytree(run, copy_run)
     with h5py.File(old / "brats_fuse.h5", "r+") as h5:
         for split in ("train", "val", "test"):
             del h5[split]["spacing"]
-    metrics = evaluate_run(copy_run, benchmark=old)
-    assert metrics["hd95_unit"] == "pixels" and "HD95 in pixels" in metrics["conventions"]["hd95"]
-    assert "HD95 WT (px)" in (copy_run / "eval" / "report.md").read_text()
-    a = split_arrays(old, run)
-    assert a["spacing"] is None
-    for case in sorted(set(a["case_id"])):
-        _, p3, t3, gap = stacked(a, case)
-        expected = segmentation_metrics(p3, t3, spacing=(1.0, 1.0, gap))
-        for region in REGION_VALUES:
-            assert metrics["per_case"][case][region]["hd95"] == pytest.approx(expected[region]["hd95"], abs=1e-9)
-    assert metrics["segmentation"]["per_slice"]["WT"]["hd95"] == pytest.approx(np.mean(
-        [segmentation_metrics(p, t)["WT"]["hd95"] for p, t in zip(a["pred"], a["label"])]), abs=1e-9)
+    before = (run / "eval" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--benchmark", str(old)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "spacing" in err and "\n" not in err, err
+    assert (run / "eval" / "metrics.json").read_bytes() == before
 
 
 def test_evaluate_refuses_a_benchmark_that_does_not_match_the_run(

@@ -13,17 +13,11 @@ import pytest
 import torch
 
 from fuse4seg.cli import main
-from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.errors import ConfigError, DataError, cli_message
 from fuse4seg.train.batches import batch_indices, split_by_case
 from fuse4seg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from fuse4seg.train.config import (
-    TrainConfig,
-    build_config,
-    cli_overrides,
-    read_config_json,
-    resolve_steps,
-    write_config_json,
-)
+from fuse4seg.train.config import TrainConfig, build_config, cli_overrides, error_flags, resolve_steps
+from fuse4seg.train.run import read_config_json, write_config_json
 
 
 def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
@@ -34,7 +28,7 @@ def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
     c = build_config(cli_overrides({"lr_upper": None, "seg_depth": 3, "batch_size": 2}), toml)
     assert (c.lr_upper, c.steps, c.batch_size, c.fusion_inputs) == (0.5, 7, 2, ("t1", "flair"))
     assert c.seg_options == {"width": 8, "depth": 3}
-    assert c.lr_lower == TrainConfig().lr_lower
+    assert c.hypergrad.lr == TrainConfig().hypergrad.lr
     write_config_json(c, tmp_path / "config.json", {"total_steps": 7})
     stored = json.loads((tmp_path / "config.json").read_text())
     assert set(stored["options"]) == set(TrainConfig().to_dict())
@@ -54,9 +48,9 @@ def test_config_survives_its_stored_form(inputs: str) -> None:
 
 def test_finite_difference_defaults_to_an_sgd_inner_step() -> None:
     """Adam is the inner default, except for DARTS finite differences, which differentiate an SGD step."""
-    assert build_config({"benchmark": "b", "out": "o"}).inner_optimizer == "adam"
+    assert build_config({"benchmark": "b", "out": "o"}).hypergrad.optimizer == "adam"
     fd = build_config({"benchmark": "b", "out": "o", "hypergrad": "finite-difference"})
-    assert fd.inner_optimizer == "sgd"
+    assert fd.hypergrad.optimizer == "sgd"
 
 
 def test_resolve_steps_from_epochs() -> None:
@@ -69,7 +63,7 @@ def test_resolve_steps_from_epochs() -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"mode": "nonsense"}, "--mode"),
     ({"steps": 0}, "--steps"),
-    ({"steps": 3, "epochs": 1.0}, "--steps and --epochs"),
+    ({"steps": 3, "epochs": 1.0}, "--steps: cannot be given with epochs"),
     ({"lr_upper": -1.0}, "--lr-upper"),
     ({"hypergrad": "magic"}, "--hypergrad"),
     ({"fusion_inputs": "t1ce,bogus"}, "--fusion-inputs"),
@@ -81,9 +75,13 @@ def test_resolve_steps_from_epochs() -> None:
     ({"hypergrad": "finite-difference", "inner_optimizer": "adam"}, "--inner-optimizer"),
 ])
 def test_bad_options_raise_config_error_naming_the_option(overrides: dict, message: str) -> None:
-    """Each bad value is a ConfigError whose message names the option."""
-    with pytest.raises(ConfigError, match=message):
+    """Each bad value is a ConfigError naming the option: by its key for a Python caller (``lr_upper: ...``),
+    by its flag on the command line (``--lr-upper: ...``, errors.cli_message)."""
+    with pytest.raises(ConfigError) as caught:
         build_config({"benchmark": "b", "out": "o", **overrides})
+    key = message.split(":")[0].removeprefix("--").replace("-", "_")
+    assert caught.value.option == key and str(caught.value).startswith(f"{key}: "), str(caught.value)
+    assert cli_message(caught.value, error_flags()).startswith(message)
 
 
 def test_unknown_toml_key(tmp_path: Path) -> None:
@@ -114,7 +112,7 @@ def test_split_by_case_keeps_cases_whole() -> None:
     assert sorted(fit + hold) == list(range(30))
     assert not {ids[i] for i in fit} & {ids[i] for i in hold}
     assert len({ids[i] for i in hold}) == 2
-    with pytest.raises(ConfigError, match="--val-fraction"):
+    with pytest.raises(ConfigError, match="^val_fraction: "):
         split_by_case(["a", "a"], 0.2, seed=0)
 
 
@@ -277,8 +275,9 @@ def test_cuda_without_cuda_is_a_config_error() -> None:
     """--device cuda on a CPU-only machine is refused with a message naming the option."""
     from fuse4seg.train.device import resolve_device
 
-    with pytest.raises(ConfigError, match="--device cuda"):
+    with pytest.raises(ConfigError, match="^device: cuda asked for") as caught:
         resolve_device("cuda")
+    assert cli_message(caught.value).startswith("--device: cuda")
 
 
 def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -51,8 +51,8 @@ def test_predict_volume_maps_labels_back_to_the_input_grid() -> None:
     brain = np.zeros((60, 60, 4), bool)
     brain[5:55, 5:55] = True
     config = TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",))
-    pipeline = Pipeline(config, None, _Threshold())
-    fused, labels = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"))
+    pipeline = Pipeline(None, _Threshold(), config.fusion_inputs, config.seg_inputs())
+    fused, labels = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=48)
     assert fused is None and labels.shape == (60, 60, 4) and labels.dtype == np.uint8
     expected = np.where((vol > 0.6) & brain, 3, 0)
     inside = np.zeros_like(brain)
@@ -68,7 +68,8 @@ def test_predict_volume_resizes_through_the_shared_geometry_helper(monkeypatch) 
     images = np.stack([smooth_volume((50, 50, 40))] * 4)
     brain = np.ones((50, 50, 40), bool)
     config = TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",))
-    _, labels = predict_volume(Pipeline(config, None, _Threshold()), images, brain, (32, 32), torch.device("cpu"))
+    pipeline = Pipeline(None, _Threshold(), config.fusion_inputs, config.seg_inputs())
+    _, labels = predict_volume(pipeline, images, brain, (32, 32), torch.device("cpu"), slice_size=32)
     assert calls == [160] and labels.shape == (50, 50, 40)
 
 
@@ -85,9 +86,9 @@ def _count_resizes(monkeypatch) -> list[int]:
 
 def test_native_size_case_is_cropped_when_the_benchmark_recorded_its_size(monkeypatch) -> None:
     """A 48 x 48 case for a run trained on a --size 48 benchmark (slice_size 48) is still cropped to its
-    brain box and resized, as build-benchmark did (before the fix it was used uncropped); without the
-    attribute (older benchmarks) the old guess applies (no crop at equal sizes); slice_size 0 uses slices
-    as they are and refuses other sizes."""
+    brain box and resized, as build-benchmark did (before the fix it was used uncropped); slice_size 0 (volume
+    size kept) uses slices as they are (no resize at equal sizes) and refuses other sizes. (Benchmarks without
+    the attribute, format 1, are no longer read, so the old size guess is gone.)"""
     from fuse4seg.errors import ConfigError
     from fuse4seg.train.infer import uses_crop
 
@@ -95,7 +96,8 @@ def test_native_size_case_is_cropped_when_the_benchmark_recorded_its_size(monkey
     images = np.stack([vol] * 4)
     brain = np.zeros((48, 48, 3), bool)
     brain[12:36, 10:34] = True
-    pipeline = Pipeline(TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",)), None, _Threshold())
+    config = TrainConfig(benchmark="b", out="o", mode="direct", inputs=("t1",))
+    pipeline = Pipeline(None, _Threshold(), config.fusion_inputs, config.seg_inputs())
     calls = _count_resizes(monkeypatch)
     _, cropped = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=48)
     assert calls == [12]
@@ -109,9 +111,9 @@ def test_native_size_case_is_cropped_when_the_benchmark_recorded_its_size(monkey
     expected = np.where(np.moveaxis(back, 0, -1) > 0.5, 3, 0)[2:22, 2:22]
     assert (cropped[inner] == expected).mean() > 0.97 and not cropped[~brain].any()
     calls.clear()
-    _, plain = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=None)
+    _, plain = predict_volume(pipeline, images, brain, (48, 48), torch.device("cpu"), slice_size=0)
     assert calls == [] and np.array_equal(plain, np.where((vol > 0.6) & brain, 3, 0))
-    assert not uses_crop((48, 48), (48, 48), 0) and uses_crop((60, 56), (48, 48), None)
+    assert not uses_crop((48, 48), (48, 48), 0) and uses_crop((60, 56), (48, 48), 48)
     with pytest.raises(ConfigError, match="kept the volume size 48 x 48"):
         uses_crop((60, 60), (48, 48), 0)
     with pytest.raises(ConfigError, match="slice_size 32 disagrees"):

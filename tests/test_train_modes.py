@@ -13,9 +13,11 @@ import torch
 from fuse4seg.cli import main
 from fuse4seg.errors import Fuse4SegError
 from fuse4seg.train import modes
-from fuse4seg.train.config import MODES, build_config
-from fuse4seg.train.loop import Trainer, resolve_config, train
+from fuse4seg.train.config import build_config
+from fuse4seg.train.loop import Trainer, train
+from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import build_pipeline
+from fuse4seg.train.run import resolve_config
 
 TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, "layers": 2}, "batch_size": 2,
         "progress": False, "eval_slices": 2, "lr_lower": 0.01}

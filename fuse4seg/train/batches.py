@@ -85,9 +85,8 @@ def split_by_case(case_ids: Sequence[str], fraction: float, seed: int) -> tuple[
     ids = np.asarray([str(c) for c in case_ids])
     cases = np.unique(ids)  # sorted, so the split does not depend on the file's slice order
     if len(cases) < 2:
-        raise ConfigError(
-            f"--val-fraction: the train split has {len(cases)} case(s); at least 2 are needed to hold one out"
-        )
+        raise ConfigError(f"the train split has {len(cases)} case(s); at least 2 are needed to hold one out",
+                          option="val_fraction")
     n_hold = min(len(cases) - 1, max(1, round(fraction * len(cases))))
     perm = torch.randperm(len(cases), generator=_generator(seed, "holdout_split", 0)).numpy()
     held = set(cases[perm[:n_hold]].tolist())

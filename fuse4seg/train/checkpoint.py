@@ -6,9 +6,14 @@ None), so it loads with ``torch.load(weights_only=True)``: a checkpoint file is 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import pickle
 import random
 import re
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +27,113 @@ from fuse4seg.io import atomic_path
 CHECKPOINT_FORMAT = 1
 
 
+# ---- the layout, declared once: written from these classes, checked against them on load --------------
+# A field whose default is None is optional: it may be absent from a file (older checkpoints), and it is
+# not written while it is None.
+
+
+@dataclass
+class NumpyRng:
+    """NumPy's global RNG state (np.random.get_state), with the key as an int64 tensor."""
+
+    name: str
+    key: torch.Tensor
+    pos: int
+    has_gauss: int
+    cached_gaussian: float
+
+
+@dataclass
+class PythonRng:
+    """Python's ``random`` state (random.getstate)."""
+
+    version: int
+    internal: list | tuple
+    gauss_next: float | None
+
+
+@dataclass
+class RngState:
+    """Every RNG state that training touches; ``cuda`` only when CUDA was initialised."""
+
+    torch: torch.Tensor
+    numpy: NumpyRng
+    python: PythonRng
+    cuda: list | None = None
+
+
+@dataclass
+class OptimiserStates:
+    """Torch optimiser state dicts of the fusion net (upper) and the segmenter (lower), None if absent."""
+
+    upper: dict | None
+    lower: dict | None
+
+
+@dataclass
+class Counters:
+    """Skipped (non-finite) steps, in total and in a row."""
+
+    skipped: int = 0
+    bad_in_a_row: int = 0
+
+
+@dataclass
+class Best:
+    """Val Dice of best.pt and the step it was chosen at (-inf, -1: none yet)."""
+
+    score: float | int = -math.inf
+    step: int = -1
+
+
+@dataclass
+class Identity:
+    """The benchmark a run was trained on (fuse4seg.train.data.benchmark_identity)."""
+
+    sha256: str
+    counts: dict
+    height: int
+    width: int
+
+
+@dataclass
+class TrainingState:
+    """Everything a training checkpoint holds: options, counters, weights, optimiser and RNG states.
+    ``benchmark`` is optional: checkpoints written before it existed still evaluate (resume then
+    checks the path)."""
+
+    config: dict
+    step: int
+    total_steps: int
+    models: dict
+    optimizers: OptimiserStates
+    inner_state: dict | None
+    rng: RngState
+    counters: Counters
+    best: Best
+    benchmark: Identity | None = None
+
+
+def to_plain(obj: Any) -> Any:
+    """A layout dataclass as nested dicts (tensors kept, not copied); None-valued optional fields left out."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+            if not (getattr(obj, f.name) is None and f.default is None)}
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG state that training touches (torch CPU, CUDA if present, NumPy, Python) as tensors/ints."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": str(np_state[0]),
-            "key": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": int(py_state[0]), "internal": list(py_state[1]), "gauss_next": py_state[2]},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return to_plain(RngState(
+        torch=torch.get_rng_state(),
+        numpy=NumpyRng(str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])),
+        python=PythonRng(int(py_state[0]), list(py_state[1]), py_state[2]),
+        cuda=cuda,
+    ))
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -91,63 +185,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-_NONE = type(None)
-#: Every entry the training loop writes (dotted key -> accepted types); "benchmark" is optional
-#: because checkpoints written before it existed still evaluate (resume then checks the path).
-LAYOUT: tuple[tuple[str, tuple[type, ...]], ...] = (
-    ("config", (dict,)), ("step", (int,)), ("total_steps", (int,)), ("models", (dict,)),
-    ("optimizers", (dict,)), ("optimizers.upper", (dict, _NONE)), ("optimizers.lower", (dict, _NONE)),
-    ("inner_state", (dict, _NONE)),
-    ("rng", (dict,)), ("rng.torch", (torch.Tensor,)), ("rng.numpy", (dict,)), ("rng.numpy.name", (str,)),
-    ("rng.numpy.key", (torch.Tensor,)), ("rng.numpy.pos", (int,)), ("rng.numpy.has_gauss", (int,)),
-    ("rng.numpy.cached_gaussian", (float,)), ("rng.python", (dict,)), ("rng.python.version", (int,)),
-    ("rng.python.internal", (list, tuple)), ("rng.python.gauss_next", (float, _NONE)),
-    ("counters", (dict,)), ("counters.skipped", (int,)), ("counters.bad_in_a_row", (int,)),
-    ("best", (dict,)), ("best.score", (float, int)), ("best.step", (int,)),
-)
-OPTIONAL: tuple[tuple[str, tuple[type, ...]], ...] = (
-    ("benchmark", (dict,)), ("benchmark.sha256", (str,)), ("benchmark.counts", (dict,)),
-)
-
-
-def _lookup(state: dict[str, Any], dotted: str) -> tuple[bool, Any]:
-    """(found, value) of a dotted key inside nested dicts."""
-    value: Any = state
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return False, None
-        value = value[part]
-    return True, value
-
-
 def _type_names(types: tuple[type, ...]) -> str:
     """'int' / 'dict or None' for messages."""
-    return " or ".join("None" if t is _NONE else t.__name__ for t in types)
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_entry(value: Any, tp: Any, key: str, path: str | Path) -> None:
+    """DataError naming ``path`` and ``key`` unless ``value`` fits the declared type ``tp`` (recursively)."""
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    nested = next((t for t in options if dataclasses.is_dataclass(t)), None)
+    allowed = tuple(dict if t is nested else t for t in options)
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        raise DataError(f"{path}: checkpoint entry {key!r} is {type(value).__name__}, expected {_type_names(allowed)}")
+    if nested is not None and isinstance(value, dict):
+        hints = typing.get_type_hints(nested)
+        for f in dataclasses.fields(nested):
+            sub = f"{key}.{f.name}" if key else f.name
+            if f.name in value:
+                _check_entry(value[f.name], hints[f.name], sub, path)
+            elif f.default is not None:
+                raise DataError(f"{path} is not a fuse4seg checkpoint (it lacks {sub!r})")
 
 
 def check_layout(state: dict[str, Any], path: str | Path) -> None:
-    """DataError naming ``path`` and the key when an entry of :data:`LAYOUT` is missing or mistyped.
+    """DataError naming ``path`` and the key when an entry of :class:`TrainingState` is missing or mistyped.
 
     Also checks that every model entry is a state dict of tensors and every optimiser state has
     ``state`` and ``param_groups``: a foreign or hand-edited file fails here, not deep in torch.
     """
-    for entries, required in ((LAYOUT, True), (OPTIONAL, False)):
-        for key, types in entries:
-            found, value = _lookup(state, key)
-            if not found:
-                if required:
-                    raise DataError(f"{path} is not a fuse4seg checkpoint (it lacks {key!r})")
-                break  # an optional table that is absent: skip its sub-keys
-            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-                raise DataError(f"{path}: checkpoint entry {key!r} is {type(value).__name__}, "
-                                f"expected {_type_names(types)}")
+    _check_entry(state, TrainingState, "", path)
     for net, tensors in state["models"].items():
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise DataError(f"{path}: checkpoint entry 'models.{net}' is not a state dict of tensors")
-    for key in ("upper", "lower"):
-        opt = state["optimizers"][key]
+    for f in dataclasses.fields(OptimiserStates):
+        opt = state["optimizers"][f.name]
         if opt is not None and not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
-            raise DataError(f"{path}: checkpoint entry 'optimizers.{key}' is not an optimiser state dict")
+            raise DataError(f"{path}: checkpoint entry 'optimizers.{f.name}' is not an optimiser state dict")
     if state["step"] < 0 or state["total_steps"] < 1:
         raise DataError(f"{path}: checkpoint step {state['step']} / total {state['total_steps']} out of range")
 

@@ -1,223 +1,270 @@
-"""Training configuration: one dataclass of every option, TOML loading, overrides and validation.
+"""Training configuration: every option of ``fuse4seg train``, declared once, and its resolution.
 
-Precedence, lowest first: the dataclass defaults, a TOML file (``--config``), then options given on
+Each option is a field of :class:`TrainConfig` declared with :func:`fuse4seg.train.declare.option`:
+default, help, check, command-line flag where it is not ``--`` + its name, and the modes that read
+it. The bi-level engine's own options dataclass is nested as ``hypergrad``
+(:class:`fuse4seg.bilevel.Options`: its fields declare their help, check, flag and the methods that
+read them; the engine's ``parse_options`` is their only check). Derived from the declarations: the
+TOML keys and ``config.json`` (flat, one key per option), the checks, which options a mode ignores
+(:func:`check_relevant`), the ``train`` command's options (:func:`command_line_options`).
+
+Precedence, lowest first: the declared defaults, a TOML file (``--config``), then options given on
 the command line. The resolved configuration is written to ``RUN/config.json`` and stored in every
 checkpoint, so ``evaluate``, ``fuse`` and ``--resume`` rebuild exactly the same networks.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import tomllib
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass
 from pathlib import Path
 from typing import Any
 
+from fuse4seg.bilevel import Options, parse_options
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
-from fuse4seg.errors import ConfigError
-
-#: Training modes, all run by the same loop (see fuse4seg.train.modes).
-MODES: tuple[str, ...] = ("bilevel", "two-stage", "joint", "direct", "feature-fusion")
-#: Modes whose segmentation network reads the output of a learned fusion network.
-FUSION_MODES: tuple[str, ...] = ("bilevel", "two-stage", "joint")
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
-#: Options that may change when a run is resumed (they do not alter the trajectory of the weights).
-#: ``benchmark`` may name a new path only when it holds the same content (checked by the loop).
-RESUMABLE_OVERRIDES: frozenset[str] = frozenset(
-    {"steps", "epochs", "eval_every", "checkpoint_every", "log_every", "num_workers", "cache", "progress", "resume",
-     "eval_slices", "overwrite", "out", "benchmark", "max_bad_steps"}
+from fuse4seg.errors import ConfigError, flag_for
+from fuse4seg.options import cli_text
+from fuse4seg.options import option as cli_option
+from fuse4seg.train.declare import (
+    Declared,
+    by_key,
+    check_values,
+    convert,
+    declared,
+    option,
+    to_values,
+    with_values,
 )
+from fuse4seg.train.modes import MODES, names
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+#: Modes whose segmentation network reads the output of a learned fusion network.
+FUSION_MODES: tuple[str, ...] = names(lambda m: m.has_fusion)
+#: Modes whose fusion net learns from hypergradients (``--hypergrad`` and the engine's options apply).
+HYPERGRADIENT_MODES: tuple[str, ...] = names(lambda m: m.hypergradient)
+
+
+def at_least(low: float, note: str = "") -> Any:
+    """Check: None or >= ``low``."""
+    return lambda v: None if v is None or v >= low else f"must be >= {low}{note}, got {v}"
+
+
+def above(low: float) -> Any:
+    """Check: None or > ``low``."""
+    return lambda v: None if v is None or v > low else f"must be > {low}, got {v}"
+
+
+def one_of(choices: tuple[str, ...]) -> Any:
+    """Check: one of ``choices``."""
+    return lambda v: None if v in choices else f"choose one of {', '.join(choices)}, got {v!r}"
+
+
+def _required(what: str) -> Any:
+    """Check: a non-empty value."""
+    return lambda v: None if v else f"{what} is required"
+
+
+def _known_model(name: str) -> str | None:
+    """Check: a name in the model registry (fuse4seg.models)."""
+    from fuse4seg.models import list_models
+
+    models = list_models()
+    return None if name in models else f"unknown model {name!r}; known: {', '.join(models)}"
+
+
+def _device(value: str) -> str | None:
+    """Check: cpu, cuda or cuda:N."""
+    return None if value in ("cpu", "cuda") or value.startswith("cuda:") else f"cpu or cuda, got {value!r}"
+
+
+def _is_fused(value: Any) -> bool:
+    """Whether a value names the fused image ("fused" or ["fused"])."""
+    return (isinstance(value, str) and value.strip().lower() == "fused") or (
+        isinstance(value, (list, tuple)) and [str(v).lower() for v in value] == ["fused"])
+
+
+def _modalities(value: Any) -> tuple[str, ...]:
+    """Parse modality names ("t1ce,flair" or a list); ConfigError for anything else."""
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"expected modality names, got {value!r}")
+    return parse_modalities(value)
+
+
+def _fusion_inputs(value: Any) -> tuple[str, ...]:
+    """The fusion network's inputs: modalities only."""
+    if _is_fused(value):
+        raise ConfigError("the fusion network's inputs must be modalities")
+    return _modalities(value)
+
+
+def _seg_inputs(value: Any) -> tuple[str, ...]:
+    """A segmenter's inputs: ``("fused",)`` (the benchmark's stored fused image) or modalities."""
+    return ("fused",) if _is_fused(value) else _modalities(value)
 
 
 @dataclass
 class TrainConfig:
-    """Every option of ``fuse4seg train``; the field names are the TOML keys and the CLI long options."""
+    """Every option of ``fuse4seg train``; each option's key (TOML, config.json) is its flag without ``--``."""
 
-    benchmark: str = ""
-    out: str = ""
-    mode: str = "bilevel"
-    hypergrad: str = "unrolled"
-    inner_steps: int = 1
-    inner_optimizer: str = "adam"  # "sgd" when --hypergrad finite-difference leaves it unset
-    inner_momentum: float = 0.9
-    truncate: int | None = None
-    fd_eps: float = 0.01
-    cg_iters: int = 10
-    neumann_terms: int = 10
-    neumann_alpha: float | None = None
-    damping: float = 0.0
-    fusion_model: str = "fusion-cnn"
-    seg_model: str = "unet"
-    fusion_options: dict = field(default_factory=dict)
-    seg_options: dict = field(default_factory=dict)
-    fusion_inputs: tuple[str, ...] = DEFAULT_FUSION_INPUTS
-    inputs: tuple[str, ...] | None = None
-    lambda_seg: float = 1.0
-    fusion_loss_weights: dict = field(default_factory=dict)
-    region_based: bool = False
-    steps: int | None = None
-    epochs: float | None = None
-    fusion_steps: int | None = None
-    batch_size: int = 4
-    lr_upper: float = 1e-3
-    lr_lower: float = 1e-3
-    upper_optimizer: str = "adam"
-    lower_optimizer: str = "adam"
-    val_fraction: float = 0.2
-    eval_every: int = 0
-    checkpoint_every: int = 25
-    eval_slices: int | None = None
-    log_every: int = 1
-    num_workers: int = 0
-    cache: bool = True
-    device: str = "cpu"
-    threads: int | None = None
-    seed: int = 0
-    max_bad_steps: int = 10
-    progress: bool = True
-    overwrite: bool = False
-    resume: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists) of every option."""
-        out = dataclasses.asdict(self)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+    benchmark: str = option("", "BraTS-Fuse package directory to train on.", check=_required("a benchmark directory"),
+                            resumable=True)
+    out: str = option("", "Run directory (config.json, last.pt, best.pt, tb/).", check=_required("a run directory"),
+                      resumable=True)
+    mode: str = option("bilevel", "Training mode: " + ", ".join(MODES) + ".", check=one_of(tuple(MODES)),
+                       shortcuts={"bilevel": "Same as --mode bilevel (the default mode)."})
+    method: str = option("unrolled", "Hypergradient method (fuse4seg.bilevel.METHODS): unrolled, higher, truncated, "
+                         "first-order, finite-difference, implicit-cg, implicit-neumann.", flag="--hypergrad",
+                         modes=HYPERGRADIENT_MODES)
+    # The engine's options, keyed by their flags; "lr" (--lr-lower) is the segmenter's learning rate in
+    # every mode: the inner steps' in bilevel, its optimiser's in the others. Default optimiser: adam, or
+    # sgd when --hypergrad finite-difference leaves it unset (see build_config).
+    # option() copies mutable defaults per instance (a default_factory): RUF009 does not see that.
+    hypergrad: Options = option(  # noqa: RUF009
+        Options(lr=1e-3, optimizer="adam"), "The bi-level engine's options.", modes=HYPERGRADIENT_MODES,
+        every_mode=("lr",), validate=parse_options)
+    fusion_model: str = option("fusion-cnn", "Fusion network: fusion-cnn, fusion-freq.", check=_known_model,
+                               modes=FUSION_MODES)
+    seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model)
+    fusion_options: dict = option({}, "Fusion network options (TOML table).", modes=FUSION_MODES,  # noqa: RUF009
+                                  entries={"width": (int, "Fusion network width.")})
+    seg_options: dict = option({}, "Segmentation network options (TOML table).",  # noqa: RUF009
+                               entries={"width": (int, "Segmentation network base width."),
+                                        "depth": (int, "Segmentation network depth (downsamplings).")})
+    fusion_inputs: tuple[str, ...] = option(DEFAULT_FUSION_INPUTS, "Modalities to fuse, e.g. t1ce,flair.",
+                                            parse=_fusion_inputs)
+    inputs: tuple[str, ...] | None = option(None, "direct/feature-fusion inputs: 'fused' or modalities.",
+                                            parse=_seg_inputs)
+    lambda_seg: float = option(1.0, "Weight of the segmentation loss (upper).", check=at_least(0),
+                               modes=("bilevel", "joint"))
+    fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
+                                       modes=FUSION_MODES)
+    region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
+    steps: int | None = option(None, "Total (outer) steps (default: one epoch).", check=at_least(1), resumable=True)
+    epochs: float | None = option(None, "Total epochs over the fitting slices.", check=above(0), resumable=True)
+    fusion_steps: int | None = option(None, "Steps of the first stage, the fusion net alone (default: half).",
+                                      modes=names(lambda m: m.fusion_stage is not None))
+    batch_size: int = option(4, "Slices per batch.", check=at_least(1))
+    lr_upper: float = option(1e-3, "Learning rate of the fusion network.", check=above(0), modes=FUSION_MODES)
+    upper_optimizer: str = option("adam", "Optimiser of the fusion network: adam or sgd.", check=one_of(OPTIMIZERS),
+                                  modes=FUSION_MODES)
+    lower_optimizer: str = option("adam", "Optimiser of the segmenter: adam or sgd.", check=one_of(OPTIMIZERS),
+                                  modes=names(lambda m: "lower" in m.optimisers),
+                                  where="modes other than bilevel (its inner loop uses --inner-optimizer)")
+    val_fraction: float = option(0.2, "Share of train cases held out for the upper loss.",
+                                 check=lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
+                                 modes=names(lambda m: m.holds_out))
+    eval_every: int = option(0, "Val Dice and best.pt choice every N steps (0: at the end, best.pt = final weights).",
+                             check=at_least(0, " (0 = only at the end)"), resumable=True)
+    checkpoint_every: int = option(25, "Write last.pt every N steps.", check=at_least(1), resumable=True)
+    eval_slices: int | None = option(None, "Val slices scored during training (default: all).", check=at_least(1),
+                                     resumable=True)
+    log_every: int = option(1, "TensorBoard scalars every N steps.", check=at_least(1), resumable=True)
+    num_workers: int = option(0, "DataLoader worker processes.", check=at_least(0), resumable=True)
+    cache: bool = option(True, "Hold the benchmark in memory (< 2 GiB).", flag="--cache/--no-cache", resumable=True)
+    device: str = option("cpu", "cpu or cuda.", check=_device)
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice).", check=at_least(1))
+    seed: int = option(0, "Seed of initial weights and data order.", check=at_least(0))
+    max_bad_steps: int = option(10, "Stop after N non-finite steps in a row.", check=at_least(1), resumable=True)
+    progress: bool = option(True, "Show a progress bar.", flag="--progress/--no-progress", resumable=True)
+    overwrite: bool = option(False, "Replace an existing run directory.", resumable=True)
+    resume: bool = option(False, "Continue the run in --out from last.pt.", resumable=True)
 
     def seg_inputs(self) -> tuple[str, ...]:
         """Names of the segmentation network's input channels: ``("fused",)`` or modality names."""
-        if self.mode in FUSION_MODES:
-            return ("fused",)
-        if self.inputs is not None:
-            return self.inputs
-        return ("fused",) if self.mode == "direct" else self.fusion_inputs
+        return MODES[self.mode].seg_inputs(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by key, JSON-able (tuples become lists): what config.json and checkpoints store."""
+        return to_values(self)
 
 
-_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
-FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+OPTIONS: dict[str, Declared] = by_key(TrainConfig)
+#: Options that may change when a run is resumed (they do not alter the trajectory of the weights).
+#: ``benchmark`` may name a new path only when it holds the same content (checked by the loop).
+RESUMABLE: frozenset[str] = frozenset(key for key, d in OPTIONS.items() if d.metadata.get("resumable"))
 
 
-def _strip_none(tp: Any) -> tuple[Any, bool]:
-    """(inner type, optional?) for ``X | None`` annotations."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
+def _flag(path: tuple[str, ...]) -> str:
+    """The flag of the option at ``path`` (``("method",)`` -> ``--hypergrad``)."""
+    return next(d.flag for d in declared(TrainConfig) if d.path == path)
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check and convert ``value`` for option ``name`` to the field's type; ConfigError names both."""
-    tp, optional = _strip_none(_FIELD_TYPES[name])
-    opt = "--" + name.replace("_", "-")
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none")):
-        if optional:
-            return None
-        raise ConfigError(f"{opt}{where}: a value is required")
-    bad = ConfigError(f"{opt}{where}: expected {getattr(tp, '__name__', str(tp))}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(out):
-            raise ConfigError(f"{opt}{where}: must be finite, got {value!r}")
-        return out
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if typing.get_origin(tp) is tuple:
-        if name in ("fusion_inputs", "inputs"):
-            if (isinstance(value, str) and value.strip().lower() == "fused") or (
-                isinstance(value, (list, tuple)) and [str(v).lower() for v in value] == ["fused"]
-            ):
-                if name == "fusion_inputs":
-                    raise ConfigError(f"{opt}{where}: the fusion network's inputs must be modalities")
-                return ("fused",)
-            if not isinstance(value, (str, list, tuple)):
-                raise bad
-            try:
-                return parse_modalities(value)
-            except ConfigError as exc:
-                raise ConfigError(f"{opt}{where}: {exc}") from None
-        raise bad
-    raise bad  # pragma: no cover - every field type is handled above
+def where_used(d: Declared) -> tuple[tuple[str, ...] | None, str | None]:
+    """(modes that read option ``d`` or None for all, where it applies in words or None)."""
+    group = d.group.metadata if d.group is not None else {}
+    modes = d.metadata.get("modes") or (None if d.path[-1] in group.get("every_mode", ()) else group.get("modes"))
+    parts = [d.metadata.get("where") or "--mode " + ", ".join(modes)] if modes else []
+    if d.group is not None and d.path[-1] not in group.get("every_mode", ()):
+        if "methods" in d.metadata:
+            parts.append(f"{_flag(('method',))} " + " or ".join(d.metadata["methods"]))
+        if "optimizers" in d.metadata:
+            parts.append(f"{_flag(('hypergrad', 'optimizer'))} " + " or ".join(d.metadata["optimizers"]))
+    return modes, " ".join(parts) or None
 
 
-def cli_overrides(values: dict[str, Any]) -> dict[str, Any]:
-    """Map command-line values to config overrides: --bilevel -> mode, --seg-width etc. -> option tables.
+def applies(c: TrainConfig, d: Declared) -> bool:
+    """Whether the run configured by ``c`` reads option ``d``."""
+    modes, _ = where_used(d)
+    if modes is not None and c.mode not in modes:
+        return False
+    if d.group is None or d.path[-1] in d.group.metadata.get("every_mode", ()):
+        return True
+    return c.method in d.metadata.get("methods", (c.method,)) and c.hypergrad.optimizer in d.metadata.get(
+        "optimizers", (c.hypergrad.optimizer,))
 
-    ``values`` holds every CLI option (None = not given); the result has only TrainConfig fields.
-    """
-    values = dict(values)
-    bilevel = values.pop("bilevel", False)
-    if bilevel:
-        if values.get("mode") not in (None, "bilevel"):
-            raise ConfigError(f"--bilevel and --mode {values['mode']}: give one of them")
-        values["mode"] = "bilevel"
-    for table, keys in (("seg_options", ("seg_width", "seg_depth")), ("fusion_options", ("fusion_width",))):
-        extra = {k.split("_", 1)[1]: values.pop(k) for k in keys if k in values}
-        extra = {k: v for k, v in extra.items() if v is not None}
-        if extra:
-            values[table] = {**(values.get(table) or {}), **extra}
-    return values
+
+def check_relevant(c: TrainConfig, given: set[str]) -> None:
+    """ConfigError for the first option in ``given`` (set explicitly) that this run does not read."""
+    for key in sorted(given & set(OPTIONS)):
+        d = OPTIONS[key]
+        if not applies(c, d):
+            run = f"--mode {c.mode}"
+            if MODES[c.mode].hypergradient:
+                run += f" {_flag(('method',))} {c.method}"
+            if "optimizers" in d.metadata:
+                run += f" {_flag(('hypergrad', 'optimizer'))} {c.hypergrad.optimizer}"
+            raise ConfigError(f"only used with {where_used(d)[1]}; this run is {run}; remove the option", option=key)
+
+
+def validate(c: TrainConfig) -> None:
+    """Check option values (each declared check; the engine's parse_options for its options) and their
+    combinations; ConfigError naming the offending option."""
+    check_values(c)
+    mode = MODES[c.mode]
+    if c.steps is not None and c.epochs is not None:
+        raise ConfigError("cannot be given with epochs: give one of them", option="steps")
+    if mode.has_fusion and c.inputs is not None:
+        raise ConfigError(f"only for modes {', '.join(names(lambda m: not m.has_fusion))}, not {c.mode}",
+                          option="inputs")
+    mode.check(c)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file of options (keys = option names, dashes or underscores; optional [train] table)."""
+    """Read a TOML file of options (keys = option keys, dashes or underscores; optional [train] table)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--config: file {path} not found") from None
+        raise ConfigError(f"file {path} not found", option="config") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc}", option="config") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path} is not valid TOML: {exc}", option="config") from None
     if isinstance(data.get("train"), dict):
         data = data["train"]
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"--config: unknown option {key!r} in {path}")
-        out[name] = _coerce(name, value, f" (in {path})")
+        if name not in OPTIONS:
+            raise ConfigError(f"unknown option {key!r} in {path}", option="config")
+        out[name] = convert(OPTIONS[name], value, f" (in {path})")
     return out
 
 
 def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | None = None, strict: bool = False
                  ) -> TrainConfig:
-    """Resolve defaults < TOML file < ``overrides`` (None values mean 'not given') and validate.
+    """Resolve defaults < TOML file < ``overrides`` (option key -> value; None means 'not given') and validate.
 
     ``strict`` (the command line): an option given in ``overrides`` or the TOML file that the chosen
     mode or method ignores is a ConfigError (see :func:`check_relevant`); library callers may pass
@@ -226,13 +273,13 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
     values: dict[str, Any] = {}
     if toml is not None:
         values.update(load_toml(toml))
-    for name, value in (overrides or {}).items():
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"unknown option --{name.replace('_', '-')}")
+    for key, value in (overrides or {}).items():
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown option {flag_for(key)}")
         if value is not None:
-            value = _coerce(name, value, "")
-            # model/loss option tables merge key by key: --seg-width keeps a file's seg_options.depth
-            values[name] = {**values.get(name, {}), **value} if isinstance(value, dict) else value
+            value = convert(OPTIONS[key], value)
+            # option tables merge key by key: --seg-width keeps a file's seg_options.depth
+            values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     # --steps on the command line replaces --epochs from the file, and the reverse.
     given = {k for k, v in (overrides or {}).items() if v is not None}
     if "steps" in given and "epochs" not in given:
@@ -242,7 +289,7 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
     explicit = set(values)
     if "inner_optimizer" not in values and values.get("hypergrad") == "finite-difference":
         values["inner_optimizer"] = "sgd"  # DARTS differentiates an SGD step; Adam is the default elsewhere
-    config = TrainConfig(**values)
+    config = with_values(TrainConfig(), values)
     validate(config)
     if strict:
         check_relevant(config, explicit)
@@ -250,121 +297,15 @@ def build_config(overrides: dict[str, Any] | None = None, toml: str | Path | Non
 
 
 def config_from_dict(data: dict[str, Any], where: str = "") -> TrainConfig:
-    """Rebuild a TrainConfig from ``config.json`` or a checkpoint's stored dict (checked like TOML)."""
+    """Rebuild a TrainConfig from ``config.json`` or a checkpoint's stored dict (converted like TOML)."""
     values = {}
     for key, value in data.items():
-        if key not in FIELD_NAMES:
+        if key not in OPTIONS:
             raise ConfigError(f"unknown option {key!r}{where}")
-        values[key] = _coerce(key, value, where)
-    return TrainConfig(**values)
-
-
-def _require(cond: bool, message: str) -> None:
-    """Raise ConfigError(message) unless ``cond``."""
-    if not cond:
-        raise ConfigError(message)
-
-
-def validate(c: TrainConfig) -> None:
-    """Check option values and their combinations; ConfigError names the offending option."""
-    _require(c.mode in MODES, f"--mode: unknown mode {c.mode!r}; choose one of {', '.join(MODES)}")
-    _require(bool(c.benchmark), "--benchmark: a benchmark directory is required")
-    _require(bool(c.out), "--out: a run directory is required")
-    _require(not (c.steps is not None and c.epochs is not None), "--steps and --epochs: give one, not both")
-    _require(c.steps is None or c.steps >= 1, f"--steps: must be >= 1, got {c.steps}")
-    _require(c.epochs is None or c.epochs > 0, f"--epochs: must be > 0, got {c.epochs}")
-    _require(c.batch_size >= 1, f"--batch-size: must be >= 1, got {c.batch_size}")
-    _require(c.inner_steps >= 1, f"--inner-steps: must be >= 1, got {c.inner_steps}")
-    _require(
-        c.truncate is None or 1 <= c.truncate <= c.inner_steps,
-        f"--truncate: must be in 1..--inner-steps ({c.inner_steps}), got {c.truncate}",
-    )
-    for name in ("lr_upper", "lr_lower", "fd_eps", "neumann_alpha"):
-        _require(getattr(c, name) is None or getattr(c, name) > 0, f"--{name.replace('_', '-')}: must be > 0, got {getattr(c, name)}")
-    _require(0 <= c.inner_momentum < 1, f"--inner-momentum: must be in [0, 1), got {c.inner_momentum}")
-    _require(c.damping >= 0, f"--damping: must be >= 0, got {c.damping}")
-    _require(c.cg_iters >= 1 and c.neumann_terms >= 1, "--cg-iters and --neumann-terms: must be >= 1")
-    _require(c.lambda_seg >= 0, f"--lambda-seg: must be >= 0, got {c.lambda_seg}")
-    _require(0 < c.val_fraction < 1, f"--val-fraction: must be in (0, 1), got {c.val_fraction}")
-    _require(c.eval_every >= 0, f"--eval-every: must be >= 0 (0 = only at the end), got {c.eval_every}")
-    _require(c.eval_slices is None or c.eval_slices >= 1, f"--eval-slices: must be >= 1, got {c.eval_slices}")
-    _require(c.checkpoint_every >= 1, f"--checkpoint-every: must be >= 1, got {c.checkpoint_every}")
-    _require(c.log_every >= 1, f"--log-every: must be >= 1, got {c.log_every}")
-    _require(c.threads is None or c.threads >= 1, f"--threads: must be >= 1, got {c.threads}")
-    _require(c.num_workers >= 0, f"--num-workers: must be >= 0, got {c.num_workers}")
-    _require(c.max_bad_steps >= 1, f"--max-bad-steps: must be >= 1, got {c.max_bad_steps}")
-    _require(c.seed >= 0, f"--seed: must be >= 0, got {c.seed}")
-    _require(c.upper_optimizer in OPTIMIZERS, f"--upper-optimizer: choose one of {', '.join(OPTIMIZERS)}")
-    _require(c.lower_optimizer in OPTIMIZERS, f"--lower-optimizer: choose one of {', '.join(OPTIMIZERS)}")
-    _require(
-        c.inner_optimizer in INNER_OPTIMIZERS,
-        f"--inner-optimizer: choose one of {', '.join(INNER_OPTIMIZERS)}",
-    )
-    _require(
-        not (c.mode == "bilevel" and c.hypergrad == "finite-difference" and c.inner_optimizer == "adam"),
-        "--inner-optimizer adam: --hypergrad finite-difference differentiates an SGD or momentum step; "
-        "choose --inner-optimizer sgd or momentum",
-    )
-    _require(c.device in ("cpu", "cuda") or c.device.startswith("cuda:"), f"--device: cpu or cuda, got {c.device!r}")
-    _require(len(c.fusion_inputs) >= 1, "--fusion-inputs: at least one modality")
-    if c.mode == "two-stage" and c.fusion_steps is not None:
-        _require(c.fusion_steps >= 1, f"--fusion-steps: must be >= 1, got {c.fusion_steps}")
-        _require(
-            c.steps is None or c.fusion_steps < c.steps,
-            f"--fusion-steps: must be < --steps ({c.steps}) to leave steps for segmentation",
-        )
-    if c.mode in FUSION_MODES:
-        _require(c.inputs is None, f"--inputs: only for modes direct and feature-fusion, not {c.mode}")
-    if c.mode == "feature-fusion":
-        _require("fused" not in c.seg_inputs(), "--inputs: feature-fusion needs modalities, not the fused image")
-    _check_registries(c)
-
-
-def _check_registries(c: TrainConfig) -> None:
-    """Check names that live in other packages' registries (models, hypergradient methods)."""
-    from fuse4seg.bilevel import METHODS
-    from fuse4seg.models import list_models
-
-    models = list_models()
-    if c.mode in FUSION_MODES:
-        _require(c.fusion_model in models, f"--fusion-model: unknown model {c.fusion_model!r}; known: {', '.join(models)}")
-    _require(c.seg_model in models, f"--seg-model: unknown model {c.seg_model!r}; known: {', '.join(models)}")
-    if c.mode == "bilevel":
-        _require(c.hypergrad in METHODS, f"--hypergrad: unknown method {c.hypergrad!r}; choose one of {', '.join(METHODS)}")
-
-
-#: Options read only under a condition: name -> (predicate on the config, where the option applies).
-_ONLY_FOR: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
-    **{name: (lambda c: c.mode == "bilevel", "--mode bilevel") for name in (
-        "hypergrad", "inner_steps", "inner_optimizer", "val_fraction")},
-    "truncate": (lambda c: c.mode == "bilevel" and c.hypergrad == "truncated", "--mode bilevel --hypergrad truncated"),
-    "fd_eps": (lambda c: c.mode == "bilevel" and c.hypergrad == "finite-difference",
-               "--mode bilevel --hypergrad finite-difference"),
-    "cg_iters": (lambda c: c.mode == "bilevel" and c.hypergrad == "implicit-cg", "--mode bilevel --hypergrad implicit-cg"),
-    **{name: (lambda c: c.mode == "bilevel" and c.hypergrad == "implicit-neumann",
-              "--mode bilevel --hypergrad implicit-neumann") for name in ("neumann_terms", "neumann_alpha")},
-    "damping": (lambda c: c.mode == "bilevel" and c.hypergrad in ("implicit-cg", "implicit-neumann"),
-                "--mode bilevel --hypergrad implicit-cg or implicit-neumann"),
-    "inner_momentum": (lambda c: c.mode == "bilevel" and c.inner_optimizer == "momentum",
-                       "--mode bilevel --inner-optimizer momentum"),
-    "fusion_steps": (lambda c: c.mode == "two-stage", "--mode two-stage"),
-    "lambda_seg": (lambda c: c.mode in ("bilevel", "joint"), "--mode bilevel or joint"),
-    "lower_optimizer": (lambda c: c.mode != "bilevel", "modes other than bilevel (its inner loop uses --inner-optimizer)"),
-    **{name: (lambda c: c.mode in FUSION_MODES, "--mode " + ", ".join(FUSION_MODES)) for name in (
-        "fusion_model", "fusion_options", "fusion_loss_weights", "lr_upper", "upper_optimizer")},
-}
-
-
-def check_relevant(c: TrainConfig, given: set[str]) -> None:
-    """ConfigError for the first option in ``given`` (set explicitly) that this mode/method ignores."""
-    for name in sorted(given & set(_ONLY_FOR)):
-        applies, where = _ONLY_FOR[name]
-        if not applies(c):
-            opt = "--fusion-width/fusion_options" if name == "fusion_options" else "--" + name.replace("_", "-")
-            raise ConfigError(f"{opt}: only used with {where}; this run is --mode {c.mode}"
-                              + (f" --hypergrad {c.hypergrad}" if c.mode == "bilevel" else "")
-                              + (f" --inner-optimizer {c.inner_optimizer}" if name == "inner_momentum" else "")
-                              + "; remove the option")
+        if value is None and not OPTIONS[key].optional:
+            continue  # stored before the option had a default of its own (truncate: null): the default
+        values[key] = convert(OPTIONS[key], value, where)
+    return with_values(TrainConfig(), values)
 
 
 def resolve_steps(c: TrainConfig, n_train: int) -> int:
@@ -375,37 +316,67 @@ def resolve_steps(c: TrainConfig, n_train: int) -> int:
     return max(1, math.ceil(epochs * n_train / c.batch_size))
 
 
-def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write every resolved option (plus ``extra`` derived facts under "derived") to JSON atomically."""
-    from fuse4seg.io import atomic_write_text
-
-    payload = {"options": c.to_dict(), "derived": extra or {}}
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+# ---- the command line, derived from the declarations ------------------------------------------------
 
 
-def read_run_config(path: str | Path, option: str = "--run") -> tuple[TrainConfig, dict[str, Any]]:
-    """Read ``RUN/config.json`` once: (its TrainConfig, its "derived" facts dict, {} if absent).
+def _entry_key(key: str, entry: str) -> str:
+    """The command-line name of an option table's entry: seg_options, depth -> seg_depth."""
+    return key.removesuffix("options") + entry
 
-    ConfigError naming ``option`` if the file is missing or malformed.
+
+def command_line_options() -> list[tuple[str, Any, Field]]:
+    """(parameter name, type, declaration) of every ``train`` command-line option, in declaration order: each
+    option (tables by their entries) and each shortcut flag (``--bilevel``). The declaration is a
+    :func:`fuse4seg.options.option` field (for :func:`fuse4seg.options.typer_option`) with default None, so a
+    value not given on the command line leaves the TOML file's or the declared default; its help adds where
+    the option applies and the default."""
+    out = []
+    for key, d in OPTIONS.items():
+        only = f" Only with {where}." if (where := where_used(d)[1]) else ""
+        for value, text in d.metadata.get("shortcuts", {}).items():
+            out.append((value, bool, cli_option(None, text, flag=flag_for(value))))
+        for entry, (tp, text) in d.metadata.get("entries", {}).items():
+            out.append((_entry_key(key, entry), tp, cli_option(None, text + only, flag=flag_for(_entry_key(key, entry)))))
+        if d.base_type is dict:
+            continue
+        default = d.get(TrainConfig())
+        if isinstance(default, bool) and "/" in d.flag:
+            shown = d.flag.split("/")[0 if default else 1]
+        else:
+            shown = None if isinstance(default, bool) or default in (None, "") else cli_text(default)
+        text = d.metadata["help"] + only + (f" Default: {shown}." if shown else "")
+        out.append((key, str if "parse" in d.metadata else d.base_type, cli_option(None, text, flag=d.flag)))
+    return out
+
+
+def error_flags() -> dict[str, str]:
+    """How the command line names options that have no flag of their own (tables: by their entries)."""
+    return {key: "/".join([*(flag_for(_entry_key(key, e)) for e in d.metadata["entries"]), key])
+            for key, d in OPTIONS.items() if "entries" in d.metadata}
+
+
+def cli_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Map command-line values to option keys: shortcuts (--bilevel -> mode), table entries (--seg-width etc.).
+
+    ``values`` holds every command-line option (None = not given); the result has only option keys.
     """
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        options = payload["options"]
-    except FileNotFoundError:
-        raise ConfigError(f"{option}: {path} not found (is {path.parent} a training run?)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{option}: {path} is not a fuse4seg run config: {exc}") from None
-    derived = payload.get("derived", {})
-    return config_from_dict(options, f" (in {path})"), derived
-
-
-def read_config_json(path: str | Path, option: str = "--run") -> TrainConfig:
-    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError naming ``option`` if missing or malformed."""
-    return read_run_config(path, option)[0]
+    values = dict(values)
+    for key, d in OPTIONS.items():
+        for shortcut in d.metadata.get("shortcuts", {}):
+            if values.pop(shortcut, None):
+                if values.get(key) not in (None, shortcut):
+                    raise ConfigError(f"{flag_for(shortcut)} and {d.flag} {values[key]}: give one of them")
+                values[key] = shortcut
+        entries = {e: values.pop(_entry_key(key, e)) for e in d.metadata.get("entries", {})
+                   if _entry_key(key, e) in values}
+        entries = {e: v for e, v in entries.items() if v is not None}
+        if entries:
+            values[key] = {**(values.get(key) or {}), **entries}
+    return values
 
 
 __all__ = [
-    "FUSION_MODES", "MODES", "TrainConfig", "build_config", "check_relevant", "config_from_dict", "load_toml",
-    "read_config_json", "read_run_config", "resolve_steps", "validate", "write_config_json",
+    "FUSION_MODES", "HYPERGRADIENT_MODES", "OPTIONS", "RESUMABLE", "TrainConfig", "build_config", "check_relevant",
+    "cli_overrides", "command_line_options", "config_from_dict", "error_flags", "load_toml", "resolve_steps",
+    "validate",
 ]

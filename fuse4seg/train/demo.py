@@ -45,9 +45,10 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Calla
     out = Path(out)
     if out.exists():
         if not overwrite:
-            raise ConfigError(f"--out: {out} already exists (pass --overwrite to replace it)")
+            raise ConfigError(f"{out} already exists (pass --overwrite to replace it)", option="out")
         if any(out.iterdir()) and not (out / "run").exists() and not (out / "benchmark").exists():
-            raise ConfigError(f"--out: {out} is not a demo directory (no run/ or benchmark/); refusing to replace it")
+            raise ConfigError(f"{out} is not a demo directory (no run/ or benchmark/); refusing to replace it",
+                              option="out")
         shutil.rmtree(out)
     started = time.perf_counter()
     try:

@@ -10,5 +10,5 @@ from fuse4seg.errors import ConfigError
 def resolve_device(name: str) -> torch.device:
     """torch.device for --device; ConfigError when CUDA is asked for but absent."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        raise ConfigError(f"{name} asked for, but CUDA is not available on this machine", option="device")
     return torch.device(name)

@@ -1,12 +1,10 @@
 """``fuse4seg evaluate``: fusion metrics of the learned fused images and BraTS Dice/HD95 of a run.
 
 Segmentation metrics are reported per slice (2-D, averaged over slices) and per case: a case's
-slices are stacked in slice-index order into one (H, W, K) volume and scored in 3-D. HD95 is in mm
-when the benchmark records each slice's ``spacing`` (dy, dx, dz): per slice with the pixel size
-(dy, dx), per case with (dy, dx, median slice-index gap x dz), since the stacked slices are not
-contiguous in the original volume (the benchmark keeps K spread-out slices). Benchmarks built
-before ``spacing`` existed give HD95 in pixels (per case: benchmark pixels in-plane, slice-index
-gaps along the stack), and metrics.json and report.md say which unit was used.
+slices are stacked in slice-index order into one (H, W, K) volume and scored in 3-D. HD95 is in mm,
+from each slice's ``spacing`` (dy, dx, dz) in the benchmark: per slice with the pixel size (dy, dx),
+per case with (dy, dx, median slice-index gap x dz), since the stacked slices are not contiguous in
+the original volume (the benchmark keeps K spread-out slices); metrics.json and report.md say so.
 Fusion metrics (fuse4seg.metrics.fusion_metrics, 0-255 scale, SSIM data_range 255) compare the
 fused image with the fusion inputs; the benchmark's stored classical fusion is scored the same way
 for reference.
@@ -23,58 +21,16 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import REGIONS
-from fuse4seg.data.h5format import (
-    H5_NAME,
-    one_line,
-    open_validated,
-    read_spacing,
-)
+from fuse4seg.data.schema import H5_NAME
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
-from fuse4seg.train.checkpoint import load_checkpoint
-from fuse4seg.train.config import TrainConfig, config_from_dict, read_run_config
-from fuse4seg.train.data import InMemorySplit, open_split, read_benchmark_facts
-from fuse4seg.train.device import resolve_device
+from fuse4seg.train.config import TrainConfig
+from fuse4seg.train.data import open_split, read_benchmark_facts
+from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import Pipeline, build_pipeline
+from fuse4seg.train.run import load_run, run_derived
 from fuse4seg.train.scoring import dice_per_slice, predict_batches
-
-CHECKPOINTS = ("best", "last")
-
-
-def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[TrainConfig, Pipeline, dict]:
-    """Config, pipeline with the checkpoint's weights (eval mode, on ``device``) and the checkpoint."""
-    if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"--checkpoint: choose one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    run = Path(run)
-    if not run.is_dir():
-        raise ConfigError(f"--run: {run} is not a directory")
-    config, pipeline, state = pipeline_from_checkpoint(run / f"{checkpoint}.pt")
-    return config, pipeline.to(resolve_device(device)).train(False), state
-
-
-def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, dict]:
-    """Config, pipeline (on CPU) with the weights of the checkpoint file ``path``, and the checkpoint;
-    DataError (one line, naming the file) if the weights do not fit the networks its config builds."""
-    path = Path(path)
-    state = load_checkpoint(path)
-    config = config_from_dict(state["config"], f" (in {path})")
-    pipeline = build_pipeline(config)
-    try:
-        pipeline.load_state_dicts(state["models"])
-    except (KeyError, RuntimeError) as exc:
-        raise DataError(f"checkpoint {path}: weights do not fit the networks: {one_line(exc)}") from None
-    return config, pipeline, state
-
-
-def run_derived(run: str | Path) -> dict[str, Any]:
-    """RUN/config.json's "derived" facts (slice size, benchmark fusion rule, slice_size, ...), after
-    :func:`read_run_config` has checked that the file is a run config; ConfigError otherwise."""
-    path = Path(run) / "config.json"
-    derived = read_run_config(path)[1]
-    if not isinstance(derived, dict):
-        raise ConfigError(f"--run: {path} has no \"derived\" facts (written by `fuse4seg train`)")
-    return derived
 
 
 def check_benchmark_matches(run: str | Path, config: TrainConfig, bench: Path) -> None:
@@ -85,19 +41,19 @@ def check_benchmark_matches(run: str | Path, config: TrainConfig, bench: Path) -
     other = read_benchmark_facts(bench / H5_NAME)
     trained = (int(derived["slice_height"]), int(derived["slice_width"]))
     if (other["height"], other["width"]) != trained:
-        raise ConfigError(f"--benchmark: {bench} has {other['height']} x {other['width']} slices but the run was "
-                          f"trained on {trained[0]} x {trained[1]} slices")
+        raise ConfigError(f"{bench} has {other['height']} x {other['width']} slices but the run was "
+                          f"trained on {trained[0]} x {trained[1]} slices", option="benchmark")
     own = derived.get("benchmark_slice_size")
-    if own is not None and other["slice_size"] is not None and own != other["slice_size"]:
-        raise ConfigError(f"--benchmark: {bench} was built with slice_size {other['slice_size']} but the run's "
-                          f"benchmark with {own} (a different crop/resize rule)")
+    if own is not None and own != other["slice_size"]:
+        raise ConfigError(f"{bench} was built with slice_size {other['slice_size']} but the run's "
+                          f"benchmark with {own} (a different crop/resize rule)", option="benchmark")
     try:
         reference = tuple(read_benchmark_facts(Path(config.benchmark) / H5_NAME)["fusion_inputs"])
     except DataError:  # the training benchmark moved away: the run's own fusion inputs are the reference
         reference = tuple(config.fusion_inputs)
     if tuple(other["fusion_inputs"]) != reference:
-        raise ConfigError(f"--benchmark: {bench} stores a fusion of {','.join(other['fusion_inputs'])} but the run's "
-                          f"benchmark fused {','.join(reference)}; its stored fusion is not comparable")
+        raise ConfigError(f"{bench} stores a fusion of {','.join(other['fusion_inputs'])} but the run's "
+                          f"benchmark fused {','.join(reference)}; its stored fusion is not comparable", option="benchmark")
 
 
 def _mean_fusion(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -115,16 +71,15 @@ def _stack_gap(slice_index: list[int]) -> float:
     return float(np.median(gaps)) if len(gaps) else 1.0
 
 
-def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limit: int | None = None,
-                batch_size: int = 16, spacing: np.ndarray | None = None) -> dict[str, Any]:
+def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, device: torch.device,
+                limit: int | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Every metric of ``pipeline`` on ``dataset``: per-slice/per-case segmentation, fusion, baselines.
 
-    ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm), or None (pixels).
+    ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm).
     """
     from fuse4seg.metrics import average_segmentation_metrics, fusion_metrics, segmentation_metrics
 
-    config = pipeline.config
-    inputs = config.fusion_inputs
+    inputs = pipeline.fusion_inputs
     per_slice, learned, stored, bg_dices = [], [], [], []
     cases: dict[str, dict[str, list]] = defaultdict(lambda: {"pred": [], "truth": [], "z": [], "row": []})
     can_fuse_metrics = len(inputs) >= 2
@@ -134,8 +89,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
         srcs = (b.source[:, pipeline.fusion_channels].numpy() * 255.0).astype(np.float64)
         for i in range(len(b.pred)):
             pred, truth = b.pred[i].numpy().astype(np.uint8), b.label[i].numpy().astype(np.uint8)
-            pixel = None if spacing is None else tuple(spacing[row, :2])
-            per_slice.append(segmentation_metrics(pred, truth, spacing=pixel))
+            per_slice.append(segmentation_metrics(pred, truth, spacing=tuple(spacing[row, :2])))
             c = cases[b.case_id[i]]
             c["pred"].append(pred)
             c["truth"].append(truth)
@@ -156,7 +110,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
         pred = np.stack([c["pred"][j] for j in order], axis=-1)
         truth = np.stack([c["truth"][j] for j in order], axis=-1)
         # One crop box per case, so its slices share (dy, dx); dz is the original voxel size along z.
-        dy, dx, dz = (1.0, 1.0, 1.0) if spacing is None else np.median(spacing[c["row"]], axis=0)
+        dy, dx, dz = np.median(spacing[c["row"]], axis=0)
         m = segmentation_metrics(pred, truth, spacing=(dy, dx, _stack_gap(c["z"]) * dz))
         per_case[case_id] = m
         case_rows.append(m)
@@ -166,7 +120,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, device: torch.device, limi
     elif not learned and not stored:
         notes.append(f"fusion metrics need slices of at least {VIF_MIN_SIZE} px; skipped")
     return {
-        "slices": len(per_slice), "cases": len(per_case), "hd95_unit": "pixels" if spacing is None else "mm",
+        "slices": len(per_slice), "cases": len(per_case), "hd95_unit": "mm",
         "segmentation": {"per_slice": average_segmentation_metrics(per_slice),
                          "per_case": average_segmentation_metrics(case_rows)},
         "per_case": per_case,
@@ -187,8 +141,8 @@ def _gallery_rows(pipeline: Pipeline, dataset: Dataset, device: torch.device, co
     stored = torch.stack([it["fused"] for it in items]).to(device)
     with torch.no_grad():
         fused, logits = pipeline.forward(source, stored)
-    pred = predict_labels(logits, pipeline.config.region_based).cpu()
-    shown = fused if fused is not None else (stored if pipeline.config.seg_inputs() == ("fused",) else None)
+    pred = predict_labels(logits, pipeline.region_based).cpu()
+    shown = fused if fused is not None else (stored if pipeline.seg_inputs == ("fused",) else None)
     return [
         {"case_id": str(it["case_id"]), "slice_index": int(it["slice_index"]),
          "sources": source[j, pipeline.fusion_channels].cpu().numpy(),
@@ -212,36 +166,27 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
         raise DataError(f"{bench}: split {split!r} has no slices")
     if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
         check_benchmark_matches(run, config, bench)
-    if isinstance(dataset, InMemorySplit):
-        spacing = dataset.spacing  # read with the slices: no second open
-    else:
-        h5, _ = open_validated(bench / H5_NAME)
-        with h5:
-            spacing = read_spacing(h5, split, bench / H5_NAME)
-    unit = "pixels" if spacing is None else "mm"
     metrics: dict[str, Any] = {
         "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode,
         "split": split, "benchmark": str(bench), "fusion_inputs": list(config.fusion_inputs),
-        "seg_inputs": list(config.seg_inputs()), "hypergrad": config.hypergrad if config.mode == "bilevel" else None,
+        "seg_inputs": list(config.seg_inputs()), "hypergrad": config.method if MODES[config.mode].hypergradient else None,
         "conventions": {
             "per_slice": "2-D metrics per slice, averaged over slices",
             "per_case": "a case's slices stacked in slice order into a 3-D volume; spacing of the stacking axis "
-                        "= median slice-index gap" + (" x slice thickness" if spacing is not None else ""),
-            "hd95": ("HD95 in mm: per slice with the pixel size (dy, dx), per case with (dy, dx, gap x dz), from the "
-                     "benchmark's spacing" if spacing is not None else
-                     "HD95 in pixels (this benchmark predates the spacing dataset: in-plane benchmark pixels, "
-                     "slice-index gaps along the stack; not comparable with BraTS HD95 in mm)"),
+                        "= median slice-index gap x slice thickness",
+            "hd95": "HD95 in mm: per slice with the pixel size (dy, dx), per case with (dy, dx, gap x dz), from the "
+                    "benchmark's spacing",
             "fusion": "fusion_metrics on the 0-255 scale vs the fusion inputs; SSIM data_range 255; MI, VIF and "
                       "SSIM summed over sources, Qabf and CC averaged, SCD the mean over source pairs",
             "empty_masks": "BraTS rule: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 = diagonal",
         },
     }
-    metrics["hd95_unit"] = unit
+    metrics["hd95_unit"] = "mm"
     metrics["benchmark_fusion_method"] = str(getattr(dataset, "attrs", {}).get("fusion_method", ""))
-    metrics.update(score_split(pipeline, dataset, dev, max_slices, spacing=spacing))
+    metrics.update(score_split(pipeline, dataset, dataset.spacing, dev, max_slices))
     if compare_untrained:
         untrained = build_pipeline(config).to(dev).train(False)
-        base = score_split(untrained, dataset, dev, max_slices, spacing=spacing)
+        base = score_split(untrained, dataset, dataset.spacing, dev, max_slices)
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     rows = _gallery_rows(pipeline, dataset, dev, gallery)
     with atomic_dir(Path(run) / "eval", overwrite=True) as tmp:

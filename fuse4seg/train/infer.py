@@ -6,8 +6,7 @@ RUN/config.json as ``benchmark_slice_size``) is applied: with a ``--size`` S eve
 cropped to the square around the brain mask's bounding box (union over slices) and resized to S x S
 (:mod:`fuse4seg.data.geometry`, as ``build-benchmark --size`` does), even when the case is already
 S x S; with 0 (volume size kept) slices are used as they are and must match the training size.
-Runs on benchmarks that predate the attribute fall back to cropping only when the case's in-plane
-size differs from the training slices (H, W). The outputs are mapped back: the fused image is resized
+The outputs are mapped back: the fused image is resized
 bilinearly, the segmentation logits are resized bilinearly before taking labels, and both are
 pasted into a zero volume of the input's shape. Labels outside the brain mask are set to
 background, and labels are written in the case's release scheme (e.g. 4 for ET in BraTS 2021).
@@ -27,8 +26,8 @@ import torch.nn.functional as F
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
 from fuse4seg.train.device import resolve_device
-from fuse4seg.train.evaluate import load_run, pipeline_from_checkpoint, run_derived
 from fuse4seg.train.networks import Pipeline
+from fuse4seg.train.run import load_run, pipeline_from_checkpoint, run_derived
 
 
 def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
@@ -36,8 +35,8 @@ def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
     try:
         return int(derived["slice_height"]), int(derived["slice_width"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--run: cannot read the training slice size from {Path(run) / 'config.json'}: "
-                          f"{exc}") from None
+        raise ConfigError(f"cannot read the training slice size from {Path(run) / 'config.json'}: {exc}",
+                          option="run") from None
 
 
 def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int]) -> torch.Tensor:
@@ -50,36 +49,33 @@ def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[in
     return out
 
 
-def uses_crop(shape: tuple[int, int], size: tuple[int, int], slice_size: int | None) -> bool:
+def uses_crop(shape: tuple[int, int], size: tuple[int, int], slice_size: int) -> bool:
     """Whether a case with (X, Y) slices ``shape`` is cropped and resized for a run trained on (H, W) ``size``
-    slices of a benchmark with root attribute ``slice_size`` (None: absent, guess from the sizes).
+    slices of a benchmark with root attribute ``slice_size`` (0: volume size kept).
 
     ConfigError when the case cannot be brought to the training geometry.
     """
     shape, size = tuple(shape), tuple(size)
-    if slice_size is None:  # benchmark predates slice_size: crop only when the sizes differ
-        if shape != size and size[0] != size[1]:
-            raise ConfigError(f"--case: slices are {shape} but the run was trained on non-square {size} slices")
-        return shape != size
     if slice_size == 0:
         if shape != size:
-            raise ConfigError(f"--case: slices are {shape[0]} x {shape[1]} but the run's benchmark kept the volume "
+            raise ConfigError(f"slices are {shape[0]} x {shape[1]} but the run's benchmark kept the volume "
                               f"size {size[0]} x {size[1]} (built without --size); rebuild it with --size to apply "
-                              f"the run to other sizes")
+                              f"the run to other sizes", option="case")
         return False
     if size != (slice_size, slice_size):
-        raise ConfigError(f"--run: the benchmark's slice_size {slice_size} disagrees with the training slices {size}")
+        raise ConfigError(f"the benchmark's slice_size {slice_size} disagrees with the training slices {size}",
+                          option="run")
     return True
 
 
 def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarray, size: tuple[int, int],
-                   device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16,
-                   slice_size: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+                   device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16, *,
+                   slice_size: int) -> tuple[np.ndarray | None, np.ndarray]:
     """(4, X, Y, Z) sources in [0, 1] -> (fused (X, Y, Z) float32 in [0, 1] or None, labels (X, Y, Z) uint8).
 
     Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize to the training
-    ``size`` when :func:`uses_crop` says so for ``slice_size`` (the benchmark's root attribute, None if
-    absent); labels are canonical {0..3}, background outside the brain.
+    ``size`` when :func:`uses_crop` says so for ``slice_size`` (the benchmark's root attribute);
+    labels are canonical {0..3}, background outside the brain.
     """
     from fuse4seg.data.geometry import crop_resize_images, square_box
     from fuse4seg.fusion import fuse_batch
@@ -91,7 +87,7 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
     if uses_crop(shape, size, slice_size):
         box = square_box(brain_mask.any(axis=2))
         slices = crop_resize_images(slices, box, size[0])
-    needs_stored = pipeline.fusion is None and pipeline.config.seg_inputs() == ("fused",)
+    needs_stored = pipeline.fusion is None and pipeline.seg_inputs == ("fused",)
     fused_parts, logit_parts = [], []
     with torch.no_grad():
         for start in range(0, len(slices), batch_size):
@@ -110,7 +106,7 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
     if box is not None:
         logits = _paste(logits, box, shape)
         fused = None if fused is None else _paste(fused, box, shape)
-    labels = predict_labels(logits, pipeline.config.region_based).numpy().astype(np.uint8)  # (Z, X, Y)
+    labels = predict_labels(logits, pipeline.region_based).numpy().astype(np.uint8)  # (Z, X, Y)
     labels = np.moveaxis(labels, 0, -1) * brain_mask.astype(np.uint8)
     fused_vol = None if fused is None else np.clip(np.moveaxis(fused[:, 0].numpy(), 0, -1), 0.0, 1.0)
     return (None if fused_vol is None else fused_vol.astype(np.float32)), labels
@@ -137,9 +133,9 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     case = load_case(files, require_label=False)
     method = str(derived.get("benchmark_fusion_method") or "laplacian")
     slice_size = derived.get("benchmark_slice_size")
-    if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0):
-        raise ConfigError(f"--run: {Path(run) / 'config.json'} has benchmark_slice_size {slice_size!r}, "
-                          f"expected an integer >= 0")
+    if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0:
+        raise ConfigError(f"{Path(run) / 'config.json'} has benchmark_slice_size {slice_size!r}, expected an "
+                          f"integer >= 0 (a run trained on a format-1 benchmark: retrain on a rebuilt one)", option="run")
     fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method,
                                    slice_size=slice_size)
     seg = from_canonical_labels(labels, case.scheme)
@@ -167,10 +163,10 @@ def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] |
     path = Path(path)
     config, pipeline, state = pipeline_from_checkpoint(path)
     if "fusion" not in state["models"]:
-        raise ConfigError(f"--fusion-checkpoint: {path} ({config.mode} mode) has no fusion network")
+        raise ConfigError(f"{path} ({config.mode} mode) has no fusion network", option="fusion_checkpoint")
     if fusion_inputs is not None and tuple(fusion_inputs) != tuple(config.fusion_inputs):
-        raise ConfigError(f"--fusion-inputs {','.join(fusion_inputs)}: the fusion network in {path} was trained on "
-                          f"{','.join(config.fusion_inputs)}")
+        raise ConfigError(f"the fusion network in {path} was trained on {','.join(config.fusion_inputs)}, "
+                          f"not {','.join(fusion_inputs)}", option="fusion_inputs")
     dev = resolve_device(device)
     net = pipeline.fusion.to(dev).eval()
 

@@ -1,4 +1,4 @@
-"""One optimisation step per training mode, on the same networks, optimisers and batches.
+"""Training modes: one registry entry per mode, and one optimisation step each, on the same networks.
 
 Bi-level (``bilevel``), as implemented here, with F_phi the fusion net and S_theta the segmenter:
 
@@ -9,7 +9,10 @@ Bi-level (``bilevel``), as implemented here, with F_phi the fusion net and S_the
 
 x_fit / y_fit is one batch of the train split's fitting part, x_hold / y_hold one batch of its
 held-out cases; the hypergradient d/dphi goes through the K inner steps by the chosen method of
-fuse4seg.bilevel. The inner optimiser's state (momentum, Adam moments) is carried across outer steps.
+fuse4seg.bilevel (``module_hypergradient``). The inner optimiser's state (momentum, Adam moments)
+is carried across outer steps.
+
+Nothing outside this module compares mode names: code asks the :class:`Mode` (``MODES[name]``).
 """
 
 from __future__ import annotations
@@ -17,19 +20,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from fuse4seg.bilevel import (
+    OPTION_NAMES,
+    NonFiniteHypergradient,
+    assign_grads,
+    check_method,
+    load_params,
+    module_hypergradient,
+)
+from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss
-from fuse4seg.train.config import TrainConfig
-from fuse4seg.train.networks import Pipeline
+
+if TYPE_CHECKING:
+    from fuse4seg.train.config import TrainConfig
+    from fuse4seg.train.networks import Pipeline
 
 Batch = dict[str, Any]
-#: A loss closure over (phi, theta) parameter dicts -> scalar tensor.
-LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
+#: A loss of the two networks, given as callables (fusion F, segmenter S) -> scalar tensor.
+ModuleLoss = Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], torch.Tensor]
 
 
 class NonFiniteStep(ArithmeticError):
@@ -45,11 +58,22 @@ class StepResult:
 
 @dataclass
 class Optimisers:
-    """Torch optimisers of the fusion net (upper) and the segmenter (lower, unused in bilevel)."""
+    """Torch optimisers of the fusion net (upper) and the segmenter (lower), as the mode needs them."""
 
     upper: torch.optim.Optimizer | None
     lower: torch.optim.Optimizer | None
     inner_state: dict[str, Any] | None = None  # bilevel: inner optimiser state carried across steps
+
+
+class Training(Protocol):
+    """What a step reads and updates (the Trainer)."""
+
+    config: TrainConfig
+    pipeline: Pipeline
+    opts: Optimisers
+    device: torch.device
+    step: int
+    fusion_steps: int
 
 
 def make_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -60,13 +84,14 @@ def make_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.op
 
 
 def make_optimisers(config: TrainConfig, pipeline: Pipeline) -> Optimisers:
-    """The optimisers a mode needs; the bilevel segmenter is updated by the inner loop instead."""
-    upper = None
-    if pipeline.fusion is not None:
+    """The optimisers ``config``'s mode declares: upper over the fusion net, lower over the segmenter
+    (the bi-level segmenter is trained by the inner steps instead, at the same learning rate)."""
+    wanted = MODES[config.mode].optimisers
+    upper = lower = None
+    if "upper" in wanted:
         upper = make_optimiser(config.upper_optimizer, list(pipeline.fusion.parameters()), config.lr_upper)
-    lower = None if config.mode == "bilevel" else make_optimiser(
-        config.lower_optimizer, list(pipeline.seg.parameters()), config.lr_lower
-    )
+    if "lower" in wanted:
+        lower = make_optimiser(config.lower_optimizer, list(pipeline.seg.parameters()), config.hypergrad.lr)
     return Optimisers(upper, lower)
 
 
@@ -102,103 +127,68 @@ def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
             batch["label"].to(device, non_blocking=True).long())
 
 
-def hypergrad_options(config: TrainConfig) -> dict[str, Any]:
-    """Options for fuse4seg.bilevel.hypergradient from the config (only those the method reads)."""
-    opts: dict[str, Any] = {"steps": config.inner_steps, "lr": config.lr_lower, "optimizer": config.inner_optimizer}
-    if config.inner_optimizer == "momentum":
-        opts["momentum"] = config.inner_momentum
-    method = config.hypergrad
-    if method == "truncated":
-        opts["truncate"] = config.truncate if config.truncate is not None else 1
-    elif method == "finite-difference":
-        opts["eps"] = config.fd_eps
-    elif method == "implicit-cg":
-        opts.update(cg_iters=config.cg_iters, damping=config.damping)
-    elif method == "implicit-neumann":
-        opts.update(neumann_terms=config.neumann_terms, damping=config.damping)
-        if config.neumann_alpha is not None:
-            opts["neumann_alpha"] = config.neumann_alpha
-    return opts
-
-
-def bilevel_losses(pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device, record: dict[str, float]
-                   ) -> tuple[LossFn, LossFn]:
-    """(lower_loss, upper_loss) closures over (phi, theta) dicts for this step's batches.
+def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device,
+                   record: dict[str, float]) -> tuple[ModuleLoss, ModuleLoss]:
+    """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
 
     ``record`` receives the last evaluated upper-loss parts (for logging), as floats.
     """
-    config = pipeline.config
-    fusion, seg = pipeline.fusion, pipeline.seg
-    assert fusion is not None
     x_fit, _, y_fit = _inputs(fit, device)
     x_hold, _, y_hold = _inputs(hold, device)
     s_fit, s_hold = pipeline.fusion_sources(x_fit), pipeline.fusion_sources(x_hold)
 
-    def lower_loss(phi: dict[str, torch.Tensor], theta: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Segmentation loss of S_theta(F_phi(x_fit)) against y_fit (scalar)."""
-        fused = functional_call(fusion, phi, (s_fit,))
-        return segmentation_loss(functional_call(seg, theta, (fused,)), y_fit, config.region_based)
+    def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
+        return segmentation_loss(segment(fuse(s_fit)), y_fit, pipeline.region_based)
 
-    def upper_loss(phi: dict[str, torch.Tensor], theta: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_fuse(F_phi(x_fit), x_fit) + lambda * L_seg(S_theta(F_phi(x_hold)), y_hold) (scalar)."""
-        lf, _ = fusion_loss(functional_call(fusion, phi, (s_fit,)), s_fit, config.fusion_loss_weights or None)
-        ls = segmentation_loss(functional_call(seg, theta, (functional_call(fusion, phi, (s_hold,)),)), y_hold,
-                               config.region_based)
+    def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """L_fuse(F(x_fit), x_fit) + lambda * L_seg(S(F(x_hold)), y_hold) (scalar)."""
+        lf, _ = fusion_loss(fuse(s_fit), s_fit, config.fusion_loss_weights or None)
+        ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
         record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
         return lf + config.lambda_seg * ls
 
     return lower_loss, upper_loss
 
 
-def bilevel_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, hold: Batch, device: torch.device) -> StepResult:
+def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K."""
-    from fuse4seg.bilevel import NonFiniteHypergradient, hypergradient
-
-    config = pipeline.config
-    assert pipeline.fusion is not None and opts.upper is not None
+    config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
+    assert fusion is not None and opts.upper is not None and hold is not None
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(pipeline, fit, hold, device, record)
-    phi = dict(pipeline.fusion.named_parameters())
-    theta = {k: v.detach() for k, v in pipeline.seg.named_parameters()}
-    options = hypergrad_options(config)
-    if opts.inner_state is not None:
-        options["state"] = opts.inner_state
+    lower_loss, upper_loss = bilevel_losses(config, t.pipeline, fit, hold, t.device, record)
+    options = {name: getattr(config.hypergrad, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
     try:
-        result = hypergradient(phi, theta, lower_loss, upper_loss, method=config.hypergrad, **options)
+        result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, **options)
     except NonFiniteHypergradient as exc:
         raise NonFiniteStep(str(exc)) from None
-    grads, new_theta = result[0], result[1]
-    if not _finite(*new_theta.values()):
+    if not _finite(*result.lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the inner steps")
     upper_value = record.get("loss/fusion", math.nan) + config.lambda_seg * record.get("loss/seg_holdout", math.nan)
     if not math.isfinite(upper_value):
         raise NonFiniteStep("non-finite upper loss")
-    norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()])))
+    norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in result.grads.values()])))
     opts.upper.zero_grad(set_to_none=True)
-    for name, p in phi.items():
-        p.grad = grads[name].to(p.dtype)
+    assign_grads(fusion, result.grads)
     opts.upper.step()
-    with torch.no_grad():
-        for name, p in pipeline.seg.named_parameters():
-            p.copy_(new_theta[name])
-    opts.inner_state = getattr(result, "state", None)
-    info = getattr(result, "info", {}) or {}
+    load_params(seg, result.lower)
+    opts.inner_state = result.state
     scalars = {**record, "loss/upper": upper_value, "hypergrad/norm": norm}
-    if "lower_loss" in info:
-        scalars["loss/seg_inner"] = float(info["lower_loss"])
+    if "lower_loss" in result.info:
+        scalars["loss/seg_inner"] = float(result.info["lower_loss"])
     return StepResult(scalars)
 
 
-def joint_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.device) -> StepResult:
+def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """Both nets, one loss L_fuse + lambda * L_seg on the same batch, one backward (RMR-Fusion style)."""
-    config = pipeline.config
+    config, pipeline, opts = t.config, t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
-    x, _, y = _inputs(fit, device)
+    x, _, y = _inputs(fit, t.device)
     s = pipeline.fusion_sources(x)
     fused = pipeline.fusion(s)
     lf, _ = fusion_loss(fused, s, config.fusion_loss_weights or None)
     logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, y, config.region_based)
+    ls = segmentation_loss(logits, y, pipeline.region_based)
     loss = lf + config.lambda_seg * ls
     if not _finite(loss):
         raise NonFiniteStep(f"non-finite joint loss ({float(loss.detach())})")
@@ -216,31 +206,130 @@ def joint_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.d
     return StepResult(scalars)
 
 
-def two_stage_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.device, fusion_stage: bool
-                   ) -> StepResult:
-    """Stage 1: the fusion net on the fusion loss alone; stage 2: the segmenter on the frozen fusion."""
-    config = pipeline.config
+def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
+    """Stage 1 (the first ``t.fusion_steps`` steps): the fusion net on the fusion loss alone; stage 2: the
+    segmenter on the frozen fusion."""
+    pipeline, opts = t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
-    x, _, y = _inputs(fit, device)
+    x, _, y = _inputs(fit, t.device)
     s = pipeline.fusion_sources(x)
-    if fusion_stage:
+    if t.step < t.fusion_steps:
         fused = pipeline.fusion(s)
-        lf, _ = fusion_loss(fused, s, config.fusion_loss_weights or None)
+        lf, _ = fusion_loss(fused, s, t.config.fusion_loss_weights or None)
         norm = _backward_step(lf, opts.upper, "fusion")
         return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
     with torch.no_grad():
         fused = pipeline.fusion(s)
     logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, y, config.region_based)
+    ls = segmentation_loss(logits, y, pipeline.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
 
 
-def segmentation_step(pipeline: Pipeline, opts: Optimisers, fit: Batch, device: torch.device) -> StepResult:
+def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """``direct`` and ``feature-fusion``: the segmenter alone on its chosen inputs."""
+    pipeline, opts = t.pipeline, t.opts
     assert opts.lower is not None
-    x, stored, y = _inputs(fit, device)
+    x, stored, y = _inputs(fit, t.device)
     logits = pipeline.seg(pipeline.seg_input(x, stored, None))
-    ls = segmentation_loss(logits, y, pipeline.config.region_based)
+    ls = segmentation_loss(logits, y, pipeline.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})
+
+
+# ---- mode-specific checks and rules -----------------------------------------------------------------
+
+
+def _check_bilevel(c: TrainConfig) -> None:
+    """The inner steps are what trains the segmenter: at least one; the method must suit the engine options."""
+    from fuse4seg.train.config import TrainConfig
+    from fuse4seg.train.declare import relabelled
+
+    with relabelled(TrainConfig, "hypergrad"):
+        if c.hypergrad.steps < 1:
+            raise ConfigError(f"must be >= 1 (the inner steps train the segmenter), got {c.hypergrad.steps}",
+                              option="steps")
+        check_method(c.method, c.hypergrad)
+
+
+def _check_two_stage(c: TrainConfig) -> None:
+    """Stage 1 must have at least one step and leave steps for stage 2."""
+    if c.fusion_steps is not None:
+        if c.fusion_steps < 1:
+            raise ConfigError(f"must be >= 1, got {c.fusion_steps}", option="fusion_steps")
+        if c.steps is not None and c.fusion_steps >= c.steps:
+            raise ConfigError(f"must be < --steps ({c.steps}) to leave steps for segmentation", option="fusion_steps")
+
+
+def _fusion_stage(c: TrainConfig, total: int) -> int:
+    """Steps of two-stage's first stage: --fusion-steps, or half the total steps."""
+    if total < 2:
+        raise ConfigError("two-stage training needs at least 2 steps (one per stage)", option="steps")
+    steps = c.fusion_steps if c.fusion_steps is not None else total // 2
+    if steps >= total:
+        raise ConfigError(f"must be < the total steps ({total})", option="fusion_steps")
+    return steps
+
+
+def _check_feature_fusion(c: TrainConfig) -> None:
+    """One encoder per modality: the inputs must be modalities."""
+    if "fused" in MODES[c.mode].seg_inputs(c):
+        raise ConfigError("feature-fusion needs modalities, not the fused image", option="inputs")
+
+
+def _no_check(c: TrainConfig) -> None:
+    """No mode-specific rule."""
+
+
+def _fused(c: TrainConfig) -> tuple[str, ...]:
+    """The segmenter reads the (learned or stored) fused image."""
+    return ("fused",)
+
+
+# ---- the registry -------------------------------------------------------------------------------------
+
+StepFn = Callable[[Training, Batch, "Batch | None"], StepResult]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A training mode: which networks it has and trains, with which optimisers, and its step.
+
+    ``optimisers``: the torch optimisers it needs, "upper" (fusion net) and/or "lower" (segmenter);
+    ``holds_out``: train cases are held out for the upper loss; ``hypergradient``: the fusion net
+    learns from hypergradients through the segmenter's inner steps (``--hypergrad`` and the
+    engine's options apply); ``seg_inputs``: the segmenter's input channels for a config;
+    ``seg_model``: a fixed segmentation network instead of ``--seg-model``; ``fusion_stage``:
+    (config, total steps) -> steps of a first stage that trains the fusion net alone; ``check``:
+    mode-specific validation of a config.
+    """
+
+    name: str
+    step: StepFn
+    has_fusion: bool
+    optimisers: tuple[str, ...]
+    holds_out: bool = False
+    hypergradient: bool = False
+    seg_inputs: Callable[[TrainConfig], tuple[str, ...]] = _fused
+    seg_model: str | None = None
+    fusion_stage: Callable[[TrainConfig, int], int] | None = None
+    check: Callable[[TrainConfig], None] = _no_check
+
+
+#: Every training mode, run by the same loop (fuse4seg.train.loop), by name.
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("bilevel", bilevel_step, has_fusion=True, optimisers=("upper",), holds_out=True, hypergradient=True,
+         check=_check_bilevel),
+    Mode("two-stage", two_stage_step, has_fusion=True, optimisers=("upper", "lower"), fusion_stage=_fusion_stage,
+         check=_check_two_stage),
+    Mode("joint", joint_step, has_fusion=True, optimisers=("upper", "lower")),
+    Mode("direct", segmentation_step, has_fusion=False, optimisers=("lower",),
+         seg_inputs=lambda c: c.inputs or ("fused",)),
+    Mode("feature-fusion", segmentation_step, has_fusion=False, optimisers=("lower",),
+         seg_inputs=lambda c: c.inputs or c.fusion_inputs, seg_model="feature-fusion", check=_check_feature_fusion),
+)}
+
+
+def names(where: Callable[[Mode], bool]) -> tuple[str, ...]:
+    """Names of the modes for which ``where`` holds, in registry order (for option declarations)."""
+    return tuple(name for name, mode in MODES.items() if where(mode))

@@ -7,13 +7,17 @@ network sees are chosen in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES, REGIONS, modality_indices
 from fuse4seg.errors import ConfigError
-from fuse4seg.train.config import FUSION_MODES, TrainConfig
+from fuse4seg.train.modes import MODES
+
+if TYPE_CHECKING:
+    from fuse4seg.train.config import TrainConfig
 
 #: Region-based training predicts WT, TC, ET sigmoids instead of 4-class softmax logits.
 NUM_REGIONS = len(REGIONS)
@@ -21,16 +25,24 @@ NUM_REGIONS = len(REGIONS)
 
 @dataclass
 class Pipeline:
-    """Fusion network (None for direct/feature-fusion) and segmentation network, with input selection."""
+    """Fusion network (None for direct/feature-fusion) and segmentation network, with input selection.
 
-    config: TrainConfig
+    ``fusion_inputs``: the modalities the fusion network fuses (and fusion metrics compare with);
+    ``seg_inputs``: the segmenter's input channels, ``("fused",)`` (the learned fused image, or the
+    stored one without a fusion network) or modality names; ``region_based``: the segmenter
+    predicts WT/TC/ET sigmoids instead of 4-class logits.
+    """
+
     fusion: nn.Module | None
     seg: nn.Module
+    fusion_inputs: tuple[str, ...]
+    seg_inputs: tuple[str, ...] = ("fused",)
+    region_based: bool = False
 
     @property
     def fusion_channels(self) -> list[int]:
         """Indices into the 4 MODALITIES of the fusion network's inputs."""
-        return modality_indices(self.config.fusion_inputs)
+        return modality_indices(self.fusion_inputs)
 
     def fusion_sources(self, source: torch.Tensor) -> torch.Tensor:
         """(N, 4, H, W) sources in MODALITIES order -> (N, C, H, W) fusion inputs."""
@@ -45,15 +57,14 @@ class Pipeline:
     def seg_input(self, source: torch.Tensor, stored_fused: torch.Tensor | None, fused: torch.Tensor | None
                   ) -> torch.Tensor:
         """The segmentation network's input (N, S, H, W): learned fused, stored fused or chosen modalities."""
-        inputs = self.config.seg_inputs()
-        if self.config.mode in FUSION_MODES:
+        if self.fusion is not None:
             assert fused is not None
             return fused
-        if inputs == ("fused",):
+        if self.seg_inputs == ("fused",):
             if stored_fused is None:
-                raise ConfigError("--inputs fused: this data has no stored fused image; choose modalities")
+                raise ConfigError("this data has no stored fused image to read; choose modalities", option="inputs")
             return stored_fused
-        return source[:, modality_indices(inputs)]
+        return source[:, modality_indices(self.seg_inputs)]
 
     def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -95,10 +106,11 @@ def num_outputs(config: TrainConfig) -> int:
 
 
 def _options(name: str, options: dict, fixed: dict) -> dict:
-    """Merge user model options with the ones the pipeline fixes; ConfigError if the user set those."""
+    """Merge user model options (option ``name``) with the ones the pipeline fixes; ConfigError if the user
+    set those."""
     clash = sorted(set(options) & set(fixed))
     if clash:
-        raise ConfigError(f"{name}: option {clash[0]!r} is set by the training mode, remove it")
+        raise ConfigError(f"option {clash[0]!r} is set by the training mode, remove it", option=name)
     return {**options, **fixed}
 
 
@@ -106,19 +118,18 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
     """Build the networks of ``config`` with initial weights drawn from ``seed`` (default config.seed)."""
     from fuse4seg.models import build_model
 
+    mode = MODES[config.mode]
     torch.manual_seed(config.seed if seed is None else seed)
     fusion = None
-    if config.mode in FUSION_MODES:
+    if mode.has_fusion:
         fusion = build_model(
             config.fusion_model,
-            **_options("--fusion-options", config.fusion_options, {"in_channels": len(config.fusion_inputs)}),
+            **_options("fusion_options", config.fusion_options, {"in_channels": len(config.fusion_inputs)}),
         )
-        seg_in = 1
-    else:
-        seg_in = len(config.seg_inputs())
-    seg_name = "feature-fusion" if config.mode == "feature-fusion" else config.seg_model
+    seg_inputs = mode.seg_inputs(config)
     seg = build_model(
-        seg_name,
-        **_options("--seg-options", config.seg_options, {"in_channels": seg_in, "num_classes": num_outputs(config)}),
+        mode.seg_model or config.seg_model,
+        **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
+                                                        "num_classes": num_outputs(config)}),
     )
-    return Pipeline(config, fusion, seg)
+    return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based)

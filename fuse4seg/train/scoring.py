@@ -42,7 +42,7 @@ def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
                 source = batch["source"].to(device)
                 stored = batch["fused"].to(device)
                 fused, logits = pipeline.forward(source, stored)
-                pred = predict_labels(logits, pipeline.config.region_based)
+                pred = predict_labels(logits, pipeline.region_based)
                 yield PredictedBatch(
                     batch["source"], batch["fused"], None if fused is None else fused.cpu(), pred.cpu(),
                     batch["label"].long(), [str(c) for c in batch["case_id"]],

@@ -1,0 +1,159 @@
+"""A run directory: its options, its checkpoints, and loading a trained run back.
+
+    RUN/config.json            {"options": every option by key, "derived": facts resolved from the data}
+    RUN/last.pt, RUN/best.pt   checkpoints (layout: fuse4seg.train.checkpoint.TrainingState)
+
+``evaluate``, ``fuse`` and ``build-benchmark --fusion-checkpoint`` load runs through this module;
+``--resume`` resolves its options here (:func:`resolve_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fuse4seg.errors import ConfigError, DataError, flag_for
+from fuse4seg.io import one_line
+from fuse4seg.train.checkpoint import load_checkpoint
+from fuse4seg.train.config import (
+    OPTIONS,
+    RESUMABLE,
+    TrainConfig,
+    build_config,
+    check_relevant,
+    config_from_dict,
+    load_toml,
+    validate,
+)
+from fuse4seg.train.declare import plain
+from fuse4seg.train.networks import Pipeline, build_pipeline
+
+CHECKPOINTS = ("best", "last")
+
+
+def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write every resolved option (plus ``extra`` derived facts under "derived") to JSON atomically."""
+    from fuse4seg.io import atomic_write_text
+
+    payload = {"options": c.to_dict(), "derived": extra or {}}
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_run_config(path: str | Path, option: str = "run") -> tuple[TrainConfig, dict[str, Any]]:
+    """Read ``RUN/config.json`` once: (its TrainConfig, its "derived" facts dict, {} if absent).
+
+    ConfigError naming the parameter ``option`` (the one that gave the run) if the file is missing or malformed.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        options = payload["options"]
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found (is {path.parent} a training run?)", option=option) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a fuse4seg run config: {exc}", option=option) from None
+    derived = payload.get("derived", {})
+    return config_from_dict(options, f" (in {path})"), derived
+
+
+def read_config_json(path: str | Path, option: str = "run") -> TrainConfig:
+    """Read ``RUN/config.json`` back into a TrainConfig; ConfigError naming ``option`` if missing or malformed."""
+    return read_run_config(path, option)[0]
+
+
+def run_derived(run: str | Path) -> dict[str, Any]:
+    """RUN/config.json's "derived" facts (slice size, benchmark fusion rule, slice_size, ...), after
+    :func:`read_run_config` has checked that the file is a run config; ConfigError otherwise."""
+    path = Path(run) / "config.json"
+    derived = read_run_config(path)[1]
+    if not isinstance(derived, dict):
+        raise ConfigError(f"{path} has no \"derived\" facts (written by `fuse4seg train`)", option="run")
+    return derived
+
+
+def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) -> TrainConfig:
+    """The run's configuration; with ``resume`` it is RUN/config.json plus the few options allowed to change."""
+    if not overrides.get("resume"):
+        return build_config(overrides, toml, strict=True)
+    out = overrides.get("out")
+    if not out:
+        raise ConfigError("the run directory to resume is required", option="out")
+    stored = read_config_json(Path(out) / "config.json", "out")
+    given = dict(load_toml(toml)) if toml is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    values = stored.to_dict()
+    probe = config_from_dict({k: v for k, v in given.items() if k in OPTIONS}, " (given with --resume)")
+    for key in given:
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown option {flag_for(key)}")
+        new, old = OPTIONS[key].get(probe), OPTIONS[key].get(stored)
+        if key in RESUMABLE:
+            values[key] = plain(new)
+        elif new != old:
+            raise ConfigError(f"{new!r} differs from the run being resumed ({old!r}); only --steps/--epochs and "
+                              "logging options may change on --resume", option=key)
+    if "steps" in given and "epochs" not in given:
+        values["epochs"] = None
+    if "epochs" in given and "steps" not in given:
+        values["steps"] = None
+    config = config_from_dict(values, f" (in {out}/config.json)")
+    config.resume = True
+    validate(config)
+    check_relevant(config, set(given))
+    return config
+
+
+def prepare_run_dir(config: TrainConfig, create: bool = True) -> Path:
+    """Check RUN and, with ``create``, (re)create it; an existing non-run directory is never deleted."""
+    run = Path(config.out)
+    if config.resume:
+        if not (run / "last.pt").is_file():
+            raise ConfigError(f"{run / 'last.pt'} not found; nothing to resume", option="resume")
+        return run
+    if run.exists():
+        if not run.is_dir():
+            raise ConfigError(f"{run} exists and is not a directory", option="out")
+        if any(run.iterdir()):
+            if not config.overwrite:
+                raise ConfigError(f"{run} already exists (pass --resume to continue it or --overwrite)", option="out")
+            if not (run / "config.json").is_file():
+                raise ConfigError(f"{run} is not a fuse4seg run (no config.json); refusing to overwrite it",
+                                  option="out")
+            if create:
+                shutil.rmtree(run)
+    if not create:
+        return run
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {run}: {exc.strerror}", option="out") from None
+    return run
+
+
+def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, dict]:
+    """Config, pipeline (on CPU) with the weights of the checkpoint file ``path``, and the checkpoint;
+    DataError (one line, naming the file) if the weights do not fit the networks its config builds."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"], f" (in {path})")
+    pipeline = build_pipeline(config)
+    try:
+        pipeline.load_state_dicts(state["models"])
+    except (KeyError, RuntimeError) as exc:
+        raise DataError(f"checkpoint {path}: weights do not fit the networks: {one_line(exc)}") from None
+    return config, pipeline, state
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[TrainConfig, Pipeline, dict]:
+    """Config, pipeline with the checkpoint's weights (eval mode, on ``device``) and the checkpoint."""
+    from fuse4seg.train.device import resolve_device
+
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"choose one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}", option="checkpoint")
+    run = Path(run)
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a directory", option="run")
+    config, pipeline, state = pipeline_from_checkpoint(run / f"{checkpoint}.pt")
+    return config, pipeline.to(resolve_device(device)).train(False), state
