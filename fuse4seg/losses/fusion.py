@@ -7,6 +7,7 @@ image is what the loss asks for. :func:`fusion_loss` combines them with :data:`D
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,28 +56,14 @@ def gradient_loss(fused: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(gradient_magnitude(fused), gradient_magnitude(sources).amax(dim=1, keepdim=True))
 
 
-def ssim_loss(
-    fused: torch.Tensor,
-    sources: torch.Tensor,
-    window: str = "gaussian",
-    win_size: int | None = None,
-    sigma: float = 1.5,
-    data_range: float = 1.0,
-) -> torch.Tensor:
-    """Mean over sources and batch of 1 - SSIM(fused, source_c), SSIM as :func:`fuse4seg.losses.filters.ssim`.
+def ssim_loss(fused: torch.Tensor, sources: torch.Tensor, **ssim_options: Any) -> torch.Tensor:
+    """Mean over sources and batch of 1 - SSIM(fused, source_c), SSIM as :func:`fuse4seg.losses.filters.ssim`
+    (``ssim_options``: its window, win_size, sigma, data_range, k1, k2).
 
     Defaults: Gaussian window sigma 1.5 (11 x 11), K1 0.01, K2 0.03, data range 1.
     """
     check_pair(fused, sources)
-    s = ssim(
-        fused.expand_as(sources),
-        sources,
-        window=window,
-        win_size=win_size,
-        sigma=sigma,
-        data_range=data_range,
-    )
-    return 1.0 - s.mean()
+    return 1.0 - ssim(fused.expand_as(sources), sources, **ssim_options).mean()
 
 
 def frequency_loss(

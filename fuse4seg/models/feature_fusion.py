@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES
-from fuse4seg.models.blocks import crop_to, pad_to_multiple, run_encoder, segmenter_plan, unet_encoder
-from fuse4seg.models.unet import UNetDecoder
+from fuse4seg.models.blocks import SegmenterPlan, run_encoder, unet_encoder
+from fuse4seg.models.unet import Segmenter
 
 
-class FeatureFusionSegmenter(nn.Module):
+class FeatureFusionSegmenter(Segmenter):
     """One UNet encoder per modality, merged per scale by concat + 1x1 conv, one shared decoder.
 
     (N, in_channels, H, W) sources -> (N, num_classes, H, W) logits. Options: ``in_channels``
@@ -19,27 +19,17 @@ class FeatureFusionSegmenter(nn.Module):
     ("group" | "instance"). Any H, W: padded to a multiple of 2^depth inside ``forward``.
     """
 
-    kind = "segmentation"
-
-    def __init__(
-        self,
-        in_channels: int = 2,
-        num_classes: int = NUM_CLASSES,
-        width: int = 16,
-        depth: int = 4,
-        norm: str = "group",
-    ) -> None:
+    def __init__(self, in_channels: int = 2, num_classes: int = NUM_CLASSES, width: int = 16, depth: int = 4,
+                 norm: str = "group") -> None:
         """Build the network; ConfigError for invalid options."""
-        super().__init__()
-        plan = segmenter_plan(in_channels, num_classes, width, depth, norm)
-        self.in_channels, self.num_classes, self.depth = plan.in_channels, plan.num_classes, plan.depth
+        super().__init__(in_channels, num_classes, width, depth, norm)
+
+    def build_encoder(self, plan: SegmenterPlan) -> None:
+        """One 1-channel encoder per modality, then a 1x1 merge per scale."""
         self.encoders = nn.ModuleList(unet_encoder(1, plan.channels, plan.norm) for _ in range(self.in_channels))
         self.merge = nn.ModuleList(nn.Conv2d(self.in_channels * c, c, 1) for c in plan.channels)
-        self.decoder = UNetDecoder(plan.channels, self.num_classes, plan.norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segment (N, in_channels, H, W) multi-modal sources into (N, num_classes, H, W) logits."""
-        x, size = pad_to_multiple(x, 2**self.depth)
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each modality's features, merged per scale."""
         per_modality = [run_encoder(encoder, x[:, m : m + 1]) for m, encoder in enumerate(self.encoders)]
-        merged = [merge(torch.cat([f[i] for f in per_modality], dim=1)) for i, merge in enumerate(self.merge)]
-        return crop_to(self.decoder(merged[-1], merged[:-1]), size)
+        return [merge(torch.cat([f[i] for f in per_modality], dim=1)) for i, merge in enumerate(self.merge)]

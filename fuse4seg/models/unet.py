@@ -8,6 +8,7 @@ from torch import nn
 from fuse4seg.conventions import NUM_CLASSES
 from fuse4seg.models.blocks import (
     DoubleConv,
+    SegmenterPlan,
     crop_to,
     pad_to_multiple,
     run_encoder,
@@ -39,7 +40,38 @@ class UNetDecoder(nn.Module):
         return self.out(x)
 
 
-class UNet(nn.Module):
+class Segmenter(nn.Module):
+    """What the UNet-style segmenters share: their options, checked into a channel plan; the decoder; and
+    padding inputs to a multiple of 2^depth (logits cropped back). A subclass builds its encoder in
+    :meth:`build_encoder` (before the decoder, so parameters are created, and drawn, in that order) and
+    returns per-scale features (finest first, bottleneck last) from :meth:`encode`."""
+
+    kind = "segmentation"
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, depth: int, norm: str) -> None:
+        """Check the options (ConfigError), build the encoder, then the decoder."""
+        super().__init__()
+        plan = segmenter_plan(in_channels, num_classes, width, depth, norm)
+        self.in_channels, self.num_classes, self.depth = plan.in_channels, plan.num_classes, plan.depth
+        self.build_encoder(plan)
+        self.decoder = UNetDecoder(plan.channels, self.num_classes, plan.norm)
+
+    def build_encoder(self, plan: SegmenterPlan) -> None:
+        """Create the encoder's modules for ``plan``."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of padded (N, in_channels, H, W) ``x`` at every scale, finest first."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment (N, in_channels, H, W) images into (N, num_classes, H, W) logits."""
+        x, size = pad_to_multiple(x, 2**self.depth)
+        features = self.encode(x)
+        return crop_to(self.decoder(features[-1], features[:-1]), size)
+
+
+class UNet(Segmenter):
     """2-D UNet with GroupNorm or InstanceNorm (never BatchNorm): image -> (N, num_classes, H, W) logits.
 
     Options: ``in_channels`` (1: one fused image), ``num_classes`` (4 canonical labels; 3 for
@@ -50,25 +82,15 @@ class UNet(nn.Module):
     one pixel to normalise over (torch refuses instance statistics of a single pixel).
     """
 
-    kind = "segmentation"
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = NUM_CLASSES,
-        width: int = 16,
-        depth: int = 4,
-        norm: str = "group",
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES, width: int = 16, depth: int = 4,
+                 norm: str = "group") -> None:
         """Build the network; ConfigError for invalid options."""
-        super().__init__()
-        plan = segmenter_plan(in_channels, num_classes, width, depth, norm)
-        self.in_channels, self.num_classes, self.depth = plan.in_channels, plan.num_classes, plan.depth
-        self.encoder = unet_encoder(self.in_channels, plan.channels, plan.norm)
-        self.decoder = UNetDecoder(plan.channels, self.num_classes, plan.norm)
+        super().__init__(in_channels, num_classes, width, depth, norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segment (N, in_channels, H, W) images into (N, num_classes, H, W) logits."""
-        x, size = pad_to_multiple(x, 2**self.depth)
-        skips = run_encoder(self.encoder, x)
-        return crop_to(self.decoder(skips[-1], skips[:-1]), size)
+    def build_encoder(self, plan: SegmenterPlan) -> None:
+        """One encoder over all input channels."""
+        self.encoder = unet_encoder(self.in_channels, plan.channels, plan.norm)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's features at every scale."""
+        return run_encoder(self.encoder, x)
