@@ -194,7 +194,7 @@ def where_used(d: Declared) -> tuple[tuple[str, ...] | None, str | None]:
     """(modes that read option ``d`` or None for all, where it applies in words or None)."""
     group = d.group.metadata if d.group is not None else {}
     modes = d.metadata.get("modes") or (None if d.path[-1] in group.get("every_mode", ()) else group.get("modes"))
-    parts = [d.metadata.get("where") or "--mode " + ", ".join(modes)] if modes else []
+    parts = [d.metadata.get("where") or f"{_flag(('mode',))} " + ", ".join(modes)] if modes else []
     if d.group is not None and d.path[-1] not in group.get("every_mode", ()):
         if "methods" in d.metadata:
             parts.append(f"{_flag(('method',))} " + " or ".join(d.metadata["methods"]))
@@ -219,7 +219,7 @@ def check_relevant(c: TrainConfig, given: set[str]) -> None:
     for key in sorted(given & set(OPTIONS)):
         d = OPTIONS[key]
         if not applies(c, d):
-            run = f"--mode {c.mode}"
+            run = f"{_flag(('mode',))} {c.mode}"
             if MODES[c.mode].hypergradient:
                 run += f" {_flag(('method',))} {c.method}"
             if "optimizers" in d.metadata:
