@@ -190,28 +190,30 @@ def _flag(path: tuple[str, ...]) -> str:
     return next(d.flag for d in declared(TrainConfig) if d.path == path)
 
 
+def readers(d: Declared) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The modes, hypergradient methods and inner optimisers that read option ``d`` (None: all of them)."""
+    group = d.group.metadata if d.group is not None else {}
+    if d.path[-1] in group.get("every_mode", ()):
+        return None, None, None
+    return d.metadata.get("modes") or group.get("modes"), d.metadata.get("methods"), d.metadata.get("optimizers")
+
+
 def where_used(d: Declared) -> tuple[tuple[str, ...] | None, str | None]:
     """(modes that read option ``d`` or None for all, where it applies in words or None)."""
-    group = d.group.metadata if d.group is not None else {}
-    modes = d.metadata.get("modes") or (None if d.path[-1] in group.get("every_mode", ()) else group.get("modes"))
+    modes, methods, optimizers = readers(d)
     parts = [d.metadata.get("where") or f"{_flag(('mode',))} " + ", ".join(modes)] if modes else []
-    if d.group is not None and d.path[-1] not in group.get("every_mode", ()):
-        if "methods" in d.metadata:
-            parts.append(f"{_flag(('method',))} " + " or ".join(d.metadata["methods"]))
-        if "optimizers" in d.metadata:
-            parts.append(f"{_flag(('hypergrad', 'optimizer'))} " + " or ".join(d.metadata["optimizers"]))
+    if methods:
+        parts.append(f"{_flag(('method',))} " + " or ".join(methods))
+    if optimizers:
+        parts.append(f"{_flag(('hypergrad', 'optimizer'))} " + " or ".join(optimizers))
     return modes, " ".join(parts) or None
 
 
 def applies(c: TrainConfig, d: Declared) -> bool:
     """Whether the run configured by ``c`` reads option ``d``."""
-    modes, _ = where_used(d)
-    if modes is not None and c.mode not in modes:
-        return False
-    if d.group is None or d.path[-1] in d.group.metadata.get("every_mode", ()):
-        return True
-    return c.method in d.metadata.get("methods", (c.method,)) and c.hypergrad.optimizer in d.metadata.get(
-        "optimizers", (c.hypergrad.optimizer,))
+    modes, methods, optimizers = readers(d)
+    return ((modes is None or c.mode in modes) and (methods is None or c.method in methods)
+            and (optimizers is None or c.hypergrad.optimizer in optimizers))
 
 
 def check_relevant(c: TrainConfig, given: set[str]) -> None:

@@ -33,20 +33,21 @@ Check = Callable[[Any], "str | None"]
 def option(default: Any, help: str, *, check: Check | None = None, flag: str | None = None,
            parse: Callable[[Any], Any] | None = None, modes: tuple[str, ...] | None = None,
            where: str | None = None, entries: dict[str, tuple[type, str]] | None = None,
-           shortcuts: dict[str, str] | None = None, cli: bool = True, **extra: Any) -> Any:
+           shortcuts: dict[str, str] | None = None, **extra: Any) -> Any:
     """A dataclass field declaring one option.
 
     ``help``: one line for ``--help``; ``check``: value -> problem or None; ``flag``: the
     command-line flag(s) when not ``--`` + name with dashes (``--region-based/--label-based``);
     ``parse``: text or list -> value, for types the generic conversion does not know; ``modes``:
     the training modes that read it (None: every mode), ``where``: how an error says where it
-    applies (default ``--mode a, b``); ``entries``: for an option table (dict), entry ->
-    (type, help), each also a flag ``--PREFIX-ENTRY``; ``shortcuts``: value -> help, each a boolean
-    flag ``--VALUE`` that sets this option to VALUE; ``cli=False``: TOML and stored dict only.
-    Mutable defaults (dict, dataclass) are copied for every instance.
+    applies (default ``--mode a, b``); ``entries``: for an option table (dict, otherwise TOML and
+    stored dict only), entry -> (type, help), each a flag ``--PREFIX-ENTRY``; ``shortcuts``: value ->
+    help, each a boolean flag ``--VALUE`` that sets this option to VALUE; ``extra``: more metadata
+    (e.g. ``resumable``, or ``validate`` for a group). Mutable defaults (dict, dataclass) are copied
+    for every instance.
     """
     metadata = {"help": help, "check": check, "flag": flag, "parse": parse, "modes": modes, "where": where,
-                "entries": entries, "shortcuts": shortcuts, "cli": cli, **extra}
+                "entries": entries, "shortcuts": shortcuts, **extra}
     metadata = {k: v for k, v in metadata.items() if v is not None}
     if isinstance(default, dict) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: dataclasses.replace(default) if dataclasses.is_dataclass(default)
@@ -99,17 +100,20 @@ def key_of(flag: str) -> str:
 @functools.cache
 def declared(cls: type) -> tuple[Declared, ...]:
     """Every option of the dataclass ``cls``, groups expanded, in declaration order."""
+    def key(f: dataclasses.Field) -> str:
+        """An option's key: from its declared flag, else its field name."""
+        return key_of(f.metadata["flag"]) if "flag" in f.metadata else f.name
+
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            sub_hints = typing.get_type_hints(hints[f.name])
-            out += [Declared(key_of(g.metadata["flag"]) if "flag" in g.metadata else g.name, (f.name, g.name), g,
-                             sub_hints[g.name], f)
-                    for g in dataclasses.fields(hints[f.name]) if not g.metadata.get("runtime")]
+        group = hints[f.name]
+        if dataclasses.is_dataclass(group):
+            inner = typing.get_type_hints(group)
+            out += [Declared(key(g), (f.name, g.name), g, inner[g.name], f)
+                    for g in dataclasses.fields(group) if not g.metadata.get("runtime")]
         else:
-            out.append(Declared(key_of(f.metadata["flag"]) if "flag" in f.metadata else f.name, (f.name,), f,
-                                hints[f.name]))
+            out.append(Declared(key(f), (f.name,), f, group))
     keys = [d.key for d in out]
     assert len(set(keys)) == len(keys), f"two options of {cls.__name__} share a key: {keys}"
     return tuple(out)
