@@ -37,15 +37,25 @@ from fuse4seg.errors import Fuse4SegError, flag_for
 _FROM_FIELD = object()
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           recorded: bool = True) -> Any:
-    """A dataclass field with ``default`` (none: required), ``help`` text, an optional ``flag`` other
-    than the default one, and whether the value is ``recorded`` in a command line that reproduces
-    a result (False for options that change how, not what, e.g. worker counts)."""
-    metadata = {"help": help, "flag": flag, "recorded": recorded}
-    if isinstance(default, (list, dict, set)):  # mutable defaults need a factory
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, recorded: bool = True,
+           **metadata: Any) -> Any:
+    """A dataclass field declaring one option, everything about it in its ``metadata``.
+
+    ``default`` (none: required); ``help`` text; ``flag``, when not ``--`` + the name with dashes;
+    ``recorded``: whether :func:`command_argv` writes the value into a command line that reproduces
+    a result (False for options that change how, not what, e.g. worker counts); ``metadata``: more
+    keys for the declaration's other readers (``check``, ``modes``, ... of
+    :func:`fuse4seg.train.declare.option`, ``methods`` of the bi-level engine's ``Options``).
+    Keys whose value is None are left out (absent means "not declared"). A mutable default (list,
+    dict, set or dataclass instance) is copied for every instance (a ``default_factory``).
+    """
+    declared = {"help": help, "flag": flag, "recorded": recorded, **metadata}
+    declared = {k: v for k, v in declared.items() if v is not None}
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata=declared)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=declared)
+    return dataclasses.field(default=default, metadata=declared)
 
 
 def fields_by_name(cls: type) -> dict[str, dataclasses.Field]:

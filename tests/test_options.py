@@ -37,6 +37,35 @@ def test_fields_flags_and_cli_text() -> None:
     assert Example("o").tags == [] and Example("o").tags is not Example("o").tags
 
 
+@dataclasses.dataclass
+class Inner:
+    """A mutable dataclass used as a default."""
+
+    n: int = 0
+
+
+@dataclasses.dataclass
+class Holder:
+    """Options with mutable defaults and extra declaration keys."""
+
+    table: dict = option({"a": 1}, "A table.", modes=("x",), check=None)  # noqa: RUF009 (default_factory)
+    names: set = option({"s"}, "A set.")  # noqa: RUF009 (option() makes a default_factory for it)
+    inner: Inner = option(Inner(), "A group.")  # noqa: RUF009 (option() makes a default_factory for it)
+
+
+def test_mutable_defaults_are_copied_and_none_keys_dropped() -> None:
+    """Two instances never share a dict, set or dataclass default; metadata keys whose value is None are left out."""
+    one, two = Holder(), Holder()
+    one.table["b"] = 2
+    one.names.add("t")
+    one.inner.n = 5
+    assert (two.table, two.names, two.inner) == ({"a": 1}, {"s"}, Inner(0))
+    assert Holder().table == {"a": 1} and Holder().inner == Inner()
+    table = fields_by_name(Holder)["table"]
+    assert dict(table.metadata) == {"help": "A table.", "recorded": True, "modes": ("x",)}
+    assert "flag" not in fields_by_name(Example)["steps"].metadata
+
+
 def test_command_argv_leaves_out_none_false_unrecorded_and_omitted() -> None:
     """--flag value per recorded field, bare --flag for True; None, False, recorded=False and omit are left out."""
     options = Example("my out", steps=3, fast=True, threads=4, note=None)

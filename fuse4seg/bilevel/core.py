@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +24,7 @@ from fuse4seg.bilevel.optimizers import (
     make_optimizer,
 )
 from fuse4seg.errors import ConfigError
+from fuse4seg.options import option
 
 if TYPE_CHECKING:
     from typing import Self
@@ -117,13 +118,6 @@ def _state(value: Any) -> str | None:
     return f"expected the dict an earlier call returned as .state, got {type(value).__name__}"
 
 
-def _option(default: Any, help: str, check: Check, *, flag: str | None = None,
-            methods: tuple[str, ...] | None = None, optimizers: tuple[str, ...] | None = None) -> Any:
-    """A field of :class:`Options` with its declaration in ``metadata`` (see there)."""
-    metadata = {"help": help, "check": check, "flag": flag, "methods": methods, "optimizers": optimizers}
-    return field(default=default, metadata={k: v for k, v in metadata.items() if v})
-
-
 @dataclass(frozen=True)
 class Options:
     """Every option `hypergradient` accepts; names are part of the public API.
@@ -135,29 +129,29 @@ class Options:
     setting (``state``).
     """
 
-    steps: int = _option(1, "K inner steps per hypergradient.", _integer(0), flag="--inner-steps")
-    lr: float = _option(0.1, "Learning rate of the lower level (the inner optimiser's step size).",
-                        _number(0.0, low_open=True), flag="--lr-lower")
-    optimizer: str = _option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)}.", _one_of(OPTIMIZERS),
-                             flag="--inner-optimizer")
-    momentum: float = _option(0.9, "Inner momentum in [0, 1).", _number(0.0, below=1.0), flag="--inner-momentum",
-                              optimizers=("momentum",))
-    betas: tuple[float, float] = _option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1).", _betas,
-                                         flag="--inner-betas", optimizers=("adam",))
-    truncate: int = _option(1, "T last inner steps differentiated (T <= K).", _integer(1), methods=("truncated",))
-    eps: float = _option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
-                         _number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
-    cg_iters: int = _option(10, "Conjugate-gradient iterations.", _integer(1), methods=("implicit-cg",))
-    tol: float = _option(1e-10, "Conjugate-gradient relative residual at which it stops early.", _number(0.0),
-                         flag="--cg-tol", methods=("implicit-cg",))
-    damping: float = _option(0.0, "Ridge added to the inner Hessian.", _number(0.0),
-                             methods=("implicit-cg", "implicit-neumann"))
-    neumann_terms: int = _option(10, "Neumann series terms.", _integer(1), methods=("implicit-neumann",))
-    neumann_alpha: float | None = _option(None, "Neumann step size (default: lr).",
-                                          _optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
-    state: State | None = field(default=None, metadata={
-        "help": "Inner optimiser state from an earlier result's .state (warm start).", "check": _state,
-        "runtime": True})
+    steps: int = option(1, "K inner steps per hypergradient.", check=_integer(0), flag="--inner-steps")
+    lr: float = option(0.1, "Learning rate of the lower level (the inner optimiser's step size).",
+                       check=_number(0.0, low_open=True), flag="--lr-lower")
+    optimizer: str = option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)}.", check=_one_of(OPTIMIZERS),
+                            flag="--inner-optimizer")
+    momentum: float = option(0.9, "Inner momentum in [0, 1).", check=_number(0.0, below=1.0), flag="--inner-momentum",
+                             optimizers=("momentum",))
+    betas: tuple[float, float] = option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1).", check=_betas,
+                                        flag="--inner-betas", optimizers=("adam",))
+    truncate: int = option(1, "T last inner steps differentiated (T <= K).", check=_integer(1), methods=("truncated",))
+    eps: float = option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
+                        check=_number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
+    cg_iters: int = option(10, "Conjugate-gradient iterations.", check=_integer(1), methods=("implicit-cg",))
+    tol: float = option(1e-10, "Conjugate-gradient relative residual at which it stops early.", check=_number(0.0),
+                        flag="--cg-tol", methods=("implicit-cg",))
+    damping: float = option(0.0, "Ridge added to the inner Hessian.", check=_number(0.0),
+                            methods=("implicit-cg", "implicit-neumann"))
+    neumann_terms: int = option(10, "Neumann series terms.", check=_integer(1), methods=("implicit-neumann",))
+    neumann_alpha: float | None = option(None, "Neumann step size (default: lr).",
+                                         check=_optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
+    # option() gives a None default as is (no default_factory); RUF009 only sees a call.
+    state: State | None = option(None, "Inner optimiser state from an earlier result's .state (warm start).",  # noqa: RUF009
+                                 check=_state, runtime=True)
 
     def inner_optimizer(self) -> InnerOptimizer:
         """The differentiable inner optimiser these options describe."""

@@ -21,9 +21,10 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from fuse4seg import options
 from fuse4seg.errors import ConfigError, flag_for
 
 #: A declared check: value -> what is wrong with it, or None.
@@ -34,7 +35,7 @@ def option(default: Any, help: str, *, check: Check | None = None, flag: str | N
            parse: Callable[[Any], Any] | None = None, modes: tuple[str, ...] | None = None,
            where: str | None = None, entries: dict[str, tuple[type, str]] | None = None,
            shortcuts: dict[str, str] | None = None, **extra: Any) -> Any:
-    """A dataclass field declaring one option.
+    """A dataclass field declaring one training option (:func:`fuse4seg.options.option` with these keys).
 
     ``help``: one line for ``--help``; ``check``: value -> problem or None; ``flag``: the
     command-line flag(s) when not ``--`` + name with dashes (``--region-based/--label-based``);
@@ -46,13 +47,8 @@ def option(default: Any, help: str, *, check: Check | None = None, flag: str | N
     (e.g. ``resumable``, or ``validate`` for a group). Mutable defaults (dict, dataclass) are copied
     for every instance.
     """
-    metadata = {"help": help, "check": check, "flag": flag, "parse": parse, "modes": modes, "where": where,
-                "entries": entries, "shortcuts": shortcuts, **extra}
-    metadata = {k: v for k, v in metadata.items() if v is not None}
-    if isinstance(default, dict) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: dataclasses.replace(default) if dataclasses.is_dataclass(default)
-                     else dict(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return options.option(default, help, flag=flag, check=check, parse=parse, modes=modes, where=where,
+                          entries=entries, shortcuts=shortcuts, **extra)
 
 
 @dataclass(frozen=True)
