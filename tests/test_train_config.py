@@ -301,7 +301,7 @@ def test_cli_missing_benchmark_and_resume_errors(tmp_path: Path, capsys: pytest.
     (["--hypergrad", "unrolled", "--cg-iters", "3"], "--cg-iters", "implicit-cg"),
     (["--mode", "direct", "--fd-eps", "0.1"], "--fd-eps", "finite-difference"),
     (["--inner-optimizer", "adam", "--inner-momentum", "0.5"], "--inner-momentum", "--inner-optimizer momentum"),
-    (["--mode", "joint", "--fusion-steps", "2"], "--fusion-steps", "--mode two-stage"),
+    (["--mode", "joint", "--fusion-steps", "2"], "--fusion-steps", "--mode bilevel, two-stage"),
     (["--mode", "direct", "--fusion-width", "4"], "--fusion-width/fusion_options", "--mode bilevel, two-stage, joint"),
     (["--mode", "feature-fusion", "--lr-upper", "0.1"], "--lr-upper", "--mode bilevel, two-stage, joint"),
     (["--mode", "bilevel", "--lower-optimizer", "sgd"], "--lower-optimizer", "other than bilevel"),
@@ -329,7 +329,7 @@ def test_relevant_options_and_defaults_pass_the_check(tmp_path: Path, capsys: py
     toml = tmp_path / "c.toml"
     toml.write_text('mode = "joint"\nfusion-steps = 3\n')
     assert main(["train", "--benchmark", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(toml)]) == 1
-    assert "--fusion-steps: only used with --mode two-stage" in capsys.readouterr().err
+    assert "--fusion-steps: only used with --mode bilevel, two-stage" in capsys.readouterr().err
     # library callers may share one option set across modes (experiments); only strict mode refuses
     assert build_config({"benchmark": "b", "out": "o", "mode": "direct", "lr_upper": 0.1}).lr_upper == 0.1
 

@@ -137,12 +137,17 @@ class TrainConfig:
                                             parse=_seg_inputs)
     lambda_seg: float = option(1.0, "Weight of the segmentation loss (upper).", check=at_least(0),
                                modes=("bilevel", "joint"))
+    seg_fraction: float | None = option(None, "Balance the upper objective: the segmentation weight is set at every "
+                                        "step so the segmentation part of the hypergradient has this fraction of "
+                                        "the fusion-loss gradient's norm (instead of --lambda-seg).", check=above(0),
+                                        modes=names(lambda m: m.hypergradient))
     fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
                                        modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
     steps: int | None = option(None, "Total (outer) steps (default: one epoch).", check=at_least(1), resumable=True)
     epochs: float | None = option(None, "Total epochs over the fitting slices.", check=above(0), resumable=True)
-    fusion_steps: int | None = option(None, "Steps of the first stage, the fusion net alone (default: half).",
+    fusion_steps: int | None = option(None, "Steps that train the fusion net alone, on the fusion loss, first "
+                                      "(two-stage: stage 1, default half; bilevel: a warm-up, default 0).",
                                       modes=names(lambda m: m.fusion_stage is not None))
     batch_size: int = option(4, "Slices per batch.", check=at_least(1))
     lr_upper: float = option(1e-3, "Learning rate of the fusion network.", check=above(0), modes=FUSION_MODES)

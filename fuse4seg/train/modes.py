@@ -128,10 +128,12 @@ def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device,
-                   record: dict[str, float]) -> tuple[ModuleLoss, ModuleLoss]:
+                   record: dict[str, float], lambda_seg: float | None) -> tuple[ModuleLoss, ModuleLoss]:
     """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
 
-    ``record`` receives the last evaluated upper-loss parts (for logging), as floats.
+    ``lambda_seg`` None: the upper loss is the held-out segmentation loss alone (the caller balances
+    its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
+    upper-loss parts (for logging), as floats.
     """
     x_fit, _, y_fit = _inputs(fit, device)
     x_hold, _, y_hold = _inputs(hold, device)
@@ -142,21 +144,54 @@ def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Ba
         return segmentation_loss(segment(fuse(s_fit)), y_fit, pipeline.region_based)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """L_fuse(F(x_fit), x_fit) + lambda * L_seg(S(F(x_hold)), y_hold) (scalar)."""
+        """L_fuse(F(x_fit), x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
+        if lambda_seg is None:
+            ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
+            record["loss/seg_holdout"] = float(ls.detach())
+            return ls
         lf, _ = fusion_loss(fuse(s_fit), s_fit, config.fusion_loss_weights or None)
         ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
         record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
-        return lf + config.lambda_seg * ls
+        return lf + lambda_seg * ls
 
     return lower_loss, upper_loss
 
 
+def fusion_loss_grads(config: TrainConfig, pipeline: Pipeline, fit: Batch, device: torch.device
+                      ) -> tuple[float, dict[str, torch.Tensor]]:
+    """(L_fuse(F(x_fit), x_fit), its gradient by trainable fusion-parameter name): the direct part of the
+    upper gradient, the part that does not go through the segmenter."""
+    x_fit, _, _ = _inputs(fit, device)
+    s_fit = pipeline.fusion_sources(x_fit)
+    params = {k: p for k, p in pipeline.fusion.named_parameters() if p.requires_grad}
+    lf, _ = fusion_loss(pipeline.fusion(s_fit), s_fit, config.fusion_loss_weights or None)
+    grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
+    return float(lf.detach()), dict(zip(params, grads))
+
+
+def _norm(grads: dict[str, torch.Tensor]) -> float:
+    """Euclidean norm of a dict of tensors, concatenated."""
+    return float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()])))
+
+
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
-    """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K."""
+    """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
+
+    During the first ``t.fusion_steps`` steps (``--fusion-steps``: a warm-up) only the fusion net
+    learns, from the fusion loss. With ``--seg-fraction f`` the segmentation term's weight is set at
+    every step to ``lambda = f |g_fuse| / |g_seg|`` (g_fuse: the fusion-loss gradient; g_seg: the
+    hypergradient of the held-out segmentation loss), so the segmentation part of the update has
+    f times the norm of the fusion part. ``hypergrad/seg_fraction`` logs that ratio either way (with
+    a fixed lambda it costs one more backward through the small fusion net).
+    """
+    if t.step < t.fusion_steps:
+        return fusion_only_step(t, fit)
     config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
     assert fusion is not None and opts.upper is not None and hold is not None
+    auto = config.seg_fraction is not None
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(config, t.pipeline, fit, hold, t.device, record)
+    lower_loss, upper_loss = bilevel_losses(config, t.pipeline, fit, hold, t.device, record,
+                                            None if auto else config.lambda_seg)
     options = {name: getattr(config.hypergrad, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
     try:
         result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, **options)
@@ -164,16 +199,26 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         raise NonFiniteStep(str(exc)) from None
     if not _finite(*result.lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the inner steps")
-    upper_value = record.get("loss/fusion", math.nan) + config.lambda_seg * record.get("loss/seg_holdout", math.nan)
-    if not math.isfinite(upper_value):
+    lf, g_fuse = fusion_loss_grads(config, t.pipeline, fit, t.device)
+    norm_fuse = _norm(g_fuse)
+    if auto:
+        norm_seg = _norm(result.grads)
+        lam = config.seg_fraction * norm_fuse / norm_seg if norm_seg > 0 else 0.0
+        grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
+        record["loss/fusion"] = lf
+    else:
+        lam, grads = config.lambda_seg, result.grads
+        norm_seg = _norm({k: g - g_fuse[k] for k, g in grads.items()}) / lam if lam > 0 else 0.0
+    upper_value = record.get("loss/fusion", math.nan) + lam * record.get("loss/seg_holdout", math.nan)
+    if not (math.isfinite(upper_value) and math.isfinite(lam)):
         raise NonFiniteStep("non-finite upper loss")
-    norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in result.grads.values()])))
     opts.upper.zero_grad(set_to_none=True)
-    assign_grads(fusion, result.grads)
+    assign_grads(fusion, grads)
     opts.upper.step()
     load_params(seg, result.lower)
     opts.inner_state = result.state
-    scalars = {**record, "loss/upper": upper_value, "hypergrad/norm": norm}
+    scalars = {**record, "loss/upper": upper_value, "hypergrad/norm": _norm(grads), "hypergrad/lambda_seg": lam,
+               "hypergrad/seg_fraction": lam * norm_seg / norm_fuse if norm_fuse > 0 else math.nan}
     if "lower_loss" in result.info:
         scalars["loss/seg_inner"] = float(result.info["lower_loss"])
     return StepResult(scalars)
@@ -211,19 +256,25 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     segmenter on the frozen fusion."""
     pipeline, opts = t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
+    if t.step < t.fusion_steps:
+        return fusion_only_step(t, fit)
     x, _, y = _inputs(fit, t.device)
     s = pipeline.fusion_sources(x)
-    if t.step < t.fusion_steps:
-        fused = pipeline.fusion(s)
-        lf, _ = fusion_loss(fused, s, t.config.fusion_loss_weights or None)
-        norm = _backward_step(lf, opts.upper, "fusion")
-        return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
     with torch.no_grad():
         fused = pipeline.fusion(s)
     logits = pipeline.seg(fused)
     ls = segmentation_loss(logits, y, pipeline.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
+
+
+def fusion_only_step(t: Training, fit: Batch) -> StepResult:
+    """The fusion net alone on the fusion loss (two-stage's first stage, bilevel's warm-up)."""
+    x, _, _ = _inputs(fit, t.device)
+    s = t.pipeline.fusion_sources(x)
+    lf, _ = fusion_loss(t.pipeline.fusion(s), s, t.config.fusion_loss_weights or None)
+    norm = _backward_step(lf, t.opts.upper, "fusion")
+    return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
 
 
 def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
@@ -240,8 +291,18 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
 # ---- mode-specific checks and rules -----------------------------------------------------------------
 
 
+def _check_fusion_steps(c: TrainConfig, low: int) -> None:
+    """--fusion-steps, when given: >= ``low`` and fewer than --steps (steps must be left for segmentation)."""
+    if c.fusion_steps is not None:
+        if c.fusion_steps < low:
+            raise ConfigError(f"must be >= {low}, got {c.fusion_steps}", option="fusion_steps")
+        if c.steps is not None and c.fusion_steps >= c.steps:
+            raise ConfigError(f"must be < --steps ({c.steps}) to leave steps for segmentation", option="fusion_steps")
+
+
 def _check_bilevel(c: TrainConfig) -> None:
-    """The inner steps are what trains the segmenter: at least one; the method must suit the engine options."""
+    """The inner steps are what trains the segmenter: at least one; the method must suit the engine options;
+    a warm-up leaves steps; --seg-fraction replaces --lambda-seg."""
     from fuse4seg.train.config import TrainConfig
     from fuse4seg.train.declare import relabelled
 
@@ -250,15 +311,15 @@ def _check_bilevel(c: TrainConfig) -> None:
             raise ConfigError(f"must be >= 1 (the inner steps train the segmenter), got {c.hypergrad.steps}",
                               option="steps")
         check_method(c.method, c.hypergrad)
+    _check_fusion_steps(c, 0)
+    if c.seg_fraction is not None and c.lambda_seg != 1.0:
+        raise ConfigError("sets the segmentation weight at every step; give it or --lambda-seg, not both",
+                          option="seg_fraction")
 
 
 def _check_two_stage(c: TrainConfig) -> None:
     """Stage 1 must have at least one step and leave steps for stage 2."""
-    if c.fusion_steps is not None:
-        if c.fusion_steps < 1:
-            raise ConfigError(f"must be >= 1, got {c.fusion_steps}", option="fusion_steps")
-        if c.steps is not None and c.fusion_steps >= c.steps:
-            raise ConfigError(f"must be < --steps ({c.steps}) to leave steps for segmentation", option="fusion_steps")
+    _check_fusion_steps(c, 1)
 
 
 def _fusion_stage(c: TrainConfig, total: int) -> int:
@@ -267,6 +328,14 @@ def _fusion_stage(c: TrainConfig, total: int) -> int:
         raise ConfigError("two-stage training needs at least 2 steps (one per stage)", option="steps")
     steps = c.fusion_steps if c.fusion_steps is not None else total // 2
     if steps >= total:
+        raise ConfigError(f"must be < the total steps ({total})", option="fusion_steps")
+    return steps
+
+
+def _warm_up(c: TrainConfig, total: int) -> int:
+    """Warm-up steps of bilevel (the fusion net alone first): --fusion-steps, default 0."""
+    steps = c.fusion_steps or 0
+    if steps and steps >= total:
         raise ConfigError(f"must be < the total steps ({total})", option="fusion_steps")
     return steps
 
@@ -319,7 +388,7 @@ class Mode:
 #: Every training mode, run by the same loop (fuse4seg.train.loop), by name.
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("bilevel", bilevel_step, has_fusion=True, optimisers=("upper",), holds_out=True, hypergradient=True,
-         check=_check_bilevel),
+         fusion_stage=_warm_up, check=_check_bilevel),
     Mode("two-stage", two_stage_step, has_fusion=True, optimisers=("upper", "lower"), fusion_stage=_fusion_stage,
          check=_check_two_stage),
     Mode("joint", joint_step, has_fusion=True, optimisers=("upper", "lower")),

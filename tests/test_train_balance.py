@@ -1,0 +1,103 @@
+"""Bi-level's best-shot options: the balanced upper objective (--seg-fraction) and the fusion warm-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _bilevel_reference import independent_step
+
+from fuse4seg.cli import main
+from fuse4seg.train.checkpoint import load_checkpoint
+from fuse4seg.train.config import config_from_dict
+
+LR_UPPER, LR_LOWER, FRACTION = 0.5, 0.05, 0.25
+
+
+@pytest.fixture(scope="module")
+def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny benchmark: 6 phantom cases, 3 slices each at 48 x 48."""
+    from fuse4seg.data.benchmark import build_benchmark
+
+    out = tmp_path_factory.mktemp("bench") / "b"
+    build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25), progress=False)
+    return out
+
+
+def train_args(bench: Path, run: Path, *extra: str) -> list[str]:
+    """A tiny bi-level run with plain SGD at both levels (so an update is -lr x its direction)."""
+    return ["train", "--benchmark", str(bench), "--out", str(run), "--bilevel", "--inner-optimizer", "sgd",
+            "--upper-optimizer", "sgd", "--lr-upper", str(LR_UPPER), "--lr-lower", str(LR_LOWER),
+            "--seg-width", "4", "--seg-depth", "2", "--fusion-width", "4", "--batch-size", "2",
+            "--eval-slices", "2", "--no-progress", *extra]
+
+
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    """TensorBoard scalars of a run: tag -> {step: value}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def norm(grads: dict[str, torch.Tensor]) -> float:
+    """Euclidean norm of a dict of tensors."""
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
+
+
+def test_seg_fraction_balances_the_update(bench: Path, tmp_path: Path) -> None:
+    """phi1 = phi0 - lr (g_fuse + lambda g_seg) with lambda = f |g_fuse| / |g_seg|, all recomputed by autograd."""
+    run = tmp_path / "run"
+    assert main([*train_args(bench, run, "--seg-fraction", str(FRACTION)), "--steps", "1"]) == 0
+    state = load_checkpoint(run / "last.pt")
+    phi0, g_fuse, g_seg, theta1 = independent_step(bench, config_from_dict(state["config"]), LR_LOWER)
+    lam = FRACTION * norm(g_fuse) / norm(g_seg)
+    assert norm(g_seg) > 0 and norm(g_fuse) > 0
+    for k in phi0:
+        expected = -LR_UPPER * (g_fuse[k] + lam * g_seg[k])
+        torch.testing.assert_close(state["models"]["fusion"][k] - phi0[k], expected, rtol=1e-4, atol=1e-6)
+    for k in theta1:
+        torch.testing.assert_close(state["models"]["seg"][k], theta1[k], rtol=1e-5, atol=1e-6)
+    logged = scalars(run)
+    assert logged["hypergrad/lambda_seg"][1] == pytest.approx(lam, rel=1e-4)
+    assert logged["hypergrad/seg_fraction"][1] == pytest.approx(FRACTION, rel=1e-4)
+
+
+def test_seg_fraction_is_logged_with_a_fixed_lambda(bench: Path, tmp_path: Path) -> None:
+    """With --lambda-seg 2 the logged fraction is 2 |g_seg| / |g_fuse| of the same step."""
+    run = tmp_path / "run"
+    assert main([*train_args(bench, run, "--lambda-seg", "2"), "--steps", "1"]) == 0
+    _, g_fuse, g_seg, _ = independent_step(bench, config_from_dict(load_checkpoint(run / "last.pt")["config"]),
+                                           LR_LOWER)
+    assert scalars(run)["hypergrad/seg_fraction"][1] == pytest.approx(2 * norm(g_seg) / norm(g_fuse), rel=1e-3)
+
+
+def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) -> None:
+    """--fusion-steps 2: steps 1-2 are fusion-loss steps (stage 1, no inner step, no hypergradient), step 3
+    is a bi-level step; the recorded derived facts say so."""
+    run = tmp_path / "run"
+    assert main([*train_args(bench, run, "--fusion-steps", "2"), "--steps", "3"]) == 0
+    logged = scalars(run)
+    assert logged["stage"] == {1: 1.0, 2: 1.0}
+    assert set(logged["hypergrad/norm"]) == set(logged["loss/seg_inner"]) == {3}
+    assert set(logged["loss/fusion"]) == {1, 2, 3}
+    import json
+
+    assert json.loads((run / "config.json").read_text())["derived"]["fusion_steps"] == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seg-fraction", "0.5", "--lambda-seg", "2"], "--seg-fraction: sets the segmentation weight"),
+    (["--seg-fraction", "0"], "--seg-fraction: must be > 0"),
+    (["--mode", "joint", "--seg-fraction", "0.5"], "--seg-fraction: only used with --mode bilevel"),
+    (["--fusion-steps", "3", "--steps", "3"], "--fusion-steps: must be < --steps (3)"),
+])
+def test_bad_balance_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          args: list[str], message: str) -> None:
+    """Each bad combination: exit 1 and one line naming the flag."""
+    rc = main(["train", "--benchmark", str(bench), "--out", str(tmp_path / "r"), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "r").exists()
