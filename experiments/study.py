@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", type=Path, default=HERE / "study.toml")
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
     parser.add_argument("--jobs", type=int, default=2, help="(row, seed) pairs run at once, one thread each")
-    parser.add_argument("--only", nargs="*", help="rows to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="rows to run, in this order (default: all, in the spec's order)")
     parser.add_argument("--seeds", type=int, help="seeds per row (default: the row's, else the spec's)")
     parser.add_argument("--scale", default="small", help="data scale table of the spec: small or large")
     parser.add_argument("--report-only", action="store_true", help="aggregate finished runs, train nothing")
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     SPEC.update(load_spec(args.spec, args.scale))
     out = args.out / args.scale
     out.mkdir(parents=True, exist_ok=True)
-    rows = {k: v for k, v in SPEC["rows"].items() if not args.only or k in args.only}
+    unknown = sorted(set(args.only or ()) - set(SPEC["rows"]))
+    if unknown:
+        parser.error(f"--only: no row named {', '.join(unknown)} in {args.spec}")
+    rows = {k: SPEC["rows"][k] for k in args.only} if args.only else SPEC["rows"]  # --only: in the order given
     failures = []
     if not args.report_only:
         benches = prepare_data(SPEC, out, out / "data_log.txt")
