@@ -100,10 +100,15 @@ def _finite(*values: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in values)
 
 
+def _norm(tensors: list[torch.Tensor] | dict[str, torch.Tensor]) -> float:
+    """Euclidean norm of the tensors (a list or a dict's values), concatenated; 0 for none."""
+    flat = [t.detach().flatten() for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
+    return float(torch.linalg.vector_norm(torch.cat(flat))) if flat else 0.0
+
+
 def _grad_norm(params: list[nn.Parameter]) -> float:
     """Euclidean norm of the concatenated .grad of ``params`` (0 when none has a gradient)."""
-    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.cat(grads))) if grads else 0.0
+    return _norm([p.grad for p in params if p.grad is not None])
 
 
 def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, what: str) -> float:
@@ -167,11 +172,6 @@ def fusion_loss_grads(config: TrainConfig, pipeline: Pipeline, fit: Batch, devic
     lf, _ = fusion_loss(pipeline.fusion(s_fit), s_fit, config.fusion_loss_weights or None)
     grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
     return float(lf.detach()), dict(zip(params, grads))
-
-
-def _norm(grads: dict[str, torch.Tensor]) -> float:
-    """Euclidean norm of a dict of tensors, concatenated."""
-    return float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()])))
 
 
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
@@ -317,11 +317,6 @@ def _check_bilevel(c: TrainConfig) -> None:
                           option="seg_fraction")
 
 
-def _check_two_stage(c: TrainConfig) -> None:
-    """Stage 1 must have at least one step and leave steps for stage 2."""
-    _check_fusion_steps(c, 1)
-
-
 def _fusion_stage(c: TrainConfig, total: int) -> int:
     """Steps of two-stage's first stage: --fusion-steps, or half the total steps."""
     if total < 2:
@@ -390,7 +385,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("bilevel", bilevel_step, has_fusion=True, optimisers=("upper",), holds_out=True, hypergradient=True,
          fusion_stage=_warm_up, check=_check_bilevel),
     Mode("two-stage", two_stage_step, has_fusion=True, optimisers=("upper", "lower"), fusion_stage=_fusion_stage,
-         check=_check_two_stage),
+         check=lambda c: _check_fusion_steps(c, 1)),
     Mode("joint", joint_step, has_fusion=True, optimisers=("upper", "lower")),
     Mode("direct", segmentation_step, has_fusion=False, optimisers=("lower",),
          seg_inputs=lambda c: c.inputs or ("fused",)),
