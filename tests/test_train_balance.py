@@ -89,14 +89,20 @@ def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--seg-fraction", "0.5", "--lambda-seg", "2"], "--seg-fraction: sets the segmentation weight"),
+    (["--seg-fraction", "0.5", "--lambda-seg", "2"], "--seg-fraction: replaces --lambda-seg: give one of them"),
     (["--seg-fraction", "0"], "--seg-fraction: must be > 0"),
     (["--mode", "joint", "--seg-fraction", "0.5"], "--seg-fraction: only used with --mode bilevel"),
     (["--fusion-steps", "3", "--steps", "3"], "--fusion-steps: must be < --steps (3)"),
+    (["--fusion-steps", "99", "--epochs", "1"], "--fusion-steps: must be < the total steps"),
+    (["--seg-fraction", "1", "--config", "ZERO"], "--seg-fraction: balances against the fusion loss"),
 ])
 def test_bad_balance_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                           args: list[str], message: str) -> None:
     """Each bad combination: exit 1 and one line naming the flag."""
+    zero = tmp_path / "zero.toml"
+    zero.write_text("fusion_loss_weights = { intensity = 0, gradient = 0, ssim = 0, frequency = 0, "
+                    "spatial_gradient = 0 }\n")
+    args = [str(zero) if a == "ZERO" else a for a in args]
     rc = main(["train", "--benchmark", str(bench), "--out", str(tmp_path / "r"), "--no-progress", *args])
     err = capsys.readouterr().err
     assert rc == 1 and len(err.splitlines()) == 1 and message in err, err

@@ -63,7 +63,7 @@ def test_resolve_steps_from_epochs() -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"mode": "nonsense"}, "--mode"),
     ({"steps": 0}, "--steps"),
-    ({"steps": 3, "epochs": 1.0}, "--steps: cannot be given with epochs"),
+    ({"steps": 3, "epochs": 1.0}, "--steps: give steps or epochs, not both"),
     ({"lr_upper": -1.0}, "--lr-upper"),
     ({"hypergrad": "magic"}, "--hypergrad"),
     ({"fusion_inputs": "t1ce,bogus"}, "--fusion-inputs"),

@@ -12,7 +12,7 @@ import torch
 
 from fuse4seg.cli import main
 from fuse4seg.errors import Fuse4SegError
-from fuse4seg.train import modes
+from fuse4seg.train import steps
 from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import Trainer, train
 from fuse4seg.train.modes import MODES
@@ -115,7 +115,7 @@ def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str, mon
     seen = {"step": -1}
     real_step = Trainer.one_step
 
-    def counting(self: Trainer, fit: dict, hold: dict | None) -> modes.StepResult:
+    def counting(self: Trainer, fit: dict, hold: dict | None) -> steps.StepResult:
         """The real step, remembering which step ran last."""
         seen["step"] = self.step
         return real_step(self, fit, hold)
@@ -151,7 +151,7 @@ def test_killed_run_resumes_from_last_checkpoint(bench: Path, tmp_path: Path, mo
     train(build_config(options(bench, tmp_path / "a", steps=7)))
     real = Trainer.one_step
 
-    def dying(self: Trainer, fit: dict, hold: dict | None) -> modes.StepResult:
+    def dying(self: Trainer, fit: dict, hold: dict | None) -> steps.StepResult:
         """Die like a killed process once step 5 starts (no chance to save)."""
         if self.step == 5:
             raise SystemExit("killed")
@@ -168,7 +168,7 @@ def test_killed_run_resumes_from_last_checkpoint(bench: Path, tmp_path: Path, mo
 
 def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One NaN loss skips that step (weights untouched) with a warning; the run goes on."""
-    real = modes.segmentation_loss
+    real = steps.segmentation_loss
     calls = {"n": 0}
 
     def nan_once(logits: torch.Tensor, label: torch.Tensor, region_based: bool = False) -> torch.Tensor:
@@ -177,7 +177,7 @@ def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monk
         loss = real(logits, label, region_based)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(modes, "segmentation_loss", nan_once)
+    monkeypatch.setattr(steps, "segmentation_loss", nan_once)
     config = build_config(options(bench, tmp_path / "run", mode="direct", steps=3, eval_every=0))
     with pytest.warns(RuntimeWarning, match="step 1: non-finite segmentation loss"):
         summary = train(config)
@@ -186,14 +186,14 @@ def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monk
 
 def test_many_nonfinite_steps_stop_the_run(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """max_bad_steps non-finite hypergradients in a row stop training with a Fuse4SegError."""
-    real = modes.fusion_loss
+    real = steps.fusion_loss
 
     def nan_fusion(fused: torch.Tensor, sources: torch.Tensor, weights=None):
         """The real fusion loss times NaN: every hypergradient becomes non-finite."""
         total, parts = real(fused, sources, weights)
         return total * float("nan"), parts
 
-    monkeypatch.setattr(modes, "fusion_loss", nan_fusion)
+    monkeypatch.setattr(steps, "fusion_loss", nan_fusion)
     config = build_config(options(bench, tmp_path / "run", steps=10, max_bad_steps=3))
     with pytest.warns(RuntimeWarning), pytest.raises(Fuse4SegError, match="3 non-finite steps in a row"):
         train(config)

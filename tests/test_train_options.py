@@ -97,7 +97,7 @@ def test_every_flag_parses_as_before(parsed: list[TrainConfig]) -> None:
         2, 1, False, "cpu", 1, 3, 4, False)
     assert c.overwrite and not c.resume and c.seg_model == "unet"
     run_train(["--hypergrad", "implicit-neumann", "--neumann-terms", "3", "--neumann-alpha", "0.1", "--damping", "0.2"])
-    run_train(["--hypergrad", "implicit-cg", "--cg-iters", "4", "--cg-tol", "1e-6", "--inner-betas", "0.8", "0.9"])
+    run_train(["--hypergrad", "implicit-cg", "--cg-iters", "4", "--cg-tol", "1e-6", "--inner-betas", "0.8,0.9"])
     run_train(["--hypergrad", "finite-difference", "--fd-eps", "0.02"])
     run_train(["--mode", "two-stage", "--fusion-steps", "2", "--steps", "5", "--lower-optimizer", "sgd"])
     run_train(["--mode", "direct", "--inputs", "t1,t2", "--label-based", "--cache", "--progress", "--epochs", "1.5"])
@@ -149,8 +149,8 @@ def test_stored_config_of_an_earlier_version_reads() -> None:
 
 def test_bilevel_step_keeps_the_engines_batchnorm_guard(tmp_path: Path) -> None:
     """The bi-level step goes through module_hypergradient, so a BatchNorm segmenter is refused by its guard."""
-    from fuse4seg.train.modes import Optimisers, bilevel_step
     from fuse4seg.train.networks import Pipeline
+    from fuse4seg.train.steps import Optimisers, bilevel_step
 
     fusion = torch.nn.Conv2d(2, 1, 1)
     seg = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4))

@@ -106,6 +106,16 @@ def _betas(value: Any) -> str | None:
     return None
 
 
+def _parse_betas(value: Any) -> tuple[float, float]:
+    """"b1,b2" (command line) or a pair of numbers -> a tuple of two floats; ConfigError otherwise."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        b1, b2 = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected two numbers such as 0.9,0.999, got {value!r}") from None
+    return b1, b2
+
+
 def _optional(check: Check) -> Check:
     """Check: None or what ``check`` accepts."""
     return lambda value: None if value is None else check(value)
@@ -130,14 +140,16 @@ class Options:
     """
 
     steps: int = option(1, "K inner steps per hypergradient.", check=_integer(0), flag="--inner-steps")
-    lr: float = option(0.1, "Learning rate of the lower level (the inner optimiser's step size).",
+    lr: float = option(0.1, "Learning rate of the lower level: the inner steps' (in fuse4seg train, the "
+                       "segmentation network's, in every mode).",
                        check=_number(0.0, low_open=True), flag="--lr-lower")
-    optimizer: str = option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)}.", check=_one_of(OPTIMIZERS),
+    optimizer: str = option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)} (fuse4seg train: adam, or sgd "
+                            "with finite-difference).", check=_one_of(OPTIMIZERS),
                             flag="--inner-optimizer")
     momentum: float = option(0.9, "Inner momentum in [0, 1).", check=_number(0.0, below=1.0), flag="--inner-momentum",
                              optimizers=("momentum",))
-    betas: tuple[float, float] = option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1).", check=_betas,
-                                        flag="--inner-betas", optimizers=("adam",))
+    betas: tuple[float, float] = option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1) (b1,b2).",
+                                        check=_betas, parse=_parse_betas, flag="--inner-betas", optimizers=("adam",))
     truncate: int = option(1, "T last inner steps differentiated (T <= K).", check=_integer(1), methods=("truncated",))
     eps: float = option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
                         check=_number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
@@ -147,7 +159,7 @@ class Options:
     damping: float = option(0.0, "Ridge added to the inner Hessian.", check=_number(0.0),
                             methods=("implicit-cg", "implicit-neumann"))
     neumann_terms: int = option(10, "Neumann series terms.", check=_integer(1), methods=("implicit-neumann",))
-    neumann_alpha: float | None = option(None, "Neumann step size (default: lr).",
+    neumann_alpha: float | None = option(None, "Neumann step size (default: the inner learning rate).",
                                          check=_optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
     # option() gives a None default as is (no default_factory); RUF009 only sees a call.
     state: State | None = option(None, "Inner optimiser state from an earlier result's .state (warm start).",  # noqa: RUF009
@@ -180,7 +192,8 @@ def parse_options(options: dict[str, Any]) -> Options:
         o["betas"] = tuple(float(b) for b in o["betas"])
     opts = Options(**o)
     if opts.steps >= 1 and opts.truncate > opts.steps:  # T of the last K steps (with K = 0 there is nothing to cut)
-        raise ConfigError(f"must be <= steps ({opts.steps}), got {opts.truncate}", option="truncate")
+        raise ConfigError(f"must be <= K, the number of inner steps ({opts.steps}), got {opts.truncate}",
+                          option="truncate")
     return opts
 
 

@@ -125,22 +125,23 @@ class TrainConfig:
         every_mode=("lr",), validate=parse_options)
     fusion_model: str = option("fusion-cnn", "Fusion network: fusion-cnn, fusion-freq.", check=_known_model,
                                modes=FUSION_MODES)
-    seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model)
+    seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model,
+                            modes=names(lambda m: m.seg_model is None))
     fusion_options: dict = option({}, "Fusion network options (TOML table).", modes=FUSION_MODES,  # noqa: RUF009
                                   entries={"width": (int, "Fusion network width.")})
     seg_options: dict = option({}, "Segmentation network options (TOML table).",  # noqa: RUF009
                                entries={"width": (int, "Segmentation network base width."),
                                         "depth": (int, "Segmentation network depth (downsamplings).")})
     fusion_inputs: tuple[str, ...] = option(DEFAULT_FUSION_INPUTS, "Modalities to fuse, e.g. t1ce,flair.",
-                                            parse=_fusion_inputs)
+                                            parse=_fusion_inputs, check=lambda v: None if v else "at least one modality")
     inputs: tuple[str, ...] | None = option(None, "direct/feature-fusion inputs: 'fused' or modalities.",
                                             parse=_seg_inputs)
     lambda_seg: float = option(1.0, "Weight of the segmentation loss (upper).", check=at_least(0),
-                               modes=("bilevel", "joint"))
+                               modes=names(lambda m: m.weighs_seg))
     seg_fraction: float | None = option(None, "Balance the upper objective: the segmentation weight is set at every "
                                         "step so the segmentation part of the hypergradient has this fraction of "
                                         "the fusion-loss gradient's norm (instead of --lambda-seg).", check=above(0),
-                                        modes=names(lambda m: m.hypergradient))
+                                        modes=HYPERGRADIENT_MODES, excludes=("lambda_seg",))
     fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
                                        modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
@@ -225,6 +226,8 @@ def check_relevant(c: TrainConfig, given: set[str]) -> None:
     """ConfigError for the first option in ``given`` (set explicitly) that this run does not read."""
     for key in sorted(given & set(OPTIONS)):
         d = OPTIONS[key]
+        for other in set(d.metadata.get("excludes", ())) & given:
+            raise ConfigError(f"replaces {OPTIONS[other].flag}: give one of them", option=key)
         if not applies(c, d):
             run = f"{_flag(('mode',))} {c.mode}"
             if MODES[c.mode].hypergradient:
@@ -240,7 +243,7 @@ def validate(c: TrainConfig) -> None:
     check_values(c)
     mode = MODES[c.mode]
     if c.steps is not None and c.epochs is not None:
-        raise ConfigError("cannot be given with epochs: give one of them", option="steps")
+        raise ConfigError("give steps or epochs, not both", option="steps")
     if mode.has_fusion and c.inputs is not None:
         raise ConfigError(f"only for modes {', '.join(names(lambda m: not m.has_fusion))}, not {c.mode}",
                           option="inputs")

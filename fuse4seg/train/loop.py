@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
 from fuse4seg.io import atomic_write_text
-from fuse4seg.train import modes
+from fuse4seg.train import modes, steps
 from fuse4seg.train.batches import split_by_case, step_loader
 from fuse4seg.train.checkpoint import (
     Best,
@@ -147,7 +147,7 @@ class Trainer:
         return save_checkpoint(self.run_dir / f"{name}.pt", self.state())
 
     # ---- steps -------------------------------------------------------------------------------
-    def one_step(self, fit: dict, hold: dict | None) -> modes.StepResult:
+    def one_step(self, fit: dict, hold: dict | None) -> steps.StepResult:
         """The step of the configured mode."""
         return self.mode.step(self, fit, hold)
 
@@ -200,7 +200,7 @@ class Trainer:
         return tqdm(total=self.total, initial=self.step, disable=None if self.config.progress else True,
                     desc=f"train {self.config.mode}", unit="step", dynamic_ncols=True)
 
-    def _train_step(self, fit: dict, hold: dict | None) -> tuple[modes.StepResult | None, float]:
+    def _train_step(self, fit: dict, hold: dict | None) -> tuple[steps.StepResult | None, float]:
         """One step (None when skipped as non-finite) and its seconds; the step counter advances either way."""
         t0 = time.perf_counter()
         self.pipeline.train(True)
@@ -208,7 +208,7 @@ class Trainer:
         try:
             result = self.one_step(fit, hold)
             self.counters.bad_in_a_row = 0
-        except modes.NonFiniteStep as exc:
+        except steps.NonFiniteStep as exc:
             result = None
             self._skip(str(exc))
         self.in_step = False
@@ -216,7 +216,7 @@ class Trainer:
         self.step += 1
         return result, seconds
 
-    def _log(self, log: TensorBoardLog, bar: tqdm, result: modes.StepResult | None, seconds: float) -> None:
+    def _log(self, log: TensorBoardLog, bar: tqdm, result: steps.StepResult | None, seconds: float) -> None:
         """TensorBoard scalars every --log-every steps (and at the last), and the bar's loss read-out."""
         if result is not None and (self.step % self.config.log_every == 0 or self.step == self.total):
             log.scalars(self.step, {**result.scalars, "time/step_s": seconds, "train/skipped": self.counters.skipped})

@@ -1,0 +1,274 @@
+"""One optimisation step per training mode, on the same networks (the registry is fuse4seg.train.modes).
+
+Bi-level (``bilevel``), as implemented here, with F_phi the fusion net and S_theta the segmenter:
+
+    upper:  phi <- phi - opt_upper( d/dphi [ L_fuse(F_phi(x_fit), x_fit)
+                                            + lambda * L_seg(S_theta_K(phi)(F_phi(x_hold)), y_hold) ] )
+    lower:  theta_{k+1} = theta_k - opt_inner( d/dtheta L_seg(S_theta_k(F_phi(x_fit)), y_fit) ),
+            k = 0..K-1, theta_0 = the segmenter's current weights (warm start), theta <- theta_K
+
+x_fit / y_fit is one batch of the train split's fitting part, x_hold / y_hold one batch of its
+held-out cases; the hypergradient d/dphi goes through the K inner steps by the chosen method of
+fuse4seg.bilevel (``module_hypergradient``). The inner optimiser's state (momentum, Adam moments)
+is carried across outer steps.
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from fuse4seg.bilevel import (
+    OPTION_NAMES,
+    NonFiniteHypergradient,
+    assign_grads,
+    load_params,
+    module_hypergradient,
+)
+from fuse4seg.errors import ConfigError
+from fuse4seg.losses import fusion_loss, segmentation_loss
+
+if TYPE_CHECKING:
+    from fuse4seg.train.config import TrainConfig
+    from fuse4seg.train.networks import Pipeline
+
+Batch = dict[str, Any]
+#: A loss of the two networks, given as callables (fusion F, segmenter S) -> scalar tensor.
+ModuleLoss = Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], torch.Tensor]
+
+
+class NonFiniteStep(ArithmeticError):
+    """A loss or (hyper)gradient of this step is NaN/Inf; the step was not applied."""
+
+
+@dataclass
+class StepResult:
+    """What one step reports: scalars for logging (TensorBoard tag -> value)."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Optimisers:
+    """Torch optimisers of the fusion net (upper) and the segmenter (lower), as the mode needs them."""
+
+    upper: torch.optim.Optimizer | None
+    lower: torch.optim.Optimizer | None
+    inner_state: dict[str, Any] | None = None  # bilevel: inner optimiser state carried across steps
+
+
+class Training(Protocol):
+    """What a step reads and updates (the Trainer)."""
+
+    config: TrainConfig
+    pipeline: Pipeline
+    opts: Optimisers
+    device: torch.device
+    step: int
+    fusion_steps: int
+
+
+def _finite(*values: torch.Tensor) -> bool:
+    """True when every tensor is all-finite."""
+    return all(bool(torch.isfinite(v).all()) for v in values)
+
+
+def _norm(tensors: list[torch.Tensor] | dict[str, torch.Tensor]) -> float:
+    """Euclidean norm of the tensors (a list or a dict's values), concatenated; 0 for none."""
+    flat = [t.detach().flatten() for t in (tensors.values() if isinstance(tensors, dict) else tensors)]
+    return float(torch.linalg.vector_norm(torch.cat(flat))) if flat else 0.0
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    """Euclidean norm of the concatenated .grad of ``params`` (0 when none has a gradient)."""
+    return _norm([p.grad for p in params if p.grad is not None])
+
+
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, what: str) -> float:
+    """Backward ``loss`` and step ``opt`` unless the loss or a gradient is non-finite; returns grad norm."""
+    if not _finite(loss):
+        raise NonFiniteStep(f"non-finite {what} loss ({float(loss.detach())})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    norm = _grad_norm(params)
+    if not math.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteStep(f"non-finite {what} gradient")
+    opt.step()
+    return norm
+
+
+def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source (N,4,H,W), stored fused (N,1,H,W), label (N,H,W) int64) of a batch on ``device``."""
+    return (batch["source"].to(device, non_blocking=True), batch["fused"].to(device, non_blocking=True),
+            batch["label"].to(device, non_blocking=True).long())
+
+
+def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device,
+                   record: dict[str, float], lambda_seg: float | None) -> tuple[ModuleLoss, ModuleLoss]:
+    """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
+
+    ``lambda_seg`` None: the upper loss is the held-out segmentation loss alone (the caller balances
+    its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
+    upper-loss parts (for logging), as floats.
+    """
+    x_fit, _, y_fit = _inputs(fit, device)
+    x_hold, _, y_hold = _inputs(hold, device)
+    s_fit, s_hold = pipeline.fusion_sources(x_fit), pipeline.fusion_sources(x_hold)
+
+    def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
+        return segmentation_loss(segment(fuse(s_fit)), y_fit, pipeline.region_based)
+
+    def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """L_fuse(F(x_fit), x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
+        if lambda_seg is None:
+            ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
+            record["loss/seg_holdout"] = float(ls.detach())
+            return ls
+        lf, _ = fusion_loss(fuse(s_fit), s_fit, config.fusion_loss_weights or None)
+        ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
+        record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
+        return lf + lambda_seg * ls
+
+    return lower_loss, upper_loss
+
+
+def fusion_loss_grads(config: TrainConfig, pipeline: Pipeline, fit: Batch, device: torch.device
+                      ) -> tuple[float, dict[str, torch.Tensor]]:
+    """(L_fuse(F(x_fit), x_fit), its gradient by trainable fusion-parameter name): the direct part of the
+    upper gradient, the part that does not go through the segmenter."""
+    x_fit, _, _ = _inputs(fit, device)
+    s_fit = pipeline.fusion_sources(x_fit)
+    params = {k: p for k, p in pipeline.fusion.named_parameters() if p.requires_grad}
+    lf, _ = fusion_loss(pipeline.fusion(s_fit), s_fit, config.fusion_loss_weights or None)
+    grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
+    return float(lf.detach()), dict(zip(params, grads))
+
+
+def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
+    """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
+
+    During the first ``t.fusion_steps`` steps (``--fusion-steps``: a warm-up) only the fusion net
+    learns, from the fusion loss. With ``--seg-fraction f`` the segmentation term's weight is set at
+    every step to ``lambda = f |g_fuse| / |g_seg|`` (g_fuse: the fusion-loss gradient; g_seg: the
+    hypergradient of the held-out segmentation loss), so the segmentation part of the update has
+    f times the norm of the fusion part. ``hypergrad/seg_fraction`` logs that ratio either way (with
+    a fixed lambda it costs one more backward through the small fusion net).
+    """
+    if t.step < t.fusion_steps:
+        return fusion_only_step(t, fit)
+    config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
+    assert fusion is not None and opts.upper is not None and hold is not None
+    auto = config.seg_fraction is not None
+    record: dict[str, float] = {}
+    lower_loss, upper_loss = bilevel_losses(config, t.pipeline, fit, hold, t.device, record,
+                                            None if auto else config.lambda_seg)
+    options = {name: getattr(config.hypergrad, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
+    try:
+        result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, **options)
+    except NonFiniteHypergradient as exc:
+        raise NonFiniteStep(str(exc)) from None
+    except ConfigError as exc:  # names an engine parameter (e.g. a carried inner state that does not fit)
+        raise ConfigError(f"bi-level step {t.step}: {exc}") from None
+    if not _finite(*result.lower.values()):
+        raise NonFiniteStep("non-finite segmentation weights after the inner steps")
+    lf, g_fuse = fusion_loss_grads(config, t.pipeline, fit, t.device)
+    norm_fuse = _norm(g_fuse)
+    if auto:
+        norm_seg = _norm(result.grads)
+        lam = config.seg_fraction * norm_fuse / norm_seg if norm_seg > 0 else 0.0
+        grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
+        record["loss/fusion"] = lf
+    else:
+        lam, grads = config.lambda_seg, result.grads
+        norm_seg = _norm({k: g - g_fuse[k] for k, g in grads.items()}) / lam if lam > 0 else 0.0
+    upper_value = record.get("loss/fusion", math.nan) + lam * record.get("loss/seg_holdout", math.nan)
+    if not (math.isfinite(upper_value) and math.isfinite(lam)):
+        raise NonFiniteStep("non-finite upper loss")
+    if not _finite(*grads.values()):
+        raise NonFiniteStep("non-finite fusion-loss gradient")
+    opts.upper.zero_grad(set_to_none=True)
+    assign_grads(fusion, grads)
+    opts.upper.step()
+    load_params(seg, result.lower)
+    opts.inner_state = result.state
+    scalars = {**record, "loss/upper": upper_value, "hypergrad/norm": _norm(grads), "hypergrad/lambda_seg": lam,
+               "hypergrad/seg_fraction": lam * norm_seg / norm_fuse if norm_fuse > 0 else math.nan}
+    if "lower_loss" in result.info:
+        scalars["loss/seg_inner"] = float(result.info["lower_loss"])
+    return StepResult(scalars)
+
+
+def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
+    """Both nets, one loss L_fuse + lambda * L_seg on the same batch, one backward (RMR-Fusion style)."""
+    config, pipeline, opts = t.config, t.pipeline, t.opts
+    assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
+    x, _, y = _inputs(fit, t.device)
+    s = pipeline.fusion_sources(x)
+    fused = pipeline.fusion(s)
+    lf, _ = fusion_loss(fused, s, config.fusion_loss_weights or None)
+    logits = pipeline.seg(fused)
+    ls = segmentation_loss(logits, y, pipeline.region_based)
+    loss = lf + config.lambda_seg * ls
+    if not _finite(loss):
+        raise NonFiniteStep(f"non-finite joint loss ({float(loss.detach())})")
+    opts.upper.zero_grad(set_to_none=True)
+    opts.lower.zero_grad(set_to_none=True)
+    loss.backward()
+    norm_f = _grad_norm(list(pipeline.fusion.parameters()))
+    norm_s = _grad_norm(list(pipeline.seg.parameters()))
+    if not (math.isfinite(norm_f) and math.isfinite(norm_s)):
+        raise NonFiniteStep("non-finite joint gradient")
+    opts.upper.step()
+    opts.lower.step()
+    scalars = {"loss/fusion": float(lf.detach()), "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
+               "grad/fusion_norm": norm_f, "grad/seg_norm": norm_s}
+    return StepResult(scalars)
+
+
+def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
+    """Stage 1 (the first ``t.fusion_steps`` steps): the fusion net on the fusion loss alone; stage 2: the
+    segmenter on the frozen fusion."""
+    pipeline, opts = t.pipeline, t.opts
+    assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
+    if t.step < t.fusion_steps:
+        return fusion_only_step(t, fit)
+    x, _, y = _inputs(fit, t.device)
+    s = pipeline.fusion_sources(x)
+    with torch.no_grad():
+        fused = pipeline.fusion(s)
+    logits = pipeline.seg(fused)
+    ls = segmentation_loss(logits, y, pipeline.region_based)
+    norm = _backward_step(ls, opts.lower, "segmentation")
+    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
+
+
+def fusion_only_step(t: Training, fit: Batch) -> StepResult:
+    """The fusion net alone on the fusion loss (two-stage's first stage, bilevel's warm-up)."""
+    x, _, _ = _inputs(fit, t.device)
+    s = t.pipeline.fusion_sources(x)
+    lf, _ = fusion_loss(t.pipeline.fusion(s), s, t.config.fusion_loss_weights or None)
+    norm = _backward_step(lf, t.opts.upper, "fusion")
+    return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
+
+
+def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
+    """``direct`` and ``feature-fusion``: the segmenter alone on its chosen inputs."""
+    pipeline, opts = t.pipeline, t.opts
+    assert opts.lower is not None
+    x, stored, y = _inputs(fit, t.device)
+    logits = pipeline.seg(pipeline.seg_input(x, stored, None))
+    ls = segmentation_loss(logits, y, pipeline.region_based)
+    norm = _backward_step(ls, opts.lower, "segmentation")
+    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})
+
+
+# ---- mode-specific checks and rules -----------------------------------------------------------------
