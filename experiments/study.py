@@ -14,7 +14,9 @@ split, and for rows with ``retrain = true`` the usual protocol after bi-level se
 benchmark's fused image) and ``train --mode direct --inputs fused`` from scratch on it, also
 evaluated. A finished (row, seed) leaves OUT/results/ROW/seed-S.json and is skipped next time,
 so an interrupted study resumes. The aggregate (experiments/study_report.py) writes
-experiments/results/study.{md,json} and one learning-curve PNG per row.
+experiments/results/study.{md,json} and one learning-curve PNG per row, and copies every run's
+record to experiments/results/study_runs/, where a later invocation (another session, a fresh
+clone) finds it and does not train that (row, seed) again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: Where the aggregate copies every finished run's record; a run found there is not trained again.
+COMMITTED = HERE / "results"
 REGIONS = ("WT", "TC", "ET")
 #: Options of a row that the runner reads itself; all others go to ``fuse4seg train``.
 RUNNER_KEYS = ("benchmark", "retrain", "seeds", "note", "reference")
@@ -122,6 +127,10 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
             out: Path) -> Path:
     """Train, evaluate (and retrain) one (row, seed); writes and returns OUT/results/NAME/seed-S.json."""
     result = out / "results" / name / f"seed-{seed}.json"
+    committed = COMMITTED / f"study{'' if out.name == 'small' else '_' + out.name}_runs" / name / result.name
+    if not result.is_file() and committed.is_file():  # finished in an earlier session: its committed record
+        result.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(committed, result)
     if result.is_file():
         return result
     work = out / "runs" / name / f"seed-{seed}"
