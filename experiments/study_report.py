@@ -7,7 +7,7 @@ Statistics, per row (n = seeds that finished):
   mean of WT/TC/ET) averaged over the seeds both rows finished; the mean difference over cases
   and the two-sided Wilcoxon signed-rank p-value (scipy) over those cases;
 - a learning curve PNG: val Dice mean at every --eval-every step, one thin line per seed, the
-  seed mean in bold.
+  seed mean in bold; and one summary PNG of every row's Dice mean with its interval.
 """
 
 from __future__ import annotations
@@ -149,6 +149,29 @@ def plot_curves(rows: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Pa
     return paths
 
 
+def plot_summary(summaries: list[dict[str, Any]], path: Path) -> Path:
+    """One PNG: each row's test Dice mean over seeds with its 95 % interval, best at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summaries, key=lambda s: s["dice_mean"]["mean"])
+    fig, ax = plt.subplots(figsize=(6.5, 0.26 * len(rows) + 1.0), dpi=100)
+    for y, s in enumerate(rows):
+        m, (lo, hi) = s["dice_mean"]["mean"], s["dice_mean"]["ci95"]
+        colour = "tab:red" if s["row"].startswith("bilevel") else "tab:blue"
+        ax.errorbar(m, y, xerr=[[m - lo], [hi - m]] if s["dice_mean"]["n"] > 1 else None, fmt="o", color=colour,
+                    ms=4, capsize=2)
+    ax.set_yticks(range(len(rows)), [s["row"] for s in rows], fontsize=7)
+    ax.set(xlabel="test Dice mean (per slice; mean over seeds, 95 % CI)", xlim=(0.4, 1.0))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_report(results: Path, spec: dict[str, Any], out: Path, suffix: str = "") -> str:
     """Write OUT/study{suffix}.md/.json, the curves and a copy of every run's JSON; returns the table."""
     rows = load_runs(results)
@@ -160,6 +183,8 @@ def write_report(results: Path, spec: dict[str, Any], out: Path, suffix: str = "
                                                           "common": spec["common"], "rows": summaries},
                                                          indent=1) + "\n", encoding="utf-8")
     plot_curves(rows, out / f"study{suffix}_curves")
+    if summaries:
+        plot_summary(summaries, out / f"study{suffix}_dice.png")
     runs_copy = out / f"study{suffix}_runs"
     for name in rows:
         (runs_copy / name).mkdir(parents=True, exist_ok=True)
