@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from fuse4seg.conventions import LABELS, REGIONS
 from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.metrics.conventions import check_challenge, check_convention, region_scores
 
 SEGMENTATION_METRIC_NAMES: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
 #: Per region, a lookup table from label value to region membership: one gather per mask (as region_masks).
@@ -148,19 +149,31 @@ def _check_label_map(label: np.ndarray, name: str) -> np.ndarray:
     return arr.astype(np.intp) if arr.dtype.kind == "f" else arr
 
 
-def segmentation_metrics(pred: np.ndarray, truth: np.ndarray,
-                         spacing: float | Sequence[float] | None = None) -> dict[str, dict[str, float]]:
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] | None = None,
+                         convention: str = "monai", challenge: str = "gli") -> dict[str, dict[str, float]]:
     """Dice, HD95 (mm), sensitivity, specificity per BraTS region for canonical (H, W[, D]) label maps.
 
     Returns {"WT": {"dice", "hd95", "sensitivity", "specificity"}, "TC": ..., "ET": ...}; regions from
     :data:`fuse4seg.conventions.REGIONS`; ``spacing`` in mm per axis (None -> 1 mm). DataError for a
     shape mismatch or a label outside {0, 1, 2, 3}; ConfigError for a bad spacing.
+
+    ``convention`` (:mod:`fuse4seg.metrics.conventions`): ``monai`` (the default, described above),
+    ``brats2023`` (the 2023-24 challenge code, with lesion-wise metrics for ``challenge`` gli, ssa,
+    ped, men or met) or ``brats2025`` (brats-evaluation / panoptica); the brats conventions take 3-D
+    volumes and return the metrics of :data:`fuse4seg.metrics.conventions.METRICS` per region.
     """
+    convention, challenge = check_convention(convention), check_challenge(challenge)
     p = _check_label_map(pred, "prediction")
     t = _check_label_map(truth, "truth")
     if p.shape != t.shape:
         raise DataError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
     sp = _spacing(spacing, p.ndim)
+    if convention != "monai":
+        if p.ndim != 3:
+            raise DataError(f"the {convention} convention scores 3-D volumes, got label maps of shape {p.shape}")
+        spacing_3d = (float(sp[0]), float(sp[1]), float(sp[2]))
+        return {region: region_scores(lut[p], lut[t], spacing_3d, convention, challenge)
+                for region, lut in _REGION_LUT.items()}
     diagonal = image_diagonal(p.shape, sp)
     n_total = p.size
     # Every region lies inside the non-background voxels: crop once, count the rest analytically.
