@@ -194,6 +194,24 @@ def fuse_command(
     typer.echo(f"{result['case_id']}: wrote {', '.join(result['files'])} to {out} ({result['scheme']} labels; {voxels})")
 
 
+@app.command("score")
+def score_command(
+    pred: str = typer.Option(..., "--pred", help="Predictions: one <case id>.nii.gz per case, the release's label values."),
+    truth: str = typer.Option(..., "--truth", help="BraTS release directory holding the truth seg files."),
+    convention: str = typer.Option(..., "--convention", help="monai, brats2023 (2023-24 challenge code) or brats2025 "
+                                                             "(brats-evaluation / panoptica)."),
+    challenge: str = typer.Option("gli", "--challenge", help="gli, ssa, ped, men or met: brats2023's lesion dilation "
+                                                             "and volume threshold."),
+    out: str = typer.Option(..., "--out", help="Output FILE.json; FILE.csv (one row per case and region) goes next to it."),
+    workers: int = typer.Option(1, "--workers", help="Cases scored in parallel."),
+) -> None:
+    """Score BraTS predictions against a release: Dice, HD95 and lesion-wise metrics per case and region."""
+    from fuse4seg.metrics.scoring import format_score_summary, score_directory
+
+    result = score_directory(pred, truth, out, convention=convention, challenge=challenge, workers=workers)
+    typer.echo(format_score_summary(result, out))
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("runs/demo", "--out", help="Directory for the demo's benchmark and run."),
