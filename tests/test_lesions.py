@@ -15,7 +15,7 @@ from scipy import ndimage
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.metrics import segmentation_metrics
 from fuse4seg.metrics.conventions import brats2023_region, brats2025_region
-from fuse4seg.metrics.lesions import match_lesions
+from fuse4seg.metrics.lesions import cluster_pieces, match_lesions
 from fuse4seg.metrics.surfaces import pooled_hd95, surfel_areas, surfel_hd95
 
 SHAPE = (40, 40, 40)
@@ -226,6 +226,61 @@ def test_empty_label_maps_both_empty() -> None:
     assert all(np.isnan(out[r]["dice"]) for r in REGIONS)
     out = segmentation_metrics(zeros, zeros, convention="brats2023")
     assert all(out[r]["dice"] == 1.0 and out[r]["lesion_dice"] == 1.0 for r in REGIONS)
+
+
+# ---- pieces: far-apart lesions are scored crop by crop ----------------------------------------------------------
+
+
+def spread_case() -> tuple[np.ndarray, np.ndarray]:
+    """(pred, truth) 64 x 64 x 40 label maps: an L-shaped tumour whose box holds a far satellite (another piece),
+    a lesion at the volume's corner, a missed lesion and far false positives."""
+    truth = np.zeros((64, 64, 40), np.uint8)
+    truth[2:60, 2:9, 10:17] = 2
+    truth[2:9, 2:60, 10:17] = 2
+    truth[3:40, 4:7, 12:15] = 3
+    truth[40:47, 40:47, 20:27] = 2      # satellite inside the L's box, 30 voxels from it
+    truth[42:45, 42:45, 22:25] = 1
+    truth[57:64, 57:64, 33:40] = 3      # at the volume's corner
+    truth[20:24, 40:44, 30:34] = 3      # missed by the prediction
+    pred = np.zeros_like(truth)
+    pred[1:, :-1, 1:] = truth[:-1, 1:, :-1]   # shifted by (1, -1, 1)
+    pred[21:25, 39:43, 31:35] = 0
+    pred[57:64, 57:64, 33:40] = truth[57:64, 57:64, 33:40]
+    pred[30:33, 20:23, 2:5] = 2         # false positives
+    pred[50:52, 10:12, 30:33] = 3
+    return pred, truth
+
+
+def test_cluster_pieces_partition_the_volume() -> None:
+    pred, truth = spread_case()
+    occupied = (pred != 0) | (truth != 0)
+    pieces = cluster_pieces(occupied)
+    assert len(pieces) >= 3 and any(piece.foreign is not None for piece in pieces)
+    assert sum(int(np.count_nonzero(piece.take(occupied))) for piece in pieces) == int(np.count_nonzero(occupied))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("challenge", ["gli", "met"])
+def test_spread_case_equals_references(challenge: str) -> None:
+    pytest.importorskip("surface_distance")
+    pred, truth = spread_case()
+    ours = segmentation_metrics(pred, truth, ANISO, convention="brats2023", challenge=challenge)
+    settings = {"gli": (3, 50.0), "met": (1, 2.0)}[challenge]
+    for region, labels in REGIONS.items():
+        ref = brats2023_reference(np.isin(pred, labels), np.isin(truth, labels), ANISO, *settings)
+        for key, value in ref.items():
+            assert close(ours[region][key], value), (region, key, ours[region][key], value)
+    assert ours["ET"]["fn"] == 1 and ours["ET"]["fp"] == 1 and ours["WT"]["fp"] == 2
+
+
+def test_spread_case_equals_panoptica() -> None:
+    pytest.importorskip("panoptica")
+    pred, truth = spread_case()
+    ours = segmentation_metrics(pred, truth, ISO, convention="brats2025")
+    ref = panoptica_scores(panoptica_evaluator(), pred, truth, ISO)
+    for region in REGIONS:
+        for key, value in ref[region].items():
+            assert close(ours[region][key], value), (region, key, ours[region][key], value)
 
 
 # ---- segmentation_metrics: convention argument ---------------------------------------------------------------

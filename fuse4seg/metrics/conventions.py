@@ -28,9 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fuse4seg.conventions import LABELS, REGIONS
 from fuse4seg.errors import ConfigError
-from fuse4seg.metrics.lesions import brats2023_lesions, brats2025_lesions
-from fuse4seg.metrics.surfaces import pooled_hd95, surfel_hd95
+from fuse4seg.metrics.lesions import brats2023_piece, brats2025_piece, cluster_pieces
+from fuse4seg.metrics.surfaces import pooled_hd95_points, surfel_hd95_cells
+
+#: One piece of a region: (prediction mask, truth mask, origin of the crop in the volume).
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 CONVENTIONS: tuple[str, ...] = ("monai", "brats2023", "brats2025")
 #: HD95 (mm) that the 2023-24 code writes for an infinite distance (one mask empty, a missed lesion, a false positive).
@@ -80,49 +84,100 @@ def check_challenge(challenge: str) -> str:
     return name
 
 
+def mask_parts(pred: np.ndarray, truth: np.ndarray) -> list[Part]:
+    """The pieces (:func:`fuse4seg.metrics.lesions.cluster_pieces`) of two same-shape 3-D boolean masks."""
+    return [(piece.take(pred), piece.take(truth), piece.origin) for piece in cluster_pieces(pred | truth)]
+
+
+def _counts(parts: list[Part]) -> tuple[int, int, int]:
+    """(|P & T|, |P|, |T|) voxels over all pieces (pieces hold every voxel of either mask, once)."""
+    tp = sum(int(np.count_nonzero(p & t)) for p, t, _ in parts)
+    return tp, sum(int(np.count_nonzero(p)) for p, _, _ in parts), sum(int(np.count_nonzero(t)) for _, t, _ in parts)
+
+
+def _stack(arrays: list[np.ndarray], width: int = 3) -> np.ndarray:
+    """Rows of all pieces in one array ((0, width) when there are none)."""
+    return np.concatenate(arrays) if arrays else np.zeros((0, width), np.int64)
+
+
+def brats2023_parts(parts: list[Part], spacing: tuple[float, float, float], challenge: str,
+                    n_total: int) -> dict[str, float]:
+    """BraTS 2023-24 metrics of one region from its pieces; ``n_total`` = voxels in the volume (for specificity)."""
+    settings = CHALLENGES[check_challenge(challenge)]
+    tp, n_pred, n_truth = _counts(parts)
+    both_empty = n_pred + n_truth == 0
+    pieces = [brats2023_piece(p, t, o, spacing, settings.dilation, settings.threshold) for p, t, o in parts]
+    dice = 1.0 if both_empty else 2.0 * tp / (n_pred + n_truth)
+    hd95 = 0.0 if both_empty else surfel_hd95_cells(
+        _stack([x.cells_t for x in pieces]), np.concatenate([x.codes_t for x in pieces] or [np.zeros(0, np.uint8)]),
+        _stack([x.cells_p for x in pieces]), np.concatenate([x.codes_p for x in pieces] or [np.zeros(0, np.uint8)]),
+        spacing)
+    # GaNDLF's TP / (TP + FN + tiny) and TN / (TN + FP + tiny): an empty denominator gives 0, except
+    # sensitivity 1 when both masks are empty.
+    negatives = n_total - n_truth
+    sensitivity = 1.0 if both_empty else (tp / n_truth if n_truth else 0.0)
+    specificity = (negatives - (n_pred - tp)) / negatives if negatives else 0.0
+    lesion_dice = [d for x in pieces for d in x.dice]
+    lesion_hd = [BRATS2023_PENALTY if np.isinf(h) else h for x in pieces for h in x.hd95]
+    n_fp = sum(x.fp for x in pieces)
+    n = len(lesion_dice) + n_fp
+    return {"dice": dice, "hd95": BRATS2023_PENALTY if np.isinf(hd95) else hd95,
+            "sensitivity": sensitivity, "specificity": specificity,
+            "lesion_dice": sum(lesion_dice) / n if n else 1.0,
+            "lesion_hd95": (sum(lesion_hd) + BRATS2023_PENALTY * n_fp) / n if n else 0.0,
+            "tp": sum(x.tp for x in pieces), "fp": n_fp, "fn": sum(x.fn for x in pieces)}
+
+
+def brats2025_parts(parts: list[Part], spacing: tuple[float, float, float]) -> dict[str, float]:
+    """BraTS 2025 (brats-evaluation / panoptica) metrics of one region from its pieces."""
+    tp, n_pred, n_truth = _counts(parts)
+    nan = float("nan")
+    if n_pred + n_truth == 0:
+        return {"dice": nan, "hd95": nan, "lesion_dice": nan, "lesion_hd95": nan, "tp": 0, "fp": 0, "fn": 0,
+                "f1": nan}
+    pieces = [brats2025_piece(p, t, o, spacing) for p, t, o in parts]
+    if tp == 0:  # panoptica's zero-overlap edge case: Dice 0, HD95 inf (-> 373)
+        dice, hd95 = 0.0, BRATS2025_PENALTY
+    else:
+        dice = 2.0 * tp / (n_pred + n_truth)
+        hd95 = pooled_hd95_points(_stack([x.surf_t for x in pieces]), _stack([x.surf_p for x in pieces]), spacing)
+    lesion_dice = [d for x in pieces for d in x.dice]
+    lesion_hd = [h for x in pieces for h in x.hd95]
+    matched = len(lesion_dice)
+    fp = sum(x.n_pred for x in pieces) - matched
+    fn = sum(x.n_ref for x in pieces) - matched
+    # No match while lesions exist: panoptica's edge case gives Dice 0 and HD95 inf (brats-evaluation: 373).
+    return {"dice": dice, "hd95": hd95,
+            "lesion_dice": float(np.mean(lesion_dice)) if matched else 0.0,
+            "lesion_hd95": float(np.mean(lesion_hd)) if matched else BRATS2025_PENALTY,
+            "tp": matched, "fp": fp, "fn": fn, "f1": 2 * matched / (2 * matched + fp + fn)}
+
+
 def brats2023_region(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float],
                      challenge: str = "gli") -> dict[str, float]:
     """BraTS 2023-24 metrics of one region's (X, Y, Z) boolean masks (``spacing`` mm per axis)."""
-    settings = CHALLENGES[check_challenge(challenge)]
-    tp = int(np.count_nonzero(pred & truth))
-    n_pred, n_truth = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
-    both_empty = n_pred + n_truth == 0
-    dice = 1.0 if both_empty else 2.0 * tp / (n_pred + n_truth)
-    hd95 = 0.0 if both_empty else surfel_hd95(truth, pred, spacing)
-    # GaNDLF's TP / (TP + FN + tiny) and TN / (TN + FP + tiny): an empty denominator gives 0, except
-    # sensitivity 1 when both masks are empty.
-    negatives = pred.size - n_truth
-    sensitivity = 1.0 if both_empty else (tp / n_truth if n_truth else 0.0)
-    specificity = (negatives - (n_pred - tp)) / negatives if negatives else 0.0
-    lesions = brats2023_lesions(pred, truth, spacing, settings.dilation, settings.threshold, BRATS2023_PENALTY)
-    return {"dice": dice, "hd95": BRATS2023_PENALTY if np.isinf(hd95) else hd95,
-            "sensitivity": sensitivity, "specificity": specificity, "lesion_dice": lesions.dice,
-            "lesion_hd95": lesions.hd95, "tp": lesions.tp, "fp": lesions.fp, "fn": lesions.fn}
+    return brats2023_parts(mask_parts(pred, truth), spacing, challenge, pred.size)
 
 
 def brats2025_region(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
     """BraTS 2025 (brats-evaluation / panoptica) metrics of one region's (X, Y, Z) boolean masks."""
-    lesions = brats2025_lesions(pred, truth, spacing, BRATS2025_PENALTY)
-    tp = int(np.count_nonzero(pred & truth))
-    n_pred, n_truth = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
-    if n_pred + n_truth == 0:
-        dice = hd95 = f1 = np.nan
-    elif tp == 0:  # panoptica's zero-overlap edge case: Dice 0, HD95 inf (-> 373)
-        dice, hd95 = 0.0, BRATS2025_PENALTY
-    else:
-        dice, hd95 = 2.0 * tp / (n_pred + n_truth), pooled_hd95(truth, pred, spacing)
-    if n_pred + n_truth:
-        matched = 2 * lesions.tp
-        f1 = matched / (matched + lesions.fp + lesions.fn)
-    return {"dice": dice, "hd95": hd95, "lesion_dice": lesions.dice, "lesion_hd95": lesions.hd95,
-            "tp": lesions.tp, "fp": lesions.fp, "fn": lesions.fn, "f1": f1}
+    return brats2025_parts(mask_parts(pred, truth), spacing)
 
 
-def region_scores(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float], convention: str,
-                  challenge: str = "gli") -> dict[str, float]:
-    """The metrics of ``convention`` (brats2023 or brats2025) for one region's (X, Y, Z) boolean masks."""
-    if convention == "brats2023":
-        return brats2023_region(pred, truth, spacing, challenge)
-    if convention == "brats2025":
-        return brats2025_region(pred, truth, spacing)
-    raise ConfigError(f"region_scores covers brats2023 and brats2025, got {convention!r}", option="convention")
+#: Per region, label value -> membership (canonical labels), for one gather per crop.
+_REGION_LUT: dict[str, np.ndarray] = {r: np.isin(np.arange(max(LABELS) + 1), v) for r, v in REGIONS.items()}
+
+
+def label_map_scores(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float], convention: str,
+                     challenge: str = "gli") -> dict[str, dict[str, float]]:
+    """The metrics of ``convention`` (brats2023 or brats2025) per region for canonical (X, Y, Z) label maps."""
+    if convention not in ("brats2023", "brats2025"):
+        raise ConfigError(f"label_map_scores covers brats2023 and brats2025, got {convention!r}", option="convention")
+    # The pieces hold every labelled voxel; each region's masks are gathered from the crops only.
+    crops = [(piece.take(pred), piece.take(truth), piece.origin) for piece in cluster_pieces((pred != 0) | (truth != 0))]
+    out = {}
+    for region, lut in _REGION_LUT.items():
+        parts = [(lut[p], lut[t], origin) for p, t, origin in crops]
+        out[region] = (brats2023_parts(parts, spacing, challenge, pred.size) if convention == "brats2023"
+                       else brats2025_parts(parts, spacing))
+    return out

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from fuse4seg.conventions import LABELS, REGIONS
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.metrics.conventions import check_challenge, check_convention, region_scores
+from fuse4seg.metrics.conventions import check_challenge, check_convention, label_map_scores
 
 SEGMENTATION_METRIC_NAMES: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
 #: Per region, a lookup table from label value to region membership: one gather per mask (as region_masks).
@@ -171,9 +171,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: float | S
     if convention != "monai":
         if p.ndim != 3:
             raise DataError(f"the {convention} convention scores 3-D volumes, got label maps of shape {p.shape}")
-        spacing_3d = (float(sp[0]), float(sp[1]), float(sp[2]))
-        return {region: region_scores(lut[p], lut[t], spacing_3d, convention, challenge)
-                for region, lut in _REGION_LUT.items()}
+        return label_map_scores(p, t, (float(sp[0]), float(sp[1]), float(sp[2])), convention, challenge)
     diagonal = image_diagonal(p.shape, sp)
     n_total = p.size
     # Every region lies inside the non-background voxels: crop once, count the rest analytically.

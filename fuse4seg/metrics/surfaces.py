@@ -104,13 +104,36 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 
 
 def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
-    """(X+1, Y+1, Z+1) uint8 code of every 2 x 2 x 2 cell of a (X, Y, Z) boolean mask padded by one empty voxel."""
+    """(X+1, Y+1, Z+1) uint8 code of every 2 x 2 x 2 cell of a (X, Y, Z) boolean mask padded by one empty voxel.
+
+    Cell c covers voxels c - 1 and c along each axis (DeepMind's correlate with the 2 x 2 x 2 kernel).
+    """
     padded = np.pad(mask, 1).view(np.uint8)
     out_shape = tuple(n + 1 for n in mask.shape)
     codes = np.zeros(out_shape, dtype=np.uint8)
     for (i, j, k), weight in np.ndenumerate(_CODE_WEIGHTS):
         codes += padded[i:i + out_shape[0], j:j + out_shape[1], k:k + out_shape[2]] * weight
     return codes
+
+
+def surfel_cells(mask: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Surface cells of a 3-D boolean mask: (cells (N, 3) int64, codes (N,) uint8, labels (N,) int).
+
+    Cells are the 2 x 2 x 2 neighbourhoods neither all in nor all out of the mask, in cell coordinates
+    (cell c covers voxels c - 1 and c: add a crop's origin to compare crops). ``labels`` (optional, the
+    mask's 26-connected components) gives each cell the component of its mask voxels: all the mask
+    voxels of one cell are 26-neighbours, so a cell belongs to exactly one component (0 if not given).
+    """
+    codes = _neighbour_codes(mask)
+    border = (codes != 0) & (codes != 255)
+    cells = np.argwhere(border)
+    owner = np.zeros(len(cells), dtype=np.int64)
+    if labels is not None and len(cells):
+        padded = np.pad(labels, 1)
+        for offset in np.ndindex(2, 2, 2):
+            at = cells + np.asarray(offset)
+            owner = np.maximum(owner, padded[at[:, 0], at[:, 1], at[:, 2]])
+    return cells, codes[border], owner
 
 
 def nearest_distances(points: np.ndarray, targets: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
@@ -136,21 +159,24 @@ def _directed_percentile(distances: np.ndarray, areas: np.ndarray) -> float:
     return float(distances[min(index, distances.size - 1)])
 
 
+def surfel_hd95_cells(cells_t: np.ndarray, codes_t: np.ndarray, cells_p: np.ndarray, codes_p: np.ndarray,
+                      spacing: tuple[float, float, float]) -> float:
+    """DeepMind robust HD95 in mm from the surface cells and codes of truth and prediction; inf if either has none."""
+    if len(cells_t) == 0 or len(cells_p) == 0:
+        return np.inf
+    areas = surfel_areas(tuple(float(s) for s in spacing))
+    to_p, to_t = nearest_distances(cells_t, cells_p, spacing), nearest_distances(cells_p, cells_t, spacing)
+    return max(_directed_percentile(to_p, areas[codes_t]), _directed_percentile(to_t, areas[codes_p]))
+
+
 def surfel_hd95(truth: np.ndarray, pred: np.ndarray, spacing: tuple[float, float, float]) -> float:
     """DeepMind robust HD95 in mm of two same-shape 3-D boolean masks (``spacing`` mm per axis); inf if either is empty."""
     box = bounding_box(truth | pred)
-    if box is None or not truth.any() or not pred.any():
+    if box is None:
         return np.inf
-    sp = tuple(float(s) for s in spacing)
-    codes_t, codes_p = _neighbour_codes(truth[box]), _neighbour_codes(pred[box])
-    border_t = (codes_t != 0) & (codes_t != 255)
-    border_p = (codes_p != 0) & (codes_p != 255)
-    areas = surfel_areas(sp)
-    # Distances from each surface cell to the nearest cell of the other surface (exact Euclidean, in mm).
-    cells_t, cells_p = np.argwhere(border_t), np.argwhere(border_p)
-    to_p, to_t = nearest_distances(cells_t, cells_p, sp), nearest_distances(cells_p, cells_t, sp)
-    return max(_directed_percentile(to_p, areas[codes_t[border_t]]),
-               _directed_percentile(to_t, areas[codes_p[border_p]]))
+    cells_t, codes_t, _ = surfel_cells(truth[box])
+    cells_p, codes_p, _ = surfel_cells(pred[box])
+    return surfel_hd95_cells(cells_t, codes_t, cells_p, codes_p, spacing)
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
@@ -158,14 +184,19 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
+def pooled_hd95_points(surf_t: np.ndarray, surf_p: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """panoptica HD95 in mm from the (N, 3) and (M, 3) surface voxel indices of truth and prediction; inf if either has none."""
+    if len(surf_t) == 0 or len(surf_p) == 0:
+        return np.inf
+    to_p, to_t = nearest_distances(surf_t, surf_p, spacing), nearest_distances(surf_p, surf_t, spacing)
+    return float(np.percentile(np.concatenate((to_p, to_t)), _PERCENT))
+
+
 def pooled_hd95(truth: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...]) -> float:
     """panoptica HD95 in mm: 95th percentile of both directions' surface distances pooled; inf if either is empty."""
     box = bounding_box(truth | pred)
-    if box is None or not truth.any() or not pred.any():
+    if box is None:
         return np.inf
     # Cropping to the union's box changes nothing: every surface voxel lies inside it and the erosion
     # sees background beyond it either way.
-    surf_t, surf_p = np.argwhere(surface_voxels(truth[box])), np.argwhere(surface_voxels(pred[box]))
-    sp = tuple(float(s) for s in spacing)
-    to_p, to_t = nearest_distances(surf_t, surf_p, sp), nearest_distances(surf_p, surf_t, sp)
-    return float(np.percentile(np.concatenate((to_p, to_t)), _PERCENT))
+    return pooled_hd95_points(np.argwhere(surface_voxels(truth[box])), np.argwhere(surface_voxels(pred[box])), spacing)
