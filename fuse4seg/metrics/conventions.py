@@ -10,13 +10,13 @@
   area; :func:`fuse4seg.metrics.surfaces.surfel_hd95`), 374 when one mask is empty, 0 when both are;
   sensitivity and specificity as its GaNDLF-derived function (truth empty, prediction not:
   sensitivity 0); lesion-wise Dice / HD95 and lesion counts per challenge
-  (:func:`fuse4seg.metrics.lesions.brats2023_lesions`; dilation and volume threshold in
+  (:func:`fuse4seg.metrics.lesions.brats2023_piece`; dilation and volume threshold in
   :data:`CHALLENGES`).
 - ``brats2025``: the brats-evaluation package on panoptica (BraTS 2025 configs; AGPL, read as a
   reference, not used): Dice, and HD95 = 95th percentile of both directions' surface distances pooled
   (:func:`fuse4seg.metrics.surfaces.pooled_hd95`); no overlap or one mask empty -> Dice 0, HD95 373;
   both empty -> NaN (left out of means); lesion-wise Dice / HD95 over one-to-one matched lesions
-  (:func:`fuse4seg.metrics.lesions.brats2025_lesions`) and recognition F1 = 2 TP / (2 TP + FP + FN).
+  (:func:`fuse4seg.metrics.lesions.brats2025_piece`) and recognition F1 = 2 TP / (2 TP + FP + FN).
   The same for every challenge (their configs differ only in label groups; WT/TC/ET are scored here).
 
 The brats conventions are defined on 3-D volumes only; spacing in mm per axis (BraTS: 1 mm).
