@@ -23,13 +23,10 @@ at least one case. No patient appears in two splits.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,41 +154,10 @@ def _os_error_message(exc: OSError, out: str | os.PathLike, written: Sequence[Pa
 
 def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **options: object) -> Iterator[dict]:
     """Yield :func:`extract_case` results in case order, computed by ``workers`` processes."""
-    from tqdm import tqdm
+    from fuse4seg.parallel import ordered_map
 
-    # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one clean line.
-    bar = tqdm(total=len(cases), desc="building", unit="case", disable=None if progress else True, leave=False)
-    try:
-        if workers == 1:
-            for case in cases:
-                yield extract_case(case, **options)
-                bar.update()
-            return
-        # forkserver, not fork: the parent may hold OpenCV/OpenMP/torch thread pools that a forked
-        # child would inherit in an undefined state.
-        context = multiprocessing.get_context("forkserver")
-        # Import the heavy modules once in the server; workers forked from it start in milliseconds.
-        context.set_forkserver_preload(["fuse4seg.data.benchmark", "fuse4seg.data.brats", "fuse4seg.data.h5format"])
-        with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=context) as pool:
-            futures = {pool.submit(extract_case, case, **options): i for i, case in enumerate(cases)}
-            done: dict[int, dict] = {}
-            next_index = 0
-            try:
-                for future in as_completed(futures):
-                    done[futures[future]] = future.result()
-                    bar.update()
-                    while next_index in done:  # hand results on in case order: deterministic file
-                        yield done.pop(next_index)
-                        next_index += 1
-            except BrokenProcessPool:
-                raise Fuse4SegError(
-                    "a worker process died (out of memory, or the calling script re-runs the build when imported: "
-                    "guard it with `if __name__ == \"__main__\":`); retry with fewer workers", option="workers") from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    finally:
-        bar.close()
+    return ordered_map(extract_case, cases, workers, desc="building", progress=progress, **options,
+                       preload=("fuse4seg.data.benchmark", "fuse4seg.data.brats", "fuse4seg.data.h5format"))
 
 
 def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],

@@ -25,10 +25,7 @@ import csv
 import io
 import json
 import math
-import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +39,7 @@ from fuse4seg.data.brats import (
     find_cases,
     to_canonical_labels,
 )
-from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
+from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_path
 from fuse4seg.metrics.conventions import METRICS, check_challenge, check_convention
 from fuse4seg.metrics.segmentation import segmentation_metrics
@@ -133,38 +130,10 @@ def score_case(job: ScoreJob) -> dict:
 
 def _scored_in_order(jobs: list[ScoreJob], workers: int, progress: bool) -> Iterator[dict]:
     """Yield :func:`score_case` results in case order, computed by ``workers`` processes."""
-    from tqdm import tqdm
+    from fuse4seg.parallel import ordered_map
 
-    # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one clean line.
-    bar = tqdm(total=len(jobs), desc="scoring", unit="case", disable=None if progress else True, leave=False)
-    try:
-        if workers == 1 or len(jobs) == 1:
-            for job in jobs:
-                yield score_case(job)
-                bar.update()
-            return
-        # forkserver, as build-benchmark: a forked child would inherit the parent's thread pools.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["fuse4seg.metrics.scoring"])
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(score_case, job): i for i, job in enumerate(jobs)}
-            done: dict[int, dict] = {}
-            next_index = 0
-            try:
-                for future in as_completed(futures):
-                    done[futures[future]] = future.result()
-                    bar.update()
-                    while next_index in done:
-                        yield done.pop(next_index)
-                        next_index += 1
-            except BrokenProcessPool:
-                raise Fuse4SegError("a worker process died (out of memory?); retry with fewer workers",
-                                    option="workers") from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    finally:
-        bar.close()
+    return ordered_map(score_case, jobs, workers, desc="scoring", progress=progress,
+                       preload=("fuse4seg.metrics.scoring",))
 
 
 def _stats(values: list[float]) -> dict[str, float]:

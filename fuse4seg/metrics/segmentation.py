@@ -21,6 +21,7 @@ from scipy import ndimage
 from fuse4seg.conventions import LABELS, REGIONS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.metrics.conventions import check_challenge, check_convention, label_map_scores
+from fuse4seg.metrics.surfaces import bounding_box
 
 SEGMENTATION_METRIC_NAMES: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
 #: Per region, a lookup table from label value to region membership: one gather per mask (as region_masks).
@@ -88,17 +89,6 @@ def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
     return _rates(*_counts(p, t), p.size)[2]
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every True voxel of a 2-D/3-D mask; None when it is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels of a boolean mask: mask minus its erosion by the face-connected cross (zero border)."""
     return mask & ~ndimage.binary_erosion(mask)
@@ -106,7 +96,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def _hd95(p: np.ndarray, t: np.ndarray, sp: np.ndarray, diagonal: float) -> float:
     """HD95 of two boolean masks (possibly a crop holding both) with spacing sp; ``diagonal`` if one is empty."""
-    box = _bounding_box(p | t)
+    box = bounding_box(p | t)
     if box is None:
         return 0.0
     pc, tc = p[box], t[box]
@@ -175,7 +165,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: float | S
     diagonal = image_diagonal(p.shape, sp)
     n_total = p.size
     # Every region lies inside the non-background voxels: crop once, count the rest analytically.
-    box = _bounding_box((p != 0) | (t != 0))
+    box = bounding_box((p != 0) | (t != 0))
     if box is not None:
         p, t = p[box], t[box]
     out: dict[str, dict[str, float]] = {}

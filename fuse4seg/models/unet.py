@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ class UNetDecoder(nn.Module):
         return self.out(x)
 
 
-class Segmenter(nn.Module):
+class Segmenter(nn.Module, abc.ABC):
     """What the UNet-style segmenters share: their options, checked into a channel plan; the decoder; and
     padding inputs to a multiple of 2^depth (logits cropped back). A subclass builds its encoder in
     :meth:`build_encoder` (before the decoder, so parameters are created, and drawn, in that order) and
@@ -56,13 +58,13 @@ class Segmenter(nn.Module):
         self.build_encoder(plan)
         self.decoder = UNetDecoder(plan.channels, self.num_classes, plan.norm)
 
+    @abc.abstractmethod
     def build_encoder(self, plan: SegmenterPlan) -> None:
         """Create the encoder's modules for ``plan``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features of padded (N, in_channels, H, W) ``x`` at every scale, finest first."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment (N, in_channels, H, W) images into (N, num_classes, H, W) logits."""
