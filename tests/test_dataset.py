@@ -144,10 +144,10 @@ def test_cached_split_checks_values_at_load(package: Path, tmp_path: Path, split
     """The in-memory split (training's and evaluate's default --cache path) refuses one bad value when it
     loads, with the same DataError as BraTSFuse's per-item check (file, split, index, case); the
     undamaged package loads and equals the lazy items."""
-    from fuse4seg.train.data import InMemorySplit, open_split
+    from fuse4seg.train.data import open_split
 
     clean = open_split(package, split, cache=True)
-    assert isinstance(clean, InMemorySplit) and clean.cached
+    assert isinstance(clean, BraTSFuse) and clean.cached
     lazy = BraTSFuse(package, split)
     for name in ("source", "fused", "label"):
         torch.testing.assert_close(clean[where[0]][name], lazy[where[0]][name], atol=0, rtol=0)

@@ -46,7 +46,7 @@ from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 
 __all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "SPLITS", "append_encoded", "create_split_group",
-           "encode_slices", "one_line", "open_validated", "read_root_attrs", "read_spacing", "slice_size",
+           "encode_slices", "open_validated", "read_root_attrs", "read_spacing", "slice_size",
            "string_array", "validate_schema"]
 
 STRING = h5py.string_dtype("utf-8")

@@ -13,7 +13,7 @@ from fuse4seg.data.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file
 
-__all__ = ["CACHE_MAX_BYTES", "BenchmarkInfo", "InMemorySplit", "benchmark_identity", "benchmark_info",
+__all__ = ["CACHE_MAX_BYTES", "BenchmarkInfo", "benchmark_identity", "benchmark_info",
            "open_split", "read_benchmark_facts"]
 
 
@@ -74,10 +74,6 @@ def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:
         raise DataError(f"{info.path}: cannot read: {exc.strerror}") from None
     return {"sha256": digest, "counts": dict(info.counts), "height": info.height, "width": info.width}
 
-
-#: Training's in-memory splits are BraTSFuse(..., cache=True); the name stays importable for callers that
-#: check ``isinstance(dataset, InMemorySplit)`` (every BraTSFuse has ``spacing`` now, cached or not).
-InMemorySplit = BraTSFuse
 
 
 def open_split(directory: str | Path, split: str, cache: bool = False) -> BraTSFuse:
