@@ -204,11 +204,13 @@ def score_command(
                                                              "and volume threshold."),
     out: str = typer.Option(..., "--out", help="Output FILE.json; FILE.csv (one row per case and region) goes next to it."),
     workers: int = typer.Option(1, "--workers", help="Cases scored in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out written by fuse4seg score."),
 ) -> None:
     """Score BraTS predictions against a release: Dice, HD95 and lesion-wise metrics per case and region."""
     from fuse4seg.metrics.scoring import format_score_summary, score_directory
 
-    result = score_directory(pred, truth, out, convention=convention, challenge=challenge, workers=workers)
+    result = score_directory(pred, truth, out, convention=convention, challenge=challenge, workers=workers,
+                             overwrite=overwrite)
     typer.echo(format_score_summary(result, out))
 
 

@@ -156,3 +156,19 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, _, err = run(["score", "--pred", str(tmp_path / "nowhere"), "--truth", str(release), "--convention", "monai",
                         "--out", str(tmp_path / "s.json")], capsys)
     assert code == 1 and "prediction directory" in err
+
+
+def test_overwrite_replaces_only_a_score_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An existing --out is refused; --overwrite replaces a score file but never a file fuse4seg did not write."""
+    release, preds, _ = make_release(tmp_path)
+    out = tmp_path / "s.json"
+    base = ["score", "--pred", str(preds), "--truth", str(release), "--convention", "monai", "--out", str(out)]
+    assert run(base, capsys)[0] == 0
+    code, _, err = run(base, capsys)
+    assert code == 1 and "already exists (pass --overwrite" in err and err.count("\n") == 1, err
+    assert run([*base, "--overwrite"], capsys)[0] == 0
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}')
+    code, _, err = run([*base[:-1], str(mine), "--overwrite"], capsys)
+    assert code == 1 and "not a fuse4seg score file" in err
+    assert mine.read_text() == '{"my": "notes"}' and not mine.with_suffix(".csv").exists()

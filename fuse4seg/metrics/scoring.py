@@ -176,12 +176,30 @@ def _csv_text(cases: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out`` (or its .csv) without ``overwrite``, and with it any ``out`` that is not
+    a score file fuse4seg wrote (JSON with "convention" and "cases"): --overwrite replaces only our own."""
+    existing = [p for p in (out, out.with_suffix(".csv")) if p.exists()]
+    if not existing:
+        return
+    if not overwrite:
+        raise ConfigError(f"{existing[0]} already exists (pass --overwrite to replace it)", option="out")
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        ours = isinstance(previous, dict) and {"convention", "cases"} <= set(previous)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ConfigError(f"{out} is not a fuse4seg score file; refusing to overwrite it", option="out")
+
+
 def score_directory(pred: str | Path, truth: str | Path, out: str | Path, convention: str, challenge: str = "gli",
-                    workers: int = 1, progress: bool = True) -> dict:
+                    workers: int = 1, progress: bool = True, overwrite: bool = False) -> dict:
     """Score every case of the release ``truth`` against ``pred``; writes ``out`` (.json) and its .csv; returns the JSON.
 
     ``convention``: monai, brats2023 or brats2025; ``challenge``: gli, ssa, ped, men or met (the
-    brats2023 lesion-wise settings; recorded for every convention).
+    brats2023 lesion-wise settings; recorded for every convention). An existing ``out`` is replaced only
+    with ``overwrite`` and only when fuse4seg wrote it.
     """
     convention, challenge = check_convention(convention), check_challenge(challenge)
     if int(workers) < 1:
@@ -189,6 +207,7 @@ def score_directory(pred: str | Path, truth: str | Path, out: str | Path, conven
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise ConfigError(f"must be a .json file (the .csv is written next to it), got {str(out)!r}", option="out")
+    _check_out(out, overwrite)
     jobs = [ScoreJob(case, path, convention, challenge) for case, path in pair_predictions(pred, truth)]
     cases = list(_scored_in_order(jobs, int(workers), progress))
     result = _nulls({"convention": convention, "challenge": challenge, "cases": cases,

@@ -43,6 +43,9 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Calla
     from fuse4seg.train.report import format_summary
 
     out = Path(out)
+    # Checked before anything is built or removed: a bad option (e.g. --seed -1) leaves an earlier demo alone.
+    config = build_config({**DEMO_TRAIN, **(train_overrides or {}), "benchmark": str(out / "benchmark"),
+                           "out": str(out / "run")})
     if out.exists():
         if not overwrite:
             raise ConfigError(f"{out} already exists (pass --overwrite to replace it)", option="out")
@@ -58,9 +61,7 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Calla
         counts = ", ".join(f"{s} {c['slices']}" for s, c in summary["splits"].items())
         echo(f"      {summary['cases']} phantom cases -> slices: {counts} ({summary['seconds']:.0f} s)")
         echo(f"[2/3] training bi-level in {out / 'run'} ...")
-        options = {**DEMO_TRAIN, **(train_overrides or {}), "benchmark": str(out / "benchmark"),
-                   "out": str(out / "run")}
-        result = train(build_config(options))
+        result = train(config)
         echo(format_train_summary(result))
         echo("[3/3] evaluating on the test split ...")
         metrics = evaluate_run(out / "run", split="test", compare_untrained=True)
