@@ -13,9 +13,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: it resolves to the local CPU build, so the range in setup.cfg installs nothing more.
+# panoptica (Apache-2.0), the tests' reference for the brats2025 scoring convention, goes in without its pins
+# (numpy<2.3, pandas<3, rich<14 would downgrade the environment); its other needs come with .[dev].
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "panoptica==2.1.7" "connected-components-3d>=3.12" "plotly>=5"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,7 +14,7 @@ import typer.core
 import typer.main
 
 from fuse4seg.data.build_options import BuildOptions
-from fuse4seg.errors import Fuse4SegError, cli_message
+from fuse4seg.errors import ConfigError, Fuse4SegError, cli_message
 from fuse4seg.options import fields_by_name, typer_option
 
 #: Command-line names of parameters whose flag is not ``--`` + name (filled when ``train`` is built).
@@ -167,14 +167,41 @@ def evaluate_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate only the first N slices."),
     untrained: bool = typer.Option(False, "--compare-untrained", help="Also score the untrained networks."),
+    volumes: str | None = typer.Option(None, "--volumes", help="BraTS release directory: score whole volumes of the "
+                                       "split's cases, as the leaderboards do (writes RUN/eval-volumes-SPLIT)."),
+    convention: str | None = typer.Option(None, "--convention", help="With --volumes: monai, brats2023 (default; "
+                                          "2023-24 challenge code) or brats2025 (brats-evaluation / panoptica)."),
+    challenge: str | None = typer.Option(None, "--challenge", help="With --volumes: gli (default), ssa, ped, men "
+                                         "or met (brats2023's lesion settings)."),
+    write_seg: bool = typer.Option(False, "--write-seg", help="With --volumes: also write seg/<case id>.nii.gz "
+                                   "(release labels), a submission `fuse4seg score` can rescore."),
 ) -> None:
-    """Fusion metrics and Dice/HD95 of a run; writes RUN/eval/metrics.json, report.md and gallery.png."""
-    from fuse4seg.train.evaluate import evaluate_run
-    from fuse4seg.train.report import format_summary
+    """Score a run: on the benchmark's slices (fusion metrics, Dice/HD95; RUN/eval) or, with --volumes, on
+    whole BraTS volumes under a leaderboard convention (RUN/eval-volumes-SPLIT)."""
+    if volumes is None:
+        given = [name for name, value in (("convention", convention), ("challenge", challenge),
+                                          ("write_seg", write_seg)) if value]
+        if given:
+            raise ConfigError("applies only with --volumes", option=given[0])
+        from fuse4seg.train.evaluate import evaluate_run
+        from fuse4seg.train.report import format_summary
 
-    metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained)
-    typer.echo(format_summary(metrics))
-    typer.echo(f"report: {run}/eval/report.md; metrics: {run}/eval/metrics.json")
+        metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained)
+        typer.echo(format_summary(metrics))
+        typer.echo(f"report: {run}/eval/report.md; metrics: {run}/eval/metrics.json")
+        return
+    given = [name for name, value in (("max_slices", max_slices is not None), ("compare_untrained", untrained))
+             if value]
+    if given:
+        raise ConfigError("applies only to slice evaluation, not with --volumes", option=given[0])
+    from fuse4seg.metrics.scoring import summary_lines
+    from fuse4seg.train.volumes import evaluate_volumes, out_dir
+
+    result = evaluate_volumes(run, volumes, split, convention or "brats2023", challenge or "gli", benchmark,
+                              checkpoint, device, write_seg)
+    typer.echo("\n".join(summary_lines(result)))
+    typer.echo(f"report: {out_dir(run, split)}/report.md; metrics: metrics.json, scores.csv"
+               + (", seg/" if write_seg else ""))
 
 
 @app.command("fuse")
@@ -212,6 +239,27 @@ def score_command(
     result = score_directory(pred, truth, out, convention=convention, challenge=challenge, workers=workers,
                              overwrite=overwrite)
     typer.echo(format_score_summary(result, out))
+
+
+@app.command("fusion-metrics")
+def fusion_metrics_command(
+    fused: str = typer.Option(..., "--fused", help="Folder of fused 2-D images (PNG/JPEG/BMP/TIFF or NIfTI slices)."),
+    sources: list[str] = typer.Option(  # noqa: B008 (a repeatable option is a list)
+        ..., "--sources", help="Folder of one source modality, images named as the fused ones; repeat the option "
+                               "for each source (at least two)."),
+    out: str = typer.Option(..., "--out", help="Output FILE.json: one row per image and the mean."),
+    data_range: float = typer.Option(255.0, "--data-range", help="SSIM's data range (CDDFuse's published tables: 2)."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply every image by this first (255 for images in [0, 1])."),
+    workers: int = typer.Option(1, "--workers", help="Images scored in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out written by fuse4seg fusion-metrics."),
+) -> None:
+    """MMIF / CDDFuse-convention fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, PSNR, CC) of any
+    method's fused images against their sources."""
+    from fuse4seg.metrics.fusion_files import format_fusion_summary, fusion_metrics_directory
+
+    result = fusion_metrics_directory(fused, sources, out, data_range=data_range, scale=scale, workers=workers,
+                                      overwrite=overwrite)
+    typer.echo(format_fusion_summary(result, out))
 
 
 @app.command("demo")

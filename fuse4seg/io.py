@@ -1,17 +1,18 @@
-"""File helpers: atomic writes (outputs appear complete under their final name or not at all), file
-hashes, and one-line error text."""
+"""File helpers: atomic writes (outputs appear complete under their final name or not at all), the
+--overwrite rule for result files, file hashes, and one-line error text."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fuse4seg.errors import Fuse4SegError
+from fuse4seg.errors import ConfigError, Fuse4SegError
 
 
 def _make_parent(path: Path) -> tuple[Path, list[Path]]:
@@ -108,3 +109,21 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
 def one_line(exc: object) -> str:
     """An exception's (or any object's) text on one line (HDF5 and decoder messages may hold newlines)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_replaceable(out: Path, overwrite: bool, keys: set[str], companions: tuple[Path, ...] = (),
+                      option: str = "out") -> None:
+    """Refuse an existing JSON ``out`` (or a companion file) without ``overwrite``, and with it any ``out``
+    that is not a JSON object holding ``keys`` (a file fuse4seg wrote): --overwrite replaces only our own."""
+    existing = [p for p in (out, *companions) if p.exists()]
+    if not existing:
+        return
+    if not overwrite:
+        raise ConfigError(f"{existing[0]} already exists (pass --overwrite to replace it)", option=option)
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        ours = isinstance(previous, dict) and keys <= set(previous)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ConfigError(f"{out} was not written by fuse4seg; refusing to overwrite it", option=option)

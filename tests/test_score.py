@@ -170,5 +170,5 @@ def test_overwrite_replaces_only_a_score_file(tmp_path: Path, capsys: pytest.Cap
     mine = tmp_path / "mine.json"
     mine.write_text('{"my": "notes"}')
     code, _, err = run([*base[:-1], str(mine), "--overwrite"], capsys)
-    assert code == 1 and "not a fuse4seg score file" in err
+    assert code == 1 and "was not written by fuse4seg" in err
     assert mine.read_text() == '{"my": "notes"}' and not mine.with_suffix(".csv").exists()

@@ -73,7 +73,8 @@ LABEL_MAPS: dict[str, dict[int, int]] = {
 AFFINE_ATOL_MM: float = 1e-3
 
 _EXTENSIONS = (".nii.gz", ".nii")
-_CORRUPT_ERRORS = (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+#: What nibabel raises for a corrupt or truncated file.
+CORRUPT_NIFTI_ERRORS = (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ def _load_volume(case: CaseFiles, name: str) -> tuple[nib.Nifti1Image, np.ndarra
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
-    except _CORRUPT_ERRORS as exc:
+    except CORRUPT_NIFTI_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{case.case_id}: {name} file {path.name} is corrupt or unreadable ({reason})") from None
     if data.ndim == 4 and data.shape[3] == 1:

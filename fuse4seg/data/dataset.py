@@ -127,6 +127,16 @@ class BraTSFuse(Dataset):
             self._spacing = read_spacing(self._file(), self.split, self.path)
         return self._spacing
 
+    @property
+    def case_ids(self) -> list[str]:
+        """The split's patients: sorted unique case ids of its slices."""
+        if self._memory is not None:
+            return sorted(set(self._memory["case_id"]))
+        try:
+            return sorted(set(self._file()[self.split]["case_id"].asstr()[()]))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.path}: /{self.split}/case_id is unreadable ({one_line(exc)})") from None
+
     def __getstate__(self) -> dict:
         """Pickle without the open file handle (workers reopen the file)."""
         state = self.__dict__.copy()

@@ -40,7 +40,7 @@ from fuse4seg.data.brats import (
     to_canonical_labels,
 )
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import atomic_path
+from fuse4seg.io import atomic_path, check_replaceable
 from fuse4seg.metrics.conventions import METRICS, check_challenge, check_convention
 from fuse4seg.metrics.segmentation import segmentation_metrics
 
@@ -119,13 +119,20 @@ def _read_pair(job: ScoreJob) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
     return labels[0], labels[1], (float(zooms[0]), float(zooms[1]), float(zooms[2]))
 
 
-def score_case(job: ScoreJob) -> dict:
-    """{"case": id, "regions": {region: {field: value}}} for one case (NaN where undefined); DataError on bad input."""
-    pred, truth, spacing = _read_pair(job)
-    metrics = segmentation_metrics(pred, truth, spacing, convention=job.convention, challenge=job.challenge)
+def case_scores(case_id: str, pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float],
+                convention: str, challenge: str) -> dict:
+    """{"case": id, "regions": {region: {field: value}}} of canonical (X, Y, Z) label volumes, spacing in mm;
+    every :data:`SCORE_FIELDS` present, NaN where the convention does not define it."""
+    metrics = segmentation_metrics(pred, truth, spacing, convention=convention, challenge=challenge)
     regions = {region: {field: metrics[region].get(field, math.nan) for field in SCORE_FIELDS}
                for region in REGIONS}
-    return {"case": job.case.case_id, "regions": regions}
+    return {"case": case_id, "regions": regions}
+
+
+def score_case(job: ScoreJob) -> dict:
+    """:func:`case_scores` of one prediction file against its truth; DataError on bad input."""
+    pred, truth, spacing = _read_pair(job)
+    return case_scores(job.case.case_id, pred, truth, spacing, job.convention, job.challenge)
 
 
 def _scored_in_order(jobs: list[ScoreJob], workers: int, progress: bool) -> Iterator[dict]:
@@ -152,12 +159,12 @@ def summarise(cases: list[dict], convention: str) -> dict[str, dict[str, dict[st
                      for metric in METRICS[convention]} for region in REGIONS}
 
 
-def _nulls(value: object) -> object:
+def nulls(value: object) -> object:
     """``value`` with every NaN float replaced by None (JSON null), recursively; numpy numbers as Python ones."""
     if isinstance(value, dict):
-        return {k: _nulls(v) for k, v in value.items()}
+        return {k: nulls(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nulls(v) for v in value]
+        return [nulls(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):
@@ -165,7 +172,7 @@ def _nulls(value: object) -> object:
     return value
 
 
-def _csv_text(cases: list[dict]) -> str:
+def csv_text(cases: list[dict]) -> str:
     """One CSV row per case x region: case, region, then :data:`SCORE_FIELDS` (NaN as an empty cell)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -174,23 +181,6 @@ def _csv_text(cases: list[dict]) -> str:
         for region, values in case["regions"].items():
             writer.writerow([case["case"], region, *("" if values[f] is None else values[f] for f in SCORE_FIELDS)])
     return buffer.getvalue()
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` (or its .csv) without ``overwrite``, and with it any ``out`` that is not
-    a score file fuse4seg wrote (JSON with "convention" and "cases"): --overwrite replaces only our own."""
-    existing = [p for p in (out, out.with_suffix(".csv")) if p.exists()]
-    if not existing:
-        return
-    if not overwrite:
-        raise ConfigError(f"{existing[0]} already exists (pass --overwrite to replace it)", option="out")
-    try:
-        previous = json.loads(out.read_text(encoding="utf-8"))
-        ours = isinstance(previous, dict) and {"convention", "cases"} <= set(previous)
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        raise ConfigError(f"{out} is not a fuse4seg score file; refusing to overwrite it", option="out")
 
 
 def score_directory(pred: str | Path, truth: str | Path, out: str | Path, convention: str, challenge: str = "gli",
@@ -207,20 +197,20 @@ def score_directory(pred: str | Path, truth: str | Path, out: str | Path, conven
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise ConfigError(f"must be a .json file (the .csv is written next to it), got {str(out)!r}", option="out")
-    _check_out(out, overwrite)
+    check_replaceable(out, overwrite, {"convention", "cases"}, companions=(out.with_suffix(".csv"),))
     jobs = [ScoreJob(case, path, convention, challenge) for case, path in pair_predictions(pred, truth)]
     cases = list(_scored_in_order(jobs, int(workers), progress))
-    result = _nulls({"convention": convention, "challenge": challenge, "cases": cases,
+    result = nulls({"convention": convention, "challenge": challenge, "cases": cases,
                      "summary": summarise(cases, convention)})
     assert isinstance(result, dict)
     with atomic_path(out) as tmp_json, atomic_path(out.with_suffix(".csv")) as tmp_csv:
-        tmp_csv.write_text(_csv_text(result["cases"]), encoding="utf-8")
+        tmp_csv.write_text(csv_text(result["cases"]), encoding="utf-8")
         tmp_json.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return result
 
 
-def format_score_summary(result: dict, out: str | Path) -> str:
-    """A few lines for the terminal: the convention, case count, and per region the means of its main metrics."""
+def summary_lines(result: dict) -> list[str]:
+    """Terminal lines of a scoring result: the convention, case count, and per region the means of its main metrics."""
     metrics = [m for m in ("dice", "hd95", "lesion_dice", "lesion_hd95", "f1") if m in METRICS[result["convention"]]]
     head = (f"scored {len(result['cases'])} cases ({result['convention']} convention, challenge "
             f"{result['challenge']}); mean over cases:")
@@ -228,6 +218,12 @@ def format_score_summary(result: dict, out: str | Path) -> str:
     for region, stats in result["summary"].items():
         cells = ("n/a" if stats[m]["mean"] is None else f"{stats[m]['mean']:.4f}" for m in metrics)
         lines.append(f"{region:<7}" + "".join(f"{c:>13}" for c in cells))
+    return lines
+
+
+def format_score_summary(result: dict, out: str | Path) -> str:
+    """:func:`summary_lines` and the files ``fuse4seg score`` wrote."""
+    lines = summary_lines(result)
     out = Path(out)
     lines.append(f"wrote {out} and {out.with_suffix('.csv')}")
     return "\n".join(lines)

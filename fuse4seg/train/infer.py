@@ -39,6 +39,18 @@ def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
                           option="run") from None
 
 
+def run_geometry(run: str | Path) -> tuple[tuple[int, int], int, str]:
+    """((H, W) training slice size in px, the benchmark's slice_size rule (0: volume size kept), its fusion
+    method) from RUN/config.json; ConfigError naming the file for a run without them."""
+    derived = run_derived(run)
+    size = _trained_size(derived, run)
+    slice_size = derived.get("benchmark_slice_size")
+    if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0:
+        raise ConfigError(f"{Path(run) / 'config.json'} has benchmark_slice_size {slice_size!r}, expected an "
+                          f"integer >= 0 (a run trained on a format-1 benchmark: retrain on a rebuilt one)", option="run")
+    return size, slice_size, str(derived.get("benchmark_fusion_method") or "laplacian")
+
+
 def _paste(values: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int]) -> torch.Tensor:
     """Resize (Z, C, h, w) to the box's side (bilinear) and paste it into zeros (Z, C, X, Y), clipping."""
     x0, x1, y0, y1 = box
@@ -127,15 +139,8 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
 
     _config, pipeline, _ = load_run(run, checkpoint, device)
     dev = next(pipeline.seg.parameters()).device
-    derived = run_derived(run)  # RUN/config.json, read once
-    size = _trained_size(derived, run)
-    files = find_case(case_dir)
-    case = load_case(files, require_label=False)
-    method = str(derived.get("benchmark_fusion_method") or "laplacian")
-    slice_size = derived.get("benchmark_slice_size")
-    if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 0:
-        raise ConfigError(f"{Path(run) / 'config.json'} has benchmark_slice_size {slice_size!r}, expected an "
-                          f"integer >= 0 (a run trained on a format-1 benchmark: retrain on a rebuilt one)", option="run")
+    size, slice_size, method = run_geometry(run)
+    case = load_case(find_case(case_dir), require_label=False)
     fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method,
                                    slice_size=slice_size)
     seg = from_canonical_labels(labels, case.scheme)
