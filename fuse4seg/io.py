@@ -4,32 +4,34 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from fuse4seg.errors import ConfigError, Fuse4SegError
+from fuse4seg.errors import ConfigError, Fuse4SegError, flag_for
 
 
-def _make_parent(path: Path) -> tuple[Path, list[Path]]:
+def make_parent(path: Path) -> tuple[Path, list[Path]]:
     """Create ``path``'s parent if needed and check it is writable; returns it and the folders created."""
     parent = path.resolve().parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _remove_empty(created)
+        remove_empty(created)
         raise Fuse4SegError(f"cannot create output directory {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise Fuse4SegError(f"output directory {parent} is not writable")
     return parent, created
 
 
-def _remove_empty(created: list[Path]) -> None:
+def remove_empty(created: list[Path]) -> None:
     """Remove the folders a failed write created (deepest first), as long as they are empty."""
     for folder in created:
         try:
@@ -45,49 +47,218 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that is renamed to ``final`` only if the block succeeds.
+#: Marker file in every output directory fuse4seg makes: {"kind": KIND}. --overwrite replaces only a
+#: directory whose marker names the same kind; temporaries carry kind PARTIAL until they are renamed.
+MARKER = ".fuse4seg"
+PARTIAL = "partial"
+#: errno values that mean the output could not be written (disk full, quota, file-size limit).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: A marker is a few bytes; a bigger file under that name is not ours (and is not read).
+_MARKER_MAX_BYTES = 4096
+#: Temporary names of atomic_dir / atomic_path: .NAME.<mkdtemp/mkstemp random part>.partial or .old.
+_RANDOM_PART = r"[A-Za-z0-9_]{8}"
 
-    An existing ``final`` is refused unless ``overwrite``; then it is replaced only after success.
+
+def write_marker(directory: Path, kind: str) -> None:
+    """Mark ``directory`` as a fuse4seg output of ``kind`` (package, release, run, fuse, eval, demo)."""
+    (directory / MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+
+
+def marker_kind(directory: Path) -> str | None:
+    """The kind in ``directory``'s fuse4seg marker, or None when it has none (or an unreadable one)."""
+    path = directory / MARKER
+    try:
+        if not path.is_file() or path.stat().st_size > _MARKER_MAX_BYTES:
+            return None
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def made_by_fuse4seg(directory: Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> bool:
+    """Whether ``directory`` is a fuse4seg output of ``kind``: its marker says so, or (outputs written before
+    markers existed) ``legacy`` recognises it."""
+    return marker_kind(directory) == kind or (legacy is not None and marker_kind(directory) is None
+                                              and legacy(directory))
+
+
+def check_separate(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], option: str = "out") -> None:
+    """ConfigError unless ``out`` and every input path are disjoint (after resolving symlinks and '..'): not
+    the same, ``out`` not above an input (replacing it would delete the input) and not inside one."""
+    out_path = Path(out).resolve()
+    for name, given in inputs.items():
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out_path == source or out_path in source.parents or source in out_path.parents:
+            where = "is inside" if source in out_path.parents else ("is" if out_path == source else "contains")
+            raise ConfigError(f"{out} {where} the {flag_for(name)} input {given} (writing there, or --overwrite, "
+                              f"could destroy it); choose an output outside it", option=option)
+
+
+@contextlib.contextmanager
+def output_lock(final: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive right to write ``final`` (lock file PARENT/.NAME.lock, fcntl.flock); a second
+    writer is refused at once with a one-line error. The parent must exist."""
+    import fcntl
+
+    final = Path(final)
+    lock = final.resolve().parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Fuse4SegError(f"another fuse4seg process is writing {final} (lock {lock}); wait for it to "
+                                "finish or choose another output") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def sweep_stale(final: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes of ``final`` left (``.NAME.<random>.partial`` / ``.old`` siblings that
+    fuse4seg made: directories carrying a marker, files named as atomic_path names them); call it holding
+    :func:`output_lock`, so none of them belongs to a running writer. Returns what was removed."""
+    final = Path(final)
+    parent = final.resolve().parent
+    pattern = re.compile(re.escape(f".{final.name}.") + _RANDOM_PART + r"\.(partial|old)")
+    removed = []
+    for path in parent.iterdir() if parent.is_dir() else ():
+        if not pattern.fullmatch(path.name) or path.is_symlink():
+            continue
+        if path.is_dir() and marker_kind(path) is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(".partial"):
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _write_failed(final: Path, exc: OSError) -> Fuse4SegError:
+    """The one-line error for a write that ran out of space (or hit a size limit), naming the file if known."""
+    where = f" ({os.fsdecode(exc.filename)})" if exc.filename is not None else ""
+    return Fuse4SegError(f"cannot write {final}: {exc.strerror or one_line(exc)}{where}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, kind: str, overwrite: bool = False,
+               legacy: Callable[[Path], bool] | None = None, option: str | None = "out") -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes ``final`` (marked as ``kind``) only if the block succeeds.
+
+    Holds :func:`output_lock` and first sweeps what interrupted writes left (:func:`sweep_stale`); the
+    rest is :func:`staged_dir`.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise Fuse4SegError(f"{final} already exists (pass --overwrite to replace it)")
-    parent, created = _make_parent(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
-    # mkdtemp makes a private (0700) directory; the output should get the usual umask permissions.
-    os.chmod(tmp, 0o777 & ~_umask())
+    check_replace_dir(final, kind, overwrite, legacy, option)  # before creating any parent folder
+    _, created = make_parent(final)
     try:
-        yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=parent))
-            os.replace(final, old / "x")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        with output_lock(final):
+            sweep_stale(final)
+            with staged_dir(final, kind, overwrite, legacy, option=option) as tmp:
+                yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty(created)  # after the lock file is gone
         raise
+
+
+def check_replace_dir(final: Path, kind: str, overwrite: bool, legacy: Callable[[Path], bool] | None = None,
+                      option: str | None = "out") -> None:
+    """ConfigError (about ``option``) unless ``final`` is absent, or ``overwrite`` is given and it is an empty
+    directory or a fuse4seg output of ``kind`` (:func:`made_by_fuse4seg`): --overwrite replaces nothing else."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{final} already exists (pass --overwrite to replace it)", option=option)
+    if final.is_symlink() or not final.is_dir():
+        raise ConfigError(f"{final} exists and is not a directory; refusing to replace it", option=option)
+    if any(final.iterdir()) and not made_by_fuse4seg(final, kind, legacy):
+        raise ConfigError(f"{final} is not a fuse4seg {kind} (no {MARKER} marker of that kind); refusing to "
+                          "replace it: choose another output or remove it yourself", option=option)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path, kind: str, overwrite: bool = False, legacy: Callable[[Path], bool] | None = None,
+               created: Sequence[Path] = (), option: str | None = "out") -> Iterator[Path]:
+    """:func:`atomic_dir` for a caller that already holds ``final``'s :func:`output_lock`.
+
+    An existing ``final`` must pass :func:`check_replace_dir`; it is swapped for the new one only after
+    success, so a failure keeps it. A full disk is a one-line error; ``created``: parent folders to
+    remove again on failure; ``option``: the parameter that named ``final`` (None: none did), for errors.
+    """
+    final = Path(final)
+    check_replace_dir(final, kind, overwrite, legacy, option)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.resolve().parent))
+    try:
+        # mkdtemp makes a private (0700) directory; the output should get the usual umask permissions.
+        os.chmod(tmp, 0o777 & ~_umask())
+        write_marker(tmp, PARTIAL)
+        yield tmp
+        write_marker(tmp, kind)
+        replace_dir(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(list(created))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise _write_failed(final, exc) from None
+        raise
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put directory ``new`` at ``final`` (a sibling), swapping out and then deleting an existing ``final``."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.resolve().parent))
+    write_marker(old, PARTIAL)  # so a sweep recognises it if we die between the two renames
+    os.replace(final, old / "x")
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling file path that is renamed to ``final`` only if the block succeeds."""
-    final = Path(final)
-    parent, created = _make_parent(final)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes a private (0600) file
-    try:
+    """Yield a temporary sibling file path that is renamed to ``final`` only if the block succeeds (a full
+    disk is a one-line error)."""
+    with atomic_paths(final) as (tmp,):
         yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        _remove_empty(created)
+
+
+@contextlib.contextmanager
+def atomic_paths(*finals: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield temporary sibling paths of several files; all are renamed to their ``finals`` only after every
+    one is written, so a failure (a full disk) leaves the previous set intact."""
+    finals_ = [Path(f) for f in finals]
+    made: list[tuple[Path, Path, list[Path]]] = []
+    try:
+        for final in finals_:
+            parent, created = make_parent(final)
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
+            os.close(fd)
+            os.chmod(name, 0o666 & ~_umask())  # mkstemp makes a private (0600) file
+            made.append((Path(name), final, created))
+        yield tuple(tmp for tmp, _, _ in made)
+        for tmp, final, _ in made:
+            os.replace(tmp, final)
+    except BaseException as exc:
+        for tmp, _, created in made:
+            tmp.unlink(missing_ok=True)
+            remove_empty(created)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise _write_failed(finals_[0] if len(finals_) == 1 else finals_[0].parent, exc) from None
         raise
 
 

@@ -185,6 +185,6 @@ def test_undecodable_case_id_is_a_data_error(package: Path, tmp_path: Path) -> N
         n = h5["train/case_id"].shape[0]
         del h5["train/case_id"]
         h5["train"].create_dataset("case_id", data=np.array([b"\xff\xfe"] * n, dtype=object),
-                                   dtype=h5py.string_dtype("utf-8"))
+                                   dtype=h5py.string_dtype("utf-8"), chunks=(256,), maxshape=(None,))
     with pytest.raises(DataError, match=rf"{path}: /train\[0\]: unreadable slice"):
         BraTSFuse(path, "train")[0]

@@ -147,11 +147,12 @@ def _replace_case_ids(h5: h5py.File) -> None:
 
 
 def _utf8_typed_bad_case_ids(h5: h5py.File) -> None:
-    """Store /train/case_id typed UTF-8 but holding bytes that are not UTF-8 (passes the schema)."""
+    """Store /train/case_id typed UTF-8 but holding bytes that are not UTF-8 (passes the schema: chunked as
+    the writer chunks it)."""
     n = h5["train/case_id"].shape[0]
     del h5["train/case_id"]
     h5["train"].create_dataset("case_id", data=np.array([b"\xff\xfe"] * n, dtype=object),
-                               dtype=h5py.string_dtype("utf-8"))
+                               dtype=h5py.string_dtype("utf-8"), chunks=(256,), maxshape=(None,))
 
 
 CRAFTED = [  # (edit of brats_fuse.h5, expected one-line message)

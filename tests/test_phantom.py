@@ -106,7 +106,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     b = write_phantom_release(tmp_path / "b", cases=2, seed=5, scale=0.2, workers=2)
     c = write_phantom_release(tmp_path / "c", cases=2, seed=6, scale=0.2)
     hashes_a, hashes_c = _hashes(a), _hashes(c)
-    assert len(hashes_a) == 2 * 5 + 1
+    assert len(hashes_a) == 2 * 5 + 2  # five files per case, phantom.json and the .fuse4seg marker
     assert hashes_a == _hashes(b)
     differing = [name for name in hashes_a if name.endswith(".nii.gz") and hashes_a[name] != hashes_c[name]]
     assert len(differing) == 10
@@ -126,7 +126,7 @@ def test_brats2023_naming_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     # An existing directory is refused without --overwrite and left as it was.
     before = _hashes(out)
     assert main(["phantom", "--out", str(out), "--cases", "1", "--scale", "0.2"]) == 1
-    assert capsys.readouterr().err == f"error: {out} already exists (pass --overwrite to replace it)\n"
+    assert capsys.readouterr().err == f"error: --out: {out} already exists (pass --overwrite to replace it)\n"
     assert _hashes(out) == before
     assert main(["phantom", "--out", str(out), "--cases", "1", "--scale", "0.2", "--overwrite"]) == 0
     assert [c.case_id for c in find_cases(out)] == ["BraTS2021_00000"]

@@ -204,6 +204,11 @@ def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], 
             "height": int(shape[0]), "width": int(shape[1])}
 
 
+def _is_package(directory: Path) -> bool:
+    """Whether ``directory`` is a package written before output markers (croissant.json and the HDF5 file)."""
+    return (directory / "croissant.json").is_file() and (directory / H5_NAME).is_file()
+
+
 def resolve_source(options: BuildOptions, scratch: Path) -> tuple[Path, int]:
     """(release folder, phantom cases): ``options.brats`` (0 phantom cases), or a phantom release of
     ``options.phantom`` cases (default :data:`DEFAULT_PHANTOM_CASES`) written under ``scratch``."""
@@ -292,8 +297,10 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
     reading: Path | None = None  # the source folder while it is being listed (OS errors there are reads)
     outputs = [Path(opts.out)]  # folders this build writes to, for telling read errors from write errors
     try:
-        with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, tempfile.TemporaryDirectory(
-                prefix="fuse4seg-phantom-") as scratch:
+        # The scratch phantom release lives inside the temporary package, so an interrupted build leaves
+        # nothing elsewhere: the next build of this --out sweeps it with the rest.
+        with atomic_dir(opts.out, "package", overwrite=opts.overwrite, legacy=_is_package) as tmp, \
+                tempfile.TemporaryDirectory(prefix=".scratch-", dir=tmp) as scratch:
             outputs += [tmp, Path(scratch)]
             root, phantom_cases = resolve_source(opts, Path(scratch))
             reading = root

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import MODALITIES, NUM_CLASSES, modality_indices, parse_modalities
-from fuse4seg.data.h5format import open_validated, read_root_attrs, read_spacing
+from fuse4seg.data.h5format import READ_ERRORS, open_validated, read_root_attrs, read_spacing, reading_data
 from fuse4seg.data.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
@@ -63,14 +63,14 @@ def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
     label (N,H,W) uint8, case_id list of str, slice_index list of int, spacing (N,3) float64 mm; each value
     checked once (:func:`check_slices`)."""
     group = h5[split]
-    try:
-        arrays = {"source": np.ascontiguousarray(group["source"][()], dtype=np.float32),
-                  "fused": np.ascontiguousarray(group["fused"][()], dtype=np.float32),
-                  "label": np.ascontiguousarray(group["label"][()], dtype=np.uint8)}
+    arrays = {}
+    for name, dtype in (("source", np.float32), ("fused", np.float32), ("label", np.uint8)):
+        with reading_data(path, f"/{split}/{name}"):  # a corrupt chunk names the dataset, not a traceback
+            arrays[name] = np.ascontiguousarray(group[name][()], dtype=dtype)
+    with reading_data(path, f"/{split}/case_id"):
         case_id = list(group["case_id"].asstr()[()])
+    with reading_data(path, f"/{split}/slice_index"):
         slice_index = group["slice_index"][()]
-    except (OSError, UnicodeDecodeError) as exc:  # a corrupt chunk or string
-        raise DataError(f"{path}: /{split}: unreadable data ({one_line(exc)})") from None
     check_slices(path, split, 0, case_id, arrays["source"], arrays["fused"], arrays["label"], slice_index)
     return {**arrays, "case_id": case_id, "slice_index": [int(z) for z in slice_index],
             "spacing": read_spacing(h5, split, path)}
@@ -134,7 +134,7 @@ class BraTSFuse(Dataset):
             return sorted(set(self._memory["case_id"]))
         try:
             return sorted(set(self._file()[self.split]["case_id"].asstr()[()]))
-        except (OSError, UnicodeDecodeError) as exc:
+        except READ_ERRORS as exc:
             raise DataError(f"{self.path}: /{self.split}/case_id is unreadable ({one_line(exc)})") from None
 
     def __getstate__(self) -> dict:
@@ -168,7 +168,7 @@ class BraTSFuse(Dataset):
             case_id = group["case_id"][index]
             case_id = case_id.decode() if isinstance(case_id, bytes) else str(case_id)
             slice_index = int(group["slice_index"][index])
-        except (OSError, UnicodeDecodeError) as exc:  # corrupt chunk, file replaced since construction
+        except READ_ERRORS as exc:  # corrupt chunk, file replaced since construction
             raise DataError(f"{self.path}: /{self.split}[{index}]: unreadable slice ({one_line(exc)})") from None
         check_slices(self.path, self.split, index, [case_id], source[None], fused[None], label[None],
                      np.array([slice_index]))

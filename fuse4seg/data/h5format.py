@@ -19,11 +19,18 @@ compares gzip 1/4, lzf, with and without shuffle; gzip-1 was within 5% of the sm
 (gzip-4), about 2x faster to read and write than gzip-4, and smaller and faster to read than lzf
 (shuffle made these normalised float32 slices larger). Object modification
 times are not stored (``track_times=False``) so a rebuild with the same inputs is byte-identical.
+
+A package is self-contained and its sizes are bounded: :func:`validate_schema` refuses links, extra
+objects, other files' data, other filters or chunking, unstored chunks and sizes over the limits of
+:mod:`fuse4seg.data.schema`, from the header, before any data is read.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -35,6 +42,9 @@ from fuse4seg.data.schema import (
     DATASETS,
     FORMAT_VERSION,
     H5_NAME,
+    MAX_SLICE_SIDE,
+    MAX_SLICES,
+    MAX_TEXT_BYTES,
     ROOT_ATTRIBUTES,
     SPLITS,
     UTF8,
@@ -45,13 +55,29 @@ from fuse4seg.data.schema import (
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 
-__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "SPLITS", "append_encoded", "create_split_group",
-           "encode_slices", "open_validated", "read_root_attrs", "read_spacing", "slice_size",
-           "string_array", "validate_schema"]
+__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "READ_ERRORS", "SPLITS", "append_encoded",
+           "create_split_group", "encode_slices", "open_validated", "read_root_attrs", "read_spacing",
+           "reading_data", "slice_size", "string_array", "validate_schema"]
 
 STRING = h5py.string_dtype("utf-8")
 #: What to say about a file of an older format version that this version no longer reads.
 REBUILD = "rebuild it with `fuse4seg build-benchmark`"
+#: What h5py raises while reading the data of a damaged file: a corrupt chunk fails in the filter
+#: pipeline or at a bad address (OSError), a corrupt string is undecodable (UnicodeDecodeError, a
+#: ValueError), a broken heap or type surfaces as RuntimeError.
+READ_ERRORS = (OSError, ValueError, RuntimeError)
+#: The only filter the writer puts on a compressed dataset (gzip = HDF5's deflate filter).
+_DEFLATE = h5py.h5z.FILTER_DEFLATE
+
+
+@contextmanager
+def reading_data(where: str | Path, what: str) -> Iterator[None]:
+    """Turn a :data:`READ_ERRORS` raised in the block into a one-line DataError naming ``where`` (the file)
+    and ``what`` (the dataset or slice being read)."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        raise DataError(f"{where}: {what}: unreadable data ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _h5_dtype(spec: DatasetSpec) -> np.dtype:
@@ -123,6 +149,12 @@ def _attr_text(value: object) -> str:
 def _show(value: object) -> str:
     """A short one-line rendering of an attribute value for an error message (at most 60 chars)."""
     return one_line(repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value))[:60]
+
+
+def _name(text: str, limit: int = 120) -> str:
+    """A name or path read from the file, on one line and at most ``limit`` characters (its end kept)."""
+    text = one_line(text)
+    return text if len(text) <= limit else "..." + text[3 - limit:]
 
 
 def read_root_attrs(h5: h5py.File) -> dict[str, object]:
@@ -205,7 +237,8 @@ def slice_size(h5: h5py.File, where: str | Path) -> int:
 
 
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
-    """Check attributes, groups, dtypes and shapes against the schema without reading the data.
+    """Check attributes, groups, links, dtypes, shapes, size limits and storage against the schema without
+    reading the data (only the raw length fields of the stored strings).
 
     Returns {split: number of slices} plus "height" and "width"; DataError naming ``where`` and the
     offending attribute or dataset on any mismatch, whatever types the file holds.
@@ -236,12 +269,19 @@ def _bind(shape: tuple[int, ...], symbolic: tuple[int | str, ...], sizes: dict[s
 
 
 def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
-    """DataError unless ``group`` holds ``spec``'s dataset with its dtype, shape (binding N, H, W in
-    ``sizes``) and attributes."""
+    """DataError unless ``group`` holds ``spec``'s dataset in the file itself, with its dtype, shape (binding
+    N, H, W in ``sizes``) within the limits, storage (:func:`_check_storage`) and attributes."""
     name = f"{group.name}/{spec.name}"
     if spec.name not in group or not isinstance(group[spec.name], h5py.Dataset):
         raise DataError(f"{where}: missing dataset {name}")
     dataset = group[spec.name]
+    # Where the bytes live, before anything else: a virtual dataset or external storage makes every
+    # reader read other files (or zeros, when they are missing) that no hash in croissant.json covers.
+    if dataset.is_virtual:
+        raise DataError(f"{where}: {name} is a virtual dataset (its data lives in other files); "
+                        "a package stores its own data")
+    if dataset.id.get_create_plist().get_external_count() > 0:
+        raise DataError(f"{where}: {name} stores its data in external files; a package stores its own data")
     if spec.dtype == UTF8:
         info = h5py.check_string_dtype(dataset.dtype)
         dtype_ok = info is not None and info.encoding == "utf-8"
@@ -255,21 +295,98 @@ def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], 
             raise DataError(f"{where}: {name} is {got}, expected {spec.dtype}{want}")
         expected = f"{want} UTF-8 strings" if spec.dtype == UTF8 else f"{spec.dtype}{want}"
         raise DataError(f"{where}: {name} must be {expected}, got {got}")
+    _check_limits(sizes, name, where)
+    _check_storage(dataset, spec, sizes, where)
     for key, values in spec.attrs:
         found = tuple(_attr_text(v) for v in np.atleast_1d(dataset.attrs.get(key, [])))
         if found != values:
             raise DataError(f"{where}: {name} attribute {key} is {found}, expected {values}")
 
 
+def _check_limits(sizes: dict[str, int], name: str, where: str | Path) -> None:
+    """DataError unless the sizes bound from ``name``'s header are within MAX_SLICES and MAX_SLICE_SIDE
+    (checked before any chunk is counted or read, so a crafted header costs nothing)."""
+    if sizes.get("N", 0) > MAX_SLICES:
+        raise DataError(f"{where}: {name} declares {sizes['N']} slices, over the limit of {MAX_SLICES} per split")
+    if "H" in sizes and not (1 <= sizes["H"] <= MAX_SLICE_SIDE and 1 <= sizes["W"] <= MAX_SLICE_SIDE):
+        raise DataError(f"{where}: {name} declares {sizes['H']} x {sizes['W']} pixel slices; the limit is 1 to "
+                        f"{MAX_SLICE_SIDE} pixels per side")
+
+
+def _check_storage(dataset: h5py.Dataset, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
+    """DataError unless ``dataset`` is stored as the writer stores ``spec``: chunked with the declared chunk
+    shape, gzip (deflate) alone when compressed and no filter otherwise, and every chunk written."""
+    name = dataset.name
+    chunks = resolve(spec.chunks, sizes)
+    if dataset.chunks != chunks:
+        layout = f"chunked as {dataset.chunks}" if dataset.chunks else "not chunked"
+        raise DataError(f"{where}: {name} is {layout}, expected chunks {chunks}")
+    plist = dataset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    # Only the writer's filter: any other (lzf, shuffle, scale-offset, a plugin) is code the file
+    # makes every reader run, and a file this version never writes.
+    if [f[0] for f in filters] != ([_DEFLATE] if spec.compressed else []):
+        found = ", ".join(_attr_text(f[3]) or str(f[0]) for f in filters) or "none"
+        raise DataError(f"{where}: {name} has filters ({found}), expected "
+                        f"{'gzip only' if spec.compressed else 'none'}")
+    # The writer stores every chunk; a missing one reads as zeros (a truncated build or a crafted header
+    # that declares more slices than the file holds).
+    expected = math.prod(-(-n // c) for n, c in zip(dataset.shape, chunks))
+    stored = dataset.id.get_num_chunks()
+    if stored != expected:
+        raise DataError(f"{where}: {name} stores {stored} of its {expected} chunks (missing chunks would "
+                        "read as zeros)")
+    if spec.dtype == UTF8:
+        _check_string_lengths(dataset, where)
+
+
+def _check_string_lengths(dataset: h5py.Dataset, where: str | Path) -> None:
+    """DataError unless every string of a validated 1-D string ``dataset`` (raw chunks, all stored) declares at
+    most MAX_TEXT_BYTES, read from the chunks' raw bytes: HDF5 allocates a declared length before reading
+    the string."""
+    per_chunk = dataset.chunks[0]
+    for start in range(0, dataset.shape[0], per_chunk):
+        raw = dataset.id.read_direct_chunk((start,))[1]
+        # HDF5 file format: each stored string is its length (4 bytes, little-endian) and a global heap id.
+        if len(raw) % (4 * per_chunk):
+            raise DataError(f"{where}: {dataset.name} has a malformed chunk at {start} ({len(raw)} bytes)")
+        longest = int(np.frombuffer(raw, "<u4").reshape(per_chunk, -1)[:, 0].max())
+        if longest > MAX_TEXT_BYTES:
+            raise DataError(f"{where}: {dataset.name} holds a string of {longest} bytes, over the limit of "
+                            f"{MAX_TEXT_BYTES}")
+
+
+def _check_members(group: h5py.Group, expected: tuple[str, ...], where: str | Path) -> None:
+    """DataError unless every member of ``group`` is a hard link named in ``expected``: a soft or external
+    link would send readers to paths, or files, outside the schema (``visititems`` skips links, so
+    each link is looked at itself)."""
+    prefix = group.name.rstrip("/")
+    for member in group:
+        link = group.get(member, getlink=True)
+        path = _name(f"{prefix}/{member}")  # a crafted name may hold newlines or be huge
+        if isinstance(link, h5py.SoftLink):
+            raise DataError(f"{where}: {path} is a soft link (to {_name(link.path)}); a package holds only its "
+                            "own datasets and groups")
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(f"{where}: {path} is an external link (to {_name(link.path)} in file "
+                            f"{_name(link.filename)}); a package holds only its own datasets and groups")
+        if not isinstance(link, h5py.HardLink):
+            raise DataError(f"{where}: {path} is a {type(link).__name__}, not a hard link")
+        if member not in expected:
+            raise DataError(f"{where}: unexpected object {path} (expected only {', '.join(expected)})")
+
+
 def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """:func:`validate_schema` without the catch-all for unexpected h5py/NumPy errors."""
     _check_root_attrs(h5, where)
+    _check_members(h5, SPLITS, where)
     counts: dict[str, int] = {}
     size: tuple[int, int] | None = None
     for split in SPLITS:
         if split not in h5 or not isinstance(h5[split], h5py.Group):
             raise DataError(f"{where}: missing group /{split}")
         group = h5[split]
+        _check_members(group, tuple(spec.name for spec in DATASETS), where)
         sizes: dict[str, int] = {}  # N, H, W of this split, bound by the first dataset that has them
         for spec in DATASETS:
             _check_dataset(group, spec, sizes, where)
@@ -287,7 +404,8 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
 def read_spacing(h5: h5py.File, split: str, where: str | Path) -> np.ndarray:
     """(N, 3) float64 mm (dy, dx, dz) of a validated file's ``split``; DataError naming ``where`` unless every
     value is finite and > 0."""
-    values = np.asarray(h5[split]["spacing"][()], dtype=np.float64).reshape(-1, 3)
+    with reading_data(where, f"/{split}/spacing"):
+        values = np.asarray(h5[split]["spacing"][()], dtype=np.float64).reshape(-1, 3)
     if not (np.isfinite(values).all() and (values > 0).all()):
         raise DataError(f"{where}: /{split}/spacing has values that are not finite and > 0 mm")
     return values

@@ -9,16 +9,17 @@ sha256 and size of every other file; written last).
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
-from fuse4seg.data.h5format import open_validated, read_spacing
+from fuse4seg.data.h5format import open_validated, read_spacing, reading_data
 from fuse4seg.data.schema import DATASETS, FORMAT_VERSION, H5_NAME, SPLITS, card_file_lines
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import one_line, sha256_file
+from fuse4seg.io import MARKER, one_line, sha256_file
 
 CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
 CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -37,6 +38,16 @@ CROISSANT_CONTEXT: dict[str, object] = {
     "sc": "https://schema.org/",
     "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform",
 }
+#: Bytes of image data ``verify`` reads at a time: memory stays bounded whatever the slice size (a
+#: 4096 x 4096 slice is 256 MiB of source alone, so the block shrinks to one slice there).
+SCAN_BLOCK_BYTES = 64 * 1024**2
+
+
+def _short(value: object) -> str:
+    """A bounded one-line rendering of a value read from a package file, for a message (reprlib caps depth
+    and length, so a huge or deeply nested value neither floods the terminal nor recurses)."""
+    return one_line(reprlib.repr(value))
+
 
 def _size_category(n: int) -> str:
     """Hugging Face size_categories bucket for ``n`` examples."""
@@ -189,8 +200,9 @@ def cite(directory: str | Path, format: str = "bibtex") -> str:
         if not isinstance(cff, dict):
             raise TypeError(f"expected a YAML mapping at the top level, found {type(cff).__name__}")
         return cff_to_bibtex(cff)
-    # The file is data: any malformed structure shows up as one of these while rendering it.
-    except (yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+    # The file is data: any malformed structure shows up as one of these while rendering it (RecursionError:
+    # deeply nested YAML, which PyYAML composes recursively).
+    except (yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError, ValueError, RecursionError) as exc:
         raise DataError(f"{path}: not a valid CITATION.cff ({type(exc).__name__}: {one_line(exc)})") from None
 
 
@@ -203,18 +215,20 @@ def _check_files(directory: Path) -> list[str]:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # JSON syntax and non-UTF-8 bytes (UnicodeDecodeError) alike
         raise DataError(f"{path}: not valid Croissant JSON ({one_line(exc)})") from None
+    except RecursionError:  # the decoder recurses per nesting level; a crafted file can nest 10**5 deep
+        raise DataError(f"{path}: not valid Croissant JSON (nested too deeply)") from None
     distribution = metadata.get("distribution") if isinstance(metadata, dict) else None
     if not isinstance(distribution, list):
         raise DataError(f"{path}: not valid Croissant JSON (expected an object with a \"distribution\" list)")
     for i, entry in enumerate(distribution):
         if not isinstance(entry, dict):
-            raise DataError(f"{path}: distribution[{i}] is {type(entry).__name__} {entry!r:.40}, not an object")
+            raise DataError(f"{path}: distribution[{i}] is {type(entry).__name__} {_short(entry)}, not an object")
     objects = [d for d in distribution if d.get("@type") == "cr:FileObject"]
     listed = []
     for entry in objects:
         name = entry.get("contentUrl", "")
         if not isinstance(name, str) or "\0" in name:
-            raise DataError(f"{path}: file entry contentUrl {name!r:.60} is not a file name")
+            raise DataError(f"{path}: file entry contentUrl {_short(name)} is not a file name")
         file = directory / name
         if not name or Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).name:
             raise DataError(f"{path}: file entry {name!r} is not a relative path inside the package")
@@ -222,11 +236,11 @@ def _check_files(directory: Path) -> list[str]:
             raise DataError(f"{file}: listed in croissant.json but missing")
         size = f"{file.stat().st_size} B"
         if entry.get("contentSize") != size:
-            raise DataError(f"{file}: size {size} differs from croissant.json ({entry.get('contentSize')})")
+            raise DataError(f"{file}: size {size} differs from croissant.json ({_short(entry.get('contentSize'))})")
         if entry.get("sha256") != sha256_file(file):
             raise DataError(f"{file}: sha256 differs from croissant.json (file modified or corrupt)")
         listed.append(name)
-    unlisted = sorted(p.name for p in directory.iterdir() if p.name not in {*listed, CROISSANT_NAME})
+    unlisted = sorted(p.name for p in directory.iterdir() if p.name not in {*listed, CROISSANT_NAME, MARKER})
     if unlisted:
         raise DataError(f"{directory}: file(s) not listed in croissant.json: {', '.join(unlisted)}")
     if H5_NAME not in listed:
@@ -234,27 +248,34 @@ def _check_files(directory: Path) -> list[str]:
     return listed
 
 
-def _check_values(h5: object, path: Path, split: str, block: int = 64) -> set[str]:
-    """Scan one split block-wise: sources/fused finite in [0, 1], labels in {0..3}, spacing finite and > 0;
-    returns case ids."""
+def _check_values(h5: object, path: Path, split: str) -> set[str]:
+    """Scan one split in blocks of at most SCAN_BLOCK_BYTES per dataset: sources/fused finite in [0, 1],
+    labels in {0..3}, spacing finite and > 0; returns case ids. The validated header bounds the work
+    (MAX_SLICES, MAX_SLICE_SIDE, every chunk stored)."""
     group = h5[split]
     n = group["source"].shape[0]
+    block = max(1, SCAN_BLOCK_BYTES // (int(np.prod(group["source"].shape[1:])) * 4))  # source: the largest
     for start in range(0, n, block):
         stop = min(n, start + block)
         for name in ("source", "fused"):
-            values = group[name][start:stop]
+            with reading_data(path, f"/{split}/{name}[{start}:{stop}]"):
+                values = group[name][start:stop]
             if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
                 raise DataError(f"{path}: /{split}/{name}[{start}:{stop}] has values outside [0, 1] or NaN/Inf")
-        labels = group["label"][start:stop]
+        with reading_data(path, f"/{split}/label[{start}:{stop}]"):
+            labels = group["label"][start:stop]
         if labels.max(initial=0) > 3:
             raise DataError(f"{path}: /{split}/label[{start}:{stop}] has label {int(labels.max())} not in {{0,1,2,3}}")
-    if n and group["slice_index"][:].min() < 0:
+    with reading_data(path, f"/{split}/slice_index"):
+        slice_index = group["slice_index"][:]
+    if n and slice_index.min() < 0:
         raise DataError(f"{path}: /{split}/slice_index has negative values")
     read_spacing(h5, split, path)  # finite and > 0
-    try:
-        return set(group["case_id"].asstr()[:].tolist())
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: /{split}/case_id holds a string that is not UTF-8 ({one_line(exc)})") from None
+    with reading_data(path, f"/{split}/case_id"):
+        try:
+            return set(group["case_id"].asstr()[:].tolist())
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: /{split}/case_id holds a string that is not UTF-8 ({one_line(exc)})") from None
 
 
 def verify(directory: str | Path) -> dict:
@@ -267,11 +288,8 @@ def verify(directory: str | Path) -> dict:
     files = _check_files(directory)
     path = directory / H5_NAME
     h5, counts = open_validated(path)  # also checks the root attributes' types and values
-    with h5:
-        try:
-            cases = {split: _check_values(h5, path, split) for split in SPLITS}
-        except OSError as exc:  # a corrupt chunk (the hashes only vouch for what croissant.json says)
-            raise DataError(f"{path}: unreadable HDF5 data ({one_line(exc)})") from None
+    with h5:  # a corrupt chunk is a DataError naming it (the hashes only vouch for what croissant.json says)
+        cases = {split: _check_values(h5, path, split) for split in SPLITS}
     for i, first in enumerate(SPLITS):
         for second in SPLITS[i + 1:]:
             shared = sorted(cases[first] & cases[second])

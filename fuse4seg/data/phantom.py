@@ -16,7 +16,6 @@ whatever the number of workers (nibabel writes gzip with mtime 0).
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fuse4seg.data.brats import FILE_SUFFIXES, LABEL_MAPS, SCHEMES, from_canonic
 from fuse4seg.data.mni152 import MNITemplate, load_template
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
+from fuse4seg.parallel import ordered_map
 
 #: Full-scale BraTS grid (voxels at 1 mm).
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -325,6 +325,18 @@ def _write_case(args: tuple[Path, str, int, int, float]) -> str:
     return case_id
 
 
+def is_phantom_release(directory: Path) -> bool:
+    """Whether ``directory`` is a phantom release written before output markers: phantom.json from this
+    generator and nothing but case directories beside it."""
+    try:
+        meta = json.loads((directory / "phantom.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    others = [p for p in directory.iterdir() if p.name != "phantom.json"]
+    return (isinstance(meta, dict) and meta.get("generator") == "fuse4seg phantom"
+            and all(p.is_dir() and p.name in set(meta.get("cases", [])) for p in others))
+
+
 def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021", seed: int = 0,
                           scale: float = 1.0, workers: int = 1, overwrite: bool = False) -> Path:
     """Write ``cases`` phantom cases in real BraTS layout under ``out`` (atomically); returns ``out``."""
@@ -339,13 +351,10 @@ def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021"
         raise ConfigError(f"must be at least 1, got {workers}", option="workers")
     out = Path(out)
     shape, spacing = grid_for_scale(scale)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, "release", overwrite=overwrite, legacy=is_phantom_release) as tmp:
         jobs = [(tmp, naming, int(seed), i, float(scale)) for i in range(int(cases))]
-        if workers == 1 or cases == 1:
-            ids = [_write_case(job) for job in jobs]
-        else:
-            with ProcessPoolExecutor(max_workers=min(int(workers), int(cases))) as pool:
-                ids = list(pool.map(_write_case, jobs))
+        ids = list(ordered_map(_write_case, jobs, int(workers), desc="phantom", progress=False,
+                               preload=("fuse4seg.data.phantom",)))
         meta = {
             "generator": "fuse4seg phantom", "naming": naming, "seed": int(seed), "scale": float(scale),
             "cases": ids, "shape": list(shape), "spacing_mm": spacing,

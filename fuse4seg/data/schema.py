@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fuse4seg.conventions import MODALITIES
+from fuse4seg.data.build_options import MAX_SIZE
 
 FORMAT_VERSION = 2
 H5_NAME = "brats_fuse.h5"
@@ -27,6 +28,22 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 1}
 #: The dtype name that stands for variable-length UTF-8 strings (h5py.string_dtype("utf-8")).
 UTF8 = "utf-8"
+
+# Limits on the sizes a file declares, checked against its header before anything is read, allocated
+# or scanned: a crafted header (10**9 slices costs nothing on disk) is refused at once instead of
+# costing gigabytes of memory or hours of scanning. No real build comes near them.
+#: Slices per split: a build from every case of the largest BraTS release (about 2000 cases x 155
+#: axial slices) has about 310,000, and 10,000,000 is 30x that. It bounds what readers load whole per
+#: slice (slice_index and spacing: about 0.3 GB at the limit; case ids, each at most MAX_TEXT_BYTES,
+#: only as many as the file really stores, since every declared chunk must be stored).
+MAX_SLICES = 10_000_000
+#: Pixels along H and along W: the largest ``--size`` build-benchmark accepts (BraTS volumes are
+#: 240 x 240), so the validator never refuses a file the builder may write.
+MAX_SLICE_SIDE = MAX_SIZE
+#: Bytes of one stored string (a case id): case ids are release folder names, at most 255 characters
+#: (NAME_MAX), so at most 765 bytes of UTF-8; HDF5 allocates a string's declared length before reading
+#: it, and a crafted 4-byte length would otherwise cost 4 GiB.
+MAX_TEXT_BYTES = 1024
 
 
 @dataclass(frozen=True)

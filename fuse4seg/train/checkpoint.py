@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fuse4seg.errors import DataError
-from fuse4seg.io import atomic_path
+from fuse4seg.errors import DataError, Fuse4SegError
+from fuse4seg.io import atomic_paths, one_line
 
 #: Bumped when the checkpoint layout changes; load refuses layouts it does not know.
 CHECKPOINT_FORMAT = 1
@@ -162,11 +162,20 @@ def _to_cpu(obj: Any) -> Any:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (tensors + primitive containers) to ``path`` atomically; returns the path."""
-    path = Path(path)
+    return save_checkpoints([Path(path)], state)[0]
+
+
+def save_checkpoints(paths: list[Path], state: dict[str, Any]) -> list[Path]:
+    """Write ``state`` to every path (e.g. best.pt and last.pt of one step): all files are written first and
+    renamed only then, so a failure (a full disk) leaves the previous set intact; one-line error."""
     payload = {"format": CHECKPOINT_FORMAT, **_to_cpu(state)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    with atomic_paths(*paths) as tmps:
+        for tmp in tmps:
+            try:
+                torch.save(payload, tmp)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) this way
+                raise Fuse4SegError(f"cannot write checkpoint {paths[0].parent}: {one_line(exc)}") from None
+    return paths
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fuse4seg.errors import ConfigError
+from fuse4seg.io import check_replace_dir, write_marker
 
 #: Phantom benchmark of the demo: cases, grid scale, slice size, slices per case.
 DEMO_BENCHMARK: dict[str, Any] = {"phantom": 12, "phantom_scale": 0.5, "size": 64, "slices_per_case": 10,
@@ -27,6 +27,11 @@ DEMO_TRAIN: dict[str, Any] = {
     # (measured: a UNet step 20x slower under load); on an idle machine one thread costs < 2x.
     "threads": 1,
 }
+
+
+def _is_legacy_demo(directory: Path) -> bool:
+    """Whether ``directory`` is a demo written before output markers (only benchmark/ and run/ in it)."""
+    return {p.name for p in directory.iterdir()} <= {"benchmark", "run"}
 
 
 def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Callable[[str], Any] = print,
@@ -46,15 +51,13 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Calla
     # Checked before anything is built or removed: a bad option (e.g. --seed -1) leaves an earlier demo alone.
     config = build_config({**DEMO_TRAIN, **(train_overrides or {}), "benchmark": str(out / "benchmark"),
                            "out": str(out / "run")})
+    check_replace_dir(out, "demo", overwrite, legacy=_is_legacy_demo)
     if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} already exists (pass --overwrite to replace it)", option="out")
-        if any(out.iterdir()) and not (out / "run").exists() and not (out / "benchmark").exists():
-            raise ConfigError(f"{out} is not a demo directory (no run/ or benchmark/); refusing to replace it",
-                              option="out")
         shutil.rmtree(out)
     started = time.perf_counter()
     try:
+        out.mkdir(parents=True)
+        write_marker(out, "demo")
         echo(f"[1/3] building a phantom benchmark in {out / 'benchmark'} ...")
         bench_opts = {**DEMO_BENCHMARK, **(benchmark_overrides or {})}
         summary = build_benchmark(out / "benchmark", workers=2, progress=True, **bench_opts)

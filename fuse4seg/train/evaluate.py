@@ -152,6 +152,11 @@ def _gallery_rows(pipeline: Pipeline, dataset: Dataset, device: torch.device, co
     ]
 
 
+def is_eval_output(directory: Path) -> bool:
+    """Whether ``directory`` (inside a run) is an evaluation written before output markers (has metrics.json)."""
+    return (directory / "metrics.json").is_file()
+
+
 def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: str = "test", checkpoint: str = "best",
                  device: str = "cpu", max_slices: int | None = None, compare_untrained: bool = False,
                  gallery: int = 6) -> dict[str, Any]:
@@ -189,6 +194,6 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
         base = score_split(untrained, dataset, dataset.spacing, dev, max_slices)
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     rows = _gallery_rows(pipeline, dataset, dev, gallery)
-    with atomic_dir(Path(run) / "eval", overwrite=True) as tmp:
+    with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
         write_eval_outputs(tmp, metrics, rows, config)
     return metrics

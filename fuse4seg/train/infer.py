@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import atomic_dir
+from fuse4seg.io import atomic_dir, check_separate
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline
 from fuse4seg.train.run import load_run, pipeline_from_checkpoint, run_derived
@@ -132,11 +132,17 @@ def _nifti(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header, dtype
     return img
 
 
+def _is_fuse_output(directory: Path) -> bool:
+    """Whether ``directory`` holds only what ``fuse`` wrote before output markers (fused/seg NIfTI files)."""
+    return all(p.name in ("fused.nii.gz", "seg.nii.gz") and p.is_file() for p in directory.iterdir())
+
+
 def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint: str = "best", device: str = "cpu",
               overwrite: bool = False) -> dict[str, Any]:
     """Apply RUN's networks to the case in ``case_dir``; writes OUT/fused.nii.gz and OUT/seg.nii.gz atomically."""
     from fuse4seg.data.brats import find_case, from_canonical_labels, load_case
 
+    check_separate(out, {"case": case_dir, "run": run})
     _config, pipeline, _ = load_run(run, checkpoint, device)
     dev = next(pipeline.seg.parameters()).device
     size, slice_size, method = run_geometry(run)
@@ -145,7 +151,7 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
                                    slice_size=slice_size)
     seg = from_canonical_labels(labels, case.scheme)
     written = []
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, "fuse", overwrite=overwrite, legacy=_is_fuse_output) as tmp:
         if fused is not None:
             nib.save(_nifti(fused, case.affine, case.header, np.float32), tmp / "fused.nii.gz")
             written.append("fused.nii.gz")

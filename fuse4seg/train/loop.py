@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,7 +25,16 @@ import torch
 from tqdm import tqdm
 
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
-from fuse4seg.io import atomic_write_text
+from fuse4seg.io import (
+    atomic_write_text,
+    make_parent,
+    marker_kind,
+    output_lock,
+    remove_empty,
+    staged_dir,
+    sweep_stale,
+    write_marker,
+)
 from fuse4seg.train import modes, steps
 from fuse4seg.train.batches import split_by_case, step_loader
 from fuse4seg.train.checkpoint import (
@@ -36,7 +46,7 @@ from fuse4seg.train.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
+    save_checkpoints,
     to_plain,
 )
 from fuse4seg.train.config import (
@@ -51,7 +61,7 @@ from fuse4seg.train.config import (
 from fuse4seg.train.data import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
-from fuse4seg.train.run import prepare_run_dir, resolve_config, write_config_json
+from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
 from fuse4seg.train.scoring import validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
 
@@ -142,9 +152,10 @@ class Trainer:
         self.counters, self.best = Counters(**state["counters"]), Best(**state["best"])
         restore_rng_state(state["rng"])
 
-    def save(self, name: str) -> Path:
-        """Write RUN/<name>.pt atomically."""
-        return save_checkpoint(self.run_dir / f"{name}.pt", self.state())
+    def save(self, *names: str) -> None:
+        """Write RUN/<name>.pt for each name, all of this step's state, renamed together (a failure keeps the
+        previous pair)."""
+        save_checkpoints([self.run_dir / f"{name}.pt" for name in names], self.state())
 
     # ---- steps -------------------------------------------------------------------------------
     def one_step(self, fit: dict, hold: dict | None) -> steps.StepResult:
@@ -164,14 +175,15 @@ class Trainer:
                 f"(last: {reason}); lower --lr-upper/--lr-lower or check the data"
             )
 
-    def evaluate(self, log: TensorBoardLog, select: bool = True) -> dict[str, float]:
-        """Dice on the benchmark's val split; logs scalars and panels; with ``select`` updates best.pt.
+    def evaluate(self, log: TensorBoardLog, select: bool = True) -> tuple[dict[str, float], bool]:
+        """Dice on the benchmark's val split, and whether it is a new best; logs scalars and panels; with
+        ``select`` updates the best score (the caller writes best.pt).
 
         best.pt is chosen only at scheduled evaluations (every --eval-every steps; with --eval-every 0
         it is the final weights), so it does not depend on where a run was interrupted and resumed.
         """
         if self.val_set is None:
-            return {}
+            return {}, False
         scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
         log.scalars(self.step, {f"val/{k}": v for k, v in scores.items()})
         if first is not None:
@@ -179,8 +191,8 @@ class Trainer:
             log.panels(self.step, "val/panels", sources, first.fused, first.label, first.pred)
         if select and scores and (self.config.eval_every == 0 or scores["dice_mean"] > self.best.score):
             self.best = Best(scores["dice_mean"], self.step)
-            self.save("best")
-        return scores
+            return scores, True
+        return scores, False
 
     # ---- the loop, in named parts --------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[dict, dict | None]]:
@@ -226,16 +238,22 @@ class Trainer:
     def _evaluate_and_save(self, log: TensorBoardLog) -> dict[str, float] | None:
         """Val Dice at the --eval-every schedule and at the end of a call (then also best.pt), last.pt every
         --checkpoint-every steps and at the end; returns the val scores when evaluated."""
-        c, scores = self.config, None
+        c, scores, names = self.config, None, []
         scheduled = bool(c.eval_every) and self.step % c.eval_every == 0
         if scheduled or self.step == self.total:  # the end of a call always reports its val Dice
-            scores = self.evaluate(log, select=scheduled or c.eval_every == 0)
+            scores, improved = self.evaluate(log, select=scheduled or c.eval_every == 0)
+            names += ["best"] if improved else []
         if self.step % c.checkpoint_every == 0 or self.step == self.total:
-            self.save("last")
+            names.append("last")
+        if names:
+            self.save(*names)
         return scores
 
-    def run(self) -> dict[str, Any]:
-        """Train from the current step to the total; returns a summary dict."""
+    def run(self, run_dir: Path | None = None) -> dict[str, Any]:
+        """Train from the current step to the total, writing into ``run_dir`` (default RUN; a staging folder
+        when --overwrite replaces an earlier run); returns a summary dict."""
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
         write_config_json(self.config, self.run_dir / "config.json", self.derived())
         log = TensorBoardLog(self.run_dir, self.step)
         batches, bar = self._batches(), self._progress_bar()
@@ -261,12 +279,12 @@ class Trainer:
         if self.best.step < 0:  # no val split: the final weights are the best we know
             self.save("best")
         return {
-            "run": str(self.run_dir), "mode": self.config.mode, "steps": self.step, "skipped": self.counters.skipped,
+            "run": str(self.config.out), "mode": self.config.mode, "steps": self.step, "skipped": self.counters.skipped,
             "val": scores, "best_step": self.best.step,
             "best_dice_mean": self.best.score if math.isfinite(self.best.score) else None,
             "seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_time, 3),
             "data_seconds": round(data_time, 3), "steps_this_call": self.step - first_step,
-            "tensorboard": str(self.run_dir / "tb"),
+            "tensorboard": str(Path(self.config.out) / "tb"),
         }
 
     def derived(self) -> dict[str, Any]:
@@ -282,14 +300,56 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one run as configured (creating or resuming RUN); returns a summary dict."""
+    """Train one run as configured (creating, resuming or replacing RUN); returns a summary dict.
+
+    Everything is checked before anything is written. RUN is locked while training. A new run is trained
+    in place (so --resume can continue it after a kill) and removed again if it fails before its first
+    checkpoint; --overwrite of an earlier run trains beside it and swaps it in only after success.
+    """
     validate(config)
-    prepare_run_dir(config, create=False)
+    check_run_dir(config)
     trainer = Trainer(config)  # opens and checks the benchmark before anything is written
-    prepare_run_dir(config)
-    summary = trainer.run()
-    atomic_write_text(Path(config.out) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    run = Path(config.out)
+    _, created = make_parent(run)
+    try:
+        with output_lock(run):
+            sweep_stale(run)
+            if not check_run_dir(config):  # checked again under the lock
+                with staged_dir(run, "run", overwrite=True, legacy=is_legacy_run) as tmp:
+                    return _train_into(trainer, tmp)
+            fresh = not run.exists()
+            run.mkdir(exist_ok=True)
+            if marker_kind(run) is None:
+                write_marker(run, "run")
+            try:
+                return _train_into(trainer, run)
+            except BaseException:
+                if not config.resume and not (run / "last.pt").exists():  # nothing to resume: leave no debris
+                    if fresh:
+                        shutil.rmtree(run, ignore_errors=True)
+                    else:
+                        _empty(run)
+                raise
+    except BaseException:
+        if not run.exists():
+            remove_empty(created)  # after the lock file is gone
+        raise
+
+
+def _train_into(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
+    """Run ``trainer`` writing into ``run_dir``, then its train_summary.json; returns the summary."""
+    summary = trainer.run(run_dir)
+    atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _empty(directory: Path) -> None:
+    """Remove everything inside ``directory`` (an output folder that was empty when training started)."""
+    for path in directory.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 def train_from_options(values: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:

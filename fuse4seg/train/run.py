@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, DataError, flag_for
-from fuse4seg.io import one_line
+from fuse4seg.io import MARKER, made_by_fuse4seg, one_line
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import (
     OPTIONS,
@@ -105,31 +104,32 @@ def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) ->
     return config
 
 
-def prepare_run_dir(config: TrainConfig, create: bool = True) -> Path:
-    """Check RUN and, with ``create``, (re)create it; an existing non-run directory is never deleted."""
+def is_legacy_run(directory: Path) -> bool:
+    """Whether ``directory`` is a run written before output markers (it has config.json)."""
+    return (directory / "config.json").is_file()
+
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Check RUN for the run about to start; True when it is trained in place (new, empty or resumed),
+    False when --overwrite replaces an earlier fuse4seg run (trained beside it, swapped in after success).
+    Anything that is not a fuse4seg run is never replaced."""
     run = Path(config.out)
     if config.resume:
         if not (run / "last.pt").is_file():
             raise ConfigError(f"{run / 'last.pt'} not found; nothing to resume", option="resume")
-        return run
-    if run.exists():
-        if not run.is_dir():
-            raise ConfigError(f"{run} exists and is not a directory", option="out")
-        if any(run.iterdir()):
-            if not config.overwrite:
-                raise ConfigError(f"{run} already exists (pass --resume to continue it or --overwrite)", option="out")
-            if not (run / "config.json").is_file():
-                raise ConfigError(f"{run} is not a fuse4seg run (no config.json); refusing to overwrite it",
-                                  option="out")
-            if create:
-                shutil.rmtree(run)
-    if not create:
-        return run
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {run}: {exc.strerror}", option="out") from None
-    return run
+        return True
+    if not (run.exists() or run.is_symlink()):
+        return True
+    if run.is_symlink() or not run.is_dir():
+        raise ConfigError(f"{run} exists and is not a directory", option="out")
+    if not any(run.iterdir()):
+        return True
+    if not config.overwrite:
+        raise ConfigError(f"{run} already exists (pass --resume to continue it or --overwrite)", option="out")
+    if not made_by_fuse4seg(run, "run", legacy=is_legacy_run):
+        raise ConfigError(f"{run} is not a fuse4seg run (no {MARKER} marker or config.json); refusing to overwrite it",
+                          option="out")
+    return False
 
 
 def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, dict]:

@@ -126,7 +126,7 @@ def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", 
     cases = split_cases(volumes, case_ids)
     size, slice_size, method = run_geometry(run)
     rows = []
-    with atomic_dir(out_dir(run, split), overwrite=True) as tmp:
+    with atomic_dir(out_dir(run, split), "eval", overwrite=True, option=None) as tmp:
         if write_seg:
             (tmp / "seg").mkdir()
         for files in tqdm(cases, desc="volumes", unit="case", disable=not progress, leave=False):
