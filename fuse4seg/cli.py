@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -276,14 +277,33 @@ def demo_command(
     run_demo(out, overwrite=overwrite, echo=typer.echo, train_overrides={"threads": threads, "seed": seed})
 
 
-def _exit_cleanly_on_sigterm() -> object:
-    """Turn SIGTERM into SystemExit so atomic writes remove their temporary outputs (as on Ctrl-C).
+#: Seconds an interrupted command has to unwind before the signal is delivered again with its default action.
+UNWIND_SECONDS = 20.0
+#: Pending re-sends; cancelled once main() has unwound (the command ended as the signal asked).
+_RESEND: list[threading.Timer] = []
 
-    Returns the previous handler (None off the main thread, where signals cannot be handled).
-    """
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGTERM -> SystemExit(128 + signum), SIGINT -> KeyboardInterrupt, so atomic writes remove their temporary
+    outputs. The default actions are restored first, and the signal is re-sent after UNWIND_SECONDS: if the
+    exception is swallowed (raised inside a weakref callback or a __del__), the signal still stops the process."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    resend = threading.Timer(UNWIND_SECONDS, os.kill, (os.getpid(), signum))
+    resend.daemon = True
+    resend.start()
+    _RESEND.append(resend)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    sys.exit(128 + signum)
+
+
+def _handle_signals() -> dict[int, object]:
+    """Install :func:`_on_signal` for SIGTERM and SIGINT; returns the previous handlers (none off the main
+    thread, where signals cannot be handled)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        return {}
+    return {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Usage errors (unknown option, bad value) are reported by Typer itself with exit status 2.
     """
-    previous = _exit_cleanly_on_sigterm()
+    previous = _handle_signals()
     try:
         app(args=argv, prog_name="fuse4seg")
     except Fuse4SegError as exc:
@@ -303,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        while _RESEND:
+            _RESEND.pop().cancel()
     return 0
 
 

@@ -21,20 +21,28 @@ A field's flag is ``--`` + its name with ``-`` for ``_`` (:func:`fuse4seg.errors
 (``ConfigError("must be >= 1", option="steps")``) and the command line shows the flag;
 :func:`for_option` attaches a field to an error raised by a helper that does not know it.
 :func:`command_argv` writes an options object back as command-line arguments (to record how a
-result was made).
+result was made). Checks shared by several commands live here too: :func:`check_seed` (every seed is a
+32-bit integer, :data:`MAX_SEED`) and :func:`available_cpus` (the bound of worker counts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from fuse4seg.errors import Fuse4SegError, flag_for
+from fuse4seg.errors import ConfigError, Fuse4SegError, flag_for
 
 _FROM_FIELD = object()
+#: Largest seed, 2**32 - 1 (seeds are integers in [0, MAX_SEED]). numpy's SeedSequence takes any
+#: non-negative integer and torch.manual_seed up to 2**64 - 1, but numpy's legacy seeding (np.random.seed,
+#: RandomState, which DataLoader workers and augmentation libraries may be seeded through) takes only
+#: 32 bits; one range that every consumer accepts, and that config.json, HDF5 attributes and command
+#: lines record exactly, keeps a seed meaning one thing everywhere.
+MAX_SEED: int = 2**32 - 1
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, recorded: bool = True,
@@ -56,6 +64,29 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=declared)
     return dataclasses.field(default=default, metadata=declared)
+
+
+def seed_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a seed (an integer in [0, :data:`MAX_SEED`]), or None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        return f"must be an integer in [0, {MAX_SEED}] (32 bits), got {value!r}"
+    return None
+
+
+def check_seed(value: object, option: str = "seed") -> int:
+    """``value`` as a seed (an integer in [0, :data:`MAX_SEED`]); ConfigError naming ``option`` otherwise."""
+    problem = seed_problem(value)
+    if problem:
+        raise ConfigError(problem, option=option)
+    assert isinstance(value, numbers.Integral)  # checked above; for the type checker
+    return int(value)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one, else os.cpu_count(); >= 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def fields_by_name(cls: type) -> dict[str, dataclasses.Field]:

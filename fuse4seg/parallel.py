@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from fuse4seg.errors import Fuse4SegError
+
+#: Seconds between a pool worker's checks that the process that started the pool is alive.
+WATCH_SECONDS = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool worker initialiser: exit as soon as process ``parent`` (which started the pool) is gone, or this
+    worker is re-parented, so a ``kill -9`` of the command leaves no orphaned workers."""
+    ppid = os.getppid()
+
+    def watch() -> None:
+        """Poll the parent; os._exit, because the interpreter's shutdown would wait for the pool's queues."""
+        while True:
+            time.sleep(WATCH_SECONDS)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(1)
+            if os.getppid() != ppid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="fuse4seg-parent-watch", daemon=True).start()
 
 
 def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, preload: Sequence[str] = (),
@@ -29,7 +56,8 @@ def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, p
         # child would inherit in an undefined state. Preloaded modules make each worker start in milliseconds.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(preload))
-        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context,
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(fn, item, **kwargs): i for i, item in enumerate(items)}
             done: dict[int, Any] = {}
             next_index = 0

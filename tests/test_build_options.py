@@ -62,7 +62,7 @@ def test_cli_options_are_the_fields() -> None:
     assert params["split"].default == "0.7,0.1,0.2" and params["fusion_inputs"].default == "t1ce,flair"
     assert params["out"].required and params["workers"].default == 1 and params["phantom_scale"].default == 1.0
     assert params["slices_per_case"].opts == ["--slices-per-case"]
-    assert params["seed"].help == "Seed of the patient split (and of the phantom release)."
+    assert params["seed"].help == "Seed of the patient split (and of the phantom release), 0 to 4294967295."
 
 
 @pytest.mark.parametrize(("changes", "option", "message"), [
@@ -73,6 +73,10 @@ def test_cli_options_are_the_fields() -> None:
     ({"phantom_scale": 1.5}, "phantom_scale", "must be in (0, 1], got 1.5"),
     ({"fusion": "median"}, "fusion", "unknown fusion method 'median'"),
     ({"brats": "rel", "phantom": 2}, "brats", "cannot be combined with phantom"),
+    ({"seed": -1}, "seed", "must be an integer in [0, 4294967295] (32 bits), got -1"),
+    ({"seed": 2**32}, "seed", "must be an integer in [0, 4294967295] (32 bits), got 4294967296"),
+    ({"phantom": 5001}, "phantom", "must be <= 5000 cases, got 5001"),
+    ({"slices_per_case": 8193}, "slices_per_case", "must be <= 8192, got 8193"),
 ])
 def test_validate_names_the_parameter(changes: dict, option: str, message: str) -> None:
     """validate() raises a ConfigError carrying the parameter name; the CLI form shows it as the flag."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,16 @@ import typer
 from typer.testing import CliRunner
 
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.options import cli_text, command_argv, fields_by_name, flag_of, for_option, option, typer_option
+from fuse4seg.options import (
+    available_cpus,
+    cli_text,
+    command_argv,
+    fields_by_name,
+    flag_of,
+    for_option,
+    option,
+    typer_option,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +115,8 @@ def test_for_option_attaches_the_parameter_once() -> None:
         raise DataError("too big", option="size")
     with pytest.raises(KeyError), for_option("fusion"):
         raise KeyError("x")
+
+
+def test_available_cpus_is_what_this_process_may_use() -> None:
+    """The bound of worker counts: at least 1, at most the machine's CPUs."""
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)

@@ -120,7 +120,8 @@ def test_every_option_a_mode_ignores_is_refused() -> None:
     assert "lr_lower" not in restricted  # the segmenter's learning rate in every mode
     for key, modes in restricted.items():
         other = next(m for m in MODES if m not in modes)
-        value = OPTIONS[key].get(TrainConfig()) or ({"width": 4} if OPTIONS[key].base_type is dict else 1)
+        table = {"ssim": 1.0} if key == "fusion_loss_weights" else {"width": 4}  # a valid entry of each table
+        value = OPTIONS[key].get(TrainConfig()) or (table if OPTIONS[key].base_type is dict else 1)
         with pytest.raises(ConfigError, match="only used with") as caught:
             build_config({"benchmark": "b", "out": "o", "mode": other, key: value}, strict=True)
         assert caught.value.option == key

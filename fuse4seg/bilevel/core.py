@@ -33,6 +33,10 @@ Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, Params], torch.Tensor]
 #: An option's declared check: value -> what is wrong with it, or None.
 Check = Callable[[Any], "str | None"]
+#: Most iterations of one hypergradient call's loops (inner steps, CG iterations, Neumann terms): the
+#: reference problems converge within 2000; unrolled steps keep every step's graph, so a mistyped
+#: count would run out of memory or time rather than converge.
+MAX_ITERATIONS: int = 10_000
 
 
 class NonFiniteHypergradient(ArithmeticError):
@@ -71,13 +75,15 @@ class HypergradientResult(tuple):
         return self[1]
 
 
-def _integer(low: int) -> Check:
-    """Check: an integer >= ``low``."""
+def _integer(low: int, high: int | None = None) -> Check:
+    """Check: an integer >= ``low`` (and <= ``high`` when given)."""
     def check(value: Any) -> str | None:
         """Problem with ``value``, or None."""
         if isinstance(value, bool) or not isinstance(value, int):
             return f"expected a finite integer, got {value!r}"
-        return None if value >= low else f"must be >= {low}, got {value!r}"
+        if value < low:
+            return f"must be >= {low}, got {value!r}"
+        return None if high is None or value <= high else f"must be <= {high}, got {value!r}"
     return check
 
 
@@ -139,7 +145,8 @@ class Options:
     setting (``state``).
     """
 
-    steps: int = option(1, "K inner steps per hypergradient.", check=_integer(0), flag="--inner-steps")
+    steps: int = option(1, f"K inner steps per hypergradient (0 to {MAX_ITERATIONS}).", check=_integer(0, MAX_ITERATIONS),
+                        flag="--inner-steps")
     lr: float = option(0.1, "Learning rate of the lower level: the inner steps' (in fuse4seg train, the "
                        "segmentation network's, in every mode).",
                        check=_number(0.0, low_open=True), flag="--lr-lower")
@@ -153,12 +160,14 @@ class Options:
     truncate: int = option(1, "T last inner steps differentiated (T <= K).", check=_integer(1), methods=("truncated",))
     eps: float = option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
                         check=_number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
-    cg_iters: int = option(10, "Conjugate-gradient iterations.", check=_integer(1), methods=("implicit-cg",))
+    cg_iters: int = option(10, f"Conjugate-gradient iterations (1 to {MAX_ITERATIONS}).",
+                           check=_integer(1, MAX_ITERATIONS), methods=("implicit-cg",))
     tol: float = option(1e-10, "Conjugate-gradient relative residual at which it stops early.", check=_number(0.0),
                         flag="--cg-tol", methods=("implicit-cg",))
     damping: float = option(0.0, "Ridge added to the inner Hessian.", check=_number(0.0),
                             methods=("implicit-cg", "implicit-neumann"))
-    neumann_terms: int = option(10, "Neumann series terms.", check=_integer(1), methods=("implicit-neumann",))
+    neumann_terms: int = option(10, f"Neumann series terms (1 to {MAX_ITERATIONS}).", check=_integer(1, MAX_ITERATIONS),
+                                methods=("implicit-neumann",))
     neumann_alpha: float | None = option(None, "Neumann step size (default: the inner learning rate).",
                                          check=_optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
     # option() gives a None default as is (no default_factory); RUF009 only sees a call.

@@ -8,7 +8,8 @@ Naming schemes (detected from the case directory names):
 - ``brats2023``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
   (any BraTS 2023+ cohort tag: GLI, MEN, MET, PED, SSA), labels {0, 1 NETC, 2 SNFH, 3 ET}.
 
-Files may be ``.nii.gz`` or ``.nii``; validation sets have no ``seg`` file. Inside fuse4seg labels
+Files may be ``.nii.gz`` or ``.nii``; validation sets have no ``seg`` file. Each is read by
+:func:`fuse4seg.data.nifti.load_nifti`, which checks the sizes its header claims before reading voxels. Inside fuse4seg labels
 are canonical: 0 background, 1 NCR, 2 ED, 3 ET (BraTS 2020/2021 label 4 becomes 3).
 
 Intensity normalisation (:func:`normalise_modality`), applied to each modality separately:
@@ -28,7 +29,6 @@ Loaded volumes keep the NIfTI files' Fortran memory order per modality.
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,11 @@ from fuse4seg.data.intensity import (
     take_chunked,
     unsigned_codes,
     uses_table,
+)
+from fuse4seg.data.nifti import (
+    CORRUPT_NIFTI_ERRORS,  # noqa: F401 (re-exported: part of this module's interface)
+    MAX_VOLUME_VOXELS,
+    load_nifti,
 )
 from fuse4seg.errors import DataError
 
@@ -73,8 +78,6 @@ LABEL_MAPS: dict[str, dict[int, int]] = {
 AFFINE_ATOL_MM: float = 1e-3
 
 _EXTENSIONS = (".nii.gz", ".nii")
-#: What nibabel raises for a corrupt or truncated file.
-CORRUPT_NIFTI_ERRORS = (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
 @dataclass(frozen=True)
@@ -248,19 +251,10 @@ def from_canonical_labels(label: np.ndarray, scheme: str) -> np.ndarray:
 
 
 def _load_volume(case: CaseFiles, name: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Load one file of a case as (image, 3-D array); DataError naming the case and file if unreadable."""
+    """Load one file of a case as (image, 3-D array), sizes checked before reading (:func:`load_nifti`);
+    DataError naming the case and file if unreadable, not 3-D or too large."""
     path = case.paths[name]
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except CORRUPT_NIFTI_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{case.case_id}: {name} file {path.name} is corrupt or unreadable ({reason})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{case.case_id}: {name} file {path.name} is {data.ndim}-D, expected a 3-D volume")
-    return img, data
+    return load_nifti(path, ndim=3, max_voxels=MAX_VOLUME_VOXELS, what=f"{case.case_id}: {name} file {path.name}")
 
 
 def _check_geometry(case: CaseFiles, name: str, img: nib.Nifti1Image, data: np.ndarray,

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fuse4seg.data.nifti import MAX_SLICE_PIXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_path, check_replaceable, one_line
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES, fusion_metrics
 
 RASTER_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
-#: Largest slice read (pixels): a header claiming more is refused before anything is allocated.
-MAX_PIXELS: int = 1 << 26
+#: Largest slice read (pixels), raster or NIfTI: a header claiming more is refused before anything is allocated.
+MAX_PIXELS: int = MAX_SLICE_PIXELS
 
 
 def _split_name(path: Path) -> tuple[str, str] | None:
@@ -61,29 +62,9 @@ def image_files(folder: str | Path, option: str) -> dict[str, Path]:
 
 def read_slice(path: Path) -> np.ndarray:
     """A 2-D image file as (H, W) float64: greyscale and NIfTI as stored, colour as its luma (BGR -> grey)."""
-    import cv2
-
     if path.name.lower().endswith(NIFTI_EXTENSIONS):
-        import nibabel as nib
-
-        from fuse4seg.data.brats import CORRUPT_NIFTI_ERRORS
-
-        try:
-            img = nib.load(path)
-        except CORRUPT_NIFTI_ERRORS as exc:
-            raise DataError(f"{path}: corrupt or unreadable NIfTI ({one_line(exc)})") from None
-        shape = tuple(int(d) for d in img.shape)
-        if len(shape) == 3 and shape[2] == 1:
-            shape = shape[:2]
-        if len(shape) != 2:
-            raise DataError(f"{path}: a {len(shape)}-D NIfTI of shape {shape}; expected one 2-D slice (H, W)")
-        if math.prod(shape) > MAX_PIXELS:
-            raise DataError(f"{path}: header claims {shape[0]} x {shape[1]} pixels, over the {MAX_PIXELS} limit")
-        try:
-            data = np.asarray(img.dataobj, dtype=np.float64).reshape(shape)
-        except CORRUPT_NIFTI_ERRORS as exc:
-            raise DataError(f"{path}: corrupt or unreadable NIfTI ({one_line(exc)})") from None
-        return data
+        return load_nifti(path, ndim=2, max_voxels=MAX_PIXELS, dtype=np.float64)[1]
+    import cv2
     from PIL import Image, UnidentifiedImageError
 
     try:

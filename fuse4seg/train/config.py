@@ -24,14 +24,19 @@ from typing import Any
 from fuse4seg.bilevel import Options, parse_options
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError, flag_for
-from fuse4seg.options import cli_text
+from fuse4seg.options import MAX_SEED, available_cpus, cli_text, seed_problem
 from fuse4seg.options import option as cli_option
 from fuse4seg.train.declare import (
     Declared,
+    above,
+    at_least,
     by_key,
     check_values,
     convert,
     declared,
+    in_range,
+    integer_entries,
+    one_of,
     option,
     to_values,
     with_values,
@@ -45,19 +50,53 @@ FUSION_MODES: tuple[str, ...] = names(lambda m: m.has_fusion)
 HYPERGRADIENT_MODES: tuple[str, ...] = names(lambda m: m.hypergradient)
 
 
-def at_least(low: float, note: str = "") -> Any:
-    """Check: None or >= ``low``."""
-    return lambda v: None if v is None or v >= low else f"must be >= {low}{note}, got {v}"
+#: Upper bounds of the options that size memory or loops, each stated in the option's help and far above
+#: any sensible run: a mistyped value (an extra digit, a 20-digit number) is refused before it allocates.
+#: Slices per batch: 512 slices of 240 x 240 already need tens of GB of UNet activations.
+MAX_BATCH_SIZE: int = 512
+#: Outer steps, and every "each N steps" period: 10 million steps are months at several steps a second.
+MAX_STEPS: int = 10_000_000
+#: Epochs over the fitting slices (their steps must also stay within MAX_STEPS, see resolve_steps).
+MAX_EPOCHS: int = 100_000
+#: Val slices scored: more than any package holds (BraTS 2023's ~2,600 cases x 155 slices = 400k).
+MAX_EVAL_SLICES: int = 10_000_000
+#: torch CPU threads: more threads than any machine has cores only oversubscribes them.
+MAX_THREADS: int = 1024
+#: Feature maps of a network's widest full-resolution layer (16 by default).
+MAX_WIDTH: int = 512
+#: UNet downsamplings: a 240-pixel BraTS slice halved 8 times (2**8 = 256) is down to one pixel.
+MAX_SEG_DEPTH: int = 8
+#: UNet bottleneck channels, width * 2**depth (16 * 2**4 = 256 by default; the original UNet has 1024): the
+#: parameters grow with its square (2048 channels: ~100M parameters).
+MAX_SEG_CHANNELS: int = 2048
+#: Conv layers of a fusion network (3 or 4 by default).
+MAX_FUSION_LAYERS: int = 64
 
 
-def above(low: float) -> Any:
-    """Check: None or > ``low``."""
-    return lambda v: None if v is None or v > low else f"must be > {low}, got {v}"
+def _workers(value: int) -> str | None:
+    """Check: 0 (load in the main process) up to the CPUs this process may use."""
+    cpus = available_cpus()
+    problem = in_range(0)(value)
+    return problem or (None if value <= cpus else f"must be <= {cpus}, the CPUs available here, got {value}")
 
 
-def one_of(choices: tuple[str, ...]) -> Any:
-    """Check: one of ``choices``."""
-    return lambda v: None if v in choices else f"choose one of {', '.join(choices)}, got {v!r}"
+def _fusion_weights(weights: dict) -> str | None:
+    """Check: weights of known fusion losses, each finite and >= 0 (the losses' own resolve_fusion_weights),
+    so a bad table fails before any data is read rather than at the first step."""
+    from fuse4seg.losses.fusion import resolve_fusion_weights
+
+    try:
+        resolve_fusion_weights(weights)
+    except ConfigError as exc:
+        return exc.message
+    return None
+
+
+#: Bounds of the model-options tables' size entries (entry -> (low, high)).
+SEG_LIMITS: dict[str, tuple[int, int]] = {"width": (1, MAX_WIDTH), "depth": (1, MAX_SEG_DEPTH)}
+FUSION_LIMITS: dict[str, tuple[int, int]] = {"width": (1, MAX_WIDTH), "layers": (1, MAX_FUSION_LAYERS)}
+_SEG_DEPTH_HELP = (f"Segmentation network depth (downsamplings, 1 to {MAX_SEG_DEPTH}; width * 2**depth <= "
+                   f"{MAX_SEG_CHANNELS}).")
 
 
 def _required(what: str) -> Any:
@@ -127,11 +166,13 @@ class TrainConfig:
                                modes=FUSION_MODES)
     seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model,
                             modes=names(lambda m: m.seg_model is None))
-    fusion_options: dict = option({}, "Fusion network options (TOML table).", modes=FUSION_MODES,  # noqa: RUF009
-                                  entries={"width": (int, "Fusion network width.")})
+    fusion_options: dict = option({}, f"Fusion network options (TOML table; width <= {MAX_WIDTH}, layers <= "  # noqa: RUF009
+                                  f"{MAX_FUSION_LAYERS}).", modes=FUSION_MODES, check=integer_entries(FUSION_LIMITS),
+                                  entries={"width": (int, f"Fusion network width (1 to {MAX_WIDTH}).")})
     seg_options: dict = option({}, "Segmentation network options (TOML table).",  # noqa: RUF009
-                               entries={"width": (int, "Segmentation network base width."),
-                                        "depth": (int, "Segmentation network depth (downsamplings).")})
+                               check=integer_entries(SEG_LIMITS),
+                               entries={"width": (int, f"Segmentation network base width (1 to {MAX_WIDTH})."),
+                                        "depth": (int, _SEG_DEPTH_HELP)})
     fusion_inputs: tuple[str, ...] = option(DEFAULT_FUSION_INPUTS, "Modalities to fuse, e.g. t1ce,flair.",
                                             parse=_fusion_inputs, check=lambda v: None if v else "at least one modality")
     inputs: tuple[str, ...] | None = option(None, "direct/feature-fusion inputs: 'fused' or modalities.",
@@ -143,14 +184,16 @@ class TrainConfig:
                                         "the fusion-loss gradient's norm (instead of --lambda-seg).", check=above(0),
                                         modes=HYPERGRADIENT_MODES, excludes=("lambda_seg",))
     fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
-                                       modes=FUSION_MODES)
+                                       check=_fusion_weights, modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
-    steps: int | None = option(None, "Total (outer) steps (default: one epoch).", check=at_least(1), resumable=True)
-    epochs: float | None = option(None, "Total epochs over the fitting slices.", check=above(0), resumable=True)
+    steps: int | None = option(None, f"Total (outer) steps, 1 to {MAX_STEPS} (default: one epoch).",
+                               check=in_range(1, MAX_STEPS), resumable=True)
+    epochs: float | None = option(None, f"Total epochs over the fitting slices (at most {MAX_EPOCHS}).",
+                                  check=in_range(0, MAX_EPOCHS, low_open=True), resumable=True)
     fusion_steps: int | None = option(None, "Steps that train the fusion net alone, on the fusion loss, first "
                                       "(two-stage: stage 1, default half; bilevel: a warm-up, default 0).",
-                                      modes=names(lambda m: m.fusion_stage is not None))
-    batch_size: int = option(4, "Slices per batch.", check=at_least(1))
+                                      check=in_range(0, MAX_STEPS), modes=names(lambda m: m.fusion_stage is not None))
+    batch_size: int = option(4, f"Slices per batch (1 to {MAX_BATCH_SIZE}).", check=in_range(1, MAX_BATCH_SIZE))
     lr_upper: float = option(1e-3, "Learning rate of the fusion network.", check=above(0), modes=FUSION_MODES)
     upper_optimizer: str = option("adam", "Optimiser of the fusion network: adam or sgd.", check=one_of(OPTIMIZERS),
                                   modes=FUSION_MODES)
@@ -161,17 +204,20 @@ class TrainConfig:
                                  check=lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
                                  modes=names(lambda m: m.holds_out))
     eval_every: int = option(0, "Val Dice and best.pt choice every N steps (0: at the end, best.pt = final weights).",
-                             check=at_least(0, " (0 = only at the end)"), resumable=True)
-    checkpoint_every: int = option(25, "Write last.pt every N steps.", check=at_least(1), resumable=True)
-    eval_slices: int | None = option(None, "Val slices scored during training (default: all).", check=at_least(1),
-                                     resumable=True)
-    log_every: int = option(1, "TensorBoard scalars every N steps.", check=at_least(1), resumable=True)
-    num_workers: int = option(0, "DataLoader worker processes.", check=at_least(0), resumable=True)
+                             check=in_range(0, MAX_STEPS, " (0 = only at the end)"), resumable=True)
+    checkpoint_every: int = option(25, "Write last.pt every N steps.", check=in_range(1, MAX_STEPS), resumable=True)
+    eval_slices: int | None = option(None, "Val slices scored during training (default: all).",
+                                     check=in_range(1, MAX_EVAL_SLICES), resumable=True)
+    log_every: int = option(1, "TensorBoard scalars every N steps.", check=in_range(1, MAX_STEPS), resumable=True)
+    num_workers: int = option(0, "DataLoader worker processes (0 to the number of CPUs available).", check=_workers,
+                              resumable=True)
     cache: bool = option(True, "Hold the benchmark in memory (< 2 GiB).", flag="--cache/--no-cache", resumable=True)
     device: str = option("cpu", "cpu or cuda.", check=_device)
-    threads: int | None = option(None, "CPU threads for torch (default: torch's choice).", check=at_least(1))
-    seed: int = option(0, "Seed of initial weights and data order.", check=at_least(0))
-    max_bad_steps: int = option(10, "Stop after N non-finite steps in a row.", check=at_least(1), resumable=True)
+    threads: int | None = option(None, f"CPU threads for torch, 1 to {MAX_THREADS} (default: torch's choice).",
+                                 check=in_range(1, MAX_THREADS))
+    seed: int = option(0, f"Seed of initial weights and data order (0 to {MAX_SEED}).", check=seed_problem)
+    max_bad_steps: int = option(10, "Stop after N non-finite steps in a row.", check=in_range(1, MAX_STEPS),
+                                resumable=True)
     progress: bool = option(True, "Show a progress bar.", flag="--progress/--no-progress", resumable=True)
     overwrite: bool = option(False, "Replace an existing run directory.", resumable=True)
     resume: bool = option(False, "Continue the run in --out from last.pt.", resumable=True)
@@ -247,7 +293,20 @@ def validate(c: TrainConfig) -> None:
     if mode.has_fusion and c.inputs is not None:
         raise ConfigError(f"only for modes {', '.join(names(lambda m: not m.has_fusion))}, not {c.mode}",
                           option="inputs")
+    _check_bottleneck(c)
     mode.check(c)
+
+
+def _check_bottleneck(c: TrainConfig) -> None:
+    """ConfigError unless the segmenter's bottleneck, width * 2**depth channels (the model's defaults where
+    seg_options leaves them), is within :data:`MAX_SEG_CHANNELS`."""
+    from fuse4seg.models import model_options
+
+    sizes = {**model_options(MODES[c.mode].seg_model or c.seg_model), **c.seg_options}
+    width, depth = sizes.get("width"), sizes.get("depth")
+    if isinstance(width, int) and isinstance(depth, int) and width * 2**depth > MAX_SEG_CHANNELS:
+        raise ConfigError(f"width {width} and depth {depth} give a bottleneck of {width * 2**depth} channels "
+                          f"(width * 2**depth), over the limit of {MAX_SEG_CHANNELS}", option="seg_options")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -319,11 +378,16 @@ def config_from_dict(data: dict[str, Any], where: str = "") -> TrainConfig:
 
 
 def resolve_steps(c: TrainConfig, n_train: int) -> int:
-    """Total optimisation steps: ``--steps``, or ``ceil(epochs * n_train / batch_size)`` (default 1 epoch)."""
+    """Total optimisation steps: ``--steps``, or ``ceil(epochs * n_train / batch_size)`` (default 1 epoch; ConfigError
+    naming epochs beyond :data:`MAX_STEPS`)."""
     if c.steps is not None:
         return c.steps
     epochs = 1.0 if c.epochs is None else c.epochs
-    return max(1, math.ceil(epochs * n_train / c.batch_size))
+    steps = max(1, math.ceil(epochs * n_train / c.batch_size))
+    if steps > MAX_STEPS:
+        raise ConfigError(f"{epochs:g} epochs of {n_train} slices in batches of {c.batch_size} are {steps} steps, over "
+                          f"the limit of {MAX_STEPS}", option="epochs")
+    return steps
 
 
 # ---- the command line, derived from the declarations ------------------------------------------------
