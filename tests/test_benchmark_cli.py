@@ -94,11 +94,11 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("out", "brats", "pattern"), [
-    ("rel", "rel", "contains the --brats release"),
-    ("nest", "nest/sub/rel", "contains the --brats release"),
-    ("nest/sub/rel/../../", "nest/sub/rel", "contains the --brats release"),
-    ("rel/pkg", "rel", "is inside the --brats release"),
-    ("link", "rel", "contains the --brats release"),
+    ("rel", "rel", "is the --brats input"),
+    ("nest", "nest/sub/rel", "contains the --brats input"),
+    ("nest/sub/rel/../../", "nest/sub/rel", "contains the --brats input"),
+    ("rel/pkg", "rel", "is inside the --brats input"),
+    ("link", "rel", "is the --brats input"),
 ])
 def test_out_overlapping_the_release_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, out: str,
                                                 brats: str, pattern: str) -> None:

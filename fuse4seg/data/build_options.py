@@ -11,12 +11,12 @@ import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError
+from fuse4seg.io import check_separate
 from fuse4seg.options import MAX_SEED, check_seed, command_argv, for_option, option
 
 DEFAULT_PHANTOM_CASES = 10
@@ -101,7 +101,7 @@ class BuildOptions:
         _require("workers", self.workers >= 1, f"must be >= 1, got {self.workers}")
         check_seed(self.seed)
         if self.brats is not None:
-            check_out_outside_source(self.out, self.brats)
+            check_separate(self.out, {"brats": self.brats})
         return self
 
     def command_line(self) -> str:
@@ -116,14 +116,3 @@ def _require(option: str, ok: bool, message: str) -> None:
     """ConfigError(``message``) about ``option`` unless ``ok``."""
     if not ok:
         raise ConfigError(message, option=option)
-
-
-def check_out_outside_source(out: str | os.PathLike, brats: str | os.PathLike) -> None:
-    """ConfigError if ``out`` and the ``brats`` release overlap (after resolving symlinks and '..'): the
-    same folder or a parent of the release (overwriting would delete it), or a folder inside it (the
-    package would sit among the cases, where the next build from that release would find it)."""
-    out_path, source = Path(out).resolve(), Path(brats).resolve()
-    if out_path == source or out_path in source.parents or source in out_path.parents:
-        where = "is inside" if source in out_path.parents else "contains"
-        raise ConfigError(f"{out} {where} the --brats release {brats} (writing there, or --overwrite, could destroy "
-                          f"it); choose an output folder outside the release", option="out")

@@ -28,6 +28,7 @@ from fuse4seg.data.brats import FILE_SUFFIXES, LABEL_MAPS, SCHEMES, from_canonic
 from fuse4seg.data.mni152 import MNITemplate, load_template
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
+from fuse4seg.options import check_seed
 from fuse4seg.parallel import ordered_map
 
 #: Full-scale BraTS grid (voxels at 1 mm).
@@ -349,6 +350,7 @@ def write_phantom_release(out: str | Path, cases: int, naming: str = "brats2021"
         raise ConfigError(f"must lie in [0.1, 1.0], got {scale}", option="scale")
     if int(workers) < 1:
         raise ConfigError(f"must be at least 1, got {workers}", option="workers")
+    seed = check_seed(seed)
     out = Path(out)
     shape, spacing = grid_for_scale(scale)
     with atomic_dir(out, "release", overwrite=overwrite, legacy=is_phantom_release) as tmp:

@@ -320,6 +320,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}", option="config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", option="config") from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise ConfigError(f"{path} is not valid TOML: nested too deeply", option="config") from None
     if isinstance(data.get("train"), dict):
         data = data["train"]
     out = {}

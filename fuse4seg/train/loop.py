@@ -318,6 +318,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 with staged_dir(run, "run", overwrite=True, legacy=is_legacy_run) as tmp:
                     return _train_into(trainer, tmp)
             fresh = not run.exists()
+            if not fresh and not config.resume:
+                _empty(run)  # empty, or what a run killed before its first checkpoint left
             run.mkdir(exist_ok=True)
             if marker_kind(run) is None:
                 write_marker(run, "run")
@@ -344,7 +346,7 @@ def _train_into(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
 
 
 def _empty(directory: Path) -> None:
-    """Remove everything inside ``directory`` (an output folder that was empty when training started)."""
+    """Remove everything inside ``directory`` (a run folder holding no checkpoint)."""
     for path in directory.iterdir():
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, DataError, flag_for
-from fuse4seg.io import MARKER, made_by_fuse4seg, one_line
+from fuse4seg.io import MARKER, made_by_fuse4seg, marker_kind, one_line
 from fuse4seg.train.checkpoint import load_checkpoint
 from fuse4seg.train.config import (
     OPTIONS,
@@ -52,7 +52,9 @@ def read_run_config(path: str | Path, option: str = "run") -> tuple[TrainConfig,
     except FileNotFoundError:
         raise ConfigError(f"{path} not found (is {path.parent} a training run?)", option=option) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a fuse4seg run config: {exc}", option=option) from None
+        raise ConfigError(f"{path} is not a fuse4seg run config: {one_line(exc)}", option=option) from None
+    except RecursionError:  # the decoder recurses per nesting level; a crafted file can nest 10**5 deep
+        raise ConfigError(f"{path} is not a fuse4seg run config: nested too deeply", option=option) from None
     derived = payload.get("derived", {})
     return config_from_dict(options, f" (in {path})"), derived
 
@@ -110,9 +112,9 @@ def is_legacy_run(directory: Path) -> bool:
 
 
 def check_run_dir(config: TrainConfig) -> bool:
-    """Check RUN for the run about to start; True when it is trained in place (new, empty or resumed),
-    False when --overwrite replaces an earlier fuse4seg run (trained beside it, swapped in after success).
-    Anything that is not a fuse4seg run is never replaced."""
+    """Check RUN for the run about to start; True when it is trained in place (new, empty, resumed, or what a
+    run killed before its first checkpoint left), False when --overwrite replaces an earlier fuse4seg run
+    (trained beside it, swapped in after success). Anything that is not a fuse4seg run is never replaced."""
     run = Path(config.out)
     if config.resume:
         if not (run / "last.pt").is_file():
@@ -123,6 +125,10 @@ def check_run_dir(config: TrainConfig) -> bool:
     if run.is_symlink() or not run.is_dir():
         raise ConfigError(f"{run} exists and is not a directory", option="out")
     if not any(run.iterdir()):
+        return True
+    # A marked run that never wrote a checkpoint (killed at its start) holds nothing to keep. Only the marker
+    # says so: a folder that merely has a config.json may be anybody's.
+    if marker_kind(run) == "run" and not any((run / name).exists() for name in ("last.pt", "best.pt")):
         return True
     if not config.overwrite:
         raise ConfigError(f"{run} already exists (pass --resume to continue it or --overwrite)", option="out")
