@@ -307,3 +307,21 @@ def test_kill_9_during_training_then_resume_gives_bit_identical_weights(made: di
                 assert torch.equal(value, resumed["models"][net][name]), (seed, net, name)
         assert debris(tmp_path) == []
     assert any(kills), "no run was killed while training: lengthen the command or shorten the delays"
+
+
+def test_deeply_nested_toml_and_config_json_are_one_line(made: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """tomllib and json recurse per nesting level: 10^5 levels are a one-line error, not a RecursionError."""
+    toml = tmp_path / "deep.toml"
+    toml.write_text("fusion_loss_weights = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    code, err = run(["train", "--benchmark", str(made["bench"]), "--out", str(tmp_path / "run"), "--config",
+                     str(toml), *TRAIN], capsys)
+    one_line(code, err, "nested too deeply")
+    fake = tmp_path / "fake_run"
+    fake.mkdir()
+    shutil.copy(made["run"] / "best.pt", fake / "best.pt")
+    (fake / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    case = next(p for p in sorted(made["release"].iterdir()) if p.is_dir())
+    code, err = run(["fuse", "--run", str(fake), "--case", str(case), "--out", str(tmp_path / "fused")], capsys)
+    one_line(code, err, "nested too deeply")
+    assert not (tmp_path / "run").exists()
