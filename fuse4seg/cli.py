@@ -205,6 +205,34 @@ def evaluate_command(
                + (", seg/" if write_seg else ""))
 
 
+@app.command("robustness")
+def robustness_command(
+    runs: list[str] = typer.Option(  # noqa: B008 (a repeatable option is a list)
+        ..., "--run", help="Run directory written by `fuse4seg train`; repeat to compare runs on the same images."),
+    degradations: str = typer.Option("noise,blur,kspace,motion,lowres", "--degradations",
+                                     help="Comma list of degradations or groups (noise, blur, bias, kspace, motion, "
+                                          "lowres; members: noise, rician, blur, bias, spike, undersample, motion, "
+                                          "lowres)."),
+    levels: int = typer.Option(5, "--levels", help="Severities above clean, evenly spaced up to 1 (1 to 20)."),
+    out: str = typer.Option(..., "--out", help="Output directory (robustness.md/.json/.csv, PNG plots)."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the degradations' random draws (same for every run)."),
+    fusion_slices: int = typer.Option(16, "--fusion-slices", help="Slices scored by the fusion metrics per level "
+                                                                  "(spread over the split; 0: all)."),
+    workers: int = typer.Option(1, "--workers", help="(run, degradation) jobs evaluated in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out written by fuse4seg robustness."),
+) -> None:
+    """Dice per region and fusion metrics against the clean sources as MR degradations grow worse."""
+    import shlex
+
+    from fuse4seg.train.robustness import format_robustness, robustness
+
+    command = shlex.join(["fuse4seg", "robustness", *sys.argv[2:]]) if sys.argv[1:2] == ["robustness"] else ""
+    result = robustness(runs, degradations, levels, out, split=split, seed=seed, fusion_slices=fusion_slices,
+                        workers=workers, overwrite=overwrite, command=command)
+    typer.echo(format_robustness(result, out))
+
+
 @app.command("fuse")
 def fuse_command(
     run: str = typer.Option(..., "--run", help="Run directory written by `fuse4seg train`."),

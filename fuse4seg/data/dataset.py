@@ -58,6 +58,16 @@ CACHE_MAX_BYTES = 2 * 1024**3
 _BYTES_PER_PIXEL = 5 * 4 + 1
 
 
+def apply_joint(transform: Callable[..., dict], source: np.ndarray, fused: np.ndarray, label: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An albumentations transform applied jointly: sources (C, H, W) and fused (1, H, W) float32 as the HWC
+    image's channels (so spatial transforms move them together), labels (H, W) uint8 as the mask."""
+    image = np.concatenate([source, fused], axis=0).transpose(1, 2, 0)
+    out = transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(label))
+    image = np.asarray(out["image"], dtype=np.float32).transpose(2, 0, 1)
+    return image[:-1], image[-1:], np.asarray(out["mask"])
+
+
 def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
     """Every slice of ``split`` of the validated open file ``h5``: source (N,4,H,W) and fused (N,1,H,W) float32,
     label (N,H,W) uint8, case_id list of str, slice_index list of int, spacing (N,3) float64 mm; each value
@@ -180,11 +190,7 @@ class BraTSFuse(Dataset):
             raise IndexError(f"index {index} out of range for {self._length} slices in {self.split}")
         source, fused, label, case_id, slice_index = self._read(int(index) % self._length)
         if self.transform is not None:
-            image = np.concatenate([source, fused], axis=0).transpose(1, 2, 0)
-            out = self.transform(image=np.ascontiguousarray(image), mask=label)
-            image, label = np.asarray(out["image"]), np.asarray(out["mask"])
-            image = image.transpose(2, 0, 1)
-            source, fused = image[:-1], image[-1:]
+            source, fused, label = apply_joint(self.transform, source, fused, label)
         return {
             "source": torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)),
             "fused": torch.from_numpy(np.ascontiguousarray(fused, dtype=np.float32)),

@@ -41,13 +41,21 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, stream: str = "
     return out.tolist()
 
 
-class StepBatchSampler(Sampler[list[int]]):
-    """Batch sampler for steps ``start .. stop-1``; yields dataset indices taken from ``pool``."""
+def item_seed(seed: int, stream: str, step: int, slot: int) -> int:
+    """The seed (uint32) of the random draws of one batch item: slot ``slot`` of step ``step`` in ``stream``."""
+    return int(np.random.SeedSequence([int(seed), STREAMS[stream], int(step), int(slot)]).generate_state(1)[0])
 
-    def __init__(self, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str) -> None:
+
+class StepBatchSampler(Sampler[list]):
+    """Batch sampler for steps ``start .. stop-1``; yields dataset indices taken from ``pool`` (with ``keyed``,
+    (index, :func:`item_seed`) pairs, for a :class:`TrainingView`)."""
+
+    def __init__(self, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str,
+                 keyed: bool = False) -> None:
         """``pool``: dataset indices to draw from; steps [start, stop); ``stream`` names the random stream."""
         self.pool = np.asarray(pool, dtype=np.int64)
         self.batch_size, self.seed, self.start, self.stop, self.stream = batch_size, seed, start, stop, stream
+        self.keyed = keyed
 
     def __len__(self) -> int:
         """Number of batches (steps) this sampler yields."""
@@ -56,7 +64,70 @@ class StepBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         """Yield one list of dataset indices per step."""
         for step in range(self.start, self.stop):
-            yield self.pool[batch_indices(len(self.pool), self.batch_size, self.seed, step, self.stream)].tolist()
+            indices = self.pool[batch_indices(len(self.pool), self.batch_size, self.seed, step, self.stream)].tolist()
+            if self.keyed:
+                indices = [(index, item_seed(self.seed, self.stream, step, slot)) for slot, index in enumerate(indices)]
+            yield indices
+
+
+class TrainingView(Dataset):
+    """A split's slices as training sees them: augmented (``--augment``, images and labels jointly) and, with
+    ``--degrade-inputs``, the degraded sources the networks see (``input``, and ``input_fused``: the
+    benchmark's fusion rule re-applied to them) beside the clean ``source`` the fusion loss aims at.
+
+    Items are read by (index, item seed) keys (:class:`StepBatchSampler` with ``keyed``): every random
+    draw is a function of (seed, stream, step, slot), in whichever loader worker it runs, so a resumed run
+    sees exactly the batches an uninterrupted one would. Transforms are built from their specs in each
+    worker (plain strings travel to workers).
+    """
+
+    def __init__(self, dataset: Dataset, augment: str, degrade: str, fusion_rule: tuple[str, list[int]] | None
+                 ) -> None:
+        """``fusion_rule``: (method, source channels) to re-fuse degraded inputs, or None when no one reads it."""
+        self.dataset, self.augment_spec, self.degrade_spec, self.fusion_rule = dataset, augment, degrade, fusion_rule
+        self._transforms: tuple | None = None
+
+    def __len__(self) -> int:
+        """Number of slices of the wrapped split."""
+        return len(self.dataset)
+
+    def _built(self) -> tuple:
+        """(augmentation or None, input degradation or None), built once per process."""
+        if self._transforms is None:
+            from fuse4seg.data.augment import augmentation, input_degradation
+
+            self._transforms = (augmentation(self.augment_spec), input_degradation(self.degrade_spec))
+        return self._transforms
+
+    def __getstate__(self) -> dict:
+        """Pickle without the built transforms (workers rebuild them from the specs)."""
+        return {**self.__dict__, "_transforms": None}
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        """The item at dataset index ``key[0]``, transformed with the draws of seed ``key[1]``."""
+        from fuse4seg.data.augment import seeded
+        from fuse4seg.data.dataset import apply_joint
+
+        index, seed = key
+        item = self.dataset[int(index)]
+        augment, degrade = self._built()
+        if augment is not None:
+            source, fused, label = apply_joint(lambda **data: seeded(augment, seed, **data), item["source"].numpy(),
+                                               item["fused"].numpy(), item["label"].numpy().astype(np.uint8))
+            item.update(source=torch.from_numpy(source), fused=torch.from_numpy(fused),
+                        label=torch.from_numpy(label.astype(np.int64)))
+        if degrade is not None:
+            # A second, independent draw: the degradation does not move with the augmentation's choices.
+            clean = item["source"].numpy()
+            seen = seeded(degrade, (seed + 1) % 2**32, image=np.ascontiguousarray(clean.transpose(1, 2, 0)))["image"]
+            seen = np.ascontiguousarray(np.asarray(seen, dtype=np.float32).transpose(2, 0, 1))
+            item["input"] = torch.from_numpy(seen)
+            if self.fusion_rule is not None:
+                from fuse4seg.fusion import fuse_batch
+
+                method, channels = self.fusion_rule
+                item["input_fused"] = torch.from_numpy(fuse_batch(seen[None, channels], method))
+        return item
 
 
 def step_loader(
@@ -69,7 +140,7 @@ def step_loader(
     draws a worker base seed from it, which would otherwise consume the global torch RNG at a point
     that differs between an uninterrupted and a resumed run.
     """
-    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream)
+    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=isinstance(dataset, TrainingView))
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None, generator=_generator(seed, stream, start),

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from fuse4seg.conventions import modality_indices
+from fuse4seg.data.dataset import BraTSFuse
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
 from fuse4seg.io import (
     atomic_write_text,
@@ -36,7 +38,7 @@ from fuse4seg.io import (
     write_marker,
 )
 from fuse4seg.train import modes, steps
-from fuse4seg.train.batches import split_by_case, step_loader
+from fuse4seg.train.batches import TrainingView, split_by_case, step_loader
 from fuse4seg.train.checkpoint import (
     Best,
     Counters,
@@ -66,6 +68,23 @@ from fuse4seg.train.scoring import validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
 
 
+def training_view(config: TrainConfig, info: BenchmarkInfo, dataset: BraTSFuse) -> BraTSFuse | TrainingView:
+    """The train split as the steps see it: ``dataset`` itself, or a :class:`TrainingView` with --augment or
+    --degrade-inputs (re-fusing degraded inputs by the benchmark's rule when the segmenter reads its fused image)."""
+    from fuse4seg.fusion import FUSION_RULES
+
+    if config.augment == "none" and config.degrade_inputs == "none":
+        return dataset
+    rule = None
+    if config.degrade_inputs != "none" and "fused" in config.seg_inputs() and not modes.MODES[config.mode].has_fusion:
+        if info.fusion_method not in FUSION_RULES:
+            raise ConfigError(f"direct training on the benchmark's fused image with degraded inputs re-fuses them by "
+                              f"its rule, but {info.path} was fused by {info.fusion_method!r}, not a classical rule "
+                              f"({', '.join(FUSION_RULES)})", option="degrade_inputs")
+        rule = (info.fusion_method, modality_indices(info.fusion_inputs))
+    return TrainingView(dataset, config.augment, config.degrade_inputs, rule)
+
+
 class Trainer:
     """Holds the networks, optimisers, data pools and counters of one run; ``run()`` trains it."""
 
@@ -82,7 +101,7 @@ class Trainer:
         self.identity = benchmark_identity(self.info)
         if resumed is not None:
             self._check_same_run(resumed, self.run_dir / "last.pt")
-        self.train_set = open_split(config.benchmark, "train", config.cache)
+        self.train_set = training_view(config, self.info, open_split(config.benchmark, "train", config.cache))
         self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
         if self.mode.holds_out:
             self.fit_pool, self.hold_pool = split_by_case(self.info.train_case_ids, config.val_fraction, config.seed)

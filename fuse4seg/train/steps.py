@@ -105,10 +105,24 @@ def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, what: str) ->
     return norm
 
 
-def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(source (N,4,H,W), stored fused (N,1,H,W), label (N,H,W) int64) of a batch on ``device``."""
-    return (batch["source"].to(device, non_blocking=True), batch["fused"].to(device, non_blocking=True),
-            batch["label"].to(device, non_blocking=True).long())
+@dataclass
+class Inputs:
+    """A batch on the device: what the networks see and what the losses aim at."""
+
+    seen: torch.Tensor  # (N, 4, H, W) sources as the networks see them (degraded with --degrade-inputs)
+    stored: torch.Tensor  # (N, 1, H, W) the benchmark's fused image as the networks see it
+    clean: torch.Tensor  # (N, 4, H, W) clean sources: the fusion loss's target
+    label: torch.Tensor  # (N, H, W) int64
+
+
+def _inputs(batch: Batch, device: torch.device) -> Inputs:
+    """:class:`Inputs` of a batch (``input``/``input_fused`` when the loader degraded it, else the clean ones)."""
+    def on(key: str, default: str) -> torch.Tensor:
+        """batch[key] (or batch[default]) on the device."""
+        return batch.get(key, batch[default]).to(device, non_blocking=True)
+
+    return Inputs(on("input", "source"), on("input_fused", "fused"), on("source", "source"),
+                  batch["label"].to(device, non_blocking=True).long())
 
 
 def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device,
@@ -119,21 +133,21 @@ def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Ba
     its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
     upper-loss parts (for logging), as floats.
     """
-    x_fit, _, y_fit = _inputs(fit, device)
-    x_hold, _, y_hold = _inputs(hold, device)
-    s_fit, s_hold = pipeline.fusion_sources(x_fit), pipeline.fusion_sources(x_hold)
+    fit_in, hold_in = _inputs(fit, device), _inputs(hold, device)
+    s_fit, s_hold = pipeline.fusion_sources(fit_in.seen), pipeline.fusion_sources(hold_in.seen)
+    target, y_fit, y_hold = pipeline.fusion_sources(fit_in.clean), fit_in.label, hold_in.label
 
     def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
         return segmentation_loss(segment(fuse(s_fit)), y_fit, pipeline.region_based)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """L_fuse(F(x_fit), x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
+        """L_fuse(F(x_fit), clean x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
         if lambda_seg is None:
             ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
             record["loss/seg_holdout"] = float(ls.detach())
             return ls
-        lf, _ = fusion_loss(fuse(s_fit), s_fit, config.fusion_loss_weights or None)
+        lf, _ = fusion_loss(fuse(s_fit), target, config.fusion_loss_weights or None)
         ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
         record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
         return lf + lambda_seg * ls
@@ -143,12 +157,12 @@ def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Ba
 
 def fusion_loss_grads(config: TrainConfig, pipeline: Pipeline, fit: Batch, device: torch.device
                       ) -> tuple[float, dict[str, torch.Tensor]]:
-    """(L_fuse(F(x_fit), x_fit), its gradient by trainable fusion-parameter name): the direct part of the
-    upper gradient, the part that does not go through the segmenter."""
-    x_fit, _, _ = _inputs(fit, device)
-    s_fit = pipeline.fusion_sources(x_fit)
+    """(L_fuse(F(x_fit), clean x_fit), its gradient by trainable fusion-parameter name): the direct part of
+    the upper gradient, the part that does not go through the segmenter."""
+    fit_in = _inputs(fit, device)
     params = {k: p for k, p in pipeline.fusion.named_parameters() if p.requires_grad}
-    lf, _ = fusion_loss(pipeline.fusion(s_fit), s_fit, config.fusion_loss_weights or None)
+    lf, _ = fusion_loss(pipeline.fusion(pipeline.fusion_sources(fit_in.seen)), pipeline.fusion_sources(fit_in.clean),
+                        config.fusion_loss_weights or None)
     grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
     return float(lf.detach()), dict(zip(params, grads))
 
@@ -211,12 +225,11 @@ def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """Both nets, one loss L_fuse + lambda * L_seg on the same batch, one backward (RMR-Fusion style)."""
     config, pipeline, opts = t.config, t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
-    x, _, y = _inputs(fit, t.device)
-    s = pipeline.fusion_sources(x)
-    fused = pipeline.fusion(s)
-    lf, _ = fusion_loss(fused, s, config.fusion_loss_weights or None)
+    batch = _inputs(fit, t.device)
+    fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
+    lf, _ = fusion_loss(fused, pipeline.fusion_sources(batch.clean), config.fusion_loss_weights or None)
     logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, y, pipeline.region_based)
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
     loss = lf + config.lambda_seg * ls
     if not _finite(loss):
         raise NonFiniteStep(f"non-finite joint loss ({float(loss.detach())})")
@@ -241,21 +254,20 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
     if t.step < t.fusion_steps:
         return fusion_only_step(t, fit)
-    x, _, y = _inputs(fit, t.device)
-    s = pipeline.fusion_sources(x)
+    batch = _inputs(fit, t.device)
     with torch.no_grad():
-        fused = pipeline.fusion(s)
+        fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
     logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, y, pipeline.region_based)
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
 
 
 def fusion_only_step(t: Training, fit: Batch) -> StepResult:
     """The fusion net alone on the fusion loss (two-stage's first stage, bilevel's warm-up)."""
-    x, _, _ = _inputs(fit, t.device)
-    s = t.pipeline.fusion_sources(x)
-    lf, _ = fusion_loss(t.pipeline.fusion(s), s, t.config.fusion_loss_weights or None)
+    batch = _inputs(fit, t.device)
+    lf, _ = fusion_loss(t.pipeline.fusion(t.pipeline.fusion_sources(batch.seen)), t.pipeline.fusion_sources(batch.clean),
+                        t.config.fusion_loss_weights or None)
     norm = _backward_step(lf, t.opts.upper, "fusion")
     return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
 
@@ -264,9 +276,9 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     """``direct`` and ``feature-fusion``: the segmenter alone on its chosen inputs."""
     pipeline, opts = t.pipeline, t.opts
     assert opts.lower is not None
-    x, stored, y = _inputs(fit, t.device)
-    logits = pipeline.seg(pipeline.seg_input(x, stored, None))
-    ls = segmentation_loss(logits, y, pipeline.region_based)
+    batch = _inputs(fit, t.device)
+    logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
     norm = _backward_step(ls, opts.lower, "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})
 
