@@ -90,3 +90,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def checkpoint_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Model state dicts of a checkpoint, loaded with weights_only=True."""
+    return torch.load(path, weights_only=True)["models"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Every tensor of two nested state dicts (network -> name -> tensor) is bitwise equal."""
+    assert a.keys() == b.keys()
+    for net, tensors in a.items():
+        for name, value in tensors.items():
+            assert torch.equal(value, b[net][name]), (net, name)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_weights, checkpoint_weights
 
 from fuse4seg.cli import main
 from fuse4seg.train import steps
@@ -29,19 +30,6 @@ def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
-def weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Model state dicts of a checkpoint."""
-    return torch.load(path, weights_only=True)["models"]
-
-
-def assert_same(a: dict, b: dict) -> None:
-    """Bitwise equal nested state dicts."""
-    assert a.keys() == b.keys()
-    for net, tensors in a.items():
-        for name, value in tensors.items():
-            assert torch.equal(value, b[net][name]), (net, name)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bilevel", "direct"])
 def test_resume_is_exact_with_augmentation_and_degraded_inputs(bench: Path, tmp_path: Path, mode: str) -> None:
@@ -51,15 +39,15 @@ def test_resume_is_exact_with_augmentation_and_degraded_inputs(bench: Path, tmp_
     train(build_config({**TINY, **extra, "benchmark": str(bench), "out": str(tmp_path / "a"), "steps": 4}))
     train(build_config({**TINY, **extra, "benchmark": str(bench), "out": str(tmp_path / "b"), "steps": 2}))
     train(resolve_config({"out": str(tmp_path / "b"), "resume": True, "steps": 4, "progress": False}))
-    assert_same(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "a" / "last.pt"), checkpoint_weights(tmp_path / "b" / "last.pt"))
     train(build_config({**TINY, **extra, "benchmark": str(bench), "out": str(tmp_path / "c"), "steps": 4,
                         "num_workers": 1}))
-    assert_same(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "c" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "a" / "last.pt"), checkpoint_weights(tmp_path / "c" / "last.pt"))
     plain = tmp_path / "plain"
     train(build_config({**TINY, "mode": mode, **({"inputs": "fused"} if mode == "direct" else {}),
                         "benchmark": str(bench), "out": str(plain), "steps": 4, "eval_every": 2}))
     with pytest.raises(AssertionError):  # the options do change training
-        assert_same(weights(tmp_path / "a" / "last.pt"), weights(plain / "last.pt"))
+        assert_same_weights(checkpoint_weights(tmp_path / "a" / "last.pt"), checkpoint_weights(plain / "last.pt"))
 
 
 def test_training_view_is_a_function_of_the_item_seed(bench: Path) -> None:

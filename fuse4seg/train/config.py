@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import Field, dataclass
 from pathlib import Path
 from typing import Any
@@ -142,26 +143,19 @@ def _seg_inputs(value: Any) -> tuple[str, ...]:
     return ("fused",) if _is_fused(value) else _modalities(value)
 
 
-def _augment(spec: str) -> str | None:
-    """Check: an --augment spec fuse4seg.data.augment can build."""
-    from fuse4seg.data.augment import augmentation
+def _buildable(builder: str) -> Callable[[str], str | None]:
+    """Check: a spec that fuse4seg.data.augment's function ``builder`` (augmentation, input_degradation) builds."""
+    def check(spec: str) -> str | None:
+        """The builder's one-line complaint about ``spec``, or None."""
+        from fuse4seg.data import augment
 
-    try:
-        augmentation(spec)
-    except ConfigError as exc:
-        return exc.message
-    return None
+        try:
+            getattr(augment, builder)(spec)
+        except ConfigError as exc:
+            return exc.message
+        return None
 
-
-def _degrade_inputs(spec: str) -> str | None:
-    """Check: a --degrade-inputs spec fuse4seg.data.augment can build (image-only transforms)."""
-    from fuse4seg.data.augment import input_degradation
-
-    try:
-        input_degradation(spec)
-    except ConfigError as exc:
-        return exc.message
-    return None
+    return check
 
 
 @dataclass
@@ -209,11 +203,12 @@ class TrainConfig:
                                        check=_fusion_weights, modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
     augment: str = option("none", "Training augmentation, applied jointly to images and labels: none, light, strong "
-                          "or an albumentations FILE.yaml (README: Augmentation and degradations).", check=_augment)
+                          "or an albumentations FILE.yaml (README: Augmentation and degradations).",
+                          check=_buildable("augmentation"))
     degrade_inputs: str = option("none", "Degrade what the networks see, not the fusion-loss targets (RMR-Fusion): "
                                  "none, light, strong, degradation names (noise, rician, blur, bias, spike, undersample, "
                                  "motion, lowres; groups noise, blur, kspace, motion, lowres) or FILE.yaml.",
-                                 check=_degrade_inputs)
+                                 check=_buildable("input_degradation"))
     steps: int | None = option(None, f"Total (outer) steps, 1 to {MAX_STEPS} (default: one epoch).",
                                check=in_range(1, MAX_STEPS), resumable=True)
     epochs: float | None = option(None, f"Total epochs over the fitting slices (at most {MAX_EPOCHS}).",
