@@ -86,9 +86,9 @@ def test_fusion_loss_aims_at_clean_sources_while_the_nets_see_degraded_ones(monk
         calls["fusion_input"] = x.detach().clone()
         return real_fusion(x)
 
-    def spy_loss(fused: torch.Tensor, sources: torch.Tensor, weights: object = None) -> object:
+    def spy_loss(fused: torch.Tensor, sources: torch.Tensor, weights: object = None, **kw: object) -> object:
         calls["target"] = sources.detach().clone()
-        return real_loss(fused, sources, weights)
+        return real_loss(fused, sources, weights, **kw)
 
     monkeypatch.setattr(trainer.pipeline.fusion, "forward", spy_fusion)
     monkeypatch.setattr(steps, "fusion_loss", spy_loss)

@@ -171,10 +171,10 @@ def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monk
     real = steps.segmentation_loss
     calls = {"n": 0}
 
-    def nan_once(logits: torch.Tensor, label: torch.Tensor, region_based: bool = False) -> torch.Tensor:
+    def nan_once(logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, **kw) -> torch.Tensor:
         """The real loss, except NaN on the second call (= step 1 of direct training)."""
         calls["n"] += 1
-        loss = real(logits, label, region_based)
+        loss = real(logits, label, region_based, **kw)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(steps, "segmentation_loss", nan_once)
@@ -188,9 +188,9 @@ def test_many_nonfinite_steps_stop_the_run(bench: Path, tmp_path: Path, monkeypa
     """max_bad_steps non-finite hypergradients in a row stop training with a Fuse4SegError."""
     real = steps.fusion_loss
 
-    def nan_fusion(fused: torch.Tensor, sources: torch.Tensor, weights=None):
+    def nan_fusion(fused: torch.Tensor, sources: torch.Tensor, weights=None, **kw):
         """The real fusion loss times NaN: every hypergradient becomes non-finite."""
-        total, parts = real(fused, sources, weights)
+        total, parts = real(fused, sources, weights, **kw)
         return total * float("nan"), parts
 
     monkeypatch.setattr(steps, "fusion_loss", nan_fusion)

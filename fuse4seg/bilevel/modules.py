@@ -30,6 +30,10 @@ from fuse4seg.errors import ConfigError
 
 ModuleFn = Callable[..., Any]
 ModuleLoss = Callable[[ModuleFn, ModuleFn], torch.Tensor]
+#: Applied to the lower parameters wherever a loss reads them: identity in value; e.g. averages their
+#: gradients over data-parallel processes (fuse4seg.distributed.World.sync) so every inner gradient,
+#: Hessian-vector product and inner update is the global one.
+Sync = Callable[[Params], Params]
 
 
 def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -71,11 +75,12 @@ def _reject_batchnorm(module: nn.Module, role: str) -> None:
 
 def module_hypergradient(
     upper_module: nn.Module, lower_module: nn.Module, lower_loss: ModuleLoss, upper_loss: ModuleLoss,
-    method: str = "unrolled", lower: Params | None = None, **options: Any,
+    method: str = "unrolled", lower: Params | None = None, sync: Sync | None = None, **options: Any,
 ) -> HypergradientResult:
     """Hypergradient for ``upper_module``'s trainable parameters (grads keyed by parameter name)
     and ``lower_module``'s parameters after the inner steps (keyed by name), starting from
-    ``lower`` (default: the module's current parameters). Options as for :func:`hypergradient`."""
+    ``lower`` (default: the module's current parameters). ``sync`` (see :data:`Sync`) wraps the lower
+    parameters inside both losses (None: as they are). Options as for :func:`hypergradient`."""
     _reject_batchnorm(lower_module, "lower_module")
     upper = trainable(upper_module)
     if not upper:
@@ -88,14 +93,15 @@ def module_hypergradient(
     if unknown:
         raise ConfigError(f"{', '.join(unknown)} is not a trainable parameter of lower_module", option="lower")
     uc, lc = constants(upper_module), constants(lower_module)
+    view = sync or (lambda w: w)
 
     def inner(u: Params, w: Params) -> torch.Tensor:
         """Lower loss on functional views of both modules."""
-        return lower_loss(_functional(upper_module, u, uc), _functional(lower_module, w, lc))
+        return lower_loss(_functional(upper_module, u, uc), _functional(lower_module, view(w), lc))
 
     def outer(u: Params, w: Params) -> torch.Tensor:
         """Upper loss on functional views of both modules."""
-        return upper_loss(_functional(upper_module, u, uc), _functional(lower_module, w, lc))
+        return upper_loss(_functional(upper_module, u, uc), _functional(lower_module, view(w), lc))
 
     return hypergradient(upper, start, inner, outer, method, **options)
 

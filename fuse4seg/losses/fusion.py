@@ -21,6 +21,7 @@ from fuse4seg.losses.filters import (
     split_bands,
     ssim,
 )
+from fuse4seg.losses.segmentation import Reduce, at_least_fp32, reduce_together
 
 INTENSITY_TARGETS: tuple[str, ...] = ("max", "mix")
 LOW_TARGETS: tuple[str, ...] = ("mean", "max")
@@ -145,15 +146,25 @@ def resolve_fusion_weights(weights: Mapping[str, float] | None = None) -> dict[s
 
 
 def fusion_loss(
-    fused: torch.Tensor, sources: torch.Tensor, weights: Mapping[str, float] | None = None
+    fused: torch.Tensor, sources: torch.Tensor, weights: Mapping[str, float] | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the fusion losses -> (total scalar, {name: unweighted component}).
 
     ``weights`` overrides entries of :data:`DEFAULT_FUSION_WEIGHTS` (others keep their default);
-    a weight of 0 skips that loss, which then does not appear in the components.
+    a weight of 0 skips that loss, which then does not appear in the components. Half-precision
+    inputs (autocast) are computed in fp32. ``reduce`` (a sharded batch, see
+    :data:`fuse4seg.losses.segmentation.Reduce`): each component becomes the mean over every shard,
+    weighted by shard size (every component is a mean over items of equal size, so this is the mean
+    over the whole batch).
     """
+    fused, sources = at_least_fp32(fused), at_least_fp32(sources)
     check_pair(fused, sources)
     resolved = resolve_fusion_weights(weights)
     parts = {name: FUSION_LOSSES[name](fused, sources) for name, w in resolved.items() if w > 0}
+    if reduce is not None and parts:
+        n = fused.new_tensor(float(fused.shape[0]))
+        *sums, total_n = reduce_together(reduce, [*(v * n for v in parts.values()), n])
+        parts = {name: value / total_n for name, value in zip(parts, sums)}
     total = sum((resolved[name] * value for name, value in parts.items()), fused.new_zeros(()))
     return total, parts

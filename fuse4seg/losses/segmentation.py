@@ -10,11 +10,17 @@ Two output conventions:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 
 from fuse4seg.conventions import NUM_CLASSES, REGIONS
 from fuse4seg.errors import ConfigError, DataError
+
+#: A reduction over the batch: a tensor of local sums -> the sums over every process's shard (a differentiable
+#: all-reduce SUM under torchrun, see fuse4seg.distributed); None: this process holds the whole batch.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 #: Smoothing term of the soft Dice: (2 |P*T| + s) / (|P| + |T| + s). s = 1 pixel makes a class
 #: absent from both prediction and truth score Dice ~1 (loss ~0) instead of 0/0.
@@ -55,37 +61,71 @@ def region_targets(label: torch.Tensor) -> torch.Tensor:
     ).to(torch.float32)
 
 
-def soft_dice(probs: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
-    """Per-channel soft Dice (C,) of probabilities vs targets (N, C, H, W), summed over batch and pixels."""
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 when it is a half-precision tensor (from autocast), as it is otherwise (fp32, fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def reduce_together(reduce: Reduce | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` (local sums) reduced over the batch's shards in one collective; as given when ``reduce`` is None."""
+    if reduce is None:
+        return list(tensors)
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def _dice_sums(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (intersection, |P| + |T|), each (C,), summed over batch and pixels of (N, C, H, W) inputs."""
     dims = (0, 2, 3)
-    inter = (probs * target).sum(dims)
-    return (2.0 * inter + smooth) / (probs.sum(dims) + target.sum(dims) + smooth)
+    return (probs * target).sum(dims), probs.sum(dims) + target.sum(dims)
+
+
+def _dice(inter: torch.Tensor, denom: torch.Tensor, smooth: float) -> torch.Tensor:
+    """Soft Dice (C,) from summed intersections and denominators."""
+    return (2.0 * inter + smooth) / (denom + smooth)
+
+
+def soft_dice(probs: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH, reduce: Reduce | None = None
+              ) -> torch.Tensor:
+    """Per-channel soft Dice (C,) of probabilities vs targets (N, C, H, W), summed over batch and pixels (over
+    every shard of the batch with ``reduce``)."""
+    inter, denom = reduce_together(reduce, _dice_sums(probs, target))
+    return _dice(inter, denom, smooth)
 
 
 def segmentation_loss(
-    logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, smooth: float = DICE_SMOOTH
+    logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, smooth: float = DICE_SMOOTH,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
-    """Scalar loss: CE + (1 - mean foreground soft Dice), or, region-based, BCE + (1 - mean region Dice).
+    """Scalar loss (fp32 at least): CE + (1 - mean foreground soft Dice), or, region-based, BCE + (1 - mean region Dice).
 
-    ``logits``: (N, 4, H, W) (label-based) or (N, 3|4, H, W) (region-based); ``label``: (N, H, W)
-    int64 canonical labels. Dice is computed over the whole batch per class (not per image), so
-    classes absent from one slice do not dominate; the CE/BCE terms are means over pixels.
+    ``logits``: (N, 4, H, W) (label-based) or (N, 3|4, H, W) (region-based), any float dtype (half precision is
+    computed in fp32); ``label``: (N, H, W) int64 canonical labels. Dice is computed over the whole batch per class
+    (not per image), so classes absent from one slice do not dominate; the CE/BCE terms are means over
+    pixels. ``reduce`` (see :data:`Reduce`) makes every sum global when the batch is sharded over processes.
     """
     _check_label(logits, label)
+    logits = at_least_fp32(logits)  # under autocast the network may answer in bf16/fp16: the loss stays fp32
+    # One process: the plain mean (bit for bit as before); sharded: a sum here, divided by the global count.
+    reduction = "mean" if reduce is None else "sum"
     if region_based:
         z = region_logits(logits)
         target = region_targets(label).to(z.dtype)
-        bce = F.binary_cross_entropy_with_logits(z, target)
-        return bce + 1.0 - soft_dice(torch.sigmoid(z), target, smooth).mean()
-    if logits.shape[1] != NUM_CLASSES:
-        raise ConfigError(
-            f"label-based logits must have {NUM_CLASSES} channels, got shape {tuple(logits.shape)}"
-        )
-    label = label.long()
-    ce = F.cross_entropy(logits, label)
-    probs = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = F.one_hot(label, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
-    return ce + 1.0 - soft_dice(probs, onehot, smooth).mean()
+        pointwise = F.binary_cross_entropy_with_logits(z, target, reduction=reduction)
+        probs = torch.sigmoid(z)
+    else:
+        if logits.shape[1] != NUM_CLASSES:
+            raise ConfigError(
+                f"label-based logits must have {NUM_CLASSES} channels, got shape {tuple(logits.shape)}"
+            )
+        label = label.long()
+        pointwise = F.cross_entropy(logits, label, reduction=reduction)
+        probs = torch.softmax(logits, dim=1)[:, 1:]
+        target = F.one_hot(label, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+        z = logits[:, :1]  # CE averages over pixels, BCE over pixels and regions: one count per term below
+    count = pointwise.new_tensor(1.0 if reduce is None else float(z.numel()))
+    total, n, inter, denom = reduce_together(reduce, (pointwise, count, *_dice_sums(probs, target)))
+    return total / n + 1.0 - _dice(inter, denom, smooth).mean()
 
 
 def regions_to_labels(wt: torch.Tensor, tc: torch.Tensor, et: torch.Tensor) -> torch.Tensor:

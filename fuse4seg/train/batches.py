@@ -1,7 +1,9 @@
 """Deterministic batches: the slices of step s are a pure function of (seed, stream, s).
 
 Nothing depends on a live iterator's hidden state, so a resumed run sees exactly the batches an
-uninterrupted run would have seen. Slice order within an epoch is a seeded permutation; epochs are
+uninterrupted run would have seen. Under torchrun rank r of N reads the contiguous slots [rB/N, (r+1)B/N)
+of each step's global batch of B, with the global slots' item seeds, so the shards together are the
+single-process batch, augmentation included. Slice order within an epoch is a seeded permutation; epochs are
 concatenated, so batches may straddle epoch boundaries.
 """
 
@@ -48,14 +50,16 @@ def item_seed(seed: int, stream: str, step: int, slot: int) -> int:
 
 class StepBatchSampler(Sampler[list]):
     """Batch sampler for steps ``start .. stop-1``; yields dataset indices taken from ``pool`` (with ``keyed``,
-    (index, :func:`item_seed`) pairs, for a :class:`TrainingView`)."""
+    (index, :func:`item_seed`) pairs, for a :class:`TrainingView`), the slots [lo, hi) of ``shard`` only."""
 
     def __init__(self, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str,
-                 keyed: bool = False) -> None:
-        """``pool``: dataset indices to draw from; steps [start, stop); ``stream`` names the random stream."""
+                 keyed: bool = False, shard: tuple[int, int] | None = None) -> None:
+        """``pool``: dataset indices to draw from; steps [start, stop); ``stream`` names the random stream;
+        ``shard``: this process's slots of each global batch of ``batch_size`` (None: all)."""
         self.pool = np.asarray(pool, dtype=np.int64)
         self.batch_size, self.seed, self.start, self.stop, self.stream = batch_size, seed, start, stop, stream
         self.keyed = keyed
+        self.lo, self.hi = shard or (0, batch_size)
 
     def __len__(self) -> int:
         """Number of batches (steps) this sampler yields."""
@@ -67,7 +71,7 @@ class StepBatchSampler(Sampler[list]):
             indices = self.pool[batch_indices(len(self.pool), self.batch_size, self.seed, step, self.stream)].tolist()
             if self.keyed:
                 indices = [(index, item_seed(self.seed, self.stream, step, slot)) for slot, index in enumerate(indices)]
-            yield indices
+            yield indices[self.lo:self.hi]
 
 
 class TrainingView(Dataset):
@@ -132,15 +136,17 @@ class TrainingView(Dataset):
 
 def step_loader(
     dataset: Dataset, pool: Sequence[int], batch_size: int, seed: int, start: int, stop: int, stream: str,
-    num_workers: int = 0,
+    num_workers: int = 0, shard: tuple[int, int] | None = None,
 ) -> DataLoader:
-    """DataLoader yielding the batches of steps [start, stop) from ``pool`` (order fixed by seed+step).
+    """DataLoader yielding the batches of steps [start, stop) from ``pool`` (order fixed by seed+step), of each
+    only the slots [lo, hi) of ``shard`` (this process's part under torchrun; None: the whole batch).
 
     The loader gets its own generator (seeded from seed, stream and ``start``): starting an iterator
     draws a worker base seed from it, which would otherwise consume the global torch RNG at a point
     that differs between an uninterrupted and a resumed run.
     """
-    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=isinstance(dataset, TrainingView))
+    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=isinstance(dataset, TrainingView),
+                               shard=shard)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None, generator=_generator(seed, stream, start),

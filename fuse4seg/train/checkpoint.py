@@ -64,10 +64,12 @@ class RngState:
 
 @dataclass
 class OptimiserStates:
-    """Torch optimiser state dicts of the fusion net (upper) and the segmenter (lower), None if absent."""
+    """Torch optimiser state dicts of the fusion net (upper) and the segmenter (lower), None if absent; ``scaler``:
+    the fp16 GradScaler's (--precision fp16 only)."""
 
     upper: dict | None
     lower: dict | None
+    scaler: dict | None = None
 
 
 @dataclass
@@ -226,10 +228,10 @@ def check_layout(state: dict[str, Any], path: str | Path) -> None:
     for net, tensors in state["models"].items():
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise DataError(f"{path}: checkpoint entry 'models.{net}' is not a state dict of tensors")
-    for f in dataclasses.fields(OptimiserStates):
-        opt = state["optimizers"][f.name]
+    for name in ("upper", "lower"):  # torch optimisers (the optional fp16 scaler's state is a plain dict)
+        opt = state["optimizers"][name]
         if opt is not None and not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
-            raise DataError(f"{path}: checkpoint entry 'optimizers.{f.name}' is not an optimiser state dict")
+            raise DataError(f"{path}: checkpoint entry 'optimizers.{name}' is not an optimiser state dict")
     if state["step"] < 0 or state["total_steps"] < 1:
         raise DataError(f"{path}: checkpoint step {state['step']} / total {state['total_steps']} out of range")
 

@@ -43,6 +43,7 @@ from fuse4seg.train.declare import (
     with_values,
 )
 from fuse4seg.train.modes import MODES, names
+from fuse4seg.train.steps import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 #: Modes whose segmentation network reads the output of a learned fusion network.
@@ -236,6 +237,9 @@ class TrainConfig:
                               resumable=True)
     cache: bool = option(True, "Hold the benchmark in memory (< 2 GiB).", flag="--cache/--no-cache", resumable=True)
     device: str = option("cpu", "cpu or cuda.", check=_device)
+    precision: str = option("fp32", "Forward passes under autocast: fp32 (off), bf16 or fp16 (single-level modes, "
+                            "with loss scaling); weights, losses and (hyper)gradients stay fp32.",
+                            check=one_of(tuple(PRECISIONS)))
     threads: int | None = option(None, f"CPU threads for torch, 1 to {MAX_THREADS} (default: torch's choice).",
                                  check=in_range(1, MAX_THREADS))
     seed: int = option(0, f"Seed of initial weights and data order (0 to {MAX_SEED}).", check=seed_problem)

@@ -7,6 +7,11 @@ weights of an uninterrupted run bit for bit, in last.pt and in best.pt (best.pt 
 the --eval-every schedule, never at the step where a call happened to stop). A resume checks that
 the checkpoint belongs to the run (same options) and that the benchmark has the same content
 (sha256 of brats_fuse.h5, recorded in every checkpoint and in config.json "derived").
+
+Under torchrun (fuse4seg.distributed) every rank trains its shard of each batch; rank 0 alone creates,
+locks and writes RUN (config.json, checkpoints, TensorBoard, train_summary.json) and validates; the other
+ranks only read (last.pt on --resume). All ranks meet once after their set-up, so a failure of any of them
+before training stops them all with a one-line error, and again at the end, after rank 0 has written.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from tqdm import tqdm
 
 from fuse4seg.conventions import modality_indices
 from fuse4seg.data.dataset import BraTSFuse
+from fuse4seg.distributed import World, init_from_env
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
 from fuse4seg.io import (
     atomic_write_text,
     make_parent,
     marker_kind,
+    one_line,
     output_lock,
     remove_empty,
     staged_dir,
@@ -85,14 +92,30 @@ def training_view(config: TrainConfig, info: BenchmarkInfo, dataset: BraTSFuse) 
     return TrainingView(dataset, config.augment, config.degrade_inputs, rule)
 
 
+class NoLog:
+    """The TensorBoard log of a rank that writes nothing (every rank but 0)."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Drop scalars."""
+
+    def panels(self, *args: Any, **kwargs: Any) -> None:
+        """Drop image panels."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class Trainer:
     """Holds the networks, optimisers, data pools and counters of one run; ``run()`` trains it."""
 
-    def __init__(self, config: TrainConfig) -> None:
-        """Open the benchmark, build networks and optimisers, and restore RUN/last.pt on --resume."""
+    def __init__(self, config: TrainConfig, world: World | None = None) -> None:
+        """Open the benchmark, build networks and optimisers, and restore RUN/last.pt on --resume; ``world``: this
+        process's place under torchrun (default: a single process)."""
         self.config = config
         self.mode = modes.MODES[config.mode]
-        self.device = resolve_device(config.device)
+        self.world = world or World()
+        self.world.check_batch(config.batch_size)
+        self.device = self.world.device if self.world.active else resolve_device(config.device)
         if config.threads is not None:  # CPU threads; changing them may change the last bits of results
             torch.set_num_threads(config.threads)
         self.info: BenchmarkInfo = benchmark_info(config.benchmark)
@@ -125,7 +148,7 @@ class Trainer:
             config=self.config.to_dict(), step=self.step, total_steps=self.total,
             models=self.pipeline.state_dicts(),
             optimizers=OptimiserStates(*(None if opt is None else opt.state_dict()
-                                         for opt in (self.opts.upper, self.opts.lower))),
+                                         for opt in (self.opts.upper, self.opts.lower, self.opts.scaler))),
             inner_state=self.opts.inner_state, rng=capture_rng_state(), counters=self.counters, best=self.best,
             benchmark=Identity(**self.identity),
         ))
@@ -158,7 +181,7 @@ class Trainer:
         try:
             self.pipeline.load_state_dicts(state["models"])
             for f in dataclasses.fields(OptimiserStates):
-                opt, saved = getattr(self.opts, f.name), state["optimizers"][f.name]
+                opt, saved = getattr(self.opts, f.name), state["optimizers"].get(f.name)
                 if (opt is None) != (saved is None):
                     raise ValueError(f"optimiser {f.name!r} is {'absent' if saved is None else 'unexpected'}")
                 if opt is not None:
@@ -173,7 +196,9 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         """Write RUN/<name>.pt for each name, all of this step's state, renamed together (a failure keeps the
-        previous pair)."""
+        previous pair); rank 0 only."""
+        if not self.world.is_main:
+            return
         save_checkpoints([self.run_dir / f"{name}.pt" for name in names], self.state())
 
     # ---- steps -------------------------------------------------------------------------------
@@ -199,9 +224,10 @@ class Trainer:
         ``select`` updates the best score (the caller writes best.pt).
 
         best.pt is chosen only at scheduled evaluations (every --eval-every steps; with --eval-every 0
-        it is the final weights), so it does not depend on where a run was interrupted and resumed.
+        it is the final weights), so it does not depend on where a run was interrupted and resumed. Rank 0
+        alone validates and tracks the best (the others report nothing).
         """
-        if self.val_set is None:
+        if self.val_set is None or not self.world.is_main:
             return {}, False
         scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
         log.scalars(self.step, {f"val/{k}": v for k, v in scores.items()})
@@ -217,18 +243,19 @@ class Trainer:
     def _batches(self) -> Iterator[tuple[dict, dict | None]]:
         """(fitting batch, held-out batch or None) of each remaining step; the batch of step s depends only
         on (seed, s), so a resumed run sees what an uninterrupted one would."""
-        c = self.config
+        c, shard = self.config, self.world.shard(self.config.batch_size)
         fit = step_loader(self.train_set, self.fit_pool, c.batch_size, c.seed, self.step, self.total, "fit",
-                          c.num_workers)
+                          c.num_workers, shard)
         hold = None
         if self.hold_pool:
             hold = iter(step_loader(self.train_set, self.hold_pool, c.batch_size, c.seed, self.step, self.total,
-                                    "holdout", c.num_workers))
+                                    "holdout", c.num_workers, shard))
         return ((batch, next(hold) if hold is not None else None) for batch in fit)
 
     def _progress_bar(self) -> tqdm:
         """The progress bar (disable=None: none when stderr is not a terminal, as in build-benchmark)."""
-        return tqdm(total=self.total, initial=self.step, disable=None if self.config.progress else True,
+        shown = self.config.progress and self.world.is_main
+        return tqdm(total=self.total, initial=self.step, disable=None if shown else True,
                     desc=f"train {self.config.mode}", unit="step", dynamic_ncols=True)
 
     def _train_step(self, fit: dict, hold: dict | None) -> tuple[steps.StepResult | None, float]:
@@ -273,8 +300,9 @@ class Trainer:
         when --overwrite replaces an earlier run); returns a summary dict."""
         if run_dir is not None:
             self.run_dir = Path(run_dir)
-        write_config_json(self.config, self.run_dir / "config.json", self.derived())
-        log = TensorBoardLog(self.run_dir, self.step)
+        if self.world.is_main:
+            write_config_json(self.config, self.run_dir / "config.json", self.derived())
+        log = TensorBoardLog(self.run_dir, self.step) if self.world.is_main else NoLog()
         batches, bar = self._batches(), self._progress_bar()
         first_step, started, data_time, step_time, scores = self.step, time.perf_counter(), 0.0, 0.0, {}
         self.in_step = False
@@ -323,11 +351,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Everything is checked before anything is written. RUN is locked while training. A new run is trained
     in place (so --resume can continue it after a kill) and removed again if it fails before its first
-    checkpoint; --overwrite of an earlier run trains beside it and swaps it in only after success.
+    checkpoint; --overwrite of an earlier run trains beside it and swaps it in only after success. Under
+    torchrun, rank 0 does all of that and the other ranks train beside it without touching RUN.
     """
     validate(config)
+    world = init_from_env(config.device)
+    try:
+        # The other ranks read RUN/last.pt on --resume and write nothing.
+        summary = _train_main(config, world) if world.is_main else _train_into(Trainer(config, world), None)
+        world.barrier()  # RUN is complete (staged runs swapped in) before any rank returns
+        return summary
+    except BaseException as exc:
+        if not world.agreed:  # a set-up failure: tell the ranks waiting to start, rather than leave them hanging
+            world.agree(one_line(exc) or type(exc).__name__)
+        raise
+    finally:
+        world.close()
+
+
+def _train_main(config: TrainConfig, world: World) -> dict[str, Any]:
+    """:func:`train` on rank 0 (or the only process): check, create and lock RUN, then train into it."""
     check_run_dir(config)
-    trainer = Trainer(config)  # opens and checks the benchmark before anything is written
+    trainer = Trainer(config, world)  # opens and checks the benchmark before anything is written
     run = Path(config.out)
     _, created = make_parent(run)
     try:
@@ -357,10 +402,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise
 
 
-def _train_into(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
-    """Run ``trainer`` writing into ``run_dir``, then its train_summary.json; returns the summary."""
+def _train_into(trainer: Trainer, run_dir: Path | None) -> dict[str, Any]:
+    """Meet the other ranks, run ``trainer`` writing into ``run_dir`` (None: a rank that writes nothing), then
+    rank 0 writes train_summary.json; returns the summary."""
+    trainer.world.agree(None)
     summary = trainer.run(run_dir)
-    atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    if trainer.world.is_main:
+        assert run_dir is not None
+        atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

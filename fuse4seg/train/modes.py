@@ -40,14 +40,17 @@ def make_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.op
 
 def make_optimisers(config: TrainConfig, pipeline: Pipeline) -> Optimisers:
     """The optimisers ``config``'s mode declares: upper over the fusion net, lower over the segmenter
-    (the bi-level segmenter is trained by the inner steps instead, at the same learning rate)."""
+    (the bi-level segmenter is trained by the inner steps instead, at the same learning rate), and the
+    loss scaler of --precision fp16 (on the networks' device)."""
     wanted = MODES[config.mode].optimisers
-    upper = lower = None
+    upper = lower = scaler = None
     if "upper" in wanted:
         upper = make_optimiser(config.upper_optimizer, list(pipeline.fusion.parameters()), config.lr_upper)
     if "lower" in wanted:
         lower = make_optimiser(config.lower_optimizer, list(pipeline.seg.parameters()), config.hypergrad.lr)
-    return Optimisers(upper, lower)
+    if config.precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 has fp32's range
+        scaler = torch.amp.GradScaler(next(pipeline.seg.parameters()).device.type)
+    return Optimisers(upper, lower, scaler=scaler)
 
 
 def _check_fusion_steps(c: TrainConfig, low: int) -> None:
@@ -72,6 +75,9 @@ def _check_bilevel(c: TrainConfig) -> None:
                               option="steps")
         check_method(c.method, c.hypergrad)
     _check_fusion_steps(c, 0)
+    if c.precision == "fp16":
+        raise ConfigError("fp16 is not supported with --mode bilevel (hypergradients through the inner steps would "
+                          "need loss scaling inside the unrolled graph); use bf16", option="precision")
     if c.seg_fraction is not None and not any(resolve_fusion_weights(c.fusion_loss_weights).values()):
         raise ConfigError("balances against the fusion loss, but every fusion loss weight is 0", option="seg_fraction")
 

@@ -12,12 +12,20 @@ held-out cases; the hypergradient d/dphi goes through the K inner steps by the c
 fuse4seg.bilevel (``module_hypergradient``). The inner optimiser's state (momentum, Adam moments)
 is carried across outer steps.
 
+Under torchrun every step sees its rank's shard of the global batch; the losses are global (their sums go
+through ``t.world.reduce``), the gradients are averaged over the ranks before any step, and the bi-level
+segmenter's parameters enter both losses through ``t.world.sync`` (fuse4seg.distributed), so an N-process
+step equals the single-process step on the whole batch. ``--precision`` runs every forward pass under
+autocast (parameters, losses and (hyper)gradients stay fp32); fp16 scales the single-level losses with a
+GradScaler (``Optimisers.scaler``).
+
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +39,7 @@ from fuse4seg.bilevel import (
     load_params,
     module_hypergradient,
 )
+from fuse4seg.distributed import World
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss
 
@@ -41,6 +50,8 @@ if TYPE_CHECKING:
 Batch = dict[str, Any]
 #: A loss of the two networks, given as callables (fusion F, segmenter S) -> scalar tensor.
 ModuleLoss = Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], torch.Tensor]
+#: --precision: the autocast dtype of the forward passes (None: plain fp32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteStep(ArithmeticError):
@@ -61,6 +72,7 @@ class Optimisers:
     upper: torch.optim.Optimizer | None
     lower: torch.optim.Optimizer | None
     inner_state: dict[str, Any] | None = None  # bilevel: inner optimiser state carried across steps
+    scaler: torch.amp.GradScaler | None = None  # --precision fp16 (single-level modes): the loss scale
 
 
 class Training(Protocol):
@@ -72,6 +84,7 @@ class Training(Protocol):
     device: torch.device
     step: int
     fusion_steps: int
+    world: World
 
 
 def _finite(*values: torch.Tensor) -> bool:
@@ -90,19 +103,45 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
     return _norm([p.grad for p in params if p.grad is not None])
 
 
-def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, what: str) -> float:
-    """Backward ``loss`` and step ``opt`` unless the loss or a gradient is non-finite; returns grad norm."""
+@contextlib.contextmanager
+def forward_precision(t: Training) -> Iterator[None]:
+    """Autocast at --precision around forward passes (nothing for fp32); losses are computed in fp32 after."""
+    dtype = PRECISIONS[t.config.precision]
+    with torch.autocast(t.device.type, dtype=dtype, enabled=dtype is not None):
+        yield
+
+
+def _backward_step(t: Training, loss: torch.Tensor, optimisers: list[torch.optim.Optimizer], what: str
+                   ) -> list[float]:
+    """Backward the (global) ``loss``, average the gradients over the ranks and step every optimiser (through
+    the fp16 loss scaler when there is one), unless the loss or a gradient is non-finite; returns each
+    optimiser's gradient norm."""
     if not _finite(loss):
         raise NonFiniteStep(f"non-finite {what} loss ({float(loss.detach())})")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    norm = _grad_norm(params)
-    if not math.isfinite(norm):
+    scaler = t.opts.scaler
+    for opt in optimisers:
         opt.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    groups = [[p for g in opt.param_groups for p in g["params"]] for opt in optimisers]
+    t.world.mean_grads_([p for params in groups for p in params])
+    if scaler is not None:
+        for opt in optimisers:
+            scaler.unscale_(opt)
+    norms = [_grad_norm(params) for params in groups]
+    if not all(math.isfinite(n) for n in norms):
+        for opt in optimisers:
+            opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # an fp16 overflow lowers the loss scale for the next step
         raise NonFiniteStep(f"non-finite {what} gradient")
-    opt.step()
-    return norm
+    for opt in optimisers:
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+    if scaler is not None:
+        scaler.update()
+    return norms
 
 
 @dataclass
@@ -125,45 +164,53 @@ def _inputs(batch: Batch, device: torch.device) -> Inputs:
                   batch["label"].to(device, non_blocking=True).long())
 
 
-def bilevel_losses(config: TrainConfig, pipeline: Pipeline, fit: Batch, hold: Batch, device: torch.device,
-                   record: dict[str, float], lambda_seg: float | None) -> tuple[ModuleLoss, ModuleLoss]:
+def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float], lambda_seg: float | None
+                   ) -> tuple[ModuleLoss, ModuleLoss]:
     """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
 
     ``lambda_seg`` None: the upper loss is the held-out segmentation loss alone (the caller balances
     its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
     upper-loss parts (for logging), as floats.
     """
-    fit_in, hold_in = _inputs(fit, device), _inputs(hold, device)
+    config, pipeline = t.config, t.pipeline
+    fit_in, hold_in = _inputs(fit, t.device), _inputs(hold, t.device)
     s_fit, s_hold = pipeline.fusion_sources(fit_in.seen), pipeline.fusion_sources(hold_in.seen)
     target, y_fit, y_hold = pipeline.fusion_sources(fit_in.clean), fit_in.label, hold_in.label
+    reduce = t.world.reduce
 
     def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
-        return segmentation_loss(segment(fuse(s_fit)), y_fit, pipeline.region_based)
+        with forward_precision(t):
+            logits = segment(fuse(s_fit))
+        return segmentation_loss(logits, y_fit, pipeline.region_based, reduce=reduce)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """L_fuse(F(x_fit), clean x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
+        with forward_precision(t):
+            logits = segment(fuse(s_hold))
+            fused = None if lambda_seg is None else fuse(s_fit)
+        ls = segmentation_loss(logits, y_hold, pipeline.region_based, reduce=reduce)
         if lambda_seg is None:
-            ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
             record["loss/seg_holdout"] = float(ls.detach())
             return ls
-        lf, _ = fusion_loss(fuse(s_fit), target, config.fusion_loss_weights or None)
-        ls = segmentation_loss(segment(fuse(s_hold)), y_hold, pipeline.region_based)
+        lf, _ = fusion_loss(fused, target, config.fusion_loss_weights or None, reduce=reduce)
         record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
         return lf + lambda_seg * ls
 
     return lower_loss, upper_loss
 
 
-def fusion_loss_grads(config: TrainConfig, pipeline: Pipeline, fit: Batch, device: torch.device
-                      ) -> tuple[float, dict[str, torch.Tensor]]:
-    """(L_fuse(F(x_fit), clean x_fit), its gradient by trainable fusion-parameter name): the direct part of
-    the upper gradient, the part that does not go through the segmenter."""
-    fit_in = _inputs(fit, device)
+def fusion_loss_grads(t: Training, fit: Batch) -> tuple[float, dict[str, torch.Tensor]]:
+    """(L_fuse(F(x_fit), clean x_fit), its gradient by trainable fusion-parameter name, averaged over the ranks):
+    the direct part of the upper gradient, the part that does not go through the segmenter."""
+    pipeline, fit_in = t.pipeline, _inputs(fit, t.device)
     params = {k: p for k, p in pipeline.fusion.named_parameters() if p.requires_grad}
-    lf, _ = fusion_loss(pipeline.fusion(pipeline.fusion_sources(fit_in.seen)), pipeline.fusion_sources(fit_in.clean),
-                        config.fusion_loss_weights or None)
+    with forward_precision(t):
+        fused = pipeline.fusion(pipeline.fusion_sources(fit_in.seen))
+    lf, _ = fusion_loss(fused, pipeline.fusion_sources(fit_in.clean), t.config.fusion_loss_weights or None,
+                        reduce=t.world.reduce)
     grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
+    t.world.mean_(grads)
     return float(lf.detach()), dict(zip(params, grads))
 
 
@@ -183,18 +230,22 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     assert fusion is not None and opts.upper is not None and hold is not None
     auto = config.seg_fraction is not None
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(config, t.pipeline, fit, hold, t.device, record,
-                                            None if auto else config.lambda_seg)
+    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None if auto else config.lambda_seg)
     options = {name: getattr(config.hypergrad, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
+    nonfinite = None
     try:
-        result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, **options)
-    except NonFiniteHypergradient as exc:
-        raise NonFiniteStep(str(exc)) from None
+        result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, sync=t.world.sync,
+                                      **options)
+    except NonFiniteHypergradient as exc:  # still averaged below, so that every rank makes the same decision
+        result, nonfinite = exc.result, str(exc)
     except ConfigError as exc:  # names an engine parameter (e.g. a carried inner state that does not fit)
         raise ConfigError(f"bi-level step {t.step}: {exc}") from None
+    t.world.mean_(list(result.grads.values()))  # rule 2: rank r holds N x its shard's part
+    if nonfinite is not None or not _finite(*result.grads.values()):
+        raise NonFiniteStep(nonfinite or "non-finite hypergradient")
     if not _finite(*result.lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the inner steps")
-    lf, g_fuse = fusion_loss_grads(config, t.pipeline, fit, t.device)
+    lf, g_fuse = fusion_loss_grads(t, fit)
     norm_fuse = _norm(g_fuse)
     if auto:
         norm_seg = _norm(result.grads)
@@ -226,22 +277,14 @@ def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     config, pipeline, opts = t.config, t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
     batch = _inputs(fit, t.device)
-    fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
-    lf, _ = fusion_loss(fused, pipeline.fusion_sources(batch.clean), config.fusion_loss_weights or None)
-    logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
+    with forward_precision(t):
+        fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
+        logits = pipeline.seg(fused)
+    lf, _ = fusion_loss(fused, pipeline.fusion_sources(batch.clean), config.fusion_loss_weights or None,
+                        reduce=t.world.reduce)
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
     loss = lf + config.lambda_seg * ls
-    if not _finite(loss):
-        raise NonFiniteStep(f"non-finite joint loss ({float(loss.detach())})")
-    opts.upper.zero_grad(set_to_none=True)
-    opts.lower.zero_grad(set_to_none=True)
-    loss.backward()
-    norm_f = _grad_norm(list(pipeline.fusion.parameters()))
-    norm_s = _grad_norm(list(pipeline.seg.parameters()))
-    if not (math.isfinite(norm_f) and math.isfinite(norm_s)):
-        raise NonFiniteStep("non-finite joint gradient")
-    opts.upper.step()
-    opts.lower.step()
+    norm_f, norm_s = _backward_step(t, loss, [opts.upper, opts.lower], "joint")
     scalars = {"loss/fusion": float(lf.detach()), "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
                "grad/fusion_norm": norm_f, "grad/seg_norm": norm_s}
     return StepResult(scalars)
@@ -255,20 +298,23 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     if t.step < t.fusion_steps:
         return fusion_only_step(t, fit)
     batch = _inputs(fit, t.device)
-    with torch.no_grad():
-        fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
-    logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
-    norm = _backward_step(ls, opts.lower, "segmentation")
+    with forward_precision(t):
+        with torch.no_grad():
+            fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
+        logits = pipeline.seg(fused)
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
 
 
 def fusion_only_step(t: Training, fit: Batch) -> StepResult:
     """The fusion net alone on the fusion loss (two-stage's first stage, bilevel's warm-up)."""
     batch = _inputs(fit, t.device)
-    lf, _ = fusion_loss(t.pipeline.fusion(t.pipeline.fusion_sources(batch.seen)), t.pipeline.fusion_sources(batch.clean),
-                        t.config.fusion_loss_weights or None)
-    norm = _backward_step(lf, t.opts.upper, "fusion")
+    with forward_precision(t):
+        fused = t.pipeline.fusion(t.pipeline.fusion_sources(batch.seen))
+    lf, _ = fusion_loss(fused, t.pipeline.fusion_sources(batch.clean), t.config.fusion_loss_weights or None,
+                        reduce=t.world.reduce)
+    (norm,) = _backward_step(t, lf, [t.opts.upper], "fusion")
     return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
 
 
@@ -277,9 +323,10 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     pipeline, opts = t.pipeline, t.opts
     assert opts.lower is not None
     batch = _inputs(fit, t.device)
-    logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based)
-    norm = _backward_step(ls, opts.lower, "segmentation")
+    with forward_precision(t):
+        logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
+    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
     return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})
 
 
