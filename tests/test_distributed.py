@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start(args: list[str], n: int = 2, cwd: Path | None = None) -> list[subprocess.Popen]:
+    """Start ``python ARGS`` as ranks 0..n-1 of one process group (as torchrun would)."""
+    env = {**os.environ, "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1"}
+    return [subprocess.Popen([sys.executable, *args], cwd=cwd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(n)]
+
+
 def launch(args: list[str], n: int = 2, cwd: Path | None = None) -> list[str]:
     """Run ``python ARGS`` as ranks 0..n-1 of one process group; the outputs; AssertionError naming the rank
     that failed (all are killed when one fails or the group times out)."""
-    env = {**os.environ, "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, *args], cwd=cwd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(n)]
+    procs = start(args, n, cwd)
     outputs = []
     try:
         for r, p in enumerate(procs):
@@ -123,6 +129,32 @@ def test_two_processes_train_resume_exactly_and_match_one_process(bench: Path, t
     listing = {p.name for p in (tmp_path / "whole").iterdir()}
     assert listing == {p.name for p in (tmp_path / "single").iterdir()}
     assert not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_to_the_same_weights(bench: Path, tmp_path: Path) -> None:
+    """Both ranks killed (-9) once a checkpoint exists, then --resume in 2 processes: last.pt and best.pt equal
+    an uninterrupted 2-process run bit for bit."""
+    launch(train_args(bench, tmp_path / "whole", 6))
+    out = tmp_path / "killed"
+    procs = start(train_args(bench, out, 6))
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (out / "last.pt").exists():
+            assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert torch.load(out / "last.pt", weights_only=True)["step"] < 6
+    launch(["-m", "fuse4seg", "train", "--out", str(out), "--resume"])
+    for name in ("last.pt", "best.pt"):
+        whole, resumed = (torch.load(tmp_path / run / name, weights_only=True) for run in ("whole", "killed"))
+        for net, tensors in whole["models"].items():
+            for key, value in tensors.items():
+                assert torch.equal(value, resumed["models"][net][key]), (name, net, key)
 
 
 def test_batch_size_must_split_over_the_processes() -> None:
