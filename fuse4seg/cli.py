@@ -104,6 +104,7 @@ def build_benchmark_command(
     seed: int = typer_option(_BUILD["seed"]),
     overwrite: bool = typer_option(_BUILD["overwrite"]),
     fusion_checkpoint: str | None = typer_option(_BUILD["fusion_checkpoint"]),
+    volumes: bool = typer_option(_BUILD["volumes"]),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
     options = BuildOptions(**locals())

@@ -31,7 +31,8 @@ def parse_with_cli(command: str, monkeypatch: pytest.MonkeyPatch) -> BuildOption
     BuildOptions("pkg"),
     BuildOptions("my pkg/with 'quotes'", brats="/data/BraTS 2021", size=192, slices_per_case=4,
                  split="0.6,0.2,0.2", seed=7, fusion_inputs="flair,t1ce,t2", fusion="wavelet"),
-    BuildOptions("o", phantom=4, phantom_scale=0.25, fusion="max", split=(1, 0, 0), fusion_checkpoint="r/best.pt"),
+    BuildOptions("o", phantom=4, phantom_scale=0.25, fusion="max", split=(1, 0, 0), fusion_checkpoint="r/best.pt",
+                 volumes=True),
     BuildOptions(Path("o"), split=(1 / 3, 1 / 3, 1 / 3), phantom_scale=0.3),
 ])
 def test_command_line_parses_back_to_equal_options(options: BuildOptions, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +52,7 @@ def test_command_line_text() -> None:
     assert BuildOptions("a b", brats="rel", phantom_scale=0.5, size=64).command_line() == (
         "fuse4seg build-benchmark --out 'a b' --brats rel --fusion-inputs t1ce,flair --fusion laplacian --size 64 "
         "--slices-per-case 8 --split 0.7,0.1,0.2 --seed 0")
+    assert BuildOptions("pkg", volumes=True).command_line().endswith(" --seed 0 --volumes")  # a bare flag when set
 
 
 def test_cli_options_are_the_fields() -> None:

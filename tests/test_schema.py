@@ -31,7 +31,8 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_written_layout(package: Path) -> None:
-    """Every split holds the six datasets with the dtypes, chunks and compression written out here."""
+    """Every split holds the six datasets with the dtypes, chunks and compression written out here; the root
+    attribute volumes is 0 and there is no /volumes group (a build without --volumes)."""
     expected = {  # name: (dtype, shape after N, chunks, compression)
         "source": ("float32", (4, 16, 16), (1, 4, 16, 16), "gzip"),
         "fused": ("float32", (1, 16, 16), (1, 1, 16, 16), "gzip"),
@@ -41,9 +42,10 @@ def test_written_layout(package: Path) -> None:
         "spacing": ("float32", (3,), (256, 3), None),
     }
     with h5py.File(package / "brats_fuse.h5", "r") as h5:
-        assert h5.attrs["format_version"] == 2 and h5.attrs["slice_size"] == 16
+        assert h5.attrs["format_version"] == 2 and h5.attrs["slice_size"] == 16 and h5.attrs["volumes"] == 0
         assert sorted(h5.attrs) == ["builder_version", "created", "format_version", "fusion_inputs", "fusion_method",
-                                    "label_scheme", "slice_size", "source_dataset"]
+                                    "label_scheme", "slice_size", "source_dataset", "volumes"]
+        assert sorted(h5) == ["test", "train", "val"]  # no /volumes without --volumes
         for split in ("train", "val", "test"):
             group = h5[split]
             assert sorted(group) == sorted(expected)

@@ -11,6 +11,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "BraTSFuse": "fuse4seg.data.dataset",
+    "BraTSFuseVolumes": "fuse4seg.data.volumes",
     "BuildOptions": "fuse4seg.data.build_options",
     "build_benchmark": "fuse4seg.data.benchmark",
     "find_cases": "fuse4seg.data.brats",
@@ -23,6 +24,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "BraTSFuse",
+    "BraTSFuseVolumes",
     "BuildOptions",
     "build_benchmark",
     "cite",

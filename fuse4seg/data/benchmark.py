@@ -15,6 +15,10 @@ interpolation, labels with nearest neighbour (:mod:`fuse4seg.data.geometry`, sha
 The rule is recorded in the root attribute ``slice_size`` (``size``, 0 for none), and the physical
 size of every slice's pixels in the dataset ``spacing`` (:func:`slice_spacing`).
 
+Volumes (``volumes``): each tumour-bearing case is also stored whole, cropped to its brain box at its
+native voxel grid, under ``/volumes/<split>/<case_id>`` (:mod:`fuse4seg.data.h5volumes`), extracted
+and compressed in the same worker as its slices and written by the parent.
+
 Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
 train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
 at least one case. No patient appears in two splits.
@@ -36,7 +40,7 @@ from fuse4seg import __version__
 from fuse4seg.conventions import modality_indices
 from fuse4seg.data.build_options import DEFAULT_PHANTOM_CASES, BuildOptions
 from fuse4seg.data.geometry import crop_resize, square_box
-from fuse4seg.data.schema import FORMAT_VERSION, H5_NAME, ROOT_ATTRIBUTES, SPLITS
+from fuse4seg.data.schema import FORMAT_VERSION, H5_NAME, ROOT_ATTRIBUTES, SPLITS, VOLUMES_GROUP
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch
 from fuse4seg.io import atomic_dir
@@ -92,14 +96,16 @@ def slice_spacing(zooms: Sequence[float], box: tuple[int, int, int, int] | None,
 
 
 def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,
-                 fusion_inputs: tuple[str, ...]) -> dict[str, object]:
+                 fusion_inputs: tuple[str, ...], volumes: bool = False) -> dict[str, object]:
     """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), spacing (3,)
     mm, and
     either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
     workers share that cost) when ``fusion`` names a classical rule, or ``source`` (K,4,H,W) float32
-    for a caller-side fusion_fn (``fusion`` None)."""
+    for a caller-side fusion_fn (``fusion`` None); with ``volumes``, a tumour-bearing case's ``volume``
+    (:func:`fuse4seg.data.h5volumes.extract_volume`, else None)."""
     from fuse4seg.data.brats import load_case
     from fuse4seg.data.h5format import encode_slices
+    from fuse4seg.data.h5volumes import extract_volume
 
     loaded = load_case(case, require_label=True)
     z = select_slices(loaded.label, slices_per_case)
@@ -110,7 +116,8 @@ def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion
         source, label = crop_resize(source, label, box, size)
     result = {"case_id": loaded.case_id, "scheme": loaded.scheme, "label": label, "shape": source.shape[-2:],
               "slice_index": z.astype(np.int32), "source": source, "chunks": None,
-              "spacing": slice_spacing(loaded.header.get_zooms(), box, size)}
+              "spacing": slice_spacing(loaded.header.get_zooms(), box, size),
+              "volume": extract_volume(loaded, fusion, fusion_inputs) if volumes and len(z) else None}
     if fusion is not None and len(z):
         fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
         result["chunks"], result["source"] = encode_slices(source, fused, label), None
@@ -157,16 +164,19 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
     from fuse4seg.parallel import ordered_map
 
     return ordered_map(extract_case, cases, workers, desc="building", progress=progress, **options,
-                       preload=("fuse4seg.data.benchmark", "fuse4seg.data.brats", "fuse4seg.data.h5format"))
+                       preload=("fuse4seg.data.benchmark", "fuse4seg.data.brats", "fuse4seg.data.h5format",
+                                "fuse4seg.data.h5volumes"))
 
 
 def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],
              fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...]) -> dict[str, object]:
-    """Stream case results (:func:`extract_case`) into ``path`` (schema in :mod:`fuse4seg.data.schema`); returns
-    {"splits": {split: {"cases", "slices"}}, "skipped_cases", "schemes", "height", "width" (px)}."""
+    """Stream case results (:func:`extract_case`) into ``path`` (schema in :mod:`fuse4seg.data.schema`; the volumes
+    layout when ``attrs["volumes"]``); returns {"splits": {split: {"cases", "slices"}}, "skipped_cases",
+    "schemes", "height", "width" (px)}."""
     import h5py
 
     from fuse4seg.data.h5format import append_encoded, create_split_group, encode_slices, string_array
+    from fuse4seg.data.h5volumes import encode_volume, write_volume
 
     split_of = {case_id: name for name, ids in splits.items() for case_id in ids}
     counts = {name: {"cases": 0, "slices": 0} for name in SPLITS}
@@ -176,6 +186,9 @@ def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], 
     with h5py.File(path, "w") as h5:
         for key, value in attrs.items():
             h5.attrs[key] = string_array(value) if isinstance(value, tuple) else value
+        if attrs["volumes"]:
+            for name in SPLITS:
+                h5.create_group(f"{VOLUMES_GROUP}/{name}")
         for result in results:
             case_id, k = result["case_id"], len(result["slice_index"])
             schemes.add(result["scheme"])
@@ -196,6 +209,14 @@ def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], 
                 chunks = encode_slices(source, fused, result["label"])
             split = split_of[case_id]
             append_encoded(h5[split], chunks, case_id, result["slice_index"], result["spacing"])
+            volume = result.get("volume")
+            if volume is not None:
+                if volume["chunks"] is None:  # trained fusion, here, on the axial planes (D, C, H, W) as on slices
+                    source = volume["source"]
+                    fused = _apply_fusion_fn(fusion_fn, np.moveaxis(source[modality_indices(fusion_inputs)], 1, 0),
+                                             case_id)
+                    volume["chunks"] = encode_volume(source, np.moveaxis(fused, 0, 1), volume["label"])
+                write_volume(h5[VOLUMES_GROUP][split], case_id, volume)
             counts[split]["cases"] += 1
             counts[split]["slices"] += k
     if shape is None:
@@ -244,6 +265,7 @@ def root_attributes(options: BuildOptions, method: str, scheme: str) -> dict[str
         "source_dataset": PHANTOM_SOURCE if options.brats is None else f"BraTS, {scheme} release layout",
         "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {scheme})",
         "builder_version": f"fuse4seg {__version__}", "created": created_timestamp(), "slice_size": options.size or 0,
+        "volumes": int(options.volumes),
     }
     return {spec.name: values[spec.name] for spec in ROOT_ATTRIBUTES}
 
@@ -262,7 +284,8 @@ def summarise(options: BuildOptions, root: Path, phantom_cases: int, cases: int,
         "phantom_cases": phantom_cases, "source_dataset": attrs["source_dataset"], "brats_derived": not phantom,
         "label_scheme": attrs["label_scheme"], "fusion_method": attrs["fusion_method"],
         "fusion_inputs": list(options.fusion_inputs), "seed": options.seed, "slices_per_case": options.slices_per_case,
-        "size": options.size, "cases": cases, "created": attrs["created"], "builder_version": attrs["builder_version"],
+        "size": options.size, "volumes": options.volumes, "cases": cases, "created": attrs["created"],
+        "builder_version": attrs["builder_version"],
         "command": command, **written, "attrs": attrs,
     }
 
@@ -310,7 +333,7 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
             attrs = root_attributes(opts, method, cases[0].scheme)
             results = _extracted_in_order(cases, opts.workers, progress, slices_per_case=opts.slices_per_case,
                                           size=opts.size, fusion=None if fusion_fn is not None else opts.fusion,
-                                          fusion_inputs=opts.fusion_inputs)
+                                          fusion_inputs=opts.fusion_inputs, volumes=opts.volumes)
             with contextlib.closing(results):  # a write error stops the worker pool at once
                 written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs)
             summary = summarise(opts, root, phantom_cases, len(cases), attrs, written, command)
@@ -333,6 +356,8 @@ def format_summary(summary: dict) -> str:
               f"{summary['height']}x{summary['width']}; seed {summary['seed']}")]
     for name, count in summary["splits"].items():
         lines.append(f"  {name:5s} {count['cases']:5d} cases {count['slices']:7d} slices")
+    if summary.get("volumes"):
+        lines.append("  whole volumes of every case (brain box, native grid) under /volumes")
     if summary["skipped_cases"]:
         lines.append(f"  left out (no tumour): {', '.join(summary['skipped_cases'])}")
     lines.append(f"time {summary['seconds']:.1f} s")

@@ -64,6 +64,8 @@ class BuildOptions:
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     fusion_checkpoint: str | None = option(None, "Fuse with the trained fusion network of a run checkpoint "
                                                  "(e.g. RUN/best.pt) instead of --fusion.")
+    volumes: bool = option(False, "Also store every case's whole volume, cropped to its brain box at the native "
+                                  "voxel grid (--size not applied), under /volumes/<split>/<case_id> for 3-D training.")
 
     def __post_init__(self) -> None:
         """Normalise the values (see the class docstring)."""

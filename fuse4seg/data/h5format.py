@@ -22,7 +22,8 @@ times are not stored (``track_times=False``) so a rebuild with the same inputs i
 
 A package is self-contained and its sizes are bounded: :func:`validate_schema` refuses links, extra
 objects, other files' data, other filters or chunking, unstored chunks and sizes over the limits of
-:mod:`fuse4seg.data.schema`, from the header, before any data is read.
+:mod:`fuse4seg.data.schema`, from the header, before any data is read. The optional volumetric
+layout (``/volumes``) is written and checked by :mod:`fuse4seg.data.h5volumes` with the same rules.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from fuse4seg.data.schema import (
     MAX_SLICE_SIDE,
     MAX_SLICES,
     MAX_TEXT_BYTES,
+    MAX_VOLUME_VOXELS,
     ROOT_ATTRIBUTES,
     SPLITS,
     UTF8,
+    VOLUMES_GROUP,
     DatasetSpec,
     resolve,
     shape_text,
@@ -55,8 +58,8 @@ from fuse4seg.data.schema import (
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 
-__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "READ_ERRORS", "SPLITS", "append_encoded",
-           "create_split_group", "encode_slices", "open_validated", "read_root_attrs", "read_spacing",
+__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "READ_ERRORS", "SPLITS", "append_encoded", "compress",
+           "create_split_group", "encode_slices", "has_volumes", "open_validated", "read_root_attrs", "read_spacing",
            "reading_data", "slice_size", "string_array", "validate_schema"]
 
 STRING = h5py.string_dtype("utf-8")
@@ -104,6 +107,11 @@ def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5
     return group
 
 
+def compress(chunk: np.ndarray, dtype: str) -> bytes:
+    """One chunk's bytes as HDF5's deflate filter stores them at the schema's level (a zlib stream)."""
+    return zlib.compress(np.ascontiguousarray(chunk, dtype=dtype).tobytes(), int(COMPRESSION["compression_opts"]))
+
+
 def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict[str, list[bytes]]:
     """Compress each slice's chunk of source (K,4,H,W) float32, fused (K,1,H,W) float32 and label
     (K,H,W) uint8 (the schema's compressed datasets) exactly as HDF5's deflate filter would (a zlib
@@ -112,11 +120,8 @@ def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> d
     Done in the builder's worker processes so the compression runs in parallel; the writer then
     stores the chunks as they are (:func:`append_encoded`).
     """
-    level = int(COMPRESSION["compression_opts"])
     arrays = {"source": source, "fused": fused, "label": label}
-    return {spec.name: [zlib.compress(np.ascontiguousarray(item, dtype=spec.dtype).tobytes(), level)
-                        for item in arrays[spec.name]]
-            for spec in DATASETS if spec.compressed}
+    return {spec.name: [compress(item, spec.dtype) for item in arrays[spec.name]] for spec in DATASETS if spec.compressed}
 
 
 def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: str,
@@ -185,11 +190,14 @@ def _text_attr(h5: h5py.File, key: str, where: str | Path) -> str:
         raise DataError(f"{where}: root attribute {key} is not valid UTF-8 text") from None
 
 
-def _integer_attr(h5: h5py.File, key: str, where: str | Path, minimum: int | None = None) -> int:
-    """A root attribute that must be one integer (>= ``minimum``); DataError naming it otherwise."""
+def _integer_attr(h5: h5py.File, key: str, where: str | Path, minimum: int | None = None,
+                  maximum: int | None = None) -> int:
+    """A root attribute that must be one integer (in [``minimum``, ``maximum``]); DataError naming it otherwise."""
     value = np.asarray(h5.attrs[key])
-    if value.shape != () or value.dtype.kind not in "iu" or (minimum is not None and int(value) < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
+    if value.shape != () or value.dtype.kind not in "iu" or (minimum is not None and int(value) < minimum) \
+            or (maximum is not None and int(value) > maximum):
+        bound = (f" in [{minimum}, {maximum}]" if maximum is not None else
+                 f" >= {minimum}" if minimum is not None else "")
         raise DataError(f"{where}: root attribute {key} must be one integer{bound}, got "
                         f"{value.dtype}{value.shape} {_show(value)}")
     return int(value)
@@ -221,13 +229,14 @@ def _check_root_attrs(h5: h5py.File, where: str | Path) -> None:
     """Check that the declared root attributes exist and have their declared kinds (never trusting the file)."""
     if "format_version" in h5.attrs:  # first: an old file is told to rebuild, not what it lacks
         _check_format_version(h5, where)
-    missing = [a.name for a in ROOT_ATTRIBUTES if a.name not in h5.attrs]
+    missing = [a.name for a in ROOT_ATTRIBUTES if a.required and a.name not in h5.attrs]
     if missing:
         raise DataError(f"{where}: missing root attribute(s) {', '.join(missing)}")
     readers = {"integer": _integer_attr, "text": _text_attr, "modalities": _modalities_attr}
     for spec in ROOT_ATTRIBUTES:
-        extra = {"minimum": spec.minimum} if spec.kind == "integer" else {}
-        readers[spec.kind](h5, spec.name, where, **extra)
+        if spec.name in h5.attrs:  # an optional one, when absent, reads as its minimum
+            extra = {"minimum": spec.minimum, "maximum": spec.maximum} if spec.kind == "integer" else {}
+            readers[spec.kind](h5, spec.name, where, **extra)
 
 
 def slice_size(h5: h5py.File, where: str | Path) -> int:
@@ -236,12 +245,19 @@ def slice_size(h5: h5py.File, where: str | Path) -> int:
     return _integer_attr(h5, "slice_size", where, minimum=0)
 
 
+def has_volumes(h5: h5py.File) -> bool:
+    """Whether a file whose root attributes passed :func:`validate_schema` declares the volumes layout
+    (root attribute ``volumes`` = 1; absent in files written before it: no volumes)."""
+    return int(np.asarray(h5.attrs.get("volumes", 0))) == 1
+
+
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """Check attributes, groups, links, dtypes, shapes, size limits and storage against the schema without
     reading the data (only the raw length fields of the stored strings).
 
     Returns {split: number of slices} plus "height" and "width"; DataError naming ``where`` and the
-    offending attribute or dataset on any mismatch, whatever types the file holds.
+    offending attribute or dataset on any mismatch, whatever types the file holds. The volumes layout,
+    when declared, is checked too (:func:`fuse4seg.data.h5volumes.validate_volumes`).
     """
     try:
         return _validate_schema(h5, where)
@@ -270,7 +286,7 @@ def _bind(shape: tuple[int, ...], symbolic: tuple[int | str, ...], sizes: dict[s
 
 def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
     """DataError unless ``group`` holds ``spec``'s dataset in the file itself, with its dtype, shape (binding
-    N, H, W in ``sizes``) within the limits, storage (:func:`_check_storage`) and attributes."""
+    N, H, W or D, H, W in ``sizes``) within the limits, storage (:func:`_check_storage`) and attributes."""
     name = f"{group.name}/{spec.name}"
     if spec.name not in group or not isinstance(group[spec.name], h5py.Dataset):
         raise DataError(f"{where}: missing dataset {name}")
@@ -304,13 +320,16 @@ def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], 
 
 
 def _check_limits(sizes: dict[str, int], name: str, where: str | Path) -> None:
-    """DataError unless the sizes bound from ``name``'s header are within MAX_SLICES and MAX_SLICE_SIDE
-    (checked before any chunk is counted or read, so a crafted header costs nothing)."""
+    """DataError unless the sizes bound from ``name``'s header are within MAX_SLICES, MAX_SLICE_SIDE and (volumes)
+    MAX_VOLUME_VOXELS (checked before any chunk is counted or read, so a crafted header costs nothing)."""
     if sizes.get("N", 0) > MAX_SLICES:
         raise DataError(f"{where}: {name} declares {sizes['N']} slices, over the limit of {MAX_SLICES} per split")
     if "H" in sizes and not (1 <= sizes["H"] <= MAX_SLICE_SIDE and 1 <= sizes["W"] <= MAX_SLICE_SIDE):
         raise DataError(f"{where}: {name} declares {sizes['H']} x {sizes['W']} pixel slices; the limit is 1 to "
                         f"{MAX_SLICE_SIDE} pixels per side")
+    if "D" in sizes and not (sizes["D"] >= 1 and sizes["D"] * sizes["H"] * sizes["W"] <= MAX_VOLUME_VOXELS):
+        raise DataError(f"{where}: {name} declares a {sizes['D']} x {sizes['H']} x {sizes['W']} volume; the limit is "
+                        f"1 to {MAX_VOLUME_VOXELS} voxels")
 
 
 def _check_storage(dataset: h5py.Dataset, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
@@ -356,10 +375,10 @@ def _check_string_lengths(dataset: h5py.Dataset, where: str | Path) -> None:
                             f"{MAX_TEXT_BYTES}")
 
 
-def _check_members(group: h5py.Group, expected: tuple[str, ...], where: str | Path) -> None:
-    """DataError unless every member of ``group`` is a hard link named in ``expected``: a soft or external
-    link would send readers to paths, or files, outside the schema (``visititems`` skips links, so
-    each link is looked at itself)."""
+def _check_members(group: h5py.Group, expected: tuple[str, ...] | None, where: str | Path) -> None:
+    """DataError unless every member of ``group`` is a hard link named in ``expected`` (None: any name): a soft
+    or external link would send readers to paths, or files, outside the schema (``visititems`` skips links,
+    so each link is looked at itself)."""
     prefix = group.name.rstrip("/")
     for member in group:
         link = group.get(member, getlink=True)
@@ -372,14 +391,17 @@ def _check_members(group: h5py.Group, expected: tuple[str, ...], where: str | Pa
                             f"{_name(link.filename)}); a package holds only its own datasets and groups")
         if not isinstance(link, h5py.HardLink):
             raise DataError(f"{where}: {path} is a {type(link).__name__}, not a hard link")
-        if member not in expected:
+        if expected is not None and member not in expected:
             raise DataError(f"{where}: unexpected object {path} (expected only {', '.join(expected)})")
 
 
 def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """:func:`validate_schema` without the catch-all for unexpected h5py/NumPy errors."""
     _check_root_attrs(h5, where)
-    _check_members(h5, SPLITS, where)
+    volumes = has_volumes(h5)
+    if VOLUMES_GROUP in h5 and not volumes:
+        raise DataError(f"{where}: /{VOLUMES_GROUP} is present but root attribute volumes is not 1")
+    _check_members(h5, SPLITS + ((VOLUMES_GROUP,) if volumes else ()), where)
     counts: dict[str, int] = {}
     size: tuple[int, int] | None = None
     for split in SPLITS:
@@ -398,6 +420,10 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     if side and size != (side, side):
         raise DataError(f"{where}: root attribute slice_size is {side} but the slices are {size[0]} x {size[1]}")
     counts["height"], counts["width"] = size
+    if volumes:
+        from fuse4seg.data.h5volumes import validate_volumes  # builds on this module's checks
+
+        validate_volumes(h5, where)
     return counts
 
 

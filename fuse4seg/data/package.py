@@ -16,8 +16,19 @@ import numpy as np
 import yaml
 
 from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
-from fuse4seg.data.h5format import open_validated, read_spacing, reading_data
-from fuse4seg.data.schema import DATASETS, FORMAT_VERSION, H5_NAME, SPLITS, card_file_lines
+from fuse4seg.data.h5format import has_volumes, open_validated, read_spacing, reading_data
+from fuse4seg.data.h5volumes import scan_volumes
+from fuse4seg.data.schema import (
+    DATASETS,
+    FORMAT_VERSION,
+    H5_NAME,
+    SPLITS,
+    VOLUME_ATTRIBUTES,
+    VOLUME_CHUNK,
+    VOLUME_DATASETS,
+    VOLUMES_GROUP,
+    card_file_lines,
+)
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import MARKER, one_line, sha256_file
 
@@ -107,7 +118,7 @@ slice area are candidates; {meta['slices_per_case']} of them are kept, evenly sp
 {'Each case was cropped to the square around its brain bounding box and resized to ' + str(meta['size']) +
  ' px (images bilinear, labels nearest).' if meta['size'] else 'Slices keep the volume size.'}
 Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
-
+{_volumes_text(meta)}
 ## Files
 
 {files}
@@ -137,6 +148,23 @@ no HDF5 reader, so `mlcroissant.Dataset(...).records(...)` cannot load the recor
 """
 
 
+def _volumes_text(meta: dict) -> str:
+    """The card's paragraph on the volumes layout of a ``--volumes`` build (empty otherwise)."""
+    if not meta.get("volumes"):
+        return ""
+    return f"""
+Whole volumes (`--volumes`): every case above is also stored whole under `/{VOLUMES_GROUP}/<split>/<case_id>`
+(the same cases and splits as the slices), cropped to the bounding box of its brain mask over all three
+axes (no margin) at the release's voxel grid: `--size` is not applied to volumes. Arrays are (D, H, W) =
+the box's z, x, y extents, so a plane `source[:, d]` is an axial slice in the slices' (x, y) order; the
+attribute `box` places the crop in the original volume (`shape`, `affine`, `spacing` in mm). The fused
+volume applies `{meta['fusion_method']}` to each axial plane of the cropped fusion inputs (the rules are
+2-D; mean and max are voxelwise, while pyramid, wavelet and PCA fusion see the cropped plane and differ
+from the fused slices near the box's edges). Chunks are {VOLUME_CHUNK}^3 voxel cubes per modality
+(clipped to the volume), gzip level 1, for random patch reads (`fuse4seg.data.BraTSFuseVolumes.read_patch`).
+"""
+
+
 def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
     """Croissant 1.0 JSON-LD for the package in ``directory`` listing ``files`` with their hashes."""
     distribution = [{
@@ -159,6 +187,8 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
                            f"Read it with h5py or fuse4seg.data.BraTSFuse: mlcroissant has no HDF5 reader.",
             "field": fields,
         })
+    if meta.get("volumes"):
+        record_sets += [_volume_record_set(split, meta) for split in SPLITS]
     cff = citation_cff(meta)
     return {
         "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "conformsTo": CROISSANT_CONFORMS_TO,
@@ -169,6 +199,35 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         "citeAs": cff_to_bibtex(cff), "keywords": cff["keywords"],
         "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
         "distribution": distribution, "recordSet": record_sets,
+    }
+
+
+def _volume_record_set(split: str, meta: dict) -> dict:
+    """The Croissant RecordSet of one split's volumes: one record per case group, one field per dataset and
+    attribute (their shapes in the descriptions)."""
+    base = f"/{VOLUMES_GROUP}/{split}/*"
+    fields = [{
+        "@type": "cr:Field", "@id": f"volumes-{split}/case_id", "name": "case_id", "dataType": "sc:Text",
+        "description": "patient / case identifier: the name of the case group",
+        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": base}},
+    }]
+    fields += [{
+        "@type": "cr:Field", "@id": f"volumes-{split}/{spec.name}", "name": spec.name,
+        "description": spec.record_description(), "dataType": spec.croissant,
+        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"{base}/{spec.name}"}},
+    } for spec in VOLUME_DATASETS]
+    fields += [{
+        "@type": "cr:Field", "@id": f"volumes-{split}/{spec.name}", "name": spec.name,
+        "description": f"attribute {spec.type_text()}: {spec.description}",
+        "dataType": "sc:Integer" if spec.dtype.startswith("int") else "sc:Float",
+        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"{base}@{spec.name}"}},
+    } for spec in VOLUME_ATTRIBUTES]
+    return {
+        "@type": "cr:RecordSet", "@id": f"volumes-{split}", "name": f"volumes-{split}",
+        "description": f"the whole brain-box volumes of the {meta['splits'][split]['cases']} cases of {split}; each "
+                       f"record is the HDF5 group {base} (datasets and attributes). Read it with h5py or "
+                       "fuse4seg.data.BraTSFuseVolumes: mlcroissant has no HDF5 reader.",
+        "field": fields,
     }
 
 
@@ -280,8 +339,9 @@ def _check_values(h5: object, path: Path, split: str) -> set[str]:
 
 def verify(directory: str | Path) -> dict:
     """Check a package: file hashes and sizes against croissant.json, the HDF5 schema (dtypes, shapes,
-    attributes), value ranges, and that no case is in two splits. DataError on the first problem;
-    returns {"files": [...], "splits": {split: {"cases", "slices"}}} when everything holds."""
+    attributes), value ranges, that no case is in two splits and, with volumes, that each split's volumes
+    are exactly its slices' cases. DataError on the first problem; returns {"files": [...], "splits": {split:
+    {"cases", "slices"}}, "volumes": {split: cases} or None} when everything holds."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: no such package directory")
@@ -290,10 +350,18 @@ def verify(directory: str | Path) -> dict:
     h5, counts = open_validated(path)  # also checks the root attributes' types and values
     with h5:  # a corrupt chunk is a DataError naming it (the hashes only vouch for what croissant.json says)
         cases = {split: _check_values(h5, path, split) for split in SPLITS}
+        volumes = {split: scan_volumes(h5, path, split, SCAN_BLOCK_BYTES) for split in SPLITS} \
+            if has_volumes(h5) else None
+    for split, ids in (volumes or {}).items():
+        if set(ids) != cases[split]:
+            odd = min(set(ids) ^ cases[split])
+            raise DataError(f"{path}: /{VOLUMES_GROUP}/{split} and /{split} hold different cases (first: {_short(odd)}); "
+                            "the volumes must be the split's cases")
     for i, first in enumerate(SPLITS):
         for second in SPLITS[i + 1:]:
             shared = sorted(cases[first] & cases[second])
             if shared:
                 raise DataError(f"{path}: case {shared[0]} is in both {first} and {second} "
                                 f"({len(shared)} shared case(s)); splits must be by patient")
-    return {"files": files, "splits": {s: {"cases": len(cases[s]), "slices": counts[s]} for s in SPLITS}}
+    return {"files": files, "splits": {s: {"cases": len(cases[s]), "slices": counts[s]} for s in SPLITS},
+            "volumes": None if volumes is None else {s: len(volumes[s]) for s in SPLITS}}

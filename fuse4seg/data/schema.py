@@ -8,10 +8,21 @@ format here (and bump :data:`FORMAT_VERSION`), not in those places.
 
 Shapes are symbolic: ``N`` is the number of slices of one split, ``H`` x ``W`` the slice size
 (one per file: every split has the same). Every split group (``/train``, ``/val``, ``/test``)
-holds every dataset of :data:`DATASETS`; the root holds every attribute of :data:`ROOT_ATTRIBUTES`.
+holds every dataset of :data:`DATASETS`; the root holds every attribute of :data:`ROOT_ATTRIBUTES`
+(``volumes`` may be absent: files written before it read as 0).
+
+The volumetric layout (``build-benchmark --volumes``; optional, announced by the root attribute
+``volumes`` = 1) is ``/volumes/<split>/<case_id>``: one group per case of the split (exactly the
+cases of the slice split), holding every dataset of :data:`VOLUME_DATASETS` and every attribute of
+:data:`VOLUME_ATTRIBUTES`. There ``D`` x ``H`` x ``W`` is the case's brain box (z, x, y extents: the
+slices' in-plane axis order, depth first), and the lower-case chunk symbols ``d``, ``h``, ``w`` are
+min(:data:`VOLUME_CHUNK`, ``D``/``H``/``W``) (:func:`resolve`).
 
 Format history: version 2 made ``spacing`` and ``slice_size`` required (version 1 files written
 before they existed are refused with a request to rebuild; none exist outside this repository).
+The optional volumes layout and its root attribute ``volumes`` were added within version 2: an
+older format-2 file (no attribute, no ``/volumes``) is still valid and reads as ``volumes`` = 0; an
+older fuse4seg refuses a file with ``/volumes`` as an unexpected object, and reads one without it.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from dataclasses import dataclass
 
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.build_options import MAX_SIZE
+from fuse4seg.data.nifti import MAX_VOLUME_VOXELS as _NIFTI_MAX_VOXELS
 
 FORMAT_VERSION = 2
 H5_NAME = "brats_fuse.h5"
@@ -45,6 +57,19 @@ MAX_SLICE_SIDE = MAX_SIZE
 #: it, and a crafted 4-byte length would otherwise cost 4 GiB.
 MAX_TEXT_BYTES = 1024
 
+#: The group of the optional volumetric layout (``build-benchmark --volumes``).
+VOLUMES_GROUP = "volumes"
+#: Side of the cubic chunks of the volume datasets (clipped to the volume): a random 32^3..96^3 patch
+#: reads 1-27 chunks per modality of 128 KiB (float32) each, and whole volumes read at full gzip speed.
+VOLUME_CHUNK = 32
+#: Voxels D * H * W of one stored volume, and X * Y * Z of its original volume: the largest volume a release
+#: may hold (NIfTI reading's limit, 512^3; a BraTS brain box is about 140 x 170 x 140 = 3.3M). At the limit
+#: a case's source is 2 GiB of float32; verify reads it in blocks of planes, readers by patch.
+MAX_VOLUME_VOXELS = _NIFTI_MAX_VOXELS
+#: Cases per split in /volumes: 40x the largest BraTS release (about 2,600 cases); bounds the
+#: per-case header checks of the validator (a few milliseconds each).
+MAX_VOLUME_CASES = 100_000
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -67,20 +92,38 @@ class DatasetSpec:
         return " ".join(p for p in (dtype, f"in {self.unit}" if self.unit else "", self.values) if p)
 
     def record_description(self) -> str:
-        """One record's field (the shape without N) in words, for croissant.json."""
-        shape = shape_text(self.shape[1:]) + " " if len(self.shape) > 1 else ""
+        """One record's field (a slice's shape without N; a volume's whole shape) in words, for croissant.json."""
+        record = self.shape[1:] if self.shape[:1] == ("N",) else self.shape
+        shape = shape_text(record) + " " if record else ""
         return f"{shape}{self.type_text()}: {self.description}"
 
 
 @dataclass(frozen=True)
 class AttributeSpec:
-    """One root attribute: ``kind`` "integer" (one integer >= ``minimum``), "text" (one UTF-8 string) or
-    "modalities" (a 1-D array of modality names)."""
+    """One root attribute: ``kind`` "integer" (one integer in [``minimum``, ``maximum``]), "text" (one UTF-8
+    string) or "modalities" (a 1-D array of modality names); ``required`` False: absent reads as ``minimum``."""
 
     name: str
     kind: str
     description: str
     minimum: int | None = None
+    maximum: int | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ArrayAttributeSpec:
+    """One attribute of every volume case group: a small fixed-shape numeric array."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # NumPy dtype name
+    description: str
+    unit: str = ""
+
+    def type_text(self) -> str:
+        """Shape, dtype and unit in words: '(3,) float64 in mm'."""
+        return " ".join(p for p in (shape_text(self.shape), self.dtype, f"in {self.unit}" if self.unit else "") if p)
 
 
 DATASETS: tuple[DatasetSpec, ...] = (
@@ -111,6 +154,30 @@ ROOT_ATTRIBUTES: tuple[AttributeSpec, ...] = (
     AttributeSpec("created", "text", "ISO-8601 UTC build time (SOURCE_DATE_EPOCH when set)"),
     AttributeSpec("slice_size", "integer", "the `--size` crop-and-resize rule in pixels, 0 when slices keep the "
                   "volume size; `fuse4seg fuse` applies the same rule to new cases", minimum=0),
+    AttributeSpec("volumes", "integer", "1 when the file holds the volumetric layout `/volumes` (`--volumes`), "
+                  "else 0", minimum=0, maximum=1, required=False),
+)
+
+#: The datasets of every /volumes/<split>/<case_id> group. ``fused`` applies the build's rule to each
+#: axial plane of the cropped sources (the rules are 2-D; mean and max are voxelwise anyway).
+VOLUME_DATASETS: tuple[DatasetSpec, ...] = (
+    DatasetSpec("source", (4, "D", "H", "W"), "float32", "in [0, 1]", (1, "d", "h", "w"), True,
+                f"{', '.join(MODALITIES)}, each normalised in the brain mask (as the slices), cropped to the "
+                "brain box, native voxel grid", "sc:Float", attrs=(("modalities", MODALITIES),)),
+    DatasetSpec("fused", (1, "D", "H", "W"), "float32", "in [0, 1]", (1, "d", "h", "w"), True,
+                "the fusion rule applied to each axial plane of the fusion inputs", "sc:Float"),
+    DatasetSpec("label", ("D", "H", "W"), "uint8", "in {0, 1, 2, 3}", ("d", "h", "w"), True,
+                "canonical tumour labels (0 background, 1 NCR, 2 ED, 3 ET)", "sc:Integer"),
+)
+
+#: The attributes of every /volumes/<split>/<case_id> group: where the crop sits in the release volume.
+VOLUME_ATTRIBUTES: tuple[ArrayAttributeSpec, ...] = (
+    ArrayAttributeSpec("box", (3, 2), "int64", "[[x0, x1], [y0, y1], [z0, z1]], half-open voxel ranges of the "
+                       "crop in the original volume: source[:, d, h, w] = volume[:, x0 + h, y0 + w, z0 + d]"),
+    ArrayAttributeSpec("shape", (3,), "int64", "(X, Y, Z) voxels of the original volume"),
+    ArrayAttributeSpec("affine", (4, 4), "float64", "the original volume's NIfTI affine, voxel (x, y, z) to "
+                       "world mm (the crop's is this times a translation by (x0, y0, z0))"),
+    ArrayAttributeSpec("spacing", (3,), "float64", "voxel size along x, y, z (H, W, D)", unit="mm"),
 )
 
 
@@ -120,8 +187,10 @@ def shape_text(shape: tuple[int | str, ...]) -> str:
 
 
 def resolve(shape: tuple[int | str, ...], sizes: dict[str, int]) -> tuple[int, ...]:
-    """A symbolic shape with its symbols replaced by ``sizes`` ({"N": .., "H": .., "W": ..})."""
-    return tuple(sizes[d] if isinstance(d, str) else d for d in shape)
+    """A symbolic shape with its symbols replaced by ``sizes`` ({"N": .., "H": .., "W": .., "D": ..}); a lower-case
+    chunk symbol ("d", "h", "w") is min(VOLUME_CHUNK, its upper-case size)."""
+    return tuple(d if isinstance(d, int) else sizes[d] if d.isupper() else min(VOLUME_CHUNK, sizes[d.upper()])
+                 for d in shape)
 
 
 def card_file_lines(root_values: dict[str, object]) -> list[str]:
@@ -135,4 +204,9 @@ def card_file_lines(root_values: dict[str, object]) -> list[str]:
         value = root_values[a.name]
         shown = ", ".join(value) if isinstance(value, (tuple, list)) else value
         lines.append(f"  - `{a.name}` ({shown}: {a.description})")
+    if root_values.get("volumes"):
+        lines.append(f"  and the group `/{VOLUMES_GROUP}/<split>/<case_id>` per case of each split, with the datasets")
+        lines += [f"  - `{d.name}` {shape_text(d.shape)} {d.type_text()}: {d.description}" for d in VOLUME_DATASETS]
+        lines.append("  and the attributes")
+        lines += [f"  - `{a.name}` {a.type_text()}: {a.description}" for a in VOLUME_ATTRIBUTES]
     return lines
