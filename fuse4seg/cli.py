@@ -197,7 +197,7 @@ def evaluate_command(
     if given:
         raise ConfigError("applies only to slice evaluation, not with --volumes", option=given[0])
     from fuse4seg.metrics.scoring import summary_lines
-    from fuse4seg.train.volumes import evaluate_volumes, out_dir
+    from fuse4seg.train.evaluate_volumes import evaluate_volumes, out_dir
 
     result = evaluate_volumes(run, volumes, split, convention or "brats2023", challenge or "gli", benchmark,
                               checkpoint, device, write_seg)
