@@ -15,6 +15,7 @@ from fuse4seg.models import (
     count_parameters,
     format_model_table,
     list_models,
+    model_dims,
     model_options,
     model_summary,
 )
@@ -37,10 +38,15 @@ def tiny(name: str, **extra) -> nn.Module:
 
 
 def test_registry_lists_every_model() -> None:
-    """list_models gives the four names in registry order, every registered model has a tiny test variant, and
-    the unet defaults are in_channels 1, 4 classes, width 16, depth 4, GroupNorm."""
-    assert list_models() == ["fusion-cnn", "fusion-freq", "unet", "feature-fusion"]
-    assert set(TINY) == set(MODEL_REGISTRY)
+    """list_models gives the four 2-D names in registry order, then the same four with -3d (tests in
+    test_models3d.py); every 2-D model has a tiny test variant, and the unet defaults are in_channels 1, 4
+    classes, width 16, depth 4, GroupNorm (dims is fixed by the name, not an option)."""
+    two_d = ["fusion-cnn", "fusion-freq", "unet", "feature-fusion"]
+    assert list_models(dims=2) == two_d
+    assert list_models(dims=3) == [f"{name}-3d" for name in two_d]
+    assert list_models() == list(MODEL_REGISTRY) == two_d + list_models(dims=3)
+    assert set(TINY) == set(list_models(dims=2))
+    assert [model_dims(name) for name in list_models()] == [2] * 4 + [3] * 4
     assert model_options("unet") == {
         "in_channels": 1,
         "num_classes": 4,
@@ -62,11 +68,14 @@ def test_registry_lists_every_model() -> None:
         ("fusion-cnn", {"layers": 1}, "layers"),
         ("fusion-freq", {"sigma": -1.0}, "sigma"),
         ("feature-fusion", {"in_channels": True}, "in_channels"),
+        ("unet", {"dims": 3}, "dims"),
+        ("unet-3d", {"dims": 2}, "dims"),
     ],
 )
 def test_registry_errors_name_the_problem(name: str, options: dict, needle: str) -> None:
     """An unknown model, a misspelt option and each invalid option value (norm, width 0, fractional depth, layers
-    1, negative sigma, bool in_channels) are ConfigErrors naming it."""
+    1, negative sigma, bool in_channels) are ConfigErrors naming it; ``dims`` is not an option (the name fixes
+    it)."""
     with pytest.raises(ConfigError, match=needle):
         build_model(name, **options)
 
@@ -251,15 +260,20 @@ def test_unet_region_based_head() -> None:
 
 
 def test_model_summary_and_table() -> None:
-    """model_summary lists every model with its parameter count and output shape at 64 px; the table text carries
-    the names, 5,137 for fusion-cnn and the size column."""
-    rows = model_summary(sizes=(64,))
+    """model_summary lists every model with its dims, parameter count and output shape at 32 and 64 px (3-D
+    models on a 32^3 cube, "-" above SUMMARY_MAX_EDGE_3D = 32); the table text carries the names, 5,137 for
+    fusion-cnn, the dims and the size columns."""
+    rows = model_summary(sizes=(32, 64))
     assert [r["name"] for r in rows] == list_models()
     for r in rows:
         assert r["parameters"] == count_parameters(build_model(r["name"]))
-        assert r["output@64"] == ("1 x 64 x 64" if r["kind"] == "fusion" else "4 x 64 x 64")
+        channels = "1" if r["kind"] == "fusion" else "4"
+        if r["dims"] == 2:
+            assert (r["output@32"], r["output@64"]) == (f"{channels} x 32 x 32", f"{channels} x 64 x 64")
+        else:
+            assert (r["output@32"], r["output@64"]) == (f"{channels} x 32 x 32 x 32", "-")
     table = format_model_table(rows)
-    assert "fusion-cnn" in table and "5,137" in table and "output@64" in table
+    assert "fusion-cnn" in table and "5,137" in table and "output@64" in table and "3-D" in table
 
 
 def test_cli_models_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,6 @@
-"""Networks: fusion nets (sources -> one image in [0, 1]) and segmenters (image -> label logits).
+"""Networks: fusion nets (sources -> one image in [0, 1]) and segmenters (image -> label logits),
+in 2-D (N, C, H, W) and 3-D (N, C, D, H, W, registry names ending ``-3d``), and sliding-window
+inference over whole volumes.
 
 Every model is built by name from :data:`MODEL_REGISTRY` with :func:`build_model`; none uses
 BatchNorm, so all of them unroll cleanly under ``torch.func.functional_call``.
@@ -12,9 +14,11 @@ from fuse4seg.models.registry import (
     count_parameters,
     format_model_table,
     list_models,
+    model_dims,
     model_options,
     model_summary,
 )
+from fuse4seg.models.sliding import importance_map, sliding_window
 from fuse4seg.models.unet import UNet
 
 __all__ = [
@@ -26,7 +30,10 @@ __all__ = [
     "build_model",
     "count_parameters",
     "format_model_table",
+    "importance_map",
     "list_models",
+    "model_dims",
     "model_options",
     "model_summary",
+    "sliding_window",
 ]

@@ -1,12 +1,17 @@
 """Building blocks shared by the networks: normalisation choice, conv blocks, pad-and-crop, blur.
 
-Nothing here keeps running statistics (no BatchNorm), so every block behaves the same in
-``train()`` and ``eval()`` and under ``torch.func.functional_call`` with substituted parameters.
+Every block takes ``dims`` (2: (N, C, H, W) images, 3: (N, C, D, H, W) volumes) and picks the
+2-D or 3-D torch layer from :data:`LAYERS`, so a 3-D network is its 2-D class built with
+``dims=3``; the shape-generic helpers (padding, cropping, pooling, blur) read the number of
+spatial axes from their input. Nothing here keeps running statistics (no BatchNorm), so every
+block behaves the same in ``train()`` and ``eval()`` and under ``torch.func.functional_call``
+with substituted parameters.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -16,6 +21,23 @@ from torch import nn
 from fuse4seg.errors import ConfigError
 
 NORMS: tuple[str, ...] = ("group", "instance", "none")
+DIMS: tuple[int, ...] = (2, 3)
+
+
+class Layers(NamedTuple):
+    """The torch layer classes and max-pool function for one number of spatial dimensions."""
+
+    conv: type[nn.Module]
+    conv_transpose: type[nn.Module]
+    instance_norm: type[nn.Module]
+    max_pool: Callable[..., torch.Tensor]
+
+
+#: spatial dimensions -> the layers a network of that many dimensions is built from.
+LAYERS: dict[int, Layers] = {
+    2: Layers(nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, F.max_pool2d),
+    3: Layers(nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, F.max_pool3d),
+}
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -44,41 +66,60 @@ def check_positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def make_norm(kind: str, channels: int, groups: int = 8) -> nn.Module:
+def check_dims(dims: object) -> int:
+    """Return ``dims`` if it is 2 or 3 (spatial dimensions); ConfigError otherwise."""
+    if isinstance(dims, bool) or dims not in DIMS:
+        raise ConfigError(f"option 'dims' must be one of {', '.join(map(str, DIMS))}, got {dims!r}")
+    return int(dims)
+
+
+def check_input(x: torch.Tensor, dims: int, channels: int) -> None:
+    """ConfigError unless ``x`` is (N, channels, H, W) for dims 2 or (N, channels, D, H, W) for dims 3.
+
+    Why: a 4-D batch given to a 3-D network would otherwise be read by Conv3d as one unbatched volume.
+    """
+    if x.dim() != dims + 2 or x.shape[1] != channels:
+        axes = "H, W" if dims == 2 else "D, H, W"
+        raise ConfigError(f"{dims}-D network expects input (N, {channels}, {axes}), got shape {tuple(x.shape)}")
+
+
+def make_norm(kind: str, channels: int, groups: int = 8, dims: int = 2) -> nn.Module:
     """Normalisation layer over ``channels`` feature maps: GroupNorm, InstanceNorm (affine) or identity.
 
-    GroupNorm uses gcd(groups, channels) groups so any width is valid.
+    GroupNorm uses gcd(groups, channels) groups so any width is valid; ``dims`` picks InstanceNorm2d/3d.
     """
     if kind == "group":
         return nn.GroupNorm(math.gcd(groups, channels), channels)
     if kind == "instance":
         # track_running_stats=False (the default): statistics come from the current image only.
-        return nn.InstanceNorm2d(channels, affine=True)
+        return LAYERS[dims].instance_norm(channels, affine=True)
     if kind == "none":
         return nn.Identity()
     raise ConfigError(f"option 'norm' must be one of {', '.join(NORMS)}, got {kind!r}")
 
 
 class ConvNormAct(nn.Sequential):
-    """3x3 conv -> norm -> LeakyReLU(0.1); (N, in, H, W) -> (N, out, H, W)."""
+    """3x3 (x3) conv -> norm -> LeakyReLU(0.1); (N, in, *S) -> (N, out, *S) with ``dims`` spatial axes S."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "group", groups: int = 8) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "group", groups: int = 8,
+                 dims: int = 2) -> None:
         """Build the block; the conv has a bias only when no normalisation follows it."""
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none"),
-            make_norm(norm, out_channels, groups),
+            LAYERS[dims].conv(in_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            make_norm(norm, out_channels, groups, dims),
             nn.LeakyReLU(0.1),
         )
 
 
 class DoubleConv(nn.Sequential):
-    """Two ConvNormAct blocks, the UNet stage; (N, in, H, W) -> (N, out, H, W)."""
+    """Two ConvNormAct blocks, the UNet stage; (N, in, *S) -> (N, out, *S)."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "group", groups: int = 8) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "group", groups: int = 8,
+                 dims: int = 2) -> None:
         """Build the two blocks."""
         super().__init__(
-            ConvNormAct(in_channels, out_channels, norm, groups),
-            ConvNormAct(out_channels, out_channels, norm, groups),
+            ConvNormAct(in_channels, out_channels, norm, groups, dims),
+            ConvNormAct(out_channels, out_channels, norm, groups, dims),
         )
 
 
@@ -104,38 +145,41 @@ def segmenter_plan(in_channels: object, num_classes: object, width: object, dept
     return SegmenterPlan(in_channels, num_classes, depth, norm, [width * 2**i for i in range(depth + 1)])
 
 
-def unet_encoder(in_channels: int, channels: list[int], norm: str) -> nn.ModuleList:
+def unet_encoder(in_channels: int, channels: list[int], norm: str, dims: int = 2) -> nn.ModuleList:
     """UNet encoder stages: DoubleConv per scale, in_channels -> channels[0] -> ... -> channels[-1]."""
     return nn.ModuleList(
-        DoubleConv(in_channels if i == 0 else channels[i - 1], c, norm) for i, c in enumerate(channels)
+        DoubleConv(in_channels if i == 0 else channels[i - 1], c, norm, dims=dims) for i, c in enumerate(channels)
     )
 
 
 def run_encoder(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
-    """Features of (N, C, H, W) ``x`` at every scale (2x max-pool between stages), finest first;
-    H and W must divide 2**(len(encoder) - 1)."""
+    """Features of (N, C, *S) ``x`` at every scale (2x max-pool between stages), finest first;
+    every spatial size must divide 2**(len(encoder) - 1)."""
+    max_pool = LAYERS[x.dim() - 2].max_pool
     features = []
     for i, stage in enumerate(encoder):
-        x = stage(x if i == 0 else F.max_pool2d(x, 2))
+        x = stage(x if i == 0 else max_pool(x, 2))
         features.append(x)
     return features
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad (N, C, H, W) at the bottom/right so H and W divide ``multiple``; returns (padded, (H, W)).
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad (N, C, *S) at the far end of every spatial axis so each size divides ``multiple``;
+    returns (padded, S).
 
     Zero is the skull-stripped background value, so the padding looks like more background.
     """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x, (h, w)
+    size = tuple(x.shape[2:])
+    pads = [(-s) % multiple for s in size]
+    if any(pads):
+        # F.pad lists (before, after) pairs from the last axis backwards.
+        x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)])
+    return x, size
 
 
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Crop (N, C, H', W') back to the top-left (H, W) = ``size``."""
-    return x[..., : size[0], : size[1]]
+def crop_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Crop (N, C, *S') back to the leading corner of spatial size ``size`` (one entry per spatial axis)."""
+    return x[(..., *(slice(0, s) for s in size))]
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
@@ -147,28 +191,33 @@ def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
-    """Separable per-channel Gaussian blur of (N, C, H, W) with replicate borders; same shape out."""
-    c = x.shape[1]
+    """Separable per-channel Gaussian blur of (N, C, H, W) or (N, C, D, H, W) with replicate borders, one
+    1-D pass per spatial axis from the last (W) to the first; same shape out."""
+    c, dims = x.shape[1], x.dim() - 2
     r = kernel1d.numel() // 2
     k = kernel1d.to(dtype=x.dtype, device=x.device)
-    kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    # replicate (not reflect) padding is valid for any image size, even smaller than the kernel.
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kx, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), ky, groups=c)
+    conv = F.conv2d if dims == 2 else F.conv3d
+    for axis in reversed(range(dims)):
+        shape = [1] * dims
+        shape[axis] = -1
+        pad = [0] * (2 * dims)
+        pad[2 * (dims - 1 - axis) : 2 * (dims - axis)] = [r, r]
+        # replicate (not reflect) padding is valid for any image size, even smaller than the kernel.
+        x = conv(F.pad(x, pad, mode="replicate"), k.view(1, 1, *shape).expand(c, 1, *shape), groups=c)
+    return x
 
 
 def split_bands(
     x: torch.Tensor, sigma: float = 2.0, kernel1d: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) parts of (N, C, H, W): Gaussian blur of standard deviation ``sigma`` px and the rest
+    """(low, high) parts of (N, C, *S): Gaussian blur of standard deviation ``sigma`` px and the rest
     (low + high == x); ``kernel1d`` (a cached ``gaussian_kernel1d(sigma)``) replaces ``sigma`` when given."""
     low = gaussian_blur(x, gaussian_kernel1d(sigma) if kernel1d is None else kernel1d)
     return low, x - low
 
 
 def max_abs_select(values: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-    """Per pixel, the entry of (N, C, H, W) ``values`` whose |key| is largest (key: values) -> (N, 1, H, W)."""
+    """Per pixel, the entry of (N, C, *S) ``values`` whose |key| is largest (key: values) -> (N, 1, *S)."""
     idx = (values if key is None else key).abs().argmax(dim=1, keepdim=True)
     return torch.gather(values, 1, idx)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES
-from fuse4seg.models.blocks import SegmenterPlan, run_encoder, unet_encoder
+from fuse4seg.models.blocks import LAYERS, SegmenterPlan, run_encoder, unet_encoder
 from fuse4seg.models.unet import Segmenter
 
 
@@ -17,17 +17,20 @@ class FeatureFusionSegmenter(Segmenter):
     (number of modalities, each with its own encoder; default 2 = T1ce + FLAIR, the same inputs
     the fusion networks see), ``num_classes`` (4), ``width`` (16), ``depth`` (4), ``norm``
     ("group" | "instance"). Any H, W: padded to a multiple of 2^depth inside ``forward``.
+    Keyword-only ``dims`` (2; 3 for ``feature-fusion-3d`` on (N, in_channels, D, H, W) volumes).
     """
 
     def __init__(self, in_channels: int = 2, num_classes: int = NUM_CLASSES, width: int = 16, depth: int = 4,
-                 norm: str = "group") -> None:
+                 norm: str = "group", *, dims: int = 2) -> None:
         """Build the network; ConfigError for invalid options."""
-        super().__init__(in_channels, num_classes, width, depth, norm)
+        super().__init__(in_channels, num_classes, width, depth, norm, dims)
 
     def build_encoder(self, plan: SegmenterPlan) -> None:
         """One 1-channel encoder per modality, then a 1x1 merge per scale."""
-        self.encoders = nn.ModuleList(unet_encoder(1, plan.channels, plan.norm) for _ in range(self.in_channels))
-        self.merge = nn.ModuleList(nn.Conv2d(self.in_channels * c, c, 1) for c in plan.channels)
+        self.encoders = nn.ModuleList(
+            unet_encoder(1, plan.channels, plan.norm, self.dims) for _ in range(self.in_channels)
+        )
+        self.merge = nn.ModuleList(LAYERS[self.dims].conv(self.in_channels * c, c, 1) for c in plan.channels)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each modality's features, merged per scale."""

@@ -1,4 +1,5 @@
-"""Fusion networks: (N, C, H, W) sources in [0, 1] -> (N, 1, H, W) fused image in [0, 1].
+"""Fusion networks: (N, C, H, W) sources in [0, 1] -> (N, 1, H, W) fused image in [0, 1]; built with
+``dims=3`` (registry names ``*-3d``), (N, C, D, H, W) volumes -> (N, 1, D, H, W).
 
 Both networks predict a residual in logit space on top of a fixed, parameter-free fusion of the
 inputs (the mean for ``fusion-cnn``; low-pass mean plus max-abs detail for ``fusion-freq``):
@@ -20,9 +21,12 @@ import torch
 from torch import nn
 
 from fuse4seg.models.blocks import (
+    LAYERS,
     NORMS,
     ConvNormAct,
     check_choice,
+    check_dims,
+    check_input,
     check_positive_float,
     check_positive_int,
     gaussian_kernel1d,
@@ -37,7 +41,7 @@ OUTPUTS: tuple[str, ...] = ("residual", "sigmoid")
 _HEAD_INIT_STD = 1e-2
 
 
-def _small_head(conv: nn.Conv2d) -> nn.Conv2d:
+def _small_head(conv: nn.Module) -> nn.Module:
     """Initialise the residual head near zero (see module docstring) and return it."""
     nn.init.normal_(conv.weight, std=_HEAD_INIT_STD)
     nn.init.zeros_(conv.bias)
@@ -50,7 +54,8 @@ class FusionCNN(nn.Module):
     Options: ``in_channels`` (number of fused modalities, default 2 = T1ce + FLAIR), ``width``
     (feature maps per layer, 16), ``layers`` (3x3 conv layers including the output layer, 4),
     ``norm`` ("group" | "instance" | "none", "group"), ``output`` ("residual" on the mean of the
-    inputs, or plain "sigmoid"). Fully convolutional at stride 1: any H, W.
+    inputs, or plain "sigmoid"). Fully convolutional at stride 1: any H, W. Keyword-only ``dims``
+    (2; 3 for ``fusion-cnn-3d``: 3x3x3 convs on (N, in_channels, D, H, W) volumes).
     """
 
     kind = "fusion"
@@ -62,23 +67,27 @@ class FusionCNN(nn.Module):
         layers: int = 4,
         norm: str = "group",
         output: str = "residual",
+        *,
+        dims: int = 2,
     ) -> None:
         """Build the network; ConfigError for invalid options."""
         super().__init__()
+        self.dims = check_dims(dims)
         self.in_channels = check_positive_int("in_channels", in_channels)
         width = check_positive_int("width", width)
         layers = check_positive_int("layers", layers, minimum=2)
         norm = check_choice("norm", norm, NORMS)
         self.output = check_choice("output", output, OUTPUTS)
-        blocks: list[nn.Module] = [ConvNormAct(self.in_channels, width, norm)]
-        blocks += [ConvNormAct(width, width, norm) for _ in range(layers - 2)]
+        blocks: list[nn.Module] = [ConvNormAct(self.in_channels, width, norm, dims=dims)]
+        blocks += [ConvNormAct(width, width, norm, dims=dims) for _ in range(layers - 2)]
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Conv2d(width, 1, 3, padding=1)
+        self.head = LAYERS[dims].conv(width, 1, 3, padding=1)
         if self.output == "residual":
             _small_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fuse (N, in_channels, H, W) sources in [0, 1] into (N, 1, H, W) in [0, 1]."""
+        """Fuse (N, in_channels, *S) sources in [0, 1] into (N, 1, *S) in [0, 1] (S: H, W or D, H, W)."""
+        check_input(x, self.dims, self.in_channels)
         r = self.head(self.features(x))
         if self.output == "residual":
             r = r + logit(x.mean(dim=1, keepdim=True))
@@ -93,16 +102,19 @@ class FrequencyFusionNet(nn.Module):
     another all high parts; their features are concatenated and a head predicts a logit-space
     residual on the base fusion ``mean(low) + maxabs(high)`` (per pixel, the high part of the source
     with the largest magnitude). Options: ``in_channels`` (2), ``width`` (16 per branch),
-    ``layers`` (3 per branch), ``sigma`` (2.0), ``norm`` ("group").
+    ``layers`` (3 per branch), ``sigma`` (2.0), ``norm`` ("group"). Keyword-only ``dims`` (2; 3 for
+    ``fusion-freq-3d``: the blur is separable along D, H and W, sigma in voxels).
     """
 
     kind = "fusion"
 
     def __init__(
-        self, in_channels: int = 2, width: int = 16, layers: int = 3, sigma: float = 2.0, norm: str = "group"
+        self, in_channels: int = 2, width: int = 16, layers: int = 3, sigma: float = 2.0, norm: str = "group",
+        *, dims: int = 2,
     ) -> None:
         """Build the network; ConfigError for invalid options."""
         super().__init__()
+        self.dims = check_dims(dims)
         self.in_channels = check_positive_int("in_channels", in_channels)
         width = check_positive_int("width", width)
         layers = check_positive_int("layers", layers)
@@ -113,20 +125,21 @@ class FrequencyFusionNet(nn.Module):
 
         def branch() -> nn.Sequential:
             """One conv branch: in_channels -> width feature maps."""
-            blocks = [ConvNormAct(self.in_channels, width, norm)]
-            return nn.Sequential(*blocks, *[ConvNormAct(width, width, norm) for _ in range(layers - 1)])
+            blocks = [ConvNormAct(self.in_channels, width, norm, dims=dims)]
+            return nn.Sequential(*blocks, *[ConvNormAct(width, width, norm, dims=dims) for _ in range(layers - 1)])
 
         self.low_branch = branch()
         self.high_branch = branch()
-        self.merge = ConvNormAct(2 * width, width, norm)
-        self.head = _small_head(nn.Conv2d(width, 1, 3, padding=1))
+        self.merge = ConvNormAct(2 * width, width, norm, dims=dims)
+        self.head = _small_head(LAYERS[dims].conv(width, 1, 3, padding=1))
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split (N, C, H, W) into (low, high) parts of the same shape; low + high == x."""
+        """Split (N, C, *S) into (low, high) parts of the same shape; low + high == x."""
         return split_bands(x, kernel1d=self.blur_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fuse (N, in_channels, H, W) sources in [0, 1] into (N, 1, H, W) in [0, 1]."""
+        """Fuse (N, in_channels, *S) sources in [0, 1] into (N, 1, *S) in [0, 1] (S: H, W or D, H, W)."""
+        check_input(x, self.dims, self.in_channels)
         low, high = self.split(x)
         features = torch.cat([self.low_branch(low), self.high_branch(high)], dim=1)
         r = self.head(self.merge(features))

@@ -1,31 +1,53 @@
-"""Model registry: a command line or config names a network and its options; build_model makes it."""
+"""Model registry: a command line or config names a network and its options; build_model makes it.
+
+3-D networks are the 2-D classes with their keyword-only ``dims`` fixed to 3 (``functools.partial``),
+registered under the 2-D name plus ``-3d``; ``dims`` is therefore part of the name, not an option.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from fuse4seg.errors import ConfigError
+from fuse4seg.models.blocks import check_dims
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
 from fuse4seg.models.fusion import FrequencyFusionNet, FusionCNN
 from fuse4seg.models.unet import UNet
 
-#: name -> constructor; each constructor's keyword arguments are that model's options.
-MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+_MODELS_2D: dict[str, Callable[..., nn.Module]] = {
     "fusion-cnn": FusionCNN,
     "fusion-freq": FrequencyFusionNet,
     "unet": UNet,
     "feature-fusion": FeatureFusionSegmenter,
 }
+#: name -> constructor; each constructor's positional-or-keyword arguments are that model's options.
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **_MODELS_2D,
+    **{f"{name}-3d": partial(cls, dims=3) for name, cls in _MODELS_2D.items()},
+}
+# A forward pass of the default unet-3d on a 240^3 cube takes minutes and gigabytes on a CPU, so
+# model_summary runs 3-D models only on cubes up to this edge (voxels).
+SUMMARY_MAX_EDGE_3D = 32
 
 
-def list_models() -> list[str]:
-    """Registered model names, in registry order (fusion networks first)."""
-    return list(MODEL_REGISTRY)
+def model_dims(name: str) -> int:
+    """Spatial dimensions (2 or 3) of the inputs model ``name`` takes: its keyword-only ``dims`` (2 without one)."""
+    dims = inspect.signature(_constructor(name)).parameters.get("dims")
+    return 2 if dims is None else int(dims.default)
+
+
+def list_models(dims: int | None = None) -> list[str]:
+    """Registered model names in registry order (2-D first; fusion networks before segmenters), all of them
+    or those taking ``dims``-dimensional inputs (2 or 3)."""
+    if dims is not None:
+        check_dims(dims)
+    return [name for name in MODEL_REGISTRY if dims is None or model_dims(name) == dims]
 
 
 def _constructor(name: str) -> Callable[..., nn.Module]:
@@ -37,7 +59,7 @@ def _constructor(name: str) -> Callable[..., nn.Module]:
 
 
 def model_options(name: str) -> dict[str, Any]:
-    """Option names of model ``name`` with their default values."""
+    """Option names of model ``name`` with their default values (``dims`` is fixed by the name, not listed)."""
     params = inspect.signature(_constructor(name)).parameters
     return {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
 
@@ -59,23 +81,29 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def model_summary(sizes: tuple[int, ...] = ()) -> list[dict[str, Any]]:
-    """One row per registered model at default options: name, kind, options, parameters, output shapes.
+    """One row per registered model at default options: name, kind, dims, options, parameters, output shapes.
 
-    ``sizes``: square input sizes (pixels) at which to run one forward pass on a batch of one and
-    record the output shape as "C x H x W".
+    ``sizes``: edge lengths (pixels/voxels) of the square (2-D models) or cubic (3-D models) inputs on
+    which to run one forward pass on a batch of one and record the output shape as "C x H x W" or
+    "C x D x H x W"; "-" for 3-D models above :data:`SUMMARY_MAX_EDGE_3D`.
     """
     rows = []
     for name in list_models():
         model = build_model(name).eval()
+        dims = model_dims(name)
         row: dict[str, Any] = {
             "name": name,
             "kind": getattr(model, "kind", "?"),
+            "dims": dims,
             "options": model_options(name),
             "parameters": count_parameters(model),
         }
         for size in sizes:
+            if dims == 3 and size > SUMMARY_MAX_EDGE_3D:
+                row[f"output@{size}"] = "-"
+                continue
             with torch.no_grad():
-                out = model(torch.rand(1, model.in_channels, size, size))
+                out = model(torch.rand(1, model.in_channels, *(size,) * dims))
             row[f"output@{size}"] = " x ".join(str(s) for s in out.shape[1:])
         rows.append(row)
     return rows
@@ -84,11 +112,12 @@ def model_summary(sizes: tuple[int, ...] = ()) -> list[dict[str, Any]]:
 def format_model_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of :func:`model_summary` rows, one model per line."""
     shape_keys = [k for k in rows[0] if k.startswith("output@")] if rows else []
-    header = ["model", "kind", "parameters", *shape_keys, "default options"]
+    header = ["model", "kind", "dims", "parameters", *shape_keys, "default options"]
     lines = [
         [
             r["name"],
             r["kind"],
+            f"{r['dims']}-D",
             f"{r['parameters']:,}",
             *[r[k] for k in shape_keys],
             " ".join(f"{k}={v}" for k, v in r["options"].items()),

@@ -107,10 +107,12 @@ def _required(what: str) -> Any:
 
 
 def _known_model(name: str) -> str | None:
-    """Check: a name in the model registry (fuse4seg.models)."""
+    """Check: a 2-D network of the model registry (fuse4seg.models); training is slice-based (2-D) today."""
     from fuse4seg.models import list_models
 
-    models = list_models()
+    models = list_models(dims=2)
+    if name in list_models(dims=3):
+        return f"{name!r} is a 3-D network; training is on 2-D slices (use one of {', '.join(models)})"
     return None if name in models else f"unknown model {name!r}; known: {', '.join(models)}"
 
 
