@@ -11,10 +11,11 @@ seed's four runs go through one ``fuse4seg robustness`` call, so they see the ve
 images (degradation draws seeded by the seed). A finished seed leaves its robustness.json in
 experiments/results/robustness_runs/seed-S.json and is not run again.
 
-Aggregate (experiments/results/robustness.{md,json}, robustness_<degradation>.png): per row, degradation
-and severity, Dice mean (per slice, mean of WT/TC/ET) and Qabf over seeds as mean +- sd and 95 % t-CI;
-at the worst severity, paired against the reference row per test case (Dice averaged over seeds), the
-mean difference and the Wilcoxon signed-rank p-value.
+Aggregate (experiments/results/robustness.{md,json}, robustness_<degradation>.png, robustness_curves/):
+per row, degradation and severity, Dice mean (per slice, mean of WT/TC/ET) and Qabf over seeds as mean
++- sd and 95 % t-CI; on the clean split and at the worst severity, paired against the reference row per
+test case (Dice averaged over seeds), the mean difference and the Wilcoxon signed-rank p-value; the
+validation curves of every training run.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study
-from study_report import interval
+from study_report import interval, load_runs, plot_curves
 
 COMMITTED = HERE / "results" / "robustness_runs"
 
@@ -92,17 +93,18 @@ def aggregate(records: dict[int, dict[str, Any]], spec: dict[str, Any]) -> dict[
                       "qabf": interval(qabf) if qabf else None})
     paired = []
     reference, worst = spec["reference"], severities[-1]
-    for name in degradations:
-        ref = grouped[(reference, name, worst)]
+    for name, level in [(degradations[0], severities[0])] + [(d, worst) for d in degradations]:
+        ref = grouped[(reference, name, level)]
         ref_cases = {c: np.mean([e["case_dice"][c] for e in ref]) for c in ref[0]["case_dice"]}
         for row in names:
             if row == reference:
                 continue
-            mine = grouped[(row, name, worst)]
+            mine = grouped[(row, name, level)]
             cases = {c: np.mean([e["case_dice"][c] for e in mine]) for c in mine[0]["case_dice"]}
             diff = np.array([cases[c] - ref_cases[c] for c in sorted(ref_cases)])
             p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-            paired.append({"row": row, "degradation": name, "severity": worst, "cases": len(diff),
+            paired.append({"row": row, "degradation": name if level > 0 else "none (clean)", "severity": level,
+                           "cases": len(diff),
                            "mean_difference": float(diff.mean()), "wilcoxon_p": p})
     return {"seeds": sorted(records), "rows": names, "degradations": degradations, "severities": severities,
             "reference": reference, "table": table, "paired": paired,
@@ -128,12 +130,12 @@ def markdown(agg: dict[str, Any]) -> str:
                 cells.append(f"{d['mean']:.3f} ± {d['sd']:.3f}" if d["n"] > 1 else f"{d['mean']:.3f}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [(f"## Paired against `{agg['reference']}` at severity {sev[-1]:.2f} (per test case, Dice averaged "
-               "over seeds; Wilcoxon signed-rank)"), "", "| row | degradation | cases | mean difference | p |",
-              "|---|---|---|---|---|"]
+    lines += [(f"## Paired against `{agg['reference']}`, clean and at severity {sev[-1]:.2f} (per test case, Dice "
+               "averaged over seeds; Wilcoxon signed-rank)"), "",
+              "| row | degradation | severity | cases | mean difference | p |", "|---|---|---|---|---|---|"]
     for p in agg["paired"]:
-        lines.append(f"| {p['row']} | {p['degradation']} | {p['cases']} | {p['mean_difference']:+.3f} | "
-                     f"{p['wilcoxon_p']:.3g} |")
+        lines.append(f"| {p['row']} | {p['degradation']} | {p['severity']:.2f} | {p['cases']} | "
+                     f"{p['mean_difference']:+.3f} | {p['wilcoxon_p']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,12 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             result = robustness_seed(spec, seed, runs, out, args.jobs)
             committed.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(result, committed / f"seed-{seed}.json")
+            for name in spec["rows"]:  # the training records (clean test scores, validation curves)
+                record = out / "results" / name / f"seed-{seed}.json"
+                (committed / "training" / name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(record, committed / "training" / name / record.name)
             print(f"seed {seed}: done", flush=True)
     records = {int(p.stem[5:]): json.loads(p.read_text(encoding="utf-8")) for p in sorted(committed.glob("seed-*.json"))}
     if not records:
         print("no finished seed to aggregate", file=sys.stderr)
         return 1
     agg = aggregate(records, spec)
+    training = load_runs(committed / "training")
+    if training:  # learning curves: validation Dice of every run, to show the training budget converged
+        plot_curves(training, args.results / "robustness_curves")
     (args.results / "robustness.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")
     text = markdown(agg)
     (args.results / "robustness.md").write_text(text, encoding="utf-8")
