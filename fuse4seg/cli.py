@@ -167,7 +167,8 @@ def evaluate_command(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate only the first N slices."),
+    max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate only the first N slices (a --dims 3 "
+                                          "run: the first N volumes)."),
     untrained: bool = typer.Option(False, "--compare-untrained", help="Also score the untrained networks."),
     volumes: str | None = typer.Option(None, "--volumes", help="BraTS release directory: score whole volumes of the "
                                        "split's cases, as the leaderboards do (writes RUN/eval-volumes-SPLIT)."),

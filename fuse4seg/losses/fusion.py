@@ -145,11 +145,21 @@ def resolve_fusion_weights(weights: Mapping[str, float] | None = None) -> dict[s
     return resolved
 
 
+def _planes(volume: torch.Tensor) -> torch.Tensor:
+    """(N, C, D, H, W) -> (N * D, C, H, W): each axial plane an image of the batch."""
+    n, c, d, h, w = volume.shape
+    return volume.movedim(2, 1).reshape(n * d, c, h, w)
+
+
 def fusion_loss(
     fused: torch.Tensor, sources: torch.Tensor, weights: Mapping[str, float] | None = None,
     reduce: Reduce | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the fusion losses -> (total scalar, {name: unweighted component}).
+
+    ``fused`` (N, 1, H, W) and ``sources`` (N, C, H, W); or volumes (N, 1, D, H, W) and (N, C, D, H, W), whose
+    terms are the 2-D ones applied slice-wise: the D axial planes are folded into the batch, (N * D, C, H, W),
+    so every component is the mean over all planes (no gradient or SSIM window across planes).
 
     ``weights`` overrides entries of :data:`DEFAULT_FUSION_WEIGHTS` (others keep their default);
     a weight of 0 skips that loss, which then does not appear in the components. Half-precision
@@ -159,6 +169,8 @@ def fusion_loss(
     over the whole batch).
     """
     fused, sources = at_least_fp32(fused), at_least_fp32(sources)
+    if fused.dim() == 5 and sources.dim() == 5:
+        fused, sources = _planes(fused), _planes(sources)
     check_pair(fused, sources)
     resolved = resolve_fusion_weights(weights)
     parts = {name: FUSION_LOSSES[name](fused, sources) for name, w in resolved.items() if w > 0}

@@ -1,6 +1,7 @@
 """Segmentation losses and predictions over the canonical labels {0 bg, 1 NCR, 2 ED, 3 ET}.
 
-Two output conventions:
+Two output conventions (shapes shown 2-D; every function takes any number of spatial dims, e.g.
+(N, C, D, H, W) volumes with (N, D, H, W) labels):
 - label-based (default): logits (N, 4, H, W), one softmax over the four canonical labels;
   loss = cross-entropy + soft Dice over the foreground classes 1..3.
 - region-based: logits (N, 3, H, W) with one sigmoid each for WT, TC, ET (the order of
@@ -29,9 +30,9 @@ DICE_SMOOTH: float = 1.0
 
 def _check_label(logits: torch.Tensor, label: torch.Tensor) -> None:
     """ConfigError for shape mismatches, DataError for label values outside {0, 1, 2, 3}."""
-    if logits.dim() != 4 or label.dim() != 3 or label.shape != (logits.shape[0], *logits.shape[2:]):
+    if logits.dim() < 3 or label.shape != (logits.shape[0], *logits.shape[2:]):
         raise ConfigError(
-            f"label must have shape (N, H, W) matching logits (N, C, H, W) = {tuple(logits.shape)}, "
+            f"label must have shape (N, *spatial) matching logits (N, C, *spatial) = {tuple(logits.shape)}, "
             f"got {tuple(label.shape)}"
         )
     if label.dtype.is_floating_point or label.dtype == torch.bool:
@@ -44,18 +45,18 @@ def _check_label(logits: torch.Tensor, label: torch.Tensor) -> None:
 
 
 def region_logits(logits: torch.Tensor) -> torch.Tensor:
-    """WT/TC/ET logits (N, 3, H, W) from region-based network output with 3 or 4 channels."""
+    """WT/TC/ET logits (N, 3, *spatial) from region-based network output with 3 or 4 channels."""
     r = len(REGIONS)
-    if logits.dim() != 4 or logits.shape[1] not in (r, r + 1):
+    if logits.dim() < 3 or logits.shape[1] not in (r, r + 1):
         raise ConfigError(
-            f"region-based logits must have shape (N, {r}, H, W) or (N, {r + 1}, H, W), "
+            f"region-based logits must have shape (N, {r}, *spatial) or (N, {r + 1}, *spatial), "
             f"got {tuple(logits.shape)}"
         )
     return logits[:, -r:]
 
 
 def region_targets(label: torch.Tensor) -> torch.Tensor:
-    """Float WT/TC/ET masks (N, 3, H, W) in {0, 1} from canonical labels (N, H, W)."""
+    """Float WT/TC/ET masks (N, 3, *spatial) in {0, 1} from canonical labels (N, *spatial)."""
     return torch.stack(
         [torch.isin(label, torch.tensor(v, device=label.device)) for v in REGIONS.values()], dim=1
     ).to(torch.float32)
@@ -75,8 +76,8 @@ def reduce_together(reduce: Reduce | None, tensors: Sequence[torch.Tensor]) -> l
 
 
 def _dice_sums(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (intersection, |P| + |T|), each (C,), summed over batch and pixels of (N, C, H, W) inputs."""
-    dims = (0, 2, 3)
+    """Per-channel (intersection, |P| + |T|), each (C,), summed over batch and voxels of (N, C, *spatial) inputs."""
+    dims = (0, *range(2, probs.dim()))  # every axis but the channel one
     return (probs * target).sum(dims), probs.sum(dims) + target.sum(dims)
 
 
@@ -87,7 +88,7 @@ def _dice(inter: torch.Tensor, denom: torch.Tensor, smooth: float) -> torch.Tens
 
 def soft_dice(probs: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH, reduce: Reduce | None = None
               ) -> torch.Tensor:
-    """Per-channel soft Dice (C,) of probabilities vs targets (N, C, H, W), summed over batch and pixels (over
+    """Per-channel soft Dice (C,) of probabilities vs targets (N, C, *spatial), summed over batch and voxels (over
     every shard of the batch with ``reduce``)."""
     inter, denom = reduce_together(reduce, _dice_sums(probs, target))
     return _dice(inter, denom, smooth)
@@ -99,8 +100,8 @@ def segmentation_loss(
 ) -> torch.Tensor:
     """Scalar loss (fp32 at least): CE + (1 - mean foreground soft Dice), or, region-based, BCE + (1 - mean region Dice).
 
-    ``logits``: (N, 4, H, W) (label-based) or (N, 3|4, H, W) (region-based), any float dtype (half precision is
-    computed in fp32); ``label``: (N, H, W) int64 canonical labels. Dice is computed over the whole batch per class
+    ``logits``: (N, 4, *spatial) (label-based) or (N, 3|4, *spatial) (region-based), any float dtype (half
+    precision is computed in fp32), spatial = (H, W) or (D, H, W); ``label``: (N, *spatial) int64 canonical labels. Dice is computed over the whole batch per class
     (not per image), so classes absent from one slice do not dominate; the CE/BCE terms are means over
     pixels. ``reduce`` (see :data:`Reduce`) makes every sum global when the batch is sharded over processes.
     """
@@ -121,7 +122,7 @@ def segmentation_loss(
         label = label.long()
         pointwise = F.cross_entropy(logits, label, reduction=reduction)
         probs = torch.softmax(logits, dim=1)[:, 1:]
-        target = F.one_hot(label, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+        target = F.one_hot(label, NUM_CLASSES).movedim(-1, 1)[:, 1:].to(probs.dtype)
         z = logits[:, :1]  # CE averages over pixels, BCE over pixels and regions: one count per term below
     count = pointwise.new_tensor(1.0 if reduce is None else float(z.numel()))
     total, n, inter, denom = reduce_together(reduce, (pointwise, count, *_dice_sums(probs, target)))
@@ -137,12 +138,12 @@ def regions_to_labels(wt: torch.Tensor, tc: torch.Tensor, et: torch.Tensor) -> t
 
 
 def predict_labels(logits: torch.Tensor, region_based: bool = False, threshold: float = 0.5) -> torch.Tensor:
-    """Canonical label map (N, H, W) int64 from logits: argmax, or region sigmoids > ``threshold``."""
+    """Canonical label map (N, *spatial) int64 from logits (N, C, *spatial): argmax, or region sigmoids > ``threshold``."""
     if region_based:
         wt, tc, et = (torch.sigmoid(region_logits(logits)) > threshold).unbind(dim=1)
         return regions_to_labels(wt, tc, et)
-    if logits.dim() != 4 or logits.shape[1] != NUM_CLASSES:
+    if logits.dim() < 3 or logits.shape[1] != NUM_CLASSES:
         raise ConfigError(
-            f"label-based logits must have shape (N, {NUM_CLASSES}, H, W), got {tuple(logits.shape)}"
+            f"label-based logits must have shape (N, {NUM_CLASSES}, *spatial), got {tuple(logits.shape)}"
         )
     return logits.argmax(dim=1)

@@ -79,7 +79,7 @@ class TrainingView(Dataset):
     ``--degrade-inputs``, the degraded sources the networks see (``input``, and ``input_fused``: the
     benchmark's fusion rule re-applied to them) beside the clean ``source`` the fusion loss aims at.
 
-    Items are read by (index, item seed) keys (:class:`StepBatchSampler` with ``keyed``): every random
+    Items are read by (index, item seed) keys (:class:`StepBatchSampler` with ``keyed``; ``keyed_items``): every random
     draw is a function of (seed, stream, step, slot), in whichever loader worker it runs, so a resumed run
     sees exactly the batches an uninterrupted one would. Transforms are built from their specs in each
     worker (plain strings travel to workers).
@@ -90,6 +90,9 @@ class TrainingView(Dataset):
         """``fusion_rule``: (method, source channels) to re-fuse degraded inputs, or None when no one reads it."""
         self.dataset, self.augment_spec, self.degrade_spec, self.fusion_rule = dataset, augment, degrade, fusion_rule
         self._transforms: tuple | None = None
+
+    #: Items are read by (index, item seed) keys (see :func:`step_loader`).
+    keyed_items = True
 
     def __len__(self) -> int:
         """Number of slices of the wrapped split."""
@@ -145,7 +148,7 @@ def step_loader(
     draws a worker base seed from it, which would otherwise consume the global torch RNG at a point
     that differs between an uninterrupted and a resumed run.
     """
-    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=isinstance(dataset, TrainingView),
+    sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=getattr(dataset, "keyed_items", False),
                                shard=shard)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,

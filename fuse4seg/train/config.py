@@ -73,6 +73,13 @@ MAX_SEG_DEPTH: int = 8
 MAX_SEG_CHANNELS: int = 2048
 #: Conv layers of a fusion network (3 or 4 by default).
 MAX_FUSION_LAYERS: int = 64
+#: Spatial dimensions a run trains in: 2 (axial slices) or 3 (patches of the stored volumes).
+DIMS: tuple[int, ...] = (2, 3)
+#: Smallest patch edge (voxels): a smaller patch holds too little context around a tumour voxel (the UNet would
+#: still run: it pads any size to a multiple of 2**depth).
+MIN_PATCH: int = 8
+#: Largest patch edge (voxels): the largest BraTS volume's side (240) rounded up to a power of two.
+MAX_PATCH: int = 256
 
 
 def _workers(value: int) -> str | None:
@@ -107,13 +114,32 @@ def _required(what: str) -> Any:
 
 
 def _known_model(name: str) -> str | None:
-    """Check: a 2-D network of the model registry (fuse4seg.models); training is slice-based (2-D) today."""
+    """Check: a 2-D network name of the model registry (fuse4seg.models); --dims 3 trains its ``-3d`` variant."""
     from fuse4seg.models import list_models
 
     models = list_models(dims=2)
     if name in list_models(dims=3):
-        return f"{name!r} is a 3-D network; training is on 2-D slices (use one of {', '.join(models)})"
+        return (f"{name!r} is a 3-D network; give its 2-D name ({', '.join(models)}): --dims 3 builds the -3d "
+                "variant")
     return None if name in models else f"unknown model {name!r}; known: {', '.join(models)}"
+
+
+def _patch(value: Any) -> tuple[int, ...]:
+    """Parse a patch size: "64,64,64" or three integers (d, h, w voxels)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else None
+    try:
+        parsed = tuple(int(str(v).strip()) for v in items) if items is not None else ()
+    except ValueError:
+        parsed = ()
+    if len(parsed) != 3:
+        raise ConfigError(f"expected three integers d,h,w (e.g. 64,64,64), got {value!r}")
+    return parsed
+
+
+def _patch_edges(value: tuple[int, ...]) -> str | None:
+    """Check: every edge in [MIN_PATCH, MAX_PATCH] voxels."""
+    bad = [v for v in value if not MIN_PATCH <= v <= MAX_PATCH]
+    return f"each edge must be in {MIN_PATCH}..{MAX_PATCH} voxels, got {','.join(map(str, value))}" if bad else None
 
 
 def _device(value: str) -> str | None:
@@ -205,6 +231,14 @@ class TrainConfig:
     fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
                                        check=_fusion_weights, modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")
+    dims: int = option(2, "Train on 2-D axial slices (2) or on 3-D patches of the stored volumes (3; needs "
+                       "build-benchmark --volumes; networks are the -3d variants of --fusion-model/--seg-model).",
+                       check=lambda v: None if v in DIMS else f"must be 2 or 3, got {v}")
+    patch: tuple[int, ...] = option((64, 64, 64), f"Patch size d,h,w in voxels ({MIN_PATCH} to {MAX_PATCH} each): "
+                                    "training patches and the sliding window of validation.", parse=_patch,
+                                    check=_patch_edges, dims=(3,))
+    foreground_fraction: float = option(0.5, "Share of training patches centred on a tumour voxel (the rest on "
+                                        "any voxel of the volume), 0 to 1.", check=in_range(0, 1), dims=(3,))
     augment: str = option("none", "Training augmentation, applied jointly to images and labels: none, light, strong "
                           "or an albumentations FILE.yaml (README: Augmentation and degradations).",
                           check=_buildable("augmentation"))
@@ -232,7 +266,8 @@ class TrainConfig:
     eval_every: int = option(0, "Val Dice and best.pt choice every N steps (0: at the end, best.pt = final weights).",
                              check=in_range(0, MAX_STEPS, " (0 = only at the end)"), resumable=True)
     checkpoint_every: int = option(25, "Write last.pt every N steps.", check=in_range(1, MAX_STEPS), resumable=True)
-    eval_slices: int | None = option(None, "Val slices scored during training (default: all).",
+    eval_slices: int | None = option(None, "Val slices (--dims 3: whole val volumes) scored during training "
+                                     "(default: all).",
                                      check=in_range(1, MAX_EVAL_SLICES), resumable=True)
     log_every: int = option(1, "TensorBoard scalars every N steps.", check=in_range(1, MAX_STEPS), resumable=True)
     num_workers: int = option(0, "DataLoader worker processes (0 to the number of CPUs available).", check=_workers,
@@ -283,6 +318,8 @@ def where_used(d: Declared) -> tuple[tuple[str, ...] | None, str | None]:
     """(modes that read option ``d`` or None for all, where it applies in words or None)."""
     modes, methods, optimizers = readers(d)
     parts = [d.metadata.get("where") or f"{_flag(('mode',))} " + ", ".join(modes)] if modes else []
+    if d.metadata.get("dims"):
+        parts.append(f"{_flag(('dims',))} " + " or ".join(map(str, d.metadata["dims"])))
     if methods:
         parts.append(f"{_flag(('method',))} " + " or ".join(methods))
     if optimizers:
@@ -293,8 +330,9 @@ def where_used(d: Declared) -> tuple[tuple[str, ...] | None, str | None]:
 def applies(c: TrainConfig, d: Declared) -> bool:
     """Whether the run configured by ``c`` reads option ``d``."""
     modes, methods, optimizers = readers(d)
+    dims = d.metadata.get("dims")
     return ((modes is None or c.mode in modes) and (methods is None or c.method in methods)
-            and (optimizers is None or c.hypergrad.optimizer in optimizers))
+            and (optimizers is None or c.hypergrad.optimizer in optimizers) and (dims is None or c.dims in dims))
 
 
 def check_relevant(c: TrainConfig, given: set[str]) -> None:
@@ -309,6 +347,8 @@ def check_relevant(c: TrainConfig, given: set[str]) -> None:
                 run += f" {_flag(('method',))} {c.method}"
             if "optimizers" in d.metadata:
                 run += f" {_flag(('hypergrad', 'optimizer'))} {c.hypergrad.optimizer}"
+            if "dims" in d.metadata:
+                run += f" {_flag(('dims',))} {c.dims}"
             raise ConfigError(f"only used with {where_used(d)[1]}; this run is {run}; remove the option", option=key)
 
 
@@ -322,6 +362,10 @@ def validate(c: TrainConfig) -> None:
     if mode.has_fusion and c.inputs is not None:
         raise ConfigError(f"only for modes {', '.join(names(lambda m: not m.has_fusion))}, not {c.mode}",
                           option="inputs")
+    if c.dims == 3:
+        for key in ("augment", "degrade_inputs"):  # their transforms are 2-D (albumentations on slices)
+            if getattr(c, key) != "none":
+                raise ConfigError("is not supported with --dims 3 (its transforms work on 2-D slices)", option=key)
     _check_bottleneck(c)
     mode.check(c)
 

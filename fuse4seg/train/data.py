@@ -29,6 +29,7 @@ class BenchmarkInfo:
     train_case_ids: tuple[str, ...]  # one per train slice, in file order
     slice_size: int = 0  # build --size (0: volume size kept)
     fusion_inputs: tuple[str, ...] = ()  # the modalities the stored fused image fuses
+    volumes: bool = False  # built with --volumes (whole brain-cropped volumes beside the slices)
 
 
 def _facts(h5: h5py.File, counts: dict[str, int], path: Path) -> dict[str, object]:
@@ -60,7 +61,8 @@ def benchmark_info(directory: str | Path) -> BenchmarkInfo:
         raise DataError(f"{path}: the train split is empty")
     return BenchmarkInfo(path, {s: int(counts.get(s, 0)) for s in SPLITS},
                          int(facts["height"]), int(facts["width"]),
-                         str(facts["fusion_method"]), case_ids, facts["slice_size"], tuple(facts["fusion_inputs"]))
+                         str(facts["fusion_method"]), case_ids, facts["slice_size"], tuple(facts["fusion_inputs"]),
+                         int(facts.get("volumes", 0)) == 1)
 
 
 def benchmark_identity(info: BenchmarkInfo) -> dict[str, object]:

@@ -8,6 +8,11 @@ the original volume (the benchmark keeps K spread-out slices); metrics.json and 
 Fusion metrics (fuse4seg.metrics.fusion_metrics, 0-255 scale, SSIM data_range 255) compare the
 fused image with the fusion inputs; the benchmark's stored classical fusion is scored the same way
 for reference.
+
+A 3-D run (``--dims 3``) is scored on the split's stored whole volumes (``build-benchmark --volumes``): each
+predicted by sliding windows of its training patch (overlap 0.5), scored in 3-D per case with the volume's
+voxel spacing (mm) and averaged over cases; fusion metrics are those of :data:`FUSION_PLANES` axial planes
+per case; the gallery shows each shown case's middle axial plane.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
 from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
 from fuse4seg.train.config import TrainConfig
-from fuse4seg.train.data import open_split, read_benchmark_facts
+from fuse4seg.train.data import benchmark_info, open_split, read_benchmark_facts
 from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.run import load_run, run_derived
@@ -130,6 +135,80 @@ def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, devic
     }
 
 
+#: Axial planes per case (evenly spaced over the middle half of the volume) on which a 3-D run's fused volume is
+#: scored by the 2-D fusion metrics.
+FUSION_PLANES: int = 3
+
+
+def _fusion_rows(fused: np.ndarray | None, stored: np.ndarray, sources: np.ndarray
+                 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(learned, stored) fusion metrics of :data:`FUSION_PLANES` axial planes of (D, H, W) fused volumes in [0, 1]
+    against (C, D, H, W) sources in [0, 1] (none for planes under VIF_MIN_SIZE)."""
+    from fuse4seg.metrics import fusion_metrics
+
+    depth = sources.shape[1]
+    if min(sources.shape[-2:]) < VIF_MIN_SIZE:
+        return [], []
+    planes = np.unique(np.linspace(depth * 0.25, depth * 0.75, FUSION_PLANES).astype(int).clip(0, depth - 1))
+    learned, classical = [], []
+    for d in planes.tolist():
+        srcs = list(sources[:, d].astype(np.float64) * 255.0)
+        if fused is not None:
+            learned.append(fusion_metrics(fused[d] * 255.0, srcs))
+        classical.append(fusion_metrics(stored[d] * 255.0, srcs))
+    return learned, classical
+
+
+def score_volumes(pipeline: Pipeline, volumes: Dataset, patch: tuple[int, ...], device: torch.device,
+                  limit: int | None = None, gallery: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every metric of a 3-D ``pipeline`` on the first ``limit`` cases of ``volumes`` (a BraTSFuseVolumes), each
+    predicted whole (sliding windows of ``patch`` voxels), and the gallery rows (middle axial plane) of the first
+    ``gallery`` cases: per-case 3-D segmentation metrics (HD95 in mm from the volume's spacing), fusion metrics on
+    a few axial planes, the all-background baseline."""
+    from fuse4seg.losses import predict_labels
+    from fuse4seg.metrics import average_segmentation_metrics, segmentation_metrics
+    from fuse4seg.train.scoring import sliding_predict
+
+    per_case, learned, stored, bg_dices, rows = {}, [], [], [], []
+    can_fuse_metrics = len(pipeline.fusion_inputs) >= 2
+    with torch.no_grad():
+        for index in range(len(volumes) if limit is None else min(limit, len(volumes))):
+            case = volumes[index]
+            fused, logits = sliding_predict(pipeline, case["source"][None].to(device),
+                                            case["fused"][None].to(device), patch)
+            pred = predict_labels(logits, pipeline.region_based)[0].cpu().numpy().astype(np.uint8)
+            truth = case["label"].numpy().astype(np.uint8)
+            sx, sy, sz = case["spacing"].tolist()  # (x, y, z) mm; the arrays are (D, H, W) = (z, x, y)
+            per_case[str(case["case_id"])] = segmentation_metrics(pred, truth, spacing=(sz, sx, sy))
+            sources = case["source"][pipeline.fusion_channels].numpy()
+            fused_np = None if fused is None else fused[0, 0].float().cpu().numpy()
+            if can_fuse_metrics:
+                parts = _fusion_rows(fused_np, case["fused"][0].numpy(), sources)
+                learned += parts[0]
+                stored += parts[1]
+            bg_dices.append(dice_per_slice(torch.zeros_like(case["label"])[None], case["label"][None]))
+            if index < gallery:
+                mid = truth.shape[0] // 2
+                shown = fused_np if fused_np is not None else (
+                    case["fused"][0].numpy() if pipeline.seg_inputs == ("fused",) else None)
+                rows.append({"case_id": str(case["case_id"]), "slice_index": mid, "sources": sources[:, mid],
+                             "fused": None if shown is None else shown[mid], "truth": truth[mid].astype(np.int64),
+                             "pred": pred[mid].astype(np.int64)})
+    if not per_case:
+        raise DataError("the evaluated split has no volumes")
+    notes = [] if can_fuse_metrics else ["fusion metrics need at least two fusion inputs; skipped"]
+    if can_fuse_metrics and not stored:
+        notes.append(f"fusion metrics need planes of at least {VIF_MIN_SIZE} px; skipped")
+    return {
+        "cases": len(per_case), "hd95_unit": "mm",
+        "segmentation": {"per_case": average_segmentation_metrics(list(per_case.values()))},
+        "per_case": per_case,
+        "fusion": {"learned": _mean_fusion(learned), "benchmark_stored": _mean_fusion(stored)},
+        "background_dice_per_case_mean": dict(zip(REGIONS, torch.cat(bg_dices).mean(0).tolist())),
+        "notes": notes,
+    }, rows
+
+
 def _gallery_rows(pipeline: Pipeline, dataset: Dataset, device: torch.device, count: int) -> list[dict[str, Any]]:
     """Sources, fused, truth and prediction of ``count`` slices spread evenly over the split."""
     from fuse4seg.losses import predict_labels
@@ -166,6 +245,9 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     config, pipeline, state = load_run(run, checkpoint, device)
     dev = next(pipeline.seg.parameters()).device
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
+    if config.dims == 3:
+        return _evaluate_volumes(run, config, pipeline, state, bench, split, checkpoint, max_slices,
+                                 compare_untrained, gallery)
     dataset = open_split(bench, split, cache=True)
     if len(dataset) == 0:
         raise DataError(f"{bench}: split {split!r} has no slices")
@@ -194,6 +276,47 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
         base = score_split(untrained, dataset, dataset.spacing, dev, max_slices)
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     rows = _gallery_rows(pipeline, dataset, dev, gallery)
+    with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
+        write_eval_outputs(tmp, metrics, rows, config)
+    return metrics
+
+
+def _evaluate_volumes(run: str | Path, config: TrainConfig, pipeline: Pipeline, state: dict, bench: Path, split: str,
+                      checkpoint: str, max_cases: int | None, compare_untrained: bool, gallery: int) -> dict[str, Any]:
+    """:func:`evaluate_run` of a 3-D run: whole stored volumes of ``split`` (the first ``max_cases``), written by the
+    same writers (metrics.json, report.md, gallery.png of middle axial planes)."""
+    from fuse4seg.data.volumes import BraTSFuseVolumes
+    from fuse4seg.train.report import write_eval_outputs
+
+    info = benchmark_info(bench)
+    if not info.volumes:
+        raise ConfigError(f"{bench} holds no volumes, which a --dims 3 run is evaluated on; rebuild with "
+                          "build-benchmark --volumes", option="benchmark")
+    volumes = BraTSFuseVolumes(bench, split, cache=True)
+    if len(volumes) == 0:
+        raise DataError(f"{bench}: split {split!r} has no volumes")
+    dev = next(pipeline.seg.parameters()).device
+    scores, rows = score_volumes(pipeline, volumes, config.patch, dev, max_cases, gallery)
+    metrics: dict[str, Any] = {
+        "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode, "dims": 3,
+        "split": split, "benchmark": str(bench), "fusion_inputs": list(config.fusion_inputs),
+        "seg_inputs": list(config.seg_inputs()), "hypergrad": config.method if MODES[config.mode].hypergradient else None,
+        "patch": list(config.patch), "benchmark_fusion_method": info.fusion_method,
+        "conventions": {
+            "per_case": "each stored (brain-cropped) volume predicted whole by sliding windows of the training patch "
+                        "(overlap 0.5, Gaussian blending) and scored in 3-D; means over cases",
+            "hd95": "HD95 in mm from each volume's voxel spacing",
+            "fusion": f"fusion_metrics of {FUSION_PLANES} axial planes per case (the middle half of the volume) on "
+                      "the 0-255 scale vs the fusion inputs; SSIM data_range 255; MI, VIF and SSIM summed over "
+                      "sources, Qabf and CC averaged, SCD the mean over source pairs",
+            "empty_masks": "BraTS rule: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 = diagonal",
+        },
+    }
+    metrics.update(scores)
+    if compare_untrained:
+        untrained = build_pipeline(config).to(dev).train(False)
+        base, _ = score_volumes(untrained, volumes, config.patch, dev, max_cases)
+        metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
         write_eval_outputs(tmp, metrics, rows, config)
     return metrics

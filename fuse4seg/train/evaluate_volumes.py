@@ -4,7 +4,7 @@ The benchmark holds K sampled slices per case; BraTS scores whole (X, Y, Z) volu
 the benchmark's split (its patients), the case is read from the release directory by
 :mod:`fuse4seg.data.brats` (the reading and normalisation of ``build-benchmark``), the trained pipeline
 runs on every axial slice with the benchmark's crop/resize applied and inverted
-(:func:`fuse4seg.train.infer.predict_volume`, as ``fuse4seg fuse``), and the whole prediction is
+(:func:`fuse4seg.train.infer.predict_case`, as ``fuse4seg fuse``), and the whole prediction is
 scored against the release's seg file under a named convention by
 :func:`fuse4seg.metrics.scoring.case_scores`, the scorer of ``fuse4seg score`` (spacing from the NIfTI
 header, mm). Outputs, written atomically to RUN/eval-volumes-SPLIT/: metrics.json (``score``'s JSON
@@ -108,7 +108,7 @@ def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", 
     from fuse4seg.metrics.scoring import case_scores, csv_text, nulls, summarise
     from fuse4seg.train.data import open_split
     from fuse4seg.train.evaluate import check_benchmark_matches
-    from fuse4seg.train.infer import predict_volume, run_geometry
+    from fuse4seg.train.infer import predict_case
     from fuse4seg.train.run import load_run
 
     convention, challenge = check_convention(convention), check_challenge(challenge)
@@ -124,15 +124,13 @@ def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", 
     if not case_ids:
         raise DataError(f"{bench}: split {split!r} has no cases")
     cases = split_cases(volumes, case_ids)
-    size, slice_size, method = run_geometry(run)
     rows = []
     with atomic_dir(out_dir(run, split), "eval", overwrite=True, option=None) as tmp:
         if write_seg:
             (tmp / "seg").mkdir()
         for files in tqdm(cases, desc="volumes", unit="case", disable=not progress, leave=False):
             case = load_case(files, require_label=True)
-            _, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method,
-                                       slice_size=slice_size)
+            _, labels = predict_case(run, config, pipeline, case, dev)
             zooms = tuple(float(z) for z in case.header.get_zooms()[:3])
             rows.append(case_scores(case.case_id, labels, case.label, zooms, convention, challenge))
             if write_seg:

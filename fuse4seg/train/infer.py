@@ -10,6 +10,11 @@ The outputs are mapped back: the fused image is resized
 bilinearly, the segmentation logits are resized bilinearly before taking labels, and both are
 pasted into a zero volume of the input's shape. Labels outside the brain mask are set to
 background, and labels are written in the case's release scheme (e.g. 4 for ET in BraTS 2021).
+
+A 3-D run (``--dims 3``) is applied to the whole volume instead: cropped to the brain's bounding box as
+``build-benchmark --volumes`` crops it (:mod:`fuse4seg.data.h5volumes`), predicted window by window
+(:func:`fuse4seg.train.scoring.sliding_predict`, the training patch, overlap 0.5) and pasted back into the
+release grid (zeros outside the box, background labels outside the brain).
 """
 
 from __future__ import annotations
@@ -124,6 +129,50 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
     return (None if fused_vol is None else fused_vol.astype(np.float32)), labels
 
 
+def predict_volume_3d(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarray, patch: tuple[int, ...],
+                      device: torch.device, fusion_method: str = "laplacian") -> tuple[np.ndarray | None, np.ndarray]:
+    """(4, X, Y, Z) sources in [0, 1] -> (fused (X, Y, Z) float32 in [0, 1] or None, labels (X, Y, Z) uint8) through a
+    3-D pipeline: the brain box cropped as the volumes layout stores it, sliding windows of ``patch`` voxels, the
+    result pasted into zeros of the release grid; labels canonical {0..3}, background outside the brain."""
+    from fuse4seg.data.h5volumes import brain_box, crop_volume, fuse_volume
+    from fuse4seg.losses import predict_labels
+    from fuse4seg.train.scoring import sliding_predict
+
+    # The builder unites the brain mask with the tumour labels, which lie inside the brain for BraTS cases.
+    box = brain_box(brain_mask)
+    source = np.ascontiguousarray(crop_volume(images, box), dtype=np.float32)  # (4, D, H, W)
+    if pipeline.fusion is None and pipeline.seg_inputs == ("fused",):  # direct mode on the classical fusion
+        stored = fuse_volume(source, fusion_method, pipeline.fusion_inputs)
+    else:  # read by no network: zeros keep the windows' channel layout
+        stored = np.zeros((1, *source.shape[1:]), dtype=np.float32)
+    with torch.no_grad():
+        fused, logits = sliding_predict(pipeline, torch.from_numpy(source)[None].to(device),
+                                        torch.from_numpy(stored)[None].to(device), patch)
+    labels = predict_labels(logits, pipeline.region_based)[0].cpu().numpy().astype(np.uint8)
+    shown = fused[0, 0].float().cpu().numpy() if fused is not None else (
+        stored[0] if pipeline.seg_inputs == ("fused",) else None)
+    (x0, x1), (y0, y1), (z0, z1) = box.tolist()
+    inside = (slice(x0, x1), slice(y0, y1), slice(z0, z1))
+    out_labels = np.zeros(brain_mask.shape, dtype=np.uint8)
+    out_labels[inside] = np.moveaxis(labels, 0, -1)  # (D, H, W) = (z, x, y) back to (x, y, z)
+    out_labels *= brain_mask.astype(np.uint8)
+    if shown is None:
+        return None, out_labels
+    out_fused = np.zeros(brain_mask.shape, dtype=np.float32)
+    out_fused[inside] = np.clip(np.moveaxis(shown, 0, -1), 0.0, 1.0)
+    return out_fused, out_labels
+
+
+def predict_case(run: str | Path, config: Any, pipeline: Pipeline, case: Any, device: torch.device
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(fused (X, Y, Z) or None, labels (X, Y, Z) uint8 canonical) of a loaded case (fuse4seg.data.brats.BraTSCase)
+    through RUN's pipeline: whole-volume sliding windows for a 3-D run, slice by slice otherwise."""
+    size, slice_size, method = run_geometry(run)
+    if config.dims == 3:
+        return predict_volume_3d(pipeline, case.images, case.brain_mask, config.patch, device, method)
+    return predict_volume(pipeline, case.images, case.brain_mask, size, device, method, slice_size=slice_size)
+
+
 def _nifti(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header, dtype: type) -> nib.Nifti1Image:
     """A NIfTI image with the input's affine and header, stored as ``dtype`` without intensity scaling."""
     img = nib.Nifti1Image(data.astype(dtype), affine, header=header.copy())
@@ -143,12 +192,11 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     from fuse4seg.data.brats import find_case, from_canonical_labels, load_case
 
     check_separate(out, {"case": case_dir, "run": run})
-    _config, pipeline, _ = load_run(run, checkpoint, device)
+    config, pipeline, _ = load_run(run, checkpoint, device)
     dev = next(pipeline.seg.parameters()).device
-    size, slice_size, method = run_geometry(run)
+    size, slice_size, _ = run_geometry(run)
     case = load_case(find_case(case_dir), require_label=False)
-    fused, labels = predict_volume(pipeline, case.images, case.brain_mask, size, dev, method,
-                                   slice_size=slice_size)
+    fused, labels = predict_case(run, config, pipeline, case, dev)
     seg = from_canonical_labels(labels, case.scheme)
     written = []
     with atomic_dir(out, "fuse", overwrite=overwrite, legacy=_is_fuse_output) as tmp:
@@ -160,7 +208,7 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     voxels = {name: int(np.count_nonzero(labels == v)) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
     return {"case_id": case.case_id, "scheme": case.scheme, "out": str(out), "files": written,
             "shape": list(labels.shape), "voxels": voxels,
-            "resized": uses_crop(tuple(labels.shape[:2]), size, slice_size)}
+            "resized": config.dims == 2 and uses_crop(tuple(labels.shape[:2]), size, slice_size)}
 
 
 def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] | None = None, device: str = "cpu",

@@ -70,8 +70,9 @@ from fuse4seg.train.config import (
 from fuse4seg.train.data import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
+from fuse4seg.train.patches import open_volumes
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
-from fuse4seg.train.scoring import validation_scores
+from fuse4seg.train.scoring import validation_scores, volume_validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
 
 
@@ -124,12 +125,17 @@ class Trainer:
         self.identity = benchmark_identity(self.info)
         if resumed is not None:
             self._check_same_run(resumed, self.run_dir / "last.pt")
-        self.train_set = training_view(config, self.info, open_split(config.benchmark, "train", config.cache))
-        self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
-        if self.mode.holds_out:
-            self.fit_pool, self.hold_pool = split_by_case(self.info.train_case_ids, config.val_fraction, config.seed)
+        if config.dims == 3:  # items are cases (patches drawn per step), pools and the hold-out split too
+            self.train_set, self.val_set = open_volumes(config, self.info)
+            self.train_case_ids: tuple[str, ...] = tuple(self.train_set.volumes.case_ids)
         else:
-            self.fit_pool, self.hold_pool = list(range(self.info.counts["train"])), []
+            self.train_set = training_view(config, self.info, open_split(config.benchmark, "train", config.cache))
+            self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
+            self.train_case_ids = self.info.train_case_ids  # one per slice
+        if self.mode.holds_out:
+            self.fit_pool, self.hold_pool = split_by_case(self.train_case_ids, config.val_fraction, config.seed)
+        else:
+            self.fit_pool, self.hold_pool = list(range(len(self.train_case_ids))), []
         self.total = resolve_steps(config, len(self.fit_pool))
         self.fusion_steps = self.mode.fusion_stage(config, self.total) if self.mode.fusion_stage else 0
         self.pipeline: Pipeline = build_pipeline(config).to(self.device)
@@ -229,7 +235,11 @@ class Trainer:
         """
         if self.val_set is None or not self.world.is_main:
             return {}, False
-        scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
+        if self.config.dims == 3:
+            scores, first = volume_validation_scores(self.pipeline, self.val_set, self.device, self.config.patch,
+                                                     limit=self.config.eval_slices)
+        else:
+            scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
         log.scalars(self.step, {f"val/{k}": v for k, v in scores.items()})
         if first is not None:
             sources = first.source[:, self.pipeline.fusion_channels]
@@ -326,7 +336,8 @@ class Trainer:
         if self.best.step < 0:  # no val split: the final weights are the best we know
             self.save("best")
         return {
-            "run": str(self.config.out), "mode": self.config.mode, "steps": self.step, "skipped": self.counters.skipped,
+            "run": str(self.config.out), "mode": self.config.mode, "dims": self.config.dims, "steps": self.step,
+            "skipped": self.counters.skipped,
             "val": scores, "best_step": self.best.step,
             "best_dice_mean": self.best.score if math.isfinite(self.best.score) else None,
             "seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_time, 3),
@@ -336,7 +347,7 @@ class Trainer:
 
     def derived(self) -> dict[str, Any]:
         """Facts resolved from the data, recorded next to the options in config.json."""
-        cases = sorted({self.info.train_case_ids[i] for i in self.hold_pool})
+        cases = sorted({self.train_case_ids[i] for i in self.hold_pool})
         return {
             "total_steps": self.total, "fusion_steps": self.fusion_steps, "fit_slices": len(self.fit_pool),
             "holdout_slices": len(self.hold_pool), "holdout_cases": cases, "benchmark_counts": self.info.counts,
@@ -432,10 +443,11 @@ def format_train_summary(summary: dict[str, Any]) -> str:
     run = summary["run"]
     val = summary.get("val") or {}
     dice = ", ".join(f"{k[5:]} {v:.3f}" for k, v in val.items() if k.startswith("dice_")) or "no val split"
+    per = "per case, whole volumes" if summary.get("dims", 2) == 3 else "per slice"
     return "\n".join([
         (f"trained {summary['mode']}: {summary['steps']} steps ({summary['steps_this_call']} this call, "
         f"{summary['skipped']} skipped) in {summary['seconds']:.1f} s"),
-        f"val Dice (per slice): {dice}; best step {summary['best_step']}",
+        f"val Dice ({per}): {dice}; best step {summary['best_step']}",
         f"checkpoints: {run}/best.pt, {run}/last.pt; options: {run}/config.json",
         f"TensorBoard: tensorboard --logdir {summary['tensorboard']}",
     ])

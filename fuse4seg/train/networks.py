@@ -45,18 +45,18 @@ class Pipeline:
         return modality_indices(self.fusion_inputs)
 
     def fusion_sources(self, source: torch.Tensor) -> torch.Tensor:
-        """(N, 4, H, W) sources in MODALITIES order -> (N, C, H, W) fusion inputs."""
+        """(N, 4, *spatial) sources in MODALITIES order -> (N, C, *spatial) fusion inputs (slices or volumes)."""
         return source[:, self.fusion_channels]
 
     def fuse(self, source: torch.Tensor) -> torch.Tensor | None:
-        """(N, 4, H, W) sources in [0, 1] -> (N, 1, H, W) learned fused image, or None without a fusion net."""
+        """(N, 4, *spatial) sources in [0, 1] -> (N, 1, *spatial) learned fused image, or None without a fusion net."""
         if self.fusion is None:
             return None
         return self.fusion(self.fusion_sources(source))
 
     def seg_input(self, source: torch.Tensor, stored_fused: torch.Tensor | None, fused: torch.Tensor | None
                   ) -> torch.Tensor:
-        """The segmentation network's input (N, S, H, W): learned fused, stored fused or chosen modalities."""
+        """The segmentation network's input (N, S, *spatial): learned fused, stored fused or chosen modalities."""
         if self.fusion is not None:
             assert fused is not None
             return fused
@@ -68,7 +68,7 @@ class Pipeline:
 
     def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(N, 4, H, W) sources -> (fused (N, 1, H, W) or None, segmentation logits (N, K, H, W))."""
+        """(N, 4, *spatial) sources -> (fused (N, 1, *spatial) or None, segmentation logits (N, K, *spatial))."""
         fused = self.fuse(source)
         return fused, self.seg(self.seg_input(source, stored_fused, fused))
 
@@ -114,8 +114,15 @@ def _options(name: str, options: dict, fixed: dict) -> dict:
     return {**options, **fixed}
 
 
+def network_name(name: str, dims: int) -> str:
+    """The registry name of network ``name`` (a 2-D name, as --fusion-model/--seg-model give it) for ``dims``-D
+    inputs: itself, or its ``-3d`` variant (fuse4seg.models.registry registers one per 2-D network)."""
+    return name if dims == 2 else f"{name}-3d"
+
+
 def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
-    """Build the networks of ``config`` with initial weights drawn from ``seed`` (default config.seed)."""
+    """Build the networks of ``config`` (their ``-3d`` variants with --dims 3) with initial weights drawn from
+    ``seed`` (default config.seed)."""
     from fuse4seg.models import build_model
 
     mode = MODES[config.mode]
@@ -123,12 +130,12 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
     fusion = None
     if mode.has_fusion:
         fusion = build_model(
-            config.fusion_model,
+            network_name(config.fusion_model, config.dims),
             **_options("fusion_options", config.fusion_options, {"in_channels": len(config.fusion_inputs)}),
         )
     seg_inputs = mode.seg_inputs(config)
     seg = build_model(
-        mode.seg_model or config.seg_model,
+        network_name(mode.seg_model or config.seg_model, config.dims),
         **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
                                                         "num_classes": num_outputs(config)}),
     )

@@ -33,15 +33,27 @@ def segmentation_table(metrics: dict[str, Any]) -> list[list[str]]:
         d = [seg[r]["dice"] for r in REGIONS]
         rows.append([name, *map(_fmt, d), _fmt(float(np.mean(d))), *(_fmt(seg[r]["hd95"]) for r in REGIONS)])
 
-    add("trained, per slice", metrics["segmentation"]["per_slice"])
-    add("trained, per case (stacked)", metrics["segmentation"]["per_case"])
+    volumes = metrics.get("dims") == 3  # a 3-D run: whole volumes per case, no per-slice rows
+    if not volumes:
+        add("trained, per slice", metrics["segmentation"]["per_slice"])
+    add("trained, per case (whole volume)" if volumes else "trained, per case (stacked)",
+        metrics["segmentation"]["per_case"])
     if "untrained" in metrics:
-        add("untrained network, per slice", metrics["untrained"]["segmentation"]["per_slice"])
-    bg = metrics.get("background_dice_per_slice_mean")
+        add("untrained network, per " + ("case" if volumes else "slice"),
+            metrics["untrained"]["segmentation"]["per_case" if volumes else "per_slice"])
+    bg = metrics.get("background_dice_per_case_mean" if volumes else "background_dice_per_slice_mean")
     if bg:
         d = [bg[r] for r in REGIONS]
-        rows.append(["all background, per slice", *map(_fmt, d), _fmt(float(np.mean(d))), "-", "-", "-"])
+        rows.append(["all background, per " + ("case" if volumes else "slice"), *map(_fmt, d), _fmt(float(np.mean(d))),
+                     "-", "-", "-"])
     return rows
+
+
+def extent(metrics: dict[str, Any]) -> str:
+    """What was scored, in words: "N slices from M cases", or "M whole volumes" for a 3-D run."""
+    if metrics.get("dims") == 3:
+        return f"{metrics['cases']} whole volumes"
+    return f"{metrics['slices']} slices from {metrics['cases']} cases"
 
 
 SEG_HEADER = ["", "Dice WT", "Dice TC", "Dice ET", "Dice mean", "HD95 WT", "HD95 TC", "HD95 ET"]
@@ -85,7 +97,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def format_summary(metrics: dict[str, Any]) -> str:
     """Terminal summary: the segmentation table and, when present, the fusion table."""
-    out = [(f"{metrics['split']} split: {metrics['slices']} slices from {metrics['cases']} cases "
+    out = [(f"{metrics['split']} split: {extent(metrics)} "
            f"(checkpoint {metrics['checkpoint']}, step {metrics['step']})"),
            text_table(seg_header(metrics), segmentation_table(metrics))]
     rows = fusion_table(metrics)
@@ -126,14 +138,15 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
         "",
         f"Mode `{metrics['mode']}`" + (f", hypergradient `{metrics['hypergrad']}`" if metrics["hypergrad"] else "")
         + f"; checkpoint `{metrics['checkpoint']}.pt` (step {metrics['step']}); benchmark `{metrics['benchmark']}`, "
-        f"split `{metrics['split']}`: {metrics['slices']} slices from {metrics['cases']} cases.",
+        f"split `{metrics['split']}`: {extent(metrics)}.",
         f"Fusion inputs: {', '.join(config.fusion_inputs)}; segmentation inputs: {', '.join(config.seg_inputs())}.",
         "",
         "## Segmentation (BraTS regions)",
         "",
         markdown_table(seg_header(metrics), segmentation_table(metrics)),
         "",
-        "Per slice: 2-D metrics averaged over slices. Per case: " + metrics["conventions"]["per_case"] + ". "
+        ("" if metrics.get("dims") == 3 else "Per slice: 2-D metrics averaged over slices. ")
+        + "Per case: " + metrics["conventions"]["per_case"] + ". "
         + metrics["conventions"]["empty_masks"] + ". " + metrics["conventions"].get("hd95", "") + ".",
     ]
     frows = fusion_table(metrics)
@@ -144,7 +157,8 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
         lines += ["", f"Note: {note}."]
     lines += ["", "## Gallery", "",
               f"Columns: {', '.join(column_titles(list(config.fusion_inputs), rows[0]['fused'] is not None))}; "
-              "labels drawn over the fused image (NCR red, ED green, ET yellow). Slices: "
+              "labels drawn over the fused image (NCR red, ED green, ET yellow). "
+              + ("Middle axial planes of the cropped volumes: " if metrics.get("dims") == 3 else "Slices: ")
               + ", ".join(f"{r['case_id']} z={r['slice_index']}" for r in rows) + ".",
               "", f"![gallery]({GALLERY_NAME})", ""]
     (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Batched prediction over a split and the fast per-slice Dice used for validation during training."""
+"""Batched prediction over a split and the fast per-slice Dice used for validation during training; for 3-D runs,
+sliding-window prediction of whole volumes and the per-case Dice of their validation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fuse4seg.conventions import REGIONS
 from fuse4seg.losses import predict_labels, region_targets
+from fuse4seg.models import sliding_window
 from fuse4seg.train.networks import Pipeline
+
+#: Fraction of a window shared with its neighbours when whole volumes are predicted window by window.
+VOLUME_OVERLAP: float = 0.5
 
 
 @dataclass
@@ -53,7 +58,8 @@ def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
 
 
 def dice_per_slice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(N, 3) Dice of WT, TC, ET per slice for (N, H, W) label maps; both empty -> 1 (BraTS rule)."""
+    """(N, 3) Dice of WT, TC, ET per item for (N, H, W) label maps (or (N, D, H, W) volumes); both empty -> 1
+    (BraTS rule)."""
     p, t = region_targets(pred).bool().flatten(2), region_targets(truth).bool().flatten(2)
     inter = (p & t).sum(2).double()
     total = (p.sum(2) + t.sum(2)).double()
@@ -67,9 +73,59 @@ def validation_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device
     for batch in predict_batches(pipeline, dataset, device, batch_size, limit):
         first = first or batch
         dices.append(dice_per_slice(batch.pred, batch.label))
+    return _mean_scores(dices), first
+
+
+def _mean_scores(dices: list[torch.Tensor]) -> dict[str, float]:
+    """{"dice_WT","dice_TC","dice_ET","dice_mean"}: the means over items of (n, 3) Dice blocks ({} for none)."""
     if not dices:
-        return {}, None
+        return {}
     mean = torch.cat(dices).mean(0).tolist()
     scores = {f"dice_{name}": float(v) for name, v in zip(REGIONS, mean)}
     scores["dice_mean"] = float(np.mean(mean))
-    return scores, first
+    return scores
+
+
+def sliding_predict(pipeline: Pipeline, source: torch.Tensor, stored_fused: torch.Tensor, patch: tuple[int, ...],
+                   overlap: float = VOLUME_OVERLAP) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Whole volumes (N, 4, D, H, W) sources and (N, 1, D, H, W) stored fused image, window by window (Gaussian
+    blending, ``patch`` voxels, ``overlap``) -> (learned fused (N, 1, D, H, W) or None, logits (N, K, D, H, W)).
+
+    Runs under the caller's grad mode and the pipeline's train flag (wrap it in no_grad and eval for inference).
+    """
+    channels = source.shape[1]
+
+    def predict(window: torch.Tensor) -> torch.Tensor:
+        """(B, 5, *patch) sources and stored fused -> (B, [1 +] K, *patch) fused and logits, blended together."""
+        fused, logits = pipeline.forward(window[:, :channels], window[:, channels:])
+        return logits if fused is None else torch.cat([fused, logits], dim=1)
+
+    out = sliding_window(predict, torch.cat([source, stored_fused], dim=1), tuple(patch), overlap)
+    return (None, out) if pipeline.fusion is None else (out[:, :1], out[:, 1:])
+
+
+def volume_validation_scores(pipeline: Pipeline, volumes: Dataset, device: torch.device | str,
+                             patch: tuple[int, ...], limit: int | None = None
+                             ) -> tuple[dict[str, float], PredictedBatch | None]:
+    """Per-case 3-D Dice of the first ``limit`` cases of ``volumes`` (a BraTSFuseVolumes), each predicted whole by
+    :func:`sliding_predict` in eval mode without grad, averaged over cases (the keys of
+    :func:`validation_scores`), and the first case's middle axial plane as a one-item batch (for panels)."""
+    dices, first = [], None
+    was_training = pipeline.seg.training
+    pipeline.train(False)
+    try:
+        with torch.no_grad():
+            for index in range(len(volumes) if limit is None else min(limit, len(volumes))):
+                case = volumes[index]
+                source, stored, label = case["source"][None], case["fused"][None], case["label"][None].long()
+                fused, logits = sliding_predict(pipeline, source.to(device), stored.to(device), patch)
+                pred = predict_labels(logits, pipeline.region_based).cpu()
+                dices.append(dice_per_slice(pred, label))
+                if first is None:
+                    mid = source.shape[2] // 2
+                    first = PredictedBatch(source[:, :, mid], stored[:, :, mid],
+                                           None if fused is None else fused[:, :, mid].cpu(), pred[:, mid],
+                                           label[:, mid], [str(case["case_id"])], [mid])
+    finally:
+        pipeline.train(was_training)
+    return _mean_scores(dices), first

@@ -17,7 +17,8 @@ through ``t.world.reduce``), the gradients are averaged over the ranks before an
 segmenter's parameters enter both losses through ``t.world.sync`` (fuse4seg.distributed), so an N-process
 step equals the single-process step on the whole batch. ``--precision`` runs every forward pass under
 autocast (parameters, losses and (hyper)gradients stay fp32); fp16 scales the single-level losses with a
-GradScaler (``Optimisers.scaler``).
+GradScaler (``Optimisers.scaler``). With ``--dims 3`` the same steps run on (N, C, D, H, W) patches (the losses
+take any number of spatial dims).
 
 """
 
@@ -148,10 +149,10 @@ def _backward_step(t: Training, loss: torch.Tensor, optimisers: list[torch.optim
 class Inputs:
     """A batch on the device: what the networks see and what the losses aim at."""
 
-    seen: torch.Tensor  # (N, 4, H, W) sources as the networks see them (degraded with --degrade-inputs)
-    stored: torch.Tensor  # (N, 1, H, W) the benchmark's fused image as the networks see it
-    clean: torch.Tensor  # (N, 4, H, W) clean sources: the fusion loss's target
-    label: torch.Tensor  # (N, H, W) int64
+    seen: torch.Tensor  # (N, 4, *spatial) sources as the networks see them (degraded with --degrade-inputs)
+    stored: torch.Tensor  # (N, 1, *spatial) the benchmark's fused image as the networks see it
+    clean: torch.Tensor  # (N, 4, *spatial) clean sources: the fusion loss's target
+    label: torch.Tensor  # (N, *spatial) int64; spatial = (H, W), or (D, H, W) patches with --dims 3
 
 
 def _inputs(batch: Batch, device: torch.device) -> Inputs:
