@@ -109,7 +109,8 @@ def read_curve(run: Path) -> list[list[float]]:
 def scores(run: Path) -> dict[str, Any]:
     """Test-split scores of an evaluated run: Dice/HD95 per slice, Dice per case, fusion metrics."""
     m = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
-    per_slice = m["segmentation"]["per_slice"]
+    # 2-D runs: per-slice Dice; 3-D runs (evaluated on whole volumes) have per-case Dice only.
+    per_slice = m["segmentation"].get("per_slice") or m["segmentation"]["per_case"]
     out: dict[str, Any] = {
         "dice": {r: per_slice[r]["dice"] for r in REGIONS},
         "hd95": {r: per_slice[r]["hd95"] for r in REGIONS},

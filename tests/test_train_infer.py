@@ -146,3 +146,6 @@ def test_gallery_panels_join_tiles_with_white_gaps() -> None:
     assert (row[:, 24:28] == 128).all()  # empty prediction: the fused image shows through
     grid = panel_grid([row, row], gap=2)
     assert grid.shape == (8, 28, 3) and (grid[3:5] == 255).all() and (grid[5:] == row).all()
+    narrow = row[:2, :20]  # a 3-D run's smaller volume: its middle plane is narrower, padded white on the right
+    mixed = panel_grid([row, narrow], gap=2)
+    assert mixed.shape == (7, 28, 3) and (mixed[5:, :20] == narrow).all() and (mixed[5:, 20:] == 255).all()

@@ -53,8 +53,11 @@ def panel_row(sources: np.ndarray, fused: np.ndarray | None, truth: np.ndarray, 
 
 
 def panel_grid(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
-    """Stack rows (H, W, 3) uint8 of equal width vertically with white gaps -> (H_total, W, 3) uint8."""
-    return _join(rows, gap, axis=0)
+    """Stack rows (H_i, W_i, 3) uint8 vertically with white gaps -> (H_total, max W_i, 3) uint8; narrower rows
+    (3-D runs: the middle planes of differently sized volumes) are padded white on the right."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return _join(padded, gap, axis=0)
 
 
 def column_titles(source_names: Sequence[str], has_fused: bool) -> list[str]:
