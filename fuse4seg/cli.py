@@ -244,7 +244,7 @@ def fuse_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
 ) -> None:
-    """Apply a trained run to a case slice by slice: fused.nii.gz and seg.nii.gz (release label values)."""
+    """Apply a trained run to a case (slice by slice; a 3-D run by sliding windows): fused.nii.gz, seg.nii.gz."""
     from fuse4seg.train.infer import fuse_case
 
     result = fuse_case(run, case, out, checkpoint, device, overwrite)
