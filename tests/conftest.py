@@ -82,6 +82,18 @@ def phantom_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_phantom_release(tmp_path_factory.mktemp("phantom") / "release", cases=6, seed=0, scale=0.25)
 
 
+@pytest.fixture(scope="session")
+def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny benchmark of the phantom release: 3 slices per case at 48 x 48 (train 3 cases, val 2, test 1).
+    Read only."""
+    from fuse4seg.data.benchmark import build_benchmark
+
+    out = tmp_path_factory.mktemp("bench") / "b"
+    build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25),
+                    progress=False)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """One torch intra-op thread per test, restored afterwards: `pytest -n 2` already uses both cores, and

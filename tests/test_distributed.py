@@ -85,17 +85,6 @@ def test_one_step_of_every_mode_equals_the_single_process_step(tmp_path: Path) -
                 assert torch.allclose(a, value, rtol=0, atol=tol), (case, net, name, float((a - value).abs().max()))
 
 
-@pytest.fixture(scope="module")
-def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny benchmark: 6 phantom cases, 3 slices each at 48 x 48 (train 3 cases, val 2, test 1)."""
-    from fuse4seg.data.benchmark import build_benchmark
-
-    out = tmp_path_factory.mktemp("bench") / "b"
-    build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25),
-                    progress=False)
-    return out
-
-
 def train_args(bench: Path, out: Path, steps: int) -> list[str]:
     """`python -m fuse4seg train` arguments for a tiny bi-level run with augmentation on ``bench``."""
     toml = out.parent / f"{out.name}.toml"

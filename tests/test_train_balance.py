@@ -15,16 +15,6 @@ from fuse4seg.train.config import config_from_dict
 LR_UPPER, LR_LOWER, FRACTION = 0.5, 0.05, 0.25
 
 
-@pytest.fixture(scope="module")
-def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny benchmark: 6 phantom cases, 3 slices each at 48 x 48."""
-    from fuse4seg.data.benchmark import build_benchmark
-
-    out = tmp_path_factory.mktemp("bench") / "b"
-    build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25), progress=False)
-    return out
-
-
 def train_args(bench: Path, run: Path, *extra: str) -> list[str]:
     """A tiny bi-level run with plain SGD at both levels (so an update is -lr x its direction)."""
     return ["train", "--benchmark", str(bench), "--out", str(run), "--bilevel", "--inner-optimizer", "sgd",

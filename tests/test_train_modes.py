@@ -23,17 +23,6 @@ TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, 
         "progress": False, "eval_slices": 2, "lr_lower": 0.01}
 
 
-@pytest.fixture(scope="module")
-def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny benchmark: 6 phantom cases, 3 slices each at 48 x 48 (train 3 cases, val 2, test 1)."""
-    from fuse4seg.data.benchmark import build_benchmark
-
-    out = tmp_path_factory.mktemp("bench") / "b"
-    build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25),
-                    progress=False)
-    return out
-
-
 def options(bench: Path, out: Path, **extra) -> dict:
     """Tiny training options on ``bench`` writing to ``out``."""
     return {**TINY, "benchmark": str(bench), "out": str(out), **extra}
