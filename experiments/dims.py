@@ -15,10 +15,8 @@ cases (Dice averaged over seeds) and the training seconds. Records go to experim
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,18 +103,7 @@ def markdown(agg: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and score the missing (row, seed) pairs, then aggregate into experiments/results/."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, default=HERE / "dims.toml")
-    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="shared with the study (same release)")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
-    args = parser.parse_args(argv)
-    spec = tomllib.loads(args.spec.read_text(encoding="utf-8"))
-    study.SPEC.clear()
-    study.SPEC.update(spec)
-    out = args.out / "small"
-    out.mkdir(parents=True, exist_ok=True)
+    args, spec, out = study.experiment_args(HERE / "dims.toml", __doc__.splitlines()[0], argv)
     committed = args.results / "dims_runs"
     if not args.report_only:
         study.prepare_data(spec, out, out / "data_log.txt")  # the release (shared with the study)

@@ -20,11 +20,9 @@ validation curves of every training run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -176,18 +174,7 @@ def plot(agg: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate the missing seeds, then aggregate into experiments/results/."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, default=HERE / "robustness.toml")
-    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="shared with the study (same data)")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
-    args = parser.parse_args(argv)
-    spec = tomllib.loads(args.spec.read_text(encoding="utf-8"))
-    study.SPEC.clear()
-    study.SPEC.update(spec)
-    out = args.out / "small"
-    out.mkdir(parents=True, exist_ok=True)
+    args, spec, out = study.experiment_args(HERE / "robustness.toml", __doc__.splitlines()[0], argv)
     committed = args.results / "robustness_runs"
     if not args.report_only:
         benches = study.prepare_data(spec, out, out / "data_log.txt")

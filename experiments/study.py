@@ -183,6 +183,24 @@ def load_spec(path: Path, scale: str) -> dict[str, Any]:
     return spec
 
 
+def experiment_args(spec: Path, description: str, argv: list[str] | None = None) -> tuple[argparse.Namespace,
+                                                                                            dict[str, Any], Path]:
+    """The shared command line of the experiments that reuse this runner on the study's data (robustness.py,
+    dims.py): (arguments, spec loaded into :data:`SPEC`, OUT/small created)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", type=Path, default=spec)
+    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="shared with the study (same data)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
+    parser.add_argument("--report-only", action="store_true", help="aggregate the committed records, train nothing")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="where the tables and plots go")
+    args = parser.parse_args(argv)
+    SPEC.clear()
+    SPEC.update(tomllib.loads(args.spec.read_text(encoding="utf-8")))
+    out = args.out / "small"
+    out.mkdir(parents=True, exist_ok=True)
+    return args, SPEC, out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid (resuming), then aggregate; exit 1 if any (row, seed) failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
