@@ -161,3 +161,18 @@ def test_robustness_bad_input_is_one_line(two_runs: list[Path], bench: Path, tmp
         err = capsys.readouterr().err
         assert err.startswith("error: ") and pattern in err and err.count("\n") == 1, err
     assert not (tmp_path / "rob").exists()
+
+
+def test_robustness_refuses_a_3d_run(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The degradations are 2-D transforms of test slices: a 3-D run is a one-line error, nothing written."""
+    from fuse4seg.train.run import write_config_json
+
+    run = tmp_path / "run3d"
+    run.mkdir()
+    write_config_json(build_config({"benchmark": str(bench), "out": str(run), "dims": 3, "patch": [16, 16, 16]}),
+                      run / "config.json")
+    capsys.readouterr()
+    assert main(["robustness", "--run", str(run), "--out", str(tmp_path / "rob")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --run: ") and "is a 3-D run" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "rob").exists()

@@ -197,12 +197,15 @@ def _labels(runs: list[str]) -> list[str]:
 
 
 def check_same_split(runs: list[str], split: str) -> None:
-    """ConfigError unless every run's benchmark holds the same slices and sources in ``split``."""
+    """ConfigError unless every run is a 2-D run whose benchmark holds the same slices and sources in ``split``."""
     from fuse4seg.train.run import read_config_json
 
     first: tuple[str, SplitArrays] | None = None
     for run in runs:
-        bench = Path(read_config_json(Path(run) / "config.json").benchmark)
+        config = read_config_json(Path(run) / "config.json")
+        if config.dims != 2:  # the degradations are 2-D transforms of the test slices
+            raise ConfigError(f"{run} is a 3-D run; robustness evaluates runs trained on 2-D slices", option="run")
+        bench = Path(config.benchmark)
         data = read_split(bench, split)
         if first is None:
             first = (run, data)
