@@ -10,7 +10,9 @@ training time on this CPU. Every run is then scored the same way, on whole volum
 ``fuse4seg evaluate --volumes RELEASE --convention monai`` (2-D runs predict every axial slice, 3-D runs
 slide a window over the volume). Per test case the Dice of WT, TC and ET are averaged; the aggregate
 gives mean +- sd over seeds and 95 % t-CI of the case mean, the paired Wilcoxon test over the 8 test
-cases (Dice averaged over seeds) and the training seconds. Records go to experiments/results/dims_runs/.
+cases (Dice averaged over seeds) and the training seconds; the validation curves go to
+experiments/results/dims_curves/ (2-D: per-slice val Dice; 3-D: whole val volumes). Records go to
+experiments/results/dims_runs/.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study
-from study_report import interval
+from study_report import interval, load_runs, plot_curves
 
 REGIONS = ("WT", "TC", "ET")
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             for future in [pool.submit(train_and_score, n, r, s, spec, bench, out, committed) for n, r, s in jobs]:
                 future.result()
     agg = aggregate(committed, spec)
+    plot_curves(load_runs(committed), args.results / "dims_curves")  # validation Dice during training
     (args.results / "dims.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")
     text = markdown(agg)
     (args.results / "dims.md").write_text(text, encoding="utf-8")
