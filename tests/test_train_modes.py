@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_weights, checkpoint_weights
 
 from fuse4seg.cli import main
 from fuse4seg.errors import Fuse4SegError
@@ -35,19 +36,6 @@ def tensorboard_tags(directory: Path) -> dict[str, list[str]]:
     acc = EventAccumulator(str(directory))
     acc.Reload()
     return {"scalars": set(acc.Tags()["scalars"]), "images": acc.Tags()["images"]}
-
-
-def weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Model state dicts of a checkpoint, loaded with weights_only=True."""
-    return torch.load(path, weights_only=True)["models"]
-
-
-def assert_same(a: dict, b: dict) -> None:
-    """Every tensor of two nested state dicts is bitwise equal."""
-    assert a.keys() == b.keys()
-    for net, tensors in a.items():
-        for name, value in tensors.items():
-            assert torch.equal(value, b[net][name]), (net, name)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -121,11 +109,11 @@ def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str, mon
     train(build_config(options(bench, tmp_path / "b", steps=3, **extra)))
     summary = train(resolve_config({"out": str(tmp_path / "b"), "resume": True, "steps": 6, "progress": False}))
     assert summary["steps"] == 6 and summary["steps_this_call"] == 3
-    assert_same(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "a" / "last.pt"), checkpoint_weights(tmp_path / "b" / "last.pt"))
     best_a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
     best_b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
     assert best_a["step"] == best_b["step"] == 4 and best_a["best"] == best_b["best"] == {"score": 0.5, "step": 4}
-    assert_same(best_a["models"], best_b["models"])
+    assert_same_weights(best_a["models"], best_b["models"])
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for key in ("upper", "lower"):
@@ -152,7 +140,7 @@ def test_killed_run_resumes_from_last_checkpoint(bench: Path, tmp_path: Path, mo
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
     monkeypatch.setattr(Trainer, "one_step", real)
     train(resolve_config({"out": str(tmp_path / "b"), "resume": True, "progress": False}))
-    assert_same(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert_same_weights(checkpoint_weights(tmp_path / "a" / "last.pt"), checkpoint_weights(tmp_path / "b" / "last.pt"))
 
 
 def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
