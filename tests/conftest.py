@@ -115,3 +115,23 @@ def assert_same_weights(a: dict, b: dict) -> None:
     for net, tensors in a.items():
         for name, value in tensors.items():
             assert torch.equal(value, b[net][name]), (net, name)
+
+
+def assert_functional_call_matches(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """With perturbed parameters, torch.func.functional_call equals the module holding those parameters, in the
+    output and in every parameter gradient (the bi-level engine calls networks functionally)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(1)
+    params = {k: v.detach() + 0.05 * torch.randn_like(v) for k, v in model.named_parameters()}
+    functional = functional_call(model, params, (x,))
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(params[k])
+    torch.testing.assert_close(functional, model(x))
+    weights = torch.randn_like(functional)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad((functional_call(model, leaves, (x,)) * weights).sum(), list(leaves.values()))
+    (model(x) * weights).sum().backward()
+    for (k, p), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(p.grad, g, msg=k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_functional_call_matches
 from torch import nn
 from torch.func import functional_call
 
@@ -161,23 +162,7 @@ def test_functional_call_matches_module(name: str) -> None:
     """With perturbed parameters, torch.func.functional_call equals the module holding those parameters, in the
     output and in every parameter gradient."""
     model = tiny(name, norm="instance") if name != "fusion-cnn" else tiny(name)
-    x = torch.rand(2, model.in_channels, 40, 36)
-    # Substituted parameters: the functional forward must equal the module carrying them.
-    torch.manual_seed(1)
-    params = {k: v.detach() + 0.05 * torch.randn_like(v) for k, v in model.named_parameters()}
-    functional = functional_call(model, params, (x,))
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            p.copy_(params[k])
-    torch.testing.assert_close(functional, model(x))
-
-    # Gradients through functional_call equal the module's autograd gradients.
-    weights = torch.randn_like(functional)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    grads = torch.autograd.grad((functional_call(model, leaves, (x,)) * weights).sum(), list(leaves.values()))
-    (model(x) * weights).sum().backward()
-    for (k, p), g in zip(model.named_parameters(), grads):
-        torch.testing.assert_close(p.grad, g, msg=k)
+    assert_functional_call_matches(model, torch.rand(2, model.in_channels, 40, 36))
 
 
 @pytest.mark.parametrize("name", list(TINY))
