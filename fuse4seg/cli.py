@@ -105,6 +105,7 @@ def build_benchmark_command(
     overwrite: bool = typer_option(_BUILD["overwrite"]),
     fusion_checkpoint: str | None = typer_option(_BUILD["fusion_checkpoint"]),
     volumes: bool = typer_option(_BUILD["volumes"]),
+    reports: str | None = typer_option(_BUILD["reports"]),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
     options = BuildOptions(**locals())

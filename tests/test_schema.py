@@ -31,8 +31,8 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_written_layout(package: Path) -> None:
-    """Every split holds the six datasets with the dtypes, chunks and compression written out here; the root
-    attribute volumes is 0 and there is no /volumes group (a build without --volumes)."""
+    """Every split holds the seven datasets with the dtypes, chunks and compression written out here; the root
+    attribute volumes is 0 and there is no /volumes group (a build without --volumes); text is 1."""
     expected = {  # name: (dtype, shape after N, chunks, compression)
         "source": ("float32", (4, 16, 16), (1, 4, 16, 16), "gzip"),
         "fused": ("float32", (1, 16, 16), (1, 1, 16, 16), "gzip"),
@@ -40,11 +40,13 @@ def test_written_layout(package: Path) -> None:
         "case_id": ("object", (), (256,), None),
         "slice_index": ("int32", (), (256,), None),
         "spacing": ("float32", (3,), (256, 3), None),
+        "text": ("object", (), (256,), None),
     }
     with h5py.File(package / "brats_fuse.h5", "r") as h5:
         assert h5.attrs["format_version"] == 2 and h5.attrs["slice_size"] == 16 and h5.attrs["volumes"] == 0
+        assert h5.attrs["text"] == 1
         assert sorted(h5.attrs) == ["builder_version", "created", "format_version", "fusion_inputs", "fusion_method",
-                                    "label_scheme", "slice_size", "source_dataset", "volumes"]
+                                    "label_scheme", "slice_size", "source_dataset", "text", "volumes"]
         assert sorted(h5) == ["test", "train", "val"]  # no /volumes without --volumes
         for split in ("train", "val", "test"):
             group = h5[split]
@@ -62,9 +64,9 @@ def test_croissant_fields_and_card_follow_the_declaration(package: Path) -> None
     meta = json.loads((package / "croissant.json").read_text())
     for record_set in meta["recordSet"]:
         fields = record_set["field"]
-        assert [f["name"] for f in fields] == ["source", "fused", "label", "case_id", "slice_index", "spacing"]
+        assert [f["name"] for f in fields] == ["source", "fused", "label", "case_id", "slice_index", "spacing", "text"]
         assert [f["dataType"] for f in fields] == ["sc:Float", "sc:Float", "sc:Integer", "sc:Text", "sc:Integer",
-                                                   "sc:Float"]
+                                                   "sc:Float", "sc:Text"]
         assert [f["source"]["extract"]["column"] for f in fields][2] == f"/{record_set['name']}/label"
         descriptions = [f["description"] for f in fields]
         assert descriptions[0].startswith("(4, H, W) float32 in [0, 1]: t1, t1ce, t2, flair")
@@ -72,6 +74,7 @@ def test_croissant_fields_and_card_follow_the_declaration(package: Path) -> None
         assert descriptions[3].startswith("UTF-8 string: ")
         assert descriptions[4].startswith("int32 >= 0: ")
         assert descriptions[5].startswith("(3,) float32 in mm (> 0): ")
+        assert descriptions[6].startswith("UTF-8 string (at most 4096 bytes): a description of the slice")
     card = (package / "README.md").read_text()
     assert "- `brats_fuse.h5` (HDF5 format 2): groups `train`, `val`, `test`" in card
     assert "  - `label` (N, H, W) uint8 in {0, 1, 2, 3}: " in card

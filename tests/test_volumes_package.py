@@ -185,7 +185,7 @@ def test_verify_passes_and_a_build_without_volumes_is_unchanged(packages: dict[s
             h5py.File(packages["volumes"] / "brats_fuse.h5", "r") as full:
         assert plain.attrs["volumes"] == 0 and sorted(plain) == sorted(SPLITS)
         for split in SPLITS:
-            assert sorted(plain[split]) == ["case_id", "fused", "label", "slice_index", "source", "spacing"]
+            assert sorted(plain[split]) == ["case_id", "fused", "label", "slice_index", "source", "spacing", "text"]
             for name in plain[split]:
                 a, b = plain[split][name], full[split][name]
                 assert a.dtype == b.dtype and a.chunks == b.chunks

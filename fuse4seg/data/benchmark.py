@@ -19,6 +19,10 @@ Volumes (``volumes``): each tumour-bearing case is also stored whole, cropped to
 native voxel grid, under ``/volumes/<split>/<case_id>`` (:mod:`fuse4seg.data.h5volumes`), extracted
 and compressed in the same worker as its slices and written by the parent.
 
+Texts: every stored slice gets a description (:mod:`fuse4seg.data.describe`), written in the worker
+beside the slice extraction from the stored (cropped, resized) arrays and spacing, worded by an RNG seeded
+with the build's seed, the case id and the slice index; ``reports`` (a CSV) replaces the texts it names.
+
 Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
 train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
 at least one case. No patient appears in two splits.
@@ -95,14 +99,35 @@ def slice_spacing(zooms: Sequence[float], box: tuple[int, int, int, int] | None,
     return spacing.astype(np.float32)
 
 
+def slice_texts(source: np.ndarray, label: np.ndarray, spacing: np.ndarray, slice_index: np.ndarray,
+                brain_z: np.ndarray, axes: tuple[str, ...], seed: int, case_id: str) -> list[str]:
+    """The descriptions (:func:`fuse4seg.data.describe.describe_slice`) of K stored slices: source (K,4,H,W),
+    label (K,H,W), spacing (3,) mm, their axial indices, the case's brain-bearing axial indices ``brain_z``
+    (sorted; their range sets the superior/inferior position, omitted when it is one slice) and axis codes."""
+    from fuse4seg.data.describe import describe_slice, slice_rng
+
+    low, high = (int(brain_z[0]), int(brain_z[-1])) if len(brain_z) else (0, 0)
+    texts = []
+    for source_k, label_k, z in zip(source, label, slice_index):
+        position = None
+        if high > low:
+            position = float(np.clip((int(z) - low) / (high - low), 0.0, 1.0))
+            position = 1.0 - position if axes[2] == "I" else position if axes[2] == "S" else None
+        texts.append(describe_slice(label_k, source_k, (float(spacing[0]), float(spacing[1])), position,
+                                    slice_rng(seed, case_id, int(z)), axes))
+    return texts
+
+
 def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,
-                 fusion_inputs: tuple[str, ...], volumes: bool = False) -> dict[str, object]:
+                 fusion_inputs: tuple[str, ...], volumes: bool = False, seed: int = 0) -> dict[str, object]:
     """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), spacing (3,)
-    mm, and
+    mm, text (K descriptions, :func:`slice_texts`, worded with ``seed``), and
     either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
     workers share that cost) when ``fusion`` names a classical rule, or ``source`` (K,4,H,W) float32
     for a caller-side fusion_fn (``fusion`` None); with ``volumes``, a tumour-bearing case's ``volume``
     (:func:`fuse4seg.data.h5volumes.extract_volume`, else None)."""
+    import nibabel as nib
+
     from fuse4seg.data.brats import load_case
     from fuse4seg.data.h5format import encode_slices
     from fuse4seg.data.h5volumes import extract_volume
@@ -114,9 +139,13 @@ def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion
     box = square_box(loaded.brain_mask.any(axis=2)) if size is not None else None
     if box is not None and len(z):
         source, label = crop_resize(source, label, box, size)
+    spacing = slice_spacing(loaded.header.get_zooms(), box, size)
+    # Which way the array axes point (BraTS: L, P, S), so left/right and the rest follow the file's affine.
+    axes = tuple(nib.aff2axcodes(loaded.affine))
+    brain_z = np.flatnonzero(loaded.brain_mask.any(axis=(0, 1)))
     result = {"case_id": loaded.case_id, "scheme": loaded.scheme, "label": label, "shape": source.shape[-2:],
-              "slice_index": z.astype(np.int32), "source": source, "chunks": None,
-              "spacing": slice_spacing(loaded.header.get_zooms(), box, size),
+              "slice_index": z.astype(np.int32), "source": source, "chunks": None, "spacing": spacing,
+              "text": slice_texts(source, label, spacing, z, brain_z, axes, seed, loaded.case_id),
               "volume": extract_volume(loaded, fusion, fusion_inputs) if volumes and len(z) else None}
     if fusion is not None and len(z):
         fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
@@ -165,16 +194,19 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
 
     return ordered_map(extract_case, cases, workers, desc="building", progress=progress, **options,
                        preload=("fuse4seg.data.benchmark", "fuse4seg.data.brats", "fuse4seg.data.h5format",
-                                "fuse4seg.data.h5volumes"))
+                                "fuse4seg.data.h5volumes", "fuse4seg.data.describe"))
 
 
 def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],
-             fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...]) -> dict[str, object]:
+             fusion_fn: FusionFn | None, fusion_inputs: tuple[str, ...],
+             reports: dict[tuple[str, int | None], str] | None = None) -> dict[str, object]:
     """Stream case results (:func:`extract_case`) into ``path`` (schema in :mod:`fuse4seg.data.schema`; the volumes
-    layout when ``attrs["volumes"]``); returns {"splits": {split: {"cases", "slices"}}, "skipped_cases",
+    layout when ``attrs["volumes"]``), each slice's text replaced by its ``reports`` entry if any
+    (:func:`fuse4seg.data.describe.apply_reports`); returns {"splits": {split: {"cases", "slices"}}, "skipped_cases",
     "schemes", "height", "width" (px)}."""
     import h5py
 
+    from fuse4seg.data.describe import apply_reports
     from fuse4seg.data.h5format import append_encoded, create_split_group, encode_slices, string_array
     from fuse4seg.data.h5volumes import encode_volume, write_volume
 
@@ -208,7 +240,8 @@ def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], 
                 fused = _apply_fusion_fn(fusion_fn, source[:, modality_indices(fusion_inputs)], case_id)
                 chunks = encode_slices(source, fused, result["label"])
             split = split_of[case_id]
-            append_encoded(h5[split], chunks, case_id, result["slice_index"], result["spacing"])
+            texts = apply_reports(reports or {}, case_id, result["slice_index"], result["text"])
+            append_encoded(h5[split], chunks, case_id, result["slice_index"], result["spacing"], texts)
             volume = result.get("volume")
             if volume is not None:
                 if volume["chunks"] is None:  # trained fusion, here, on the axial planes (D, C, H, W) as on slices
@@ -265,7 +298,7 @@ def root_attributes(options: BuildOptions, method: str, scheme: str) -> dict[str
         "source_dataset": PHANTOM_SOURCE if options.brats is None else f"BraTS, {scheme} release layout",
         "label_scheme": f"canonical 0 background, 1 NCR, 2 ED, 3 ET (from {scheme})",
         "builder_version": f"fuse4seg {__version__}", "created": created_timestamp(), "slice_size": options.size or 0,
-        "volumes": int(options.volumes),
+        "volumes": int(options.volumes), "text": 1,
     }
     return {spec.name: values[spec.name] for spec in ROOT_ATTRIBUTES}
 
@@ -284,7 +317,7 @@ def summarise(options: BuildOptions, root: Path, phantom_cases: int, cases: int,
         "phantom_cases": phantom_cases, "source_dataset": attrs["source_dataset"], "brats_derived": not phantom,
         "label_scheme": attrs["label_scheme"], "fusion_method": attrs["fusion_method"],
         "fusion_inputs": list(options.fusion_inputs), "seed": options.seed, "slices_per_case": options.slices_per_case,
-        "size": options.size, "volumes": options.volumes, "cases": cases, "created": attrs["created"],
+        "size": options.size, "volumes": options.volumes, "reports": options.reports, "cases": cases, "created": attrs["created"],
         "builder_version": attrs["builder_version"],
         "command": command, **written, "attrs": attrs,
     }
@@ -308,6 +341,7 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
     dates derived from it differ, the HDF5 datasets are identical.
     """
     from fuse4seg.data import brats, package
+    from fuse4seg.data.describe import read_reports
 
     if isinstance(out, BuildOptions) and options:
         raise TypeError(f"build_benchmark: options {', '.join(options)} given beside a BuildOptions")
@@ -330,12 +364,13 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
             cases = brats.find_cases(root)
             reading = None
             splits = split_cases([c.case_id for c in cases], opts.split, opts.seed)
+            reports = None if opts.reports is None else read_reports(opts.reports, [c.case_id for c in cases])
             attrs = root_attributes(opts, method, cases[0].scheme)
             results = _extracted_in_order(cases, opts.workers, progress, slices_per_case=opts.slices_per_case,
                                           size=opts.size, fusion=None if fusion_fn is not None else opts.fusion,
-                                          fusion_inputs=opts.fusion_inputs, volumes=opts.volumes)
+                                          fusion_inputs=opts.fusion_inputs, volumes=opts.volumes, seed=opts.seed)
             with contextlib.closing(results):  # a write error stops the worker pool at once
-                written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs)
+                written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs, reports)
             summary = summarise(opts, root, phantom_cases, len(cases), attrs, written, command)
             package.write_package_files(tmp, summary)
     except OSError as exc:

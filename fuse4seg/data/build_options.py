@@ -66,6 +66,8 @@ class BuildOptions:
                                                  "(e.g. RUN/best.pt) instead of --fusion.")
     volumes: bool = option(False, "Also store every case's whole volume, cropped to its brain box at the native "
                                   "voxel grid (--size not applied), under /volumes/<split>/<case_id> for 3-D training.")
+    reports: str | None = option(None, "UTF-8 CSV of user reports (columns case_id,slice_index,text; slice_index "
+                                       "empty for every slice of a case) replacing the generated slice texts.")
 
     def __post_init__(self) -> None:
         """Normalise the values (see the class docstring)."""
@@ -74,7 +76,7 @@ class BuildOptions:
             object.__setattr__(self, name, value)
 
         set_field("out", os.fspath(self.out))
-        for name in ("brats", "fusion_checkpoint"):
+        for name in ("brats", "fusion_checkpoint", "reports"):
             if getattr(self, name) is not None:
                 set_field(name, os.fspath(getattr(self, name)))
         with for_option("fusion_inputs"):

@@ -12,7 +12,14 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import MODALITIES, NUM_CLASSES, modality_indices, parse_modalities
-from fuse4seg.data.h5format import READ_ERRORS, open_validated, read_root_attrs, read_spacing, reading_data
+from fuse4seg.data.h5format import (
+    READ_ERRORS,
+    has_text,
+    open_validated,
+    read_root_attrs,
+    read_spacing,
+    reading_data,
+)
 from fuse4seg.data.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
@@ -70,8 +77,8 @@ def apply_joint(transform: Callable[..., dict], source: np.ndarray, fused: np.nd
 
 def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
     """Every slice of ``split`` of the validated open file ``h5``: source (N,4,H,W) and fused (N,1,H,W) float32,
-    label (N,H,W) uint8, case_id list of str, slice_index list of int, spacing (N,3) float64 mm; each value
-    checked once (:func:`check_slices`)."""
+    label (N,H,W) uint8, case_id list of str, slice_index list of int, spacing (N,3) float64 mm, text list of
+    str (None in files without texts); each value checked once (:func:`check_slices`)."""
     group = h5[split]
     arrays = {}
     for name, dtype in (("source", np.float32), ("fused", np.float32), ("label", np.uint8)):
@@ -81,14 +88,19 @@ def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
         case_id = list(group["case_id"].asstr()[()])
     with reading_data(path, f"/{split}/slice_index"):
         slice_index = group["slice_index"][()]
+    text = None
+    if has_text(h5):
+        with reading_data(path, f"/{split}/text"):  # not UTF-8: a UnicodeDecodeError, a ValueError
+            text = list(group["text"].asstr()[()])
     check_slices(path, split, 0, case_id, arrays["source"], arrays["fused"], arrays["label"], slice_index)
     return {**arrays, "case_id": case_id, "slice_index": [int(z) for z in slice_index],
-            "spacing": read_spacing(h5, split, path)}
+            "spacing": read_spacing(h5, split, path), "text": text}
 
 
 class BraTSFuse(Dataset):
     """Slices of one split: {"source": (C, H, W) float32, "fused": (1, H, W) float32,
-    "label": (H, W) int64, "case_id": str, "slice_index": int}; ``spacing`` is the split's (N, 3) mm.
+    "label": (H, W) int64, "case_id": str, "slice_index": int, and "text": str (the slice's description) when
+    the file holds texts (``has_text``; files written before them do not)}; ``spacing`` is the split's (N, 3) mm.
 
     ``path`` is the package directory or the .h5 file itself; its layout is declared in
     :mod:`fuse4seg.data.schema` and validated on construction. ``modalities`` picks and orders the
@@ -115,6 +127,7 @@ class BraTSFuse(Dataset):
             self._length = counts[split]
             self.size = (counts["height"], counts["width"])
             self.attrs = read_root_attrs(h5)
+            self.has_text = has_text(h5)
             if cache and 0 < self._length * self.size[0] * self.size[1] * _BYTES_PER_PIXEL <= CACHE_MAX_BYTES:
                 self._memory = _read_split(h5, self.path, split)
         self._spacing = None if self._memory is None else self._memory["spacing"]
@@ -164,12 +177,14 @@ class BraTSFuse(Dataset):
         """The chosen modality channels of a (4, H, W) source (itself when all four, in order)."""
         return source if self.modalities == MODALITIES else source[self._channels]
 
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, int]:
-        """Slice ``index`` (in range) as (source (C,H,W), fused (1,H,W), label (H,W) uint8, case id, slice index)."""
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, int, str | None]:
+        """Slice ``index`` (in range) as (source (C,H,W), fused (1,H,W), label (H,W) uint8, case id, slice index,
+        text or None)."""
         if self._memory is not None:
             memory = self._memory
+            text = None if memory["text"] is None else memory["text"][index]
             return (self._channels_of(memory["source"][index]), memory["fused"][index], memory["label"][index],
-                    memory["case_id"][index], memory["slice_index"][index])
+                    memory["case_id"][index], memory["slice_index"][index], text)
         try:
             group = self._file()[self.split]
             source = self._channels_of(group["source"][index])
@@ -178,26 +193,28 @@ class BraTSFuse(Dataset):
             case_id = group["case_id"][index]
             case_id = case_id.decode() if isinstance(case_id, bytes) else str(case_id)
             slice_index = int(group["slice_index"][index])
+            text = group["text"].asstr()[index] if self.has_text else None
         except READ_ERRORS as exc:  # corrupt chunk, file replaced since construction
             raise DataError(f"{self.path}: /{self.split}[{index}]: unreadable slice ({one_line(exc)})") from None
         check_slices(self.path, self.split, index, [case_id], source[None], fused[None], label[None],
                      np.array([slice_index]))
-        return source, fused, label, case_id, slice_index
+        return source, fused, label, case_id, slice_index, text
 
     def __getitem__(self, index: int) -> dict:
         """One slice as tensors (see the class docstring); negative indices count from the end."""
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} slices in {self.split}")
-        source, fused, label, case_id, slice_index = self._read(int(index) % self._length)
+        source, fused, label, case_id, slice_index, text = self._read(int(index) % self._length)
         if self.transform is not None:
             source, fused, label = apply_joint(self.transform, source, fused, label)
-        return {
+        item = {
             "source": torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)),
             "fused": torch.from_numpy(np.ascontiguousarray(fused, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
             "case_id": case_id,
             "slice_index": slice_index,
         }
+        return item if text is None else {**item, "text": text}
 
     def close(self) -> None:
         """Close this process's file handle (reopened on the next access)."""

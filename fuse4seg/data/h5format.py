@@ -45,21 +45,22 @@ from fuse4seg.data.schema import (
     H5_NAME,
     MAX_SLICE_SIDE,
     MAX_SLICES,
-    MAX_TEXT_BYTES,
     MAX_VOLUME_VOXELS,
     ROOT_ATTRIBUTES,
     SPLITS,
+    TEXT_ATTRIBUTE,
     UTF8,
     VOLUMES_GROUP,
     DatasetSpec,
     resolve,
     shape_text,
+    split_datasets,
 )
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 
 __all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "READ_ERRORS", "SPLITS", "append_encoded", "compress",
-           "create_split_group", "encode_slices", "has_volumes", "open_validated", "read_root_attrs", "read_spacing",
+           "create_split_group", "encode_slices", "has_text", "has_volumes", "open_validated", "read_root_attrs", "read_spacing",
            "reading_data", "slice_size", "string_array", "validate_schema"]
 
 STRING = h5py.string_dtype("utf-8")
@@ -94,10 +95,11 @@ def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
 
 
 def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5py.Group:
-    """Create one empty, appendable split group with every dataset of the schema (in declaration order)."""
+    """Create one empty, appendable split group with every dataset of the schema (in declaration order) that the
+    file's root attributes (written first) announce."""
     group = h5.create_group(split)
     sizes = {"N": 0, "H": height, "W": width}
-    for spec in DATASETS:
+    for spec in split_datasets(h5.attrs):
         shape = resolve(spec.shape, sizes)
         dataset = group.create_dataset(spec.name, shape=shape, maxshape=(None, *shape[1:]), dtype=_h5_dtype(spec),
                                        chunks=resolve(spec.chunks, sizes), track_times=False,
@@ -125,9 +127,9 @@ def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> d
 
 
 def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: str,
-                   slice_index: np.ndarray, spacing: np.ndarray) -> None:
-    """Append K slices of one case from :func:`encode_slices` chunks, plus case_id, slice_index and
-    spacing ((3,) or (K, 3) mm: dy, dx, dz; see the module doc)."""
+                   slice_index: np.ndarray, spacing: np.ndarray, text: list[str] | None = None) -> None:
+    """Append K slices of one case from :func:`encode_slices` chunks, plus case_id, slice_index, spacing ((3,)
+    or (K, 3) mm: dy, dx, dz; see the module doc) and, when the group holds ``text``, the K descriptions."""
     k = len(slice_index)
     start = group["source"].shape[0]
     for name, encoded in chunks.items():
@@ -139,8 +141,12 @@ def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: s
         for i, chunk in enumerate(encoded):
             dataset.id.write_direct_chunk((start + i, *zeros), chunk)
     spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float32), (k, 3))
-    for name, values in (("case_id", string_array([case_id] * k)), ("slice_index", slice_index),
-                         ("spacing", spacing)):
+    columns = [("case_id", string_array([case_id] * k)), ("slice_index", slice_index), ("spacing", spacing)]
+    if "text" in group:
+        if text is None or len(text) != k:
+            raise ValueError(f"text: {None if text is None else len(text)} descriptions for {k} slices")
+        columns.append(("text", string_array(text)))
+    for name, values in columns:
         dataset = group[name]
         dataset.resize(start + k, axis=0)
         dataset[start:start + k] = values
@@ -251,6 +257,12 @@ def has_volumes(h5: h5py.File) -> bool:
     return int(np.asarray(h5.attrs.get("volumes", 0))) == 1
 
 
+def has_text(h5: h5py.File) -> bool:
+    """Whether a file whose root attributes passed :func:`validate_schema` holds the per-slice descriptions
+    ``text`` (root attribute ``text`` = 1; absent in files written before them)."""
+    return int(np.asarray(h5.attrs.get(TEXT_ATTRIBUTE, 0))) == 1
+
+
 def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """Check attributes, groups, links, dtypes, shapes, size limits and storage against the schema without
     reading the data (only the raw length fields of the stored strings).
@@ -356,12 +368,12 @@ def _check_storage(dataset: h5py.Dataset, spec: DatasetSpec, sizes: dict[str, in
         raise DataError(f"{where}: {name} stores {stored} of its {expected} chunks (missing chunks would "
                         "read as zeros)")
     if spec.dtype == UTF8:
-        _check_string_lengths(dataset, where)
+        _check_string_lengths(dataset, spec.max_bytes, where)
 
 
-def _check_string_lengths(dataset: h5py.Dataset, where: str | Path) -> None:
+def _check_string_lengths(dataset: h5py.Dataset, limit: int, where: str | Path) -> None:
     """DataError unless every string of a validated 1-D string ``dataset`` (raw chunks, all stored) declares at
-    most MAX_TEXT_BYTES, read from the chunks' raw bytes: HDF5 allocates a declared length before reading
+    most ``limit`` bytes, read from the chunks' raw bytes: HDF5 allocates a declared length before reading
     the string."""
     per_chunk = dataset.chunks[0]
     for start in range(0, dataset.shape[0], per_chunk):
@@ -370,9 +382,9 @@ def _check_string_lengths(dataset: h5py.Dataset, where: str | Path) -> None:
         if len(raw) % (4 * per_chunk):
             raise DataError(f"{where}: {dataset.name} has a malformed chunk at {start} ({len(raw)} bytes)")
         longest = int(np.frombuffer(raw, "<u4").reshape(per_chunk, -1)[:, 0].max())
-        if longest > MAX_TEXT_BYTES:
+        if longest > limit:
             raise DataError(f"{where}: {dataset.name} holds a string of {longest} bytes, over the limit of "
-                            f"{MAX_TEXT_BYTES}")
+                            f"{limit}")
 
 
 def _check_members(group: h5py.Group, expected: tuple[str, ...] | None, where: str | Path) -> None:
@@ -408,9 +420,10 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
         if split not in h5 or not isinstance(h5[split], h5py.Group):
             raise DataError(f"{where}: missing group /{split}")
         group = h5[split]
-        _check_members(group, tuple(spec.name for spec in DATASETS), where)
+        declared = split_datasets(h5.attrs)  # the root attributes are checked: optional ones are 0 or 1
+        _check_members(group, tuple(spec.name for spec in declared), where)
         sizes: dict[str, int] = {}  # N, H, W of this split, bound by the first dataset that has them
-        for spec in DATASETS:
+        for spec in declared:
             _check_dataset(group, spec, sizes, where)
         if size is not None and (sizes["H"], sizes["W"]) != size:
             raise DataError(f"{where}: /{split} slices are {(sizes['H'], sizes['W'])}, other splits {size}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,16 @@ from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, pac
 from fuse4seg.data.h5format import has_volumes, open_validated, read_spacing, reading_data
 from fuse4seg.data.h5volumes import scan_volumes
 from fuse4seg.data.schema import (
-    DATASETS,
     FORMAT_VERSION,
     H5_NAME,
+    MAX_DESCRIPTION_BYTES,
     SPLITS,
     VOLUME_ATTRIBUTES,
     VOLUME_CHUNK,
     VOLUME_DATASETS,
     VOLUMES_GROUP,
     card_file_lines,
+    split_datasets,
 )
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import MARKER, one_line, sha256_file
@@ -52,6 +54,8 @@ CROISSANT_CONTEXT: dict[str, object] = {
 #: Bytes of image data ``verify`` reads at a time: memory stays bounded whatever the slice size (a
 #: 4096 x 4096 slice is 256 MiB of source alone, so the block shrinks to one slice there).
 SCAN_BLOCK_BYTES = 64 * 1024**2
+#: Strings ``verify`` decodes at a time: SCAN_BLOCK_BYTES of the longest declared strings.
+STRING_BLOCK = SCAN_BLOCK_BYTES // MAX_DESCRIPTION_BYTES
 
 
 def _short(value: object) -> str:
@@ -118,6 +122,9 @@ slice area are candidates; {meta['slices_per_case']} of them are kept, evenly sp
 {'Each case was cropped to the square around its brain bounding box and resized to ' + str(meta['size']) +
  ' px (images bilinear, labels nearest).' if meta['size'] else 'Slices keep the volume size.'}
 Cases without tumour (left out): {', '.join(meta['skipped_cases']) or 'none'}.
+Texts: each slice's `text` describes it (regions and areas in mm², location, how the labels relate, the
+modality each is most conspicuous on; rules in `fuse4seg/data/describe.py`, wording seeded by the build's seed){
+', replaced by the supplied report where `--reports` gave one' if meta.get('reports') else ''}.
 {_volumes_text(meta)}
 ## Files
 
@@ -179,7 +186,7 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
             "@type": "cr:Field", "@id": f"{split}/{spec.name}", "name": spec.name,
             "description": spec.record_description(), "dataType": spec.croissant,
             "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"/{split}/{spec.name}"}},
-        } for spec in DATASETS]
+        } for spec in split_datasets(meta["attrs"])]
         record_sets.append({
             "@type": "cr:RecordSet", "@id": split, "name": split,
             "description": f"{meta['splits'][split]['slices']} slices of {meta['splits'][split]['cases']} cases; "
@@ -309,7 +316,7 @@ def _check_files(directory: Path) -> list[str]:
 
 def _check_values(h5: object, path: Path, split: str) -> set[str]:
     """Scan one split in blocks of at most SCAN_BLOCK_BYTES per dataset: sources/fused finite in [0, 1],
-    labels in {0..3}, spacing finite and > 0; returns case ids. The validated header bounds the work
+    labels in {0..3}, spacing finite and > 0, case ids and texts UTF-8; returns case ids. The validated header bounds the work
     (MAX_SLICES, MAX_SLICE_SIDE, every chunk stored)."""
     group = h5[split]
     n = group["source"].shape[0]
@@ -330,11 +337,26 @@ def _check_values(h5: object, path: Path, split: str) -> set[str]:
     if n and slice_index.min() < 0:
         raise DataError(f"{path}: /{split}/slice_index has negative values")
     read_spacing(h5, split, path)  # finite and > 0
-    with reading_data(path, f"/{split}/case_id"):
+    if "text" in group:  # present exactly when announced (validator); each block must decode
+        for _block in _string_blocks(group, "text", path, split):
+            pass
+    return {value for block in _string_blocks(group, "case_id", path, split) for value in block}
+
+
+def _string_blocks(group: object, name: str, path: Path, split: str) -> Iterator[list[str]]:
+    """The UTF-8 strings of ``/<split>/<name>`` in blocks of STRING_BLOCK (each string's length is bounded by
+    the validator, so a block is at most STRING_BLOCK x MAX_DESCRIPTION_BYTES); DataError naming the
+    dataset and block of a string that is not UTF-8."""
+    dataset = group[name]
+    for start in range(0, dataset.shape[0], STRING_BLOCK):
+        stop = min(dataset.shape[0], start + STRING_BLOCK)
+        with reading_data(path, f"/{split}/{name}[{start}:{stop}]"):
+            raw = dataset[start:stop]
         try:
-            return set(group["case_id"].asstr()[:].tolist())
+            yield [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw]
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: /{split}/case_id holds a string that is not UTF-8 ({one_line(exc)})") from None
+            raise DataError(f"{path}: /{split}/{name} holds a string that is not UTF-8 (among [{start}:{stop}]: "
+                            f"{one_line(exc)})") from None
 
 
 def verify(directory: str | Path) -> dict:

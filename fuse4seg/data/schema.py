@@ -9,7 +9,8 @@ format here (and bump :data:`FORMAT_VERSION`), not in those places.
 Shapes are symbolic: ``N`` is the number of slices of one split, ``H`` x ``W`` the slice size
 (one per file: every split has the same). Every split group (``/train``, ``/val``, ``/test``)
 holds every dataset of :data:`DATASETS`; the root holds every attribute of :data:`ROOT_ATTRIBUTES`
-(``volumes`` may be absent: files written before it read as 0).
+(``volumes`` and ``text`` may be absent: files written before them read as 0). A dataset declared with
+``announced_by`` is optional: present exactly when that root attribute is 1 (:func:`split_datasets`).
 
 The volumetric layout (``build-benchmark --volumes``; optional, announced by the root attribute
 ``volumes`` = 1) is ``/volumes/<split>/<case_id>``: one group per case of the split (exactly the
@@ -23,6 +24,8 @@ before they existed are refused with a request to rebuild; none exist outside th
 The optional volumes layout and its root attribute ``volumes`` were added within version 2: an
 older format-2 file (no attribute, no ``/volumes``) is still valid and reads as ``volumes`` = 0; an
 older fuse4seg refuses a file with ``/volumes`` as an unexpected object, and reads one without it.
+The per-slice descriptions ``text`` (root attribute ``text`` = 1) were added the same way: a format-2
+file without them is still valid (no texts); an older fuse4seg refuses ``/<split>/text`` as unexpected.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ MAX_SLICE_SIDE = MAX_SIZE
 #: (NAME_MAX), so at most 765 bytes of UTF-8; HDF5 allocates a string's declared length before reading
 #: it, and a crafted 4-byte length would otherwise cost 4 GiB.
 MAX_TEXT_BYTES = 1024
+#: Bytes of one slice description (``text``): generated texts are under 700 bytes; 4096 leaves room for
+#: user-supplied reports (``--reports``), which the build refuses beyond it.
+MAX_DESCRIPTION_BYTES = 4096
+#: The root attribute that announces the optional per-slice ``text`` dataset (1: every split group holds it).
+TEXT_ATTRIBUTE = "text"
 
 #: The group of the optional volumetric layout (``build-benchmark --volumes``).
 VOLUMES_GROUP = "volumes"
@@ -85,6 +93,8 @@ class DatasetSpec:
     croissant: str  # Croissant dataType of the field
     unit: str = ""  # physical unit of the values, if any
     attrs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # dataset attributes: (name, UTF-8 string values)
+    max_bytes: int = MAX_TEXT_BYTES  # strings only: the longest stored string, checked before reading it
+    announced_by: str = ""  # optional dataset: the root attribute that is 1 when it is present ("" = required)
 
     def type_text(self) -> str:
         """dtype, unit and value range in words: 'float32 in [0, 1]', 'float32 in mm (> 0)'."""
@@ -142,6 +152,10 @@ DATASETS: tuple[DatasetSpec, ...] = (
                 "dy, dx, dz = the pixel size along H and W after the crop/resize and the volume's slice "
                 "thickness (consecutive slice_index values are dz apart), for distances such as HD95 in mm",
                 "sc:Float", unit="mm"),
+    DatasetSpec("text", ("N",), UTF8, f"(at most {MAX_DESCRIPTION_BYTES} bytes)", (256,), False,
+                "a description of the slice (regions, areas in mm², location, relation, conspicuous modality; "
+                "generated from the label map and sources, or a report supplied with --reports)", "sc:Text",
+                max_bytes=MAX_DESCRIPTION_BYTES, announced_by=TEXT_ATTRIBUTE),
 )
 
 ROOT_ATTRIBUTES: tuple[AttributeSpec, ...] = (
@@ -156,6 +170,8 @@ ROOT_ATTRIBUTES: tuple[AttributeSpec, ...] = (
                   "volume size; `fuse4seg fuse` applies the same rule to new cases", minimum=0),
     AttributeSpec("volumes", "integer", "1 when the file holds the volumetric layout `/volumes` (`--volumes`), "
                   "else 0", minimum=0, maximum=1, required=False),
+    AttributeSpec(TEXT_ATTRIBUTE, "integer", "1 when every split group holds the slice descriptions `text`, else 0",
+                  minimum=0, maximum=1, required=False),
 )
 
 #: The datasets of every /volumes/<split>/<case_id> group. ``fused`` applies the build's rule to each
@@ -193,12 +209,19 @@ def resolve(shape: tuple[int | str, ...], sizes: dict[str, int]) -> tuple[int, .
                  for d in shape)
 
 
+def split_datasets(root_values: dict[str, object]) -> tuple[DatasetSpec, ...]:
+    """The datasets of every split group of a file with these root attributes (or their values): the required
+    ones and each optional one whose announcing attribute is 1 (absent reads as 0)."""
+    return tuple(d for d in DATASETS if not d.announced_by or int(root_values.get(d.announced_by, 0)) == 1)
+
+
 def card_file_lines(root_values: dict[str, object]) -> list[str]:
     """Markdown bullet lines describing brats_fuse.h5 for the dataset card; ``root_values`` are the
     written root attributes, shown beside their descriptions."""
     groups = ", ".join(f"`{s}`" for s in SPLITS)
     lines = [f"- `{H5_NAME}` (HDF5 format {FORMAT_VERSION}): groups {groups}, each with the datasets"]
-    lines += [f"  - `{d.name}` {shape_text(d.shape)} {d.type_text()}: {d.description}" for d in DATASETS]
+    lines += [f"  - `{d.name}` {shape_text(d.shape)} {d.type_text()}: {d.description}"
+              for d in split_datasets(root_values)]
     lines.append("  and the root attributes")
     for a in ROOT_ATTRIBUTES:
         value = root_values[a.name]
