@@ -97,7 +97,35 @@ def _read_split(h5: h5py.File, path: Path, split: str) -> dict[str, object]:
             "spacing": read_spacing(h5, split, path), "text": text}
 
 
-class BraTSFuse(Dataset):
+class ProcessFile(Dataset):
+    """A Dataset reading one HDF5 file (``self.path``) through a handle opened lazily in each process: DataLoader
+    workers must not share an h5py handle, so pickling drops it and the worker reopens the file."""
+
+    path: Path
+    _h5: h5py.File | None = None
+    _pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle without the open file handle (workers reopen the file)."""
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, None
+        return state
+
+    def _file(self) -> h5py.File:
+        """The HDF5 file, opened on first use in this process."""
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def close(self) -> None:
+        """Close this process's file handle (reopened on the next access)."""
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+class BraTSFuse(ProcessFile):
     """Slices of one split: {"source": (C, H, W) float32, "fused": (1, H, W) float32,
     "label": (H, W) int64, "case_id": str, "slice_index": int, and "text": str (the slice's description) when
     the file holds texts (``has_text``; files written before them do not)}; ``spacing`` is the split's (N, 3) mm.
@@ -160,19 +188,6 @@ class BraTSFuse(Dataset):
         except READ_ERRORS as exc:
             raise DataError(f"{self.path}: /{self.split}/case_id is unreadable ({one_line(exc)})") from None
 
-    def __getstate__(self) -> dict:
-        """Pickle without the open file handle (workers reopen the file)."""
-        state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
-        return state
-
-    def _file(self) -> h5py.File:
-        """The HDF5 file, opened on first use in this process."""
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
     def _channels_of(self, source: np.ndarray) -> np.ndarray:
         """The chosen modality channels of a (4, H, W) source (itself when all four, in order)."""
         return source if self.modalities == MODALITIES else source[self._channels]
@@ -215,12 +230,6 @@ class BraTSFuse(Dataset):
             "slice_index": slice_index,
         }
         return item if text is None else {**item, "text": text}
-
-    def close(self) -> None:
-        """Close this process's file handle (reopened on the next access)."""
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
 
     def __repr__(self) -> str:
         """Short description: file, split, size and channels."""

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from fuse4seg.data.dataset import CACHE_MAX_BYTES, check_slices, h5_path
+from fuse4seg.data.dataset import CACHE_MAX_BYTES, ProcessFile, check_slices, h5_path
 from fuse4seg.data.h5format import READ_ERRORS, has_volumes, open_validated, read_root_attrs, reading_data
 from fuse4seg.data.h5volumes import read_volume_attrs, volume_case_ids
 from fuse4seg.data.schema import MAX_VOLUME_VOXELS, VOLUMES_GROUP
@@ -36,7 +35,7 @@ def _triple(value: Sequence[int], name: str, minimum: int | None) -> np.ndarray:
     return np.array(items, dtype=np.int64)
 
 
-class BraTSFuseVolumes(Dataset):
+class BraTSFuseVolumes(ProcessFile):
     """The volumes of one split, one item per case (sorted case ids): {"source": (4, D, H, W) float32,
     "fused": (1, D, H, W) float32, "label": (D, H, W) int64, "case_id": str, "box": (3, 2) int64
     [[x0, x1], [y0, y1], [z0, z1]] of the crop in the original volume, "shape": (3,) int64 (X, Y, Z) of
@@ -86,18 +85,9 @@ class BraTSFuseVolumes(Dataset):
         """Whether the split's volumes are held in memory."""
         return self._memory is not None
 
-    def __getstate__(self) -> dict:
-        """Pickle without the open file handle (workers reopen the file)."""
-        state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
-        return state
-
     def _group(self) -> h5py.Group:
         """The split's volumes group of the HDF5 file, opened on first use in this process."""
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5[VOLUMES_GROUP][self.split]
+        return self._file()[VOLUMES_GROUP][self.split]
 
     def _read_region(self, group: h5py.Group, index: int, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source (4, d, h, w) float32, fused (1, d, h, w) float32, label (d, h, w) uint8) of case ``index`` over
@@ -159,12 +149,6 @@ class BraTSFuseVolumes(Dataset):
         """Volume ``index`` whole (see the class docstring; "start" is (0, 0, 0))."""
         index = self._index(index)
         return self.read_patch(index, (0, 0, 0), self.dims[index])
-
-    def close(self) -> None:
-        """Close this process's file handle (reopened on the next access)."""
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
 
     def __repr__(self) -> str:
         """Short description: file, split, number of volumes."""
