@@ -26,10 +26,11 @@ from fuse4seg.models.blocks import segmenter_plan
 TINY: dict[str, dict] = {
     "fusion-cnn": {"width": 4, "layers": 3},
     "fusion-freq": {"width": 4, "layers": 2},
+    "fusion-text": {"width": 4, "layers": 3, "heads": 2, "text_dim": 8},
     "unet": {"width": 4, "depth": 3},
     "feature-fusion": {"width": 4, "depth": 3},
 }
-FUSION = ("fusion-cnn", "fusion-freq")
+FUSION = ("fusion-cnn", "fusion-freq", "fusion-text")
 
 
 def tiny(name: str, **extra) -> nn.Module:
@@ -39,15 +40,16 @@ def tiny(name: str, **extra) -> nn.Module:
 
 
 def test_registry_lists_every_model() -> None:
-    """list_models gives the four 2-D names in registry order, then the same four with -3d (tests in
-    test_models3d.py); every 2-D model has a tiny test variant, and the unet defaults are in_channels 1, 4
-    classes, width 16, depth 4, GroupNorm (dims is fixed by the name, not an option)."""
-    two_d = ["fusion-cnn", "fusion-freq", "unet", "feature-fusion"]
+    """list_models gives the five 2-D names in registry order, then the four with a 3-D variant with -3d (tests
+    in test_models3d.py; fusion-text has none: texts describe slices); every 2-D model has a tiny test variant,
+    and the unet defaults are in_channels 1, 4 classes, width 16, depth 4, GroupNorm (dims is fixed by the name,
+    not an option)."""
+    two_d = ["fusion-cnn", "fusion-freq", "fusion-text", "unet", "feature-fusion"]
     assert list_models(dims=2) == two_d
-    assert list_models(dims=3) == [f"{name}-3d" for name in two_d]
+    assert list_models(dims=3) == [f"{name}-3d" for name in two_d if name != "fusion-text"]
     assert list_models() == list(MODEL_REGISTRY) == two_d + list_models(dims=3)
     assert set(TINY) == set(list_models(dims=2))
-    assert [model_dims(name) for name in list_models()] == [2] * 4 + [3] * 4
+    assert [model_dims(name) for name in list_models()] == [2] * 5 + [3] * 4
     assert model_options("unet") == {
         "in_channels": 1,
         "num_classes": 4,
@@ -167,9 +169,14 @@ def test_functional_call_matches_module(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_gradients_reach_every_parameter(name: str) -> None:
-    """A random linear function of the output gives every parameter a finite, non-zero gradient (no dead branch)."""
+    """A random linear function of the output gives every parameter a finite, non-zero gradient (no dead branch);
+    a text-guided net is given a text of 5 tokens and an empty one (with its "no text" token alone, attention is
+    constant; with a text, that token is not attended to)."""
     model = tiny(name)
-    out = model(torch.rand(2, model.in_channels, 32, 32))
+    text = ()
+    if getattr(model, "uses_text", False):
+        text = (torch.randn(2, 5, model.text_dim), torch.tensor([[True] * 5, [False] * 5]))
+    out = model(torch.rand(2, model.in_channels, 32, 32), *text)
     (out * torch.randn_like(out)).sum().backward()
     for k, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), k

@@ -188,6 +188,17 @@ class BraTSFuse(ProcessFile):
         except READ_ERRORS as exc:
             raise DataError(f"{self.path}: /{self.split}/case_id is unreadable ({one_line(exc)})") from None
 
+    def texts(self) -> list[str] | None:
+        """Every slice's text in file order, or None when the file holds none."""
+        if not self.has_text:
+            return None
+        if self._memory is not None:
+            return list(self._memory["text"])
+        try:
+            return list(self._file()[self.split]["text"].asstr()[()])
+        except READ_ERRORS as exc:  # not UTF-8: a UnicodeDecodeError, a ValueError
+            raise DataError(f"{self.path}: /{self.split}/text is unreadable ({one_line(exc)})") from None
+
     def _channels_of(self, source: np.ndarray) -> np.ndarray:
         """The chosen modality channels of a (4, H, W) source (itself when all four, in order)."""
         return source if self.modalities == MODALITIES else source[self._channels]

@@ -19,6 +19,7 @@ from fuse4seg.models.registry import (
     model_summary,
 )
 from fuse4seg.models.sliding import importance_map, sliding_window
+from fuse4seg.models.text_fusion import TextGuidedFusion
 from fuse4seg.models.unet import UNet
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "FeatureFusionSegmenter",
     "FrequencyFusionNet",
     "FusionCNN",
+    "TextGuidedFusion",
     "UNet",
     "build_model",
     "count_parameters",

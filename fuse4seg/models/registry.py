@@ -18,6 +18,7 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.models.blocks import check_dims
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
 from fuse4seg.models.fusion import FrequencyFusionNet, FusionCNN
+from fuse4seg.models.text_fusion import TextGuidedFusion
 from fuse4seg.models.unet import UNet
 
 _MODELS_2D: dict[str, Callable[..., nn.Module]] = {
@@ -28,7 +29,12 @@ _MODELS_2D: dict[str, Callable[..., nn.Module]] = {
 }
 #: name -> constructor; each constructor's positional-or-keyword arguments are that model's options.
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    **_MODELS_2D,
+    "fusion-cnn": FusionCNN,
+    "fusion-freq": FrequencyFusionNet,
+    # Texts describe axial slices, so the text-guided network has no 3-D variant.
+    "fusion-text": TextGuidedFusion,
+    "unet": UNet,
+    "feature-fusion": FeatureFusionSegmenter,
     **{f"{name}-3d": partial(cls, dims=3) for name, cls in _MODELS_2D.items()},
 }
 # A forward pass of the default unet-3d on a 240^3 cube takes minutes and gigabytes on a CPU, so

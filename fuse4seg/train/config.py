@@ -80,6 +80,8 @@ DIMS: tuple[int, ...] = (2, 3)
 MIN_PATCH: int = 8
 #: Largest patch edge (voxels): the largest BraTS volume's side (240) rounded up to a power of two.
 MAX_PATCH: int = 256
+#: Contrastive steps of the semantic loss's image-text model: it converges in a few hundred on a benchmark.
+MAX_ALIGN_STEPS: int = 100_000
 
 
 def _workers(value: int) -> str | None:
@@ -140,6 +142,14 @@ def _patch_edges(value: tuple[int, ...]) -> str | None:
     """Check: every edge in [MIN_PATCH, MAX_PATCH] voxels."""
     bad = [v for v in value if not MIN_PATCH <= v <= MAX_PATCH]
     return f"each edge must be in {MIN_PATCH}..{MAX_PATCH} voxels, got {','.join(map(str, value))}" if bad else None
+
+
+def _text_encoder(value: str) -> str | None:
+    """Check: 'builtin' or an existing folder (a text model saved on disk)."""
+    from fuse4seg.text.encoders import BUILTIN
+
+    return None if value == BUILTIN or Path(value).is_dir() else (
+        f"{value}: no such folder (a Hugging Face text model saved on disk, or 'builtin')")
 
 
 def _device(value: str) -> str | None:
@@ -207,8 +217,8 @@ class TrainConfig:
     hypergrad: Options = option(  # noqa: RUF009
         Options(lr=1e-3, optimizer="adam"), "The bi-level engine's options.", modes=HYPERGRADIENT_MODES,
         every_mode=("lr",), validate=parse_options)
-    fusion_model: str = option("fusion-cnn", "Fusion network: fusion-cnn, fusion-freq.", check=_known_model,
-                               modes=FUSION_MODES)
+    fusion_model: str = option("fusion-cnn", "Fusion network: fusion-cnn, fusion-freq, fusion-text (text-guided, 2-D).",
+                               check=_known_model, modes=FUSION_MODES)
     seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model,
                             modes=names(lambda m: m.seg_model is None))
     fusion_options: dict = option({}, f"Fusion network options (TOML table; width <= {MAX_WIDTH}, layers <= "  # noqa: RUF009
@@ -246,6 +256,15 @@ class TrainConfig:
                                  "none, light, strong, degradation names (noise, rician, blur, bias, spike, undersample, "
                                  "motion, lowres; groups noise, blur, kspace, motion, lowres) or FILE.yaml.",
                                  check=_buildable("input_degradation"))
+    text_encoder: str = option("builtin", "Encoder of the slices' texts (--fusion-model fusion-text, --semantic-weight): "
+                               "builtin (fitted on the benchmark's train texts) or the folder of a Hugging Face text "
+                               "model on disk (never downloaded; needs fuse4seg[text]).", check=_text_encoder,
+                               modes=FUSION_MODES)
+    semantic_weight: float = option(0.0, "Weight of the medical semantic loss, 1 - cosine of a fused image and its slice's "
+                                    "text under a CLIP-style model trained on the benchmark's images and texts first, "
+                                    "then frozen (0: off; 2-D).", check=at_least(0), modes=FUSION_MODES)
+    semantic_steps: int = option(200, f"Contrastive training steps of the semantic loss's image-text model (1 to "
+                                      f"{MAX_ALIGN_STEPS}).", check=in_range(1, MAX_ALIGN_STEPS), modes=FUSION_MODES)
     steps: int | None = option(None, f"Total (outer) steps, 1 to {MAX_STEPS} (default: one epoch).",
                                check=in_range(1, MAX_STEPS), resumable=True)
     epochs: float | None = option(None, f"Total epochs over the fitting slices (at most {MAX_EPOCHS}).",
@@ -366,8 +385,23 @@ def validate(c: TrainConfig) -> None:
         for key in ("augment", "degrade_inputs"):  # their transforms are 2-D (albumentations on slices)
             if getattr(c, key) != "none":
                 raise ConfigError("is not supported with --dims 3 (its transforms work on 2-D slices)", option=key)
+    _check_text(c)
     _check_bottleneck(c)
     mode.check(c)
+
+
+def _check_text(c: TrainConfig) -> None:
+    """Texts describe whole axial slices as stored: no 3-D training and no augmentation with text."""
+    from fuse4seg.train.networks import reads_text, uses_text
+
+    if not uses_text(c):
+        return
+    key = "fusion_model" if reads_text(c.fusion_model) else "semantic_weight"
+    if c.dims == 3:
+        raise ConfigError("reads the slices' texts, which describe axial slices: not available with --dims 3", option=key)
+    if c.augment != "none":  # a flip or a rotation would contradict the texts' left/right and anterior/posterior
+        raise ConfigError("reads the slices' texts, whose locations an augmented slice would contradict; use "
+                          "--augment none", option=key)
 
 
 def _check_bottleneck(c: TrainConfig) -> None:

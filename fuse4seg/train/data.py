@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from fuse4seg.data.dataset import CACHE_MAX_BYTES, BraTSFuse
 from fuse4seg.data.h5format import open_validated, read_root_attrs, slice_size
@@ -13,8 +14,16 @@ from fuse4seg.data.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file
 
-__all__ = ["CACHE_MAX_BYTES", "BenchmarkInfo", "benchmark_identity", "benchmark_info",
-           "open_split", "read_benchmark_facts"]
+__all__ = [
+    "CACHE_MAX_BYTES",
+    "BenchmarkInfo",
+    "SplitArrays",
+    "benchmark_identity",
+    "benchmark_info",
+    "open_split",
+    "read_benchmark_facts",
+    "read_split",
+]
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,30 @@ def open_split(directory: str | Path, split: str, cache: bool = False) -> BraTSF
     ``cache``: hold the split in memory when it is at most CACHE_MAX_BYTES, else read lazily (see BraTSFuse).
     """
     return BraTSFuse(Path(directory), split, cache=cache)
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """A split held in memory: sources (N, 4, H, W), stored fused (N, 1, H, W), labels (N, H, W) int64."""
+
+    source: np.ndarray
+    fused: np.ndarray
+    label: np.ndarray
+    keys: tuple[tuple[str, int], ...]  # (case id, slice index) per slice
+    fusion_method: str
+    fusion_inputs: tuple[str, ...]
+    text: tuple[str, ...] | None = None  # the slices' texts, when the package has them
+
+
+def read_split(benchmark: Path, split: str) -> SplitArrays:
+    """Every slice of one split of a benchmark, in file order."""
+    dataset = open_split(benchmark, split, cache=True)
+    if len(dataset) == 0:
+        raise DataError(f"{benchmark}: split {split!r} has no slices")
+    items = [dataset[i] for i in range(len(dataset))]
+    attrs = dataset.attrs
+    return SplitArrays(np.stack([it["source"].numpy() for it in items]), np.stack([it["fused"].numpy() for it in items]),
+                       np.stack([it["label"].numpy() for it in items]),
+                       tuple((str(it["case_id"]), int(it["slice_index"])) for it in items),
+                       str(attrs.get("fusion_method", "")), tuple(attrs.get("fusion_inputs", ())),
+                       tuple(str(it["text"]) for it in items) if dataset.has_text else None)

@@ -17,6 +17,8 @@ per case; the gallery shows each shown case's middle axial plane.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -77,15 +79,20 @@ def _stack_gap(slice_index: list[int]) -> float:
 
 
 def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, device: torch.device,
-                limit: int | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Every metric of ``pipeline`` on ``dataset``: per-slice/per-case segmentation, fusion, baselines.
+                limit: int | None = None, batch_size: int = 16, reports: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """Every metric of ``pipeline`` on ``dataset``: per-slice/per-case segmentation, fusion, baselines, and the
+    report-based semantic preservation score (fuse4seg.metrics.reports).
 
-    ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm).
+    ``spacing``: (N, 3) mm (dy, dx, dz) of the dataset's slices in order (HD95 in mm). ``reports``: receives one
+    row per slice (case_id, slice_index, score, the report generated from the prediction, the reference text).
     """
+    from fuse4seg.data.describe import describe_slice, slice_rng
     from fuse4seg.metrics import average_segmentation_metrics, fusion_metrics, segmentation_metrics
+    from fuse4seg.metrics.reports import compare_reports, report_facts, report_score, summarise_reports
 
     inputs = pipeline.fusion_inputs
-    per_slice, learned, stored, bg_dices = [], [], [], []
+    per_slice, learned, stored, bg_dices, agreement = [], [], [], [], []
     cases: dict[str, dict[str, list]] = defaultdict(lambda: {"pred": [], "truth": [], "z": [], "row": []})
     can_fuse_metrics = len(inputs) >= 2
     row = 0
@@ -94,7 +101,18 @@ def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, devic
         srcs = (b.source[:, pipeline.fusion_channels].numpy() * 255.0).astype(np.float64)
         for i in range(len(b.pred)):
             pred, truth = b.pred[i].numpy().astype(np.uint8), b.label[i].numpy().astype(np.uint8)
-            per_slice.append(segmentation_metrics(pred, truth, spacing=tuple(spacing[row, :2])))
+            pixel = (float(spacing[row, 0]), float(spacing[row, 1]))
+            per_slice.append(segmentation_metrics(pred, truth, spacing=pixel))
+            all_sources = b.source[i].numpy()
+            fields = compare_reports(report_facts(pred, all_sources, pixel), report_facts(truth, all_sources, pixel))
+            agreement.append(fields)
+            if reports is not None:
+                rng = slice_rng(0, b.case_id[i], b.slice_index[i])
+                reference = b.text[i] if b.text is not None else describe_slice(truth, all_sources, pixel, None, rng)
+                reports.append({"case_id": b.case_id[i], "slice_index": b.slice_index[i],
+                                "score": report_score(fields), "predicted_report": describe_slice(
+                                    pred, all_sources, pixel, None, slice_rng(0, b.case_id[i], b.slice_index[i])),
+                                "reference_report": reference})
             c = cases[b.case_id[i]]
             c["pred"].append(pred)
             c["truth"].append(truth)
@@ -130,6 +148,7 @@ def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, devic
                          "per_case": average_segmentation_metrics(case_rows)},
         "per_case": per_case,
         "fusion": {"learned": _mean_fusion(learned), "benchmark_stored": _mean_fusion(stored)},
+        "semantic": summarise_reports(agreement),
         "background_dice_per_slice_mean": dict(zip(REGIONS, torch.cat(bg_dices).mean(0).tolist())),
         "notes": notes,
     }
@@ -219,7 +238,7 @@ def _gallery_rows(pipeline: Pipeline, dataset: Dataset, device: torch.device, co
     source = torch.stack([it["source"] for it in items]).to(device)
     stored = torch.stack([it["fused"] for it in items]).to(device)
     with torch.no_grad():
-        fused, logits = pipeline.forward(source, stored)
+        fused, logits = pipeline.forward(source, stored, [it["text"] for it in items] if "text" in items[0] else None)
     pred = predict_labels(logits, pipeline.region_based).cpu()
     shown = fused if fused is not None else (stored if pipeline.seg_inputs == ("fused",) else None)
     return [
@@ -236,13 +255,24 @@ def is_eval_output(directory: Path) -> bool:
     return (directory / "metrics.json").is_file()
 
 
+def untrained_like(config: TrainConfig, pipeline: Pipeline, device: torch.device) -> Pipeline:
+    """The networks of ``config`` at their initial weights, in eval mode, reading text through ``pipeline``'s own
+    (fitted, frozen) text encoder."""
+    untrained = build_pipeline(config)
+    untrained.text_encoder, untrained.alignment = pipeline.text_encoder, pipeline.alignment
+    return untrained.to(device).train(False)
+
+
 def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: str = "test", checkpoint: str = "best",
                  device: str = "cpu", max_slices: int | None = None, compare_untrained: bool = False,
-                 gallery: int = 6) -> dict[str, Any]:
-    """Evaluate RUN on a benchmark split; writes RUN/eval/{metrics.json,report.md,gallery.png}; returns metrics."""
+                 gallery: int = 6, texts: bool = True) -> dict[str, Any]:
+    """Evaluate RUN on a benchmark split; writes RUN/eval/{metrics.json,report.md,gallery.png,reports.csv}; returns
+    metrics. ``texts`` False: a text-guided fusion net fuses without the slices' texts (its "no text" token)."""
     from fuse4seg.train.report import write_eval_outputs
 
     config, pipeline, state = load_run(run, checkpoint, device)
+    if not texts:
+        pipeline = dataclasses.replace(pipeline, text_encoder=None)
     dev = next(pipeline.seg.parameters()).device
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
     if config.dims == 3:
@@ -266,19 +296,35 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
             "fusion": "fusion_metrics on the 0-255 scale vs the fusion inputs; SSIM data_range 255; MI, VIF and "
                       "SSIM summed over sources, Qabf and CC averaged, SCD the mean over source pairs",
             "empty_masks": "BraTS rule: both empty -> Dice 1, HD95 0; one empty -> Dice 0, HD95 = diagonal",
+            "semantic": "report facts of the predicted and the true labels compared field by field (labels present, "
+                        "region areas within the tolerance, hemisphere, anterior/posterior, relation); score = share "
+                        "of agreeing fields per slice, averaged over slices (fuse4seg.metrics.reports)",
         },
+        "text": ("the slices' texts" if pipeline.text_encoder is not None else "none (the 'no text' token)")
+        if pipeline.reads_text else None,
     }
     metrics["hd95_unit"] = "mm"
     metrics["benchmark_fusion_method"] = str(getattr(dataset, "attrs", {}).get("fusion_method", ""))
-    metrics.update(score_split(pipeline, dataset, dataset.spacing, dev, max_slices))
+    reports: list[dict[str, Any]] = []
+    metrics.update(score_split(pipeline, dataset, dataset.spacing, dev, max_slices, reports=reports))
     if compare_untrained:
-        untrained = build_pipeline(config).to(dev).train(False)
-        base = score_split(untrained, dataset, dataset.spacing, dev, max_slices)
-        metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
+        base = score_split(untrained_like(config, pipeline, dev), dataset, dataset.spacing, dev, max_slices)
+        metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"],
+                                "semantic": base["semantic"]}
     rows = _gallery_rows(pipeline, dataset, dev, gallery)
     with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
         write_eval_outputs(tmp, metrics, rows, config)
+        write_reports_csv(tmp / "reports.csv", reports)
     return metrics
+
+
+def write_reports_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """UTF-8 CSV of :func:`score_split`'s report rows: case_id, slice_index, score, predicted_report, reference_report."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case_id", "slice_index", "score", "predicted_report",
+                                                    "reference_report"])
+        writer.writeheader()
+        writer.writerows({**r, "score": f"{r['score']:.4f}"} for r in rows)
 
 
 def _evaluate_volumes(run: str | Path, config: TrainConfig, pipeline: Pipeline, state: dict, bench: Path, split: str,
@@ -314,8 +360,7 @@ def _evaluate_volumes(run: str | Path, config: TrainConfig, pipeline: Pipeline, 
     }
     metrics.update(scores)
     if compare_untrained:
-        untrained = build_pipeline(config).to(dev).train(False)
-        base, _ = score_volumes(untrained, volumes, config.patch, dev, max_cases)
+        base, _ = score_volumes(untrained_like(config, pipeline, dev), volumes, config.patch, dev, max_cases)
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
         write_eval_outputs(tmp, metrics, rows, config)

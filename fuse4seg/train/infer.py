@@ -19,7 +19,7 @@ release grid (zeros outside the box, background labels outside the brain).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +87,13 @@ def uses_crop(shape: tuple[int, int], size: tuple[int, int], slice_size: int) ->
 
 def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarray, size: tuple[int, int],
                    device: torch.device, fusion_method: str = "laplacian", batch_size: int = 16, *,
-                   slice_size: int) -> tuple[np.ndarray | None, np.ndarray]:
+                   slice_size: int, texts: Sequence[str | None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(4, X, Y, Z) sources in [0, 1] -> (fused (X, Y, Z) float32 in [0, 1] or None, labels (X, Y, Z) uint8).
 
     Runs slice by slice (axial, ``volume[:, :, z]``), with the benchmark's crop/resize to the training
     ``size`` when :func:`uses_crop` says so for ``slice_size`` (the benchmark's root attribute);
-    labels are canonical {0..3}, background outside the brain.
+    labels are canonical {0..3}, background outside the brain. ``texts``: one per axial slice (None: no text),
+    read by a text-guided fusion network.
     """
     from fuse4seg.data.geometry import crop_resize_images, square_box
     from fuse4seg.fusion import fuse_batch
@@ -113,7 +114,8 @@ def predict_volume(pipeline: Pipeline, images: np.ndarray, brain_mask: np.ndarra
             if needs_stored:  # direct mode on the benchmark's classical fusion: recompute it here
                 stored = torch.from_numpy(fuse_batch(source[:, pipeline.fusion_channels].cpu().numpy(),
                                                      fusion_method)[:, None]).to(device)
-            fused, logits = pipeline.forward(source, stored)
+            fused, logits = pipeline.forward(source, stored,
+                                             None if texts is None else texts[start:start + batch_size])
             shown = fused if fused is not None else stored
             if shown is not None:
                 fused_parts.append(shown.float().cpu())
@@ -163,14 +165,28 @@ def predict_volume_3d(pipeline: Pipeline, images: np.ndarray, brain_mask: np.nda
     return out_fused, out_labels
 
 
-def predict_case(run: str | Path, config: Any, pipeline: Pipeline, case: Any, device: torch.device
-                 ) -> tuple[np.ndarray | None, np.ndarray]:
+def predict_case(run: str | Path, config: Any, pipeline: Pipeline, case: Any, device: torch.device,
+                 texts: Sequence[str | None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(fused (X, Y, Z) or None, labels (X, Y, Z) uint8 canonical) of a loaded case (fuse4seg.data.brats.BraTSCase)
-    through RUN's pipeline: whole-volume sliding windows for a 3-D run, slice by slice otherwise."""
+    through RUN's pipeline: whole-volume sliding windows for a 3-D run, slice by slice otherwise (with ``texts``,
+    one per axial slice, for a text-guided fusion net)."""
     size, slice_size, method = run_geometry(run)
     if config.dims == 3:
         return predict_volume_3d(pipeline, case.images, case.brain_mask, config.patch, device, method)
-    return predict_volume(pipeline, case.images, case.brain_mask, size, device, method, slice_size=slice_size)
+    return predict_volume(pipeline, case.images, case.brain_mask, size, device, method, slice_size=slice_size,
+                          texts=texts)
+
+
+def case_texts(reports: str | Path | None, case_id: str, depth: int) -> list[str | None] | None:
+    """One text per axial slice of a case of ``depth`` slices from a ``--reports`` CSV (its slice rows, else its
+    whole-case row; None where it has neither), or None without a file."""
+    if reports is None:
+        return None
+    from fuse4seg.data.describe import read_reports
+
+    found = read_reports(reports, [case_id])
+    whole = found.get((case_id, None))
+    return [found.get((case_id, z), whole) for z in range(depth)]
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header, dtype: type) -> nib.Nifti1Image:
@@ -187,16 +203,21 @@ def _is_fuse_output(directory: Path) -> bool:
 
 
 def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint: str = "best", device: str = "cpu",
-              overwrite: bool = False) -> dict[str, Any]:
-    """Apply RUN's networks to the case in ``case_dir``; writes OUT/fused.nii.gz and OUT/seg.nii.gz atomically."""
+              overwrite: bool = False, reports: str | Path | None = None) -> dict[str, Any]:
+    """Apply RUN's networks to the case in ``case_dir``; writes OUT/fused.nii.gz and OUT/seg.nii.gz atomically.
+    ``reports``: a CSV (case_id, slice_index, text) whose texts guide a text-guided fusion net, per axial slice."""
     from fuse4seg.data.brats import find_case, from_canonical_labels, load_case
 
     check_separate(out, {"case": case_dir, "run": run})
     config, pipeline, _ = load_run(run, checkpoint, device)
+    if reports is not None and not pipeline.reads_text:
+        raise ConfigError(f"{run}'s fusion network ({config.fusion_model if pipeline.fusion else config.mode}) reads "
+                          "no text", option="reports")
     dev = next(pipeline.seg.parameters()).device
     size, slice_size, _ = run_geometry(run)
     case = load_case(find_case(case_dir), require_label=False)
-    fused, labels = predict_case(run, config, pipeline, case, dev)
+    texts = case_texts(reports, case.case_id, case.images.shape[-1])
+    fused, labels = predict_case(run, config, pipeline, case, dev, texts)
     seg = from_canonical_labels(labels, case.scheme)
     written = []
     with atomic_dir(out, "fuse", overwrite=overwrite, legacy=_is_fuse_output) as tmp:
@@ -208,6 +229,7 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     voxels = {name: int(np.count_nonzero(labels == v)) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
     return {"case_id": case.case_id, "scheme": case.scheme, "out": str(out), "files": written,
             "shape": list(labels.shape), "voxels": voxels,
+            "texts": 0 if texts is None else sum(t is not None for t in texts),
             "resized": config.dims == 2 and uses_crop(tuple(labels.shape[:2]), size, slice_size)}
 
 
@@ -223,6 +245,9 @@ def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] |
     config, pipeline, state = pipeline_from_checkpoint(path)
     if "fusion" not in state["models"]:
         raise ConfigError(f"{path} ({config.mode} mode) has no fusion network", option="fusion_checkpoint")
+    if pipeline.reads_text:  # the build writes its texts after fusing; a text-blind fusion would be silently worse
+        raise ConfigError(f"{path} holds a text-guided fusion network ({config.fusion_model}), which the build "
+                          "cannot give texts to; use a run of fusion-cnn or fusion-freq", option="fusion_checkpoint")
     if fusion_inputs is not None and tuple(fusion_inputs) != tuple(config.fusion_inputs):
         raise ConfigError(f"the fusion network in {path} was trained on {','.join(config.fusion_inputs)}, "
                           f"not {','.join(fusion_inputs)}", option="fusion_inputs")

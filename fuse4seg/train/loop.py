@@ -74,6 +74,7 @@ from fuse4seg.train.patches import open_volumes
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
 from fuse4seg.train.scoring import validation_scores, volume_validation_scores
 from fuse4seg.train.tblog import TensorBoardLog
+from fuse4seg.train.text import prepare_text_models
 
 
 def training_view(config: TrainConfig, info: BenchmarkInfo, dataset: BraTSFuse) -> BraTSFuse | TrainingView:
@@ -139,6 +140,12 @@ class Trainer:
         self.total = resolve_steps(config, len(self.fit_pool))
         self.fusion_steps = self.mode.fusion_stage(config, self.total) if self.mode.fusion_stage else 0
         self.pipeline: Pipeline = build_pipeline(config).to(self.device)
+        self.text_facts: dict[str, Any] = {}
+        if resumed is None:  # a resumed run's text models come with its weights (and its facts from config.json)
+            base = getattr(self.train_set, "dataset", self.train_set)  # under a TrainingView
+            self.text_facts = prepare_text_models(self.pipeline, base, self.val_set, config.seed, config.semantic_steps)
+        else:
+            self.text_facts = {k: v for k, v in _previous_derived(self.run_dir).items() if k.startswith(TEXT_FACTS)}
         self.opts = modes.make_optimisers(config, self.pipeline)
         self.step, self.counters, self.best = 0, Counters(), Best()
         if resumed is not None:
@@ -354,7 +361,20 @@ class Trainer:
             "slice_height": self.info.height, "slice_width": self.info.width,
             "benchmark_fusion_method": self.info.fusion_method, "benchmark_slice_size": self.info.slice_size,
             "seg_inputs": list(self.config.seg_inputs()), "benchmark_sha256": self.identity["sha256"],
+            **self.text_facts,
         }
+
+
+#: Prefixes of the text models' facts in config.json "derived" (fuse4seg.train.text.prepare_text_models).
+TEXT_FACTS = ("text_", "alignment_")
+
+
+def _previous_derived(run_dir: Path) -> dict[str, Any]:
+    """The "derived" facts of RUN/config.json as a resumed run found it ({} when unreadable)."""
+    try:
+        return dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("derived") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

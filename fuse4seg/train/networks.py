@@ -6,6 +6,7 @@ network sees are chosen in exactly one place.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES, REGIONS, modality_indices
 from fuse4seg.errors import ConfigError
+from fuse4seg.text.alignment import AlignmentModel
+from fuse4seg.text.encoders import TextTokens, build_text_encoder
 from fuse4seg.train.modes import MODES
 
 if TYPE_CHECKING:
@@ -38,21 +41,56 @@ class Pipeline:
     fusion_inputs: tuple[str, ...]
     seg_inputs: tuple[str, ...] = ("fused",)
     region_based: bool = False
+    text_encoder: nn.Module | None = None  # frozen; set when the fusion net reads text or the semantic loss is on
+    alignment: AlignmentModel | None = None  # frozen image-text model of the semantic loss
 
     @property
     def fusion_channels(self) -> list[int]:
         """Indices into the 4 MODALITIES of the fusion network's inputs."""
         return modality_indices(self.fusion_inputs)
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the fusion network is guided by the slices' texts (``fusion-text``)."""
+        return bool(getattr(self.fusion, "uses_text", False))
+
     def fusion_sources(self, source: torch.Tensor) -> torch.Tensor:
         """(N, 4, *spatial) sources in MODALITIES order -> (N, C, *spatial) fusion inputs (slices or volumes)."""
         return source[:, self.fusion_channels]
 
-    def fuse(self, source: torch.Tensor) -> torch.Tensor | None:
-        """(N, 4, *spatial) sources in [0, 1] -> (N, 1, *spatial) learned fused image, or None without a fusion net."""
+    def encode_text(self, texts: Sequence[str | None] | None, device: torch.device | str) -> TextTokens | None:
+        """The N ``texts`` encoded on ``device`` (:class:`TextTokens`; a None or empty text has no token), or None
+        without a text encoder or any text."""
+        if self.text_encoder is None or texts is None:
+            return None
+        texts = list(texts)
+        present = [i for i, text in enumerate(texts) if text]
+        if not present:
+            return None
+        tokens = self.text_encoder([texts[i] for i in present])
+        if len(present) < len(texts):  # the texts without one keep no token (the fusion net's "no text" token)
+            features = tokens.features.new_zeros((len(texts), *tokens.features.shape[1:]))
+            mask = tokens.mask.new_zeros((len(texts), tokens.mask.shape[1]))
+            features[present], mask[present] = tokens.features, tokens.mask
+            tokens = TextTokens(features, mask)
+        return TextTokens(tokens.features.to(device), tokens.mask.to(device))
+
+    def run_fusion(self, fuse: Callable[..., torch.Tensor], source: torch.Tensor, text: TextTokens | None
+                   ) -> torch.Tensor:
+        """``fuse`` (the fusion net, or its functional form in a bi-level step) on the fusion inputs of (N, 4, *spatial)
+        ``source``, with the encoded ``text`` when the network reads text -> (N, 1, *spatial)."""
+        inputs = self.fusion_sources(source)
+        if self.reads_text and text is not None:
+            return fuse(inputs, text.features, text.mask)
+        return fuse(inputs)
+
+    def fuse(self, source: torch.Tensor, texts: Sequence[str | None] | None = None) -> torch.Tensor | None:
+        """(N, 4, *spatial) sources in [0, 1] (and the N slices' texts, for a text-guided net; None: no text) ->
+        (N, 1, *spatial) learned fused image, or None without a fusion net."""
         if self.fusion is None:
             return None
-        return self.fusion(self.fusion_sources(source))
+        text = self.encode_text(texts, source.device) if self.reads_text else None
+        return self.run_fusion(self.fusion, source, text)
 
     def seg_input(self, source: torch.Tensor, stored_fused: torch.Tensor | None, fused: torch.Tensor | None
                   ) -> torch.Tensor:
@@ -66,38 +104,39 @@ class Pipeline:
             return stored_fused
         return source[:, modality_indices(self.seg_inputs)]
 
-    def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(N, 4, *spatial) sources -> (fused (N, 1, *spatial) or None, segmentation logits (N, K, *spatial))."""
-        fused = self.fuse(source)
+    def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None,
+                texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(N, 4, *spatial) sources (and the slices' texts, read by a text-guided fusion net) -> (fused
+        (N, 1, *spatial) or None, segmentation logits (N, K, *spatial))."""
+        fused = self.fuse(source, texts)
         return fused, self.seg(self.seg_input(source, stored_fused, fused))
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks by state-dict key: 'seg', and 'fusion', 'text', 'alignment' when present."""
+        found = {"fusion": self.fusion, "seg": self.seg, "text": self.text_encoder, "alignment": self.alignment}
+        return {key: module for key, module in found.items() if module is not None}
+
     def to(self, device: torch.device | str) -> Pipeline:
-        """Move both networks to ``device`` in place; returns self."""
-        if self.fusion is not None:
-            self.fusion.to(device)
-        self.seg.to(device)
+        """Move every network to ``device`` in place; returns self."""
+        for module in self.networks().values():
+            module.to(device)
         return self
 
     def train(self, mode: bool = True) -> Pipeline:
-        """Set both networks' training flag; returns self."""
+        """Set the trained networks' flag; returns self (the text encoder and alignment model stay frozen)."""
         if self.fusion is not None:
             self.fusion.train(mode)
         self.seg.train(mode)
         return self
 
     def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Plain state dicts {'fusion': ..., 'seg': ...} (fusion omitted when there is none)."""
-        out = {"seg": self.seg.state_dict()}
-        if self.fusion is not None:
-            out["fusion"] = self.fusion.state_dict()
-        return out
+        """Plain state dicts by :meth:`networks` key ('fusion', 'text', 'alignment' only when present)."""
+        return {key: module.state_dict() for key, module in self.networks().items()}
 
     def load_state_dicts(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Load state dicts saved by :meth:`state_dicts` (strict: names and shapes must match)."""
-        self.seg.load_state_dict(states["seg"])
-        if self.fusion is not None:
-            self.fusion.load_state_dict(states["fusion"])
+        """Load state dicts saved by :meth:`state_dicts` (strict: the same networks, names and shapes)."""
+        for key, module in self.networks().items():
+            module.load_state_dict(states[key])
 
 
 def num_outputs(config: TrainConfig) -> int:
@@ -126,17 +165,36 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
     from fuse4seg.models import build_model
 
     mode = MODES[config.mode]
+    # Built first: loading a pretrained text model may draw from torch's RNG, which seeds the networks next.
+    text_encoder = build_text_encoder(config.text_encoder) if uses_text(config) else None
     torch.manual_seed(config.seed if seed is None else seed)
     fusion = None
     if mode.has_fusion:
-        fusion = build_model(
-            network_name(config.fusion_model, config.dims),
-            **_options("fusion_options", config.fusion_options, {"in_channels": len(config.fusion_inputs)}),
-        )
+        fixed = {"in_channels": len(config.fusion_inputs)}
+        if text_encoder is not None and reads_text(config.fusion_model):
+            fixed["text_dim"] = text_encoder.dim
+        fusion = build_model(network_name(config.fusion_model, config.dims),
+                             **_options("fusion_options", config.fusion_options, fixed))
     seg_inputs = mode.seg_inputs(config)
     seg = build_model(
         network_name(mode.seg_model or config.seg_model, config.dims),
         **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
                                                         "num_classes": num_outputs(config)}),
     )
-    return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based)
+    alignment = AlignmentModel(text_encoder.dim) if text_encoder is not None and config.semantic_weight > 0 else None
+    for frozen in (text_encoder, alignment):
+        if frozen is not None:
+            frozen.train(False).requires_grad_(False)
+    return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment)
+
+
+def reads_text(model: str) -> bool:
+    """Whether the fusion network ``model`` (a registry name) is guided by text (it has a ``text_dim`` option)."""
+    from fuse4seg.models import model_options
+
+    return "text_dim" in model_options(model)
+
+
+def uses_text(config: TrainConfig) -> bool:
+    """Whether a run of ``config`` reads the slices' texts: its fusion net is text-guided or the semantic loss is on."""
+    return MODES[config.mode].has_fusion and (reads_text(config.fusion_model) or config.semantic_weight > 0)

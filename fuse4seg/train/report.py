@@ -104,7 +104,17 @@ def format_summary(metrics: dict[str, Any]) -> str:
     if rows:
         out += ["", "fusion metrics (0-255 scale, vs " + ",".join(metrics["fusion_inputs"]) + "):",
                 text_table(["", *FUSION_COLUMNS], rows)]
+    if metrics.get("semantic"):
+        out += ["", semantic_line(metrics)]
     return "\n".join(out)
+
+
+def semantic_line(metrics: dict[str, Any]) -> str:
+    """One line: the report-based semantic preservation score and the agreement of each field."""
+    semantic = metrics["semantic"]
+    fields = ", ".join(f"{k} {v:.3f}" for k, v in semantic["fields"].items())
+    return (f"semantic preservation score (reports from the predicted vs the true labels, sizes within "
+            f"{semantic['tolerance']:.0%}): {semantic['score']:.4f} over {semantic['slices']} slices; fields: {fields}")
 
 
 def _titled(grid: np.ndarray, titles: list[str], tile_width: int, gap: int = 2) -> Image.Image:
@@ -153,6 +163,9 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
     if frows:
         lines += ["", "## Fusion", "", markdown_table(["fused image", *FUSION_COLUMNS], frows), "",
                   metrics["conventions"]["fusion"] + "."]
+    if metrics.get("semantic"):
+        lines += ["", "## Report-based evaluation", "", semantic_line(metrics) + ".", "",
+                  metrics["conventions"]["semantic"] + ". Per slice: `reports.csv`."]
     for note in metrics.get("notes", []):
         lines += ["", f"Note: {note}."]
     lines += ["", "## Gallery", "",

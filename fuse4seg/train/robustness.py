@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from fuse4seg.conventions import REGIONS, modality_indices
-from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir
+from fuse4seg.train.data import SplitArrays, read_split
 
 #: Fusion metrics drawn in the plots (all eleven are in the JSON and CSV).
 PLOTTED_FUSION = ("Qabf", "SSIM", "VIF", "MI")
@@ -84,33 +85,6 @@ def degrade(sources: np.ndarray, name: str, level_index: int, level: float, seed
         result = seeded(transform, draw, image=np.ascontiguousarray(image.transpose(1, 2, 0)))["image"]
         out[i] = np.asarray(result, dtype=np.float32).transpose(2, 0, 1)
     return out
-
-
-@dataclass(frozen=True)
-class SplitArrays:
-    """A split held in memory: sources (N, 4, H, W), stored fused (N, 1, H, W), labels (N, H, W) int64."""
-
-    source: np.ndarray
-    fused: np.ndarray
-    label: np.ndarray
-    keys: tuple[tuple[str, int], ...]  # (case id, slice index) per slice
-    fusion_method: str
-    fusion_inputs: tuple[str, ...]
-
-
-def read_split(benchmark: Path, split: str) -> SplitArrays:
-    """Every slice of one split of a benchmark, in file order."""
-    from fuse4seg.train.data import open_split
-
-    dataset = open_split(benchmark, split, cache=True)
-    if len(dataset) == 0:
-        raise DataError(f"{benchmark}: split {split!r} has no slices")
-    items = [dataset[i] for i in range(len(dataset))]
-    attrs = dataset.attrs
-    return SplitArrays(np.stack([it["source"].numpy() for it in items]), np.stack([it["fused"].numpy() for it in items]),
-                       np.stack([it["label"].numpy() for it in items]),
-                       tuple((str(it["case_id"]), int(it["slice_index"])) for it in items),
-                       str(attrs.get("fusion_method", "")), tuple(attrs.get("fusion_inputs", ())))
 
 
 @dataclass(frozen=True)
@@ -167,7 +141,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
         with torch.no_grad():
             for start in range(0, n, job.batch_size):
                 part = slice(start, start + job.batch_size)
-                fused, logits = pipeline.forward(torch.from_numpy(sources[part]), torch.from_numpy(stored[part]))
+                fused, logits = pipeline.forward(torch.from_numpy(sources[part]), torch.from_numpy(stored[part]),
+                                                 None if data.text is None else data.text[part])
                 pred = predict_labels(logits, pipeline.region_based)
                 dice.append(dice_per_slice(pred, torch.from_numpy(data.label[part])))
                 fused_parts.append((stored[part] if fused is None else fused.numpy())[:, 0])

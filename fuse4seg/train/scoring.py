@@ -31,6 +31,7 @@ class PredictedBatch:
     label: torch.Tensor
     case_id: list[str]
     slice_index: list[int]
+    text: list[str] | None = None  # the slices' texts, when the split has them
 
 
 def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
@@ -46,12 +47,12 @@ def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
             for batch in loader:
                 source = batch["source"].to(device)
                 stored = batch["fused"].to(device)
-                fused, logits = pipeline.forward(source, stored)
+                fused, logits = pipeline.forward(source, stored, batch.get("text"))
                 pred = predict_labels(logits, pipeline.region_based)
                 yield PredictedBatch(
                     batch["source"], batch["fused"], None if fused is None else fused.cpu(), pred.cpu(),
                     batch["label"].long(), [str(c) for c in batch["case_id"]],
-                    [int(s) for s in batch["slice_index"]],
+                    [int(s) for s in batch["slice_index"]], batch.get("text"),
                 )
     finally:
         pipeline.train(was_training)

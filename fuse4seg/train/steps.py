@@ -43,6 +43,8 @@ from fuse4seg.bilevel import (
 from fuse4seg.distributed import World
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss
+from fuse4seg.text.alignment import semantic_loss
+from fuse4seg.text.encoders import TextTokens
 
 if TYPE_CHECKING:
     from fuse4seg.train.config import TrainConfig
@@ -153,16 +155,35 @@ class Inputs:
     stored: torch.Tensor  # (N, 1, *spatial) the benchmark's fused image as the networks see it
     clean: torch.Tensor  # (N, 4, *spatial) clean sources: the fusion loss's target
     label: torch.Tensor  # (N, *spatial) int64; spatial = (H, W), or (D, H, W) patches with --dims 3
+    text: TextTokens | None = None  # the slices' encoded texts, when the run reads text
 
 
-def _inputs(batch: Batch, device: torch.device) -> Inputs:
-    """:class:`Inputs` of a batch (``input``/``input_fused`` when the loader degraded it, else the clean ones)."""
+def _inputs(t: Training, batch: Batch) -> Inputs:
+    """:class:`Inputs` of a batch (``input``/``input_fused`` when the loader degraded it, else the clean ones),
+    with its texts encoded when the run reads text."""
+    device = t.device
+
     def on(key: str, default: str) -> torch.Tensor:
         """batch[key] (or batch[default]) on the device."""
         return batch.get(key, batch[default]).to(device, non_blocking=True)
 
     return Inputs(on("input", "source"), on("input_fused", "fused"), on("source", "source"),
-                  batch["label"].to(device, non_blocking=True).long())
+                  batch["label"].to(device, non_blocking=True).long(), t.pipeline.encode_text(batch.get("text"), device))
+
+
+def fusion_objective(t: Training, fused: torch.Tensor, inputs: Inputs) -> tuple[torch.Tensor, dict[str, float]]:
+    """The fusion net's own loss: L_fuse(fused, clean sources) + --semantic-weight * L_semantic(fused, text) (the
+    second term only when weighted), and its parts for logging."""
+    pipeline, config = t.pipeline, t.config
+    lf, _ = fusion_loss(fused, pipeline.fusion_sources(inputs.clean), config.fusion_loss_weights or None,
+                        reduce=t.world.reduce)
+    parts = {"loss/fusion": float(lf.detach())}
+    if config.semantic_weight > 0:
+        assert pipeline.alignment is not None and inputs.text is not None
+        sem = semantic_loss(pipeline.alignment, fused, inputs.text, reduce=t.world.reduce)
+        parts["loss/semantic"] = float(sem.detach())
+        lf = lf + config.semantic_weight * sem
+    return lf, parts
 
 
 def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float], lambda_seg: float | None
@@ -173,46 +194,45 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
     its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
     upper-loss parts (for logging), as floats.
     """
-    config, pipeline = t.config, t.pipeline
-    fit_in, hold_in = _inputs(fit, t.device), _inputs(hold, t.device)
-    s_fit, s_hold = pipeline.fusion_sources(fit_in.seen), pipeline.fusion_sources(hold_in.seen)
-    target, y_fit, y_hold = pipeline.fusion_sources(fit_in.clean), fit_in.label, hold_in.label
+    pipeline = t.pipeline
+    fit_in, hold_in = _inputs(t, fit), _inputs(t, hold)
+    y_fit, y_hold = fit_in.label, hold_in.label
     reduce = t.world.reduce
 
     def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
         with forward_precision(t):
-            logits = segment(fuse(s_fit))
+            logits = segment(pipeline.run_fusion(fuse, fit_in.seen, fit_in.text))
         return segmentation_loss(logits, y_fit, pipeline.region_based, reduce=reduce)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """L_fuse(F(x_fit), clean x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
         with forward_precision(t):
-            logits = segment(fuse(s_hold))
-            fused = None if lambda_seg is None else fuse(s_fit)
+            logits = segment(pipeline.run_fusion(fuse, hold_in.seen, hold_in.text))
+            fused = None if lambda_seg is None else pipeline.run_fusion(fuse, fit_in.seen, fit_in.text)
         ls = segmentation_loss(logits, y_hold, pipeline.region_based, reduce=reduce)
         if lambda_seg is None:
             record["loss/seg_holdout"] = float(ls.detach())
             return ls
-        lf, _ = fusion_loss(fused, target, config.fusion_loss_weights or None, reduce=reduce)
-        record.update({"loss/fusion": float(lf.detach()), "loss/seg_holdout": float(ls.detach())})
+        lf, parts = fusion_objective(t, fused, fit_in)
+        record.update({**parts, "loss/seg_holdout": float(ls.detach())})
         return lf + lambda_seg * ls
 
     return lower_loss, upper_loss
 
 
-def fusion_loss_grads(t: Training, fit: Batch) -> tuple[float, dict[str, torch.Tensor]]:
-    """(L_fuse(F(x_fit), clean x_fit), its gradient by trainable fusion-parameter name, averaged over the ranks):
-    the direct part of the upper gradient, the part that does not go through the segmenter."""
-    pipeline, fit_in = t.pipeline, _inputs(fit, t.device)
+def fusion_loss_grads(t: Training, fit: Batch) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
+    """(the fusion net's own loss at x_fit (:func:`fusion_objective`), its parts, its gradient by trainable fusion-parameter
+    name, averaged over the ranks): the direct part of the upper gradient, the part that does not go through the
+    segmenter."""
+    pipeline, fit_in = t.pipeline, _inputs(t, fit)
     params = {k: p for k, p in pipeline.fusion.named_parameters() if p.requires_grad}
     with forward_precision(t):
-        fused = pipeline.fusion(pipeline.fusion_sources(fit_in.seen))
-    lf, _ = fusion_loss(fused, pipeline.fusion_sources(fit_in.clean), t.config.fusion_loss_weights or None,
-                        reduce=t.world.reduce)
+        fused = pipeline.run_fusion(pipeline.fusion, fit_in.seen, fit_in.text)
+    lf, parts = fusion_objective(t, fused, fit_in)
     grads = torch.autograd.grad(lf, list(params.values()), allow_unused=True, materialize_grads=True)
     t.world.mean_(grads)
-    return float(lf.detach()), dict(zip(params, grads))
+    return float(lf.detach()), parts, dict(zip(params, grads))
 
 
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
@@ -246,17 +266,17 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         raise NonFiniteStep(nonfinite or "non-finite hypergradient")
     if not _finite(*result.lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the inner steps")
-    lf, g_fuse = fusion_loss_grads(t, fit)
+    lf, parts, g_fuse = fusion_loss_grads(t, fit)
     norm_fuse = _norm(g_fuse)
     if auto:
         norm_seg = _norm(result.grads)
         lam = config.seg_fraction * norm_fuse / norm_seg if norm_seg > 0 else 0.0
         grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
-        record["loss/fusion"] = lf
+        record.update(parts)
     else:
         lam, grads = config.lambda_seg, result.grads
         norm_seg = _norm({k: g - g_fuse[k] for k, g in grads.items()}) / lam if lam > 0 else 0.0
-    upper_value = record.get("loss/fusion", math.nan) + lam * record.get("loss/seg_holdout", math.nan)
+    upper_value = lf + lam * record.get("loss/seg_holdout", math.nan)
     if not (math.isfinite(upper_value) and math.isfinite(lam)):
         raise NonFiniteStep("non-finite upper loss")
     if not _finite(*grads.values()):
@@ -277,16 +297,15 @@ def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """Both nets, one loss L_fuse + lambda * L_seg on the same batch, one backward (RMR-Fusion style)."""
     config, pipeline, opts = t.config, t.pipeline, t.opts
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
-    batch = _inputs(fit, t.device)
+    batch = _inputs(t, fit)
     with forward_precision(t):
-        fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
+        fused = pipeline.run_fusion(pipeline.fusion, batch.seen, batch.text)
         logits = pipeline.seg(fused)
-    lf, _ = fusion_loss(fused, pipeline.fusion_sources(batch.clean), config.fusion_loss_weights or None,
-                        reduce=t.world.reduce)
+    lf, parts = fusion_objective(t, fused, batch)
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
     loss = lf + config.lambda_seg * ls
     norm_f, norm_s = _backward_step(t, loss, [opts.upper, opts.lower], "joint")
-    scalars = {"loss/fusion": float(lf.detach()), "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
+    scalars = {**parts, "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
                "grad/fusion_norm": norm_f, "grad/seg_norm": norm_s}
     return StepResult(scalars)
 
@@ -298,10 +317,10 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     assert pipeline.fusion is not None and opts.upper is not None and opts.lower is not None
     if t.step < t.fusion_steps:
         return fusion_only_step(t, fit)
-    batch = _inputs(fit, t.device)
+    batch = _inputs(t, fit)
     with forward_precision(t):
         with torch.no_grad():
-            fused = pipeline.fusion(pipeline.fusion_sources(batch.seen))
+            fused = pipeline.run_fusion(pipeline.fusion, batch.seen, batch.text)
         logits = pipeline.seg(fused)
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
     (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
@@ -310,20 +329,19 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
 
 def fusion_only_step(t: Training, fit: Batch) -> StepResult:
     """The fusion net alone on the fusion loss (two-stage's first stage, bilevel's warm-up)."""
-    batch = _inputs(fit, t.device)
+    batch = _inputs(t, fit)
     with forward_precision(t):
-        fused = t.pipeline.fusion(t.pipeline.fusion_sources(batch.seen))
-    lf, _ = fusion_loss(fused, t.pipeline.fusion_sources(batch.clean), t.config.fusion_loss_weights or None,
-                        reduce=t.world.reduce)
+        fused = t.pipeline.run_fusion(t.pipeline.fusion, batch.seen, batch.text)
+    lf, parts = fusion_objective(t, fused, batch)
     (norm,) = _backward_step(t, lf, [t.opts.upper], "fusion")
-    return StepResult({"loss/fusion": float(lf.detach()), "grad/fusion_norm": norm, "stage": 1.0})
+    return StepResult({**parts, "grad/fusion_norm": norm, "stage": 1.0})
 
 
 def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """``direct`` and ``feature-fusion``: the segmenter alone on its chosen inputs."""
     pipeline, opts = t.pipeline, t.opts
     assert opts.lower is not None
-    batch = _inputs(fit, t.device)
+    batch = _inputs(t, fit)
     with forward_precision(t):
         logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
