@@ -247,6 +247,7 @@ def load_pretrained(path: str) -> tuple[Any, nn.Module]:
     except ImportError:
         raise ConfigError("needs the optional 'transformers' package: pip install 'fuse4seg[text]'",
                           option="text_encoder") from None
+    transformers.utils.logging.disable_progress_bar()  # a command's output is its own lines, not loading bars
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
