@@ -136,9 +136,9 @@ def markdown(agg: dict[str, Any]) -> str:
     retrieval = [e for e in agg["rows"] if "alignment_val_retrieval" in e]
     if retrieval:
         e = retrieval[0]
-        lines += ["", f"The semantic loss's image-text model retrieves the right text for a val slice's fused image "
-                      f"{e['alignment_val_retrieval']:.1%} of the time (chance {e['alignment_val_chance']:.1%}; mean over "
-                      "seeds)."]
+        lines += ["", (f"The semantic loss's image-text model retrieves the right text for a val slice's fused image "
+                       f"{e['alignment_val_retrieval']:.1%} of the time (chance {e['alignment_val_chance']:.1%}; mean "
+                       "over seeds).")]
     return "\n".join(lines) + "\n"
 
 

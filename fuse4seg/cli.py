@@ -106,6 +106,7 @@ def build_benchmark_command(
     fusion_checkpoint: str | None = typer_option(_BUILD["fusion_checkpoint"]),
     volumes: bool = typer_option(_BUILD["volumes"]),
     reports: str | None = typer_option(_BUILD["reports"]),
+    parquet: bool = typer_option(_BUILD["parquet"]),
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
     options = BuildOptions(**locals())
@@ -135,6 +136,21 @@ def cite_command(
     typer.echo(cite(directory, format=output_format), nl=False)
 
 
+@app.command("export")
+def export_command(
+    directory: str = typer.Argument(..., help="BraTS-Fuse package directory."),
+    output_format: str = typer.Option("parquet", "--format", help="parquet: the records as Parquet shards in "
+                                      "DIR/parquet, added to croissant.json and the card; nifti: per-case NIfTI "
+                                      "stacks in --out."),
+    out: str | None = typer.Option(None, "--out", help="With --format nifti: the folder to create (outside DIR)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIR/parquet or --out written by fuse4seg."),
+) -> None:
+    """Export a package's records for tools without HDF5: Parquet (mlcroissant, datasets, pandas) or NIfTI."""
+    from fuse4seg.data.export import export, format_export
+
+    typer.echo(format_export(export(directory, output_format, out=out, overwrite=overwrite)))
+
+
 # ---- train (fuse4seg.train) ----------------------------------------------------------------------
 
 
@@ -161,6 +177,53 @@ def _train_signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
+# ---- pretrain (fuse4seg.pretrain) ---------------------------------------------------------------------
+
+
+def _pretrain_fields() -> dict[str, Any]:
+    """Flags, defaults and help of pretrain, declared once (fuse4seg.pretrain.options, which imports no torch)."""
+    from fuse4seg.pretrain.options import PretrainOptions
+
+    return fields_by_name(PretrainOptions)
+
+
+_PRE = _pretrain_fields()
+
+
+@app.command("pretrain")
+def pretrain_command(
+    benchmark: str = typer_option(_PRE["benchmark"]),
+    out: str = typer_option(_PRE["out"]),
+    splits: str = typer_option(_PRE["splits"]),
+    steps: int = typer_option(_PRE["steps"]),
+    batch_size: int = typer_option(_PRE["batch_size"]),
+    lr: float = typer_option(_PRE["lr"]),
+    width: int = typer_option(_PRE["width"]),
+    depth: int = typer_option(_PRE["depth"]),
+    norm: str = typer_option(_PRE["norm"]),
+    embed_dim: int = typer_option(_PRE["embed_dim"]),
+    temperature: float = typer_option(_PRE["temperature"]),
+    consistency_weight: float = typer_option(_PRE["consistency_weight"]),
+    reconstruction_weight: float = typer_option(_PRE["reconstruction_weight"]),
+    alignment_weight: float = typer_option(_PRE["alignment_weight"]),
+    mask_fraction: float = typer_option(_PRE["mask_fraction"]),
+    seed: int = typer_option(_PRE["seed"]),
+    checkpoint_every: int = typer_option(_PRE["checkpoint_every"]),
+    resume: bool = typer_option(_PRE["resume"]),
+    overwrite: bool = typer_option(_PRE["overwrite"]),
+    workers: int = typer_option(_PRE["workers"]),
+    device: str = typer_option(_PRE["device"]),
+    progress: bool = typer_option(_PRE["progress"], "--progress/--no-progress"),
+) -> None:
+    """Self-supervised pre-training of the segmenters' encoders on a package's sources, without labels (MICS:
+    cross-modal InfoNCE, masked reconstruction of one modality, per-location feature alignment)."""
+    values = dict(locals())  # the options only, taken before the imports below add names
+    from fuse4seg.pretrain.options import PretrainOptions
+    from fuse4seg.pretrain.runner import format_pretrain_summary, pretrain
+
+    typer.echo(format_pretrain_summary(pretrain(PretrainOptions(**values))))
+
+
 @app.command("evaluate")
 def evaluate_command(
     run: str = typer.Option(..., "--run", help="Run directory written by `fuse4seg train`."),
@@ -179,6 +242,8 @@ def evaluate_command(
                                          "or met (brats2023's lesion settings)."),
     write_seg: bool = typer.Option(False, "--write-seg", help="With --volumes: also write seg/<case id>.nii.gz "
                                    "(release labels), a submission `fuse4seg score` can rescore."),
+    texts: bool = typer.Option(True, "--texts/--no-texts", help="A text-guided fusion net reads the slices' texts, "
+                               "or fuses without them (its 'no text' token)."),
 ) -> None:
     """Score a run: on the benchmark's slices (fusion metrics, Dice/HD95; RUN/eval) or, with --volumes, on
     whole BraTS volumes under a leaderboard convention (RUN/eval-volumes-SPLIT)."""
@@ -190,12 +255,12 @@ def evaluate_command(
         from fuse4seg.train.evaluate import evaluate_run
         from fuse4seg.train.report import format_summary
 
-        metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained)
+        metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained, texts=texts)
         typer.echo(format_summary(metrics))
         typer.echo(f"report: {run}/eval/report.md; metrics: {run}/eval/metrics.json")
         return
-    given = [name for name, value in (("max_slices", max_slices is not None), ("compare_untrained", untrained))
-             if value]
+    given = [name for name, value in (("max_slices", max_slices is not None), ("compare_untrained", untrained),
+                                      ("texts", not texts)) if value]
     if given:
         raise ConfigError("applies only to slice evaluation, not with --volumes", option=given[0])
     from fuse4seg.metrics.scoring import summary_lines
@@ -244,11 +309,13 @@ def fuse_command(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    reports: str | None = typer.Option(None, "--reports", help="UTF-8 CSV (case_id,slice_index,text; slice_index "
+                                       "empty for every slice) of texts guiding a text-guided fusion net."),
 ) -> None:
     """Apply a trained run to a case (slice by slice; a 3-D run by sliding windows): fused.nii.gz, seg.nii.gz."""
     from fuse4seg.train.infer import fuse_case
 
-    result = fuse_case(run, case, out, checkpoint, device, overwrite)
+    result = fuse_case(run, case, out, checkpoint, device, overwrite, reports)
     voxels = ", ".join(f"{k} {v}" for k, v in result["voxels"].items())
     typer.echo(f"{result['case_id']}: wrote {', '.join(result['files'])} to {out} ({result['scheme']} labels; {voxels})")
 

@@ -61,7 +61,7 @@ def one_step_each(world: World, cases: dict[str, dict[str, Any]] = CASES) -> dic
         config = build_config({**TINY, **extra})
         pipeline = build_pipeline(config)
         t = SimpleNamespace(config=config, pipeline=pipeline, opts=make_optimisers(config, pipeline),
-                            device=torch.device("cpu"), step=0, fusion_steps=0, world=world)
+                            device=torch.device("cpu"), step=0, fusion_steps=0, world=world, unlabelled=None)
         fit, hold = ({k: v[lo:hi] for k, v in global_batch(seed).items()} for seed in (1, 2))
         pipeline.train(True)
         MODES[config.mode].step(t, fit, hold)

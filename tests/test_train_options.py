@@ -158,7 +158,7 @@ def test_bilevel_step_keeps_the_engines_batchnorm_guard(tmp_path: Path) -> None:
     seg = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4))
     batch = {"source": torch.rand(2, 4, 8, 8), "fused": torch.rand(2, 1, 8, 8), "label": torch.zeros(2, 8, 8)}
     t = SimpleNamespace(config=build_config({"benchmark": "b", "out": "o"}), device=torch.device("cpu"), step=0,
-                        pipeline=Pipeline(fusion, seg, ("t1ce", "flair")), fusion_steps=0, world=World(),
+                        pipeline=Pipeline(fusion, seg, ("t1ce", "flair")), fusion_steps=0, world=World(), unlabelled=None,
                         opts=Optimisers(torch.optim.SGD(fusion.parameters(), lr=0.1), None))
     with pytest.raises(ConfigError, match="BatchNorm"):
         bilevel_step(t, batch, batch)

@@ -332,8 +332,9 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
     (``build_benchmark("pkg", brats="BraTS2021", size=192)``). Steps: :func:`resolve_source` (the
     release, or a phantom release written to a scratch folder), :func:`split_cases`,
     :func:`extract_case` per case (``workers`` processes), :func:`write_h5`, :func:`summarise`, then the
-    card, CITATION.cff and croissant.json. ``fusion_fn`` (N, C, H, W) -> (N, H, W) in [0, 1], if given,
-    replaces the classical rule and is recorded as ``fusion_name``. ``command`` replaces the command
+    card, CITATION.cff and croissant.json, and with ``parquet`` the Parquet shards
+    (:func:`fuse4seg.data.export.add_parquet`, listed in the summary's "parquet"). ``fusion_fn``
+    (N, C, H, W) -> (N, H, W) in [0, 1], if given, replaces the classical rule and is recorded as ``fusion_name``. ``command`` replaces the command
     line recorded in the card (default :meth:`BuildOptions.command_line`).
 
     Reproducible: the same source, options and seed give byte-identical files when
@@ -373,6 +374,10 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
                 written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs, reports)
             summary = summarise(opts, root, phantom_cases, len(cases), attrs, written, command)
             package.write_package_files(tmp, summary)
+            if opts.parquet:  # inside the temporary package: it appears complete, records and all, or not at all
+                from fuse4seg.data.export import add_parquet
+
+                summary["parquet"] = add_parquet(tmp)["files"]
     except OSError as exc:
         raise Fuse4SegError(_os_error_message(exc, opts.out, outputs, reading)) from None
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -393,6 +398,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {name:5s} {count['cases']:5d} cases {count['slices']:7d} slices")
     if summary.get("volumes"):
         lines.append("  whole volumes of every case (brain box, native grid) under /volumes")
+    if summary.get("parquet"):
+        lines.append(f"  records also as {len(summary['parquet'])} Parquet shard(s) under parquet/")
     if summary["skipped_cases"]:
         lines.append(f"  left out (no tumour): {', '.join(summary['skipped_cases'])}")
     lines.append(f"time {summary['seconds']:.1f} s")

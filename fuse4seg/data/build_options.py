@@ -68,6 +68,8 @@ class BuildOptions:
                                   "voxel grid (--size not applied), under /volumes/<split>/<case_id> for 3-D training.")
     reports: str | None = option(None, "UTF-8 CSV of user reports (columns case_id,slice_index,text; slice_index "
                                        "empty for every slice of a case) replacing the generated slice texts.")
+    parquet: bool = option(False, "Also write the records as Parquet shards under OUT/parquet (croissant.json record "
+                                  "sets parquet-<split>, the card's configs), as `fuse4seg export OUT --format parquet`.")
 
     def __post_init__(self) -> None:
         """Normalise the values (see the class docstring)."""

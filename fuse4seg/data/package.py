@@ -3,21 +3,23 @@ metadata, and :func:`verify` / :func:`cite` for a built package directory.
 
 Files: ``brats_fuse.h5`` (schema declared in :mod:`fuse4seg.data.schema`), ``README.md`` (dataset card
 with YAML front matter), ``CITATION.cff``, ``croissant.json`` (MLCommons Croissant 1.0, with the
-sha256 and size of every other file; written last).
+sha256 and size of every other file; written last), and optionally ``parquet/`` (the records as Parquet
+shards, :mod:`fuse4seg.data.export`; :func:`write_parquet_metadata` adds them to the card and croissant.json).
 """
 
 from __future__ import annotations
 
 import json
 import reprlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from fuse4seg.data.citation import BRATS_TERMS, cff_to_bibtex, citation_cff, package_version
-from fuse4seg.data.h5format import has_volumes, open_validated, read_spacing, reading_data
+from fuse4seg.data.h5format import has_text, has_volumes, open_validated, read_spacing, reading_data
 from fuse4seg.data.h5volumes import scan_volumes
 from fuse4seg.data.schema import (
     FORMAT_VERSION,
@@ -33,6 +35,9 @@ from fuse4seg.data.schema import (
 )
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import MARKER, one_line, sha256_file
+
+if TYPE_CHECKING:
+    from fuse4seg.data.export import Column
 
 CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
 CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -56,6 +61,14 @@ CROISSANT_CONTEXT: dict[str, object] = {
 SCAN_BLOCK_BYTES = 64 * 1024**2
 #: Strings ``verify`` decodes at a time: SCAN_BLOCK_BYTES of the longest declared strings.
 STRING_BLOCK = SCAN_BLOCK_BYTES // MAX_DESCRIPTION_BYTES
+#: The package folder of the Parquet shards (:data:`fuse4seg.data.export.PARQUET_DIR`) and the card section on them.
+PARQUET_DIR = "parquet"
+PARQUET_HEADING = "## Parquet records"
+#: Media types of the package files, by suffix.
+ENCODING_FORMATS = {"h5": "application/x-hdf5", "md": "text/markdown", "cff": "application/x-yaml",
+                    "parquet": "application/x-parquet"}
+#: The card's statement that the HDF5 record sets are not loadable by mlcroissant (extended when Parquet is there).
+HDF5_ONLY = "read `brats_fuse.h5` with h5py or `fuse4seg.data.BraTSFuse`."
 
 
 def _short(value: object) -> str:
@@ -83,8 +96,8 @@ def dataset_card(meta: dict) -> str:
         "tags": ["medical", "mri", "brain-tumor", "image-fusion", "brats"],
         "size_categories": [_size_category(total)],
         "source_datasets": ["BraTS"] if meta["brats_derived"] else ["synthetic (fuse4seg phantom, MNI152 ICBM 2009)"],
-        "dataset_info": {"splits": [{"name": s, "num_examples": meta["splits"][s]["slices"],
-                                     "num_cases": meta["splits"][s]["cases"]} for s in SPLITS]},
+        # only SplitInfo's keys: load_dataset(DIR) refuses others (cases per split: the table below)
+        "dataset_info": {"splits": [{"name": s, "num_examples": meta["splits"][s]["slices"]} for s in SPLITS]},
     }
     rows = "\n".join(f"| {s} | {meta['splits'][s]['cases']} | {meta['splits'][s]['slices']} |" for s in SPLITS)
     licence = (f"{BRATS_TERMS} Cite the BraTS papers (CITATION.cff)."
@@ -146,8 +159,7 @@ method's output, not ground truth. {'Phantom builds are synthetic and only for t
 'results on them say nothing about patients.' if not meta['brats_derived'] else 'Inherits the '
 'selection biases and annotation noise of BraTS.'}
 `croissant.json` describes the files and record sets and carries their hashes, but mlcroissant has
-no HDF5 reader, so `mlcroissant.Dataset(...).records(...)` cannot load the records: read
-`brats_fuse.h5` with h5py or `fuse4seg.data.BraTSFuse`.
+no HDF5 reader, so `mlcroissant.Dataset(...).records(...)` cannot load the records: {HDF5_ONLY}
 
 ## Licence
 
@@ -174,12 +186,7 @@ from the fused slices near the box's edges). Chunks are {VOLUME_CHUNK}^3 voxel c
 
 def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
     """Croissant 1.0 JSON-LD for the package in ``directory`` listing ``files`` with their hashes."""
-    distribution = [{
-        "@type": "cr:FileObject", "@id": name, "name": name, "contentUrl": name,
-        "encodingFormat": {"h5": "application/x-hdf5", "md": "text/markdown", "cff": "application/x-yaml"}[
-            name.rsplit(".", 1)[-1]],
-        "contentSize": f"{(directory / name).stat().st_size} B", "sha256": sha256_file(directory / name),
-    } for name in files]
+    distribution = [_file_object(name, directory / name) for name in files]
     record_sets = []
     for split in SPLITS:
         fields = [{
@@ -207,6 +214,13 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
         "distribution": distribution, "recordSet": record_sets,
     }
+
+
+def _file_object(name: str, file: Path) -> dict:
+    """The Croissant FileObject of the package file ``name`` (a relative path) whose bytes are in ``file``."""
+    return {"@type": "cr:FileObject", "@id": name, "name": name, "contentUrl": name,
+            "encodingFormat": ENCODING_FORMATS[name.rsplit(".", 1)[-1]],
+            "contentSize": f"{file.stat().st_size} B", "sha256": sha256_file(file)}
 
 
 def _volume_record_set(split: str, meta: dict) -> dict:
@@ -248,6 +262,110 @@ def write_package_files(directory: Path, meta: dict) -> None:
     (directory / CROISSANT_NAME).write_text(json.dumps(croissant, indent=2) + "\n", encoding="utf-8")
 
 
+def _parquet_record_set(split: str, columns: Sequence[Column], shape: tuple[int, int], rows: int) -> dict:
+    """The Croissant RecordSet ``parquet-<split>`` over the FileSet of the split's shards: one field per column."""
+    fields = [{
+        "@type": "cr:Field", "@id": f"parquet-{split}/{c.name}", "name": c.name,
+        "description": c.description.replace("(H, W)", f"({shape[0]}, {shape[1]})"), "dataType": c.croissant,
+        **({"repeated": True} if c.repeated else {}),
+        "source": {"fileSet": {"@id": f"parquet-files-{split}"}, "extract": {"column": c.name}},
+    } for c in columns]
+    return {
+        "@type": "cr:RecordSet", "@id": f"parquet-{split}", "name": f"parquet-{split}",
+        "description": f"the {rows} slices of /{split} as Parquet records (one row per slice, in the HDF5 order; "
+                       f"images are {shape[0]} x {shape[1]} nested lists of their exact float32 / uint8 values): "
+                       "mlcroissant, datasets and pandas read them.",
+        "field": fields,
+    }
+
+
+def _is_parquet_entry(entry: object) -> bool:
+    """Whether a croissant.json distribution entry or record set describes the Parquet shards."""
+    return isinstance(entry, dict) and (str(entry.get("contentUrl", "")).startswith(f"{PARQUET_DIR}/")
+                                        or str(entry.get("@id", "")).startswith("parquet-"))
+
+
+def _card_front_matter(card: str, where: Path) -> tuple[dict, str]:
+    """(YAML front matter, Markdown body) of the dataset card text ``card``; DataError naming ``where`` if it has
+    none."""
+    parts = card.split("---\n", 2) if card.startswith("---\n") else []
+    try:
+        front = yaml.safe_load(parts[1]) if len(parts) == 3 else None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise DataError(f"{where}: front matter is not valid YAML ({one_line(exc)})") from None
+    if not isinstance(front, dict):
+        raise DataError(f"{where}: no YAML front matter (a mapping between --- lines)")
+    return front, parts[2]
+
+
+def card_with_parquet(card: str, shards: dict[str, list[str]], columns: Sequence[Column],
+                      shape: tuple[int, int], num_bytes: dict[str, int], where: Path = Path(CARD_NAME)) -> str:
+    """The dataset card ``card`` describing the Parquet ``shards`` ({split: file names}): ``configs:`` in the front
+    matter (one data_files glob per split, for ``datasets.load_dataset``), its ``dataset_info`` splits with
+    exactly the keys datasets reads (``num_bytes``: the split's records as Arrow bytes, datasets' measure),
+    and the section PARQUET_HEADING (replaced when present) before Intended use; ``where`` names the card in errors."""
+    front, body = _card_front_matter(card, where)
+    info = front.get("dataset_info")
+    if isinstance(info, dict) and isinstance(info.get("splits"), list):
+        info["splits"] = [{"name": s.get("name"), "num_bytes": num_bytes.get(s.get("name"), 0),
+                           "num_examples": s.get("num_examples")} if isinstance(s, dict) else s for s in info["splits"]]
+    front["configs"] = [{"config_name": "default", "data_files": [
+        {"split": split, "path": f"{PARQUET_DIR}/{split}-*.parquet"} for split in shards]}]
+    listed = "\n".join(f"- `{c.name}`: {c.description.replace('(H, W)', f'({shape[0]}, {shape[1]})')}"
+                        for c in columns)
+    count = sum(len(names) for names in shards.values())
+    section = f"""{PARQUET_HEADING}
+
+`{PARQUET_DIR}/<split>-NNNNN-of-MMMMM.parquet` ({count} files, zstd; `fuse4seg export DIR --format parquet` or
+`build-benchmark --parquet`): one row per slice of each split, in the order of `{H5_NAME}`, with the columns
+
+{listed}
+
+Images are arrays (Arrow fixed-size lists of {shape[0]} rows of {shape[1]} values), so the values are exactly
+those of `{H5_NAME}`. croissant.json describes them as the record sets
+{', '.join(f'`parquet-{s}`' for s in shards)} (mlcroissant reads them), and the `configs:` above let
+`datasets.load_dataset(DIR)` load every split.
+
+"""
+    start = body.find(PARQUET_HEADING)
+    if start >= 0:
+        end = body.find("\n## ", start + len(PARQUET_HEADING))
+        body = body[:start] + body[end + 1 if end >= 0 else len(body):]
+    anchor = body.find("## Intended use")
+    body = body[:anchor] + section + body[anchor:] if anchor >= 0 else body + "\n" + section
+    if HDF5_ONLY in body and f"{HDF5_ONLY[:-1]}, or" not in body:
+        body = body.replace(HDF5_ONLY, f"{HDF5_ONLY[:-1]}, or the Parquet record sets (`{PARQUET_DIR}/`).")
+    return f"---\n{yaml.safe_dump(front, sort_keys=False).strip()}\n---\n{body}"
+
+
+def write_parquet_metadata(directory: Path, staged: Path, shards: dict[str, list[str]], columns: Sequence[Column],
+                           counts: dict[str, int], num_bytes: dict[str, int], card_out: Path,
+                           croissant_out: Path) -> None:
+    """Write the card and croissant.json of the package ``directory`` with its Parquet ``shards`` (written to
+    ``staged``, the folder that becomes ``directory/parquet``; ``counts``: rows per split, "height" and "width"
+    in pixels; ``num_bytes``: Arrow bytes per split) to ``card_out`` and ``croissant_out``: the card by
+    :func:`card_with_parquet`, croissant.json with the shards' FileObjects (sha256 and size), a FileSet and a
+    RecordSet ``parquet-<split>`` per split (replacing earlier Parquet entries) and the card's new hash."""
+    shape = (counts["height"], counts["width"])
+    card = card_with_parquet((directory / CARD_NAME).read_text(encoding="utf-8"), shards, columns, shape, num_bytes,
+                             directory / CARD_NAME)
+    card_out.write_text(card, encoding="utf-8")
+    metadata = json.loads((directory / CROISSANT_NAME).read_text(encoding="utf-8"))
+    distribution = [d for d in metadata["distribution"] if not _is_parquet_entry(d)]
+    for entry in distribution:
+        if entry.get("contentUrl") == CARD_NAME:
+            entry.update({k: v for k, v in _file_object(CARD_NAME, card_out).items() if k in ("contentSize", "sha256")})
+    distribution += [_file_object(f"{PARQUET_DIR}/{name}", staged / name) for split in shards for name in shards[split]]
+    distribution += [{"@type": "cr:FileSet", "@id": f"parquet-files-{split}", "name": f"parquet-files-{split}",
+                      "description": f"the Parquet shards of the {split} split",
+                      "encodingFormat": ENCODING_FORMATS["parquet"], "includes": f"{PARQUET_DIR}/{split}-*.parquet"}
+                     for split in shards]
+    metadata["distribution"] = distribution
+    metadata["recordSet"] = [r for r in metadata.get("recordSet", []) if not _is_parquet_entry(r)] + [
+        _parquet_record_set(split, columns, shape, counts[split]) for split in shards]
+    croissant_out.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+
 def cite(directory: str | Path, format: str = "bibtex") -> str:
     """The package's citation as BibTeX (dataset + references) or as the CITATION.cff text."""
     path = Path(directory) / CITATION_NAME
@@ -272,8 +390,27 @@ def cite(directory: str | Path, format: str = "bibtex") -> str:
         raise DataError(f"{path}: not a valid CITATION.cff ({type(exc).__name__}: {one_line(exc)})") from None
 
 
-def _check_files(directory: Path) -> list[str]:
-    """Re-hash every file listed in croissant.json; DataError on a missing, changed or unlisted file."""
+def _package_entries(directory: Path) -> list[str]:
+    """Relative paths of the files under ``directory`` (and of its empty folders, with a trailing /), fuse4seg's
+    output markers aside; links are entries, never followed."""
+    entries = []
+    for path in directory.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                entries.append(path.relative_to(directory).as_posix() + "/")
+        elif path.name != MARKER:
+            entries.append(path.relative_to(directory).as_posix())
+    return entries
+
+
+def _in_parquet(name: str) -> bool:
+    """Whether a package path lies in the Parquet folder or is an export's temporary sibling or lock of it."""
+    return name.startswith((f"{PARQUET_DIR}/", f".{PARQUET_DIR}."))
+
+
+def _check_files(directory: Path, parquet: bool = True) -> list[str]:
+    """Re-hash every file listed in croissant.json; DataError on a missing, changed or unlisted file (with
+    ``parquet`` False, the Parquet folder and its entries are left out: an export is about to replace them)."""
     path = directory / CROISSANT_NAME
     if not path.is_file():
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
@@ -289,7 +426,8 @@ def _check_files(directory: Path) -> list[str]:
     for i, entry in enumerate(distribution):
         if not isinstance(entry, dict):
             raise DataError(f"{path}: distribution[{i}] is {type(entry).__name__} {_short(entry)}, not an object")
-    objects = [d for d in distribution if d.get("@type") == "cr:FileObject"]
+    objects = [d for d in distribution if d.get("@type") == "cr:FileObject"
+               and (parquet or not _in_parquet(str(d.get("contentUrl", ""))))]
     listed = []
     for entry in objects:
         name = entry.get("contentUrl", "")
@@ -306,7 +444,8 @@ def _check_files(directory: Path) -> list[str]:
         if entry.get("sha256") != sha256_file(file):
             raise DataError(f"{file}: sha256 differs from croissant.json (file modified or corrupt)")
         listed.append(name)
-    unlisted = sorted(p.name for p in directory.iterdir() if p.name not in {*listed, CROISSANT_NAME, MARKER})
+    unlisted = sorted(name for name in _package_entries(directory) if name not in {*listed, CROISSANT_NAME}
+                      and (parquet or not _in_parquet(name)))
     if unlisted:
         raise DataError(f"{directory}: file(s) not listed in croissant.json: {', '.join(unlisted)}")
     if H5_NAME not in listed:
@@ -359,18 +498,21 @@ def _string_blocks(group: object, name: str, path: Path, split: str) -> Iterator
                             f"{one_line(exc)})") from None
 
 
-def verify(directory: str | Path) -> dict:
+def verify(directory: str | Path, parquet: bool = True) -> dict:
     """Check a package: file hashes and sizes against croissant.json, the HDF5 schema (dtypes, shapes,
-    attributes), value ranges, that no case is in two splits and, with volumes, that each split's volumes
-    are exactly its slices' cases. DataError on the first problem; returns {"files": [...], "splits": {split:
-    {"cases", "slices"}}, "volumes": {split: cases} or None} when everything holds."""
+    attributes), value ranges, that no case is in two splits, with volumes, that each split's volumes
+    are exactly its slices' cases, and with Parquet shards, their schema and row counts
+    (:func:`fuse4seg.data.export.check_parquet`; ``parquet`` False leaves the Parquet folder out). DataError on
+    the first problem; returns {"files": [...], "splits": {split: {"cases", "slices"}}, "volumes": {split: cases}
+    or None, "parquet": {split: records} or None} when everything holds."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: no such package directory")
-    files = _check_files(directory)
+    files = _check_files(directory, parquet)
     path = directory / H5_NAME
     h5, counts = open_validated(path)  # also checks the root attributes' types and values
     with h5:  # a corrupt chunk is a DataError naming it (the hashes only vouch for what croissant.json says)
+        text = has_text(h5)
         cases = {split: _check_values(h5, path, split) for split in SPLITS}
         volumes = {split: scan_volumes(h5, path, split, SCAN_BLOCK_BYTES) for split in SPLITS} \
             if has_volumes(h5) else None
@@ -385,5 +527,11 @@ def verify(directory: str | Path) -> dict:
             if shared:
                 raise DataError(f"{path}: case {shared[0]} is in both {first} and {second} "
                                 f"({len(shared)} shared case(s)); splits must be by patient")
+    shards = [name for name in files if _in_parquet(name)]
+    records = None
+    if shards:
+        from fuse4seg.data.export import check_parquet
+
+        records = check_parquet(directory, shards, counts, text)
     return {"files": files, "splits": {s: {"cases": len(cases[s]), "slices": counts[s]} for s in SPLITS},
-            "volumes": None if volumes is None else {s: len(volumes[s]) for s in SPLITS}}
+            "volumes": None if volumes is None else {s: len(volumes[s]) for s in SPLITS}, "parquet": records}

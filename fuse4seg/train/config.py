@@ -152,6 +152,11 @@ def _text_encoder(value: str) -> str | None:
         f"{value}: no such folder (a Hugging Face text model saved on disk, or 'builtin')")
 
 
+def _pretrained_file(value: str | None) -> str | None:
+    """Check: None or an existing file (read and checked against the segmenter when training starts)."""
+    return None if value is None or Path(value).is_file() else f"{value}: no such file (write one with fuse4seg pretrain)"
+
+
 def _device(value: str) -> str | None:
     """Check: cpu, cuda or cuda:N."""
     return None if value in ("cpu", "cuda") or value.startswith("cuda:") else f"cpu or cuda, got {value!r}"
@@ -265,6 +270,16 @@ class TrainConfig:
                                     "then frozen (0: off; 2-D).", check=at_least(0), modes=FUSION_MODES)
     semantic_steps: int = option(200, f"Contrastive training steps of the semantic loss's image-text model (1 to "
                                       f"{MAX_ALIGN_STEPS}).", check=in_range(1, MAX_ALIGN_STEPS), modes=FUSION_MODES)
+    init: str | None = option(None, "Pre-trained encoder (PRE/encoder.pt of `fuse4seg pretrain`) copied into the "
+                                    "segmenter's UNet encoder(s) before the first step.", check=_pretrained_file)
+    label_fraction: float = option(1.0, "Share of the train cases (patients, seeded) whose labels are used, in (0, 1]; "
+                                        "the others train the segmenter without labels, by mean-teacher consistency "
+                                        "under a distribution shift of its input (MICS).",
+                                   check=in_range(0, 1, low_open=True))
+    consistency_weight: float = option(1.0, "Weight of the unlabelled cases' consistency loss (--label-fraction < 1).",
+                                       check=at_least(0))
+    ema_decay: float = option(0.99, "Momentum of the mean teacher (--label-fraction < 1), in [0, 1).",
+                              check=lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}")
     steps: int | None = option(None, f"Total (outer) steps, 1 to {MAX_STEPS} (default: one epoch).",
                                check=in_range(1, MAX_STEPS), resumable=True)
     epochs: float | None = option(None, f"Total epochs over the fitting slices (at most {MAX_EPOCHS}).",
@@ -386,6 +401,8 @@ def validate(c: TrainConfig) -> None:
             if getattr(c, key) != "none":
                 raise ConfigError("is not supported with --dims 3 (its transforms work on 2-D slices)", option=key)
     _check_text(c)
+    if c.label_fraction < 1 and c.dims == 3:
+        raise ConfigError("is not supported with --dims 3 (the consistency loss runs on slices)", option="label_fraction")
     _check_bottleneck(c)
     mode.check(c)
 

@@ -44,8 +44,9 @@ from fuse4seg.io import (
     sweep_stale,
     write_marker,
 )
+from fuse4seg.pretrain.init import load_pretrained_encoder
 from fuse4seg.train import modes, steps
-from fuse4seg.train.batches import TrainingView, split_by_case, step_loader
+from fuse4seg.train.batches import TrainingView, step_loader
 from fuse4seg.train.checkpoint import (
     Best,
     Counters,
@@ -73,6 +74,7 @@ from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.patches import open_volumes
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
 from fuse4seg.train.scoring import validation_scores, volume_validation_scores
+from fuse4seg.train.semi import ema_update_, label_pools
 from fuse4seg.train.tblog import TensorBoardLog
 from fuse4seg.train.text import prepare_text_models
 
@@ -133,13 +135,18 @@ class Trainer:
             self.train_set = training_view(config, self.info, open_split(config.benchmark, "train", config.cache))
             self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
             self.train_case_ids = self.info.train_case_ids  # one per slice
-        if self.mode.holds_out:
-            self.fit_pool, self.hold_pool = split_by_case(self.train_case_ids, config.val_fraction, config.seed)
-        else:
-            self.fit_pool, self.hold_pool = list(range(len(self.train_case_ids))), []
+        self.fit_pool, self.hold_pool, self.unlabelled_pool = label_pools(
+            self.train_case_ids, config.label_fraction, config.seed, self.mode.holds_out, config.val_fraction)
+        if config.label_fraction < 1 and not self.unlabelled_pool:
+            raise ConfigError(f"keeps the labels of every one of the {len(set(self.train_case_ids))} train cases; "
+                              "lower it to leave some unlabelled", option="label_fraction")
         self.total = resolve_steps(config, len(self.fit_pool))
         self.fusion_steps = self.mode.fusion_stage(config, self.total) if self.mode.fusion_stage else 0
         self.pipeline: Pipeline = build_pipeline(config).to(self.device)
+        self.initialised = load_pretrained_encoder(self.pipeline.seg, config.init) if config.init else []
+        if self.pipeline.teacher is not None:  # the mean teacher starts as the (initialised) student
+            self.pipeline.teacher.load_state_dict(self.pipeline.seg.state_dict())
+        self.unlabelled: dict | None = None  # this step's unlabelled batch (--label-fraction < 1)
         self.text_facts: dict[str, Any] = {}
         if resumed is None:  # a resumed run's text models come with its weights (and its facts from config.json)
             base = getattr(self.train_set, "dataset", self.train_set)  # under a TrainingView
@@ -257,17 +264,16 @@ class Trainer:
         return scores, False
 
     # ---- the loop, in named parts --------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[dict, dict | None]]:
-        """(fitting batch, held-out batch or None) of each remaining step; the batch of step s depends only
-        on (seed, s), so a resumed run sees what an uninterrupted one would."""
+    def _batches(self) -> Iterator[tuple[dict, dict | None, dict | None]]:
+        """(fitting batch, held-out batch or None, unlabelled batch or None) of each remaining step; the batches of
+        step s depend only on (seed, s), so a resumed run sees what an uninterrupted one would."""
         c, shard = self.config, self.world.shard(self.config.batch_size)
         fit = step_loader(self.train_set, self.fit_pool, c.batch_size, c.seed, self.step, self.total, "fit",
                           c.num_workers, shard)
-        hold = None
-        if self.hold_pool:
-            hold = iter(step_loader(self.train_set, self.hold_pool, c.batch_size, c.seed, self.step, self.total,
-                                    "holdout", c.num_workers, shard))
-        return ((batch, next(hold) if hold is not None else None) for batch in fit)
+        others = [iter(step_loader(self.train_set, pool, c.batch_size, c.seed, self.step, self.total, stream,
+                                   c.num_workers, shard)) if pool else None
+                  for pool, stream in ((self.hold_pool, "holdout"), (self.unlabelled_pool, "unlabelled"))]
+        return ((batch, *(next(it) if it is not None else None for it in others)) for batch in fit)
 
     def _progress_bar(self) -> tqdm:
         """The progress bar (disable=None: none when stderr is not a terminal, as in build-benchmark)."""
@@ -283,6 +289,8 @@ class Trainer:
         try:
             result = self.one_step(fit, hold)
             self.counters.bad_in_a_row = 0
+            if self.pipeline.teacher is not None:
+                ema_update_(self.pipeline.teacher, self.pipeline.seg, self.config.ema_decay)
         except steps.NonFiniteStep as exc:
             result = None
             self._skip(str(exc))
@@ -325,7 +333,7 @@ class Trainer:
         self.in_step = False
         try:
             t_data = time.perf_counter()
-            for fit, hold in batches:
+            for fit, hold, self.unlabelled in batches:
                 data_time += time.perf_counter() - t_data
                 result, seconds = self._train_step(fit, hold)
                 step_time += seconds
@@ -358,6 +366,9 @@ class Trainer:
         return {
             "total_steps": self.total, "fusion_steps": self.fusion_steps, "fit_slices": len(self.fit_pool),
             "holdout_slices": len(self.hold_pool), "holdout_cases": cases, "benchmark_counts": self.info.counts,
+            "unlabelled_slices": len(self.unlabelled_pool),
+            "unlabelled_cases": sorted({self.train_case_ids[i] for i in self.unlabelled_pool}),
+            "init_encoders": self.initialised,
             "slice_height": self.info.height, "slice_width": self.info.width,
             "benchmark_fusion_method": self.info.fusion_method, "benchmark_slice_size": self.info.slice_size,
             "seg_inputs": list(self.config.seg_inputs()), "benchmark_sha256": self.identity["sha256"],

@@ -6,6 +6,7 @@ network sees are chosen in exactly one place.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ class Pipeline:
     region_based: bool = False
     text_encoder: nn.Module | None = None  # frozen; set when the fusion net reads text or the semantic loss is on
     alignment: AlignmentModel | None = None  # frozen image-text model of the semantic loss
+    teacher: nn.Module | None = None  # the segmenter's mean teacher (--label-fraction < 1), updated by EMA
 
     @property
     def fusion_channels(self) -> list[int]:
@@ -112,8 +114,9 @@ class Pipeline:
         return fused, self.seg(self.seg_input(source, stored_fused, fused))
 
     def networks(self) -> dict[str, nn.Module]:
-        """The networks by state-dict key: 'seg', and 'fusion', 'text', 'alignment' when present."""
-        found = {"fusion": self.fusion, "seg": self.seg, "text": self.text_encoder, "alignment": self.alignment}
+        """The networks by state-dict key: 'seg', and 'fusion', 'text', 'alignment', 'teacher' when present."""
+        found = {"fusion": self.fusion, "seg": self.seg, "text": self.text_encoder, "alignment": self.alignment,
+                 "teacher": self.teacher}
         return {key: module for key, module in found.items() if module is not None}
 
     def to(self, device: torch.device | str) -> Pipeline:
@@ -130,7 +133,7 @@ class Pipeline:
         return self
 
     def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Plain state dicts by :meth:`networks` key ('fusion', 'text', 'alignment' only when present)."""
+        """Plain state dicts by :meth:`networks` key ('fusion', 'text', 'alignment', 'teacher' only when present)."""
         return {key: module.state_dict() for key, module in self.networks().items()}
 
     def load_state_dicts(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -182,10 +185,12 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
                                                         "num_classes": num_outputs(config)}),
     )
     alignment = AlignmentModel(text_encoder.dim) if text_encoder is not None and config.semantic_weight > 0 else None
-    for frozen in (text_encoder, alignment):
+    teacher = copy.deepcopy(seg) if config.label_fraction < 1 else None
+    for frozen in (text_encoder, alignment, teacher):
         if frozen is not None:
             frozen.train(False).requires_grad_(False)
-    return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment)
+    return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment,
+                    teacher)
 
 
 def reads_text(model: str) -> bool:

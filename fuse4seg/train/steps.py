@@ -45,6 +45,7 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss
 from fuse4seg.text.alignment import semantic_loss
 from fuse4seg.text.encoders import TextTokens
+from fuse4seg.train.semi import consistency_loss, distribution_shift, shift_seeds
 
 if TYPE_CHECKING:
     from fuse4seg.train.config import TrainConfig
@@ -88,6 +89,7 @@ class Training(Protocol):
     step: int
     fusion_steps: int
     world: World
+    unlabelled: Batch | None  # this step's batch of unlabelled slices (--label-fraction < 1), else None
 
 
 def _finite(*values: torch.Tensor) -> bool:
@@ -186,6 +188,47 @@ def fusion_objective(t: Training, fused: torch.Tensor, inputs: Inputs) -> tuple[
     return lf, parts
 
 
+class Consistency:
+    """The mean-teacher term of one step (fuse4seg.train.semi): the teacher's logits on the unlabelled batch's
+    segmenter input, computed once (constant), and the student's loss against them for any segmenter/fusion
+    (the modules, or their functional forms in a bi-level step)."""
+
+    def __init__(self, t: Training) -> None:
+        """Encode the unlabelled batch and run the teacher (no gradient)."""
+        self.t, self.inputs = t, _inputs(t, t.unlabelled)
+        lo, hi = t.world.shard(t.config.batch_size)
+        self.seeds = shift_seeds(t.config.seed, t.step, range(lo, hi))
+        with torch.no_grad(), forward_precision(t):
+            self.target = t.pipeline.teacher(self.seg_input(t.pipeline.fusion))
+
+    def seg_input(self, fuse: Callable[..., torch.Tensor] | None) -> torch.Tensor:
+        """The segmenter's input for the unlabelled batch: ``fuse``'s fused image, else the chosen channels."""
+        pipeline, u = self.t.pipeline, self.inputs
+        if pipeline.fusion is not None:
+            return pipeline.run_fusion(fuse, u.seen, u.text)
+        return pipeline.seg_input(u.seen, u.stored, None)
+
+    def loss(self, segment: Callable[..., torch.Tensor], seg_input: torch.Tensor) -> torch.Tensor:
+        """Consistency loss of ``segment`` on the shifted ``seg_input`` (:meth:`seg_input`) against the teacher."""
+        with forward_precision(self.t):
+            logits = segment(distribution_shift(seg_input, self.seeds))
+        return consistency_loss(logits, self.target, self.t.pipeline.region_based, reduce=self.t.world.reduce)
+
+
+def consistency(t: Training) -> Consistency | None:
+    """This step's :class:`Consistency`, or None without unlabelled slices."""
+    return Consistency(t) if t.unlabelled is not None and t.pipeline.teacher is not None else None
+
+
+def _with_consistency(t: Training, loss: torch.Tensor, scalars: dict[str, float],
+                      term: torch.Tensor | None) -> torch.Tensor:
+    """``loss`` + --consistency-weight * ``term`` (logged as loss/consistency), or ``loss`` without a term."""
+    if term is None:
+        return loss
+    scalars["loss/consistency"] = float(term.detach())
+    return loss + t.config.consistency_weight * term
+
+
 def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float], lambda_seg: float | None
                    ) -> tuple[ModuleLoss, ModuleLoss]:
     """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
@@ -198,12 +241,15 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
     fit_in, hold_in = _inputs(t, fit), _inputs(t, hold)
     y_fit, y_hold = fit_in.label, hold_in.label
     reduce = t.world.reduce
+    unlabelled = consistency(t)
 
     def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Segmentation loss of S(F(x_fit)) against y_fit (scalar)."""
+        """Segmentation loss of S(F(x_fit)) against y_fit (scalar), plus the unlabelled slices' consistency."""
         with forward_precision(t):
             logits = segment(pipeline.run_fusion(fuse, fit_in.seen, fit_in.text))
-        return segmentation_loss(logits, y_fit, pipeline.region_based, reduce=reduce)
+        loss = segmentation_loss(logits, y_fit, pipeline.region_based, reduce=reduce)
+        term = None if unlabelled is None else unlabelled.loss(segment, unlabelled.seg_input(fuse))
+        return _with_consistency(t, loss, record, term)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """L_fuse(F(x_fit), clean x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
@@ -303,7 +349,10 @@ def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         logits = pipeline.seg(fused)
     lf, parts = fusion_objective(t, fused, batch)
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
-    loss = lf + config.lambda_seg * ls
+    unlabelled = consistency(t)
+    term = None if unlabelled is None else unlabelled.loss(pipeline.seg, unlabelled.seg_input(pipeline.fusion))
+    ls_all = _with_consistency(t, ls, parts, term)
+    loss = lf + config.lambda_seg * ls_all
     norm_f, norm_s = _backward_step(t, loss, [opts.upper, opts.lower], "joint")
     scalars = {**parts, "loss/seg": float(ls.detach()), "loss/total": float(loss.detach()),
                "grad/fusion_norm": norm_f, "grad/seg_norm": norm_s}
@@ -323,8 +372,14 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
             fused = pipeline.run_fusion(pipeline.fusion, batch.seen, batch.text)
         logits = pipeline.seg(fused)
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    scalars = {"loss/seg": float(ls.detach())}
+    unlabelled = consistency(t)
+    if unlabelled is not None:
+        with torch.no_grad():  # stage 2: the fusion net is frozen
+            fused_u = unlabelled.seg_input(pipeline.fusion)
+        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, fused_u))
     (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
-    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm, "stage": 2.0})
+    return StepResult({**scalars, "grad/seg_norm": norm, "stage": 2.0})
 
 
 def fusion_only_step(t: Training, fit: Batch) -> StepResult:
@@ -345,8 +400,12 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     with forward_precision(t):
         logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
     ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    scalars = {"loss/seg": float(ls.detach())}
+    unlabelled = consistency(t)
+    if unlabelled is not None:
+        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, unlabelled.seg_input(None)))
     (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
-    return StepResult({"loss/seg": float(ls.detach()), "grad/seg_norm": norm})
+    return StepResult({**scalars, "grad/seg_norm": norm})
 
 
 # ---- mode-specific checks and rules -----------------------------------------------------------------
