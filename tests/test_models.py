@@ -40,16 +40,17 @@ def tiny(name: str, **extra) -> nn.Module:
 
 
 def test_registry_lists_every_model() -> None:
-    """list_models gives the five 2-D names in registry order, then the four with a 3-D variant with -3d (tests
-    in test_models3d.py; fusion-text has none: texts describe slices); every 2-D model has a tiny test variant,
+    """list_models gives the six 2-D names in registry order, then the four with a 3-D variant with -3d (tests
+    in test_models3d.py; fusion-text and the classifier have none: texts and presence describe slices); every
+    2-D model but the classifier has a tiny test variant here,
     and the unet defaults are in_channels 1, 4 classes, width 16, depth 4, GroupNorm (dims is fixed by the name,
     not an option)."""
-    two_d = ["fusion-cnn", "fusion-freq", "fusion-text", "unet", "feature-fusion"]
+    two_d = ["fusion-cnn", "fusion-freq", "fusion-text", "unet", "feature-fusion", "classifier"]
     assert list_models(dims=2) == two_d
-    assert list_models(dims=3) == [f"{name}-3d" for name in two_d if name != "fusion-text"]
+    assert list_models(dims=3) == [f"{name}-3d" for name in two_d if name not in ("fusion-text", "classifier")]
     assert list_models() == list(MODEL_REGISTRY) == two_d + list_models(dims=3)
-    assert set(TINY) == set(list_models(dims=2))
-    assert [model_dims(name) for name in list_models()] == [2] * 5 + [3] * 4
+    assert set(TINY) == set(list_models(dims=2)) - {"classifier"}  # the classifier: tests/test_classification.py
+    assert [model_dims(name) for name in list_models()] == [2] * 6 + [3] * 4
     assert model_options("unet") == {
         "in_channels": 1,
         "num_classes": 4,
@@ -260,7 +261,9 @@ def test_model_summary_and_table() -> None:
     for r in rows:
         assert r["parameters"] == count_parameters(build_model(r["name"]))
         channels = "1" if r["kind"] == "fusion" else "4"
-        if r["dims"] == 2:
+        if r["kind"] == "classification":  # (N, 3) presence logits, no spatial axes
+            assert (r["output@32"], r["output@64"]) == ("3", "3")
+        elif r["dims"] == 2:
             assert (r["output@32"], r["output@64"]) == (f"{channels} x 32 x 32", f"{channels} x 64 x 64")
         else:
             assert (r["output@32"], r["output@64"]) == (f"{channels} x 32 x 32 x 32", "-")

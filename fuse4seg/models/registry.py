@@ -16,6 +16,7 @@ from torch import nn
 
 from fuse4seg.errors import ConfigError
 from fuse4seg.models.blocks import check_dims
+from fuse4seg.models.classifier import MultimodalClassifier
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
 from fuse4seg.models.fusion import FrequencyFusionNet, FusionCNN
 from fuse4seg.models.text_fusion import TextGuidedFusion
@@ -35,6 +36,8 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fusion-text": TextGuidedFusion,
     "unet": UNet,
     "feature-fusion": FeatureFusionSegmenter,
+    # --task classify: presence is a property of a slice, so no 3-D variant either.
+    "classifier": MultimodalClassifier,
     **{f"{name}-3d": partial(cls, dims=3) for name, cls in _MODELS_2D.items()},
 }
 # A forward pass of the default unet-3d on a 240^3 cube takes minutes and gigabytes on a CPU, so

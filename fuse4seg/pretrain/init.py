@@ -1,7 +1,8 @@
 """Copying a pre-trained encoder (PRE/encoder.pt of ``fuse4seg pretrain``) into the networks that have one.
 
 What gets it: every 1-channel UNet encoder inside the model, i.e. ``UNet(in_channels=1).encoder`` (the
-segmenter of a fused image, 2-D or 3-D) and each ``FeatureFusionSegmenter.encoders[i]`` (one per modality);
+segmenter of a fused image, 2-D or 3-D) and each ``encoders[i]`` (one per modality) of a
+``FeatureFusionSegmenter`` or of the ``MultimodalClassifier`` of ``--task classify``;
 the model itself or any module inside it (a training pipeline holding a fusion net and a segmenter).
 What does not: the fusion networks (``FusionCNN``, ``FrequencyFusionNet``) have no UNet encoder, and their first
 convolution reads all modalities at once; copying a 1-channel filter into it (split or repeated over the
@@ -29,17 +30,17 @@ def read_pretrained_encoder(path: str | os.PathLike) -> tuple[dict[str, torch.Te
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} not found (write one with `fuse4seg pretrain`)", option="pretrained")
+        raise ConfigError(f"{path} not found (write one with `fuse4seg pretrain`)", option="init")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a pretrain encoder ({one_line(exc)[:160]})", option="pretrained") from None
+        raise ConfigError(f"{path} is not a pretrain encoder ({one_line(exc)[:160]})", option="init") from None
     meta = payload.get("meta") if isinstance(payload, dict) else None
     tensors = payload.get("encoder") if isinstance(payload, dict) else None
     if (not isinstance(meta, dict) or meta.get("kind") != ENCODER_KIND or not isinstance(tensors, dict)
             or not all(isinstance(v, torch.Tensor) for v in tensors.values())):
         raise ConfigError(f"{path} is not a pretrain encoder (written by `fuse4seg pretrain` as PRE/encoder.pt)",
-                          option="pretrained")
+                          option="init")
     return tensors, meta
 
 
@@ -60,7 +61,8 @@ def _describe(facts: dict[str, object]) -> str:
 
 def encoder_slots(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """(qualified name, encoder) of every UNet-style encoder inside ``model`` (itself included): ``encoder`` of a
-    UNet, ``encoders.i`` of a FeatureFusionSegmenter; fusion networks have none."""
+    UNet, ``encoders.i`` of a FeatureFusionSegmenter or a MultimodalClassifier; fusion networks have none."""
+    from fuse4seg.models.classifier import MultimodalClassifier
     from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
     from fuse4seg.models.unet import UNet
 
@@ -69,7 +71,7 @@ def encoder_slots(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
         prefix = f"{name}." if name else ""
         if isinstance(module, UNet):
             slots.append((f"{prefix}encoder", module.encoder))
-        elif isinstance(module, FeatureFusionSegmenter):
+        elif isinstance(module, (FeatureFusionSegmenter, MultimodalClassifier)):
             slots += [(f"{prefix}encoders.{i}", enc) for i, enc in enumerate(module.encoders)]
     return slots
 
@@ -88,7 +90,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike) -> list[s
             v.shape == tensors[k].shape for k, v in encoder.state_dict().items())
         if facts != wanted or not shapes_fit:
             raise ConfigError(f"{path} holds an encoder of {_describe(wanted)}, but {name} has {_describe(facts)}; "
-                              "pre-train with the segmenter's --width/--depth/--norm", option="pretrained")
+                              "pre-train with the segmenter's --width/--depth/--norm", option="init")
     for _, encoder in slots:
         with torch.no_grad():
             encoder.load_state_dict(tensors)

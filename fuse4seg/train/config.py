@@ -46,6 +46,8 @@ from fuse4seg.train.modes import MODES, names
 from fuse4seg.train.steps import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+#: --task: what the second network predicts from the (fused) images.
+TASKS: tuple[str, ...] = ("segment", "classify")
 #: Modes whose segmentation network reads the output of a learned fusion network.
 FUSION_MODES: tuple[str, ...] = names(lambda m: m.has_fusion)
 #: Modes whose fusion net learns from hypergradients (``--hypergrad`` and the engine's options apply).
@@ -270,6 +272,9 @@ class TrainConfig:
                                     "then frozen (0: off; 2-D).", check=at_least(0), modes=FUSION_MODES)
     semantic_steps: int = option(200, f"Contrastive training steps of the semantic loss's image-text model (1 to "
                                       f"{MAX_ALIGN_STEPS}).", check=in_range(1, MAX_ALIGN_STEPS), modes=FUSION_MODES)
+    task: str = option("segment", "segment (label maps) or classify (is WT / TC / ET present in the slice? per-modality "
+                                  "encoders and a fusion encoder; evaluate reports AUROC, accuracy and F1).",
+                       check=one_of(TASKS))
     init: str | None = option(None, "Pre-trained encoder (PRE/encoder.pt of `fuse4seg pretrain`) copied into the "
                                     "segmenter's UNet encoder(s) before the first step.", check=_pretrained_file)
     label_fraction: float = option(1.0, "Share of the train cases (patients, seeded) whose labels are used, in (0, 1]; "
@@ -401,6 +406,8 @@ def validate(c: TrainConfig) -> None:
             if getattr(c, key) != "none":
                 raise ConfigError("is not supported with --dims 3 (its transforms work on 2-D slices)", option=key)
     _check_text(c)
+    if c.task == "classify" and c.dims == 3:
+        raise ConfigError("is not supported with --dims 3 (presence is a property of a slice)", option="task")
     if c.label_fraction < 1 and c.dims == 3:
         raise ConfigError("is not supported with --dims 3 (the consistency loss runs on slices)", option="label_fraction")
     _check_bottleneck(c)

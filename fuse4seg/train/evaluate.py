@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,9 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     config, pipeline, state = load_run(run, checkpoint, device)
     if not texts:
         pipeline = dataclasses.replace(pipeline, text_encoder=None)
+    if pipeline.classifies:
+        return evaluate_classifier(run, config, pipeline, state, benchmark, split, checkpoint, max_slices,
+                                   compare_untrained)
     dev = next(pipeline.seg.parameters()).device
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
     if config.dims == 3:
@@ -364,4 +368,39 @@ def _evaluate_volumes(run: str | Path, config: TrainConfig, pipeline: Pipeline, 
         metrics["untrained"] = {"segmentation": base["segmentation"], "fusion": base["fusion"]["learned"]}
     with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
         write_eval_outputs(tmp, metrics, rows, config)
+    return metrics
+
+
+def evaluate_classifier(run: str | Path, config: TrainConfig, pipeline: Pipeline, state: dict,
+                        benchmark: str | Path | None, split: str, checkpoint: str, max_slices: int | None,
+                        compare_untrained: bool) -> dict[str, Any]:
+    """:func:`evaluate_run` of a ``--task classify`` run: per-region AUROC, accuracy, F1, precision, recall and
+    support of slice-level WT/TC/ET presence on ``split`` (fuse4seg.metrics.classification), written to
+    RUN/eval/{metrics.json,report.md}."""
+    from fuse4seg.metrics.classification import classification_metrics
+    from fuse4seg.train.report import classification_report
+    from fuse4seg.train.scoring import presence_predictions
+
+    bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
+    dataset = open_split(bench, split, cache=True)
+    if len(dataset) == 0:
+        raise DataError(f"{bench}: split {split!r} has no slices")
+    if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
+        check_benchmark_matches(run, config, bench)
+    dev = next(pipeline.seg.parameters()).device
+    probs, targets = presence_predictions(pipeline, dataset, dev, limit=max_slices)
+    metrics: dict[str, Any] = {
+        "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode, "task": "classify",
+        "split": split, "benchmark": str(bench), "slices": len(probs), "fusion_inputs": list(config.fusion_inputs),
+        "seg_inputs": list(config.seg_inputs()), "classification": classification_metrics(probs, targets),
+        "conventions": {"classification": "slice-level presence of WT, TC, ET; a slice is predicted positive when its "
+                                          "sigmoid is >= 0.5; AUROC by ranks (nan for a region present in every slice "
+                                          "or in none; the macro mean skips it); an empty denominator counts as 1"},
+    }
+    if compare_untrained:
+        base = presence_predictions(untrained_like(config, pipeline, dev), dataset, dev, limit=max_slices)
+        metrics["untrained"] = {"classification": classification_metrics(*base)}
+    with atomic_dir(Path(run) / "eval", "eval", overwrite=True, legacy=is_eval_output, option=None) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(classification_report(metrics, markdown=True), encoding="utf-8")
     return metrics

@@ -109,13 +109,14 @@ def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", 
     from fuse4seg.train.data import open_split
     from fuse4seg.train.evaluate import check_benchmark_matches
     from fuse4seg.train.infer import predict_case
-    from fuse4seg.train.run import load_run
+    from fuse4seg.train.run import load_run, require_segmenter
 
     convention, challenge = check_convention(convention), check_challenge(challenge)
     if not Path(volumes).is_dir():
         raise ConfigError(f"{volumes} is not a directory", option="volumes")
     started = time.perf_counter()
     config, pipeline, state = load_run(run, checkpoint, device)
+    require_segmenter(run, config, "evaluate --volumes")
     dev = next(pipeline.seg.parameters()).device
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
     if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():

@@ -32,7 +32,7 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.io import atomic_dir, check_separate
 from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline
-from fuse4seg.train.run import load_run, pipeline_from_checkpoint, run_derived
+from fuse4seg.train.run import load_run, pipeline_from_checkpoint, require_segmenter, run_derived
 
 
 def _trained_size(derived: dict[str, Any], run: str | Path) -> tuple[int, int]:
@@ -210,6 +210,7 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
 
     check_separate(out, {"case": case_dir, "run": run})
     config, pipeline, _ = load_run(run, checkpoint, device)
+    require_segmenter(run, config, "fuse")
     if reports is not None and not pipeline.reads_text:
         raise ConfigError(f"{run}'s fusion network ({config.fusion_model if pipeline.fusion else config.mode}) reads "
                           "no text", option="reports")

@@ -73,7 +73,7 @@ from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.patches import open_volumes
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
-from fuse4seg.train.scoring import validation_scores, volume_validation_scores
+from fuse4seg.train.scoring import classification_scores, validation_scores, volume_validation_scores
 from fuse4seg.train.semi import ema_update_, label_pools
 from fuse4seg.train.tblog import TensorBoardLog
 from fuse4seg.train.text import prepare_text_models
@@ -249,7 +249,9 @@ class Trainer:
         """
         if self.val_set is None or not self.world.is_main:
             return {}, False
-        if self.config.dims == 3:
+        if self.pipeline.classifies:
+            scores, first = classification_scores(self.pipeline, self.val_set, self.device, self.config.eval_slices), None
+        elif self.config.dims == 3:
             scores, first = volume_validation_scores(self.pipeline, self.val_set, self.device, self.config.patch,
                                                      limit=self.config.eval_slices)
         else:
@@ -258,8 +260,10 @@ class Trainer:
         if first is not None:
             sources = first.source[:, self.pipeline.fusion_channels]
             log.panels(self.step, "val/panels", sources, first.fused, first.label, first.pred)
-        if select and scores and (self.config.eval_every == 0 or scores["dice_mean"] > self.best.score):
-            self.best = Best(scores["dice_mean"], self.step)
+        value = scores.get(self.pipeline.selection_metric, math.nan)
+        better = math.isfinite(value) and value > self.best.score
+        if select and scores and (self.config.eval_every == 0 or better):
+            self.best = Best(value if math.isfinite(value) else -math.inf, self.step)
             return scores, True
         return scores, False
 
@@ -354,7 +358,10 @@ class Trainer:
             "run": str(self.config.out), "mode": self.config.mode, "dims": self.config.dims, "steps": self.step,
             "skipped": self.counters.skipped,
             "val": scores, "best_step": self.best.step,
-            "best_dice_mean": self.best.score if math.isfinite(self.best.score) else None,
+            "best_metric": self.pipeline.selection_metric,
+            "best_score": self.best.score if math.isfinite(self.best.score) else None,
+            "best_dice_mean": self.best.score if math.isfinite(self.best.score) and not self.pipeline.classifies
+            else None,
             "seconds": round(time.perf_counter() - started, 3), "step_seconds": round(step_time, 3),
             "data_seconds": round(data_time, 3), "steps_this_call": self.step - first_step,
             "tensorboard": str(Path(self.config.out) / "tb"),
@@ -473,12 +480,14 @@ def format_train_summary(summary: dict[str, Any]) -> str:
     """Lines for the terminal: steps, skipped, val Dice, where the checkpoints and logs are."""
     run = summary["run"]
     val = summary.get("val") or {}
-    dice = ", ".join(f"{k[5:]} {v:.3f}" for k, v in val.items() if k.startswith("dice_")) or "no val split"
+    classify = summary.get("best_metric") == "auroc_mean"
+    prefix = "auroc_" if classify else "dice_"
+    dice = ", ".join(f"{k[len(prefix):]} {v:.3f}" for k, v in val.items() if k.startswith(prefix)) or "no val split"
     per = "per case, whole volumes" if summary.get("dims", 2) == 3 else "per slice"
     return "\n".join([
         (f"trained {summary['mode']}: {summary['steps']} steps ({summary['steps_this_call']} this call, "
         f"{summary['skipped']} skipped) in {summary['seconds']:.1f} s"),
-        f"val Dice ({per}): {dice}; best step {summary['best_step']}",
+        f"val {'AUROC' if classify else 'Dice'} ({per}): {dice}; best step {summary['best_step']}",
         f"checkpoints: {run}/best.pt, {run}/last.pt; options: {run}/config.json",
         f"TensorBoard: tensorboard --logdir {summary['tensorboard']}",
     ])

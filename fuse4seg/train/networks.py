@@ -16,6 +16,8 @@ from torch import nn
 
 from fuse4seg.conventions import NUM_CLASSES, REGIONS, modality_indices
 from fuse4seg.errors import ConfigError
+from fuse4seg.losses.classification import presence_loss
+from fuse4seg.losses.segmentation import Reduce, segmentation_loss
 from fuse4seg.text.alignment import AlignmentModel
 from fuse4seg.text.encoders import TextTokens, build_text_encoder
 from fuse4seg.train.modes import MODES
@@ -45,6 +47,28 @@ class Pipeline:
     text_encoder: nn.Module | None = None  # frozen; set when the fusion net reads text or the semantic loss is on
     alignment: AlignmentModel | None = None  # frozen image-text model of the semantic loss
     teacher: nn.Module | None = None  # the segmenter's mean teacher (--label-fraction < 1), updated by EMA
+    task: str = "segment"  # "classify": the segmenter is a presence classifier, (N, 3) logits per slice
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the second network classifies slices (``--task classify``) instead of segmenting them."""
+        return self.task == "classify"
+
+    @property
+    def sigmoid_outputs(self) -> bool:
+        """Whether the second network's outputs are independent sigmoids (regions, or presence) rather than a softmax."""
+        return self.region_based or self.classifies
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation score that chooses best.pt: mean Dice, or mean AUROC for a classifier."""
+        return "auroc_mean" if self.classifies else "dice_mean"
+
+    def task_loss(self, logits: torch.Tensor, label: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
+        """The second network's loss against (N, *spatial) canonical labels: segmentation (Dice + CE) or presence BCE."""
+        if self.classifies:
+            return presence_loss(logits, label, reduce=reduce)
+        return segmentation_loss(logits, label, self.region_based, reduce=reduce)
 
     @property
     def fusion_channels(self) -> list[int]:
@@ -143,8 +167,12 @@ class Pipeline:
 
 
 def num_outputs(config: TrainConfig) -> int:
-    """Output channels of the segmentation network: 3 region sigmoids or 4 class logits."""
-    return NUM_REGIONS if config.region_based else NUM_CLASSES
+    """Outputs of the second network: 3 region sigmoids or presence logits, or 4 class logits."""
+    return NUM_REGIONS if config.region_based or config.task == "classify" else NUM_CLASSES
+
+
+#: The network of ``--task classify`` (per-modality encoders and a fusion encoder), in every mode.
+CLASSIFIER = "classifier"
 
 
 def _options(name: str, options: dict, fixed: dict) -> dict:
@@ -179,8 +207,9 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
         fusion = build_model(network_name(config.fusion_model, config.dims),
                              **_options("fusion_options", config.fusion_options, fixed))
     seg_inputs = mode.seg_inputs(config)
+    second = CLASSIFIER if config.task == "classify" else mode.seg_model or config.seg_model
     seg = build_model(
-        network_name(mode.seg_model or config.seg_model, config.dims),
+        network_name(second, config.dims),
         **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
                                                         "num_classes": num_outputs(config)}),
     )
@@ -190,7 +219,7 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
         if frozen is not None:
             frozen.train(False).requires_grad_(False)
     return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment,
-                    teacher)
+                    teacher, config.task)
 
 
 def reads_text(model: str) -> bool:

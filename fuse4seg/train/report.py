@@ -95,8 +95,27 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
+CLASSIFICATION_COLUMNS = ("auroc", "accuracy", "f1", "precision", "recall", "support")
+
+
+def classification_report(metrics: dict[str, Any], markdown: bool = False) -> str:
+    """A ``--task classify`` evaluation: one row per region and the macro means, as text or a Markdown page."""
+    table = metrics["classification"]
+    rows = [[name, *(_fmt(table[name][k]) if k != "support" else str(int(table[name][k]))
+                     for k in CLASSIFICATION_COLUMNS)] for name in table]
+    head = (f"{metrics['split']} split: {metrics['slices']} slices (checkpoint {metrics['checkpoint']}, step "
+            f"{metrics['step']}); slice-level presence")
+    if not markdown:
+        return head + "\n" + text_table(["", *CLASSIFICATION_COLUMNS], rows)
+    return "\n".join([f"# Evaluation of {metrics['run']}", "", head + ".", "",
+                      markdown_table(["region", *CLASSIFICATION_COLUMNS], rows), "",
+                      metrics["conventions"]["classification"] + ".", ""])
+
+
 def format_summary(metrics: dict[str, Any]) -> str:
-    """Terminal summary: the segmentation table and, when present, the fusion table."""
+    """Terminal summary: the segmentation table and, when present, the fusion table (a classifier's table)."""
+    if metrics.get("task") == "classify":
+        return classification_report(metrics)
     out = [(f"{metrics['split']} split: {extent(metrics)} "
            f"(checkpoint {metrics['checkpoint']}, step {metrics['step']})"),
            text_table(seg_header(metrics), segmentation_table(metrics))]

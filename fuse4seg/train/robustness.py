@@ -116,11 +116,12 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     from fuse4seg.fusion import FUSION_RULES, fuse_batch
     from fuse4seg.losses import predict_labels
     from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
-    from fuse4seg.train.run import load_run
+    from fuse4seg.train.run import load_run, require_segmenter
     from fuse4seg.train.scoring import dice_per_slice
 
     torch.set_num_threads(1)
     config, pipeline, _ = load_run(job.run)
+    require_segmenter(job.run, config, "robustness")
     data = read_split(Path(config.benchmark), job.split)
     refuse = pipeline.fusion is None and pipeline.seg_inputs == ("fused",)
     if refuse and data.fusion_method not in FUSION_RULES:

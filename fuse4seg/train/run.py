@@ -163,3 +163,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
         raise ConfigError(f"{run} is not a directory", option="run")
     config, pipeline, state = pipeline_from_checkpoint(run / f"{checkpoint}.pt")
     return config, pipeline.to(resolve_device(device)).train(False), state
+
+
+def require_segmenter(run: str | Path, config: TrainConfig, command: str) -> None:
+    """ConfigError (option run) when RUN is a ``--task classify`` run, which ``command`` cannot use: it predicts
+    slice-level presence, not label maps."""
+    if config.task == "classify":
+        raise ConfigError(f"{run} is a --task classify run (slice-level presence, no label maps); {command} needs a "
+                          "segmentation run (`fuse4seg evaluate` scores a classifier)", option="run")

@@ -77,6 +77,41 @@ def validation_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device
     return _mean_scores(dices), first
 
 
+def presence_predictions(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+                         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, 3), presence targets (N, 3)) of a classifier pipeline (``--task classify``) over the first
+    ``limit`` items of ``dataset``, in order (eval mode, no grad)."""
+    from fuse4seg.models.classifier import presence_targets
+
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    probs, targets = [], []
+    was_training = pipeline.seg.training
+    pipeline.train(False)
+    try:
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                _, logits = pipeline.forward(batch["source"].to(device), batch["fused"].to(device), batch.get("text"))
+                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                targets.append(presence_targets(batch["label"].long()).numpy())
+    finally:
+        pipeline.train(was_training)
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def classification_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device | str,
+                          limit: int | None = None) -> dict[str, float]:
+    """Validation scores of a classifier: {"auroc_WT", ..., "auroc_mean", "f1_mean", "accuracy_mean"} (AUROC nan for
+    a region present in every slice or in none; the mean skips it)."""
+    from fuse4seg.metrics.classification import classification_metrics
+
+    metrics = classification_metrics(*presence_predictions(pipeline, dataset, device, limit=limit))
+    scores = {f"auroc_{name}": metrics[name]["auroc"] for name in REGIONS}
+    scores.update(auroc_mean=metrics["macro"]["auroc"], f1_mean=metrics["macro"]["f1"],
+                  accuracy_mean=metrics["macro"]["accuracy"])
+    return scores
+
+
 def _mean_scores(dices: list[torch.Tensor]) -> dict[str, float]:
     """{"dice_WT","dice_TC","dice_ET","dice_mean"}: the means over items of (n, 3) Dice blocks ({} for none)."""
     if not dices:

@@ -6,7 +6,8 @@ to agree with its mean teacher (an exponential moving average of its weights, mo
 them: the teacher reads the segmenter's usual input (the fused image, or the chosen modalities), the student
 the same input under a random distribution shift (MICS's shift of the fused features: per slice an intensity
 gain a ~ U[1 - s, 1 + s], an offset b ~ N(0, (s/2)^2) and Gaussian noise of sd s/4, s = :data:`SHIFT`). The
-loss is the mean squared difference of their probabilities (softmax, or sigmoids with --region-based), weighted
+loss is the mean squared difference of their probabilities (softmax; sigmoids with --region-based or --task
+classify), weighted
 by ``--consistency-weight``. The shift of slot i of step t is drawn from (seed, t, i) alone, so a resumed run and
 a torchrun shard see the same draws as an uninterrupted single process.
 """
@@ -43,16 +44,16 @@ def shift_seeds(seed: int, step: int, slots: range) -> list[int]:
     return [item_seed(seed, "unlabelled", step, slot) for slot in slots]
 
 
-def probabilities(logits: torch.Tensor, region_based: bool) -> torch.Tensor:
-    """(N, K, *spatial) logits -> class probabilities (softmax) or region probabilities (sigmoid)."""
-    return torch.sigmoid(logits) if region_based else torch.softmax(logits, dim=1)
+def probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """(N, K, *spatial) logits -> class probabilities (softmax), or independent ones (sigmoid: regions, presence)."""
+    return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)
 
 
-def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, region_based: bool,
+def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, sigmoid: bool,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Mean squared difference of the student's and the (constant) teacher's probabilities from (N, K, *spatial)
-    logits, over every element; ``reduce`` (a sharded batch): the mean over every shard."""
-    diff = (probabilities(student.float(), region_based) - probabilities(teacher.float(), region_based).detach()) ** 2
+    logits (:func:`probabilities`), over every element; ``reduce`` (a sharded batch): the mean over every shard."""
+    diff = (probabilities(student.float(), sigmoid) - probabilities(teacher.float(), sigmoid).detach()) ** 2
     total, count = diff.sum(), diff.new_tensor(float(diff.numel()))
     total, count = reduce_together(reduce, [total, count])
     return total / count

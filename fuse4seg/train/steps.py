@@ -42,7 +42,7 @@ from fuse4seg.bilevel import (
 )
 from fuse4seg.distributed import World
 from fuse4seg.errors import ConfigError
-from fuse4seg.losses import fusion_loss, segmentation_loss
+from fuse4seg.losses import fusion_loss
 from fuse4seg.text.alignment import semantic_loss
 from fuse4seg.text.encoders import TextTokens
 from fuse4seg.train.semi import consistency_loss, distribution_shift, shift_seeds
@@ -212,7 +212,7 @@ class Consistency:
         """Consistency loss of ``segment`` on the shifted ``seg_input`` (:meth:`seg_input`) against the teacher."""
         with forward_precision(self.t):
             logits = segment(distribution_shift(seg_input, self.seeds))
-        return consistency_loss(logits, self.target, self.t.pipeline.region_based, reduce=self.t.world.reduce)
+        return consistency_loss(logits, self.target, self.t.pipeline.sigmoid_outputs, reduce=self.t.world.reduce)
 
 
 def consistency(t: Training) -> Consistency | None:
@@ -247,7 +247,7 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
         """Segmentation loss of S(F(x_fit)) against y_fit (scalar), plus the unlabelled slices' consistency."""
         with forward_precision(t):
             logits = segment(pipeline.run_fusion(fuse, fit_in.seen, fit_in.text))
-        loss = segmentation_loss(logits, y_fit, pipeline.region_based, reduce=reduce)
+        loss = pipeline.task_loss(logits, y_fit, reduce=reduce)
         term = None if unlabelled is None else unlabelled.loss(segment, unlabelled.seg_input(fuse))
         return _with_consistency(t, loss, record, term)
 
@@ -256,7 +256,7 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
         with forward_precision(t):
             logits = segment(pipeline.run_fusion(fuse, hold_in.seen, hold_in.text))
             fused = None if lambda_seg is None else pipeline.run_fusion(fuse, fit_in.seen, fit_in.text)
-        ls = segmentation_loss(logits, y_hold, pipeline.region_based, reduce=reduce)
+        ls = pipeline.task_loss(logits, y_hold, reduce=reduce)
         if lambda_seg is None:
             record["loss/seg_holdout"] = float(ls.detach())
             return ls
@@ -348,7 +348,7 @@ def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         fused = pipeline.run_fusion(pipeline.fusion, batch.seen, batch.text)
         logits = pipeline.seg(fused)
     lf, parts = fusion_objective(t, fused, batch)
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    ls = pipeline.task_loss(logits, batch.label, reduce=t.world.reduce)
     unlabelled = consistency(t)
     term = None if unlabelled is None else unlabelled.loss(pipeline.seg, unlabelled.seg_input(pipeline.fusion))
     ls_all = _with_consistency(t, ls, parts, term)
@@ -371,7 +371,7 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         with torch.no_grad():
             fused = pipeline.run_fusion(pipeline.fusion, batch.seen, batch.text)
         logits = pipeline.seg(fused)
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    ls = pipeline.task_loss(logits, batch.label, reduce=t.world.reduce)
     scalars = {"loss/seg": float(ls.detach())}
     unlabelled = consistency(t)
     if unlabelled is not None:
@@ -399,7 +399,7 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     batch = _inputs(t, fit)
     with forward_precision(t):
         logits = pipeline.seg(pipeline.seg_input(batch.seen, batch.stored, None))
-    ls = segmentation_loss(logits, batch.label, pipeline.region_based, reduce=t.world.reduce)
+    ls = pipeline.task_loss(logits, batch.label, reduce=t.world.reduce)
     scalars = {"loss/seg": float(ls.detach())}
     unlabelled = consistency(t)
     if unlabelled is not None:
