@@ -373,6 +373,7 @@ class Trainer:
         return {
             "total_steps": self.total, "fusion_steps": self.fusion_steps, "fit_slices": len(self.fit_pool),
             "holdout_slices": len(self.hold_pool), "holdout_cases": cases, "benchmark_counts": self.info.counts,
+            "labelled_cases": len({self.train_case_ids[i] for i in self.fit_pool + self.hold_pool}),
             "unlabelled_slices": len(self.unlabelled_pool),
             "unlabelled_cases": sorted({self.train_case_ids[i] for i in self.unlabelled_pool}),
             "init_encoders": self.initialised,
