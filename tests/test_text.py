@@ -49,6 +49,7 @@ def test_tokenize_bins_numbers_by_powers_of_two() -> None:
     assert tokenize("Oedema 151.3 mm², WT 1072.7 mm².") == ["oedema", "<num:7>", "mm", "²", ",", "wt", "<num:10>",
                                                            "mm", "²", "."]
     assert tokenize("") == []
+    assert tokenize("9" * 400) == ["<num:40>"]  # beyond any area: the last bin, not an overflow
 
 
 def test_ppmi_of_a_hand_worked_corpus() -> None:
@@ -303,7 +304,8 @@ def test_text_flows_through_evaluate_and_fuse(bench: Path, phantom_release: Path
     assert main(["train", "--benchmark", str(bench), "--out", str(run), "--fusion-model", "fusion-text",
                  "--text-encoder", str(tiny_hf_model), "--steps", "2", "--batch-size", "2", "--seg-width", "4",
                  "--seg-depth", "2", "--fusion-width", "4", "--no-progress"]) == 0
-    assert checkpoint_weights(run / "best.pt")["text"]["_extra_state"] == {"path": str(tiny_hf_model), "dim": 16}
+    stored = checkpoint_weights(run / "best.pt")["text"]["_extra_state"]
+    assert stored["path"] == str(tiny_hf_model) and stored["dim"] == 16 and len(stored["fingerprint"]) == 64
     assert main(["evaluate", "--run", str(run)]) == 0
     with_text = json.loads((run / "eval" / "metrics.json").read_text())
     assert 0 <= with_text["semantic"]["score"] <= 1 and with_text["text"] == "the slices' texts"
@@ -331,8 +333,15 @@ def test_text_flows_through_evaluate_and_fuse(bench: Path, phantom_release: Path
         (["--text-encoder", str(tmp_path / "missing")], "--text-encoder"),
         (["--dims", "3"], "--fusion-model"),
         (["--augment", "light"], "--fusion-model"),
+        (["--task", "classify"], "--fusion-model"),  # the texts state the target
+        (["--label-fraction", "0.5"], "--fusion-model"),  # the texts state the unlabelled cases' labels
     ):
         rc = main(["train", "--benchmark", str(bench), "--out", str(tmp_path / "bad"), "--fusion-model", "fusion-text",
                    "--steps", "1", "--no-progress", *argv])
         err = capsys.readouterr().err.strip()
         assert rc != 0 and len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+    (tiny_hf_model / "extra.txt").write_text("another model now")  # the folder changed since training
+    rc = main(["evaluate", "--run", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "has changed" in err and len(err.splitlines()) == 1
+    (tiny_hf_model / "extra.txt").unlink()

@@ -82,7 +82,7 @@ def retrieval_accuracy(model: AlignmentModel, images: torch.Tensor, tokens: Text
     """Share of the N images whose most similar text among the N is their own (chance: 1 / N)."""
     with torch.no_grad():
         sims = model.embed_images(images) @ model.embed_texts(tokens).T
-    return float((sims.argmax(dim=1) == torch.arange(len(images))).float().mean())
+    return float((sims.argmax(dim=1) == torch.arange(len(images), device=sims.device)).float().mean())
 
 
 def train_alignment(model: AlignmentModel, views: np.ndarray, tokens: TextTokens, seed: int,

@@ -46,6 +46,8 @@ WINDOW = 2
 DEFAULT_DIM = 64
 #: Cached features of a pretrained encoder, at most (bytes).
 CACHE_MAX_BYTES = 512 * 1024**2
+#: Texts per forward pass of a pretrained encoder (a BERT-sized model's activations stay well under 1 GB).
+ENCODE_BATCH = 64
 _TOKEN = re.compile(r"[a-z]+|[0-9]+(?:\.[0-9]+)?|[^\sa-z0-9]")
 
 
@@ -61,7 +63,7 @@ def tokenize(text: str) -> list[str]:
     out = []
     for token in _TOKEN.findall(text.lower())[:MAX_TOKENS]:
         if "0" <= token[0] <= "9":
-            token = f"<num:{min(int(math.log2(float(token) + 1.0)), 40)}>"
+            token = f"<num:{int(min(math.log2(float(token) + 1.0), 40.0))}>"  # a 400-digit number is bin 40
         out.append(token)
     return out
 
@@ -193,17 +195,21 @@ class PretrainedEncoder(nn.Module):
         # Kept outside the module tree: its weights are the folder's, not the run's (checkpoints store the path).
         self._model = [model.eval().requires_grad_(False)]
         self.dim = int(model.config.hidden_size)
+        self.fingerprint = folder_fingerprint(self.path)
         self._cache: dict[str, torch.Tensor] = {}
         self._cached_bytes = 0
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The model folder, for the state dict (its weights stay in the folder)."""
-        return {"path": self.path, "dim": self.dim}
+        """The model folder and its fingerprint, for the state dict (its weights stay in the folder)."""
+        return {"path": self.path, "dim": self.dim, "fingerprint": self.fingerprint}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Nothing to restore (the model was loaded from the configured path); ValueError on another size."""
+        """Nothing to restore (the model was loaded from the configured path); ValueError when the folder now holds
+        another model (another size or fingerprint) than the run was trained with."""
         if int(state["dim"]) != self.dim:
             raise ValueError(f"text model {self.path} has {self.dim} features, the run's had {state['dim']}")
+        if state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            raise ValueError(f"text model {self.path} has changed since the run was trained (other files or config)")
 
     def to(self, *args: Any, **kwargs: Any) -> PretrainedEncoder:
         """Move the model too (it is not a submodule)."""
@@ -214,14 +220,18 @@ class PretrainedEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> list[torch.Tensor]:
-        """Per text (T_i, dim) last hidden states of the real tokens."""
+        """Per text (T_i, dim) last hidden states of the real tokens, :data:`ENCODE_BATCH` texts per forward pass."""
         model = self._model[0]
         device = next(model.parameters()).device
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].bool()
-        return [hidden[i, mask[i]] for i in range(len(texts))]
+        out = []
+        for start in range(0, len(texts), ENCODE_BATCH):
+            part = texts[start:start + ENCODE_BATCH]
+            batch = self._tokenizer(part, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].bool()
+            out += [hidden[i, mask[i]] for i in range(len(part))]
+        return out
 
     @torch.no_grad()
     def forward(self, texts: Sequence[str]) -> TextTokens:
@@ -237,6 +247,23 @@ class PretrainedEncoder(nn.Module):
         return pad_tokens([self._cache.get(t, fresh.get(t)) for t in texts], self.dim)
 
 
+def folder_fingerprint(path: str) -> str:
+    """sha256 of a model folder's config.json and of every file's name and size (a changed model changes it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = os.path.abspath(path)
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            digest.update(f"{os.path.relpath(full, root)}\0{os.path.getsize(full)}\0".encode())
+    config = os.path.join(root, "config.json")
+    if os.path.isfile(config):
+        with open(config, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
 def load_pretrained(path: str) -> tuple[Any, nn.Module]:
     """(tokenizer, model) of the Hugging Face model folder ``path``, offline; one-line ConfigError on failure."""
     if not os.path.isdir(path):
@@ -249,8 +276,9 @@ def load_pretrained(path: str) -> tuple[Any, nn.Module]:
                           option="text_encoder") from None
     transformers.utils.logging.disable_progress_bar()  # a command's output is its own lines, not loading bars
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+        # Never the folder's own Python code (a config's auto_map): a model folder is data, not a program.
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError... for a bad folder
         raise ConfigError(f"{path}: not a loadable text model ({one_line(exc)[:160]})", option="text_encoder") from None
     if not hasattr(model.config, "hidden_size"):

@@ -227,8 +227,9 @@ def check_layout(state: dict[str, Any], path: str | Path) -> None:
     _check_entry(state, TrainingState, "", path)
     for net, tensors in state["models"].items():
         # A module's extra state (a text encoder's vocabulary) is plain data the weights-only unpickler admitted.
-        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) or k.endswith("_extra_state")
-                                                    for k, v in tensors.items()):
+        if not isinstance(tensors, dict) or not all(
+                isinstance(v, torch.Tensor) or k == "_extra_state" or k.endswith("._extra_state")
+                for k, v in tensors.items()):
             raise DataError(f"{path}: checkpoint entry 'models.{net}' is not a state dict of tensors")
     for name in ("upper", "lower"):  # torch optimisers (the optional fp16 scaler's state is a plain dict)
         opt = state["optimizers"][name]

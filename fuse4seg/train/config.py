@@ -154,11 +154,6 @@ def _text_encoder(value: str) -> str | None:
         f"{value}: no such folder (a Hugging Face text model saved on disk, or 'builtin')")
 
 
-def _pretrained_file(value: str | None) -> str | None:
-    """Check: None or an existing file (read and checked against the segmenter when training starts)."""
-    return None if value is None or Path(value).is_file() else f"{value}: no such file (write one with fuse4seg pretrain)"
-
-
 def _device(value: str) -> str | None:
     """Check: cpu, cuda or cuda:N."""
     return None if value in ("cpu", "cuda") or value.startswith("cuda:") else f"cpu or cuda, got {value!r}"
@@ -276,7 +271,7 @@ class TrainConfig:
                                   "encoders and a fusion encoder; evaluate reports AUROC, accuracy and F1).",
                        check=one_of(TASKS))
     init: str | None = option(None, "Pre-trained encoder (PRE/encoder.pt of `fuse4seg pretrain`) copied into the "
-                                    "segmenter's UNet encoder(s) before the first step.", check=_pretrained_file)
+                                    "segmenter's UNet encoder(s) before the first step.")
     label_fraction: float = option(1.0, "Share of the train cases (patients, seeded) whose labels are used, in (0, 1]; "
                                         "the others train the segmenter without labels, by mean-teacher consistency "
                                         "under a distribution shift of its input (MICS).",
@@ -421,6 +416,14 @@ def _check_text(c: TrainConfig) -> None:
     if not uses_text(c):
         return
     key = "fusion_model" if reads_text(c.fusion_model) else "semantic_weight"
+    # The generated texts state the labels (regions, areas): as inputs they would give away a classifier's target
+    # and the labels of the cases --label-fraction leaves unlabelled.
+    if c.task == "classify" and reads_text(c.fusion_model):
+        raise ConfigError("reads the slices' texts, which state which regions are present: the target of --task "
+                          "classify", option=key)
+    if c.label_fraction < 1:
+        raise ConfigError("reads the slices' texts, which are written from the labels of the cases --label-fraction "
+                          "leaves unlabelled", option=key)
     if c.dims == 3:
         raise ConfigError("reads the slices' texts, which describe axial slices: not available with --dims 3", option=key)
     if c.augment != "none":  # a flip or a rotation would contradict the texts' left/right and anterior/posterior

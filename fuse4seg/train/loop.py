@@ -143,7 +143,8 @@ class Trainer:
         self.total = resolve_steps(config, len(self.fit_pool))
         self.fusion_steps = self.mode.fusion_stage(config, self.total) if self.mode.fusion_stage else 0
         self.pipeline: Pipeline = build_pipeline(config).to(self.device)
-        self.initialised = load_pretrained_encoder(self.pipeline.seg, config.init) if config.init else []
+        # A resumed run's weights come from last.pt: the pre-trained file is read only at the start.
+        self.initialised = load_pretrained_encoder(self.pipeline.seg, config.init) if config.init and not resumed else []
         if self.pipeline.teacher is not None:  # the mean teacher starts as the (initialised) student
             self.pipeline.teacher.load_state_dict(self.pipeline.seg.state_dict())
         self.unlabelled: dict | None = None  # this step's unlabelled batch (--label-fraction < 1)
@@ -151,6 +152,8 @@ class Trainer:
         if resumed is None:  # a resumed run's text models come with its weights (and its facts from config.json)
             base = getattr(self.train_set, "dataset", self.train_set)  # under a TrainingView
             self.text_facts = prepare_text_models(self.pipeline, base, self.val_set, config.seed, config.semantic_steps)
+            if self.pipeline.alignment is not None:  # GPU backward is not bitwise deterministic: make ranks agree
+                self.world.mean_(list(self.pipeline.alignment.parameters()))
         else:
             self.text_facts = {k: v for k, v in _previous_derived(self.run_dir).items() if k.startswith(TEXT_FACTS)}
         self.opts = modes.make_optimisers(config, self.pipeline)

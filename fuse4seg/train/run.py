@@ -147,7 +147,7 @@ def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, d
     pipeline = build_pipeline(config)
     try:
         pipeline.load_state_dicts(state["models"])
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # a text encoder's extra state: ValueError
         raise DataError(f"checkpoint {path}: weights do not fit the networks: {one_line(exc)}") from None
     return config, pipeline, state
 

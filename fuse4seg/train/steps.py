@@ -202,11 +202,13 @@ class Consistency:
             self.target = t.pipeline.teacher(self.seg_input(t.pipeline.fusion))
 
     def seg_input(self, fuse: Callable[..., torch.Tensor] | None) -> torch.Tensor:
-        """The segmenter's input for the unlabelled batch: ``fuse``'s fused image, else the chosen channels."""
+        """The segmenter's input for the unlabelled batch (at --precision, as the teacher's): ``fuse``'s fused image,
+        else the chosen channels."""
         pipeline, u = self.t.pipeline, self.inputs
-        if pipeline.fusion is not None:
-            return pipeline.run_fusion(fuse, u.seen, u.text)
-        return pipeline.seg_input(u.seen, u.stored, None)
+        with forward_precision(self.t):
+            if pipeline.fusion is not None:
+                return pipeline.run_fusion(fuse, u.seen, u.text)
+            return pipeline.seg_input(u.seen, u.stored, None)
 
     def loss(self, segment: Callable[..., torch.Tensor], seg_input: torch.Tensor) -> torch.Tensor:
         """Consistency loss of ``segment`` on the shifted ``seg_input`` (:meth:`seg_input`) against the teacher."""
