@@ -10,8 +10,8 @@ cases, chosen by patient and seed; below 100 % the other cases train by mean-tea
 initialisation (none, ``--init PRE/encoder.pt``): ``train`` and ``evaluate`` on the test split. Reported per
 (task, fraction, init): mean +- sd over seeds with the 95 % t-interval of per-slice Dice ((WT + TC + ET) / 3)
 or of macro AUROC (TC and ET; WT is present in every stored slice), the paired difference pre-trained minus
-from-scratch over seeds, and a plot of both curves (experiments/results/labels.png). Records go to
-experiments/results/labels_runs/.
+from-scratch over seeds, and a plot of both curves (experiments/results/labels.png); the segmentation runs'
+validation curves go to experiments/results/labels_curves/. Records go to experiments/results/labels_runs/.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study
-from study_report import interval
+from study_report import interval, load_runs, plot_curves
 
 INITS = ("scratch", "pretrained")
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     agg = aggregate(committed, spec)
     (args.results / "labels.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")
     plot(agg, spec, args.results / "labels.png")
+    plot_curves(load_runs(committed), args.results / "labels_curves")  # segmentation: val Dice during training
     text = markdown(agg, spec)
     (args.results / "labels.md").write_text(text, encoding="utf-8")
     print(text)
