@@ -145,7 +145,9 @@ def test_killed_run_resumes_from_last_checkpoint(bench: Path, tmp_path: Path, mo
 
 def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One NaN loss skips that step (weights untouched) with a warning; the run goes on."""
-    real = steps.segmentation_loss
+    from fuse4seg.train import networks
+
+    real = networks.segmentation_loss  # what Pipeline.task_loss calls
     calls = {"n": 0}
 
     def nan_once(logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, **kw) -> torch.Tensor:
@@ -154,7 +156,7 @@ def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monk
         loss = real(logits, label, region_based, **kw)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(steps, "segmentation_loss", nan_once)
+    monkeypatch.setattr(networks, "segmentation_loss", nan_once)
     config = build_config(options(bench, tmp_path / "run", mode="direct", steps=3, eval_every=0))
     with pytest.warns(RuntimeWarning, match="step 1: non-finite segmentation loss"):
         summary = train(config)
