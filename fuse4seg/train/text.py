@@ -1,7 +1,7 @@
 """A run's text models, fitted before its first step and frozen: the built-in text encoder on the train split's
 texts, and the semantic loss's image-text model (fuse4seg.text.alignment) on the train split's images and texts.
 
-Both are deterministic functions of the benchmark and the seed, and both are stored in every checkpoint with
+Both are deterministic functions of the benchmark and the seed (on CPU), and both are stored in every checkpoint with
 the networks, so a resumed run, ``evaluate`` and ``fuse`` encode texts exactly as training did.
 """
 
