@@ -192,6 +192,7 @@ _PRE = _pretrain_fields()
 
 @app.command("pretrain")
 def pretrain_command(
+    ctx: typer.Context,
     benchmark: str = typer_option(_PRE["benchmark"]),
     out: str = typer_option(_PRE["out"]),
     splits: str = typer_option(_PRE["splits"]),
@@ -217,11 +218,13 @@ def pretrain_command(
 ) -> None:
     """Self-supervised pre-training of the segmenters' encoders on a package's sources, without labels (MICS:
     cross-modal InfoNCE, masked reconstruction of one modality, per-location feature alignment)."""
-    values = dict(locals())  # the options only, taken before the imports below add names
+    values = {k: v for k, v in locals().items() if k != "ctx"}  # the options, before the imports below add names
     from fuse4seg.pretrain.options import PretrainOptions
-    from fuse4seg.pretrain.runner import format_pretrain_summary, pretrain
+    from fuse4seg.pretrain.runner import format_pretrain_summary, pretrain, resume_values
 
-    typer.echo(format_pretrain_summary(pretrain(PretrainOptions(**values))))
+    # By name: typer's ParameterSource is its own copy of click's enum.
+    given = {k for k in values if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"}
+    typer.echo(format_pretrain_summary(pretrain(PretrainOptions(**resume_values(values, given)))))
 
 
 @app.command("evaluate")

@@ -235,6 +235,22 @@ def test_cli_pretrain_runs(bench: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "pre-trained 1 steps" in stdout and (out / "encoder.pt").is_file()
 
 
+def test_cli_resume_takes_the_runs_options(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`pretrain --out PRE --resume --steps 4` (no --benchmark, no sizes) continues the run with its stored options
+    and reaches the encoder of an uninterrupted 4-step run; a differing size given on resume is refused."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_pretrain(bench, whole, steps=4, checkpoint_every=2)
+    run_pretrain(bench, split, steps=2, checkpoint_every=2)
+    code, stdout, err = cli(["pretrain", "--out", str(split), "--resume", "--steps", "4", "--no-progress"], capsys)
+    assert code == 0 and "pre-trained 4 steps" in stdout, err
+    ea, eb = (torch.load(p / "encoder.pt", weights_only=True)["encoder"] for p in (whole, split))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    code, _, err = cli(["pretrain", "--out", str(split), "--resume", "--steps", "6", "--width", "8"], capsys)
+    assert code == 1 and err.startswith("error: --width:") and err.count("\n") == 1
+    code, _, err = cli(["pretrain", "--out", str(tmp_path / "fresh")], capsys)
+    assert code == 1 and err.startswith("error: --benchmark:") and "required" in err
+
+
 @pytest.mark.parametrize(("extra", "pattern"), [
     (("--mask-fraction", "0"), "--mask-fraction: must be in (0, 1]"),
     (("--batch-size", "1"), "--batch-size: must be an integer >= 2"),
@@ -295,8 +311,9 @@ def test_cli_options_are_the_fields() -> None:
     params = {p.name: p for p in typer.main.get_command(app).commands["pretrain"].params}
     fields = {f.name: f for f in dataclasses.fields(PretrainOptions)}
     assert list(params) == list(fields)
-    assert params["benchmark"].required and params["out"].required and params["splits"].default == "train"
-    assert all(params[n].default == fields[n].default for n in fields if n not in ("benchmark", "out", "splits"))
+    # --benchmark and --out are checked by PretrainOptions.validate (--resume takes the run's benchmark).
+    assert params["benchmark"].default == params["out"].default == "" and params["splits"].default == "train"
+    assert all(params[n].default == fields[n].default for n in fields if n != "splits")
     assert all(params[n].help == fields[n].metadata["help"] for n in fields)
     assert params["mask_fraction"].opts == ["--mask-fraction"] and params["progress"].secondary_opts == ["--no-progress"]
 

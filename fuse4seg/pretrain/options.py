@@ -32,8 +32,9 @@ class PretrainOptions:
     """The options of one pre-training run; construction normalises them (paths to str, ``splits`` to a
     tuple), :meth:`validate` checks ranges (ConfigError naming the option)."""
 
-    benchmark: str = option(help="BraTS-Fuse package directory (its sources are read, never its labels).")
-    out: str = option(help="Pre-training directory to create (encoder.pt, last.pt, config.json, metrics.jsonl, tb/).")
+    benchmark: str = option("", "BraTS-Fuse package directory (its sources are read, never its labels); with --resume "
+                                "the run's own unless given.")
+    out: str = option("", "Pre-training directory to create (encoder.pt, last.pt, config.json, metrics.jsonl, tb/).")
     splits: tuple[str, ...] = option(("train",), "Splits whose slices are pre-trained on: train and/or val.")
     steps: int = option(1000, "Total optimisation steps (--resume may raise it).")
     batch_size: int = option(8, "Slices per step (>= 2: InfoNCE needs negatives).")
@@ -65,6 +66,9 @@ class PretrainOptions:
 
     def validate(self) -> PretrainOptions:
         """ConfigError naming the option for any value out of range; returns self."""
+        for name in ("out", "benchmark"):
+            if not getattr(self, name):
+                raise ConfigError(f"a {'directory' if name == 'out' else 'benchmark directory'} is required", option=name)
         for name, low in (("steps", 1), ("batch_size", 2), ("width", 1), ("depth", 1), ("embed_dim", 1),
                           ("checkpoint_every", 1), ("workers", 0)):
             value = getattr(self, name)

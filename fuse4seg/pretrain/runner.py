@@ -234,6 +234,17 @@ def _read_run(out: Path) -> dict[str, Any]:
     return stored
 
 
+def resume_values(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """Option values for a command line that gave only ``given`` of ``values``: with --resume, every option it did
+    not give comes from the resumed run's PRE/config.json (as ``train --resume`` does), so
+    ``fuse4seg pretrain --out PRE --resume`` continues a run, and ``--steps N`` extends it."""
+    if not values.get("resume"):
+        return values
+    stored = _read_run(Path(values["out"]))
+    runtime = {"resume", "overwrite", "out"}
+    return {**values, **{k: v for k, v in stored.items() if k in values and k not in given and k not in runtime}}
+
+
 def _check_same_run(stored: dict[str, Any], options: PretrainOptions, sha256: str, out: Path) -> None:
     """ConfigError unless ``options`` equal the stored ones except the resumable ones (the package may move)."""
     now = options_dict(options)
