@@ -189,6 +189,31 @@ def test_fusion_text_padding_permutation_and_null_token() -> None:
         net(x, torch.randn(1, 4, 7))
 
 
+def test_fusion_text_equals_the_attention_written_out() -> None:
+    """The forward pass equals the same layers with attention written as softmax(q k^T / sqrt(d)) v over the
+    unmasked tokens, and the FiLM injection by hand."""
+    net = tiny_text_net().requires_grad_(False)
+    x, text = torch.rand(2, 2, 12, 10), torch.randn(2, 5, 8)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    f = net.features(x)
+    n, c, h, w = f.shape
+    tokens = torch.cat([net.null_text.expand(n, 1, 8), text], dim=1)
+    keep = torch.cat([torch.zeros(n, 1, dtype=torch.bool), mask], dim=1)  # both texts have tokens: no null
+    q = net.query(f.flatten(2).transpose(1, 2)).view(n, h * w, 2, c // 2).transpose(1, 2)
+    k = net.key(tokens).view(n, -1, 2, c // 2).transpose(1, 2)
+    v = net.value(tokens).view(n, -1, 2, c // 2).transpose(1, 2)
+    scores = (q @ k.transpose(2, 3)) / math.sqrt(c // 2)
+    weights = scores.masked_fill(~keep[:, None, None, :], float("-inf")).softmax(-1)
+    f = f + net.attend_out((weights @ v).transpose(1, 2).reshape(n, h * w, c)).transpose(1, 2).reshape(n, c, h, w)
+    pooled = torch.stack([tokens[i, keep[i]].mean(0) for i in range(n)])
+    gamma, beta = net.inject(pooled).chunk(2, dim=1)
+    f = f * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+    expected = torch.sigmoid(net.head(net.mix(f)) + torch.logit(x.mean(1, keepdim=True).clamp(1e-3, 1 - 1e-3)))
+    torch.testing.assert_close(net(x, text, mask), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the fused kernel used for inference gives the same image
+        torch.testing.assert_close(net(x, text, mask), expected, rtol=1e-5, atol=1e-5)
+
+
 # ---- the semantic loss ------------------------------------------------------------------------------
 
 

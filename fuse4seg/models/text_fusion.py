@@ -17,6 +17,7 @@ that have no report. 2-D only: texts describe axial slices.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fuse4seg.errors import ConfigError
@@ -30,6 +31,20 @@ from fuse4seg.models.blocks import (
     logit,
 )
 from fuse4seg.models.fusion import _small_head
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the keys where ``mask`` (broadcast to (N, heads, Q, T)) is True; q (N, heads,
+    Q, d), k and v (N, heads, T, d); every query must keep at least one key.
+
+    Without gradients (evaluation, ``fuse``) torch's fused kernel computes it without the (Q, T) score matrix; with
+    gradients the product is written out, because the bi-level hypergradients differentiate the backward pass
+    again and the fused CPU kernel has no second derivative (benchmarks/text.py measures both).
+    """
+    if not torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
 
 
 class TextGuidedFusion(nn.Module):
@@ -98,9 +113,7 @@ class TextGuidedFusion(nn.Module):
         q = self.query(f.flatten(2).transpose(1, 2)).view(n, h * w, self.heads, d).transpose(1, 2)
         k = self.key(tokens).view(n, -1, self.heads, d).transpose(1, 2)
         v = self.value(tokens).view(n, -1, self.heads, d).transpose(1, 2)
-        scores = (q @ k.transpose(2, 3)) / d**0.5  # (N, heads, HW, T)
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        attended = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, h * w, c)
+        attended = attention(q, k, v, mask[:, None, None, :]).transpose(1, 2).reshape(n, h * w, c)
         f = f + self.attend_out(attended).transpose(1, 2).reshape(n, c, h, w)
         weights = mask.to(tokens.dtype)[..., None]
         pooled = (tokens * weights).sum(1) / weights.sum(1)
