@@ -11,8 +11,9 @@ Usage: python benchmarks/text.py [--sizes 64,128,240] [--batch 8] [--threads 1] 
 2. Text encoding: the built-in encoder (fitted on 200 generated-style texts) encoding a batch of texts, against
    the fusion-text step it feeds (encoding is done once per step, outside the network).
 
-Every measurement is the minimum of ``--repeats`` timed calls after one untimed warm-up, with ``--threads``
-torch threads; the table is printed and the JSON written.
+Every measurement is the best CPU time of ``--repeats`` calls after one untimed warm-up (benchmarks/metrics.py's
+``best_time``: other processes on the machine inflate it least), with ``--threads`` torch threads; the table is
+printed and the JSON written.
 """
 
 from __future__ import annotations
@@ -21,25 +22,15 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
+
+from metrics import best_time  # benchmarks/ is this script's directory, hence on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOKENS = 80
 TEXT_DIM = 64
-
-
-def best_of(fn: object, repeats: int) -> float:
-    """Minimum wall seconds of ``repeats`` calls of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def step_seconds(name: str, size: int, batch: int, repeats: int) -> float:
@@ -61,7 +52,7 @@ def step_seconds(name: str, size: int, batch: int, repeats: int) -> float:
         net.zero_grad(set_to_none=True)
         (net(x, *text) * weights).sum().backward()
 
-    return best_of(run, repeats)
+    return best_time(run, repeats)
 
 
 def inference_seconds(size: int, batch: int, repeats: int) -> float:
@@ -80,7 +71,7 @@ def inference_seconds(size: int, batch: int, repeats: int) -> float:
         with torch.no_grad():
             net(x, text, mask)
 
-    return best_of(run, repeats)
+    return best_time(run, repeats)
 
 
 def texts(n: int) -> list[str]:
@@ -119,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                      "fusion_text_inference_s": infer})
     encoder = VocabularyEncoder(TEXT_DIM).fit(texts(200))
     batch_texts = texts(args.batch)
-    encode = best_of(lambda: encoder(batch_texts), args.repeats)
+    encode = best_time(lambda: encoder(batch_texts), args.repeats)
     tokens = encoder(batch_texts).mask.sum(1).float().mean().item()
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "batch": args.batch,
               "tokens_per_text": TOKENS, "fusion": rows,
               "builtin_encode_s": encode, "builtin_tokens_per_generated_text": tokens,
               "texts_per_second": args.batch / encode}
-    print(f"fusion nets, forward + backward, batch {args.batch}, {args.threads} thread(s), min of {args.repeats}:")
+    print(f"fusion nets, forward + backward, batch {args.batch}, {args.threads} thread(s), best CPU time of {args.repeats}:")
     print(f"{'size':>6}  {'fusion-cnn s':>12}  {'fusion-text s':>13}  {'ratio':>6}  {'fusion-text no-grad forward s':>29}")
     for r in rows:
         print(f"{r['size']:>6}  {r['fusion_cnn_s']:>12.4f}  {r['fusion_text_s']:>13.4f}  {r['ratio']:>6.2f}  "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                            "--split", ",".join(str(x) for x in data["split"]), "--seed", str(data["seed"]),
                            "--workers", "2", "--volumes", "--overwrite", log=out / "data_log.txt")
         jobs = [(name, row, seed) for seed in range(spec["seeds"]) for name, row in spec["rows"].items()]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(train_and_score, n, r, s, spec, bench, out, committed) for n, r, s in jobs]:
-                future.result()
+        study.run_all(train_and_score, [(*job, spec, bench, out, committed) for job in jobs], args.jobs)
     agg = aggregate(committed, spec)
     plot_curves(load_runs(committed), args.results / "dims_curves")  # validation Dice during training
     (args.results / "dims.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     committed = args.results / "labels_runs"
     if not args.report_only:
         bench = study.prepare_data(spec, out, out / "data_log.txt")["laplacian"]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the encoders first, one per seed
-            for future in [pool.submit(pretrain_one, s, spec, bench, out) for s in range(spec["seeds"])]:
-                future.result()
+        # the encoders first, one per seed
+        study.run_all(pretrain_one, [(s, spec, bench, out) for s in range(spec["seeds"])], args.jobs)
         jobs = [(task, fraction, init, seed) for seed in range(spec["seeds"]) for task in spec["tasks"]
                 for fraction in spec["fractions"] for init in INITS if fraction < 1 or init != "labels-only"]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(train_one, *job, spec, bench, out, committed) for job in jobs]:
-                future.result()
+        study.run_all(train_one, [(*job, spec, bench, out, committed) for job in jobs], args.jobs)
     agg = aggregate(committed, spec)
     (args.results / "labels.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")
     plot(agg, spec, args.results / "labels.png")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,7 @@ COMMITTED = HERE / "results" / "robustness_runs"
 def train_seed(spec: dict[str, Any], seed: int, benches: dict[str, Path], out: Path, jobs: int) -> dict[str, Path]:
     """Train and evaluate every row for ``seed`` (the study's run_one); returns row -> run directory."""
     rows = spec["rows"]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(study.run_one, name, row, seed, spec["common"], benches, out)
-                       for name, row in rows.items()]:
-            future.result()
+    study.run_all(study.run_one, [(name, row, seed, spec["common"], benches, out) for name, row in rows.items()], jobs)
     runs = {name: out / "runs" / name / f"seed-{seed}" / "run" for name in rows}
     missing = [name for name, run in runs.items() if not (run / "best.pt").is_file()]
     if missing:  # a record exists but its run was trained in another session: train it again here

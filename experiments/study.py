@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,13 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
 
 
 SPEC: dict[str, Any] = {}
+
+
+def run_all(fn: Callable[..., Any], jobs: list[tuple], workers: int) -> list[Any]:
+    """``fn(*job)`` for every job, ``workers`` at a time (threads, each driving its fuse4seg subprocesses); the
+    results in job order; the first failure raises once the running jobs are done."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [future.result() for future in [pool.submit(fn, *job) for job in jobs]]
 
 
 def load_spec(path: Path, scale: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         benches = study.prepare_data(spec, out, out / "data_log.txt")
         jobs = [(name, row, seed) for seed in range(spec["seeds"]) for name, row in spec["rows"].items()]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(train_and_score, n, r, s, spec, benches["laplacian"], out, committed)
-                           for n, r, s in jobs]:
-                future.result()
+        study.run_all(train_and_score, [(*job, spec, benches["laplacian"], out, committed) for job in jobs], args.jobs)
     agg = aggregate(committed, spec)
     plot_curves(load_runs(committed), args.results / "text_curves")  # validation Dice during training
     (args.results / "text.json").write_text(json.dumps(agg, indent=1) + "\n", encoding="utf-8")

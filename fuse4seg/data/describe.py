@@ -228,7 +228,7 @@ def read_reports(path: str | os.PathLike, case_ids: Sequence[str]) -> dict[tuple
 
 
 def apply_reports(reports: dict[tuple[str, int | None], str], case_id: str, slice_index: Sequence[int],
-                  texts: list[str]) -> list[str]:
+                  texts: list[str | None]) -> list[str | None]:
     """``texts`` of one case's slices with each replaced by its slice's report, else the whole case's, if any."""
     whole = reports.get((case_id, None))
     return [reports.get((case_id, int(z)), whole if whole is not None else text) for z, text in zip(slice_index, texts)]

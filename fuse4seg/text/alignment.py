@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fuse4seg.losses.segmentation import reduce_together
 from fuse4seg.models.blocks import ConvNormAct
 from fuse4seg.text.encoders import TextTokens
 
@@ -72,9 +73,7 @@ def semantic_loss(model: AlignmentModel, fused: torch.Tensor, tokens: TextTokens
     """Mean over the batch of 1 - cosine(image embedding of (N, 1, H, W) ``fused``, text embedding of its
     ``tokens``), in [0, 2]; ``reduce`` (a sharded batch): the mean over every shard."""
     similarity = (model.embed_images(fused.float()) * model.embed_texts(tokens)).sum(dim=1)
-    total, n = (1.0 - similarity).sum(), similarity.new_tensor(float(len(similarity)))
-    if reduce is not None:
-        total, n = reduce(torch.stack([total, n])).unbind()
+    total, n = reduce_together(reduce, [(1.0 - similarity).sum(), similarity.new_tensor(float(len(similarity)))])
     return total / n
 
 

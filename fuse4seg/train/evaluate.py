@@ -107,13 +107,13 @@ def score_split(pipeline: Pipeline, dataset: Dataset, spacing: np.ndarray, devic
             all_sources = b.source[i].numpy()
             fields = compare_reports(report_facts(pred, all_sources, pixel), report_facts(truth, all_sources, pixel))
             agreement.append(fields)
-            if reports is not None:
-                rng = slice_rng(0, b.case_id[i], b.slice_index[i])
-                reference = b.text[i] if b.text is not None else describe_slice(truth, all_sources, pixel, None, rng)
-                reports.append({"case_id": b.case_id[i], "slice_index": b.slice_index[i],
-                                "score": report_score(fields), "predicted_report": describe_slice(
-                                    pred, all_sources, pixel, None, slice_rng(0, b.case_id[i], b.slice_index[i])),
-                                "reference_report": reference})
+            if reports is not None:  # both reports worded by the slice's seed-0 RNG
+                key = (b.case_id[i], b.slice_index[i])
+                predicted = describe_slice(pred, all_sources, pixel, None, slice_rng(0, *key))
+                reference = b.text[i] if b.text is not None else describe_slice(truth, all_sources, pixel, None,
+                                                                                slice_rng(0, *key))
+                reports.append({"case_id": key[0], "slice_index": key[1], "score": report_score(fields),
+                                "predicted_report": predicted, "reference_report": reference})
             c = cases[b.case_id[i]]
             c["pred"].append(pred)
             c["truth"].append(truth)
@@ -256,6 +256,17 @@ def is_eval_output(directory: Path) -> bool:
     return (directory / "metrics.json").is_file()
 
 
+def open_evaluated_split(run: str | Path, config: TrainConfig, bench: Path, split: str) -> Dataset:
+    """The slices of ``split`` of ``bench`` (cached), checked against the run's benchmark when it is another one;
+    DataError for an empty split."""
+    dataset = open_split(bench, split, cache=True)
+    if len(dataset) == 0:
+        raise DataError(f"{bench}: split {split!r} has no slices")
+    if bench.resolve() != Path(config.benchmark).resolve():
+        check_benchmark_matches(run, config, bench)
+    return dataset
+
+
 def untrained_like(config: TrainConfig, pipeline: Pipeline, device: torch.device) -> Pipeline:
     """The networks of ``config`` at their initial weights, in eval mode, reading text through ``pipeline``'s own
     (fitted, frozen) text encoder."""
@@ -282,11 +293,7 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     if config.dims == 3:
         return _evaluate_volumes(run, config, pipeline, state, bench, split, checkpoint, max_slices,
                                  compare_untrained, gallery)
-    dataset = open_split(bench, split, cache=True)
-    if len(dataset) == 0:
-        raise DataError(f"{bench}: split {split!r} has no slices")
-    if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
-        check_benchmark_matches(run, config, bench)
+    dataset = open_evaluated_split(run, config, bench, split)
     metrics: dict[str, Any] = {
         "run": str(run), "checkpoint": checkpoint, "step": int(state["step"]), "mode": config.mode,
         "split": split, "benchmark": str(bench), "fusion_inputs": list(config.fusion_inputs),
@@ -382,11 +389,7 @@ def evaluate_classifier(run: str | Path, config: TrainConfig, pipeline: Pipeline
     from fuse4seg.train.scoring import presence_predictions
 
     bench = Path(benchmark) if benchmark is not None else Path(config.benchmark)
-    dataset = open_split(bench, split, cache=True)
-    if len(dataset) == 0:
-        raise DataError(f"{bench}: split {split!r} has no slices")
-    if benchmark is not None and bench.resolve() != Path(config.benchmark).resolve():
-        check_benchmark_matches(run, config, bench)
+    dataset = open_evaluated_split(run, config, bench, split)
     dev = next(pipeline.seg.parameters()).device
     probs, targets = presence_predictions(pipeline, dataset, dev, limit=max_slices)
     metrics: dict[str, Any] = {

@@ -182,11 +182,9 @@ def case_texts(reports: str | Path | None, case_id: str, depth: int) -> list[str
     whole-case row; None where it has neither), or None without a file."""
     if reports is None:
         return None
-    from fuse4seg.data.describe import read_reports
+    from fuse4seg.data.describe import apply_reports, read_reports
 
-    found = read_reports(reports, [case_id])
-    whole = found.get((case_id, None))
-    return [found.get((case_id, z), whole) for z in range(depth)]
+    return apply_reports(read_reports(reports, [case_id]), case_id, range(depth), [None] * depth)
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header, dtype: type) -> nib.Nifti1Image:

@@ -34,9 +34,11 @@ class PredictedBatch:
     text: list[str] | None = None  # the slices' texts, when the split has them
 
 
-def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
-                    limit: int | None = None, num_workers: int = 0) -> Iterator[PredictedBatch]:
-    """Run the pipeline (eval mode, no grad) over the first ``limit`` items of ``dataset`` in order."""
+def forward_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+                    limit: int | None = None, num_workers: int = 0
+                    ) -> Iterator[tuple[dict, torch.Tensor | None, torch.Tensor]]:
+    """(batch, learned fused image or None, outputs) of the pipeline (eval mode, no grad) over the first ``limit``
+    items of ``dataset`` in order; the outputs are segmentation logits, or presence logits of a classifier."""
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -45,17 +47,22 @@ def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
     try:
         with torch.no_grad():
             for batch in loader:
-                source = batch["source"].to(device)
-                stored = batch["fused"].to(device)
-                fused, logits = pipeline.forward(source, stored, batch.get("text"))
-                pred = predict_labels(logits, pipeline.region_based)
-                yield PredictedBatch(
-                    batch["source"], batch["fused"], None if fused is None else fused.cpu(), pred.cpu(),
-                    batch["label"].long(), [str(c) for c in batch["case_id"]],
-                    [int(s) for s in batch["slice_index"]], batch.get("text"),
-                )
+                fused, logits = pipeline.forward(batch["source"].to(device), batch["fused"].to(device),
+                                                 batch.get("text"))
+                yield batch, fused, logits
     finally:
         pipeline.train(was_training)
+
+
+def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+                    limit: int | None = None, num_workers: int = 0) -> Iterator[PredictedBatch]:
+    """Run a segmentation pipeline (eval mode, no grad) over the first ``limit`` items of ``dataset`` in order."""
+    for batch, fused, logits in forward_batches(pipeline, dataset, device, batch_size, limit, num_workers):
+        yield PredictedBatch(
+            batch["source"], batch["fused"], None if fused is None else fused.cpu(),
+            predict_labels(logits, pipeline.region_based).cpu(), batch["label"].long(),
+            [str(c) for c in batch["case_id"]], [int(s) for s in batch["slice_index"]], batch.get("text"),
+        )
 
 
 def dice_per_slice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -83,19 +90,10 @@ def presence_predictions(pipeline: Pipeline, dataset: Dataset, device: torch.dev
     ``limit`` items of ``dataset``, in order (eval mode, no grad)."""
     from fuse4seg.models.classifier import presence_targets
 
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
     probs, targets = [], []
-    was_training = pipeline.seg.training
-    pipeline.train(False)
-    try:
-        with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                _, logits = pipeline.forward(batch["source"].to(device), batch["fused"].to(device), batch.get("text"))
-                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-                targets.append(presence_targets(batch["label"].long()).numpy())
-    finally:
-        pipeline.train(was_training)
+    for batch, _, logits in forward_batches(pipeline, dataset, device, batch_size, limit):
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(presence_targets(batch["label"].long()).numpy())
     return np.concatenate(probs), np.concatenate(targets)
 
 

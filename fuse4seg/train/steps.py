@@ -191,7 +191,8 @@ def fusion_objective(t: Training, fused: torch.Tensor, inputs: Inputs) -> tuple[
 class Consistency:
     """The mean-teacher term of one step (fuse4seg.train.semi): the teacher's logits on the unlabelled batch's
     segmenter input, computed once (constant), and the student's loss against them for any segmenter/fusion
-    (the modules, or their functional forms in a bi-level step)."""
+    (the modules, or their functional forms in a bi-level step). ``teacher_input`` (no gradient) is also the
+    student's input where no gradient reaches the fusion net (two-stage's second stage, direct training)."""
 
     def __init__(self, t: Training) -> None:
         """Encode the unlabelled batch and run the teacher (no gradient)."""
@@ -199,7 +200,8 @@ class Consistency:
         lo, hi = t.world.shard(t.config.batch_size)
         self.seeds = shift_seeds(t.config.seed, t.step, range(lo, hi))
         with torch.no_grad(), forward_precision(t):
-            self.target = t.pipeline.teacher(self.seg_input(t.pipeline.fusion))
+            self.teacher_input = self.seg_input(t.pipeline.fusion)
+            self.target = t.pipeline.teacher(self.teacher_input)
 
     def seg_input(self, fuse: Callable[..., torch.Tensor] | None) -> torch.Tensor:
         """The segmenter's input for the unlabelled batch (at --precision, as the teacher's): ``fuse``'s fused image,
@@ -376,10 +378,8 @@ def two_stage_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     ls = pipeline.task_loss(logits, batch.label, reduce=t.world.reduce)
     scalars = {"loss/seg": float(ls.detach())}
     unlabelled = consistency(t)
-    if unlabelled is not None:
-        with torch.no_grad():  # stage 2: the fusion net is frozen
-            fused_u = unlabelled.seg_input(pipeline.fusion)
-        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, fused_u))
+    if unlabelled is not None:  # stage 2: the fusion net is frozen, so the teacher's input is the student's
+        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, unlabelled.teacher_input))
     (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
     return StepResult({**scalars, "grad/seg_norm": norm, "stage": 2.0})
 
@@ -405,7 +405,7 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     scalars = {"loss/seg": float(ls.detach())}
     unlabelled = consistency(t)
     if unlabelled is not None:
-        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, unlabelled.seg_input(None)))
+        ls = _with_consistency(t, ls, scalars, unlabelled.loss(pipeline.seg, unlabelled.teacher_input))
     (norm,) = _backward_step(t, ls, [opts.lower], "segmentation")
     return StepResult({**scalars, "grad/seg_norm": norm})
 
