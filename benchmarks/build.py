@@ -28,10 +28,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from fuse4seg.data.benchmark import build_benchmark
-from fuse4seg.data.brats import find_cases, load_case
-from fuse4seg.data.h5format import COMPRESSION
-from fuse4seg.data.phantom import write_phantom_release
+from fuse4seg.data.build.builder import build_benchmark
+from fuse4seg.data.package.h5format import COMPRESSION
+from fuse4seg.data.phantom.generator import write_phantom_release
+from fuse4seg.data.release.brats import find_cases, load_case
 
 COMPRESSIONS: dict[str, dict[str, object]] = {
     "gzip-4+shuffle": {"compression": "gzip", "compression_opts": 4, "shuffle": True},

@@ -32,8 +32,8 @@ def worker(mode: str, steps: int, warmup: int, batch: int, size: int) -> None:
     from fuse4seg.distributed import init_from_env
     from fuse4seg.train.config import build_config
     from fuse4seg.train.modes import MODES as REGISTRY
-    from fuse4seg.train.modes import make_optimisers
     from fuse4seg.train.networks import build_pipeline
+    from fuse4seg.train.steps import STEPS, make_optimisers
 
     torch.set_num_threads(1)
     world = init_from_env("cpu")
@@ -52,7 +52,7 @@ def worker(mode: str, steps: int, warmup: int, batch: int, size: int) -> None:
             if i == warmup:
                 world.barrier()
                 started = time.perf_counter()
-            REGISTRY[config.mode].step(t, shard, shard)
+            STEPS[REGISTRY[config.mode].step](t, shard, shard)
         world.barrier()
         if world.is_main:
             print(json.dumps({"seconds_per_step": (time.perf_counter() - started) / steps}))

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from fuse4seg.bilevel import METHODS
-from fuse4seg.data.benchmark import build_benchmark
-from fuse4seg.train.batches import step_loader
+from fuse4seg.data.build.builder import build_benchmark
+from fuse4seg.runkit.batches import step_loader
 from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import Trainer
 

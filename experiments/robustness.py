@@ -110,7 +110,7 @@ def markdown(agg: dict[str, Any]) -> str:
     sev = agg["severities"]
     lines = ["# Robustness: Dice mean (per slice, mean of WT/TC/ET) as degradations grow", "",
              (f"Seeds {agg['seeds']}; mean +- sd over seeds (95 % t-CI in robustness.json). Severity 0 is the "
-              "clean test split; 1 is the top of each degradation's range (fuse4seg.data.degradations). Generated "
+              "clean test split; 1 is the top of each degradation's range (fuse4seg.data.augment.degradations). Generated "
               "by `python experiments/robustness.py`."), ""]
     lines += [f"- `{row}`: {note}" for row, note in agg["notes"].items()] + [""]
     for name in agg["degradations"]:

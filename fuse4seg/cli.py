@@ -14,7 +14,7 @@ import typer
 import typer.core
 import typer.main
 
-from fuse4seg.data.build_options import BuildOptions
+from fuse4seg.data.build.options import BuildOptions
 from fuse4seg.errors import ConfigError, Fuse4SegError, cli_message
 from fuse4seg.options import fields_by_name, typer_option
 
@@ -79,7 +79,7 @@ def phantom_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
 ) -> None:
     """Write a synthetic BraTS release (phantom anatomy from the MNI152 templates) in real BraTS layout."""
-    from fuse4seg.data.phantom import write_phantom_release
+    from fuse4seg.data.phantom.generator import write_phantom_release
 
     path = write_phantom_release(out, cases, naming=naming, seed=seed, scale=scale, workers=workers,
                                  overwrite=overwrite)
@@ -110,7 +110,7 @@ def build_benchmark_command(
 ) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
     options = BuildOptions(**locals())
-    from fuse4seg.data.benchmark import build_benchmark, format_summary
+    from fuse4seg.data.build.builder import build_benchmark, format_summary
 
     typer.echo(format_summary(build_benchmark(options)))
 
@@ -118,7 +118,7 @@ def build_benchmark_command(
 @app.command("verify")
 def verify_command(directory: str = typer.Argument(..., help="BraTS-Fuse package directory.")) -> None:
     """Re-hash a package's files against croissant.json and check its HDF5 schema and patient splits."""
-    from fuse4seg.data.package import verify
+    from fuse4seg.data.package.card import verify
 
     report = verify(directory)
     counts = ", ".join(f"{s} {c['slices']} slices / {c['cases']} cases" for s, c in report["splits"].items())
@@ -131,7 +131,7 @@ def cite_command(
     output_format: str = typer.Option("bibtex", "--format", help="bibtex or cff."),
 ) -> None:
     """Print how to cite a BraTS-Fuse package (and, for BraTS builds, the BraTS papers)."""
-    from fuse4seg.data.package import cite
+    from fuse4seg.data.package.card import cite
 
     typer.echo(cite(directory, format=output_format), nl=False)
 
@@ -146,7 +146,7 @@ def export_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DIR/parquet or --out written by fuse4seg."),
 ) -> None:
     """Export a package's records for tools without HDF5: Parquet (mlcroissant, datasets, pandas) or NIfTI."""
-    from fuse4seg.data.export import export, format_export
+    from fuse4seg.data.package.export import export, format_export
 
     typer.echo(format_export(export(directory, output_format, out=out, overwrite=overwrite)))
 
@@ -255,8 +255,8 @@ def evaluate_command(
                                           ("write_seg", write_seg)) if value]
         if given:
             raise ConfigError("applies only with --volumes", option=given[0])
-        from fuse4seg.train.evaluate import evaluate_run
-        from fuse4seg.train.report import format_summary
+        from fuse4seg.evaluation.evaluate import evaluate_run
+        from fuse4seg.evaluation.report import format_summary
 
         metrics = evaluate_run(run, benchmark, split, checkpoint, device, max_slices, untrained, texts=texts)
         typer.echo(format_summary(metrics))
@@ -266,8 +266,8 @@ def evaluate_command(
                                       ("texts", not texts)) if value]
     if given:
         raise ConfigError("applies only to slice evaluation, not with --volumes", option=given[0])
+    from fuse4seg.evaluation.volumes import evaluate_volumes, out_dir
     from fuse4seg.metrics.scoring import summary_lines
-    from fuse4seg.train.evaluate_volumes import evaluate_volumes, out_dir
 
     result = evaluate_volumes(run, volumes, split, convention or "brats2023", challenge or "gli", benchmark,
                               checkpoint, device, write_seg)
@@ -296,7 +296,7 @@ def robustness_command(
     """Dice per region and fusion metrics against the clean sources as MR degradations grow worse."""
     import shlex
 
-    from fuse4seg.train.robustness import format_robustness, robustness
+    from fuse4seg.evaluation.robustness import format_robustness, robustness
 
     command = shlex.join(["fuse4seg", "robustness", *sys.argv[2:]]) if sys.argv[1:2] == ["robustness"] else ""
     result = robustness(runs, degradations, levels, out, split=split, seed=seed, fusion_slices=fusion_slices,
@@ -316,7 +316,7 @@ def fuse_command(
                                        "empty for every slice) of texts guiding a text-guided fusion net."),
 ) -> None:
     """Apply a trained run to a case (slice by slice; a 3-D run by sliding windows): fused.nii.gz, seg.nii.gz."""
-    from fuse4seg.train.infer import fuse_case
+    from fuse4seg.inference.fuse import fuse_case
 
     result = fuse_case(run, case, out, checkpoint, device, overwrite, reports)
     voxels = ", ".join(f"{k} {v}" for k, v in result["voxels"].items())
@@ -373,7 +373,7 @@ def demo_command(
                                                "same. The README quotes the demo over seeds 0-4."),
 ) -> None:
     """Build a small phantom benchmark, train bi-level, evaluate, and print the results."""
-    from fuse4seg.train.demo import run_demo
+    from fuse4seg.demo import run_demo
 
     run_demo(out, overwrite=overwrite, echo=typer.echo, train_overrides={"threads": threads, "seed": seed})
 

@@ -57,7 +57,7 @@ def write_release(root: Path, cases: int, seed: int = 0, empty: tuple[int, ...] 
 
 def build_small_package(root: Path) -> Path:
     """A package built under ``root`` from a 4-case tiny release: 16 x 16 slices, 3 per case, split 2/1/1 cases."""
-    from fuse4seg.data.benchmark import build_benchmark
+    from fuse4seg.data.build.builder import build_benchmark
 
     build_benchmark(root / "package", brats=write_release(root / "brats", cases=4), size=16, slices_per_case=3,
                     split=(0.5, 0.25, 0.25), progress=False)

@@ -15,7 +15,7 @@ def independent_step(bench: Path, config, lr_lower: float) -> tuple[dict, dict, 
     """
     from fuse4seg.data import BraTSFuse
     from fuse4seg.losses import fusion_loss, segmentation_loss
-    from fuse4seg.train.batches import batch_indices, split_by_case
+    from fuse4seg.runkit.batches import batch_indices, split_by_case
     from fuse4seg.train.networks import build_pipeline
 
     data = BraTSFuse(bench, "train")

@@ -17,8 +17,9 @@ import torch
 
 from fuse4seg.distributed import World, init_from_env
 from fuse4seg.train.config import build_config
-from fuse4seg.train.modes import MODES, make_optimisers
+from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import build_pipeline
+from fuse4seg.train.steps import STEPS, make_optimisers
 
 #: Global batch of every step (split 2 + 2 over two processes) and slice size.
 BATCH, SIZE = 4, 32
@@ -64,7 +65,7 @@ def one_step_each(world: World, cases: dict[str, dict[str, Any]] = CASES) -> dic
                             device=torch.device("cpu"), step=0, fusion_steps=0, world=world, unlabelled=None)
         fit, hold = ({k: v[lo:hi] for k, v in global_batch(seed).items()} for seed in (1, 2))
         pipeline.train(True)
-        MODES[config.mode].step(t, fit, hold)
+        STEPS[MODES[config.mode].step](t, fit, hold)
         out[name] = {k: {n: v.detach().clone() for n, v in sd.items()} for k, sd in pipeline.state_dicts().items()}
     return out
 

@@ -77,7 +77,7 @@ def write_brats_case() -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def phantom_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-case phantom release (BraTS 2021 layout, seed 0, scale 0.25: 60 x 60 x 39 at 4 mm). Read only."""
-    from fuse4seg.data.phantom import write_phantom_release
+    from fuse4seg.data.phantom.generator import write_phantom_release
 
     return write_phantom_release(tmp_path_factory.mktemp("phantom") / "release", cases=6, seed=0, scale=0.25)
 
@@ -86,7 +86,7 @@ def phantom_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny benchmark of the phantom release: 3 slices per case at 48 x 48 (train 3 cases, val 2, test 1).
     Read only."""
-    from fuse4seg.data.benchmark import build_benchmark
+    from fuse4seg.data.build.builder import build_benchmark
 
     out = tmp_path_factory.mktemp("bench") / "b"
     build_benchmark(out, brats=phantom_release, size=48, slices_per_case=3, split=(0.5, 0.25, 0.25),

@@ -8,7 +8,8 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from fuse4seg.data.augment import (
+from fuse4seg.data.augment.degradations import ClippedGaussianBlur, GaussianNoise, RicianNoise
+from fuse4seg.data.augment.specs import (
     ChannelIntensity,
     augmentation,
     input_degradation,
@@ -16,7 +17,6 @@ from fuse4seg.data.augment import (
     spec_dict,
     spec_text,
 )
-from fuse4seg.data.degradations import ClippedGaussianBlur, GaussianNoise, RicianNoise
 from fuse4seg.errors import ConfigError
 
 
@@ -131,7 +131,7 @@ def test_bad_specs_are_one_line_config_errors(tmp_path) -> None:
         (augmentation, node("Lambda", p=1.0), "augment", "unknown transform 'Lambda'"),
         (augmentation, node("HorizontalFlip"), "augment", "has no 'p'"),
         (augmentation, node("GaussianBlur", p=1.0, sigma_limt=[1, 2]), "augment", "sigma_limt"),
-        (input_degradation, node("fuse4seg.data.degradations.GaussianNoise", p=1.0, fraction_range=[0.5, 0.1]),
+        (input_degradation, node("fuse4seg.data.augment.degradations.GaussianNoise", p=1.0, fraction_range=[0.5, 0.1]),
          "degrade_inputs", "fraction_range"),
         (input_degradation, write(tmp_path / "flip.json", json.dumps(flip)), "degrade_inputs",
          "HorizontalFlip is not an image-only transform"),

@@ -11,14 +11,14 @@ import pytest
 from _benchmark_data import tumour_label, write_release
 
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.benchmark import (
+from fuse4seg.data.build.builder import (
     build_benchmark,
     crop_resize,
     select_slices,
     split_cases,
     square_box,
 )
-from fuse4seg.data.build_options import parse_split
+from fuse4seg.data.build.options import parse_split
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch
 
@@ -134,7 +134,7 @@ def test_build_schema_and_content(release: Path, tmp_path: Path) -> None:
 def test_native_size_slices_match_the_volume(release: Path, tmp_path: Path) -> None:
     """Without --size the stored slices are exactly load_case's volume slices z 3, 5, 7 (the hand-derived rule
     for case 0's radius-3 tumour at z 5), images and labels alike; empty splits keep (0, 24, 24)."""
-    from fuse4seg.data.brats import find_cases, load_case
+    from fuse4seg.data.release.brats import find_cases, load_case
 
     build(release, tmp_path / "pkg", split=(1.0, 0.0, 0.0))
     case0 = load_case(find_cases(release)[0])
@@ -254,7 +254,8 @@ def test_os_errors_say_whether_a_read_or_a_write_failed(release: Path, tmp_path:
     stage decides (listing the release is a read); nothing is left behind either way."""
     import errno
 
-    from fuse4seg.data import brats, package
+    from fuse4seg.data.package import card as package
+    from fuse4seg.data.release import brats
 
     case_file = release / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
 
@@ -289,7 +290,7 @@ def test_resize_planes_over_128_channels_equals_cv2_per_plane() -> None:
     plane alone, for bilinear and nearest; crop_box zero-pads a box that starts outside the array."""
     import cv2
 
-    from fuse4seg.data.geometry import MAX_CV_CHANNELS, crop_box, resize_planes
+    from fuse4seg.data.release.geometry import MAX_CV_CHANNELS, crop_box, resize_planes
 
     rng = np.random.default_rng(5)
     planes = rng.random((300, 21, 17)).astype(np.float32)
@@ -323,8 +324,8 @@ def test_slice_size_attribute_recorded_required_and_validated(release: Path, tmp
     the slices is a one-line DataError from open_validated and verify."""
     import shutil
 
-    from fuse4seg.data.h5format import open_validated, slice_size
-    from fuse4seg.data.package import verify
+    from fuse4seg.data.package.card import verify
+    from fuse4seg.data.package.h5format import open_validated, slice_size
 
     build(release, tmp_path / "sized", size=16)
     build(release, tmp_path / "native")
@@ -363,8 +364,8 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
     shaped, non-positive or partial spacing, is a one-line DataError."""
     import shutil
 
-    from fuse4seg.data.h5format import open_validated, read_spacing
-    from fuse4seg.data.package import verify
+    from fuse4seg.data.package.card import verify
+    from fuse4seg.data.package.h5format import open_validated, read_spacing
 
     release = tmp_path / "release"
     for i in range(3):
@@ -408,7 +409,7 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
 def test_library_build_records_its_own_command_line(release: Path, tmp_path: Path) -> None:
     """build_benchmark without ``command`` records the equivalent CLI call (it used to write `--out DIR` and drop
     --split); command_line quotes paths and adds --phantom-scale and --fusion-checkpoint only when they matter."""
-    from fuse4seg.data.benchmark import command_line
+    from fuse4seg.data.build.builder import command_line
 
     out = tmp_path / "my pkg"
     build_benchmark(out, brats=release, size=16, slices_per_case=3, split="0.6,0.2,0.2", progress=False)

@@ -11,8 +11,8 @@ import pytest
 from conftest import DEFAULT_IDS, FIXTURE_SHAPE, fixture_label, write_case
 
 from fuse4seg.cli import main
-from fuse4seg.data import intensity
-from fuse4seg.data.brats import (
+from fuse4seg.data.release import intensity
+from fuse4seg.data.release.brats import (
     detect_scheme,
     find_case,
     find_cases,
@@ -21,7 +21,7 @@ from fuse4seg.data.brats import (
     normalise_modality,
     to_canonical_labels,
 )
-from fuse4seg.data.intensity import linear_percentiles, percentile_bounds
+from fuse4seg.data.release.intensity import linear_percentiles, percentile_bounds
 from fuse4seg.errors import DataError
 
 IDS = {

@@ -10,8 +10,8 @@ import pytest
 import typer
 
 from fuse4seg.cli import app, main
-from fuse4seg.data import benchmark
-from fuse4seg.data.build_options import BuildOptions
+from fuse4seg.data.build import builder as benchmark
+from fuse4seg.data.build.options import BuildOptions
 from fuse4seg.errors import ConfigError, cli_message
 
 

@@ -144,7 +144,7 @@ def test_cached_split_checks_values_at_load(package: Path, tmp_path: Path, split
     """The in-memory split (training's and evaluate's default --cache path) refuses one bad value when it
     loads, with the same DataError as BraTSFuse's per-item check (file, split, index, case); the
     undamaged package loads and equals the lazy items."""
-    from fuse4seg.train.data import open_split
+    from fuse4seg.runkit.benchmark import open_split
 
     clean = open_split(package, split, cache=True)
     assert isinstance(clean, BraTSFuse) and clean.cached

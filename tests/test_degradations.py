@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from fuse4seg.data.degradations import (
+from fuse4seg.data.augment.degradations import (
     DEGRADATIONS,
     GROUPS,
     ClippedGaussianBlur,
@@ -274,4 +274,4 @@ def test_seeding_and_serialisation_round_trip(name: str, tmp_path) -> None:
             np.testing.assert_array_equal(run(other, image, seed=3), first)
     outputs = {run(at_severity(name, 0.6), image, seed).tobytes() for seed in range(4)}
     assert len(outputs) == (1 if name in ("blur", "lowres") else 4)  # those two have no randomness at a level
-    assert A.to_dict(transform)["transform"]["__class_fullname__"].startswith("fuse4seg.data.degradations.")
+    assert A.to_dict(transform)["transform"]["__class_fullname__"].startswith("fuse4seg.data.augment.degradations.")

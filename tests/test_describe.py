@@ -1,4 +1,4 @@
-"""Slice descriptions (fuse4seg.data.describe): hand-checked rules, seeded wording, storage in the package as the
+"""Slice descriptions (fuse4seg.data.package.describe): hand-checked rules, seeded wording, storage in the package as the
 optional dataset ``text``, user reports (--reports), verify and older packages without texts."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fuse4seg.data import BraTSFuse
-from fuse4seg.data.benchmark import build_benchmark
-from fuse4seg.data.brats import find_cases, load_case
-from fuse4seg.data.describe import (
+from fuse4seg.data.build.builder import build_benchmark
+from fuse4seg.data.package.card import verify
+from fuse4seg.data.package.describe import (
     NO_TUMOUR,
     conspicuity,
     describe_slice,
@@ -25,8 +25,8 @@ from fuse4seg.data.describe import (
     tumour_location,
     tumour_relation,
 )
-from fuse4seg.data.package import verify
-from fuse4seg.data.schema import MAX_DESCRIPTION_BYTES
+from fuse4seg.data.package.schema import MAX_DESCRIPTION_BYTES
+from fuse4seg.data.release.brats import find_cases, load_case
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file
 

@@ -31,7 +31,7 @@ def evaluated(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def split_arrays(bench: Path, run: Path) -> dict[str, np.ndarray]:
     """The test split's arrays from the HDF5 file plus the run's learned fused images and predicted labels."""
-    from fuse4seg.train.checkpoint import load_checkpoint
+    from fuse4seg.runkit.checkpoint import load_checkpoint
     from fuse4seg.train.config import config_from_dict
     from fuse4seg.train.networks import build_pipeline
 

@@ -13,9 +13,9 @@ import pytest
 
 from fuse4seg.cli import main
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.brats import find_cases, load_case
-from fuse4seg.data.mni152 import template_path
-from fuse4seg.data.phantom import generate_case, grid_for_scale, write_phantom_release
+from fuse4seg.data.phantom.generator import generate_case, grid_for_scale, write_phantom_release
+from fuse4seg.data.phantom.mni152 import template_path
+from fuse4seg.data.release.brats import find_cases, load_case
 from fuse4seg.errors import ConfigError
 
 
@@ -167,7 +167,7 @@ def test_bad_options(tmp_path: Path, option: str, value: str, message: str, caps
 def test_tumours_are_noise_perturbed_level_sets_not_spheres() -> None:
     from scipy import ndimage as ndi
 
-    from fuse4seg.data.phantom import _Tumour, _tumour_labels
+    from fuse4seg.data.phantom.generator import _Tumour, _tumour_labels
 
     axis = np.arange(-50.0, 51.0)
     grid = np.meshgrid(axis, axis, axis, indexing="ij")

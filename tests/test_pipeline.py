@@ -19,7 +19,7 @@ LR_UPPER, LR_LOWER, LAMBDA = 0.5, 0.05, 2.0
 @pytest.mark.slow
 def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The user's pipeline through `fuse4seg.cli.main`, checking every file and the first update."""
-    from fuse4seg.train.checkpoint import load_checkpoint
+    from fuse4seg.runkit.checkpoint import load_checkpoint
     from fuse4seg.train.config import config_from_dict
 
     bench, run, fused_dir = tmp_path / "bench", tmp_path / "run", tmp_path / "fused"
@@ -102,8 +102,8 @@ def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys
 @pytest.mark.slow
 def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path) -> None:
     """`run_demo` (what `make demo` runs) with tiny sizes: prints the comparison table and writes the report."""
+    from fuse4seg.demo import run_demo
     from fuse4seg.errors import ConfigError
-    from fuse4seg.train.demo import run_demo
 
     lines: list[str] = []
     out = tmp_path / "demo"

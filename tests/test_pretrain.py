@@ -21,7 +21,7 @@ from fuse4seg.pretrain.model import PretrainNet, draw_step
 from fuse4seg.pretrain.objectives import feature_alignment_loss, info_nce, masked_reconstruction_loss
 from fuse4seg.pretrain.options import PretrainOptions
 from fuse4seg.pretrain.runner import pretrain
-from fuse4seg.train.checkpoint import load_checkpoint
+from fuse4seg.runkit.checkpoint import load_checkpoint
 from fuse4seg.train.labels import labelled_cases
 
 TINY = {"width": 4, "depth": 2, "embed_dim": 8, "batch_size": 4, "progress": False}

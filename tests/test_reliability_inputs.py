@@ -20,8 +20,8 @@ from conftest import FIXTURE_SHAPE, write_case
 
 from fuse4seg.bilevel import parse_options
 from fuse4seg.cli import main
-from fuse4seg.data.brats import find_case, load_case
-from fuse4seg.data.nifti import MAX_HEADER_BYTES, MAX_SLICE_PIXELS, MAX_VOLUME_VOXELS, load_nifti
+from fuse4seg.data.release.brats import find_case, load_case
+from fuse4seg.data.release.nifti import MAX_HEADER_BYTES, MAX_SLICE_PIXELS, MAX_VOLUME_VOXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.metrics.fusion_files import read_slice
 from fuse4seg.options import MAX_SEED, check_seed

@@ -10,8 +10,8 @@ import torch
 from conftest import assert_same_weights, checkpoint_weights
 
 from fuse4seg.cli import main
+from fuse4seg.runkit.batches import TrainingView, item_seed
 from fuse4seg.train import steps
-from fuse4seg.train.batches import TrainingView, item_seed
 from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
 from fuse4seg.train.run import resolve_config
@@ -51,7 +51,7 @@ def test_resume_is_exact_with_augmentation_and_degraded_inputs(bench: Path, tmp_
 
 
 def test_training_view_is_a_function_of_the_item_seed(bench: Path) -> None:
-    from fuse4seg.train.data import open_split
+    from fuse4seg.runkit.benchmark import open_split
 
     dataset = open_split(bench, "train", cache=True)
     view = TrainingView(dataset, "strong", "noise,blur", None)

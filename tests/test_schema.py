@@ -1,4 +1,4 @@
-"""The HDF5 schema declaration (fuse4seg.data.schema): what the writer, croissant.json and the card say, format-1
+"""The HDF5 schema declaration (fuse4seg.data.package.schema): what the writer, croissant.json and the card say, format-1
 refusal, and the one Dataset with and without its in-memory cache."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import torch
 from _benchmark_data import build_small_package
 
 from fuse4seg.cli import main
-from fuse4seg.data import BraTSFuse, dataset
-from fuse4seg.data.package import verify
+from fuse4seg.data import BraTSFuse
+from fuse4seg.data.package import dataset
+from fuse4seg.data.package.card import verify
 from fuse4seg.errors import DataError
 from fuse4seg.io import sha256_file
-from fuse4seg.train.data import benchmark_info, open_split
+from fuse4seg.runkit.benchmark import benchmark_info, open_split
 
 REBUILD = "format version 1 is no longer read; rebuild it with `fuse4seg build-benchmark`"
 

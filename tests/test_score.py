@@ -13,7 +13,7 @@ from _scoring_refs import random_case
 from conftest import write_case
 
 from fuse4seg.cli import main
-from fuse4seg.data.brats import from_canonical_labels
+from fuse4seg.data.release.brats import from_canonical_labels
 from fuse4seg.errors import ConfigError
 from fuse4seg.metrics import segmentation_metrics
 from fuse4seg.metrics.scoring import SCORE_FIELDS, score_directory

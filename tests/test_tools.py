@@ -11,7 +11,7 @@ import pytest
 from _benchmark_data import write_release
 from PIL import Image
 
-from fuse4seg.data.benchmark import build_benchmark
+from fuse4seg.data.build.builder import build_benchmark
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "preview_package.py"
 

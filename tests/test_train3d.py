@@ -12,10 +12,10 @@ import torch
 from conftest import assert_same_weights, checkpoint_weights
 
 from fuse4seg.cli import main
-from fuse4seg.data.volumes import BraTSFuseVolumes
+from fuse4seg.data.package.volumes import BraTSFuseVolumes
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss, soft_dice
-from fuse4seg.train.batches import StepBatchSampler, item_seed
+from fuse4seg.runkit.batches import StepBatchSampler, item_seed
 from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
 from fuse4seg.train.patches import PatchView
@@ -28,7 +28,7 @@ TINY3D = {"dims": 3, "patch": "16,16,16", "seg_options": {"width": 4, "depth": 2
 @pytest.fixture(scope="module")
 def bench(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 6-case phantom release built with --volumes, 2 slices per case (train 4 cases, val 1, test 1)."""
-    from fuse4seg.data.benchmark import build_benchmark
+    from fuse4seg.data.build.builder import build_benchmark
 
     out = tmp_path_factory.mktemp("bench3d") / "b"
     build_benchmark(out, brats=phantom_release, slices_per_case=2, volumes=True, progress=False)
@@ -111,7 +111,7 @@ def test_options_of_3d_runs(phantom_release: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="augment"):
         build_config({**base, "dims": 3, "augment": "light"})
     assert build_config({**base, "dims": 3, "patch": [8, 12, 16]}).patch == (8, 12, 16)
-    from fuse4seg.data.benchmark import build_benchmark
+    from fuse4seg.data.build.builder import build_benchmark
 
     flat = build_benchmark(tmp_path / "flat", brats=phantom_release, slices_per_case=1, progress=False)["out"]
     with pytest.raises(ConfigError, match="benchmark.*build-benchmark --volumes"):

@@ -14,8 +14,8 @@ import torch
 
 from fuse4seg.cli import main
 from fuse4seg.errors import ConfigError, DataError, cli_message
-from fuse4seg.train.batches import batch_indices, split_by_case
-from fuse4seg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from fuse4seg.runkit.batches import batch_indices, split_by_case
+from fuse4seg.runkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from fuse4seg.train.config import TrainConfig, build_config, cli_overrides, error_flags, resolve_steps
 from fuse4seg.train.run import read_config_json, write_config_json
 
@@ -273,7 +273,7 @@ def test_cli_bad_options_exit_1_with_one_line(tmp_path: Path, capsys: pytest.Cap
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_a_config_error() -> None:
     """--device cuda on a CPU-only machine is refused with a message naming the option."""
-    from fuse4seg.train.device import resolve_device
+    from fuse4seg.runkit.device import resolve_device
 
     with pytest.raises(ConfigError, match="^device: cuda asked for") as caught:
         resolve_device("cuda")
@@ -336,7 +336,7 @@ def test_relevant_options_and_defaults_pass_the_check(tmp_path: Path, capsys: py
 
 def test_creating_the_data_loader_leaves_the_global_rng_alone() -> None:
     """Starting a step loader draws no number from torch's global RNG (exact resume with augmentation)."""
-    from fuse4seg.train.batches import step_loader
+    from fuse4seg.runkit.batches import step_loader
 
     data = torch.utils.data.TensorDataset(torch.arange(10.0))
     torch.manual_seed(0)

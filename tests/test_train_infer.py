@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fuse4seg.data.benchmark import crop_resize, square_box
+from fuse4seg.data.build.builder import crop_resize, square_box
+from fuse4seg.inference.fuse import _paste, predict_volume
 from fuse4seg.train.config import TrainConfig
-from fuse4seg.train.infer import _paste, predict_volume
 from fuse4seg.train.networks import Pipeline
 
 
@@ -75,7 +75,7 @@ def test_predict_volume_resizes_through_the_shared_geometry_helper(monkeypatch) 
 
 def _count_resizes(monkeypatch) -> list[int]:
     """Spy on geometry.resize_planes: the returned list receives the number of planes of each call."""
-    from fuse4seg.data import geometry
+    from fuse4seg.data.release import geometry
 
     calls: list[int] = []
     original = geometry.resize_planes
@@ -90,7 +90,7 @@ def test_native_size_case_is_cropped_when_the_benchmark_recorded_its_size(monkey
     size kept) uses slices as they are (no resize at equal sizes) and refuses other sizes. (Benchmarks without
     the attribute, format 1, are no longer read, so the old size guess is gone.)"""
     from fuse4seg.errors import ConfigError
-    from fuse4seg.train.infer import uses_crop
+    from fuse4seg.inference.fuse import uses_crop
 
     vol = smooth_volume((48, 48, 3))
     images = np.stack([vol] * 4)
@@ -131,7 +131,7 @@ def cv2_resize_stack(planes: np.ndarray, size: int) -> np.ndarray:
 def test_gallery_panels_join_tiles_with_white_gaps() -> None:
     """panel_row: sources, fused, truth, prediction side by side with 2 px white columns between them; panel_grid
     stacks rows with 2 px white rows: shapes, spacers and tile contents checked by hand."""
-    from fuse4seg.train.visual import LABEL_COLOURS, panel_grid, panel_row
+    from fuse4seg.runkit.visual import LABEL_COLOURS, panel_grid, panel_row
 
     sources = np.stack([np.zeros((3, 4)), np.ones((3, 4))]).astype(np.float32)
     truth = np.zeros((3, 4), np.uint8)

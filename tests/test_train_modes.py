@@ -254,7 +254,7 @@ def test_resume_with_weights_of_other_shapes(two_runs: Path, tmp_path: Path, cap
 
 def test_dice_per_slice_hand_worked() -> None:
     """(N, 3) WT/TC/ET Dice per slice on 1x4 label maps worked by hand; both-empty regions score 1."""
-    from fuse4seg.train.scoring import dice_per_slice
+    from fuse4seg.train.predict import dice_per_slice
 
     pred = torch.tensor([[[1, 2, 0, 0]], [[0, 0, 0, 0]]])
     truth = torch.tensor([[[1, 3, 3, 0]], [[0, 0, 0, 3]]])

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from fuse4seg.data import BraTSFuseVolumes
-from fuse4seg.data.benchmark import build_benchmark
-from fuse4seg.data.h5format import open_validated
-from fuse4seg.data.package import verify
+from fuse4seg.data.build.builder import build_benchmark
+from fuse4seg.data.package.card import verify
+from fuse4seg.data.package.h5format import open_validated
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.fusion import fuse_batch
 from fuse4seg.io import sha256_file
@@ -97,7 +97,7 @@ def test_volumes_equal_independent_crops_of_the_release(packages: dict[str, Path
     """Read with nibabel alone: box = the bounding box of the brain mask (any modality > 0); label = the release
     label mapped to canonical and cropped (no tumour voxel lost); source = load_case's normalised images cropped to
     the box with (D, H, W) = (z, x, y); affine equals the NIfTI's; fused = the rule on each stored axial plane."""
-    from fuse4seg.data.brats import find_case, load_case
+    from fuse4seg.data.release.brats import find_case, load_case
 
     with h5py.File(packages["volumes"] / "brats_fuse.h5", "r") as h5:
         for split in SPLITS:

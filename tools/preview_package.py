@@ -17,7 +17,7 @@ from PIL import Image
 from fuse4seg.data import BraTSFuse
 from fuse4seg.errors import Fuse4SegError, cli_message
 from fuse4seg.io import atomic_path
-from fuse4seg.train.visual import gray_to_rgb, label_to_rgb, panel_grid
+from fuse4seg.runkit.visual import gray_to_rgb, label_to_rgb, panel_grid
 
 
 def preview_rows(dataset: BraTSFuse, rows: int, gap: int = 2) -> list[np.ndarray]:

@@ -10,16 +10,16 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "BraTSFuse": "fuse4seg.data.dataset",
-    "BraTSFuseVolumes": "fuse4seg.data.volumes",
-    "BuildOptions": "fuse4seg.data.build_options",
-    "build_benchmark": "fuse4seg.data.benchmark",
-    "find_cases": "fuse4seg.data.brats",
-    "find_case": "fuse4seg.data.brats",
-    "load_case": "fuse4seg.data.brats",
-    "verify": "fuse4seg.data.package",
-    "cite": "fuse4seg.data.package",
-    "write_phantom_release": "fuse4seg.data.phantom",
+    "BraTSFuse": "fuse4seg.data.package.dataset",
+    "BraTSFuseVolumes": "fuse4seg.data.package.volumes",
+    "BuildOptions": "fuse4seg.data.build.options",
+    "build_benchmark": "fuse4seg.data.build.builder",
+    "find_cases": "fuse4seg.data.release.brats",
+    "find_case": "fuse4seg.data.release.brats",
+    "load_case": "fuse4seg.data.release.brats",
+    "verify": "fuse4seg.data.package.card",
+    "cite": "fuse4seg.data.package.card",
+    "write_phantom_release": "fuse4seg.data.phantom.generator",
 }
 
 __all__ = [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse4seg.data.nifti import MAX_SLICE_PIXELS, load_nifti
+from fuse4seg.data.release.nifti import MAX_SLICE_PIXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_path, check_replaceable, one_line
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES, fusion_metrics

@@ -2,7 +2,7 @@
 report of the true labels (the semantic preservation score).
 
 A slice's report facts (:func:`report_facts`) are those its text description is written from
-(fuse4seg.data.describe): which labels are present, the areas (mm^2) of WT, TC, ET, NCR and ED, the tumour's
+(fuse4seg.data.package.describe): which labels are present, the areas (mm^2) of WT, TC, ET, NCR and ED, the tumour's
 hemisphere and anterior/posterior third, and how the labels relate. :func:`compare_reports` checks the fields:
 
 - ``present_ET``, ``present_NCR``, ``present_ED``: the label is present in both reports or absent in both;
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fuse4seg.data.describe import LABELS, region_areas, tumour_location, tumour_relation
+from fuse4seg.data.package.describe import LABELS, region_areas, tumour_location, tumour_relation
 
 #: Relative area error within which a predicted region's size agrees with the true one.
 SIZE_TOLERANCE = 0.25

@@ -2,7 +2,7 @@
 
 Predictions use the BraTS submission naming: one ``<case id>.nii.gz`` (or ``.nii``) per case of the
 release, labels in the release's scheme (2020/2021: 1, 2, 4; 2023+: 1, 2, 3). Cases are found, read
-and mapped to canonical labels by :mod:`fuse4seg.data.brats`; voxel spacing is the truth file's.
+and mapped to canonical labels by :mod:`fuse4seg.data.release.brats`; voxel spacing is the truth file's.
 A missing or extra prediction, a shape or affine mismatch with the truth, or a label outside the
 scheme stops everything with a DataError naming the case. The result (written atomically as JSON
 and as a CSV next to it, NaN as null / empty) is::
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse4seg.conventions import REGIONS
-from fuse4seg.data.brats import (
+from fuse4seg.data.release.brats import (
     AFFINE_ATOL_MM,
     CaseFiles,
     _load_volume,

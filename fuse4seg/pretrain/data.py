@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fuse4seg.data.dataset import ProcessFile, h5_path
-from fuse4seg.data.h5format import READ_ERRORS, open_validated
+from fuse4seg.data.package.dataset import ProcessFile, h5_path
+from fuse4seg.data.package.h5format import READ_ERRORS, open_validated
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 

@@ -1,13 +1,13 @@
 """``pretrain``: the self-supervised loop over a package's sources, with checkpoints, TensorBoard and exact resume.
 
     PRE/encoder.pt      {"encoder": the shared encoder's state dict, "meta": width, depth, norm, dims, ...}
-    PRE/last.pt         checkpoint (layout: fuse4seg.train.checkpoint.TrainingState; the one Adam state is
+    PRE/last.pt         checkpoint (layout: fuse4seg.runkit.checkpoint.TrainingState; the one Adam state is
                         stored as "lower", the network trained by plain gradient steps; "upper" is None)
     PRE/config.json     {"pretrain": every option, "derived": facts read from the data}
     PRE/metrics.jsonl   one line per step: the three losses, their weighted total, the pair and masked modality
     PRE/tb/             TensorBoard scalars loss/total, loss/consistency, loss/reconstruction, loss/alignment
 
-Exact resume: the batch of step s is a function of (seed, s) (fuse4seg.train.batches), so is the step's pair,
+Exact resume: the batch of step s is a function of (seed, s) (fuse4seg.runkit.batches), so is the step's pair,
 masked modality and mask (:func:`fuse4seg.pretrain.model.draw_step`); last.pt holds weights, Adam state,
 RNG states and the step, so ``--resume`` reaches, on CPU, the weights of an uninterrupted run bit for bit.
 """
@@ -44,8 +44,8 @@ from fuse4seg.io import (
 from fuse4seg.pretrain.data import SourceSlices
 from fuse4seg.pretrain.model import PretrainNet, draw_step
 from fuse4seg.pretrain.options import RESUMABLE, PretrainOptions
-from fuse4seg.train.batches import step_loader
-from fuse4seg.train.checkpoint import (
+from fuse4seg.runkit.batches import step_loader
+from fuse4seg.runkit.checkpoint import (
     Best,
     Counters,
     Identity,
@@ -57,8 +57,8 @@ from fuse4seg.train.checkpoint import (
     save_checkpoint,
     to_plain,
 )
-from fuse4seg.train.device import resolve_device
-from fuse4seg.train.tblog import TensorBoardLog
+from fuse4seg.runkit.device import resolve_device
+from fuse4seg.runkit.tblog import TensorBoardLog
 
 KIND = "pretrain"
 #: ``meta["kind"]`` of PRE/encoder.pt (what :func:`fuse4seg.pretrain.init.load_pretrained_encoder` accepts).

@@ -43,9 +43,10 @@ from fuse4seg.train.declare import (
     with_values,
 )
 from fuse4seg.train.modes import MODES, names
-from fuse4seg.train.steps import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+#: --precision: the forward passes' autocast type (fuse4seg.train.steps.PRECISION_DTYPES maps them to dtypes).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: --task: what the second network predicts from the (fused) images.
 TASKS: tuple[str, ...] = ("segment", "classify")
 #: Modes whose segmentation network reads the output of a learned fusion network.
@@ -185,10 +186,10 @@ def _seg_inputs(value: Any) -> tuple[str, ...]:
 
 
 def _buildable(builder: str) -> Callable[[str], str | None]:
-    """Check: a spec that fuse4seg.data.augment's function ``builder`` (augmentation, input_degradation) builds."""
+    """Check: a spec that fuse4seg.data.augment.specs' function ``builder`` (augmentation, input_degradation) builds."""
     def check(spec: str) -> str | None:
         """The builder's one-line complaint about ``spec``, or None."""
-        from fuse4seg.data import augment
+        from fuse4seg.data.augment import specs as augment
 
         try:
             getattr(augment, builder)(spec)
@@ -310,7 +311,7 @@ class TrainConfig:
     device: str = option("cpu", "cpu or cuda.", check=_device)
     precision: str = option("fp32", "Forward passes under autocast: fp32 (off), bf16 or fp16 (single-level modes, "
                             "with loss scaling); weights, losses and (hyper)gradients stay fp32.",
-                            check=one_of(tuple(PRECISIONS)))
+                            check=one_of(PRECISIONS))
     threads: int | None = option(None, f"CPU threads for torch, 1 to {MAX_THREADS} (default: torch's choice).",
                                  check=in_range(1, MAX_THREADS))
     seed: int = option(0, f"Seed of initial weights and data order (0 to {MAX_SEED}).", check=seed_problem)
@@ -411,8 +412,6 @@ def validate(c: TrainConfig) -> None:
 
 def _check_text(c: TrainConfig) -> None:
     """Texts describe whole axial slices as stored: no 3-D training and no augmentation with text."""
-    from fuse4seg.train.networks import reads_text, uses_text
-
     if not uses_text(c):
         return
     key = "fusion_model" if reads_text(c.fusion_model) else "semantic_weight"
@@ -429,6 +428,18 @@ def _check_text(c: TrainConfig) -> None:
     if c.augment != "none":  # a flip or a rotation would contradict the texts' left/right and anterior/posterior
         raise ConfigError("reads the slices' texts, whose locations an augmented slice would contradict; use "
                           "--augment none", option=key)
+
+
+def reads_text(model: str) -> bool:
+    """Whether the fusion network ``model`` (a registry name) is guided by text (it has a ``text_dim`` option)."""
+    from fuse4seg.models import model_options
+
+    return "text_dim" in model_options(model)
+
+
+def uses_text(config: TrainConfig) -> bool:
+    """Whether a run of ``config`` reads the slices' texts: its fusion net is text-guided or the semantic loss is on."""
+    return MODES[config.mode].has_fusion and (reads_text(config.fusion_model) or config.semantic_weight > 0)
 
 
 def _check_bottleneck(c: TrainConfig) -> None:

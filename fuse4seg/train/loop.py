@@ -1,6 +1,6 @@
 """The training loop shared by every mode: data order, steps, skipping, logging, checkpoints, resume.
 
-Exact resume: the batches of step s depend only on (seed, s) (fuse4seg.train.batches); a
+Exact resume: the batches of step s depend only on (seed, s) (fuse4seg.runkit.batches); a
 checkpoint stores the weights, optimiser states, the bi-level inner optimiser state, every RNG
 state and the step counters. Resuming from ``RUN/last.pt`` therefore reproduces, on CPU, the
 weights of an uninterrupted run bit for bit, in last.pt and in best.pt (best.pt is chosen only at
@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from fuse4seg.conventions import modality_indices
-from fuse4seg.data.dataset import BraTSFuse
+from fuse4seg.data.package.dataset import BraTSFuse
 from fuse4seg.distributed import World, init_from_env
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
 from fuse4seg.io import (
@@ -45,9 +45,9 @@ from fuse4seg.io import (
     write_marker,
 )
 from fuse4seg.pretrain.init import load_pretrained_encoder
-from fuse4seg.train import modes, steps
-from fuse4seg.train.batches import TrainingView, step_loader
-from fuse4seg.train.checkpoint import (
+from fuse4seg.runkit.batches import TrainingView, step_loader
+from fuse4seg.runkit.benchmark import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
+from fuse4seg.runkit.checkpoint import (
     Best,
     Counters,
     Identity,
@@ -59,6 +59,9 @@ from fuse4seg.train.checkpoint import (
     save_checkpoints,
     to_plain,
 )
+from fuse4seg.runkit.device import resolve_device
+from fuse4seg.runkit.tblog import TensorBoardLog
+from fuse4seg.train import modes, steps
 from fuse4seg.train.config import (
     OPTIONS,
     RESUMABLE,
@@ -68,14 +71,11 @@ from fuse4seg.train.config import (
     resolve_steps,
     validate,
 )
-from fuse4seg.train.data import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
-from fuse4seg.train.device import resolve_device
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.patches import open_volumes
+from fuse4seg.train.predict import classification_scores, validation_scores, volume_validation_scores
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
-from fuse4seg.train.scoring import classification_scores, validation_scores, volume_validation_scores
 from fuse4seg.train.semi import ema_update_, label_pools
-from fuse4seg.train.tblog import TensorBoardLog
 from fuse4seg.train.text import prepare_text_models
 
 
@@ -156,7 +156,7 @@ class Trainer:
                 self.world.mean_(list(self.pipeline.alignment.parameters()))
         else:
             self.text_facts = {k: v for k, v in _previous_derived(self.run_dir).items() if k.startswith(TEXT_FACTS)}
-        self.opts = modes.make_optimisers(config, self.pipeline)
+        self.opts = steps.make_optimisers(config, self.pipeline)
         self.step, self.counters, self.best = 0, Counters(), Best()
         if resumed is not None:
             self._restore(resumed, self.run_dir / "last.pt")
@@ -227,7 +227,7 @@ class Trainer:
     # ---- steps -------------------------------------------------------------------------------
     def one_step(self, fit: dict, hold: dict | None) -> steps.StepResult:
         """The step of the configured mode."""
-        return self.mode.step(self, fit, hold)
+        return steps.STEPS[self.mode.step](self, fit, hold)
 
     def _skip(self, reason: str) -> None:
         """Count a skipped step; stop the run after ``max_bad_steps`` in a row."""

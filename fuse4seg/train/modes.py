@@ -1,56 +1,21 @@
-"""Training modes: one registry entry per mode (its networks, optimisers, rules and step function).
+"""Training modes: one registry entry per mode (its networks, optimisers, rules and the kind of step it takes).
 
-The step functions live in fuse4seg.train.steps. Nothing outside this module compares mode names:
-code asks the :class:`Mode` (``MODES[name]``).
+Torch-free, so the option declarations (fuse4seg.train.config) can name modes without importing the
+networks; the step functions live in fuse4seg.train.steps (``STEPS[mode.step]``). Nothing outside this module
+compares mode names: code asks the :class:`Mode` (``MODES[name]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import torch
-from torch import nn
+from typing import Any
 
 from fuse4seg.bilevel import check_method
 from fuse4seg.errors import ConfigError
-from fuse4seg.train.steps import (
-    Batch,
-    Optimisers,
-    StepResult,
-    Training,
-    bilevel_step,
-    joint_step,
-    segmentation_step,
-    two_stage_step,
-)
 
-if TYPE_CHECKING:
-    from fuse4seg.train.config import TrainConfig
-    from fuse4seg.train.networks import Pipeline
-
-
-def make_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """``adam`` or plain ``sgd`` (no momentum: delta = -lr * grad exactly) over ``params``."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
-
-
-def make_optimisers(config: TrainConfig, pipeline: Pipeline) -> Optimisers:
-    """The optimisers ``config``'s mode declares: upper over the fusion net, lower over the segmenter
-    (the bi-level segmenter is trained by the inner steps instead, at the same learning rate), and the
-    loss scaler of --precision fp16 (on the networks' device)."""
-    wanted = MODES[config.mode].optimisers
-    upper = lower = scaler = None
-    if "upper" in wanted:
-        upper = make_optimiser(config.upper_optimizer, list(pipeline.fusion.parameters()), config.lr_upper)
-    if "lower" in wanted:
-        lower = make_optimiser(config.lower_optimizer, list(pipeline.seg.parameters()), config.hypergrad.lr)
-    if config.precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 has fp32's range
-        scaler = torch.amp.GradScaler(next(pipeline.seg.parameters()).device.type)
-    return Optimisers(upper, lower, scaler=scaler)
+#: A training configuration (fuse4seg.train.config.TrainConfig, which declares its options from this registry).
+TrainConfig = Any
 
 
 def _check_fusion_steps(c: TrainConfig, low: int) -> None:
@@ -66,10 +31,9 @@ def _check_bilevel(c: TrainConfig) -> None:
     """The inner steps are what trains the segmenter: at least one; the method must suit the engine options;
     a warm-up leaves steps; --seg-fraction needs a fusion loss to balance against."""
     from fuse4seg.losses.fusion import resolve_fusion_weights
-    from fuse4seg.train.config import TrainConfig
     from fuse4seg.train.declare import relabelled
 
-    with relabelled(TrainConfig, "hypergrad"):
+    with relabelled(type(c), "hypergrad"):
         if c.hypergrad.steps < 1:
             raise ConfigError(f"must be >= 1 (the inner steps train the segmenter), got {c.hypergrad.steps}",
                               option="steps")
@@ -114,13 +78,12 @@ def _fused(c: TrainConfig) -> tuple[str, ...]:
 
 # ---- the registry -------------------------------------------------------------------------------------
 
-StepFn = Callable[[Training, Batch, "Batch | None"], StepResult]
-
 
 @dataclass(frozen=True)
 class Mode:
     """A training mode: which networks it has and trains, with which optimisers, and its step.
 
+    ``step``: the kind of step it takes (a key of fuse4seg.train.steps.STEPS);
     ``optimisers``: the torch optimisers it needs, "upper" (fusion net) and/or "lower" (segmenter);
     ``holds_out``: train cases are held out for the upper loss; ``hypergradient``: the fusion net
     learns from hypergradients through the segmenter's inner steps (``--hypergrad`` and the
@@ -132,7 +95,7 @@ class Mode:
     """
 
     name: str
-    step: StepFn
+    step: str
     has_fusion: bool
     optimisers: tuple[str, ...]
     holds_out: bool = False
@@ -146,14 +109,14 @@ class Mode:
 
 #: Every training mode, run by the same loop (fuse4seg.train.loop), by name.
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("bilevel", bilevel_step, has_fusion=True, optimisers=("upper",), holds_out=True, hypergradient=True,
+    Mode("bilevel", "bilevel", has_fusion=True, optimisers=("upper",), holds_out=True, hypergradient=True,
          fusion_stage=lambda c, total: _fusion_stage(c, total, 0), weighs_seg=True, check=_check_bilevel),
-    Mode("two-stage", two_stage_step, has_fusion=True, optimisers=("upper", "lower"), fusion_stage=_two_stages,
+    Mode("two-stage", "two-stage", has_fusion=True, optimisers=("upper", "lower"), fusion_stage=_two_stages,
          check=lambda c: _check_fusion_steps(c, 1)),
-    Mode("joint", joint_step, has_fusion=True, optimisers=("upper", "lower"), weighs_seg=True),
-    Mode("direct", segmentation_step, has_fusion=False, optimisers=("lower",),
+    Mode("joint", "joint", has_fusion=True, optimisers=("upper", "lower"), weighs_seg=True),
+    Mode("direct", "segmentation", has_fusion=False, optimisers=("lower",),
          seg_inputs=lambda c: c.inputs or ("fused",)),
-    Mode("feature-fusion", segmentation_step, has_fusion=False, optimisers=("lower",),
+    Mode("feature-fusion", "segmentation", has_fusion=False, optimisers=("lower",),
          seg_inputs=lambda c: c.inputs or c.fusion_inputs, seg_model="feature-fusion", check=_check_feature_fusion),
 )}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,10 +19,8 @@ from fuse4seg.losses.classification import presence_loss
 from fuse4seg.losses.segmentation import Reduce, segmentation_loss
 from fuse4seg.text.alignment import AlignmentModel
 from fuse4seg.text.encoders import TextTokens, build_text_encoder
+from fuse4seg.train.config import TrainConfig, reads_text, uses_text
 from fuse4seg.train.modes import MODES
-
-if TYPE_CHECKING:
-    from fuse4seg.train.config import TrainConfig
 
 #: Region-based training predicts WT, TC, ET sigmoids instead of 4-class softmax logits.
 NUM_REGIONS = len(REGIONS)
@@ -220,15 +217,3 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
             frozen.train(False).requires_grad_(False)
     return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment,
                     teacher, config.task)
-
-
-def reads_text(model: str) -> bool:
-    """Whether the fusion network ``model`` (a registry name) is guided by text (it has a ``text_dim`` option)."""
-    from fuse4seg.models import model_options
-
-    return "text_dim" in model_options(model)
-
-
-def uses_text(config: TrainConfig) -> bool:
-    """Whether a run of ``config`` reads the slices' texts: its fusion net is text-guided or the semantic loss is on."""
-    return MODES[config.mode].has_fusion and (reads_text(config.fusion_model) or config.semantic_weight > 0)

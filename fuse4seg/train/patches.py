@@ -1,9 +1,9 @@
 """3-D training data (``--dims 3``): patches of a split's stored volumes, drawn deterministically per item key.
 
 The patch of slot j at step s is a function of (seed, step, slot) only: the :class:`PatchView`'s items are keyed
-by (case index, item seed) like :class:`~fuse4seg.train.batches.TrainingView`'s (``StepBatchSampler`` with
+by (case index, item seed) like :class:`~fuse4seg.runkit.batches.TrainingView`'s (``StepBatchSampler`` with
 ``keyed``), and the seed alone decides where the patch lies, in whichever loader worker it is read. Pools,
-hold-out split and batch order are the 2-D ones over cases instead of slices (fuse4seg.train.batches).
+hold-out split and batch order are the 2-D ones over cases instead of slices (fuse4seg.runkit.batches).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch.utils.data import Dataset
 
-from fuse4seg.data.volumes import BraTSFuseVolumes
+from fuse4seg.data.package.volumes import BraTSFuseVolumes
 from fuse4seg.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fuse4seg.runkit.benchmark import BenchmarkInfo
     from fuse4seg.train.config import TrainConfig
-    from fuse4seg.train.data import BenchmarkInfo
 
 
 class PatchView(Dataset):
@@ -30,7 +30,7 @@ class PatchView(Dataset):
     else on a uniformly drawn voxel of the volume (also for a case without tumour).
     """
 
-    #: Items are read by (index, item seed) keys (see fuse4seg.train.batches.step_loader).
+    #: Items are read by (index, item seed) keys (see fuse4seg.runkit.batches.step_loader).
     keyed_items = True
 
     def __init__(self, volumes: BraTSFuseVolumes, patch: tuple[int, ...], foreground_fraction: float) -> None:

@@ -1,7 +1,7 @@
 """A run directory: its options, its checkpoints, and loading a trained run back.
 
     RUN/config.json            {"options": every option by key, "derived": facts resolved from the data}
-    RUN/last.pt, RUN/best.pt   checkpoints (layout: fuse4seg.train.checkpoint.TrainingState)
+    RUN/last.pt, RUN/best.pt   checkpoints (layout: fuse4seg.runkit.checkpoint.TrainingState)
 
 ``evaluate``, ``fuse`` and ``build-benchmark --fusion-checkpoint`` load runs through this module;
 ``--resume`` resolves its options here (:func:`resolve_config`).
@@ -15,7 +15,7 @@ from typing import Any
 
 from fuse4seg.errors import ConfigError, DataError, flag_for
 from fuse4seg.io import MARKER, made_by_fuse4seg, marker_kind, one_line
-from fuse4seg.train.checkpoint import load_checkpoint
+from fuse4seg.runkit.checkpoint import load_checkpoint
 from fuse4seg.train.config import (
     OPTIONS,
     RESUMABLE,
@@ -154,7 +154,7 @@ def pipeline_from_checkpoint(path: str | Path) -> tuple[TrainConfig, Pipeline, d
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[TrainConfig, Pipeline, dict]:
     """Config, pipeline with the checkpoint's weights (eval mode, on ``device``) and the checkpoint."""
-    from fuse4seg.train.device import resolve_device
+    from fuse4seg.runkit.device import resolve_device
 
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"choose one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}", option="checkpoint")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fuse4seg.losses.segmentation import reduce_together
-from fuse4seg.train.batches import item_seed, split_by_case
+from fuse4seg.runkit.batches import item_seed, split_by_case
 from fuse4seg.train.labels import labelled_cases
 
 #: Strength s of the distribution shift (module doc).

@@ -45,6 +45,7 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss
 from fuse4seg.text.alignment import semantic_loss
 from fuse4seg.text.encoders import TextTokens
+from fuse4seg.train.modes import MODES
 from fuse4seg.train.semi import consistency_loss, distribution_shift, shift_seeds
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ Batch = dict[str, Any]
 #: A loss of the two networks, given as callables (fusion F, segmenter S) -> scalar tensor.
 ModuleLoss = Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], torch.Tensor]
 #: --precision: the autocast dtype of the forward passes (None: plain fp32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteStep(ArithmeticError):
@@ -111,7 +112,7 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
 @contextlib.contextmanager
 def forward_precision(t: Training) -> Iterator[None]:
     """Autocast at --precision around forward passes (nothing for fp32); losses are computed in fp32 after."""
-    dtype = PRECISIONS[t.config.precision]
+    dtype = PRECISION_DTYPES[t.config.precision]
     with torch.autocast(t.device.type, dtype=dtype, enabled=dtype is not None):
         yield
 
@@ -411,3 +412,34 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
 
 
 # ---- mode-specific checks and rules -----------------------------------------------------------------
+
+
+# ---- optimisers and the step table -------------------------------------------------------------
+
+
+def make_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``adam`` or plain ``sgd`` (no momentum: delta = -lr * grad exactly) over ``params``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def make_optimisers(config: TrainConfig, pipeline: Pipeline) -> Optimisers:
+    """The optimisers ``config``'s mode declares: upper over the fusion net, lower over the segmenter
+    (the bi-level segmenter is trained by the inner steps instead, at the same learning rate), and the
+    loss scaler of --precision fp16 (on the networks' device)."""
+    wanted = MODES[config.mode].optimisers
+    upper = lower = scaler = None
+    if "upper" in wanted:
+        upper = make_optimiser(config.upper_optimizer, list(pipeline.fusion.parameters()), config.lr_upper)
+    if "lower" in wanted:
+        lower = make_optimiser(config.lower_optimizer, list(pipeline.seg.parameters()), config.hypergrad.lr)
+    if config.precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 has fp32's range
+        scaler = torch.amp.GradScaler(next(pipeline.seg.parameters()).device.type)
+    return Optimisers(upper, lower, scaler=scaler)
+
+
+#: The step of each kind of mode (fuse4seg.train.modes.Mode.step names one).
+STEPS: dict[str, Callable[[Training, Batch, Batch | None], StepResult]] = {
+    "bilevel": bilevel_step, "two-stage": two_stage_step, "joint": joint_step, "segmentation": segmentation_step,
+}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fuse4seg.data.dataset import BraTSFuse
+from fuse4seg.data.package.dataset import BraTSFuse
 from fuse4seg.errors import ConfigError
 from fuse4seg.text.alignment import retrieval_accuracy, train_alignment, view_stack
 from fuse4seg.text.encoders import TextTokens, VocabularyEncoder
