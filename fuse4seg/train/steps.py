@@ -411,9 +411,6 @@ def segmentation_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult
     return StepResult({**scalars, "grad/seg_norm": norm})
 
 
-# ---- mode-specific checks and rules -----------------------------------------------------------------
-
-
 # ---- optimisers and the step table -------------------------------------------------------------
 
 
