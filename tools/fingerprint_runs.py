@@ -91,6 +91,29 @@ def _weights(path: Path) -> dict[str, str]:
     return out
 
 
+def package_digest(path: Path) -> str:
+    """SHA-256 of every dataset's values and every attribute of an HDF5 package but its build time stamp."""
+    import h5py
+    import numpy as np
+
+    digest = hashlib.sha256()
+
+    def visit(name: str, node: object) -> None:
+        """Fold one group or dataset (name, attributes, values) into the digest."""
+        digest.update(name.encode())
+        for key in sorted(node.attrs):
+            if key != "created":
+                digest.update(f"{key}={node.attrs[key]!r}".encode())
+        if isinstance(node, h5py.Dataset):
+            values = node[()]
+            digest.update(b"".join(values.ravel()) if values.dtype == object else np.ascontiguousarray(values).tobytes())
+
+    with h5py.File(path, "r") as h5:
+        visit("/", h5)
+        h5.visititems(visit)
+    return digest.hexdigest()[:16]
+
+
 def _json_numbers(path: Path) -> str:
     """SHA-256 of a JSON file with timing and path entries dropped (they differ between checkouts)."""
     data = json.loads(path.read_text())
@@ -117,7 +140,7 @@ def fingerprint(work: Path, only: list[str] | None) -> dict[str, object]:
     _cli(["phantom", "--out", str(release), "--cases", "6", "--scale", "0.25", "--seed", "3"], env)
     _cli(["build-benchmark", "--brats", str(release), "--out", str(bench), "--size", "32", "--slices-per-case", "3",
           "--split", "0.5,0.17,0.33", "--volumes"], env)
-    result: dict[str, object] = {"package": hashlib.sha256((bench / "brats_fuse.h5").read_bytes()).hexdigest()[:16]}
+    result: dict[str, object] = {"package": package_digest(bench / "brats_fuse.h5")}
     pre = work / "pre"
     _cli(["pretrain", "--benchmark", str(bench), "--out", str(pre), "--steps", "3", "--batch-size", "2",
           "--width", "4", "--depth", "2", "--embed-dim", "8", "--no-progress"], env)
@@ -172,9 +195,13 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fuse4seg-fingerprint"))
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--compare", nargs=2, type=Path)
+    parser.add_argument("--package", type=Path, help="print the digest of one package's HDF5 file")
     args = parser.parse_args()
     if args.compare:
         return compare(*args.compare)
+    if args.package:
+        print(package_digest(args.package))
+        return 0
     result = fingerprint(args.work, args.only)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
