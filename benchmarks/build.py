@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from fuse4seg.data.build.builder import build_benchmark
-from fuse4seg.data.package.h5format import COMPRESSION
+from fuse4seg.data.package.schema import COMPRESSION
 from fuse4seg.data.phantom.generator import write_phantom_release
 from fuse4seg.data.release.brats import find_cases, load_case
 

@@ -30,10 +30,11 @@ MODES = {"bilevel": {"inner_steps": 2, "inner_optimizer": "sgd"}, "direct": {"mo
 def worker(mode: str, steps: int, warmup: int, batch: int, size: int) -> None:
     """As one rank: time ``steps`` outer steps after ``warmup`` on its shard; rank 0 prints seconds per step."""
     from fuse4seg.distributed import init_from_env
-    from fuse4seg.train.config import build_config
     from fuse4seg.train.modes import MODES as REGISTRY
     from fuse4seg.train.networks import build_pipeline
-    from fuse4seg.train.steps import STEPS, make_optimisers
+    from fuse4seg.train.optimisers import torch_optimisers
+    from fuse4seg.train.resolve import build_config
+    from fuse4seg.train.steps import STEPS
 
     torch.set_num_threads(1)
     world = init_from_env("cpu")
@@ -41,7 +42,7 @@ def worker(mode: str, steps: int, warmup: int, batch: int, size: int) -> None:
         config = build_config({"benchmark": "b", "out": "o", "batch_size": batch, "seg_options": {"width": 8, "depth": 3},
                                "fusion_options": {"width": 8}, **MODES[mode]})
         pipeline = build_pipeline(config)
-        t = SimpleNamespace(config=config, pipeline=pipeline, opts=make_optimisers(config, pipeline),
+        t = SimpleNamespace(config=config, pipeline=pipeline, opts=torch_optimisers(config, pipeline),
                             device=torch.device("cpu"), step=0, fusion_steps=0, world=world)
         g = torch.Generator().manual_seed(0)
         lo, hi = world.shard(batch)

@@ -29,8 +29,8 @@ import torch
 from fuse4seg.bilevel import METHODS
 from fuse4seg.data.build.builder import build_benchmark
 from fuse4seg.runkit.batches import step_loader
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import Trainer
+from fuse4seg.train.resolve import build_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 

@@ -41,11 +41,11 @@ def run_demo(out: str | Path = "runs/demo", overwrite: bool = False, echo: Calla
 
     An existing OUT is refused without ``overwrite``; a failed demo removes what it wrote.
     """
-    from fuse4seg.data.build.builder import build_benchmark
     from fuse4seg.evaluation.evaluate import evaluate_run
     from fuse4seg.evaluation.report import format_summary
-    from fuse4seg.train.config import build_config
+    from fuse4seg.inference.build import build_benchmark
     from fuse4seg.train.loop import format_train_summary, train
+    from fuse4seg.train.resolve import build_config
 
     out = Path(out)
     # Checked before anything is built or removed: a bad option (e.g. --seed -1) leaves an earlier demo alone.

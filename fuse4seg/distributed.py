@@ -12,7 +12,7 @@ The rules (README: Distributed and mixed precision):
    differentiable all-reduce mean of the gradient backward), so ``autograd.grad(F, w)`` is the global
    inner gradient on every rank, under ``create_graph`` too.
 
-Without torchrun's variables (RANK, WORLD_SIZE) :func:`init_from_env` returns :data:`SINGLE`: no process
+Without torchrun's variables (RANK, WORLD_SIZE) :func:`init_from_env` returns a plain :class:`World`: no process
 group, no collectives, every hook the identity.
 """
 
@@ -159,10 +159,6 @@ class World:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
         self.active = False
-
-
-#: One process, no collectives.
-SINGLE = World()
 
 
 def launched() -> bool:

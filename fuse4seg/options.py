@@ -1,37 +1,42 @@
 """Options declared once, as dataclass fields that carry their default and help text.
 
 A library function takes a dataclass of options; the command line derives its options from the
-same fields, so a default or a help text is written in one place::
+same fields (:mod:`fuse4seg.commands`), so a default, a check or a help text is written in one place::
 
     @dataclass(frozen=True)
     class RunOptions:
         out: str = option(help="Run directory.")                      # required: no default
-        steps: int = option(100, "Total steps.")
+        steps: int = option(100, "Total steps.", check=at_least(1, integer=True))
         threads: int = option(1, "CPU threads.", recorded=False)     # does not change the result
 
-    RUN = fields_by_name(RunOptions)
-
-    @app.command("run")
-    def run_command(out: str = typer_option(RUN["out"]), steps: int = typer_option(RUN["steps"]),
-                    threads: int = typer_option(RUN["threads"])) -> None:
-        run(RunOptions(**locals()))
+    @COMMANDS.command("run", "mypackage.options:RunOptions")         # fuse4seg.commands.Commands
+    def run_command(options: RunOptions) -> None:
+        run(check_options(options))
 
 A field's flag is ``--`` + its name with ``-`` for ``_`` (:func:`fuse4seg.errors.flag_for`) unless
 ``option(flag=...)`` says otherwise. Library errors name the field
 (``ConfigError("must be >= 1", option="steps")``) and the command line shows the flag;
 :func:`for_option` attaches a field to an error raised by a helper that does not know it.
 :func:`command_argv` writes an options object back as command-line arguments (to record how a
-result was made). Checks shared by several commands live here too: :func:`check_seed` (every seed is a
-32-bit integer, :data:`MAX_SEED`) and :func:`available_cpus` (the bound of worker counts).
+result was made).
+
+The one set of declared checks lives here (a check is value -> what is wrong with it, or None; one message
+style, naming the bound broken: ``must be >= 1, got 0``): :func:`in_range`, :func:`at_least`, :func:`above`,
+:func:`one_of`, :func:`required`, :func:`integer_entries`, :func:`seed_problem` (every seed is a 32-bit
+integer, :data:`MAX_SEED`), :func:`worker_count` (bounded by :func:`available_cpus`) and
+:func:`device_problem`. :func:`check_options` runs the checks an options object's fields declare. A field
+declared ``option(..., argument=True)`` is a positional command-line argument (``fuse4seg verify DIR``);
+:mod:`fuse4seg.commands` turns an options class into a command.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fuse4seg.errors import ConfigError, Fuse4SegError, flag_for
@@ -43,6 +48,8 @@ _FROM_FIELD = object()
 #: 32 bits; one range that every consumer accepts, and that config.json, HDF5 attributes and command
 #: lines record exactly, keeps a seed meaning one thing everywhere.
 MAX_SEED: int = 2**32 - 1
+#: A declared check: value -> what is wrong with it, or None.
+Check = Callable[[Any], "str | None"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, recorded: bool = True,
@@ -52,7 +59,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     ``default`` (none: required); ``help`` text; ``flag``, when not ``--`` + the name with dashes;
     ``recorded``: whether :func:`command_argv` writes the value into a command line that reproduces
     a result (False for options that change how, not what, e.g. worker counts); ``metadata``: more
-    keys for the declaration's other readers (``check``, ``modes``, ... of
+    keys for the declaration's other readers (``check``: a :data:`Check` run by :func:`check_options`;
+    ``argument=True``: a positional command-line argument; ``modes``, ... of
     :func:`fuse4seg.train.declare.option`, ``methods`` of the bi-level engine's ``Options``).
     Keys whose value is None are left out (absent means "not declared"). A mutable default (list,
     dict, set or dataclass instance) is copied for every instance (a ``default_factory``).
@@ -64,6 +72,98 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=declared)
     return dataclasses.field(default=default, metadata=declared)
+
+
+# ---- declared checks: value -> what is wrong with it, or None ------------------------------------------
+
+
+def _number_text(value: float) -> str:
+    """A bound or value as a message writes it: 8, 0.5, 1e-06."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def in_range(low: float = -math.inf, high: float = math.inf, note: str = "", low_open: bool = False, *,
+             high_open: bool = False, unit: str = "", integer: bool = False, optional: bool | None = None) -> Check:
+    """Check: a finite number with ``low <= v <= high`` (``<`` with ``low_open`` / ``high_open``), an integer with
+    ``integer``; None passes when ``optional`` (default: unless ``integer``). The message names the bound broken
+    (``must be >= 1, got 0``); ``unit`` follows either bound, ``note`` the lower one."""
+    def check(v: Any) -> str | None:
+        """What is wrong with ``v``, or None."""
+        if v is None and (not integer if optional is None else optional):
+            return None
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real):
+            return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+        if not math.isfinite(v):
+            return f"must be finite, got {v}"
+        if v < low or (low_open and v == low):
+            return f"must be {'>' if low_open else '>='} {_number_text(low)}{unit}{note}, got {_number_text(v)}"
+        if v > high or (high_open and v == high):
+            return f"must be {'<' if high_open else '<='} {_number_text(high)}{unit}, got {_number_text(v)}"
+        return None
+    return check
+
+
+def at_least(low: float, note: str = "", *, integer: bool = False) -> Check:
+    """Check: None or >= ``low`` (an integer with ``integer``)."""
+    return in_range(low, note=note, integer=integer)
+
+
+def above(low: float) -> Check:
+    """Check: None or > ``low``."""
+    return in_range(low, low_open=True)
+
+
+def one_of(choices: Iterable[object]) -> Check:
+    """Check: one of ``choices``."""
+    allowed = tuple(choices)
+    return lambda v: None if v in allowed else f"must be one of {', '.join(map(str, allowed))}, got {v!r}"
+
+
+def required(what: str) -> Check:
+    """Check: a non-empty value (``what`` names it: "a run directory is required")."""
+    return lambda v: None if v else f"{what} is required"
+
+
+def integer_entries(limits: dict[str, tuple[int, int]]) -> Check:
+    """Check: a table whose entries named in ``limits`` (when present) are integers in [low, high]; other entries
+    are left to their reader (e.g. a model's own options)."""
+    def check(table: dict) -> str | None:
+        """What is wrong with ``table``, or None."""
+        for entry, (low, high) in limits.items():
+            value = table.get(entry)
+            problem = None if value is None else in_range(low, high, integer=True)(value)
+            if problem:
+                return f"{entry} {problem}"
+        return None
+    return check
+
+
+def worker_count(low: int = 0) -> Check:
+    """Check: an integer from ``low`` up to the CPUs this process may use (:func:`available_cpus`)."""
+    def check(v: Any) -> str | None:
+        """What is wrong with ``v``, or None."""
+        problem = in_range(low, integer=True)(v)
+        cpus = available_cpus()
+        return problem or (None if v <= cpus else f"must be <= {cpus}, the CPUs available here, got {v}")
+    return check
+
+
+def device_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a torch device name (cpu, cuda or cuda:N), or None."""
+    if isinstance(value, str) and (value in ("cpu", "cuda") or value.startswith("cuda:")):
+        return None
+    return f"must be cpu or cuda, got {value!r}"
+
+
+def check_options(options: Any) -> Any:
+    """Run the ``check`` every field of the dataclass instance ``options`` declares, in declaration order;
+    ConfigError naming the first field whose value fails. Returns ``options``."""
+    for field in dataclasses.fields(options):
+        check = field.metadata.get("check")
+        problem = check(getattr(options, field.name)) if check else None
+        if problem:
+            raise ConfigError(problem, option=field.name)
+    return options
 
 
 def seed_problem(value: object) -> str | None:
@@ -141,7 +241,8 @@ def command_argv(options: object, omit: Iterable[str] = ()) -> list[str]:
         value = getattr(options, field.name)
         if field.name in skip or not field.metadata.get("recorded", True) or value is None or value is False:
             continue
-        argv += [flag_of(field)] if value is True else [flag_of(field), cli_text(value)]
+        flag = flag_of(field).split("/")[0]  # "--cache/--no-cache": --cache gives True
+        argv += [flag] if value is True else [flag, cli_text(value)]
     return argv
 
 

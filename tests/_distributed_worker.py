@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from fuse4seg.distributed import World, init_from_env
-from fuse4seg.train.config import build_config
 from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import build_pipeline
-from fuse4seg.train.steps import STEPS, make_optimisers
+from fuse4seg.train.optimisers import torch_optimisers
+from fuse4seg.train.resolve import build_config
+from fuse4seg.train.steps import STEPS
 
 #: Global batch of every step (split 2 + 2 over two processes) and slice size.
 BATCH, SIZE = 4, 32
@@ -61,7 +62,7 @@ def one_step_each(world: World, cases: dict[str, dict[str, Any]] = CASES) -> dic
     for name, extra in cases.items():
         config = build_config({**TINY, **extra})
         pipeline = build_pipeline(config)
-        t = SimpleNamespace(config=config, pipeline=pipeline, opts=make_optimisers(config, pipeline),
+        t = SimpleNamespace(config=config, pipeline=pipeline, opts=torch_optimisers(config, pipeline),
                             device=torch.device("cpu"), step=0, fusion_steps=0, world=world, unlabelled=None)
         fit, hold = ({k: v[lo:hi] for k, v in global_batch(seed).items()} for seed in (1, 2))
         pipeline.train(True)

@@ -172,3 +172,30 @@ def test_spec_dict_and_text_rebuild_the_pipeline() -> None:
     a = seeded(transform, 4, image=image, mask=mask)
     b = seeded(A.from_dict(recorded), 4, image=image, mask=mask)
     np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_files_naming_the_modules_before_the_move_still_load(tmp_path) -> None:
+    """A file saved when the transforms lived in fuse4seg.data.degradations and fuse4seg.data.augment loads as the
+    same transforms under their new names (same classes, same values, same output for a seed); new saves name the
+    new modules."""
+    saved = {"__version__": A.__version__, "transform": {
+        "__class_fullname__": "Compose", "p": 1.0, "transforms": [
+            {"__class_fullname__": "fuse4seg.data.degradations.GaussianNoise", "p": 1.0, "fraction_range": [0.05, 0.05],
+             "clip": True},
+            {"__class_fullname__": "fuse4seg.data.augment.ChannelIntensity", "p": 1.0, "scale_range": [0.9, 0.9],
+             "gamma_range": [1.2, 1.2]}]}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    loaded = augmentation(str(path))
+    expected = A.Compose([GaussianNoise(fraction_range=(0.05, 0.05), clip=True, p=1.0),
+                          ChannelIntensity(scale_range=(0.9, 0.9), gamma_range=(1.2, 1.2), p=1.0)])
+    assert [type(t) for t in loaded.transforms] == [GaussianNoise, ChannelIntensity]
+    image, mask = sample(32, 2)
+    got, want = seeded(loaded, 7, image=image, mask=mask), seeded(expected, 7, image=image, mask=mask)
+    assert np.array_equal(got["image"], want["image"]) and not np.array_equal(got["image"], image)
+    names = [t["__class_fullname__"] for t in spec_dict(loaded)["transform"]["transforms"]]
+    assert names == ["fuse4seg.data.augment.degradations.GaussianNoise", "fuse4seg.data.augment.specs.ChannelIntensity"]
+    with pytest.raises(ConfigError, match="unknown transform 'fuse4seg.data.nowhere.GaussianNoise'"):
+        saved["transform"]["transforms"][0]["__class_fullname__"] = "fuse4seg.data.nowhere.GaussianNoise"
+        path.write_text(json.dumps(saved), encoding="utf-8")
+        augmentation(str(path))

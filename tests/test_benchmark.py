@@ -11,14 +11,10 @@ import pytest
 from _benchmark_data import tumour_label, write_release
 
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.build.builder import (
-    build_benchmark,
-    crop_resize,
-    select_slices,
-    split_cases,
-    square_box,
-)
+from fuse4seg.data.build.builder import build_benchmark, split_cases
+from fuse4seg.data.build.cases import select_slices
 from fuse4seg.data.build.options import parse_split
+from fuse4seg.data.release.geometry import crop_resize, square_box
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 from fuse4seg.fusion import fuse_batch
 
@@ -214,7 +210,7 @@ def test_library_errors_leave_nothing_behind(release: Path, tmp_path: Path) -> N
         build(release, tmp_path / "x", slices_per_case=0)
     with pytest.raises(ConfigError, match="brats: cannot be combined with phantom"):
         build_benchmark(tmp_path / "x", brats=release, phantom=3)
-    with pytest.raises(ConfigError, match="^size: must be in"):
+    with pytest.raises(ConfigError, match="^size: must be >= 8 pixels, got 4"):
         build(release, tmp_path / "x", size=4)
     with pytest.raises(DataError, match="^size: case BraTS2021_00002: slices are"):  # mixed slice sizes need resampling
         mixed = write_release(tmp_path / "mixed", 3)
@@ -254,7 +250,7 @@ def test_os_errors_say_whether_a_read_or_a_write_failed(release: Path, tmp_path:
     stage decides (listing the release is a read); nothing is left behind either way."""
     import errno
 
-    from fuse4seg.data.package import card as package
+    from fuse4seg.data.package import croissant as package
     from fuse4seg.data.release import brats
 
     case_file = release / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
@@ -324,8 +320,8 @@ def test_slice_size_attribute_recorded_required_and_validated(release: Path, tmp
     the slices is a one-line DataError from open_validated and verify."""
     import shutil
 
-    from fuse4seg.data.package.card import verify
     from fuse4seg.data.package.h5format import open_validated, slice_size
+    from fuse4seg.data.package.verify import verify
 
     build(release, tmp_path / "sized", size=16)
     build(release, tmp_path / "native")
@@ -364,8 +360,8 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
     shaped, non-positive or partial spacing, is a one-line DataError."""
     import shutil
 
-    from fuse4seg.data.package.card import verify
     from fuse4seg.data.package.h5format import open_validated, read_spacing
+    from fuse4seg.data.package.verify import verify
 
     release = tmp_path / "release"
     for i in range(3):

@@ -1,4 +1,6 @@
-"""Ridge regression with the penalty as hyper-parameter: closed forms (DESIGN.md section 2)."""
+"""Ridge regression with the penalty as hyper-parameter: closed forms: A = X^T X / n + lam I,
+w* = A^-1 X^T y / n, dL_val/dlam = -grad L_val(w*)^T A^-1 w*; for K-step gradient descent
+dw_{k+1}/dlam = (I - a A) dw_k/dlam - a w_k, dw_0/dlam = 0."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from fuse4seg.metrics.classification import (
 from fuse4seg.models.blocks import segmenter_plan
 from fuse4seg.models.classifier import MultimodalClassifier, presence_targets
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
-from fuse4seg.pretrain.init import encoder_facts
+from fuse4seg.runkit.pretrained import encoder_facts
 
 
 def tiny(**options) -> MultimodalClassifier:

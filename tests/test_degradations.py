@@ -11,8 +11,6 @@ import pytest
 from scipy import ndimage, stats
 
 from fuse4seg.data.augment.degradations import (
-    DEGRADATIONS,
-    GROUPS,
     ClippedGaussianBlur,
     GaussianNoise,
     KSpaceSpike,
@@ -21,11 +19,10 @@ from fuse4seg.data.augment.degradations import (
     MotionGhosting,
     RicianNoise,
     add_kspace_spikes,
-    at_severity,
-    random_degradation,
     reweight_kspace_lines,
     undersampling_mask,
 )
+from fuse4seg.data.augment.severity import DEGRADATIONS, GROUPS, at_severity, random_degradation
 from fuse4seg.errors import ConfigError
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from fuse4seg.data import BraTSFuse
 from fuse4seg.data.build.builder import build_benchmark
-from fuse4seg.data.package.card import verify
 from fuse4seg.data.package.describe import (
     NO_TUMOUR,
     conspicuity,
@@ -26,6 +25,7 @@ from fuse4seg.data.package.describe import (
     tumour_relation,
 )
 from fuse4seg.data.package.schema import MAX_DESCRIPTION_BYTES
+from fuse4seg.data.package.verify import verify
 from fuse4seg.data.release.brats import find_cases, load_case
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file

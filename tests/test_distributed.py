@@ -18,8 +18,8 @@ import torch
 
 from fuse4seg.distributed import World, init_from_env
 from fuse4seg.errors import ConfigError
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
+from fuse4seg.train.resolve import build_config
 
 HERE = Path(__file__).parent
 TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, "layers": 2}, "batch_size": 4,

@@ -32,8 +32,8 @@ def evaluated(phantom_release: Path, tmp_path_factory: pytest.TempPathFactory) -
 def split_arrays(bench: Path, run: Path) -> dict[str, np.ndarray]:
     """The test split's arrays from the HDF5 file plus the run's learned fused images and predicted labels."""
     from fuse4seg.runkit.checkpoint import load_checkpoint
-    from fuse4seg.train.config import config_from_dict
     from fuse4seg.train.networks import build_pipeline
+    from fuse4seg.train.resolve import config_from_dict
 
     with h5py.File(bench / "brats_fuse.h5", "r") as h5:
         g = h5["test"]

@@ -19,8 +19,9 @@ import yaml
 from fuse4seg.cli import main
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.data.build.builder import build_benchmark
-from fuse4seg.data.package.card import verify
-from fuse4seg.data.package.export import export, export_nifti, export_parquet, record_columns
+from fuse4seg.data.package.export import export, export_nifti, export_parquet
+from fuse4seg.data.package.records import record_columns
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file
 

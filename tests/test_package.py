@@ -16,8 +16,8 @@ from _benchmark_data import write_release
 
 from fuse4seg import __version__
 from fuse4seg.data.build.builder import build_benchmark
-from fuse4seg.data.package.card import cite, verify
-from fuse4seg.data.package.citation import cff_to_bibtex, citation_cff
+from fuse4seg.data.package.citation import cff_to_bibtex, citation_cff, cite
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import sha256_file
 

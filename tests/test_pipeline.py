@@ -20,7 +20,7 @@ LR_UPPER, LR_LOWER, LAMBDA = 0.5, 0.05, 2.0
 def test_build_train_evaluate_fuse(phantom_release: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The user's pipeline through `fuse4seg.cli.main`, checking every file and the first update."""
     from fuse4seg.runkit.checkpoint import load_checkpoint
-    from fuse4seg.train.config import config_from_dict
+    from fuse4seg.train.resolve import config_from_dict
 
     bench, run, fused_dir = tmp_path / "bench", tmp_path / "run", tmp_path / "fused"
     assert main(["build-benchmark", "--out", str(bench), "--brats", str(phantom_release), "--size", "48",

@@ -16,12 +16,12 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
 from fuse4seg.models.fusion import FusionCNN
 from fuse4seg.models.unet import UNet
-from fuse4seg.pretrain.init import load_pretrained_encoder
 from fuse4seg.pretrain.model import PretrainNet, draw_step
 from fuse4seg.pretrain.objectives import feature_alignment_loss, info_nce, masked_reconstruction_loss
 from fuse4seg.pretrain.options import PretrainOptions
 from fuse4seg.pretrain.runner import pretrain
 from fuse4seg.runkit.checkpoint import load_checkpoint
+from fuse4seg.runkit.pretrained import load_pretrained_encoder
 from fuse4seg.train.labels import labelled_cases
 
 TINY = {"width": 4, "depth": 2, "embed_dim": 8, "batch_size": 4, "progress": False}
@@ -252,8 +252,8 @@ def test_cli_resume_takes_the_runs_options(bench: Path, tmp_path: Path, capsys: 
 
 
 @pytest.mark.parametrize(("extra", "pattern"), [
-    (("--mask-fraction", "0"), "--mask-fraction: must be in (0, 1]"),
-    (("--batch-size", "1"), "--batch-size: must be an integer >= 2"),
+    (("--mask-fraction", "0"), "--mask-fraction: must be > 0, got 0"),
+    (("--batch-size", "1"), "--batch-size: must be >= 2, got 1"),
     (("--splits", "train,test"), "--splits:"),
     (("--norm", "batch"), "--norm: must be one of group, instance"),
 ])

@@ -18,9 +18,9 @@ from test_package import rehash
 
 from fuse4seg.cli import main
 from fuse4seg.data import BraTSFuse
-from fuse4seg.data.package.card import verify
 from fuse4seg.data.package.h5format import open_validated
 from fuse4seg.data.package.schema import MAX_SLICE_SIDE, MAX_SLICES, MAX_TEXT_BYTES
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import DataError
 from fuse4seg.runkit.benchmark import open_split
 

@@ -12,8 +12,8 @@ from conftest import assert_same_weights, checkpoint_weights
 from fuse4seg.cli import main
 from fuse4seg.runkit.batches import TrainingView, item_seed
 from fuse4seg.train import steps
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import resolve_config
 
 TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, "layers": 2}, "batch_size": 2,

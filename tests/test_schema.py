@@ -17,7 +17,7 @@ from _benchmark_data import build_small_package
 from fuse4seg.cli import main
 from fuse4seg.data import BraTSFuse
 from fuse4seg.data.package import dataset
-from fuse4seg.data.package.card import verify
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import DataError
 from fuse4seg.io import sha256_file
 from fuse4seg.runkit.benchmark import benchmark_info, open_split

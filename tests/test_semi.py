@@ -16,8 +16,8 @@ from fuse4seg.losses.classification import presence_loss
 from fuse4seg.pretrain.options import PretrainOptions
 from fuse4seg.pretrain.runner import pretrain
 from fuse4seg.runkit.batches import split_by_case
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import Trainer, train
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import resolve_config
 from fuse4seg.train.semi import consistency_loss, distribution_shift, ema_update_, label_pools
 

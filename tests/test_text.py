@@ -26,8 +26,8 @@ from fuse4seg.text.encoders import (
     fit_word_vectors,
     tokenize,
 )
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import resolve_config
 
 TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, "layers": 3}, "batch_size": 2,

@@ -16,9 +16,9 @@ from fuse4seg.data.package.volumes import BraTSFuseVolumes
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss, segmentation_loss, soft_dice
 from fuse4seg.runkit.batches import StepBatchSampler, item_seed
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import train
 from fuse4seg.train.patches import PatchView
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import resolve_config
 
 TINY3D = {"dims": 3, "patch": "16,16,16", "seg_options": {"width": 4, "depth": 2},

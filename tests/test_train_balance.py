@@ -10,7 +10,7 @@ from _bilevel_reference import independent_step
 
 from fuse4seg.cli import main
 from fuse4seg.runkit.checkpoint import load_checkpoint
-from fuse4seg.train.config import config_from_dict
+from fuse4seg.train.resolve import config_from_dict
 
 LR_UPPER, LR_LOWER, FRACTION = 0.5, 0.05, 0.25
 

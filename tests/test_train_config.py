@@ -16,7 +16,9 @@ from fuse4seg.cli import main
 from fuse4seg.errors import ConfigError, DataError, cli_message
 from fuse4seg.runkit.batches import batch_indices, split_by_case
 from fuse4seg.runkit.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from fuse4seg.train.config import TrainConfig, build_config, cli_overrides, error_flags, resolve_steps
+from fuse4seg.train.command_line import cli_overrides, error_flags
+from fuse4seg.train.config import TrainConfig
+from fuse4seg.train.resolve import build_config, resolve_steps
 from fuse4seg.train.run import read_config_json, write_config_json
 
 
@@ -28,7 +30,7 @@ def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
     c = build_config(cli_overrides({"lr_upper": None, "seg_depth": 3, "batch_size": 2}), toml)
     assert (c.lr_upper, c.steps, c.batch_size, c.fusion_inputs) == (0.5, 7, 2, ("t1", "flair"))
     assert c.seg_options == {"width": 8, "depth": 3}
-    assert c.hypergrad.lr == TrainConfig().hypergrad.lr
+    assert c.engine.lr == TrainConfig().engine.lr
     write_config_json(c, tmp_path / "config.json", {"total_steps": 7})
     stored = json.loads((tmp_path / "config.json").read_text())
     assert set(stored["options"]) == set(TrainConfig().to_dict())
@@ -40,7 +42,7 @@ def test_defaults_toml_and_cli_precedence(tmp_path: Path) -> None:
 @pytest.mark.parametrize("inputs", ["fused", "t1ce", "t1,t2,flair"])
 def test_config_survives_its_stored_form(inputs: str) -> None:
     """to_dict (config.json, checkpoints) -> config_from_dict gives the same config back."""
-    from fuse4seg.train.config import config_from_dict
+    from fuse4seg.train.resolve import config_from_dict
 
     c = build_config({"benchmark": "b", "out": "o", "mode": "direct", "inputs": inputs, "seg_options": {"width": 4}})
     assert config_from_dict(json.loads(json.dumps(c.to_dict()))) == c
@@ -48,9 +50,9 @@ def test_config_survives_its_stored_form(inputs: str) -> None:
 
 def test_finite_difference_defaults_to_an_sgd_inner_step() -> None:
     """Adam is the inner default, except for DARTS finite differences, which differentiate an SGD step."""
-    assert build_config({"benchmark": "b", "out": "o"}).hypergrad.optimizer == "adam"
+    assert build_config({"benchmark": "b", "out": "o"}).engine.optimizer == "adam"
     fd = build_config({"benchmark": "b", "out": "o", "hypergrad": "finite-difference"})
-    assert fd.hypergrad.optimizer == "sgd"
+    assert fd.engine.optimizer == "sgd"
 
 
 def test_resolve_steps_from_epochs() -> None:

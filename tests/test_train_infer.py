@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fuse4seg.data.build.builder import crop_resize, square_box
+from fuse4seg.data.release.geometry import crop_resize, square_box
 from fuse4seg.inference.fuse import _paste, predict_volume
 from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.networks import Pipeline

@@ -14,10 +14,10 @@ from conftest import assert_same_weights, checkpoint_weights
 from fuse4seg.cli import main
 from fuse4seg.errors import Fuse4SegError
 from fuse4seg.train import steps
-from fuse4seg.train.config import build_config
 from fuse4seg.train.loop import Trainer, train
 from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import build_pipeline
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import resolve_config
 
 TINY = {"seg_options": {"width": 4, "depth": 2}, "fusion_options": {"width": 4, "layers": 2}, "batch_size": 2,
@@ -87,7 +87,7 @@ def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str, mon
     The val score is made a known function of the step (peaking at the interruption point, step 3,
     which is not on the --eval-every 2 schedule), so best.pt must come from step 4 in both runs.
     """
-    from fuse4seg.train import loop
+    from fuse4seg.train import variants
 
     seen = {"step": -1}
     real_step = Trainer.one_step
@@ -103,7 +103,7 @@ def test_resume_equals_uninterrupted(bench: Path, tmp_path: Path, mode: str, mon
         return {"dice_WT": value, "dice_mean": value}, None
 
     monkeypatch.setattr(Trainer, "one_step", counting)
-    monkeypatch.setattr(loop, "validation_scores", scores)
+    monkeypatch.setattr(variants, "validation_scores", scores)  # what segment-2d validates with
     extra = {"mode": mode, "inner_optimizer": "adam" if mode == "bilevel" else None, "eval_every": 2}
     train(build_config(options(bench, tmp_path / "a", steps=6, **extra)))
     train(build_config(options(bench, tmp_path / "b", steps=3, **extra)))
@@ -145,9 +145,9 @@ def test_killed_run_resumes_from_last_checkpoint(bench: Path, tmp_path: Path, mo
 
 def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One NaN loss skips that step (weights untouched) with a warning; the run goes on."""
-    from fuse4seg.train import networks
+    from fuse4seg.train import variants
 
-    real = networks.segmentation_loss  # what Pipeline.task_loss calls
+    real = variants.segmentation_loss  # what Pipeline.task_loss calls (through the run variant)
     calls = {"n": 0}
 
     def nan_once(logits: torch.Tensor, label: torch.Tensor, region_based: bool = False, **kw) -> torch.Tensor:
@@ -156,7 +156,7 @@ def test_nonfinite_step_is_skipped_and_counted(bench: Path, tmp_path: Path, monk
         loss = real(logits, label, region_based, **kw)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(networks, "segmentation_loss", nan_once)
+    monkeypatch.setattr(variants, "segmentation_loss", nan_once)
     config = build_config(options(bench, tmp_path / "run", mode="direct", steps=3, eval_every=0))
     with pytest.warns(RuntimeWarning, match="step 1: non-finite segmentation loss"):
         summary = train(config)

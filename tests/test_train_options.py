@@ -12,15 +12,10 @@ import torch
 import typer
 
 from fuse4seg.errors import ConfigError
-from fuse4seg.train.config import (
-    OPTIONS,
-    TrainConfig,
-    build_config,
-    command_line_options,
-    config_from_dict,
-    where_used,
-)
+from fuse4seg.train.command_line import command_line_options
+from fuse4seg.train.config import OPTIONS, TrainConfig
 from fuse4seg.train.modes import MODES
+from fuse4seg.train.resolve import build_config, config_from_dict, where_used
 
 #: Every flag `fuse4seg train` accepted before its options were declared once (from its --help then).
 FLAGS_BEFORE = (
@@ -85,9 +80,9 @@ def test_every_flag_parses_as_before(parsed: list[TrainConfig]) -> None:
                "--log-every", "2", "--num-workers", "1", "--no-cache", "--device", "cpu", "--threads", "1", "--seed",
                "3", "--max-bad-steps", "4", "--no-progress", "--overwrite", "--seg-model", "unet"])
     c = parsed.pop()
-    assert (c.mode, c.method, c.hypergrad.steps, c.hypergrad.truncate, c.hypergrad.optimizer) == (
+    assert (c.mode, c.method, c.engine.steps, c.engine.truncate, c.engine.optimizer) == (
         "bilevel", "truncated", 3, 2, "momentum")
-    assert (c.hypergrad.momentum, c.hypergrad.lr, c.lr_upper, c.upper_optimizer, c.lambda_seg) == (0.5, 0.01, 0.02,
+    assert (c.engine.momentum, c.engine.lr, c.lr_upper, c.upper_optimizer, c.lambda_seg) == (0.5, 0.01, 0.02,
                                                                                                     "sgd", 2.0)
     assert (c.val_fraction, c.fusion_model, c.fusion_options, c.seg_options, c.fusion_inputs) == (
         0.3, "fusion-freq", {"width": 4}, {"width": 6, "depth": 2}, ("t1", "flair"))
@@ -102,10 +97,10 @@ def test_every_flag_parses_as_before(parsed: list[TrainConfig]) -> None:
     run_train(["--mode", "two-stage", "--fusion-steps", "2", "--steps", "5", "--lower-optimizer", "sgd"])
     run_train(["--mode", "direct", "--inputs", "t1,t2", "--label-based", "--cache", "--progress", "--epochs", "1.5"])
     neumann, cg, fd, two, direct = parsed
-    assert (neumann.hypergrad.neumann_terms, neumann.hypergrad.neumann_alpha, neumann.hypergrad.damping) == (3, 0.1,
+    assert (neumann.engine.neumann_terms, neumann.engine.neumann_alpha, neumann.engine.damping) == (3, 0.1,
                                                                                                          0.2)
-    assert (cg.hypergrad.cg_iters, cg.hypergrad.tol, cg.hypergrad.betas) == (4, 1e-6, (0.8, 0.9))
-    assert (fd.hypergrad.eps, fd.hypergrad.optimizer) == (0.02, "sgd")  # sgd: finite-difference's default
+    assert (cg.engine.cg_iters, cg.engine.tol, cg.engine.betas) == (4, 1e-6, (0.8, 0.9))
+    assert (fd.engine.eps, fd.engine.optimizer) == (0.02, "sgd")  # sgd: finite-difference's default
     assert (two.mode, two.fusion_steps, two.lower_optimizer) == ("two-stage", 2, "sgd")
     assert (direct.inputs, direct.region_based, direct.cache, direct.progress, direct.epochs) == (
         ("t1", "t2"), False, True, True, 1.5)
@@ -144,7 +139,7 @@ def test_stored_config_of_an_earlier_version_reads() -> None:
     stored.pop("inner_betas")
     stored["truncate"] = None
     c = config_from_dict(stored)
-    assert c == build_config({"benchmark": "b", "out": "o"}) and c.hypergrad.truncate == 1
+    assert c == build_config({"benchmark": "b", "out": "o"}) and c.engine.truncate == 1
     assert config_from_dict(c.to_dict()) == c
 
 
@@ -152,7 +147,8 @@ def test_bilevel_step_keeps_the_engines_batchnorm_guard(tmp_path: Path) -> None:
     """The bi-level step goes through module_hypergradient, so a BatchNorm segmenter is refused by its guard."""
     from fuse4seg.distributed import World
     from fuse4seg.train.networks import Pipeline
-    from fuse4seg.train.steps import Optimisers, bilevel_step
+    from fuse4seg.train.optimisers import Optimisers
+    from fuse4seg.train.steps import bilevel_step
 
     fusion = torch.nn.Conv2d(2, 1, 1)
     seg = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4))

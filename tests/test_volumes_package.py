@@ -17,8 +17,8 @@ import pytest
 
 from fuse4seg.data import BraTSFuseVolumes
 from fuse4seg.data.build.builder import build_benchmark
-from fuse4seg.data.package.card import verify
 from fuse4seg.data.package.h5format import open_validated
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.fusion import fuse_batch
 from fuse4seg.io import sha256_file

@@ -7,7 +7,6 @@ Notation used by every method: ``u`` = upper parameters, ``w`` = lower parameter
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -24,15 +23,13 @@ from fuse4seg.bilevel.optimizers import (
     make_optimizer,
 )
 from fuse4seg.errors import ConfigError
-from fuse4seg.options import option
+from fuse4seg.options import Check, above, at_least, in_range, one_of, option
 
 if TYPE_CHECKING:
     from typing import Self
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, Params], torch.Tensor]
-#: An option's declared check: value -> what is wrong with it, or None.
-Check = Callable[[Any], "str | None"]
 #: Most iterations of one hypergradient call's loops (inner steps, CG iterations, Neumann terms): the
 #: reference problems converge within 2000; unrolled steps keep every step's graph, so a mistyped
 #: count would run out of memory or time rather than converge.
@@ -75,39 +72,16 @@ class HypergradientResult(tuple):
         return self[1]
 
 
-def _integer(low: int, high: int | None = None) -> Check:
-    """Check: an integer >= ``low`` (and <= ``high`` when given)."""
-    def check(value: Any) -> str | None:
-        """Problem with ``value``, or None."""
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"expected a finite integer, got {value!r}"
-        if value < low:
-            return f"must be >= {low}, got {value!r}"
-        return None if high is None or value <= high else f"must be <= {high}, got {value!r}"
-    return check
-
-
-def _number(low: float, low_open: bool = False, below: float | None = None) -> Check:
-    """Check: a finite number >= ``low`` (> with ``low_open``), and < ``below`` when given."""
-    def check(value: Any) -> str | None:
-        """Problem with ``value``, or None."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"expected a finite number, got {value!r}"
-        if value < low or (low_open and value == low):
-            return f"must be {'>' if low_open else '>='} {low:g}, got {value!r}"
-        return None if below is None or value < below else f"must be in [{low:g}, {below:g}), got {value!r}"
-    return check
-
-
-def _one_of(choices: tuple[str, ...]) -> Check:
-    """Check: one of ``choices``."""
-    return lambda value: None if value in choices else f"unknown {value!r}; choose one of {', '.join(choices)}"
+#: Checks of the engine's numbers (None refused): > 0, >= 0, in [0, 1).
+_POSITIVE: Check = in_range(0, low_open=True, optional=False)
+_NON_NEGATIVE: Check = in_range(0, optional=False)
+_FRACTION: Check = in_range(0, 1, high_open=True, optional=False)
 
 
 def _betas(value: Any) -> str | None:
     """Check: two numbers in [0, 1)."""
     if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or any(_number(0.0, below=1.0)(b) for b in value)):
+            or any(_FRACTION(b) for b in value)):
         return f"expected two numbers in [0, 1), got {value!r}"
     return None
 
@@ -120,11 +94,6 @@ def _parse_betas(value: Any) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise ConfigError(f"expected two numbers such as 0.9,0.999, got {value!r}") from None
     return b1, b2
-
-
-def _optional(check: Check) -> Check:
-    """Check: None or what ``check`` accepts."""
-    return lambda value: None if value is None else check(value)
 
 
 def _state(value: Any) -> str | None:
@@ -145,31 +114,31 @@ class Options:
     setting (``state``).
     """
 
-    steps: int = option(1, f"K inner steps per hypergradient (0 to {MAX_ITERATIONS}).", check=_integer(0, MAX_ITERATIONS),
+    steps: int = option(1, f"K inner steps per hypergradient (0 to {MAX_ITERATIONS}).", check=in_range(0, MAX_ITERATIONS, integer=True),
                         flag="--inner-steps")
     lr: float = option(0.1, "Learning rate of the lower level: the inner steps' (in fuse4seg train, the "
                        "segmentation network's, in every mode).",
-                       check=_number(0.0, low_open=True), flag="--lr-lower")
+                       check=_POSITIVE, flag="--lr-lower")
     optimizer: str = option("sgd", f"Inner optimiser: {', '.join(OPTIMIZERS)} (fuse4seg train: adam, or sgd "
-                            "with finite-difference).", check=_one_of(OPTIMIZERS),
+                            "with finite-difference).", check=one_of(OPTIMIZERS),
                             flag="--inner-optimizer")
-    momentum: float = option(0.9, "Inner momentum in [0, 1).", check=_number(0.0, below=1.0), flag="--inner-momentum",
+    momentum: float = option(0.9, "Inner momentum in [0, 1).", check=_FRACTION, flag="--inner-momentum",
                              optimizers=("momentum",))
     betas: tuple[float, float] = option((0.9, 0.999), "Inner Adam moment decays, two numbers in [0, 1) (b1,b2).",
                                         check=_betas, parse=_parse_betas, flag="--inner-betas", optimizers=("adam",))
-    truncate: int = option(1, "T last inner steps differentiated (T <= K).", check=_integer(1), methods=("truncated",))
+    truncate: int = option(1, "T last inner steps differentiated (T <= K).", check=at_least(1, integer=True), methods=("truncated",))
     eps: float = option(0.01, "Finite-difference eps (before DARTS scaling by 1 / norm(v)).",
-                        check=_number(0.0, low_open=True), flag="--fd-eps", methods=("finite-difference",))
+                        check=_POSITIVE, flag="--fd-eps", methods=("finite-difference",))
     cg_iters: int = option(10, f"Conjugate-gradient iterations (1 to {MAX_ITERATIONS}).",
-                           check=_integer(1, MAX_ITERATIONS), methods=("implicit-cg",))
-    tol: float = option(1e-10, "Conjugate-gradient relative residual at which it stops early.", check=_number(0.0),
+                           check=in_range(1, MAX_ITERATIONS, integer=True), methods=("implicit-cg",))
+    tol: float = option(1e-10, "Conjugate-gradient relative residual at which it stops early.", check=_NON_NEGATIVE,
                         flag="--cg-tol", methods=("implicit-cg",))
-    damping: float = option(0.0, "Ridge added to the inner Hessian.", check=_number(0.0),
+    damping: float = option(0.0, "Ridge added to the inner Hessian.", check=_NON_NEGATIVE,
                             methods=("implicit-cg", "implicit-neumann"))
-    neumann_terms: int = option(10, f"Neumann series terms (1 to {MAX_ITERATIONS}).", check=_integer(1, MAX_ITERATIONS),
+    neumann_terms: int = option(10, f"Neumann series terms (1 to {MAX_ITERATIONS}).", check=in_range(1, MAX_ITERATIONS, integer=True),
                                 methods=("implicit-neumann",))
     neumann_alpha: float | None = option(None, "Neumann step size (default: the inner learning rate).",
-                                         check=_optional(_number(0.0, low_open=True)), methods=("implicit-neumann",))
+                                         check=above(0), methods=("implicit-neumann",))
     # option() gives a None default as is (no default_factory); RUF009 only sees a call.
     state: State | None = option(None, "Inner optimiser state from an earlier result's .state (warm start).",  # noqa: RUF009
                                  check=_state, runtime=True)

@@ -1,4 +1,5 @@
-"""BraTS reading, the phantom release, the BraTS-Fuse benchmark builder and its torch Dataset.
+"""BraTS reading (``release``), the phantom release (``phantom``), the BraTS-Fuse benchmark builder (``build``),
+the package it writes and its torch Datasets (``package``), and augmentation (``augment``).
 
 Names are imported lazily (PEP 562) so that ``import fuse4seg.data`` stays cheap and the
 submodules (which import each other) cannot form an import cycle.
@@ -17,8 +18,8 @@ _EXPORTS: dict[str, str] = {
     "find_cases": "fuse4seg.data.release.brats",
     "find_case": "fuse4seg.data.release.brats",
     "load_case": "fuse4seg.data.release.brats",
-    "verify": "fuse4seg.data.package.card",
-    "cite": "fuse4seg.data.package.card",
+    "verify": "fuse4seg.data.package.verify",
+    "cite": "fuse4seg.data.package.citation",
     "write_phantom_release": "fuse4seg.data.phantom.generator",
 }
 

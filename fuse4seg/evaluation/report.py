@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from fuse4seg.conventions import REGIONS
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES
 from fuse4seg.runkit.visual import column_titles, panel_grid, panel_row
 from fuse4seg.train.config import TrainConfig
+from fuse4seg.train.variant_facts import variant_name
 
 GALLERY_NAME = "gallery.png"
 #: Fusion metrics shown in the report's table: every one fusion_metrics computes, in its order.
@@ -24,36 +27,64 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+@dataclass(frozen=True)
+class SegmentationLayout:
+    """How a segmentation variant's scores read in a report: ``unit``, what one scored item is ("slice" or "case";
+    the untrained and all-background rows are per unit); ``trained``: (row title, key of metrics["segmentation"])
+    of the trained network's rows; ``extent``: what was scored, a template of the metrics' keys; ``method``: the
+    sentence on per-item metrics before the per-case conventions; ``gallery``: what the gallery rows show."""
+
+    unit: str
+    trained: tuple[tuple[str, str], ...]
+    extent: str
+    method: str
+    gallery: str
+
+
+#: The report layout of each segmentation variant, by variant name.
+LAYOUTS: dict[str, SegmentationLayout] = {
+    "segment-2d": SegmentationLayout("slice", (("trained, per slice", "per_slice"),
+                                               ("trained, per case (stacked)", "per_case")),
+                                     "{slices} slices from {cases} cases",
+                                     "Per slice: 2-D metrics averaged over slices. ", "Slices: "),
+    "segment-3d": SegmentationLayout("case", (("trained, per case (whole volume)", "per_case"),),
+                                     "{cases} whole volumes", "", "Middle axial planes of the cropped volumes: "),
+}
+
+
+def metrics_variant(metrics: dict[str, Any]) -> str:
+    """The name of the run variant that wrote ``metrics`` (a 2-D segmentation run records neither task nor dims)."""
+    return variant_name(metrics.get("task", "segment"), metrics.get("dims", 2))
+
+
+def layout(metrics: dict[str, Any]) -> SegmentationLayout:
+    """The report layout of the segmentation variant that wrote ``metrics``."""
+    return LAYOUTS[metrics_variant(metrics)]
+
+
 def segmentation_table(metrics: dict[str, Any]) -> list[list[str]]:
     """Rows [what, WT Dice, TC Dice, ET Dice, mean Dice, WT/TC/ET HD95] of the run and its baselines."""
-    rows = []
+    rows, shape = [], layout(metrics)
 
     def add(name: str, seg: dict[str, dict[str, float]]) -> None:
         """One row from a per-region metric dict."""
         d = [seg[r]["dice"] for r in REGIONS]
         rows.append([name, *map(_fmt, d), _fmt(float(np.mean(d))), *(_fmt(seg[r]["hd95"]) for r in REGIONS)])
 
-    volumes = metrics.get("dims") == 3  # a 3-D run: whole volumes per case, no per-slice rows
-    if not volumes:
-        add("trained, per slice", metrics["segmentation"]["per_slice"])
-    add("trained, per case (whole volume)" if volumes else "trained, per case (stacked)",
-        metrics["segmentation"]["per_case"])
+    for title, key in shape.trained:
+        add(title, metrics["segmentation"][key])
     if "untrained" in metrics:
-        add("untrained network, per " + ("case" if volumes else "slice"),
-            metrics["untrained"]["segmentation"]["per_case" if volumes else "per_slice"])
-    bg = metrics.get("background_dice_per_case_mean" if volumes else "background_dice_per_slice_mean")
+        add(f"untrained network, per {shape.unit}", metrics["untrained"]["segmentation"][f"per_{shape.unit}"])
+    bg = metrics.get(f"background_dice_per_{shape.unit}_mean")
     if bg:
         d = [bg[r] for r in REGIONS]
-        rows.append(["all background, per " + ("case" if volumes else "slice"), *map(_fmt, d), _fmt(float(np.mean(d))),
-                     "-", "-", "-"])
+        rows.append([f"all background, per {shape.unit}", *map(_fmt, d), _fmt(float(np.mean(d))), "-", "-", "-"])
     return rows
 
 
 def extent(metrics: dict[str, Any]) -> str:
     """What was scored, in words: "N slices from M cases", or "M whole volumes" for a 3-D run."""
-    if metrics.get("dims") == 3:
-        return f"{metrics['cases']} whole volumes"
-    return f"{metrics['slices']} slices from {metrics['cases']} cases"
+    return layout(metrics).extent.format(**metrics)
 
 
 SEG_HEADER = ["", "Dice WT", "Dice TC", "Dice ET", "Dice mean", "HD95 WT", "HD95 TC", "HD95 ET"]
@@ -113,9 +144,12 @@ def classification_report(metrics: dict[str, Any], markdown: bool = False) -> st
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
-    """Terminal summary: the segmentation table and, when present, the fusion table (a classifier's table)."""
-    if metrics.get("task") == "classify":
-        return classification_report(metrics)
+    """Terminal summary of an evaluation, by the run variant's summary (:data:`SUMMARIES`)."""
+    return SUMMARIES[metrics_variant(metrics)](metrics)
+
+
+def segmentation_summary(metrics: dict[str, Any]) -> str:
+    """Terminal summary of a segmentation run: the segmentation table and, when present, the fusion table."""
     out = [(f"{metrics['split']} split: {extent(metrics)} "
            f"(checkpoint {metrics['checkpoint']}, step {metrics['step']})"),
            text_table(seg_header(metrics), segmentation_table(metrics))]
@@ -174,8 +208,7 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
         "",
         markdown_table(seg_header(metrics), segmentation_table(metrics)),
         "",
-        ("" if metrics.get("dims") == 3 else "Per slice: 2-D metrics averaged over slices. ")
-        + "Per case: " + metrics["conventions"]["per_case"] + ". "
+        layout(metrics).method + "Per case: " + metrics["conventions"]["per_case"] + ". "
         + metrics["conventions"]["empty_masks"] + ". " + metrics["conventions"].get("hd95", "") + ".",
     ]
     frows = fusion_table(metrics)
@@ -190,7 +223,13 @@ def write_eval_outputs(directory: Path, metrics: dict[str, Any], rows: list[dict
     lines += ["", "## Gallery", "",
               f"Columns: {', '.join(column_titles(list(config.fusion_inputs), rows[0]['fused'] is not None))}; "
               "labels drawn over the fused image (NCR red, ED green, ET yellow). "
-              + ("Middle axial planes of the cropped volumes: " if metrics.get("dims") == 3 else "Slices: ")
+              + layout(metrics).gallery
               + ", ".join(f"{r['case_id']} z={r['slice_index']}" for r in rows) + ".",
               "", f"![gallery]({GALLERY_NAME})", ""]
     (directory / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+#: The terminal summary of each run variant's evaluation, by variant name.
+SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "segment-2d": segmentation_summary, "segment-3d": segmentation_summary, "classify-2d": classification_report,
+}

@@ -1,7 +1,7 @@
 """``fuse4seg robustness``: Dice and fusion quality of trained runs as MR degradations grow worse.
 
 Every run is applied to the benchmark's test split with its source images degraded by one degradation
-(:mod:`fuse4seg.data.augment.degradations`, :func:`~fuse4seg.data.augment.degradations.at_severity`) at ``levels`` + 1
+(:mod:`fuse4seg.data.augment.degradations`, :func:`~fuse4seg.data.augment.severity.at_severity`) at ``levels`` + 1
 evenly spaced severities from 0 (clean) to 1 (the top of the degradation's range). Each slice's
 degradation is seeded by (seed, degradation, level, slice) alone, so every run sees the very same
 degraded images and a rerun reproduces them. A run whose segmenter reads the benchmark's stored fused
@@ -23,12 +23,14 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from fuse4seg.conventions import REGIONS, modality_indices
 from fuse4seg.errors import ConfigError
@@ -44,7 +46,7 @@ _STREAM = 11
 def expand_degradations(names: str | list[str]) -> list[str]:
     """Degradation names of a comma list of names and groups (noise,blur,kspace,motion,lowres), in order;
     ConfigError (option degradations) for an unknown one."""
-    from fuse4seg.data.augment.degradations import DEGRADATIONS, GROUPS
+    from fuse4seg.data.augment.severity import DEGRADATIONS, GROUPS
 
     items = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     if not items:
@@ -72,7 +74,7 @@ def severities(levels: int) -> list[float]:
 def degrade(sources: np.ndarray, name: str, level_index: int, level: float, seed: int) -> np.ndarray:
     """(N, C, H, W) float32 sources in [0, 1] degraded by ``name`` at severity ``level``; slice i's draws are
     seeded by (seed, name, level_index, i) only. Level 0 returns the sources unchanged."""
-    from fuse4seg.data.augment.degradations import DEGRADATIONS, at_severity
+    from fuse4seg.data.augment.severity import DEGRADATIONS, at_severity
     from fuse4seg.data.augment.specs import seeded
 
     if level == 0:
@@ -111,12 +113,33 @@ def _fusion_rows(fused: np.ndarray, clean: np.ndarray, picks: np.ndarray) -> dic
     return out
 
 
+class HeldSlices(Dataset):
+    """Slices held in memory as :func:`fuse4seg.train.predict.forward_batches` reads them: item i ->
+    {"source": (4, H, W), "fused": (1, H, W), "label": (H, W)[, "text"]}."""
+
+    def __init__(self, source: np.ndarray, fused: np.ndarray, label: np.ndarray, text: Sequence[str] | None) -> None:
+        """(N, 4, H, W) float32 sources, (N, 1, H, W) float32 stored fused, (N, H, W) int64 labels, N texts or None."""
+        self.source, self.fused, self.label, self.text = source, fused, label, text
+
+    def __len__(self) -> int:
+        """Number of slices."""
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Slice ``index`` as tensors (sharing the arrays' memory), with its text when there are texts."""
+        item: dict[str, Any] = {"source": torch.from_numpy(self.source[index]),
+                                "fused": torch.from_numpy(self.fused[index]), "label": torch.from_numpy(self.label[index])}
+        if self.text is not None:
+            item["text"] = self.text[index]
+        return item
+
+
 def run_job(job: Job) -> list[dict[str, Any]]:
     """Rows {run, degradation, level, severity, dice_WT, dice_TC, dice_ET, dice_mean, fusion metrics...} of one job."""
     from fuse4seg.fusion import FUSION_RULES, fuse_batch
     from fuse4seg.losses import predict_labels
     from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
-    from fuse4seg.train.predict import dice_per_slice
+    from fuse4seg.train.predict import dice_per_slice, forward_batches
     from fuse4seg.train.run import load_run, require_segmenter
 
     torch.set_num_threads(1)
@@ -139,14 +162,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
         if refuse and level > 0:
             stored = fuse_batch(sources[:, modality_indices(data.fusion_inputs)], data.fusion_method)[:, None]
         dice, fused_parts = [], []
-        with torch.no_grad():
-            for start in range(0, n, job.batch_size):
-                part = slice(start, start + job.batch_size)
-                fused, logits = pipeline.forward(torch.from_numpy(sources[part]), torch.from_numpy(stored[part]),
-                                                 None if data.text is None else data.text[part])
-                pred = predict_labels(logits, pipeline.region_based)
-                dice.append(dice_per_slice(pred, torch.from_numpy(data.label[part])))
-                fused_parts.append((stored[part] if fused is None else fused.numpy())[:, 0])
+        slices = HeldSlices(sources, stored, data.label, data.text)
+        for batch, fused, logits in forward_batches(pipeline, slices, "cpu", job.batch_size):
+            dice.append(dice_per_slice(predict_labels(logits, pipeline.region_based), batch["label"]))
+            fused_parts.append((batch["fused"] if fused is None else fused).numpy()[:, 0])
         per_slice = torch.cat(dice).numpy()
         per_region = per_slice.mean(0).tolist()
         cases = np.array([case for case, _ in data.keys])
@@ -175,11 +194,12 @@ def _labels(runs: list[str]) -> list[str]:
 def check_same_split(runs: list[str], split: str) -> None:
     """ConfigError unless every run is a 2-D run whose benchmark holds the same slices and sources in ``split``."""
     from fuse4seg.train.run import read_config_json
+    from fuse4seg.train.variant_facts import facts_of
 
     first: tuple[str, SplitArrays] | None = None
     for run in runs:
         config = read_config_json(Path(run) / "config.json")
-        if config.dims != 2:  # the degradations are 2-D transforms of the test slices
+        if not facts_of(config).slices:  # the degradations are 2-D transforms of the test slices
             raise ConfigError(f"{run} is a 3-D run; robustness evaluates runs trained on 2-D slices", option="run")
         bench = Path(config.benchmark)
         data = read_split(bench, split)

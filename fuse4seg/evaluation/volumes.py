@@ -104,7 +104,7 @@ def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", 
     from tqdm import tqdm
 
     from fuse4seg.data.release.brats import load_case
-    from fuse4seg.evaluation.evaluate import check_benchmark_matches
+    from fuse4seg.evaluation.common import check_benchmark_matches
     from fuse4seg.inference.fuse import predict_case
     from fuse4seg.metrics.conventions import check_challenge, check_convention
     from fuse4seg.metrics.scoring import case_scores, csv_text, nulls, summarise

@@ -165,16 +165,38 @@ def predict_volume_3d(pipeline: Pipeline, images: np.ndarray, brain_mask: np.nda
     return out_fused, out_labels
 
 
+#: (run geometry (training slice size, slice_size rule, fusion method), config, pipeline, loaded case, device,
+#: texts or None) -> (fused (X, Y, Z) or None, labels (X, Y, Z) uint8 canonical).
+CasePredictor = Callable[[tuple[tuple[int, int], int, str], Any, Pipeline, Any, torch.device,
+                          Sequence[str | None] | None], tuple[np.ndarray | None, np.ndarray]]
+
+
+def _predict_slices(geometry: tuple[tuple[int, int], int, str], config: Any, pipeline: Pipeline, case: Any,
+                    device: torch.device, texts: Sequence[str | None] | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """A 2-D run: slice by slice in the benchmark's slice geometry (``texts``, one per axial slice, for a
+    text-guided fusion net)."""
+    size, slice_size, method = geometry
+    return predict_volume(pipeline, case.images, case.brain_mask, size, device, method, slice_size=slice_size,
+                          texts=texts)
+
+
+def _predict_patches(geometry: tuple[tuple[int, int], int, str], config: Any, pipeline: Pipeline, case: Any,
+                     device: torch.device, texts: Sequence[str | None] | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """A 3-D run: the whole volume by sliding windows of its training patch."""
+    return predict_volume_3d(pipeline, case.images, case.brain_mask, config.patch, device, geometry[2])
+
+
+#: How each segmentation variant predicts a whole case, by variant name (a classifier predicts no label maps).
+PREDICTORS: dict[str, CasePredictor] = {"segment-2d": _predict_slices, "segment-3d": _predict_patches}
+
+
 def predict_case(run: str | Path, config: Any, pipeline: Pipeline, case: Any, device: torch.device,
                  texts: Sequence[str | None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(fused (X, Y, Z) or None, labels (X, Y, Z) uint8 canonical) of a loaded case (fuse4seg.data.release.brats.BraTSCase)
-    through RUN's pipeline: whole-volume sliding windows for a 3-D run, slice by slice otherwise (with ``texts``,
-    one per axial slice, for a text-guided fusion net)."""
-    size, slice_size, method = run_geometry(run)
-    if config.dims == 3:
-        return predict_volume_3d(pipeline, case.images, case.brain_mask, config.patch, device, method)
-    return predict_volume(pipeline, case.images, case.brain_mask, size, device, method, slice_size=slice_size,
-                          texts=texts)
+    through RUN's pipeline, by its variant's predictor (:data:`PREDICTORS`): whole-volume sliding windows for a 3-D
+    run, slice by slice otherwise (with ``texts``, one per axial slice, for a text-guided fusion net)."""
+    geometry = run_geometry(run)
+    return PREDICTORS[pipeline.variant.name](geometry, config, pipeline, case, device, texts)
 
 
 def case_texts(reports: str | Path | None, case_id: str, depth: int) -> list[str | None] | None:
@@ -229,7 +251,7 @@ def fuse_case(run: str | Path, case_dir: str | Path, out: str | Path, checkpoint
     return {"case_id": case.case_id, "scheme": case.scheme, "out": str(out), "files": written,
             "shape": list(labels.shape), "voxels": voxels,
             "texts": 0 if texts is None else sum(t is not None for t in texts),
-            "resized": config.dims == 2 and uses_crop(tuple(labels.shape[:2]), size, slice_size)}
+            "resized": pipeline.variant.slices and uses_crop(tuple(labels.shape[:2]), size, slice_size)}
 
 
 def fusion_fn_from_checkpoint(path: str | Path, fusion_inputs: tuple[str, ...] | None = None, device: str = "cpu",

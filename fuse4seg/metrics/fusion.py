@@ -1,11 +1,12 @@
 """Fusion quality metrics in the MMIF convention (CDDFuse's ``utils/Evaluator.py``): one call for all eleven.
 
-Conventions (DESIGN.md section 2): images on the 0-255 scale; EN in bits, MI in nats. MI, VIF and
-SSIM compare F with one source at a time, so with C sources they are SUMMED over the (F, S_i) pairs
-(for C = 2 exactly the two-source definition, e.g. MI(F,A)+MI(F,B)). SCD couples two sources
-(corr(A, F-B) + corr(B, F-A)), so with C > 2 sources it is AVERAGED over the C(C-1)/2 source pairs
-of that two-source SCD (keeping its [-2, 2] scale). Qabf is a gradient-weighted mean over sources, CC
-the mean correlation and PSNR uses the source-averaged MSE with max(F) as peak (as CDDFuse).
+Conventions (those of the MMIF literature, so that scores compare with published tables): images on the
+0-255 scale; EN in bits, MI in nats. MI, VIF and SSIM compare F with one source at a time, so with C
+sources they are SUMMED over the (F, S_i) pairs (for C = 2 exactly the two-source definition, e.g.
+MI(F,A)+MI(F,B)). SCD couples two sources (corr(A, F-B) + corr(B, F-A)), so with C > 2 sources it is
+AVERAGED over the C(C-1)/2 source pairs of that two-source SCD (keeping its [-2, 2] scale). Qabf is a
+gradient-weighted mean over sources, CC the mean correlation and PSNR uses the source-averaged MSE with
+max(F) as peak (as CDDFuse).
 
 CDDFuse quirks REPRODUCED (so numbers compare with published tables): PSNR's peak is max(F), not 255;
 CC is averaged, not summed; VIF returns 1.0 for 0/0 (a constant source) and keeps the reference's

@@ -1,6 +1,6 @@
 """BraTS segmentation metrics per region (WT, TC, ET): Dice, HD95, sensitivity, specificity, 2-D or 3-D.
 
-Empty-mask rules (BraTS convention, DESIGN.md section 2): both masks empty -> Dice 1, HD95 0; exactly
+Empty-mask rules (the BraTS challenges' convention): both masks empty -> Dice 1, HD95 0; exactly
 one empty -> Dice 0, HD95 = the image diagonal sqrt(sum((shape * spacing)^2)) (373.13 mm for a
 240 x 240 x 155 volume at 1 mm). HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``:
 the larger of the two directed 95th percentiles (linear interpolation) of the distances between

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from fuse4seg.errors import ConfigError
 from fuse4seg.models.blocks import check_choice, check_positive_float, check_positive_int
 
-MODES: tuple[str, ...] = ("constant", "gaussian")
+#: How overlapping windows are blended: "constant" (plain mean) or "gaussian" (centre-weighted).
+BLEND_MODES: tuple[str, ...] = ("constant", "gaussian")
 # Lower bound of the Gaussian importance map (MONAI's): window corners keep a non-zero weight, so
 # a voxel covered only by window edges is still a weighted mean, never 0 / 0.
 _MIN_WEIGHT = 1e-3
@@ -47,7 +48,7 @@ def importance_map(patch: tuple[int, ...], mode: str = "gaussian", sigma_scale: 
     """Blending weights of one window, shape ``patch``: ones ("constant"), or the product of 1-D Gaussians
     exp(-x^2 / (2 (sigma_scale * p)^2)) over centred voxel coordinates x ("gaussian", 1 at the centre),
     clamped below at max(min, 1e-3); computed in float32 (as MONAI does), returned in ``dtype``."""
-    mode = check_choice("mode", mode, MODES)
+    mode = check_choice("mode", mode, BLEND_MODES)
     if mode == "constant":
         weights = torch.ones(patch, dtype=torch.float32, device=device)
     else:
@@ -90,7 +91,7 @@ def sliding_window(
                           option="patch")
     patch = tuple(check_positive_int("patch", p) for p in patch)
     overlap = _check_overlap(overlap)
-    mode = check_choice("mode", mode, MODES)
+    mode = check_choice("mode", mode, BLEND_MODES)
     sigma_scale = check_positive_float("sigma_scale", sigma_scale)
     batch_size = check_positive_int("batch_size", batch_size)
 

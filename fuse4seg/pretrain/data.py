@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from fuse4seg.data.package.dataset import ProcessFile, h5_path
-from fuse4seg.data.package.h5format import READ_ERRORS, open_validated
+from fuse4seg.data.package.h5format import open_validated
+from fuse4seg.data.package.h5primitives import READ_ERRORS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 

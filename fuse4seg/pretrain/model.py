@@ -3,7 +3,7 @@
 The encoder is built exactly as :meth:`fuse4seg.models.unet.UNet.build_encoder` builds a 1-channel one
 (``unet_encoder(1, plan.channels, plan.norm, dims)``), so its state dict loads unchanged into
 ``UNet(in_channels=1).encoder`` and into every ``FeatureFusionSegmenter.encoders[i]``
-(:func:`fuse4seg.pretrain.init.load_pretrained_encoder`). The heads and the target-modality embedding live
+(:func:`fuse4seg.runkit.pretrained.load_pretrained_encoder`). The heads and the target-modality embedding live
 outside it and are dropped after pre-training; the encoder sees the images exactly as fine-tuning will.
 """
 

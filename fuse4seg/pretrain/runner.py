@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,7 @@ from tqdm import tqdm
 
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
-from fuse4seg.io import (
-    atomic_path,
-    atomic_write_text,
-    check_replace_dir,
-    make_parent,
-    marker_kind,
-    one_line,
-    output_lock,
-    remove_empty,
-    sha256_file,
-    staged_dir,
-    sweep_stale,
-    write_marker,
-)
+from fuse4seg.io import atomic_path, atomic_write_text, check_replace_dir, marker_kind, one_line, sha256_file
 from fuse4seg.pretrain.data import SourceSlices
 from fuse4seg.pretrain.model import PretrainNet, draw_step
 from fuse4seg.pretrain.options import RESUMABLE, PretrainOptions
@@ -58,11 +44,12 @@ from fuse4seg.runkit.checkpoint import (
     to_plain,
 )
 from fuse4seg.runkit.device import resolve_device
+from fuse4seg.runkit.pretrained import ENCODER_KIND
+from fuse4seg.runkit.resume import check_same_benchmark, check_same_options
+from fuse4seg.runkit.rundir import RunFolder, run_in_folder
 from fuse4seg.runkit.tblog import TensorBoardLog
 
 KIND = "pretrain"
-#: ``meta["kind"]`` of PRE/encoder.pt (what :func:`fuse4seg.pretrain.init.load_pretrained_encoder` accepts).
-ENCODER_KIND = "pretrain-encoder"
 LOSS_NAMES = ("total", "consistency", "reconstruction", "alignment")
 
 
@@ -113,9 +100,8 @@ class Pretrainer:
     def _restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint written by :meth:`state`; DataError when it does not fit this network."""
         path = self.out / "last.pt"
-        if state.get("benchmark", {}).get("sha256") != self.sha256:
-            raise ConfigError(f"{self.options.benchmark} is not the package {path} was trained on (sha256 differs)",
-                              option="benchmark")
+        check_same_benchmark(state.get("benchmark"), self.sha256, lambda: ConfigError(
+            f"{self.options.benchmark} is not the package {path} was trained on (sha256 differs)", option="benchmark"))
         try:
             self.net.load_state_dict(state["models"][KIND])
             self.opt.load_state_dict(state["optimizers"]["lower"])
@@ -247,14 +233,12 @@ def resume_values(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
 
 def _check_same_run(stored: dict[str, Any], options: PretrainOptions, sha256: str, out: Path) -> None:
     """ConfigError unless ``options`` equal the stored ones except the resumable ones (the package may move)."""
-    now = options_dict(options)
-    for key, value in now.items():
-        if key in RESUMABLE or key == "benchmark":
-            continue
-        if stored.get(key) != value:
-            raise ConfigError(f"{value!r} differs from the run being resumed ({stored.get(key)!r} in "
-                              f"{out}/config.json); only {', '.join(flag_for(k) for k in sorted(RESUMABLE))} may "
-                              "change on --resume", option=key)
+    def refuse(key: str, old: Any, new: Any) -> ConfigError:
+        """The one-line refusal naming the option that changed."""
+        return ConfigError(f"{new!r} differs from the run being resumed ({old!r} in {out}/config.json); only "
+                           f"{', '.join(flag_for(k) for k in sorted(RESUMABLE))} may change on --resume", option=key)
+
+    check_same_options(stored, options_dict(options), RESUMABLE | {"benchmark"}, refuse)
 
 
 def pretrain(options: PretrainOptions) -> dict[str, Any]:
@@ -266,30 +250,15 @@ def pretrain(options: PretrainOptions) -> dict[str, Any]:
     """
     options.validate()
     out = Path(options.out)
-    if not options.resume:
+
+    def check() -> bool:
+        """PRE may be used: True to train in place (resumed, or new), False to replace an earlier run."""
+        if options.resume:  # Pretrainer checks PRE against its config.json (_read_run)
+            return True
         check_replace_dir(out, KIND, options.overwrite)
-    trainer = Pretrainer(options)  # opens and checks the package before anything is written
-    _, created = make_parent(out)
-    try:
-        with output_lock(out):
-            sweep_stale(out)
-            if options.resume:
-                return trainer.run(out)
-            if out.exists():
-                with staged_dir(out, KIND, overwrite=True) as tmp:
-                    return trainer.run(tmp)
-            out.mkdir()
-            write_marker(out, KIND)
-            try:
-                return trainer.run(out)
-            except BaseException:
-                if not (out / "last.pt").exists():  # nothing to resume: leave no debris
-                    shutil.rmtree(out, ignore_errors=True)
-                raise
-    except BaseException:
-        if not out.exists():
-            remove_empty(created)
-        raise
+        return not out.exists()
+
+    return run_in_folder(RunFolder(out, KIND, options.resume, check), lambda: Pretrainer(options), Pretrainer.run)
 
 
 def format_pretrain_summary(summary: dict[str, Any]) -> str:

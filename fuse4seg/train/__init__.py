@@ -1,8 +1,9 @@
 """Training, evaluation and inference: the pipeline a user runs (``fuse4seg train/evaluate/fuse/demo``)."""
 
-from fuse4seg.train.config import TrainConfig, build_config
+from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.loop import Trainer, train, train_from_options
 from fuse4seg.train.modes import MODES
+from fuse4seg.train.resolve import build_config
 from fuse4seg.train.run import load_run, resolve_config
 
 __all__ = ["MODES", "TrainConfig", "Trainer", "build_config", "load_run", "resolve_config", "train",

@@ -3,14 +3,14 @@
 An option is a field whose ``metadata`` says everything about it (see :func:`option`): its help,
 its check, its command-line flag when that is not ``--`` + its name, how to parse text into it,
 and the training modes that read it. A field whose type is a dataclass is a group whose own fields
-are options too (``TrainConfig.hypergrad``, the bi-level engine's ``Options``); they are known to
+are options too (``TrainConfig.engine``, the bi-level engine's ``Options``); they are known to
 the user by their flag (``steps`` is ``--inner-steps``, key ``inner_steps``), so every option has
 one flat name, its *key*: the TOML key, the key in ``config.json`` and the flag without ``--``.
 Fields whose metadata says ``runtime`` (a value passed between calls) are not options.
 
 Derived here: the list of declared options, conversion of TOML/JSON/command-line values to the
-declared types, the flat stored dict and back, and the relabelling of a group's own errors to keys;
-also the common checks an option declares (:func:`in_range` and the like).
+declared types, the flat stored dict and back, and the relabelling of a group's own errors to keys.
+The checks an option declares are :mod:`fuse4seg.options`' (:func:`fuse4seg.options.in_range` and the like).
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from typing import Any
 
 from fuse4seg import options
 from fuse4seg.errors import ConfigError, flag_for
-
-#: A declared check: value -> what is wrong with it, or None.
-Check = Callable[[Any], "str | None"]
+from fuse4seg.options import Check
 
 
 def option(default: Any, help: str, *, check: Check | None = None, flag: str | None = None,
@@ -50,55 +48,6 @@ def option(default: Any, help: str, *, check: Check | None = None, flag: str | N
     """
     return options.option(default, help, flag=flag, check=check, parse=parse, modes=modes, where=where,
                           entries=entries, shortcuts=shortcuts, **extra)
-
-
-# ---- declared checks: value -> what is wrong with it, or None ------------------------------------------
-
-
-def in_range(low: float, high: float = math.inf, note: str = "", low_open: bool = False) -> Check:
-    """Check: None, or ``low <= v <= high`` (``low < v`` with ``low_open``); the message names the bound broken
-    (``note`` follows the lower one)."""
-    def check(v: Any) -> str | None:
-        """What is wrong with ``v``, or None."""
-        if v is None:
-            return None
-        if v < low or (low_open and v == low):
-            return f"must be {'>' if low_open else '>='} {low}{note}, got {v}"
-        return None if v <= high else f"must be <= {high}, got {v}"
-    return check
-
-
-def at_least(low: float, note: str = "") -> Check:
-    """Check: None or >= ``low``."""
-    return in_range(low, note=note)
-
-
-def above(low: float) -> Check:
-    """Check: None or > ``low``."""
-    return in_range(low, low_open=True)
-
-
-def one_of(choices: tuple[str, ...]) -> Check:
-    """Check: one of ``choices``."""
-    return lambda v: None if v in choices else f"choose one of {', '.join(choices)}, got {v!r}"
-
-
-def integer_entries(limits: dict[str, tuple[int, int]]) -> Check:
-    """Check: a model-options table whose entries named in ``limits`` (when present) are integers in
-    [low, high]; other entries are the model's to check."""
-    def check(table: dict) -> str | None:
-        """What is wrong with ``table``, or None."""
-        for entry, (low, high) in limits.items():
-            value = table.get(entry)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                return f"{entry} must be an integer, got {value!r}"
-            problem = in_range(low, high)(value)
-            if problem:
-                return f"{entry} {problem}"
-        return None
-    return check
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,8 @@ before training stops them all with a one-line error, and again at the end, afte
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,71 +27,27 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fuse4seg.conventions import modality_indices
-from fuse4seg.data.package.dataset import BraTSFuse
 from fuse4seg.distributed import World, init_from_env
-from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
-from fuse4seg.io import (
-    atomic_write_text,
-    make_parent,
-    marker_kind,
-    one_line,
-    output_lock,
-    remove_empty,
-    staged_dir,
-    sweep_stale,
-    write_marker,
-)
-from fuse4seg.pretrain.init import load_pretrained_encoder
-from fuse4seg.runkit.batches import TrainingView, step_loader
-from fuse4seg.runkit.benchmark import BenchmarkInfo, benchmark_identity, benchmark_info, open_split
-from fuse4seg.runkit.checkpoint import (
-    Best,
-    Counters,
-    Identity,
-    OptimiserStates,
-    TrainingState,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoints,
-    to_plain,
-)
+from fuse4seg.errors import ConfigError, Fuse4SegError
+from fuse4seg.io import atomic_write_text, one_line
+from fuse4seg.runkit.batches import step_loader
+from fuse4seg.runkit.benchmark import BenchmarkInfo, benchmark_info
+from fuse4seg.runkit.checkpoint import Best, Counters
 from fuse4seg.runkit.device import resolve_device
+from fuse4seg.runkit.pretrained import load_pretrained_encoder
+from fuse4seg.runkit.rundir import RunFolder, run_in_folder
 from fuse4seg.runkit.tblog import TensorBoardLog
 from fuse4seg.train import modes, steps
-from fuse4seg.train.config import (
-    OPTIONS,
-    RESUMABLE,
-    TrainConfig,
-    cli_overrides,
-    config_from_dict,
-    resolve_steps,
-    validate,
-)
+from fuse4seg.train.checkpointing import Checkpointing
+from fuse4seg.train.command_line import cli_overrides
+from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.networks import Pipeline, build_pipeline
-from fuse4seg.train.patches import open_volumes
-from fuse4seg.train.predict import classification_scores, validation_scores, volume_validation_scores
+from fuse4seg.train.optimisers import torch_optimisers
+from fuse4seg.train.resolve import resolve_steps, validate
 from fuse4seg.train.run import check_run_dir, is_legacy_run, resolve_config, write_config_json
 from fuse4seg.train.semi import ema_update_, label_pools
 from fuse4seg.train.text import prepare_text_models
-
-
-def training_view(config: TrainConfig, info: BenchmarkInfo, dataset: BraTSFuse) -> BraTSFuse | TrainingView:
-    """The train split as the steps see it: ``dataset`` itself, or a :class:`TrainingView` with --augment or
-    --degrade-inputs (re-fusing degraded inputs by the benchmark's rule when the segmenter reads its fused image)."""
-    from fuse4seg.fusion import FUSION_RULES
-
-    if config.augment == "none" and config.degrade_inputs == "none":
-        return dataset
-    rule = None
-    if config.degrade_inputs != "none" and "fused" in config.seg_inputs() and not modes.MODES[config.mode].has_fusion:
-        if info.fusion_method not in FUSION_RULES:
-            raise ConfigError(f"direct training on the benchmark's fused image with degraded inputs re-fuses them by "
-                              f"its rule, but {info.path} was fused by {info.fusion_method!r}, not a classical rule "
-                              f"({', '.join(FUSION_RULES)})", option="degrade_inputs")
-        rule = (info.fusion_method, modality_indices(info.fusion_inputs))
-    return TrainingView(dataset, config.augment, config.degrade_inputs, rule)
+from fuse4seg.train.variants import variant_of
 
 
 class NoLog:
@@ -109,120 +63,63 @@ class NoLog:
         """Nothing to close."""
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """Holds the networks, optimisers, data pools and counters of one run; ``run()`` trains it."""
 
     def __init__(self, config: TrainConfig, world: World | None = None) -> None:
         """Open the benchmark, build networks and optimisers, and restore RUN/last.pt on --resume; ``world``: this
         process's place under torchrun (default: a single process)."""
-        self.config = config
-        self.mode = modes.MODES[config.mode]
-        self.world = world or World()
-        self.world.check_batch(config.batch_size)
-        self.device = self.world.device if self.world.active else resolve_device(config.device)
-        if config.threads is not None:  # CPU threads; changing them may change the last bits of results
-            torch.set_num_threads(config.threads)
+        self.config, self.mode = config, modes.MODES[config.mode]
+        self._join(world)
         self.info: BenchmarkInfo = benchmark_info(config.benchmark)
         self.run_dir = Path(config.out)
-        resumed = load_checkpoint(self.run_dir / "last.pt", map_location=self.device) if config.resume else None
-        self.identity = benchmark_identity(self.info)
+        resumed = self._identify(self.info)
+        # the run variant's items (slices, or cases whose patches are drawn per step): pools and hold-out split too
+        self.train_set, self.val_set, self.train_case_ids = variant_of(config).open_data(config, self.info)
+        self._draw_pools()
+        self._build_networks(resumed)
+        self.unlabelled: dict | None = None  # this step's unlabelled batch (--label-fraction < 1)
+        self.opts = torch_optimisers(config, self.pipeline)
+        self.step, self.counters, self.best = 0, Counters(), Best()
         if resumed is not None:
-            self._check_same_run(resumed, self.run_dir / "last.pt")
-        if config.dims == 3:  # items are cases (patches drawn per step), pools and the hold-out split too
-            self.train_set, self.val_set = open_volumes(config, self.info)
-            self.train_case_ids: tuple[str, ...] = tuple(self.train_set.volumes.case_ids)
-        else:
-            self.train_set = training_view(config, self.info, open_split(config.benchmark, "train", config.cache))
-            self.val_set = open_split(config.benchmark, "val", config.cache) if self.info.counts["val"] else None
-            self.train_case_ids = self.info.train_case_ids  # one per slice
+            self._resume(resumed)
+
+    def _join(self, world: World | None) -> None:
+        """Take this process's place under torchrun (``world``; None: a single process), its device and threads."""
+        self.world = world or World()
+        self.world.check_batch(self.config.batch_size)
+        self.device = self.world.device if self.world.active else resolve_device(self.config.device)
+        if self.config.threads is not None:  # CPU threads; changing them may change the last bits of results
+            torch.set_num_threads(self.config.threads)
+
+    def _draw_pools(self) -> None:
+        """Split the train items into the fitting, held-out and unlabelled pools; resolve the steps from them."""
+        c = self.config
         self.fit_pool, self.hold_pool, self.unlabelled_pool = label_pools(
-            self.train_case_ids, config.label_fraction, config.seed, self.mode.holds_out, config.val_fraction)
-        if config.label_fraction < 1 and not self.unlabelled_pool:
+            self.train_case_ids, c.label_fraction, c.seed, self.mode.holds_out, c.val_fraction)
+        if c.label_fraction < 1 and not self.unlabelled_pool:
             raise ConfigError(f"keeps the labels of every one of the {len(set(self.train_case_ids))} train cases; "
                               "lower it to leave some unlabelled", option="label_fraction")
-        self.total = resolve_steps(config, len(self.fit_pool))
-        self.fusion_steps = self.mode.fusion_stage(config, self.total) if self.mode.fusion_stage else 0
-        self.pipeline: Pipeline = build_pipeline(config).to(self.device)
+        self.total = resolve_steps(c, len(self.fit_pool))
+        self.fusion_steps = self.mode.fusion_stage(c, self.total) if self.mode.fusion_stage else 0
+
+    def _build_networks(self, resumed: dict[str, Any] | None) -> None:
+        """The pipeline on the device; at the start of a run (``resumed`` None) with the pre-trained encoders and
+        the prepared text models (a resumed run's come with its weights in last.pt)."""
+        c = self.config
+        self.pipeline: Pipeline = build_pipeline(c).to(self.device)
         # A resumed run's weights come from last.pt: the pre-trained file is read only at the start.
-        self.initialised = load_pretrained_encoder(self.pipeline.seg, config.init) if config.init and not resumed else []
+        self.initialised = load_pretrained_encoder(self.pipeline.seg, c.init) if c.init and not resumed else []
         if self.pipeline.teacher is not None:  # the mean teacher starts as the (initialised) student
             self.pipeline.teacher.load_state_dict(self.pipeline.seg.state_dict())
-        self.unlabelled: dict | None = None  # this step's unlabelled batch (--label-fraction < 1)
         self.text_facts: dict[str, Any] = {}
         if resumed is None:  # a resumed run's text models come with its weights (and its facts from config.json)
             base = getattr(self.train_set, "dataset", self.train_set)  # under a TrainingView
-            self.text_facts = prepare_text_models(self.pipeline, base, self.val_set, config.seed, config.semantic_steps)
+            self.text_facts = prepare_text_models(self.pipeline, base, self.val_set, c.seed, c.semantic_steps)
             if self.pipeline.alignment is not None:  # GPU backward is not bitwise deterministic: make ranks agree
                 self.world.mean_(list(self.pipeline.alignment.parameters()))
         else:
             self.text_facts = {k: v for k, v in _previous_derived(self.run_dir).items() if k.startswith(TEXT_FACTS)}
-        self.opts = steps.make_optimisers(config, self.pipeline)
-        self.step, self.counters, self.best = 0, Counters(), Best()
-        if resumed is not None:
-            self._restore(resumed, self.run_dir / "last.pt")
-            if self.step > self.total:
-                raise ConfigError(f"the run has already completed {self.step} steps (asked for {self.total})",
-                                  option="steps")
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (the layout of checkpoint.TrainingState)."""
-        return to_plain(TrainingState(
-            config=self.config.to_dict(), step=self.step, total_steps=self.total,
-            models=self.pipeline.state_dicts(),
-            optimizers=OptimiserStates(*(None if opt is None else opt.state_dict()
-                                         for opt in (self.opts.upper, self.opts.lower, self.opts.scaler))),
-            inner_state=self.opts.inner_state, rng=capture_rng_state(), counters=self.counters, best=self.best,
-            benchmark=Identity(**self.identity),
-        ))
-
-    def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another run (other options) or a benchmark with other content."""
-        try:
-            written = config_from_dict(state["config"], f" (in {path})")
-        except ConfigError as exc:
-            raise DataError(f"{path}: its stored options are not valid here: {exc}") from None
-        for key, d in OPTIONS.items():
-            if key not in RESUMABLE and d.get(written) != d.get(self.config):
-                raise DataError(
-                    f"{path}: written by a run with {flag_for(key)} {d.get(written)!r}, but "
-                    f"{self.run_dir / 'config.json'} has {d.get(self.config)!r}; not this run's checkpoint"
-                )
-        old, new = state.get("benchmark"), self.identity
-        if old is None:  # written before identities were recorded: only the same path is accepted
-            if Path(written.benchmark).resolve() != Path(self.config.benchmark).resolve():
-                raise ConfigError(f"{self.config.benchmark} differs from {written.benchmark}, and {path} records no "
-                                  "benchmark checksum to prove it is the same data", option="benchmark")
-        elif old["sha256"] != new["sha256"]:
-            raise ConfigError(
-                f"{self.config.benchmark} is not the benchmark this run was trained on "
-                f"(sha256 {new['sha256'][:12]}... != {old['sha256'][:12]}..., slices {new['counts']} vs "
-                f"{old['counts']})", option="benchmark")
-
-    def _restore(self, state: dict[str, Any], path: Path) -> None:
-        """Load a checkpoint written by :meth:`state` (layout checked by load_checkpoint) into this trainer."""
-        try:
-            self.pipeline.load_state_dicts(state["models"])
-            for f in dataclasses.fields(OptimiserStates):
-                opt, saved = getattr(self.opts, f.name), state["optimizers"].get(f.name)
-                if (opt is None) != (saved is None):
-                    raise ValueError(f"optimiser {f.name!r} is {'absent' if saved is None else 'unexpected'}")
-                if opt is not None:
-                    opt.load_state_dict(saved)
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise DataError(f"{path}: weights or optimiser state do not fit this run ({reason})") from None
-        self.opts.inner_state = state.get("inner_state")
-        self.step = int(state["step"])
-        self.counters, self.best = Counters(**state["counters"]), Best(**state["best"])
-        restore_rng_state(state["rng"])
-
-    def save(self, *names: str) -> None:
-        """Write RUN/<name>.pt for each name, all of this step's state, renamed together (a failure keeps the
-        previous pair); rank 0 only."""
-        if not self.world.is_main:
-            return
-        save_checkpoints([self.run_dir / f"{name}.pt" for name in names], self.state())
 
     # ---- steps -------------------------------------------------------------------------------
     def one_step(self, fit: dict, hold: dict | None) -> steps.StepResult:
@@ -243,8 +140,8 @@ class Trainer:
             )
 
     def evaluate(self, log: TensorBoardLog, select: bool = True) -> tuple[dict[str, float], bool]:
-        """Dice on the benchmark's val split, and whether it is a new best; logs scalars and panels; with
-        ``select`` updates the best score (the caller writes best.pt).
+        """The run variant's scores on the benchmark's val split (Dice, or a classifier's AUROC), and whether they
+        are a new best; logs scalars and panels; with ``select`` updates the best score (the caller writes best.pt).
 
         best.pt is chosen only at scheduled evaluations (every --eval-every steps; with --eval-every 0
         it is the final weights), so it does not depend on where a run was interrupted and resumed. Rank 0
@@ -252,13 +149,7 @@ class Trainer:
         """
         if self.val_set is None or not self.world.is_main:
             return {}, False
-        if self.pipeline.classifies:
-            scores, first = classification_scores(self.pipeline, self.val_set, self.device, self.config.eval_slices), None
-        elif self.config.dims == 3:
-            scores, first = volume_validation_scores(self.pipeline, self.val_set, self.device, self.config.patch,
-                                                     limit=self.config.eval_slices)
-        else:
-            scores, first = validation_scores(self.pipeline, self.val_set, self.device, limit=self.config.eval_slices)
+        scores, first = self.pipeline.variant.score(self.pipeline, self.val_set, self.device, self.config)
         log.scalars(self.step, {f"val/{k}": v for k, v in scores.items()})
         if first is not None:
             sources = first.source[:, self.pipeline.fusion_channels]
@@ -423,36 +314,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train_main(config: TrainConfig, world: World) -> dict[str, Any]:
-    """:func:`train` on rank 0 (or the only process): check, create and lock RUN, then train into it."""
-    check_run_dir(config)
-    trainer = Trainer(config, world)  # opens and checks the benchmark before anything is written
-    run = Path(config.out)
-    _, created = make_parent(run)
-    try:
-        with output_lock(run):
-            sweep_stale(run)
-            if not check_run_dir(config):  # checked again under the lock
-                with staged_dir(run, "run", overwrite=True, legacy=is_legacy_run) as tmp:
-                    return _train_into(trainer, tmp)
-            fresh = not run.exists()
-            if not fresh and not config.resume:
-                _empty(run)  # empty, or what a run killed before its first checkpoint left
-            run.mkdir(exist_ok=True)
-            if marker_kind(run) is None:
-                write_marker(run, "run")
-            try:
-                return _train_into(trainer, run)
-            except BaseException:
-                if not config.resume and not (run / "last.pt").exists():  # nothing to resume: leave no debris
-                    if fresh:
-                        shutil.rmtree(run, ignore_errors=True)
-                    else:
-                        _empty(run)
-                raise
-    except BaseException:
-        if not run.exists():
-            remove_empty(created)  # after the lock file is gone
-        raise
+    """:func:`train` on rank 0 (or the only process): check, create and lock RUN, then train into it
+    (fuse4seg.runkit.rundir)."""
+    folder = RunFolder(Path(config.out), "run", config.resume, lambda: check_run_dir(config), legacy=is_legacy_run)
+    return run_in_folder(folder, lambda: Trainer(config, world), _train_into)
 
 
 def _train_into(trainer: Trainer, run_dir: Path | None) -> dict[str, Any]:
@@ -464,15 +329,6 @@ def _train_into(trainer: Trainer, run_dir: Path | None) -> dict[str, Any]:
         assert run_dir is not None
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _empty(directory: Path) -> None:
-    """Remove everything inside ``directory`` (a run folder holding no checkpoint)."""
-    for path in directory.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink()
 
 
 def train_from_options(values: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:

@@ -33,11 +33,11 @@ def _check_bilevel(c: TrainConfig) -> None:
     from fuse4seg.losses.fusion import resolve_fusion_weights
     from fuse4seg.train.declare import relabelled
 
-    with relabelled(type(c), "hypergrad"):
-        if c.hypergrad.steps < 1:
-            raise ConfigError(f"must be >= 1 (the inner steps train the segmenter), got {c.hypergrad.steps}",
+    with relabelled(type(c), "engine"):
+        if c.engine.steps < 1:
+            raise ConfigError(f"must be >= 1 (the inner steps train the segmenter), got {c.engine.steps}",
                               option="steps")
-        check_method(c.method, c.hypergrad)
+        check_method(c.method, c.engine)
     _check_fusion_steps(c, 0)
     if c.precision == "fp16":
         raise ConfigError("fp16 is not supported with --mode bilevel (hypergradients through the inner steps would "

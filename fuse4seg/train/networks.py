@@ -13,17 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fuse4seg.conventions import NUM_CLASSES, REGIONS, modality_indices
+from fuse4seg.conventions import modality_indices
 from fuse4seg.errors import ConfigError
-from fuse4seg.losses.classification import presence_loss
-from fuse4seg.losses.segmentation import Reduce, segmentation_loss
+from fuse4seg.losses.segmentation import Reduce
 from fuse4seg.text.alignment import AlignmentModel
 from fuse4seg.text.encoders import TextTokens, build_text_encoder
 from fuse4seg.train.config import TrainConfig, reads_text, uses_text
 from fuse4seg.train.modes import MODES
-
-#: Region-based training predicts WT, TC, ET sigmoids instead of 4-class softmax logits.
-NUM_REGIONS = len(REGIONS)
+from fuse4seg.train.variants import VARIANTS, Variant, variant_of
 
 
 @dataclass
@@ -33,7 +30,8 @@ class Pipeline:
     ``fusion_inputs``: the modalities the fusion network fuses (and fusion metrics compare with);
     ``seg_inputs``: the segmenter's input channels, ``("fused",)`` (the learned fused image, or the
     stored one without a fusion network) or modality names; ``region_based``: the segmenter
-    predicts WT/TC/ET sigmoids instead of 4-class logits.
+    predicts WT/TC/ET sigmoids instead of 4-class logits; ``variant``: the run variant (task x dims), whose loss
+    and selection metric the pipeline's are.
     """
 
     fusion: nn.Module | None
@@ -44,28 +42,27 @@ class Pipeline:
     text_encoder: nn.Module | None = None  # frozen; set when the fusion net reads text or the semantic loss is on
     alignment: AlignmentModel | None = None  # frozen image-text model of the semantic loss
     teacher: nn.Module | None = None  # the segmenter's mean teacher (--label-fraction < 1), updated by EMA
-    task: str = "segment"  # "classify": the segmenter is a presence classifier, (N, 3) logits per slice
+    variant: Variant = VARIANTS["segment-2d"]  # classify-2d: the second network is a presence classifier
 
     @property
     def classifies(self) -> bool:
         """Whether the second network classifies slices (``--task classify``) instead of segmenting them."""
-        return self.task == "classify"
+        return not self.variant.segments
 
     @property
     def sigmoid_outputs(self) -> bool:
         """Whether the second network's outputs are independent sigmoids (regions, or presence) rather than a softmax."""
-        return self.region_based or self.classifies
+        return self.region_based or self.variant.sigmoid_outputs
 
     @property
     def selection_metric(self) -> str:
-        """The validation score that chooses best.pt: mean Dice, or mean AUROC for a classifier."""
-        return "auroc_mean" if self.classifies else "dice_mean"
+        """The validation score that chooses best.pt (the variant's): mean Dice, or mean AUROC for a classifier."""
+        return self.variant.selection_metric
 
     def task_loss(self, logits: torch.Tensor, label: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
-        """The second network's loss against (N, *spatial) canonical labels: segmentation (Dice + CE) or presence BCE."""
-        if self.classifies:
-            return presence_loss(logits, label, reduce=reduce)
-        return segmentation_loss(logits, label, self.region_based, reduce=reduce)
+        """The second network's loss against (N, *spatial) canonical labels (the variant's): segmentation (Dice + CE)
+        or presence BCE."""
+        return self.variant.loss(logits, label, self.region_based, reduce)
 
     @property
     def fusion_channels(self) -> list[int]:
@@ -164,12 +161,8 @@ class Pipeline:
 
 
 def num_outputs(config: TrainConfig) -> int:
-    """Outputs of the second network: 3 region sigmoids or presence logits, or 4 class logits."""
-    return NUM_REGIONS if config.region_based or config.task == "classify" else NUM_CLASSES
-
-
-#: The network of ``--task classify`` (per-modality encoders and a fusion encoder), in every mode.
-CLASSIFIER = "classifier"
+    """Outputs of the second network (its variant's): 3 region sigmoids or presence logits, or 4 class logits."""
+    return variant_of(config).num_outputs(config)
 
 
 def _options(name: str, options: dict, fixed: dict) -> dict:
@@ -181,18 +174,12 @@ def _options(name: str, options: dict, fixed: dict) -> dict:
     return {**options, **fixed}
 
 
-def network_name(name: str, dims: int) -> str:
-    """The registry name of network ``name`` (a 2-D name, as --fusion-model/--seg-model give it) for ``dims``-D
-    inputs: itself, or its ``-3d`` variant (fuse4seg.models.registry registers one per 2-D network)."""
-    return name if dims == 2 else f"{name}-3d"
-
-
 def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
     """Build the networks of ``config`` (their ``-3d`` variants with --dims 3) with initial weights drawn from
     ``seed`` (default config.seed)."""
     from fuse4seg.models import build_model
 
-    mode = MODES[config.mode]
+    mode, variant = MODES[config.mode], variant_of(config)
     # Built first: loading a pretrained text model may draw from torch's RNG, which seeds the networks next.
     text_encoder = build_text_encoder(config.text_encoder) if uses_text(config) else None
     torch.manual_seed(config.seed if seed is None else seed)
@@ -201,14 +188,13 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
         fixed = {"in_channels": len(config.fusion_inputs)}
         if text_encoder is not None and reads_text(config.fusion_model):
             fixed["text_dim"] = text_encoder.dim
-        fusion = build_model(network_name(config.fusion_model, config.dims),
+        fusion = build_model(variant.network_name(config.fusion_model),
                              **_options("fusion_options", config.fusion_options, fixed))
     seg_inputs = mode.seg_inputs(config)
-    second = CLASSIFIER if config.task == "classify" else mode.seg_model or config.seg_model
     seg = build_model(
-        network_name(second, config.dims),
+        variant.network_name(variant.second_network(config, mode)),
         **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
-                                                        "num_classes": num_outputs(config)}),
+                                                        "num_classes": variant.num_outputs(config)}),
     )
     alignment = AlignmentModel(text_encoder.dim) if text_encoder is not None and config.semantic_weight > 0 else None
     teacher = copy.deepcopy(seg) if config.label_fraction < 1 else None
@@ -216,4 +202,4 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
         if frozen is not None:
             frozen.train(False).requires_grad_(False)
     return Pipeline(fusion, seg, config.fusion_inputs, seg_inputs, config.region_based, text_encoder, alignment,
-                    teacher, config.task)
+                    teacher, variant)

@@ -3,8 +3,9 @@ sliding-window prediction of whole volumes and the per-case Dice of their valida
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -13,7 +14,23 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fuse4seg.conventions import REGIONS
 from fuse4seg.losses import predict_labels, region_targets
 from fuse4seg.models import sliding_window
-from fuse4seg.train.networks import Pipeline
+
+
+class Pipeline(Protocol):
+    """What prediction needs of a trained pipeline (fuse4seg.train.networks.Pipeline has it): its networks, whether
+    the segmenter predicts regions, a train/eval switch and the forward pass. Declared here so that the run variants,
+    which score with these functions, and the pipeline, which knows its variant, need not import each other."""
+
+    fusion: torch.nn.Module | None
+    seg: torch.nn.Module
+    region_based: bool
+
+    def train(self, mode: bool = True) -> Pipeline:
+        """Set the trained networks' flag; returns self."""
+
+    def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None,
+                texts: Sequence[str | None] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(N, 4, *spatial) sources -> (fused or None, logits)."""
 
 #: Fraction of a window shared with its neighbours when whole volumes are predicted window by window.
 VOLUME_OVERLAP: float = 0.5

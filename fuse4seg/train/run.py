@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,12 @@ from typing import Any
 from fuse4seg.errors import ConfigError, DataError, flag_for
 from fuse4seg.io import MARKER, made_by_fuse4seg, marker_kind, one_line
 from fuse4seg.runkit.checkpoint import load_checkpoint
-from fuse4seg.train.config import (
-    OPTIONS,
-    RESUMABLE,
-    TrainConfig,
-    build_config,
-    check_relevant,
-    config_from_dict,
-    load_toml,
-    validate,
-)
+from fuse4seg.runkit.resume import check_same_options
+from fuse4seg.train.config import OPTIONS, RESUMABLE, TrainConfig
 from fuse4seg.train.declare import plain
 from fuse4seg.train.networks import Pipeline, build_pipeline
+from fuse4seg.train.resolve import build_config, check_relevant, config_from_dict, load_toml, validate
+from fuse4seg.train.variant_facts import facts_of
 
 CHECKPOINTS = ("best", "last")
 
@@ -86,15 +81,20 @@ def resolve_config(overrides: dict[str, Any], toml: str | Path | None = None) ->
     given.update({k: v for k, v in overrides.items() if v is not None})
     values = stored.to_dict()
     probe = config_from_dict({k: v for k, v in given.items() if k in OPTIONS}, " (given with --resume)")
-    for key in given:
-        if key not in OPTIONS:
-            raise ConfigError(f"unknown option {flag_for(key)}")
-        new, old = OPTIONS[key].get(probe), OPTIONS[key].get(stored)
-        if key in RESUMABLE:
-            values[key] = plain(new)
-        elif new != old:
-            raise ConfigError(f"{new!r} differs from the run being resumed ({old!r}); only --steps/--epochs and "
-                              "logging options may change on --resume", option=key)
+
+    def refuse(key: str, old: Any, new: Any) -> ConfigError:
+        """The one-line refusal naming the option that changed."""
+        return ConfigError(f"{new!r} differs from the run being resumed ({old!r}); only --steps/--epochs and "
+                           "logging options may change on --resume", option=key)
+
+    # The options before the first unknown one are compared first, so the error names the first bad option given.
+    known = list(itertools.takewhile(OPTIONS.__contains__, given))
+    check_same_options({k: OPTIONS[k].get(stored) for k in known}, {k: OPTIONS[k].get(probe) for k in known},
+                       RESUMABLE, refuse)
+    unknown = next((key for key in given if key not in OPTIONS), None)
+    if unknown is not None:
+        raise ConfigError(f"unknown option {flag_for(unknown)}")
+    values.update({key: plain(OPTIONS[key].get(probe)) for key in given if key in RESUMABLE})
     if "steps" in given and "epochs" not in given:
         values["epochs"] = None
     if "epochs" in given and "steps" not in given:
@@ -168,6 +168,6 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
 def require_segmenter(run: str | Path, config: TrainConfig, command: str) -> None:
     """ConfigError (option run) when RUN is a ``--task classify`` run, which ``command`` cannot use: it predicts
     slice-level presence, not label maps."""
-    if config.task == "classify":
+    if not facts_of(config).segments:
         raise ConfigError(f"{run} is a --task classify run (slice-level presence, no label maps); {command} needs a "
                           "segmentation run (`fuse4seg evaluate` scores a classifier)", option="run")

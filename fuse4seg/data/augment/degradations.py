@@ -13,7 +13,7 @@ another's brightness. At its identity strength (0, or 1 for factors) a transform
 unchanged, bit for bit (a k-space round trip alone would add ~1e-17 to zero pixels).
 
 The degradations: name, transform (its strength parameter), definition, and the strength
-``at_severity(name, level)`` uses, linear in ``level`` in [0, 1]:
+``at_severity(name, level)`` uses (:mod:`fuse4seg.data.augment.severity`), linear in ``level`` in [0, 1]:
 
 - ``noise``, :class:`GaussianNoise` (``fraction_range``): x + sigma n, sigma = fraction x channel max;
   fraction = 0.1 level (:data:`NOISE_MAX_FRACTION`, RMR-Fusion's largest).
@@ -33,7 +33,7 @@ The degradations: name, transform (its strength parameter), definition, and the 
 - ``lowres``, :class:`LowResolution` (``factor_range``): area down-sampling by a factor, bilinear
   up-sampling back; factor = 1 + 3 level.
 
-:func:`random_degradation` draws the strength uniformly over the whole range (levels 0 to 1; blur from
+:func:`~fuse4seg.data.augment.severity.random_degradation` draws the strength uniformly over the whole range (levels 0 to 1; blur from
 :data:`BLUR_SIGMA_RANGE`'s 0.1 px, RMR-Fusion's range), or up to a ``max_level``.
 Reused from albumentations: ``A.GaussianBlur`` (its PIL-style kernel, radius int(3.5 sigma), reflect-101
 border, any number of channels, all channels alike), subclassed only to allow sigma = 0 (its kernel is NaN
@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import albumentations as A
@@ -58,6 +56,12 @@ from albumentations.augmentations.blur.functional import create_gaussian_kernel_
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import AfterValidator, Field
 
+from fuse4seg.data.augment.kspace import (
+    CENTRE_FRACTION,
+    add_kspace_spikes,
+    reweight_kspace_lines,
+    undersampling_mask,
+)
 from fuse4seg.errors import ConfigError
 
 #: Largest Gaussian / Rician noise sigma, as a fraction of the channel maximum (RMR-Fusion).
@@ -72,8 +76,6 @@ BIAS_ORDER = 3
 SPIKE_MAX_INTENSITY = 1.0
 #: Undersampling acceleration range (1 = fully sampled).
 ACCELERATION_RANGE = (1.0, 8.0)
-#: Fraction of phase-encoding lines around k = 0 that undersampling always keeps.
-CENTRE_FRACTION = 0.08
 #: Fraction of phase-encoding lines with a motion phase error at the largest severity.
 MOTION_MAX_FRACTION = 0.5
 #: Motion phase errors at the largest severity are uniform in [-MOTION_MAX_PHASE, MOTION_MAX_PHASE] radians.
@@ -240,38 +242,6 @@ class BiasField(MRDegradation):
         return image * np.exp(strength * log_field / np.maximum(scale, np.finfo(float).tiny))
 
 
-def add_kspace_spikes(image: np.ndarray, positions: np.ndarray, phases: np.ndarray,
-                      intensity: float) -> np.ndarray:
-    """Complex (C, H, W) image whose 2-D FFT is that of ``image`` (C, H, W) plus intensity x |F_c(0)| x
-    e^{i phase} at the flat FFT indices ``positions`` (C, k) (phases (C, k) radians)."""
-    spectrum = np.fft.fft2(image)
-    flat = spectrum.reshape(len(image), -1)
-    flat[np.arange(len(image))[:, None], positions] += intensity * np.abs(flat[:, :1]) * np.exp(1j * phases)
-    return np.fft.ifft2(spectrum)
-
-
-def reweight_kspace_lines(image: np.ndarray, weights: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Complex (C, H, W) image whose 2-D FFT is that of ``image`` with k-space line j (FFT order, a row
-    for axis 0, a column for axis 1) of channel c multiplied by ``weights[c, j]`` (C, H or W)."""
-    spectrum = np.fft.fft2(image)
-    return np.fft.ifft2(spectrum * (weights[:, :, None] if axis == 0 else weights[:, None, :]))
-
-
-def undersampling_mask(lines: int, acceleration: float, rng: np.random.Generator,
-                       centre_fraction: float = CENTRE_FRACTION) -> np.ndarray:
-    """Boolean (lines,) mask in FFT order (k = 0 first): the max(1, round(centre_fraction x lines)) lines
-    nearest k = 0, plus random others, max(centre, round(lines / acceleration)) lines in all."""
-    centre = max(1, round(centre_fraction * lines))
-    kept = max(centre, round(lines / acceleration))
-    centred = np.zeros(lines, dtype=bool)
-    start = lines // 2 - centre // 2  # the centred spectrum has k = 0 at lines // 2
-    centred[start:start + centre] = True
-    mask = np.fft.ifftshift(centred)
-    others = np.flatnonzero(~mask)
-    mask[rng.permutation(others)[:kept - centre]] = True
-    return mask
-
-
 class KSpaceSpike(MRDegradation):
     """k-space spike (herringbone artefact): ``num_spikes`` random non-DC points per channel get
     intensity x |F(0)| added with a random phase (the image's own coefficient there is mostly small against
@@ -403,73 +373,3 @@ class LowResolution(MRDegradation):
         small = (max(1, round(width / strength)), max(1, round(height / strength)))  # cv2 sizes are (w, h)
         return np.stack([cv2.resize(cv2.resize(channel, small, interpolation=cv2.INTER_AREA), (width, height),
                                     interpolation=cv2.INTER_LINEAR) for channel in image])
-
-
-@dataclass(frozen=True)
-class _Scale:
-    """How a degradation's strength maps onto severity: ``build(range, p)``, strengths at levels 0 and 1,
-    and the lowest strength random draws use."""
-
-    build: Callable[[tuple[float, float], float], A.BasicTransform]
-    none: float
-    full: float
-    lowest: float
-
-    def at(self, level: float) -> float:
-        """Strength at ``level`` in [0, 1] (linear)."""
-        return self.none + (self.full - self.none) * level
-
-
-_SCALES: dict[str, _Scale] = {
-    "noise": _Scale(lambda r, p: GaussianNoise(fraction_range=r, p=p), 0.0, NOISE_MAX_FRACTION, 0.0),
-    "rician": _Scale(lambda r, p: RicianNoise(fraction_range=r, p=p), 0.0, NOISE_MAX_FRACTION, 0.0),
-    "blur": _Scale(lambda r, p: ClippedGaussianBlur(sigma_limit=r, blur_limit=0, p=p), 0.0, BLUR_SIGMA_RANGE[1],
-                   BLUR_SIGMA_RANGE[0]),
-    "bias": _Scale(lambda r, p: BiasField(amplitude_range=r, p=p), 0.0, BIAS_MAX_AMPLITUDE, 0.0),
-    "spike": _Scale(lambda r, p: KSpaceSpike(intensity_range=r, p=p), 0.0, SPIKE_MAX_INTENSITY, 0.0),
-    "undersample": _Scale(lambda r, p: KSpaceUndersampling(acceleration_range=r, p=p), *ACCELERATION_RANGE,
-                          ACCELERATION_RANGE[0]),
-    "motion": _Scale(lambda r, p: MotionGhosting(severity_range=r, p=p), 0.0, 1.0, 0.0),
-    "lowres": _Scale(lambda r, p: LowResolution(factor_range=r, p=p), *LOWRES_FACTOR_RANGE,
-                     LOWRES_FACTOR_RANGE[0]),
-}
-#: Degradation names, in the order reports list them.
-DEGRADATIONS: tuple[str, ...] = tuple(_SCALES)
-#: Families the robustness command accepts (``--degradations noise,blur,kspace,motion,lowres``).
-GROUPS: dict[str, tuple[str, ...]] = {"noise": ("noise", "rician"), "blur": ("blur",), "bias": ("bias",),
-                                      "kspace": ("spike", "undersample"), "motion": ("motion",),
-                                      "lowres": ("lowres",)}
-#: The order in which composed degradations apply, as in an acquisition: the coil's bias multiplies the
-#: object, motion, spikes and undersampling corrupt k-space, the resolution limit blurs, noise comes last
-#: (noise first would be blurred away).
-ACQUISITION_ORDER: tuple[str, ...] = ("bias", "motion", "spike", "undersample", "lowres", "blur", "noise", "rician")
-
-
-def _scale(name: str) -> _Scale:
-    """The :class:`_Scale` of a degradation name; ConfigError (option degradations) for an unknown one."""
-    if name not in _SCALES:
-        raise ConfigError(f"unknown degradation {name!r}; choose from {', '.join(DEGRADATIONS)}",
-                          option="degradations")
-    return _SCALES[name]
-
-
-def _check_level(level: float, option: str) -> float:
-    """``level`` as a float in [0, 1], or ConfigError naming ``option``."""
-    if not 0.0 <= level <= 1.0:  # also rejects NaN
-        raise ConfigError(f"must be in [0, 1], got {level}", option=option)
-    return float(level)
-
-
-def at_severity(name: str, level: float) -> A.BasicTransform:
-    """Degradation ``name`` (from DEGRADATIONS) always applied (p=1) at the strength of ``level`` in [0, 1]
-    (linear from none to the largest, see the module docstring); level 0 is the identity."""
-    strength = _scale(name).at(_check_level(level, "level"))
-    return _scale(name).build((strength, strength), 1.0)
-
-
-def random_degradation(name: str, p: float = 0.5, max_level: float = 1.0) -> A.BasicTransform:
-    """Training form of degradation ``name``: applied with probability ``p``, its strength drawn uniformly
-    each call from the lowest random strength to that of ``max_level`` (1: the whole range)."""
-    scale = _scale(name)
-    high = scale.at(_check_level(max_level, "max_level"))
-    return scale.build((min(scale.lowest, high), high), _check_level(p, "p"))

@@ -13,7 +13,7 @@ Transforms are albumentations pipelines called as ``t(image=(H, W, C) float32 in
   +-8 %, shear +-5 deg); ``ElasticTransform`` p=0.25 (alpha 60, sigma 6 px: displacements of about 1 px,
   up to 2-3 px); :class:`ChannelIntensity` p=0.7 (gain 0.8-1.2, gamma 0.7-1.4); then every MR
   degradation of :mod:`fuse4seg.data.augment.degradations` with p=0.05 each, its strength drawn over the whole
-  range, in :data:`~fuse4seg.data.augment.degradations.ACQUISITION_ORDER` (one or more in 34 % of the calls).
+  range, in :data:`~fuse4seg.data.augment.severity.ACQUISITION_ORDER` (one or more in 34 % of the calls).
 
 Left-right mirrors only (the brain is nearly symmetric; an anterior-posterior flip makes no real scan).
 The benchmark's slices are ``volume[:, :, z]`` of the NIfTI voxel array, so rows run along the scanner's
@@ -51,13 +51,8 @@ import yaml
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY, serialize_enum, shorten_class_name
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 
-from fuse4seg.data.augment.degradations import (
-    ACQUISITION_ORDER,
-    DEGRADATIONS,
-    GROUPS,
-    bounded_range,
-    random_degradation,
-)
+from fuse4seg.data.augment.degradations import bounded_range
+from fuse4seg.data.augment.severity import ACQUISITION_ORDER, DEGRADATIONS, GROUPS, random_degradation
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import one_line
 
@@ -67,6 +62,10 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_SPEC_TRANSFORMS, MAX_SPEC_DEPTH = 1000, 16
 #: Packages whose transforms a file may name.
 SPEC_PACKAGES = ("albumentations", "fuse4seg")
+#: Modules that held fuse4seg's transforms before data/ was split into sub-packages, and where they are now:
+#: files saved then name the old module in their ``__class_fullname__`` and must keep loading.
+MOVED_MODULES: dict[str, str] = {"fuse4seg.data.degradations": "fuse4seg.data.augment.degradations",
+                                 "fuse4seg.data.augment": "fuse4seg.data.augment.specs"}
 #: Spatial transforms' settings shared by the presets: image bilinear, mask nearest, 0 outside.
 _SPATIAL = {"interpolation": cv2.INTER_LINEAR, "mask_interpolation": cv2.INTER_NEAREST,
             "border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
@@ -152,9 +151,16 @@ def _is_file_spec(spec: str) -> bool:
     return Path(spec).suffix.lower() in (".yaml", ".yml", ".json")
 
 
+def current_class_name(name: str) -> str:
+    """A serialised ``__class_fullname__`` with a module of :data:`MOVED_MODULES` replaced by its new path."""
+    module, dot, cls = name.rpartition(".")
+    return f"{MOVED_MODULES[module]}{dot}{cls}" if module in MOVED_MODULES else name
+
+
 def _check_node(node: Any, where: str, option: str, depth: int, seen: list[int]) -> None:
     """Refuse a serialised transform (and its children) that is not a known albumentations/fuse4seg
-    transform with a ``p``; ``seen`` counts the transforms visited (YAML aliases can repeat a subtree)."""
+    transform with a ``p``; ``seen`` counts the transforms visited (YAML aliases can repeat a subtree). A class
+    named by its module before the move is renamed in ``node`` so that ``A.from_dict`` finds it."""
     seen[0] += 1
     if depth > MAX_SPEC_DEPTH or seen[0] > MAX_SPEC_TRANSFORMS:
         raise ConfigError(f"{where}: more than {MAX_SPEC_TRANSFORMS} transforms or {MAX_SPEC_DEPTH} levels",
@@ -162,7 +168,10 @@ def _check_node(node: Any, where: str, option: str, depth: int, seen: list[int])
     name = node.get("__class_fullname__") if isinstance(node, dict) else None
     if not isinstance(name, str):
         raise ConfigError(f"{where}: every transform must be a mapping with a __class_fullname__", option=option)
-    cls = SERIALIZABLE_REGISTRY.get(shorten_class_name(name))
+    current = current_class_name(name)
+    if current != name:
+        node["__class_fullname__"] = current
+    cls = SERIALIZABLE_REGISTRY.get(shorten_class_name(current))
     if cls is None or cls.__module__.split(".")[0] not in SPEC_PACKAGES:
         raise ConfigError(f"{where}: unknown transform {name!r} (only albumentations' and fuse4seg's)",
                           option=option)

@@ -1,27 +1,13 @@
 """Build the BraTS-Fuse benchmark: tumour slices, a fused image per slice, patient-level splits, HDF5.
 
-Slice rule (:func:`select_slices`): the whole-tumour (WT, labels 1-3) area of every axial slice
-``volume[:, :, z]`` is counted; slices with an area of at least ``min_area_fraction`` (0.25) of the
-case's largest slice area are candidates (this drops slices that only graze the tumour edge); K of
-them are kept, evenly spaced over the candidates' range from the first to the last (so the kept
-slices span the tumour instead of clustering around its widest part). Fewer candidates than K:
-all are kept. No randomness is involved, so the choice depends only on the label map. A case
-without any tumour voxel contributes no slices and is listed in the summary as skipped.
-
-Geometry: slices keep the volume's in-plane axes (H = first voxel axis, W = second). With ``size``
-each case is cropped to the square around the bounding box of its brain mask (the union over all
-slices, so every slice of a case shares one crop) and resized to size x size: images with bilinear
-interpolation, labels with nearest neighbour (:mod:`fuse4seg.data.release.geometry`, shared with ``fuse``).
-The rule is recorded in the root attribute ``slice_size`` (``size``, 0 for none), and the physical
-size of every slice's pixels in the dataset ``spacing`` (:func:`slice_spacing`).
+Each case is read, its slices picked, cropped, described and compressed in a worker process
+(:mod:`fuse4seg.data.build.cases`: the slice rule, the geometry and the texts); this module lists the release
+(or writes a phantom one), splits the cases, streams the workers' results into ``brats_fuse.h5`` and writes the
+package's metadata files.
 
 Volumes (``volumes``): each tumour-bearing case is also stored whole, cropped to its brain box at its
 native voxel grid, under ``/volumes/<split>/<case_id>`` (:mod:`fuse4seg.data.package.h5volumes`), extracted
 and compressed in the same worker as its slices and written by the parent.
-
-Texts: every stored slice gets a description (:mod:`fuse4seg.data.package.describe`), written in the worker
-beside the slice extraction from the stored (cropped, resized) arrays and spacing, worded by an RNG seeded
-with the build's seed, the case id and the slice index; ``reports`` (a CSV) replaces the texts it names.
 
 Splits: the sorted case ids are shuffled with ``numpy.random.default_rng(seed)`` and cut into
 train/val/test by the largest-remainder rounding of the fractions, every non-zero fraction getting
@@ -42,17 +28,15 @@ import numpy as np
 
 from fuse4seg import __version__
 from fuse4seg.conventions import modality_indices
+from fuse4seg.data.build.cases import extract_case
 from fuse4seg.data.build.options import DEFAULT_PHANTOM_CASES, BuildOptions
-from fuse4seg.data.release.geometry import crop_resize, square_box
 from fuse4seg.data.package.schema import FORMAT_VERSION, H5_NAME, ROOT_ATTRIBUTES, SPLITS, VOLUMES_GROUP
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
-from fuse4seg.fusion import fuse_batch
 from fuse4seg.io import atomic_dir
 
 if TYPE_CHECKING:  # brats is imported lazily at run time (workers import it themselves)
     from fuse4seg.data.release.brats import CaseFiles
 
-MIN_AREA_FRACTION = 0.25
 PHANTOM_SOURCE = "fuse4seg phantom BraTS (synthetic, MNI152-based; not patient data)"
 
 FusionFn = Callable[[np.ndarray], np.ndarray]
@@ -76,81 +60,6 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) 
     order = np.random.default_rng(seed).permutation(sorted(case_ids))
     bounds = np.concatenate([[0], np.cumsum(counts)])
     return {name: sorted(order[bounds[i]:bounds[i + 1]].tolist()) for i, name in enumerate(SPLITS)}
-
-
-def select_slices(label: np.ndarray, k: int, min_area_fraction: float = MIN_AREA_FRACTION) -> np.ndarray:
-    """Axial slice indices (sorted, <= k) of a (X, Y, Z) canonical label map by the module's rule."""
-    area = np.count_nonzero(label, axis=(0, 1))
-    if area.max(initial=0) == 0:
-        return np.zeros(0, dtype=np.int64)
-    candidates = np.flatnonzero(area >= min_area_fraction * area.max())
-    if len(candidates) <= k:
-        return candidates
-    picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, k)).astype(np.int64))
-    return candidates[picks]
-
-
-def slice_spacing(zooms: Sequence[float], box: tuple[int, int, int, int] | None, size: int | None) -> np.ndarray:
-    """(3,) float32 mm (dy, dx, dz) of a stored slice: the volume's voxel size ``zooms`` (x, y, z), with the
-    in-plane sizes scaled by box side / ``size`` when the case was cropped to the square ``box`` and resized."""
-    spacing = np.asarray(zooms[:3], dtype=np.float64)
-    if box is not None and size is not None:
-        spacing[:2] *= (box[1] - box[0]) / size
-    return spacing.astype(np.float32)
-
-
-def slice_texts(source: np.ndarray, label: np.ndarray, spacing: np.ndarray, slice_index: np.ndarray,
-                brain_z: np.ndarray, axes: tuple[str, ...], seed: int, case_id: str) -> list[str]:
-    """The descriptions (:func:`fuse4seg.data.package.describe.describe_slice`) of K stored slices: source (K,4,H,W),
-    label (K,H,W), spacing (3,) mm, their axial indices, the case's brain-bearing axial indices ``brain_z``
-    (sorted; their range sets the superior/inferior position, omitted when it is one slice) and axis codes."""
-    from fuse4seg.data.package.describe import describe_slice, slice_rng
-
-    low, high = (int(brain_z[0]), int(brain_z[-1])) if len(brain_z) else (0, 0)
-    texts = []
-    for source_k, label_k, z in zip(source, label, slice_index):
-        position = None
-        if high > low:
-            position = float(np.clip((int(z) - low) / (high - low), 0.0, 1.0))
-            position = 1.0 - position if axes[2] == "I" else position if axes[2] == "S" else None
-        texts.append(describe_slice(label_k, source_k, (float(spacing[0]), float(spacing[1])), position,
-                                    slice_rng(seed, case_id, int(z)), axes))
-    return texts
-
-
-def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion: str | None,
-                 fusion_inputs: tuple[str, ...], volumes: bool = False, seed: int = 0) -> dict[str, object]:
-    """Load one case and return its selected slices: label (K,H,W) uint8, slice_index (K,), spacing (3,)
-    mm, text (K descriptions, :func:`slice_texts`, worded with ``seed``), and
-    either ``chunks`` (the HDF5 chunks of source, fused and label, compressed here so that the
-    workers share that cost) when ``fusion`` names a classical rule, or ``source`` (K,4,H,W) float32
-    for a caller-side fusion_fn (``fusion`` None); with ``volumes``, a tumour-bearing case's ``volume``
-    (:func:`fuse4seg.data.package.h5volumes.extract_volume`, else None)."""
-    import nibabel as nib
-
-    from fuse4seg.data.release.brats import load_case
-    from fuse4seg.data.package.h5format import encode_slices
-    from fuse4seg.data.package.h5volumes import extract_volume
-
-    loaded = load_case(case, require_label=True)
-    z = select_slices(loaded.label, slices_per_case)
-    source = np.ascontiguousarray(np.moveaxis(loaded.images[..., z], -1, 0), dtype=np.float32)
-    label = np.ascontiguousarray(np.moveaxis(loaded.label[..., z], -1, 0), dtype=np.uint8)
-    box = square_box(loaded.brain_mask.any(axis=2)) if size is not None else None
-    if box is not None and len(z):
-        source, label = crop_resize(source, label, box, size)
-    spacing = slice_spacing(loaded.header.get_zooms(), box, size)
-    # Which way the array axes point (BraTS: L, P, S), so left/right and the rest follow the file's affine.
-    axes = tuple(nib.aff2axcodes(loaded.affine))
-    brain_z = np.flatnonzero(loaded.brain_mask.any(axis=(0, 1)))
-    result = {"case_id": loaded.case_id, "scheme": loaded.scheme, "label": label, "shape": source.shape[-2:],
-              "slice_index": z.astype(np.int32), "source": source, "chunks": None, "spacing": spacing,
-              "text": slice_texts(source, label, spacing, z, brain_z, axes, seed, loaded.case_id),
-              "volume": extract_volume(loaded, fusion, fusion_inputs) if volumes and len(z) else None}
-    if fusion is not None and len(z):
-        fused = fuse_batch(source[:, modality_indices(fusion_inputs)], fusion)[:, None]
-        result["chunks"], result["source"] = encode_slices(source, fused, label), None
-    return result
 
 
 def _apply_fusion_fn(fusion_fn: FusionFn, sources: np.ndarray, case_id: str) -> np.ndarray:
@@ -193,8 +102,9 @@ def _extracted_in_order(cases: list[CaseFiles], workers: int, progress: bool, **
     from fuse4seg.parallel import ordered_map
 
     return ordered_map(extract_case, cases, workers, desc="building", progress=progress, **options,
-                       preload=("fuse4seg.data.build.builder", "fuse4seg.data.release.brats", "fuse4seg.data.package.h5format",
-                                "fuse4seg.data.package.h5volumes", "fuse4seg.data.package.describe"))
+                       preload=("fuse4seg.data.build.cases", "fuse4seg.data.release.brats",
+                                "fuse4seg.data.package.h5format", "fuse4seg.data.package.h5volumes",
+                                "fuse4seg.data.package.describe"))
 
 
 def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], attrs: dict[str, object],
@@ -207,7 +117,8 @@ def write_h5(path: Path, results: Iterable[dict], splits: dict[str, list[str]], 
     import h5py
 
     from fuse4seg.data.package.describe import apply_reports
-    from fuse4seg.data.package.h5format import append_encoded, create_split_group, encode_slices, string_array
+    from fuse4seg.data.package.h5format import append_encoded, create_split_group, encode_slices
+    from fuse4seg.data.package.h5primitives import string_array
     from fuse4seg.data.package.h5volumes import encode_volume, write_volume
 
     split_of = {case_id: name for name, ids in splits.items() for case_id in ids}
@@ -277,15 +188,16 @@ def resolve_source(options: BuildOptions, scratch: Path) -> tuple[Path, int]:
 
 def resolve_fusion(options: BuildOptions, fusion_fn: FusionFn | None,
                    fusion_name: str | None) -> tuple[FusionFn | None, str]:
-    """(fusion callable or None for the classical rule, recorded fusion_method): ``fusion_fn``, else the trained
-    fusion network of ``options.fusion_checkpoint``, else the rule ``options.fusion``."""
+    """(fusion callable or None for the classical rule, recorded fusion_method): ``fusion_fn``, else the rule
+    ``options.fusion``. A ``fusion_checkpoint`` is refused here: :func:`fuse4seg.inference.build.build_benchmark`
+    loads its network and passes it as ``fusion_fn``."""
     if options.fusion_checkpoint is not None:
         if fusion_fn is not None:
             raise ConfigError("give fusion_checkpoint or fusion_fn, not both", option="fusion_checkpoint")
-        # The trained networks live on the train side: imported only for this option.
-        from fuse4seg.inference.fuse import fusion_fn_from_checkpoint
-
-        fusion_fn, fusion_name = fusion_fn_from_checkpoint(options.fusion_checkpoint, options.fusion_inputs)
+        # Loading a trained network needs the training side, which data never imports.
+        raise ConfigError("needs a trained network loaded: build through fuse4seg.inference.build.build_benchmark "
+                          "(as `fuse4seg build-benchmark` does), or pass the network as fusion_fn",
+                          option="fusion_checkpoint")
     if fusion_fn is None:
         return None, options.fusion
     return fusion_fn, fusion_name or getattr(fusion_fn, "__name__", "custom")
@@ -323,6 +235,13 @@ def summarise(options: BuildOptions, root: Path, phantom_cases: int, cases: int,
     }
 
 
+def build_options(out: str | os.PathLike | BuildOptions, options: dict[str, object]) -> BuildOptions:
+    """``out`` when it is a BuildOptions (TypeError if ``options`` come beside it), else BuildOptions(out, **options)."""
+    if isinstance(out, BuildOptions) and options:
+        raise TypeError(f"build_benchmark: options {', '.join(options)} given beside a BuildOptions")
+    return out if isinstance(out, BuildOptions) else BuildOptions(out=out, **options)
+
+
 def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionFn | None = None,
                     fusion_name: str | None = None, progress: bool = True, command: str | None = None,
                     **options: object) -> dict:
@@ -334,20 +253,19 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
     :func:`extract_case` per case (``workers`` processes), :func:`write_h5`, :func:`summarise`, then the
     card, CITATION.cff and croissant.json, and with ``parquet`` the Parquet shards
     (:func:`fuse4seg.data.package.export.add_parquet`, listed in the summary's "parquet"). ``fusion_fn``
-    (N, C, H, W) -> (N, H, W) in [0, 1], if given, replaces the classical rule and is recorded as ``fusion_name``. ``command`` replaces the command
-    line recorded in the card (default :meth:`BuildOptions.command_line`).
+    (N, C, H, W) -> (N, H, W) in [0, 1], if given, replaces the classical rule and is recorded as ``fusion_name``
+    (a run checkpoint's network: :func:`fuse4seg.inference.build.build_benchmark`). ``command`` replaces the
+    command line recorded in the card (default :meth:`BuildOptions.command_line`).
 
     Reproducible: the same source, options and seed give byte-identical files when
     SOURCE_DATE_EPOCH is set (it fixes the ``created`` time); without it only ``created`` and the
     dates derived from it differ, the HDF5 datasets are identical.
     """
     from fuse4seg.data.release import brats
-    from fuse4seg.data.package import card as package
+    from fuse4seg.data.package import croissant
     from fuse4seg.data.package.describe import read_reports
 
-    if isinstance(out, BuildOptions) and options:
-        raise TypeError(f"build_benchmark: options {', '.join(options)} given beside a BuildOptions")
-    opts = (out if isinstance(out, BuildOptions) else BuildOptions(out=out, **options)).validate(fusion_fn is not None)
+    opts = build_options(out, options).validate(fusion_fn is not None)
     started = time.perf_counter()
     custom = fusion_fn is not None and opts.fusion_checkpoint is None
     fusion_fn, method = resolve_fusion(opts, fusion_fn, fusion_name)
@@ -374,7 +292,7 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
             with contextlib.closing(results):  # a write error stops the worker pool at once
                 written = write_h5(tmp / H5_NAME, results, splits, attrs, fusion_fn, opts.fusion_inputs, reports)
             summary = summarise(opts, root, phantom_cases, len(cases), attrs, written, command)
-            package.write_package_files(tmp, summary)
+            croissant.write_package_files(tmp, summary)
             if opts.parquet:  # inside the temporary package: it appears complete, records and all, or not at all
                 from fuse4seg.data.package.export import add_parquet
 

@@ -15,13 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
+from fuse4seg.data.package.schema import MAX_SLICE_SIDE as MAX_SIZE
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import check_separate
-from fuse4seg.options import MAX_SEED, check_seed, command_argv, for_option, option
+from fuse4seg.options import (
+    MAX_SEED,
+    at_least,
+    check_options,
+    command_argv,
+    for_option,
+    in_range,
+    option,
+    seed_problem,
+)
 
 DEFAULT_PHANTOM_CASES = 10
-#: Largest size: 4096 x 4096 float32 slices are 320 MiB per 5 planes, already past any GPU batch.
-MAX_SIZE = 4096
 #: Most phantom cases: twice the largest BraTS training release (BraTS 2023's cohorts, ~2,600 cases).
 MAX_PHANTOM_CASES = 5000
 #: Most slices per case: a volume of the largest size read (512^3 voxels) has 8192 axial slices of 128 x 128;
@@ -52,15 +60,19 @@ class BuildOptions:
                            "--brats release, nor a folder inside or around it.")
     brats: str | None = option(None, "BraTS release directory (2020, 2021 or 2023+ layout).")
     phantom: int | None = option(None, f"Build from a phantom release of N cases, 1 to {MAX_PHANTOM_CASES} (the "
-                                       f"default when no --brats is given: {DEFAULT_PHANTOM_CASES} cases).")
-    phantom_scale: float = option(1.0, "Phantom grid scale (0.25 for fast tests).")
+                                       f"default when no --brats is given: {DEFAULT_PHANTOM_CASES} cases).",
+                                 check=in_range(1, MAX_PHANTOM_CASES))
+    phantom_scale: float = option(1.0, "Phantom grid scale (0.25 for fast tests).", check=in_range(0, 1, low_open=True))
     fusion_inputs: tuple[str, ...] = option(DEFAULT_FUSION_INPUTS, "Modalities to fuse, comma-separated.")
     fusion: str = option("laplacian", "Fusion rule: mean, max, pca, laplacian, wavelet.")
-    size: int | None = option(None, "Crop to the brain and resize slices to PX x PX.")
-    slices_per_case: int = option(8, f"Tumour slices kept per case (1 to {MAX_SLICES_PER_CASE}).")
+    size: int | None = option(None, "Crop to the brain and resize slices to PX x PX.",
+                              check=in_range(8, MAX_SIZE, unit=" pixels"))
+    slices_per_case: int = option(8, f"Tumour slices kept per case (1 to {MAX_SLICES_PER_CASE}).",
+                                  check=in_range(1, MAX_SLICES_PER_CASE))
     split: tuple[float, float, float] = option((0.7, 0.1, 0.2), "Train,val,test fractions of the cases (sum 1).")
-    workers: int = option(1, "Cases processed in parallel.", recorded=False)
-    seed: int = option(0, f"Seed of the patient split (and of the phantom release), 0 to {MAX_SEED}.")
+    workers: int = option(1, "Cases processed in parallel.", recorded=False, check=at_least(1))
+    seed: int = option(0, f"Seed of the patient split (and of the phantom release), 0 to {MAX_SEED}.",
+                       check=seed_problem)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     fusion_checkpoint: str | None = option(None, "Fuse with the trained fusion network of a run checkpoint "
                                                  "(e.g. RUN/best.pt) instead of --fusion.")
@@ -86,26 +98,18 @@ class BuildOptions:
         set_field("split", parse_split(self.split))
 
     def validate(self, custom_fusion: bool = False) -> BuildOptions:
-        """ConfigError naming the option for any invalid value or combination, checked before any work
-        (``custom_fusion``: a fusion callable replaces the rule, so ``fusion`` is not checked); returns self."""
-        _require("brats", self.brats is None or self.phantom is None,
-                 "cannot be combined with phantom: give one source (or none for the phantom default)")
-        _require("phantom", self.phantom is None or self.phantom >= 1, f"must be >= 1 case, got {self.phantom}")
-        _require("phantom", self.phantom is None or self.phantom <= MAX_PHANTOM_CASES,
-                 f"must be <= {MAX_PHANTOM_CASES} cases, got {self.phantom}")
-        _require("phantom_scale", 0 < self.phantom_scale <= 1, f"must be in (0, 1], got {self.phantom_scale}")
+        """ConfigError naming the option for any invalid value (each field's declared check) or combination,
+        checked before any work (``custom_fusion``: a fusion callable replaces the rule, so ``fusion`` is not
+        checked); returns self."""
+        if self.brats is not None and self.phantom is not None:
+            raise ConfigError("cannot be combined with phantom: give one source (or none for the phantom default)",
+                              option="brats")
+        check_options(self)
         if not custom_fusion and self.fusion_checkpoint is None:
             from fuse4seg.fusion import get_rule
 
             with for_option("fusion"):
                 get_rule(self.fusion)
-        _require("size", self.size is None or 8 <= self.size <= MAX_SIZE,
-                 f"must be in [8, {MAX_SIZE}] pixels, got {self.size}")
-        _require("slices_per_case", self.slices_per_case >= 1, f"must be >= 1, got {self.slices_per_case}")
-        _require("slices_per_case", self.slices_per_case <= MAX_SLICES_PER_CASE,
-                 f"must be <= {MAX_SLICES_PER_CASE}, got {self.slices_per_case}")
-        _require("workers", self.workers >= 1, f"must be >= 1, got {self.workers}")
-        check_seed(self.seed)
         if self.brats is not None:
             check_separate(self.out, {"brats": self.brats})
         return self
@@ -116,9 +120,3 @@ class BuildOptions:
         out, and so is phantom_scale when no phantom is built or it is 1."""
         omit = ("phantom_scale",) if self.brats is not None or self.phantom_scale == 1.0 else ()
         return shlex.join(["fuse4seg", "build-benchmark", *command_argv(self, omit)])
-
-
-def _require(option: str, ok: bool, message: str) -> None:
-    """ConfigError(``message``) about ``option`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(message, option=option)

@@ -1,10 +1,19 @@
-"""Citation metadata of a BraTS-Fuse package: CITATION.cff content and its BibTeX rendering."""
+"""Citation metadata of a BraTS-Fuse package: CITATION.cff content, its BibTeX rendering, and :func:`cite` for a
+built package directory."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-#: The three papers that every publication using BraTS data must cite (DESIGN.md section 2).
+import yaml
+
+from fuse4seg.data.package.schema import CITATION_NAME
+from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.io import one_line
+
+#: The three papers that every publication using BraTS data must cite (the BraTS organisers' terms: Menze et al.
+#: 2015, Bakas et al. 2017, Baid et al. 2021); the package's CITATION.cff carries them as references.
 BRATS_REFERENCES: tuple[dict, ...] = (
     {
         "type": "article", "key": "menze2015multimodal",
@@ -145,3 +154,27 @@ def cff_to_bibtex(cff: dict) -> str:
             "year": ref.get("year"), "doi": ref.get("doi"), "url": ref.get("url"),
         }))
     return "\n\n".join(entries) + "\n"
+
+
+def cite(directory: str | Path, format: str = "bibtex") -> str:
+    """The package's citation as BibTeX (dataset + references) or as the CITATION.cff text."""
+    path = Path(directory) / CITATION_NAME
+    if format not in ("bibtex", "cff"):
+        raise ConfigError(f"{format!r}: expected bibtex or cff", option="format")
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a valid CITATION.cff (not UTF-8 text: {one_line(exc)})") from None
+    if format == "cff":
+        return text
+    try:
+        cff = yaml.safe_load(text)
+        if not isinstance(cff, dict):
+            raise TypeError(f"expected a YAML mapping at the top level, found {type(cff).__name__}")
+        return cff_to_bibtex(cff)
+    # The file is data: any malformed structure shows up as one of these while rendering it (RecursionError:
+    # deeply nested YAML, which PyYAML composes recursively).
+    except (yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not a valid CITATION.cff ({type(exc).__name__}: {one_line(exc)})") from None

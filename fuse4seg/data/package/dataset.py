@@ -12,14 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from fuse4seg.conventions import MODALITIES, NUM_CLASSES, modality_indices, parse_modalities
-from fuse4seg.data.package.h5format import (
-    READ_ERRORS,
-    has_text,
-    open_validated,
-    read_root_attrs,
-    read_spacing,
-    reading_data,
-)
+from fuse4seg.data.package.h5format import has_text, open_validated, read_root_attrs, read_spacing
+from fuse4seg.data.package.h5primitives import READ_ERRORS, reading_data
 from fuse4seg.data.package.schema import H5_NAME, SPLITS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line

@@ -33,17 +33,24 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from fuse4seg.conventions import LABELS as LABEL_NAMES
 from fuse4seg.conventions import MODALITIES
+from fuse4seg.conventions import REGIONS as REGION_LABELS
 from fuse4seg.data.package.schema import MAX_DESCRIPTION_BYTES
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import one_line
 
+#: How texts word the canonical labels and regions (:mod:`fuse4seg.conventions`), by short name.
+WORDS: dict[str, str] = {"ET": "enhancing tumour", "NCR": "necrotic core", "ED": "oedema", "WT": "whole tumour",
+                         "TC": "tumour core"}
+#: The order texts mention the labels in: innermost first.
+MENTION_ORDER: tuple[str, ...] = ("ET", "NCR", "ED")
+_LABEL_VALUES = {name: value for value, name in LABEL_NAMES.items()}
 #: Canonical labels in the order texts mention them: (value, short name, words).
-LABELS: tuple[tuple[int, str, str], ...] = ((3, "ET", "enhancing tumour"), (1, "NCR", "necrotic core"),
-                                            (2, "ED", "oedema"))
-#: Regions of labels: (short name, label values, words).
-REGIONS: tuple[tuple[str, tuple[int, ...], str], ...] = (("WT", (1, 2, 3), "whole tumour"),
-                                                         ("TC", (1, 3), "tumour core"))
+LABELS: tuple[tuple[int, str, str], ...] = tuple((_LABEL_VALUES[name], name, WORDS[name]) for name in MENTION_ORDER)
+#: Regions of more than one label (the ET region is the ET label): (short name, label values, words).
+REGIONS: tuple[tuple[str, tuple[int, ...], str], ...] = tuple(
+    (name, values, WORDS[name]) for name, values in REGION_LABELS.items() if len(values) > 1)
 #: How modality names are written in texts.
 MODALITY_WORDS: dict[str, str] = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 NO_TUMOUR = "No tumour visible in this slice."

@@ -3,7 +3,7 @@ per-case NIfTI stacks beside it.
 
 Parquet (:func:`export_parquet`, ``build-benchmark --parquet``): ``DIR/parquet/<split>-NNNNN-of-MMMMM.parquet``,
 one row per slice of ``/<split>`` in its order (every split has at least one shard, an empty split one with no
-rows); the columns are :func:`record_columns` (``index`` = N in ``/<split>``, ``case_id``, ``slice_index``,
+rows); the columns are :func:`fuse4seg.data.package.records.record_columns` (``index`` = N in ``/<split>``, ``case_id``, ``slice_index``,
 ``spacing``, one column per source modality, ``fused``, ``label``, and ``text`` when the package has texts).
 Images are arrays, not PNG: each is an Arrow fixed-size list of H fixed-size lists of W values (float32 for
 the modalities and ``fused``, uint8 for ``label``), so a reader gets the exact stored values and their shape
@@ -14,7 +14,7 @@ Parquet's BYTE_STREAM_SPLIT encoding and every column zstd (level 1): on that bu
 zstd-3; only on native 240 x 240 slices, mostly zero background, is plain zstd-3 smaller (by 22%).
 Shards hold about :data:`SHARD_BYTES` of records and row groups about :data:`ROW_GROUP_BYTES`.
 croissant.json gains a FileSet and a RecordSet ``parquet-<split>`` per split and the dataset card a ``configs:``
-entry (:func:`fuse4seg.data.package.card.write_parquet_metadata`), so mlcroissant, datasets and pandas read them.
+entry (:func:`fuse4seg.data.package.croissant.write_parquet_metadata`), so mlcroissant, datasets and pandas read them.
 
 NIfTI (:func:`export_nifti`): ``OUT/<split>/<case_id>/{t1,t1ce,t2,flair,fused,label}.nii.gz``, each the case's
 stored slices stacked as (H, W, K) (float32; label uint8) with the voxel size (dy, dx, dz) mm in the header
@@ -27,21 +27,29 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.package.card import PARQUET_DIR
-from fuse4seg.data.package import card as package
-from fuse4seg.data.package.h5format import has_text, open_validated, reading_data
-from fuse4seg.data.package.schema import H5_NAME, MAX_DESCRIPTION_BYTES, MAX_TEXT_BYTES, SPLITS
+from fuse4seg.data.package.croissant import write_parquet_metadata
+from fuse4seg.data.package.h5format import has_text, open_validated
+from fuse4seg.data.package.h5primitives import reading_data
+from fuse4seg.data.package.records import Column, arrow_schema, record_columns
+from fuse4seg.data.package.schema import (
+    CARD_NAME,
+    CROISSANT_NAME,
+    H5_NAME,
+    MAX_DESCRIPTION_BYTES,
+    MAX_TEXT_BYTES,
+    PARQUET_DIR,
+    SPLITS,
+)
+from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import atomic_dir, atomic_paths, check_replace_dir, one_line, output_lock
+from fuse4seg.io import atomic_dir, atomic_paths, check_replace_dir, output_lock
 
 if TYPE_CHECKING:
     import h5py
@@ -57,56 +65,8 @@ SHARD_BYTES = 512 * 1024**2
 #: Record bytes per row group: the unit a reader decompresses at once (about 27 slices of 240 x 240).
 ROW_GROUP_BYTES = 32 * 1024**2
 COMPRESSION = "zstd"
-#: Shard file names: SPLIT-NNNNN-of-MMMMM.parquet (the layout dataset hubs recognise).
-SHARD_PATTERN = re.compile(r"(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<m>\d{5})\.parquet")
 #: Files of one NIfTI case folder besides the images.
 SLICES_JSON = "slices.json"
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of a Parquet record: ``kind`` is int64, int32, string, spacing ((3,) float32), image ((H, W)
-    float32) or label ((H, W) uint8); ``croissant`` its Croissant dataType; ``repeated``: a list of values."""
-
-    name: str
-    kind: str
-    description: str
-    croissant: str
-    repeated: bool = False
-
-
-def record_columns(text: bool) -> tuple[Column, ...]:
-    """The columns of a Parquet record of a package (``text``: it holds slice descriptions), in file order."""
-    columns = [
-        Column("index", "int64", "position N of the slice in /<split> of brats_fuse.h5", "sc:Integer"),
-        Column("case_id", "string", "patient / case identifier of the source release", "sc:Text"),
-        Column("slice_index", "int32", "axial index z of the slice in the case's volume", "sc:Integer"),
-        Column("spacing", "spacing", "(3,) float32 mm: dy, dx, dz, the pixel size along H and W and the slice "
-               "thickness", "sc:Float", True),
-    ]
-    columns += [Column(m, "image", f"(H, W) float32 in [0, 1]: the {m} source, normalised in the brain mask "
-                       "(rows of W values)", "sc:Float", True) for m in MODALITIES]
-    columns += [Column("fused", "image", "(H, W) float32 in [0, 1]: the fused image of the fusion inputs",
-                       "sc:Float", True),
-                Column("label", "label", "(H, W) uint8 in {0, 1, 2, 3}: canonical tumour labels (0 background, "
-                       "1 NCR, 2 ED, 3 ET)", "sc:Integer", True)]
-    if text:
-        columns.append(Column("text", "string", "a description of the slice (generated, or a supplied report)",
-                              "sc:Text"))
-    return tuple(columns)
-
-
-def arrow_schema(columns: tuple[Column, ...], height: int, width: int) -> pa.Schema:
-    """The Arrow schema of the records: images as fixed-size lists of ``height`` rows of ``width`` values."""
-    import pyarrow as pa
-
-    def grid(value: pa.DataType) -> pa.DataType:
-        """(H, W) nested fixed-size lists of ``value``."""
-        return pa.list_(pa.list_(value, width), height)
-
-    types = {"int64": pa.int64(), "int32": pa.int32(), "string": pa.string(), "spacing": pa.list_(pa.float32(), 3),
-             "image": grid(pa.float32()), "label": grid(pa.uint8())}
-    return pa.schema([pa.field(c.name, types[c.kind]) for c in columns])
 
 
 def _row_bytes(columns: tuple[Column, ...], height: int, width: int) -> int:
@@ -207,10 +167,10 @@ def add_parquet(directory: str | Path, overwrite: bool = False, shard_bytes: int
     h5, counts = open_validated(directory / H5_NAME)
     with h5:
         columns = record_columns(has_text(h5))
-        with atomic_paths(directory / package.CARD_NAME, directory / package.CROISSANT_NAME) as (card, croissant), \
+        with atomic_paths(directory / CARD_NAME, directory / CROISSANT_NAME) as (card, croissant), \
                 atomic_dir(directory / PARQUET_DIR, PARQUET_KIND, overwrite=overwrite, option=None) as tmp:
             shards, nbytes = _write_shards(h5, directory / H5_NAME, tmp, counts, columns, shard_bytes)
-            package.write_parquet_metadata(directory, tmp, shards, columns, counts, nbytes, card, croissant)
+            write_parquet_metadata(directory, tmp, shards, columns, counts, nbytes, card, croissant)
     return {"files": [f"{PARQUET_DIR}/{n}" for split in SPLITS for n in shards[split]],
             "splits": {s: counts[s] for s in SPLITS}}
 
@@ -222,7 +182,7 @@ def export_parquet(directory: str | Path, overwrite: bool = False, shard_bytes: 
     _check_shard_bytes(shard_bytes)
     with output_lock(_existing_package(directory)):
         check_replace_dir(directory / PARQUET_DIR, PARQUET_KIND, overwrite, option=None)  # before the long check
-        package.verify(directory, parquet=False)  # never re-hash (and so vouch for) a damaged package
+        verify(directory, parquet=False)  # never re-hash (and so vouch for) a damaged package
         return {"directory": str(directory), "format": "parquet", **add_parquet(directory, overwrite, shard_bytes)}
 
 
@@ -239,43 +199,6 @@ def _existing_package(directory: Path) -> Path:
     if not (directory / H5_NAME).is_file():
         raise DataError(f"{directory}: no {H5_NAME} (not a BraTS-Fuse package directory?)")
     return directory
-
-
-def check_parquet(directory: Path, names: list[str], counts: dict[str, int], text: bool) -> dict[str, int]:
-    """Check the listed Parquet shards (relative paths) of a package whose HDF5 file has ``counts`` (per split,
-    "height", "width"): every split's shards 0..M-1 present, the record schema, and row counts equal to the
-    HDF5 file's; DataError naming the file on the first problem. Returns {split: rows}."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    expected = arrow_schema(record_columns(text), counts["height"], counts["width"])
-    shards: dict[str, dict[int, tuple[int, str]]] = {}
-    for name in names:
-        match = SHARD_PATTERN.fullmatch(name.removeprefix(f"{PARQUET_DIR}/"))
-        if not name.startswith(f"{PARQUET_DIR}/") or match is None or match["split"] not in SPLITS:
-            raise DataError(f"{directory / name}: not a shard name {PARQUET_DIR}/<split>-NNNNN-of-MMMMM.parquet")
-        shards.setdefault(match["split"], {})[int(match["i"])] = (int(match["m"]), name)
-    rows = {}
-    for split in SPLITS:
-        found = shards.get(split, {})
-        totals = {m for m, _ in found.values()}
-        if not found or len(totals) != 1 or sorted(found) != list(range(totals.pop())):
-            raise DataError(f"{directory / PARQUET_DIR}: the {split} shards listed in croissant.json are not "
-                            f"{split}-00000-of-M .. {split}-(M-1)-of-M")
-        rows[split] = 0
-        for _, name in found.values():
-            try:
-                meta = pq.read_metadata(directory / name)
-                schema = meta.schema.to_arrow_schema().remove_metadata()
-            except (pa.ArrowException, OSError) as exc:
-                raise DataError(f"{directory / name}: not a readable Parquet file ({one_line(exc)})") from None
-            if not schema.equals(expected):
-                raise DataError(f"{directory / name}: columns differ from the record schema ({one_line(schema)})")
-            rows[split] += meta.num_rows
-        if rows[split] != counts[split]:
-            raise DataError(f"{directory / PARQUET_DIR}: {rows[split]} {split} records, but {H5_NAME} has "
-                            f"{counts[split]} {split} slices")
-    return rows
 
 
 def _case_folder(case_id: str, path: Path, split: str) -> str:
@@ -310,7 +233,7 @@ def export_nifti(directory: str | Path, out: str | Path, overwrite: bool = False
         raise ConfigError(f"{out} is inside, or contains, the package {directory}; choose a folder outside it",
                           option="out")
     check_replace_dir(out, NIFTI_KIND, overwrite)  # before the long check
-    package.verify(directory)
+    verify(directory)
     path = directory / H5_NAME
     cases = dict.fromkeys(SPLITS, 0)
     files = 0

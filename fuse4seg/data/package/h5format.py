@@ -23,29 +23,35 @@ times are not stored (``track_times=False``) so a rebuild with the same inputs i
 A package is self-contained and its sizes are bounded: :func:`validate_schema` refuses links, extra
 objects, other files' data, other filters or chunking, unstored chunks and sizes over the limits of
 :mod:`fuse4seg.data.package.schema`, from the header, before any data is read. The optional volumetric
-layout (``/volumes``) is written and checked by :mod:`fuse4seg.data.package.h5volumes` with the same rules.
+layout (``/volumes``) is written and checked by :mod:`fuse4seg.data.package.h5volumes` with the same rules:
+the per-dataset checks and the string and chunk encoders both layouts share are in
+:mod:`fuse4seg.data.package.h5primitives`.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from fuse4seg.conventions import parse_modalities
+from fuse4seg.data.package.h5primitives import (
+    STRING,
+    attr_text,
+    check_dataset,
+    check_members,
+    compress,
+    reading_data,
+    show_value,
+    string_array,
+)
+from fuse4seg.data.package.h5volumes import validate_volumes
 from fuse4seg.data.package.schema import (
     COMPRESSION,
     DATASETS,
     FORMAT_VERSION,
     H5_NAME,
-    MAX_SLICE_SIDE,
-    MAX_SLICES,
-    MAX_VOLUME_VOXELS,
     ROOT_ATTRIBUTES,
     SPLITS,
     TEXT_ATTRIBUTE,
@@ -53,45 +59,22 @@ from fuse4seg.data.package.schema import (
     VOLUMES_GROUP,
     DatasetSpec,
     resolve,
-    shape_text,
     split_datasets,
 )
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import one_line
 
-__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "READ_ERRORS", "SPLITS", "append_encoded", "compress",
-           "create_split_group", "encode_slices", "has_text", "has_volumes", "open_validated", "read_root_attrs", "read_spacing",
-           "reading_data", "slice_size", "string_array", "validate_schema"]
+__all__ = ["COMPRESSION", "FORMAT_VERSION", "H5_NAME", "SPLITS", "append_encoded", "create_split_group",
+           "encode_slices", "has_text", "has_volumes", "open_validated", "read_root_attrs", "read_spacing", "slice_size",
+           "validate_schema"]
 
-STRING = h5py.string_dtype("utf-8")
 #: What to say about a file of an older format version that this version no longer reads.
 REBUILD = "rebuild it with `fuse4seg build-benchmark`"
-#: What h5py raises while reading the data of a damaged file: a corrupt chunk fails in the filter
-#: pipeline or at a bad address (OSError), a corrupt string is undecodable (UnicodeDecodeError, a
-#: ValueError), a broken heap or type surfaces as RuntimeError.
-READ_ERRORS = (OSError, ValueError, RuntimeError)
-#: The only filter the writer puts on a compressed dataset (gzip = HDF5's deflate filter).
-_DEFLATE = h5py.h5z.FILTER_DEFLATE
-
-
-@contextmanager
-def reading_data(where: str | Path, what: str) -> Iterator[None]:
-    """Turn a :data:`READ_ERRORS` raised in the block into a one-line DataError naming ``where`` (the file)
-    and ``what`` (the dataset or slice being read)."""
-    try:
-        yield
-    except READ_ERRORS as exc:
-        raise DataError(f"{where}: {what}: unreadable data ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _h5_dtype(spec: DatasetSpec) -> np.dtype:
     """The h5py dtype of a declared dataset."""
     return STRING if spec.dtype == UTF8 else np.dtype(spec.dtype)
-
-
-def string_array(values: list[str] | tuple[str, ...]) -> np.ndarray:
-    """A 1-D array of UTF-8 strings as h5py stores it (variable-length str)."""
-    return np.array(list(values), dtype=STRING)
 
 
 def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5py.Group:
@@ -107,11 +90,6 @@ def create_split_group(h5: h5py.File, split: str, height: int, width: int) -> h5
         for key, values in spec.attrs:
             dataset.attrs[key] = string_array(values)
     return group
-
-
-def compress(chunk: np.ndarray, dtype: str) -> bytes:
-    """One chunk's bytes as HDF5's deflate filter stores them at the schema's level (a zlib stream)."""
-    return zlib.compress(np.ascontiguousarray(chunk, dtype=dtype).tobytes(), int(COMPRESSION["compression_opts"]))
 
 
 def encode_slices(source: np.ndarray, fused: np.ndarray, label: np.ndarray) -> dict[str, list[bytes]]:
@@ -152,33 +130,17 @@ def append_encoded(group: h5py.Group, chunks: dict[str, list[bytes]], case_id: s
         dataset[start:start + k] = values
 
 
-def _attr_text(value: object) -> str:
-    """An HDF5 attribute read back as Python str (h5py returns str or bytes for strings)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _show(value: object) -> str:
-    """A short one-line rendering of an attribute value for an error message (at most 60 chars)."""
-    return one_line(repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value))[:60]
-
-
-def _name(text: str, limit: int = 120) -> str:
-    """A name or path read from the file, on one line and at most ``limit`` characters (its end kept)."""
-    text = one_line(text)
-    return text if len(text) <= limit else "..." + text[3 - limit:]
-
-
 def read_root_attrs(h5: h5py.File) -> dict[str, object]:
     """The root attributes as Python values (strings decoded, string arrays as tuples); call it on a
     file that passed :func:`validate_schema`, which checks that the schema's attributes decode."""
     out: dict[str, object] = {}
     for key, value in h5.attrs.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
-            out[key] = tuple(_attr_text(v) for v in value)
+            out[key] = tuple(attr_text(v) for v in value)
         elif isinstance(value, np.generic):
             out[key] = value.item()
         else:
-            out[key] = _attr_text(value) if isinstance(value, (str, bytes)) else value
+            out[key] = attr_text(value) if isinstance(value, (str, bytes)) else value
     return out
 
 
@@ -188,10 +150,10 @@ def _text_attr(h5: h5py.File, key: str, where: str | Path) -> str:
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if not isinstance(value, (str, bytes)):
-        raise DataError(f"{where}: root attribute {key} must be a string, got {type(value).__name__} {_show(value)}")
+        raise DataError(f"{where}: root attribute {key} must be a string, got {type(value).__name__} {show_value(value)}")
     try:
         # h5py hands invalid UTF-8 back as lone surrogates; encoding finds them before a print does.
-        return _attr_text(value).encode("utf-8").decode("utf-8")
+        return attr_text(value).encode("utf-8").decode("utf-8")
     except UnicodeError:
         raise DataError(f"{where}: root attribute {key} is not valid UTF-8 text") from None
 
@@ -205,7 +167,7 @@ def _integer_attr(h5: h5py.File, key: str, where: str | Path, minimum: int | Non
         bound = (f" in [{minimum}, {maximum}]" if maximum is not None else
                  f" >= {minimum}" if minimum is not None else "")
         raise DataError(f"{where}: root attribute {key} must be one integer{bound}, got "
-                        f"{value.dtype}{value.shape} {_show(value)}")
+                        f"{value.dtype}{value.shape} {show_value(value)}")
     return int(value)
 
 
@@ -215,9 +177,9 @@ def _modalities_attr(h5: h5py.File, key: str, where: str | Path) -> tuple[str, .
     if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OSU"
             and all(isinstance(v, (str, bytes)) for v in value.tolist())):
         raise DataError(f"{where}: root attribute {key} must be a 1-D array of modality names, got "
-                        f"{type(value).__name__} {_show(value)}")
+                        f"{type(value).__name__} {show_value(value)}")
     try:
-        return parse_modalities(tuple(_attr_text(v) for v in value))
+        return parse_modalities(tuple(attr_text(v) for v in value))
     except ConfigError as exc:
         raise DataError(f"{where}: root attribute {key} is invalid ({exc})") from None
 
@@ -282,138 +244,13 @@ def validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
             from None
 
 
-def _bind(shape: tuple[int, ...], symbolic: tuple[int | str, ...], sizes: dict[str, int]) -> bool:
-    """Whether ``shape`` fits ``symbolic`` given the sizes bound so far; binds new symbols on success."""
-    if len(shape) != len(symbolic):
-        return False
-    bound = dict(sizes)
-    for actual, want in zip(shape, symbolic):
-        if isinstance(want, str):
-            want = bound.setdefault(want, actual)
-        if actual != want:
-            return False
-    sizes.update(bound)
-    return True
-
-
-def _check_dataset(group: h5py.Group, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
-    """DataError unless ``group`` holds ``spec``'s dataset in the file itself, with its dtype, shape (binding
-    N, H, W or D, H, W in ``sizes``) within the limits, storage (:func:`_check_storage`) and attributes."""
-    name = f"{group.name}/{spec.name}"
-    if spec.name not in group or not isinstance(group[spec.name], h5py.Dataset):
-        raise DataError(f"{where}: missing dataset {name}")
-    dataset = group[spec.name]
-    # Where the bytes live, before anything else: a virtual dataset or external storage makes every
-    # reader read other files (or zeros, when they are missing) that no hash in croissant.json covers.
-    if dataset.is_virtual:
-        raise DataError(f"{where}: {name} is a virtual dataset (its data lives in other files); "
-                        "a package stores its own data")
-    if dataset.id.get_create_plist().get_external_count() > 0:
-        raise DataError(f"{where}: {name} stores its data in external files; a package stores its own data")
-    if spec.dtype == UTF8:
-        info = h5py.check_string_dtype(dataset.dtype)
-        dtype_ok = info is not None and info.encoding == "utf-8"
-    else:
-        dtype_ok = dataset.dtype == np.dtype(spec.dtype)
-    if not (_bind(dataset.shape, spec.shape, sizes) and dtype_ok):
-        want = shape_text(tuple(sizes.get(d, d) if isinstance(d, str) else d for d in spec.shape))
-        got = f"{dataset.dtype}{dataset.shape}"
-        # Images read "is X, expected Y", per-slice vectors "must be Y, got X": the format-1 wording, kept.
-        if "H" in spec.shape:
-            raise DataError(f"{where}: {name} is {got}, expected {spec.dtype}{want}")
-        expected = f"{want} UTF-8 strings" if spec.dtype == UTF8 else f"{spec.dtype}{want}"
-        raise DataError(f"{where}: {name} must be {expected}, got {got}")
-    _check_limits(sizes, name, where)
-    _check_storage(dataset, spec, sizes, where)
-    for key, values in spec.attrs:
-        found = tuple(_attr_text(v) for v in np.atleast_1d(dataset.attrs.get(key, [])))
-        if found != values:
-            raise DataError(f"{where}: {name} attribute {key} is {found}, expected {values}")
-
-
-def _check_limits(sizes: dict[str, int], name: str, where: str | Path) -> None:
-    """DataError unless the sizes bound from ``name``'s header are within MAX_SLICES, MAX_SLICE_SIDE and (volumes)
-    MAX_VOLUME_VOXELS (checked before any chunk is counted or read, so a crafted header costs nothing)."""
-    if sizes.get("N", 0) > MAX_SLICES:
-        raise DataError(f"{where}: {name} declares {sizes['N']} slices, over the limit of {MAX_SLICES} per split")
-    if "H" in sizes and not (1 <= sizes["H"] <= MAX_SLICE_SIDE and 1 <= sizes["W"] <= MAX_SLICE_SIDE):
-        raise DataError(f"{where}: {name} declares {sizes['H']} x {sizes['W']} pixel slices; the limit is 1 to "
-                        f"{MAX_SLICE_SIDE} pixels per side")
-    if "D" in sizes and not (sizes["D"] >= 1 and sizes["D"] * sizes["H"] * sizes["W"] <= MAX_VOLUME_VOXELS):
-        raise DataError(f"{where}: {name} declares a {sizes['D']} x {sizes['H']} x {sizes['W']} volume; the limit is "
-                        f"1 to {MAX_VOLUME_VOXELS} voxels")
-
-
-def _check_storage(dataset: h5py.Dataset, spec: DatasetSpec, sizes: dict[str, int], where: str | Path) -> None:
-    """DataError unless ``dataset`` is stored as the writer stores ``spec``: chunked with the declared chunk
-    shape, gzip (deflate) alone when compressed and no filter otherwise, and every chunk written."""
-    name = dataset.name
-    chunks = resolve(spec.chunks, sizes)
-    if dataset.chunks != chunks:
-        layout = f"chunked as {dataset.chunks}" if dataset.chunks else "not chunked"
-        raise DataError(f"{where}: {name} is {layout}, expected chunks {chunks}")
-    plist = dataset.id.get_create_plist()
-    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
-    # Only the writer's filter: any other (lzf, shuffle, scale-offset, a plugin) is code the file
-    # makes every reader run, and a file this version never writes.
-    if [f[0] for f in filters] != ([_DEFLATE] if spec.compressed else []):
-        found = ", ".join(_attr_text(f[3]) or str(f[0]) for f in filters) or "none"
-        raise DataError(f"{where}: {name} has filters ({found}), expected "
-                        f"{'gzip only' if spec.compressed else 'none'}")
-    # The writer stores every chunk; a missing one reads as zeros (a truncated build or a crafted header
-    # that declares more slices than the file holds).
-    expected = math.prod(-(-n // c) for n, c in zip(dataset.shape, chunks))
-    stored = dataset.id.get_num_chunks()
-    if stored != expected:
-        raise DataError(f"{where}: {name} stores {stored} of its {expected} chunks (missing chunks would "
-                        "read as zeros)")
-    if spec.dtype == UTF8:
-        _check_string_lengths(dataset, spec.max_bytes, where)
-
-
-def _check_string_lengths(dataset: h5py.Dataset, limit: int, where: str | Path) -> None:
-    """DataError unless every string of a validated 1-D string ``dataset`` (raw chunks, all stored) declares at
-    most ``limit`` bytes, read from the chunks' raw bytes: HDF5 allocates a declared length before reading
-    the string."""
-    per_chunk = dataset.chunks[0]
-    for start in range(0, dataset.shape[0], per_chunk):
-        raw = dataset.id.read_direct_chunk((start,))[1]
-        # HDF5 file format: each stored string is its length (4 bytes, little-endian) and a global heap id.
-        if len(raw) % (4 * per_chunk):
-            raise DataError(f"{where}: {dataset.name} has a malformed chunk at {start} ({len(raw)} bytes)")
-        longest = int(np.frombuffer(raw, "<u4").reshape(per_chunk, -1)[:, 0].max())
-        if longest > limit:
-            raise DataError(f"{where}: {dataset.name} holds a string of {longest} bytes, over the limit of "
-                            f"{limit}")
-
-
-def _check_members(group: h5py.Group, expected: tuple[str, ...] | None, where: str | Path) -> None:
-    """DataError unless every member of ``group`` is a hard link named in ``expected`` (None: any name): a soft
-    or external link would send readers to paths, or files, outside the schema (``visititems`` skips links,
-    so each link is looked at itself)."""
-    prefix = group.name.rstrip("/")
-    for member in group:
-        link = group.get(member, getlink=True)
-        path = _name(f"{prefix}/{member}")  # a crafted name may hold newlines or be huge
-        if isinstance(link, h5py.SoftLink):
-            raise DataError(f"{where}: {path} is a soft link (to {_name(link.path)}); a package holds only its "
-                            "own datasets and groups")
-        if isinstance(link, h5py.ExternalLink):
-            raise DataError(f"{where}: {path} is an external link (to {_name(link.path)} in file "
-                            f"{_name(link.filename)}); a package holds only its own datasets and groups")
-        if not isinstance(link, h5py.HardLink):
-            raise DataError(f"{where}: {path} is a {type(link).__name__}, not a hard link")
-        if expected is not None and member not in expected:
-            raise DataError(f"{where}: unexpected object {path} (expected only {', '.join(expected)})")
-
-
 def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
     """:func:`validate_schema` without the catch-all for unexpected h5py/NumPy errors."""
     _check_root_attrs(h5, where)
     volumes = has_volumes(h5)
     if VOLUMES_GROUP in h5 and not volumes:
         raise DataError(f"{where}: /{VOLUMES_GROUP} is present but root attribute volumes is not 1")
-    _check_members(h5, SPLITS + ((VOLUMES_GROUP,) if volumes else ()), where)
+    check_members(h5, SPLITS + ((VOLUMES_GROUP,) if volumes else ()), where)
     counts: dict[str, int] = {}
     size: tuple[int, int] | None = None
     for split in SPLITS:
@@ -421,10 +258,10 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
             raise DataError(f"{where}: missing group /{split}")
         group = h5[split]
         declared = split_datasets(h5.attrs)  # the root attributes are checked: optional ones are 0 or 1
-        _check_members(group, tuple(spec.name for spec in declared), where)
+        check_members(group, tuple(spec.name for spec in declared), where)
         sizes: dict[str, int] = {}  # N, H, W of this split, bound by the first dataset that has them
         for spec in declared:
-            _check_dataset(group, spec, sizes, where)
+            check_dataset(group, spec, sizes, where)
         if size is not None and (sizes["H"], sizes["W"]) != size:
             raise DataError(f"{where}: /{split} slices are {(sizes['H'], sizes['W'])}, other splits {size}")
         size = (sizes["H"], sizes["W"])
@@ -434,8 +271,6 @@ def _validate_schema(h5: h5py.File, where: str | Path) -> dict[str, int]:
         raise DataError(f"{where}: root attribute slice_size is {side} but the slices are {size[0]} x {size[1]}")
     counts["height"], counts["width"] = size
     if volumes:
-        from fuse4seg.data.package.h5volumes import validate_volumes  # builds on this module's checks
-
         validate_volumes(h5, where)
     return counts
 

@@ -35,13 +35,13 @@ import h5py
 import numpy as np
 
 from fuse4seg.conventions import modality_indices
-from fuse4seg.data.package.h5format import (
-    _check_dataset,
-    _check_members,
-    _name,
-    _show,
+from fuse4seg.data.package.h5primitives import (
+    check_dataset,
+    check_members,
     compress,
     reading_data,
+    short_name,
+    show_value,
     string_array,
 )
 from fuse4seg.data.package.schema import (
@@ -180,7 +180,7 @@ def validate_volumes(h5: h5py.File, where: str | Path) -> dict[str, list[str]]:
     root = h5[VOLUMES_GROUP]
     if not isinstance(root, h5py.Group):
         raise DataError(f"{where}: /{VOLUMES_GROUP} is not a group")
-    _check_members(root, SPLITS, where)
+    check_members(root, SPLITS, where)
     seen: dict[str, str] = {}
     cases: dict[str, list[str]] = {}
     for split in SPLITS:
@@ -190,13 +190,13 @@ def validate_volumes(h5: h5py.File, where: str | Path) -> dict[str, list[str]]:
         if len(group) > MAX_VOLUME_CASES:
             raise DataError(f"{where}: /{VOLUMES_GROUP}/{split} holds {len(group)} cases, over the limit of "
                             f"{MAX_VOLUME_CASES} per split")
-        _check_members(group, None, where)
+        check_members(group, None, where)
         for case_id in group:
-            path = _name(f"/{VOLUMES_GROUP}/{split}/{case_id}")
+            path = short_name(f"/{VOLUMES_GROUP}/{split}/{case_id}")
             if len(case_id.encode("utf-8", "surrogateescape")) > MAX_TEXT_BYTES:
                 raise DataError(f"{where}: {path}: case id over the limit of {MAX_TEXT_BYTES} bytes")
             if case_id in seen:
-                raise DataError(f"{where}: case {_name(case_id)} has volumes in both {seen[case_id]} and {split}; "
+                raise DataError(f"{where}: case {short_name(case_id)} has volumes in both {seen[case_id]} and {split}; "
                                 "splits must be by patient")
             seen[case_id] = split
             _check_case(group[case_id], path, where)
@@ -209,14 +209,14 @@ def _check_case(case: h5py.Group | h5py.Dataset, path: str, where: str | Path) -
     :func:`validate_volumes`)."""
     if not isinstance(case, h5py.Group):
         raise DataError(f"{where}: {path} is not a group")
-    _check_members(case, tuple(spec.name for spec in VOLUME_DATASETS), where)
+    check_members(case, tuple(spec.name for spec in VOLUME_DATASETS), where)
     sizes: dict[str, int] = {}
     for spec in VOLUME_DATASETS:  # binds D, H, W from the first, then holds the others to them
-        _check_dataset(case, spec, sizes, where)
+        check_dataset(case, spec, sizes, where)
     names = sorted(case.attrs)
     expected = sorted(spec.name for spec in VOLUME_ATTRIBUTES)
     if names != expected:
-        raise DataError(f"{where}: {path} has attributes {_show(names)}, expected {', '.join(expected)}")
+        raise DataError(f"{where}: {path} has attributes {show_value(names)}, expected {', '.join(expected)}")
     values = {}
     for spec in VOLUME_ATTRIBUTES:  # shape and dtype from the header first: a crafted attribute costs nothing
         attr = case.attrs.get_id(spec.name)
@@ -227,14 +227,14 @@ def _check_case(case: h5py.Group | h5py.Dataset, path: str, where: str | Path) -
     box, shape = values["box"], values["shape"]
     extents = (sizes["H"], sizes["W"], sizes["D"])  # x, y, z
     if (shape < 1).any() or math.prod(int(n) for n in shape) > MAX_VOLUME_VOXELS:
-        raise DataError(f"{where}: {path} attribute shape {_show(shape)} is not 1 to {MAX_VOLUME_VOXELS} voxels")
+        raise DataError(f"{where}: {path} attribute shape {show_value(shape)} is not 1 to {MAX_VOLUME_VOXELS} voxels")
     if (box[:, 0] < 0).any() or (box[:, 1] > shape).any() or tuple((box[:, 1] - box[:, 0]).tolist()) != extents:
-        raise DataError(f"{where}: {path} attribute box {_show(box)} is not within shape {_show(shape)} with extents "
+        raise DataError(f"{where}: {path} attribute box {show_value(box)} is not within shape {show_value(shape)} with extents "
                         f"(x, y, z) = {extents} (the datasets' H, W, D)")
     if not np.isfinite(values["affine"]).all():
         raise DataError(f"{where}: {path} attribute affine has values that are not finite")
     if not (np.isfinite(values["spacing"]).all() and (values["spacing"] > 0).all()):
-        raise DataError(f"{where}: {path} attribute spacing {_show(values['spacing'])} is not finite and > 0 mm")
+        raise DataError(f"{where}: {path} attribute spacing {show_value(values['spacing'])} is not finite and > 0 mm")
 
 
 def scan_volumes(h5: h5py.File, path: str | Path, split: str, block_bytes: int) -> list[str]:
@@ -248,7 +248,7 @@ def scan_volumes(h5: h5py.File, path: str | Path, split: str, block_bytes: int) 
         planes = max(1, block_bytes // (4 * height * width * 4))  # source planes: the largest
         for start in range(0, depth, planes):
             stop = min(depth, start + planes)
-            where = f"/{VOLUMES_GROUP}/{split}/{_name(case_id)}"
+            where = f"/{VOLUMES_GROUP}/{split}/{short_name(case_id)}"
             for name in ("source", "fused"):
                 with reading_data(path, f"{where}/{name}[:, {start}:{stop}]"):
                     values = case[name][:, start:stop]

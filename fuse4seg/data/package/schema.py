@@ -3,8 +3,8 @@
 Everything that writes, checks or describes the file reads this declaration: the writer
 (:func:`fuse4seg.data.package.h5format.create_split_group`), the validator
 (:func:`fuse4seg.data.package.h5format.validate_schema`, used by every reader and by ``verify``), the
-record-set fields of ``croissant.json`` and the file list of the dataset card. Change the file
-format here (and bump :data:`FORMAT_VERSION`), not in those places.
+record-set fields of ``croissant.json``, the file list of the dataset card and the Parquet record columns
+(:mod:`fuse4seg.data.package.records`). Change the file format here (and bump :data:`FORMAT_VERSION`), not in those places.
 
 Shapes are symbolic: ``N`` is the number of slices of one split, ``H`` x ``W`` the slice size
 (one per file: every split has the same). Every split group (``/train``, ``/val``, ``/test``)
@@ -33,11 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fuse4seg.conventions import MODALITIES
-from fuse4seg.data.build.options import MAX_SIZE
 from fuse4seg.data.release.nifti import MAX_VOLUME_VOXELS as _NIFTI_MAX_VOXELS
 
 FORMAT_VERSION = 2
 H5_NAME = "brats_fuse.h5"
+#: The other files of a package beside H5_NAME: dataset card, citation, Croissant metadata (written last, with
+#: the hashes of the others), and the folder of the optional Parquet shards.
+CARD_NAME, CITATION_NAME, CROISSANT_NAME = "README.md", "CITATION.cff", "croissant.json"
+PARQUET_DIR = "parquet"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: gzip level 1, no shuffle filter: measured in benchmarks/build.py (see h5format's module doc).
 COMPRESSION: dict[str, object] = {"compression": "gzip", "compression_opts": 1}
@@ -52,9 +55,10 @@ UTF8 = "utf-8"
 #: slice (slice_index and spacing: about 0.3 GB at the limit; case ids, each at most MAX_TEXT_BYTES,
 #: only as many as the file really stores, since every declared chunk must be stored).
 MAX_SLICES = 10_000_000
-#: Pixels along H and along W: the largest ``--size`` build-benchmark accepts (BraTS volumes are
-#: 240 x 240), so the validator never refuses a file the builder may write.
-MAX_SLICE_SIDE = MAX_SIZE
+#: Pixels along H and along W, and the largest ``--size`` build-benchmark accepts (BraTS volumes are
+#: 240 x 240), so the validator never refuses a file the builder may write: 4096 x 4096 float32 slices are
+#: 320 MiB per 5 planes, already past any GPU batch.
+MAX_SLICE_SIDE = 4096
 #: Bytes of one stored string (a case id): case ids are release folder names, at most 255 characters
 #: (NAME_MAX), so at most 765 bytes of UTF-8; HDF5 allocates a string's declared length before reading
 #: it, and a crafted 4-byte length would otherwise cost 4 GiB.

@@ -13,13 +13,8 @@ import numpy as np
 import torch
 
 from fuse4seg.data.package.dataset import CACHE_MAX_BYTES, ProcessFile, check_slices, h5_path
-from fuse4seg.data.package.h5format import (
-    READ_ERRORS,
-    has_volumes,
-    open_validated,
-    read_root_attrs,
-    reading_data,
-)
+from fuse4seg.data.package.h5format import has_volumes, open_validated, read_root_attrs
+from fuse4seg.data.package.h5primitives import READ_ERRORS, reading_data
 from fuse4seg.data.package.h5volumes import read_volume_attrs, volume_case_ids
 from fuse4seg.data.package.schema import MAX_VOLUME_VOXELS, VOLUMES_GROUP
 from fuse4seg.errors import ConfigError, DataError

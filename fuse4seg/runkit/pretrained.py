@@ -1,4 +1,6 @@
-"""Copying a pre-trained encoder (PRE/encoder.pt of ``fuse4seg pretrain``) into the networks that have one.
+"""A pre-trained encoder (PRE/encoder.pt of ``fuse4seg pretrain``), copied into the networks that have one.
+
+It lives in the run kit because pretrain writes the file and train reads it: neither imports the other.
 
 What gets it: every 1-channel UNet encoder inside the model, i.e. ``UNet(in_channels=1).encoder`` (the
 segmenter of a fused image, 2-D or 3-D) and each ``encoders[i]`` (one per modality) of a
@@ -22,12 +24,13 @@ from torch import nn
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import one_line
 
+#: ``meta["kind"]`` of PRE/encoder.pt: what :func:`load_pretrained_encoder` accepts.
+ENCODER_KIND = "pretrain-encoder"
+
 
 def read_pretrained_encoder(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, meta) of a PRE/encoder.pt, loaded with weights_only=True; ConfigError naming the file when
     it is missing or not a pretrain encoder."""
-    from fuse4seg.pretrain.runner import ENCODER_KIND
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found (write one with `fuse4seg pretrain`)", option="init")

@@ -1,0 +1,29 @@
+"""The options of ``fuse4seg demo``, declared once: :class:`DemoOptions` (beside :mod:`fuse4seg.demo`), and
+:func:`demo`, which runs the demo they describe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fuse4seg.options import option
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's output folder and the training settings a user may change."""
+
+    out: str = option("runs/demo", "Directory for the demo's benchmark and run.")
+    overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
+    threads: int = option(1, "CPU threads for torch (1 is robust on a busy 2-core machine).", recorded=False)
+    seed: int = option(0, "Training seed (initial weights, data order); the benchmark stays the same. The README "
+                          "quotes the demo over seeds 0-4.")
+
+
+def demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run :func:`fuse4seg.demo.run_demo` as ``options`` say, reporting through ``echo``."""
+    from fuse4seg.demo import run_demo
+
+    return run_demo(options.out, overwrite=options.overwrite, echo=echo,
+                    train_overrides={"threads": options.threads, "seed": options.seed})
