@@ -175,7 +175,7 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     constant; with a text, that token is not attended to)."""
     model = tiny(name)
     text = ()
-    if getattr(model, "uses_text", False):
+    if getattr(model, "reads_text", False):
         text = (torch.randn(2, 5, model.text_dim), torch.tensor([[True] * 5, [False] * 5]))
     out = model(torch.rand(2, model.in_channels, 32, 32), *text)
     (out * torch.randn_like(out)).sum().backward()

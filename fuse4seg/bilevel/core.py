@@ -161,7 +161,9 @@ def parse_options(options: dict[str, Any]) -> Options:
     o = dict(options)
     for f in fields(Options):
         if f.name in o:
-            problem = f.metadata["check"](o[f.name])
+            # None means "not given" for an option whose type admits it (its default then applies)
+            none_ok = o[f.name] is None and type(None) in typing.get_args(_TYPES[f.name])
+            problem = None if none_ok else f.metadata["check"](o[f.name])
             if problem:
                 raise ConfigError(problem, option=f.name)
             if _TYPES[f.name] in (float, float | None) and o[f.name] is not None:

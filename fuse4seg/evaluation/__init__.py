@@ -1,1 +1,2 @@
-"""fuse4seg/evaluation"""
+"""Scoring a trained run: on the package's slices (an evaluator per run variant), on whole BraTS volumes under a
+leaderboard convention, and against MR degradations (robustness)."""

@@ -9,7 +9,7 @@ from typing import Any
 from fuse4seg.evaluation.common import EvalRequest, open_evaluated_split
 
 #: How a classifier's metrics are computed (metrics.json "conventions", quoted by report.md).
-CONVENTIONS: dict[str, str] = {
+METRIC_NOTES: dict[str, str] = {
     "classification": "slice-level presence of WT, TC, ET; a slice is predicted positive when its sigmoid is >= 0.5; "
                       "AUROC by ranks (nan for a region present in every slice or in none; the macro mean skips it); "
                       "an empty denominator counts as 1",
@@ -31,7 +31,7 @@ def evaluate_classifier(request: EvalRequest) -> dict[str, Any]:
         **{k: head[k] for k in ("run", "checkpoint", "step", "mode")}, "task": r.config.task,
         **{k: head[k] for k in ("split", "benchmark")}, "slices": len(probs),
         **{k: head[k] for k in ("fusion_inputs", "seg_inputs")}, "classification": classification_metrics(probs, targets),
-        "conventions": dict(CONVENTIONS),
+        "conventions": dict(METRIC_NOTES),
     }
     if r.compare_untrained:
         base = presence_predictions(r.untrained(), dataset, r.device, limit=r.limit)

@@ -15,15 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.evaluation.classify import evaluate_classifier
-from fuse4seg.evaluation.common import (
-    EvalRequest,
-    check_benchmark_matches,
-    is_eval_output,
-    open_evaluated_split,
-    untrained_like,
-)
-from fuse4seg.evaluation.segment2d import evaluate_slices, score_split, write_reports_csv
-from fuse4seg.evaluation.segment3d import FUSION_PLANES, evaluate_3d, score_volumes
+from fuse4seg.evaluation.common import EvalRequest
+from fuse4seg.evaluation.segment2d import evaluate_slices
+from fuse4seg.evaluation.segment3d import evaluate_3d
 from fuse4seg.train.run import load_run
 
 #: The evaluation of each run variant, by variant name: (request) -> metrics, with RUN/eval written.
@@ -47,7 +41,4 @@ def evaluate_run(run: str | Path, benchmark: str | Path | None = None, split: st
     return EVALUATORS[pipeline.variant.name](request)
 
 
-__all__ = [
-    "EVALUATORS", "FUSION_PLANES", "EvalRequest", "check_benchmark_matches", "evaluate_run", "is_eval_output",
-    "open_evaluated_split", "score_split", "score_volumes", "untrained_like", "write_reports_csv",
-]
+__all__ = ["EVALUATORS", "evaluate_run"]

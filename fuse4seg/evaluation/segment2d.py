@@ -29,7 +29,7 @@ from fuse4seg.train.networks import Pipeline
 from fuse4seg.train.predict import PredictedBatch, dice_per_slice, predict_batches
 
 #: How the metrics of a 2-D segmentation run are computed (metrics.json "conventions", quoted by report.md).
-CONVENTIONS: dict[str, str] = {
+METRIC_NOTES: dict[str, str] = {
     "per_slice": "2-D metrics per slice, averaged over slices",
     "per_case": "a case's slices stacked in slice order into a 3-D volume; spacing of the stacking axis "
                 "= median slice-index gap x slice thickness",
@@ -175,7 +175,7 @@ def evaluate_slices(request: EvalRequest) -> dict[str, Any]:
     r, pipeline, dev = request, request.pipeline, request.device
     dataset = open_evaluated_split(r.run, r.config, r.bench, r.split)
     metrics: dict[str, Any] = {
-        **r.head(), "hypergrad": r.hypergrad(), "conventions": dict(CONVENTIONS),
+        **r.head(), "hypergrad": r.hypergrad(), "conventions": dict(METRIC_NOTES),
         "text": ("the slices' texts" if pipeline.text_encoder is not None else "none (the 'no text' token)")
         if pipeline.reads_text else None,
     }

@@ -24,7 +24,7 @@ from fuse4seg.train.predict import dice_per_slice
 #: scored by the 2-D fusion metrics.
 FUSION_PLANES: int = 3
 #: How the metrics of a 3-D run are computed (metrics.json "conventions", quoted by report.md).
-CONVENTIONS: dict[str, str] = {
+METRIC_NOTES: dict[str, str] = {
     "per_case": "each stored (brain-cropped) volume predicted whole by sliding windows of the training patch "
                 "(overlap 0.5, Gaussian blending) and scored in 3-D; means over cases",
     "hd95": "HD95 in mm from each volume's voxel spacing",
@@ -128,7 +128,7 @@ def evaluate_3d(request: EvalRequest) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         **{k: head[k] for k in ("run", "checkpoint", "step", "mode")}, "dims": config.dims,
         **{k: head[k] for k in ("split", "benchmark", "fusion_inputs", "seg_inputs")}, "hypergrad": r.hypergrad(),
-        "patch": list(config.patch), "benchmark_fusion_method": info.fusion_method, "conventions": dict(CONVENTIONS),
+        "patch": list(config.patch), "benchmark_fusion_method": info.fusion_method, "conventions": dict(METRIC_NOTES),
     }
     metrics.update(scores)
     if r.compare_untrained:

@@ -59,7 +59,7 @@ class TextGuidedFusion(nn.Module):
 
     kind = "fusion"
     #: Training, evaluation and inference pass the slice's encoded text to networks that declare this.
-    uses_text = True
+    reads_text = True
 
     def __init__(self, in_channels: int = 2, width: int = 16, layers: int = 4, heads: int = 2, text_dim: int = 64,
                  norm: str = "group") -> None:

@@ -1,4 +1,5 @@
-"""Training, evaluation and inference: the pipeline a user runs (``fuse4seg train/evaluate/fuse/demo``)."""
+"""Training (``fuse4seg train``): the options, the modes and run variants, the steps and the loop; evaluation and
+inference build on it (fuse4seg.evaluation, fuse4seg.inference)."""
 
 from fuse4seg.train.config import TrainConfig
 from fuse4seg.train.loop import Trainer, train, train_from_options

@@ -209,6 +209,8 @@ def check_values(obj: Any) -> None:
     fields; they are relabelled to the options' keys here.
     """
     for d in declared(type(obj)):
+        if d.get(obj) is None and d.optional:
+            continue  # None means "not given" for an option whose type admits it
         check = d.metadata.get("check") if d.group is None else None
         problem = check(d.get(obj)) if check else None
         if problem:

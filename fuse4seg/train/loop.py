@@ -332,7 +332,7 @@ def _train_into(trainer: Trainer, run_dir: Path | None) -> dict[str, Any]:
 
 
 def train_from_options(values: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
-    """Resolve command-line style options (None = not given; see config.cli_overrides) and train."""
+    """Resolve command-line style options (None = not given; see command_line.cli_overrides) and train."""
     return train(resolve_config(cli_overrides(values), config_file))
 
 

@@ -15,10 +15,10 @@ from fuse4seg.bilevel import check_method
 from fuse4seg.errors import ConfigError
 
 #: A training configuration (fuse4seg.train.config.TrainConfig, which declares its options from this registry).
-TrainConfig = Any
+Config = Any
 
 
-def _check_fusion_steps(c: TrainConfig, low: int) -> None:
+def _check_fusion_steps(c: Config, low: int) -> None:
     """--fusion-steps, when given: >= ``low`` and fewer than --steps (steps must be left for segmentation)."""
     if c.fusion_steps is not None:
         if c.fusion_steps < low:
@@ -27,7 +27,7 @@ def _check_fusion_steps(c: TrainConfig, low: int) -> None:
             raise ConfigError(f"must be < --steps ({c.steps}) to leave steps for segmentation", option="fusion_steps")
 
 
-def _check_bilevel(c: TrainConfig) -> None:
+def _check_bilevel(c: Config) -> None:
     """The inner steps are what trains the segmenter: at least one; the method must suit the engine options;
     a warm-up leaves steps; --seg-fraction needs a fusion loss to balance against."""
     from fuse4seg.losses.fusion import resolve_fusion_weights
@@ -46,7 +46,7 @@ def _check_bilevel(c: TrainConfig) -> None:
         raise ConfigError("balances against the fusion loss, but every fusion loss weight is 0", option="seg_fraction")
 
 
-def _fusion_stage(c: TrainConfig, total: int, default: int) -> int:
+def _fusion_stage(c: Config, total: int, default: int) -> int:
     """Steps that train the fusion net alone first: --fusion-steps, or ``default``; fewer than ``total``."""
     steps = c.fusion_steps if c.fusion_steps is not None else default
     if steps and steps >= total:
@@ -54,24 +54,24 @@ def _fusion_stage(c: TrainConfig, total: int, default: int) -> int:
     return steps
 
 
-def _two_stages(c: TrainConfig, total: int) -> int:
+def _two_stages(c: Config, total: int) -> int:
     """Steps of two-stage's first stage: --fusion-steps, or half the total steps."""
     if total < 2:
         raise ConfigError("two-stage training needs at least 2 steps (one per stage)", option="steps")
     return _fusion_stage(c, total, total // 2)
 
 
-def _check_feature_fusion(c: TrainConfig) -> None:
+def _check_feature_fusion(c: Config) -> None:
     """One encoder per modality: the inputs must be modalities."""
     if "fused" in MODES[c.mode].seg_inputs(c):
         raise ConfigError("feature-fusion needs modalities, not the fused image", option="inputs")
 
 
-def _no_check(c: TrainConfig) -> None:
+def _no_check(c: Config) -> None:
     """No mode-specific rule."""
 
 
-def _fused(c: TrainConfig) -> tuple[str, ...]:
+def _fused(c: Config) -> tuple[str, ...]:
     """The segmenter reads the (learned or stored) fused image."""
     return ("fused",)
 
@@ -100,11 +100,11 @@ class Mode:
     optimisers: tuple[str, ...]
     holds_out: bool = False
     hypergradient: bool = False
-    seg_inputs: Callable[[TrainConfig], tuple[str, ...]] = _fused
+    seg_inputs: Callable[[Config], tuple[str, ...]] = _fused
     seg_model: str | None = None
-    fusion_stage: Callable[[TrainConfig, int], int] | None = None
+    fusion_stage: Callable[[Config, int], int] | None = None
     weighs_seg: bool = False
-    check: Callable[[TrainConfig], None] = _no_check
+    check: Callable[[Config], None] = _no_check
 
 
 #: Every training mode, run by the same loop (fuse4seg.train.loop), by name.

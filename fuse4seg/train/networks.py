@@ -72,7 +72,7 @@ class Pipeline:
     @property
     def reads_text(self) -> bool:
         """Whether the fusion network is guided by the slices' texts (``fusion-text``)."""
-        return bool(getattr(self.fusion, "uses_text", False))
+        return bool(getattr(self.fusion, "reads_text", False))
 
     def fusion_sources(self, source: torch.Tensor) -> torch.Tensor:
         """(N, 4, *spatial) sources in MODALITIES order -> (N, C, *spatial) fusion inputs (slices or volumes)."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fuse4seg.train.config import OUTER_OPTIMIZERS
 from fuse4seg.train.modes import MODES
 
 if TYPE_CHECKING:
@@ -28,12 +29,15 @@ class Optimisers:
     scaler: torch.amp.GradScaler | None = None  # --precision fp16 (single-level modes): the loss scale
 
 
+#: The torch optimiser of each --upper-optimizer / --lower-optimizer name (plain SGD: no momentum, so a step is
+#: delta = -lr * grad exactly).
+TORCH_OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+assert set(TORCH_OPTIMISERS) == set(OUTER_OPTIMIZERS), "every declared optimiser name needs its torch class"
+
 
 def torch_optimiser(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """``adam`` or plain ``sgd`` (no momentum: delta = -lr * grad exactly) over ``params``."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
+    """The torch optimiser ``name`` (a key of :data:`TORCH_OPTIMISERS`) over ``params`` at learning rate ``lr``."""
+    return TORCH_OPTIMISERS[name](params, lr=lr)
 
 
 def torch_optimisers(config: TrainConfig, pipeline: Pipeline) -> Optimisers:

@@ -16,7 +16,7 @@ from fuse4seg.losses import predict_labels, region_targets
 from fuse4seg.models import sliding_window
 
 
-class Pipeline(Protocol):
+class Predictable(Protocol):
     """What prediction needs of a trained pipeline (fuse4seg.train.networks.Pipeline has it): its networks, whether
     the segmenter predicts regions, a train/eval switch and the forward pass. Declared here so that the run variants,
     which score with these functions, and the pipeline, which knows its variant, need not import each other."""
@@ -25,7 +25,7 @@ class Pipeline(Protocol):
     seg: torch.nn.Module
     region_based: bool
 
-    def train(self, mode: bool = True) -> Pipeline:
+    def train(self, mode: bool = True) -> Predictable:
         """Set the trained networks' flag; returns self."""
 
     def forward(self, source: torch.Tensor, stored_fused: torch.Tensor | None = None,
@@ -51,7 +51,7 @@ class PredictedBatch:
     text: list[str] | None = None  # the slices' texts, when the split has them
 
 
-def forward_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+def forward_batches(pipeline: Predictable, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
                     limit: int | None = None, num_workers: int = 0
                     ) -> Iterator[tuple[dict, torch.Tensor | None, torch.Tensor]]:
     """(batch, learned fused image or None, outputs) of the pipeline (eval mode, no grad) over the first ``limit``
@@ -71,7 +71,7 @@ def forward_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device |
         pipeline.train(was_training)
 
 
-def predict_batches(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+def predict_batches(pipeline: Predictable, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
                     limit: int | None = None, num_workers: int = 0) -> Iterator[PredictedBatch]:
     """Run a segmentation pipeline (eval mode, no grad) over the first ``limit`` items of ``dataset`` in order."""
     for batch, fused, logits in forward_batches(pipeline, dataset, device, batch_size, limit, num_workers):
@@ -91,7 +91,7 @@ def dice_per_slice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
-def validation_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+def validation_scores(pipeline: Predictable, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
                       limit: int | None = None) -> tuple[dict[str, float], PredictedBatch | None]:
     """Mean per-slice Dice {"dice_WT","dice_TC","dice_ET","dice_mean"} and the first batch (for panels)."""
     dices, first = [], None
@@ -101,7 +101,7 @@ def validation_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device
     return _mean_scores(dices), first
 
 
-def presence_predictions(pipeline: Pipeline, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
+def presence_predictions(pipeline: Predictable, dataset: Dataset, device: torch.device | str, batch_size: int = 16,
                          limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, 3), presence targets (N, 3)) of a classifier pipeline (``--task classify``) over the first
     ``limit`` items of ``dataset``, in order (eval mode, no grad)."""
@@ -114,7 +114,7 @@ def presence_predictions(pipeline: Pipeline, dataset: Dataset, device: torch.dev
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def classification_scores(pipeline: Pipeline, dataset: Dataset, device: torch.device | str,
+def classification_scores(pipeline: Predictable, dataset: Dataset, device: torch.device | str,
                           limit: int | None = None) -> dict[str, float]:
     """Validation scores of a classifier: {"auroc_WT", ..., "auroc_mean", "f1_mean", "accuracy_mean"} (AUROC nan for
     a region present in every slice or in none; the mean skips it)."""
@@ -137,7 +137,7 @@ def _mean_scores(dices: list[torch.Tensor]) -> dict[str, float]:
     return scores
 
 
-def sliding_predict(pipeline: Pipeline, source: torch.Tensor, stored_fused: torch.Tensor, patch: tuple[int, ...],
+def sliding_predict(pipeline: Predictable, source: torch.Tensor, stored_fused: torch.Tensor, patch: tuple[int, ...],
                    overlap: float = VOLUME_OVERLAP) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Whole volumes (N, 4, D, H, W) sources and (N, 1, D, H, W) stored fused image, window by window (Gaussian
     blending, ``patch`` voxels, ``overlap``) -> (learned fused (N, 1, D, H, W) or None, logits (N, K, D, H, W)).
@@ -155,7 +155,7 @@ def sliding_predict(pipeline: Pipeline, source: torch.Tensor, stored_fused: torc
     return (None, out) if pipeline.fusion is None else (out[:, :1], out[:, 1:])
 
 
-def volume_validation_scores(pipeline: Pipeline, volumes: Dataset, device: torch.device | str,
+def volume_validation_scores(pipeline: Predictable, volumes: Dataset, device: torch.device | str,
                              patch: tuple[int, ...], limit: int | None = None
                              ) -> tuple[dict[str, float], PredictedBatch | None]:
     """Per-case 3-D Dice of the first ``limit`` cases of ``volumes`` (a BraTSFuseVolumes), each predicted whole by

@@ -17,6 +17,7 @@ from torch import nn
 
 from fuse4seg.distributed import World
 from fuse4seg.text.encoders import TextTokens
+from fuse4seg.train.config import PRECISIONS
 from fuse4seg.train.optimisers import Optimisers
 from fuse4seg.train.semi import consistency_loss, distribution_shift, shift_seeds
 
@@ -29,6 +30,7 @@ Batch = dict[str, Any]
 ModuleLoss = Callable[[Callable[..., torch.Tensor], Callable[..., torch.Tensor]], torch.Tensor]
 #: --precision: the autocast dtype of the forward passes (None: plain fp32).
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert set(PRECISION_DTYPES) == set(PRECISIONS), "every declared --precision needs its autocast dtype"
 
 
 class NonFiniteStep(ArithmeticError):

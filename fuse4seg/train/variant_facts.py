@@ -2,8 +2,9 @@
 
 Torch-free, so the option declarations and their checks (fuse4seg.train.config, fuse4seg.train.resolve) can
 ask a variant without importing the networks; what a variant opens, predicts and scores lives in
-fuse4seg.train.variants (``VARIANTS[facts.name]``). Nothing outside the two registries compares ``task`` or
-``dims``: code asks the variant of a configuration (:func:`facts_of`).
+fuse4seg.train.variants (``VARIANTS[facts.name]``). Outside the registries, code asks the variant of a
+configuration (:func:`facts_of`) rather than compare ``task`` or ``dims``; the one exception is the terminal
+summary of a finished run (fuse4seg.train.loop.format_train_summary), which words the summary dict it is given.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 from fuse4seg.errors import ConfigError
 
 #: A training configuration (fuse4seg.train.config.TrainConfig, which declares its options from these facts).
-TrainConfig = Any
+Config = Any
 
 
-def _no_rule(c: TrainConfig, text_key: str | None) -> None:
+def _no_rule(c: Config, text_key: str | None) -> None:
     """No variant-specific rule."""
 
 
-def _check_volumes(c: TrainConfig, text_key: str | None) -> None:
+def _check_volumes(c: Config, text_key: str | None) -> None:
     """3-D patches: the 2-D slice transforms, the slices' texts and the per-slice consistency loss do not apply."""
     for key in ("augment", "degrade_inputs"):  # their transforms are 2-D (albumentations on slices)
         if getattr(c, key) != "none":
@@ -34,7 +35,7 @@ def _check_volumes(c: TrainConfig, text_key: str | None) -> None:
         raise ConfigError("is not supported with --dims 3 (the consistency loss runs on slices)", option="label_fraction")
 
 
-def _check_presence(c: TrainConfig, text_key: str | None) -> None:
+def _check_presence(c: Config, text_key: str | None) -> None:
     """The generated texts state which regions are present: as a fusion net's inputs they would give the target away."""
     if text_key == "fusion_model":
         raise ConfigError("reads the slices' texts, which state which regions are present: the target of --task "
@@ -63,7 +64,7 @@ class VariantFacts:
     selection_metric: str
     network: str | None
     network_suffix: str
-    check: Callable[[TrainConfig, str | None], None]
+    check: Callable[[Config, str | None], None]
 
 
 #: Every run variant, by name.
@@ -94,7 +95,7 @@ def variant_name(task: str = "segment", dims: int = 2) -> str:
     return found.name
 
 
-def facts_of(config: TrainConfig) -> VariantFacts:
+def facts_of(config: Config) -> VariantFacts:
     """The variant of a configuration (its ``task`` and ``dims``); ConfigError for a pair no variant trains."""
     return VARIANT_FACTS[variant_name(config.task, config.dims)]
 

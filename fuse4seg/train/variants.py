@@ -26,7 +26,7 @@ from fuse4seg.runkit.benchmark import BenchmarkInfo, open_split
 from fuse4seg.train.modes import MODES, Mode
 from fuse4seg.train.patches import open_volumes
 from fuse4seg.train.predict import (
-    Pipeline,
+    Predictable,
     PredictedBatch,
     classification_scores,
     validation_scores,
@@ -83,17 +83,17 @@ def _open_volumes(config: TrainConfig, info: BenchmarkInfo) -> TrainingData:
     return TrainingData(train, val, tuple(train.volumes.case_ids))
 
 
-def _score_slices(pipeline: Pipeline, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
+def _score_slices(pipeline: Predictable, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
     """Mean per-slice Dice of the first --eval-slices val slices, and their first batch."""
     return validation_scores(pipeline, val_set, device, limit=config.eval_slices)
 
 
-def _score_volumes(pipeline: Pipeline, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
+def _score_volumes(pipeline: Predictable, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
     """Per-case 3-D Dice of the first --eval-slices val volumes (sliding windows of --patch), and a middle plane."""
     return volume_validation_scores(pipeline, val_set, device, config.patch, limit=config.eval_slices)
 
 
-def _score_presence(pipeline: Pipeline, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
+def _score_presence(pipeline: Predictable, val_set: Dataset, device: torch.device | str, config: TrainConfig) -> Scores:
     """AUROC, F1 and accuracy of slice-level presence on the first --eval-slices val slices (no panels)."""
     return classification_scores(pipeline, val_set, device, config.eval_slices), None
 
@@ -121,7 +121,7 @@ class Variant(VariantFacts):
 
     open_data: Callable[[TrainConfig, BenchmarkInfo], TrainingData] = _open_slices
     loss: Callable[[torch.Tensor, torch.Tensor, bool, Reduce | None], torch.Tensor] = _segmentation_loss
-    score: Callable[[Pipeline, Dataset, torch.device | str, TrainConfig], Scores] = _score_slices
+    score: Callable[[Predictable, Dataset, torch.device | str, TrainConfig], Scores] = _score_slices
 
     def num_outputs(self, config: TrainConfig) -> int:
         """Outputs of the second network: 3 region sigmoids or presence logits, or 4 class logits."""
@@ -155,4 +155,4 @@ def variant_of(config: TrainConfig) -> Variant:
     return VARIANTS[facts_of(config).name]
 
 
-__all__ = ["NUM_REGIONS", "VARIANTS", "TrainingData", "Variant", "training_view", "variant_of"]
+__all__ = ["VARIANTS", "Variant", "variant_of"]
