@@ -117,6 +117,8 @@ def scores(run: Path) -> dict[str, Any]:
         "hd95": {r: per_slice[r]["hd95"] for r in REGIONS},
         "case_dice": {case: {r: v[r]["dice"] for r in REGIONS} for case, v in sorted(m["per_case"].items())},
         "fusion": m["fusion"].get("learned") if m.get("fusion") else None,
+        # the package's own fused image (the rule the benchmark was built with), scored on the same slices
+        "fusion_stored": m["fusion"].get("benchmark_stored") if m.get("fusion") else None,
         "curve": read_curve(run),
     }
     out["dice"]["mean"] = sum(out["dice"][r] for r in REGIONS) / len(REGIONS)
