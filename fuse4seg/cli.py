@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -115,7 +116,7 @@ def _train() -> click.Command:
     FLAGS.update(error_flags())
     config = ("config", str | None, option(None, "TOML file of options, keyed by option name (command-line options "
                                                  "override it). Only there: the fusion_options/seg_options tables "
-                                                 "(model options beyond width/depth) and fusion_loss_weights."))
+                                                 "(model options beyond width/depth) and fusion_loss_weights.", path=True))
     parameters = [(name, tp | None, field) for name, tp, field in command_line_options()] + [config]
     return build_command("train", train_command, parameters, train_command.__doc__)
 
@@ -205,6 +206,16 @@ def demo_command(options: DemoOptions) -> None:
 UNWIND_SECONDS = 20.0
 #: Pending re-sends; cancelled once main() has unwound (the command ended as the signal asked).
 _RESEND: list[threading.Timer] = []
+#: Signals received by :func:`_on_signal` during this main() call: however the command unwinds (Typer turns
+#: KeyboardInterrupt into exit 130, a cleanup may raise), it then ends with :func:`_signal_exit`.
+_RECEIVED: list[int] = []
+
+
+def _signal_exit() -> int:
+    """The one line and exit status (128 + signal) of a command stopped by SIGINT or SIGTERM."""
+    signum = _RECEIVED[0]
+    typer.echo("error: interrupted" if signum == signal.SIGINT else "error: terminated", err=True)
+    return 128 + signum
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -213,6 +224,7 @@ def _on_signal(signum: int, frame: object) -> None:
     exception is swallowed (raised inside a weakref callback or a __del__), the signal still stops the process."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    _RECEIVED.append(signum)
     resend = threading.Timer(UNWIND_SECONDS, os.kill, (os.getpid(), signum))
     resend.daemon = True
     resend.start()
@@ -230,22 +242,51 @@ def _handle_signals() -> dict[int, object]:
     return {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
+def _full_disk(exc: OSError) -> str | None:
+    """The one line for an OSError that says the disk is full (naming the file when it is known), else None."""
+    from fuse4seg.io import write_failure
+
+    error = write_failure(os.fsdecode(exc.filename) if exc.filename is not None else "an output", exc)
+    return None if error is None else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; bad input becomes a one-line ``error:`` message and exit status 1.
 
     Usage errors (unknown option, bad value) are reported by Typer itself with exit status 2.
     """
+    _RECEIVED.clear()
     previous = _handle_signals()
     try:
         app(args=argv, prog_name="fuse4seg")
     except Fuse4SegError as exc:
+        if _RECEIVED:  # raised while unwinding after the signal
+            return _signal_exit()
         typer.echo(f"error: {cli_message(exc, FLAGS)}", err=True)
         return 1
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        return 130
+        if not _RECEIVED:
+            _RECEIVED.append(signal.SIGINT)
+        return _signal_exit()
+    except OSError as exc:  # a name fuse4seg derives from user data (a case id) that the file system refuses
+        if _RECEIVED:
+            return _signal_exit()
+        full = _full_disk(exc)  # a full disk that no writer turned into its own one line
+        if full:
+            typer.echo(f"error: {full}", err=True)
+            return 1
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.ELOOP) or exc.filename is None:
+            raise
+        typer.echo(f"error: {os.fsdecode(exc.filename)[:200]}: {exc.strerror}", err=True)
+        return 1
     except SystemExit as exc:
+        if _RECEIVED:
+            return _signal_exit()
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:
+        if _RECEIVED:  # a cleanup that failed while unwinding after the signal (e.g. a pool starting up)
+            return _signal_exit()
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -28,7 +28,8 @@ import typer
 import typer.core
 import typer.main
 
-from fuse4seg.errors import flag_for
+from fuse4seg.errors import ConfigError, flag_for
+from fuse4seg.io import path_problem
 from fuse4seg.options import default_of, typer_option
 
 #: One command-line parameter: (name, annotation, its :func:`fuse4seg.options.option` declaration).
@@ -69,8 +70,11 @@ def build_command(name: str, body: Body, parameters: Iterable[Parameter], doc: s
         """Run the command's body."""
         # By name: typer's ParameterSource is its own copy of click's enum.
         given = frozenset(k for k in values if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE")
+        check_paths(values, declared)
         body(values, given)
 
+    parameters = list(parameters)
+    declared = {n: f for n, _, f in parameters if f.metadata.get("path")}
     keyword = inspect.Parameter.KEYWORD_ONLY
     invoke.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
@@ -79,6 +83,20 @@ def build_command(name: str, body: Body, parameters: Iterable[Parameter], doc: s
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command(name)(invoke)
     return typer.main.get_command(single)
+
+
+def check_paths(values: dict[str, Any], declared: dict[str, dataclasses.Field]) -> None:
+    """ConfigError naming the flag (or argument) of the first value of a field declared ``path=True`` that no file
+    system here can hold (:func:`fuse4seg.io.path_problem`: a NUL byte, a name over ``PC_NAME_MAX`` or a path over
+    ``PC_PATH_MAX`` bytes), before the command opens or makes anything."""
+    for name, field in declared.items():
+        value = values.get(name)
+        for path in value if isinstance(value, (list, tuple)) else (value,):
+            problem = None if path is None else path_problem(path)
+            if problem:
+                where = name.upper() if field.metadata.get("argument") else (field.metadata.get("flag")
+                                                                             or flag_for(name)).split("/")[0]
+                raise ConfigError(f"{where}: {problem}")
 
 
 def options_command(name: str, cls: type, run: Callable[..., None]) -> click.Command:

@@ -14,7 +14,7 @@ from fuse4seg.options import option
 class DemoOptions:
     """The demo's output folder and the training settings a user may change."""
 
-    out: str = option("runs/demo", "Directory for the demo's benchmark and run.")
+    out: str = option("runs/demo", "Directory for the demo's benchmark and run.", path=True)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     threads: int = option(1, "CPU threads for torch (1 is robust on a busy 2-core machine).", recorded=False)
     seed: int = option(0, "Training seed (initial weights, data order); the benchmark stays the same. The README "

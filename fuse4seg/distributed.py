@@ -18,10 +18,12 @@ group, no collectives, every hook the identity.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -177,9 +179,10 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise Fuse4SegError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
-def init_from_env(device: str) -> World:
+def init_from_env(device: str, join_timeout: float = 300.0) -> World:
     """Join the process group torchrun describes (gloo for --device cpu, NCCL on cuda:LOCAL_RANK for cuda); a
-    fresh :class:`World` of one process when not launched that way."""
+    fresh :class:`World` of one process when not launched that way. A process whose peers have not all joined
+    within ``join_timeout`` seconds stops with a one-line Fuse4SegError (:func:`_join`)."""
     if not launched():
         return World()
     rank, size, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", 0)
@@ -196,5 +199,43 @@ def init_from_env(device: str) -> World:
     else:
         where, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=size, timeout=TIMEOUT)
+        store = _join(rank, size, join_timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=TIMEOUT)
     return World(rank, size, local, where, active=True)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 (where C++ code logs) to /dev/null inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _join(rank: int, size: int, seconds: float) -> dist.Store:
+    """Meet the other processes through torchrun's store (MASTER_ADDR:MASTER_PORT, the rendezvous ``env://``
+    that init_process_group would do) within ``seconds``: every process counts itself in and waits until all
+    ``size`` have. Returns the store as init_process_group would use it (prefix ``default_pg``, TIMEOUT);
+    Fuse4SegError naming the rank, the address and the option when the peers do not all join in time."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    deadline = datetime.timedelta(seconds=seconds)
+    key = f"fuse4seg/joined/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        with _quiet_stderr():  # c10d logs every failed connection attempt of a waiting client to fd 2
+            store, _, _ = next(dist.rendezvous("env://", rank, size, timeout=deadline))
+            if store.add(key, 1) == size:
+                store.set(f"{key}/all", "1")
+            store.wait([f"{key}/all"], deadline)
+    except (RuntimeError, ValueError, OSError) as exc:  # torch's store errors: DistStoreError, DistNetworkError...
+        raise Fuse4SegError(
+            f"process RANK {rank} of WORLD_SIZE {size}: the other processes did not all join within {seconds:g} s "
+            f"at {where} ({type(exc).__name__}); start all {size} (torchrun --nproc-per-node {size} ...) or give "
+            "them longer with --join-timeout") from None
+    store.set_timeout(TIMEOUT)
+    return dist.PrefixStore("default_pg", store)

@@ -60,8 +60,11 @@ _RANDOM_PART = r"[A-Za-z0-9_]{8}"
 
 
 def write_marker(directory: Path, kind: str) -> None:
-    """Mark ``directory`` as a fuse4seg output of ``kind`` (package, release, run, fuse, eval, demo)."""
-    (directory / MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    """Mark ``directory`` as a fuse4seg output of ``kind`` (package, release, run, fuse, eval, demo); the marker
+    is replaced whole (written to ``.fuse4seg.partial`` and renamed), so a kill -9 never leaves half of one."""
+    tmp = directory / f"{MARKER}.partial"
+    tmp.write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MARKER)
 
 
 def marker_kind(directory: Path) -> str | None:
@@ -152,6 +155,41 @@ def _write_failed(final: Path, exc: OSError) -> Fuse4SegError:
     """The one-line error for a write that ran out of space (or hit a size limit), naming the file if known."""
     where = f" ({os.fsdecode(exc.filename)})" if exc.filename is not None else ""
     return Fuse4SegError(f"cannot write {final}: {exc.strerror or one_line(exc)}{where}")
+
+
+#: How libraries that drop errno (pyarrow, torch's zip writer, TensorBoard) word a failed write.
+_NO_SPACE_TEXT = re.compile(r"no space left|file too large|quota exceeded|\[errno (28|27|122)\]|"
+                            r"unexpected pos|file write failed", re.IGNORECASE)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says a write failed for lack of space: ENOSPC, a quota or the file-size limit (errno, or
+    the words of a library that reports it as text)."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return True
+    return isinstance(exc, (OSError, RuntimeError)) and _NO_SPACE_TEXT.search(str(exc)) is not None
+
+
+@contextlib.contextmanager
+def full_disk_is_one_line(final: str | os.PathLike) -> Iterator[None]:
+    """Inside the block, a write of ``final`` that runs out of space is :func:`write_failure`'s one-line error."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = write_failure(final, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def write_failure(final: str | os.PathLike, exc: BaseException) -> Fuse4SegError | None:
+    """The one-line error for a write of ``final`` that ran out of space (see :func:`out_of_space`): it says
+    the disk is full and names ``final``; None for any other failure."""
+    if not out_of_space(exc):
+        return None
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+    return Fuse4SegError(f"cannot write {final}: the disk is full (no space left, or a quota or file-size limit "
+                         f"reached): {detail}")
 
 
 @contextlib.contextmanager
@@ -282,19 +320,158 @@ def one_line(exc: object) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def check_replaceable(out: Path, overwrite: bool, keys: set[str], companions: tuple[Path, ...] = (),
-                      option: str = "out") -> None:
+def check_replaceable(out: Path, overwrite: bool, keys: set[str],
+                      companions: Sequence[Path | tuple[Path, str]] = (), option: str = "out") -> None:
     """Refuse an existing JSON ``out`` (or a companion file) without ``overwrite``, and with it any ``out``
-    that is not a JSON object holding ``keys`` (a file fuse4seg wrote): --overwrite replaces only our own."""
-    existing = [p for p in (out, *companions) if p.exists()]
+    that is not a JSON object holding ``keys`` (a file fuse4seg wrote): --overwrite replaces only our own.
+    A companion given as (path, first line) is replaced only when it begins with the line fuse4seg writes
+    there; one given as a bare path is never replaced by --overwrite when it exists."""
+    pairs = [(Path(c), None) if isinstance(c, (str, os.PathLike)) else (Path(c[0]), c[1]) for c in companions]
+    existing = [p for p in (out, *(c for c, _ in pairs)) if p.exists() or p.is_symlink()]
     if not existing:
         return
     if not overwrite:
         raise ConfigError(f"{existing[0]} already exists (pass --overwrite to replace it)", option=option)
+    if out in existing:
+        try:
+            previous = json.loads(out.read_text(encoding="utf-8")) if out.is_file() and not out.is_symlink() \
+                else None
+            ours = isinstance(previous, dict) and keys <= set(previous)
+        except (OSError, ValueError, RecursionError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"{out} was not written by fuse4seg; refusing to overwrite it", option=option)
+    for companion, first_line in pairs:
+        if companion in existing and not _begins_with(companion, first_line):
+            raise ConfigError(f"{companion} (written beside {out.name}) was not written by fuse4seg; refusing to "
+                              "overwrite it: move it away or choose another output", option=option)
+
+
+def _begins_with(path: Path, first_line: str | None) -> bool:
+    """Whether the regular file ``path`` begins with ``first_line`` and a newline (False for None)."""
+    if first_line is None or path.is_symlink() or not path.is_file():
+        return False
+    expected = (first_line + "\n").encode("utf-8")
     try:
-        previous = json.loads(out.read_text(encoding="utf-8"))
-        ours = isinstance(previous, dict) and keys <= set(previous)
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        raise ConfigError(f"{out} was not written by fuse4seg; refusing to overwrite it", option=option)
+        with open(path, "rb") as handle:
+            return handle.read(len(expected)) == expected
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def file_output(out: str | os.PathLike, *companions: str | os.PathLike) -> Iterator[None]:
+    """Hold the right to write the file ``out`` (and its ``companions``, written beside it) for the whole
+    command: create its parent, take :func:`output_lock` (a second writer gets a one-line error at once) and
+    sweep what interrupted writes of them left. A failure removes the parent folders this created."""
+    out = Path(out)
+    _, created = make_parent(out)
+    try:
+        with output_lock(out):
+            for final in (out, *companions):
+                sweep_stale(final)
+            yield
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
+#: First characters that make a spreadsheet read a text cell as a formula (or strip it): OWASP's list.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that no spreadsheet executes: text beginning with =, +, -, @, tab or CR gets a leading
+    ``'``; numbers (and other text) are returned as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+# ---- paths and files a user names: checked before anything is opened or made ---------------------------------
+
+#: Fallbacks where os.pathconf cannot tell (Linux's usual limits).
+_NAME_MAX, _PATH_MAX = 255, 4096
+
+
+def _limit(path: str, name: str, fallback: int) -> int:
+    """os.pathconf of the nearest existing folder at or above ``path`` (``name``: PC_NAME_MAX or PC_PATH_MAX)."""
+    folder = os.path.abspath(path) if len(path) < _PATH_MAX else os.getcwd()
+    while True:
+        try:
+            if os.path.isdir(folder):
+                return int(os.pathconf(folder, name))
+        except (OSError, ValueError):
+            return fallback
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return fallback
+        folder = parent
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """What makes ``path`` unusable as a file name on this system, or None: a NUL byte, a name (between slashes)
+    longer than the file system's ``PC_NAME_MAX`` bytes, or a path of ``PC_PATH_MAX`` bytes or more."""
+    text = os.fspath(path)
+    raw = os.fsencode(text)
+    shown = text if len(text) <= 60 else f"{text[:40]}...{text[-12:]}"
+    if b"\0" in raw:
+        return f"{shown!r} contains a NUL byte, which no file name can hold"
+    path_max = _limit(text, "PC_PATH_MAX", _PATH_MAX) if len(raw) >= 255 else _PATH_MAX
+    if len(raw) >= path_max:
+        return f"{shown!r} is {len(raw)} bytes long, over the file system's path limit of {path_max - 1} bytes"
+    longest = len(max(raw.split(b"/"), key=len))
+    name_max = _limit(text, "PC_NAME_MAX", _NAME_MAX) if longest > 14 else _NAME_MAX  # 14: POSIX's least NAME_MAX
+    if longest > name_max:
+        return f"{shown!r} holds a name of {longest} bytes, over the file system's limit of {name_max} bytes per name"
+    return None
+
+
+def check_path(path: str | os.PathLike, option: str | None = None) -> Path:
+    """``path`` as a Path, after :func:`path_problem`; ConfigError naming ``option`` otherwise. Every path a user
+    gives (and every name fuse4seg derives from user data) goes through this before it is opened or made."""
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(problem, option=option)
+    return Path(path)
+
+
+def read_user_file(path: str | os.PathLike, max_bytes: int, option: str | None = None, what: str = "file") -> bytes:
+    """The bytes of a file a user names, at most ``max_bytes``; ConfigError naming ``option`` for a bad path
+    (:func:`check_path`), a missing file, anything that is not a regular file (a device such as /dev/zero, a
+    FIFO, a socket, a directory: refused without reading, never waiting on a writer) or a file over the limit
+    (checked from its size before reading, and again while reading, should it grow)."""
+    import stat
+
+    check_path(path, option)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", option=option) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or one_line(exc)}", option=option) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+            raise ConfigError(f"{path} is {kind}, not a regular {what}", option=option)
+        if info.st_size > max_bytes:
+            raise ConfigError(f"{path} is {info.st_size} bytes, over the limit of {max_bytes} bytes for a {what}",
+                              option=option)
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or one_line(exc)}", option=option) from None
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path} grew over the limit of {max_bytes} bytes for a {what} while being read",
+                          option=option)
+    return data
+
+
+def text_problem(text: str) -> str | None:
+    """What makes ``text`` unfit as a user text (a report, a description), or None: a NUL or another control
+    character (Unicode category Cc) other than newline and tab."""
+    import unicodedata
+
+    for i, char in enumerate(text):
+        if char not in "\n\t" and unicodedata.category(char) == "Cc":
+            return f"holds the control character U+{ord(char):04X} at character {i + 1}"
+    return None

@@ -36,6 +36,7 @@ import dataclasses
 import math
 import numbers
 import os
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -83,13 +84,14 @@ def _number_text(value: float) -> str:
 
 
 def in_range(low: float = -math.inf, high: float = math.inf, note: str = "", low_open: bool = False, *,
-             high_open: bool = False, unit: str = "", integer: bool = False, optional: bool | None = None) -> Check:
+             high_open: bool = False, unit: str = "", integer: bool = False, optional: bool = False) -> Check:
     """Check: a finite number with ``low <= v <= high`` (``<`` with ``low_open`` / ``high_open``), an integer with
-    ``integer``; None passes when ``optional`` (default: unless ``integer``). The message names the bound broken
-    (``must be >= 1, got 0``); ``unit`` follows either bound, ``note`` the lower one."""
+    ``integer``; None passes only when ``optional`` (a declared option whose type admits None is never checked when
+    None: see :func:`check_options`). The message names the bound broken (``must be >= 1, got 0``); ``unit``
+    follows either bound, ``note`` the lower one."""
     def check(v: Any) -> str | None:
         """What is wrong with ``v``, or None."""
-        if v is None and (not integer if optional is None else optional):
+        if v is None and optional:
             return None
         if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real):
             return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
@@ -104,12 +106,12 @@ def in_range(low: float = -math.inf, high: float = math.inf, note: str = "", low
 
 
 def at_least(low: float, note: str = "", *, integer: bool = False) -> Check:
-    """Check: None or >= ``low`` (an integer with ``integer``)."""
+    """Check: >= ``low`` (an integer with ``integer``)."""
     return in_range(low, note=note, integer=integer)
 
 
 def above(low: float) -> Check:
-    """Check: None or > ``low``."""
+    """Check: > ``low``."""
     return in_range(low, low_open=True)
 
 
@@ -138,6 +140,18 @@ def integer_entries(limits: dict[str, tuple[int, int]]) -> Check:
     return check
 
 
+def a_path(then: Check | None = None) -> Check:
+    """Check: None, or a path that a file system here can hold (:func:`fuse4seg.io.path_problem`: no NUL byte, no
+    name over ``PC_NAME_MAX``, no path over ``PC_PATH_MAX`` bytes), then ``then`` (if given)."""
+    from fuse4seg.io import path_problem
+
+    def check(v: Any) -> str | None:
+        """What is wrong with ``v``, or None."""
+        problem = path_problem(v) if isinstance(v, (str, os.PathLike)) else None
+        return problem or (then(v) if then else None)
+    return check
+
+
 def worker_count(low: int = 0) -> Check:
     """Check: an integer from ``low`` up to the CPUs this process may use (:func:`available_cpus`)."""
     def check(v: Any) -> str | None:
@@ -158,9 +172,12 @@ def device_problem(value: object) -> str | None:
 def check_options(options: Any) -> Any:
     """Run the ``check`` every field of the dataclass instance ``options`` declares, in declaration order;
     ConfigError naming the first field whose value fails. Returns ``options``."""
+    hints = typing.get_type_hints(type(options))
     for field in dataclasses.fields(options):
-        check = field.metadata.get("check")
-        problem = check(getattr(options, field.name)) if check else None
+        check, value = field.metadata.get("check"), getattr(options, field.name)
+        if value is None and type(None) in typing.get_args(hints[field.name]):
+            continue  # None means "not given" for an option whose type admits it
+        problem = check(value) if check else None
         if problem:
             raise ConfigError(problem, option=field.name)
     return options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,12 +16,33 @@ from fuse4seg.errors import Fuse4SegError
 
 #: Seconds between a pool worker's checks that the process that started the pool is alive.
 WATCH_SECONDS = 0.5
+#: Environment variable naming the command's pid while it starts the forkserver (read by fuse4seg._pool_guard).
+PARENT_VARIABLE = "FUSE4SEG_POOL_PARENT"
+#: prctl(2) option: the signal the kernel sends this process when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere
+    nothing), and exit at once if the parent is no longer ``parent`` (it died before the request was made)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl here
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def die_with_parent(parent: int) -> None:
     """Pool worker initialiser: exit as soon as process ``parent`` (which started the pool) is gone, or this
-    worker is re-parented, so a ``kill -9`` of the command leaves no orphaned workers."""
+    worker is re-parented, so a ``kill -9`` of the command leaves no orphaned workers (the kernel kills the
+    worker when the forkserver, its parent, dies: :func:`exit_with_parent`; a thread polls ``parent`` too)."""
     ppid = os.getppid()
+    exit_with_parent(ppid)
 
     def watch() -> None:
         """Poll the parent; os._exit, because the interpreter's shutdown would wait for the pool's queues."""
@@ -36,6 +58,36 @@ def die_with_parent(parent: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="fuse4seg-parent-watch", daemon=True).start()
+
+
+def start_forkserver(context: Any, preload: Sequence[str]) -> None:
+    """Start ``context``'s forkserver (and multiprocessing's resource tracker) if not running, preloading
+    :mod:`fuse4seg._pool_guard` and ``preload``: with stdin, stdout and stderr on /dev/null, so that no helper
+    holds the caller's pipes (a caller reading the command's output sees its end when the command ends, even
+    after ``kill -9``), and dying with this process (``_pool_guard``)."""
+    from multiprocessing import forkserver
+
+    context.set_forkserver_preload(["fuse4seg._pool_guard", *preload])
+    saved: dict[int, int | None] = {}
+    null = os.open(os.devnull, os.O_RDWR)
+    os.environ[PARENT_VARIABLE] = str(os.getpid())
+    try:
+        for fd in (0, 1, 2):
+            try:
+                saved[fd] = os.dup(fd)
+            except OSError:  # not open in this process
+                saved[fd] = None
+            os.dup2(null, fd)
+        forkserver.ensure_running()
+    finally:
+        for fd, copy in saved.items():
+            if copy is None:
+                os.close(fd)
+            else:
+                os.dup2(copy, fd)
+                os.close(copy)
+        os.close(null)
+        os.environ.pop(PARENT_VARIABLE, None)
 
 
 def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, preload: Sequence[str] = (),
@@ -55,7 +107,7 @@ def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, p
         # forkserver, not fork: the parent may hold OpenCV/OpenMP/torch thread pools that a forked
         # child would inherit in an undefined state. Preloaded modules make each worker start in milliseconds.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(preload))
+        start_forkserver(context, preload)
         with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context,
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(fn, item, **kwargs): i for i, item in enumerate(items)}

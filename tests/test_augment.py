@@ -123,7 +123,7 @@ def test_bad_specs_are_one_line_config_errors(tmp_path) -> None:
     cases = [
         (augmentation, "medium", "augment", "must be none, light, strong"),
         (input_degradation, "noise,gibbs", "degrade_inputs", "unknown degradation 'gibbs'"),
-        (augmentation, str(tmp_path / "missing.yaml"), "augment", "cannot read"),
+        (augmentation, str(tmp_path / "missing.yaml"), "augment", "missing.yaml: no such file"),
         (augmentation, write(tmp_path / "bad.yaml", "transform: [unclosed\n  x: {"), "augment", "not valid YAML"),
         (input_degradation, write(tmp_path / "bad.json", "{\"transform\": "), "degrade_inputs", "not valid JSON"),
         (augmentation, write(tmp_path / "list.yaml", "- 1\n- 2\n"), "augment", "'transform' mapping"),

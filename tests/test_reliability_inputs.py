@@ -23,7 +23,7 @@ from fuse4seg.cli import main
 from fuse4seg.data.release.brats import find_case, load_case
 from fuse4seg.data.release.nifti import MAX_HEADER_BYTES, MAX_SLICE_PIXELS, MAX_VOLUME_VOXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.metrics.fusion_files import read_slice
+from fuse4seg.metrics.fusion_files import pixel_limit, read_slice
 from fuse4seg.options import MAX_SEED, check_seed
 
 #: Most memory (bytes, as tracemalloc counts it) refusing a file may take: the header and one read chunk.
@@ -200,6 +200,8 @@ def test_fusion_metrics_slice_over_the_pixel_limit(tmp_path: Path, capsys: pytes
     out = tmp_path / "out.json"
     code, err = run_cli(["fusion-metrics", "--fused", str(tmp_path / "fused"), "--sources", str(tmp_path / "a"),
                          "--sources", str(tmp_path / "b"), "--out", str(out)], capsys)
+    # the command's limit is lower: what 1 GiB of metrics memory allows with two sources (fusion_files.pixel_limit)
+    limit = f"over the limit of {pixel_limit(2)}"
     assert one_error_line(code, err) == f"{huge} is too large: its header claims 30000 x 30000 = 900000000 voxels, {limit}"
     assert not out.exists()
 

@@ -21,15 +21,15 @@ class EvaluateOptions:
     """How a run is scored: on the benchmark's slices, or with ``volumes`` on whole BraTS volumes. The options
     that only one of the two reads are None / their default when not given (see :func:`check_evaluate`)."""
 
-    run: str = option(help="Run directory written by `fuse4seg train`.")
-    benchmark: str | None = option(None, "Package to evaluate on (default: the run's).")
+    run: str = option(help="Run directory written by `fuse4seg train`.", path=True)
+    benchmark: str | None = option(None, "Package to evaluate on (default: the run's).", path=True)
     split: str = option("test", "train, val or test.")
     checkpoint: str = option("best", "best or last.")
     device: str = option("cpu", "cpu or cuda.", recorded=False)
     max_slices: int | None = option(None, "Evaluate only the first N slices (a --dims 3 run: the first N volumes).")
     compare_untrained: bool = option(False, "Also score the untrained networks.")
     volumes: str | None = option(None, "BraTS release directory: score whole volumes of the split's cases, as the "
-                                       "leaderboards do (writes RUN/eval-volumes-SPLIT).")
+                                       "leaderboards do (writes RUN/eval-volumes-SPLIT).", path=True)
     convention: str | None = option(None, "With --volumes: monai, brats2023 (default; 2023-24 challenge code) or "
                                           "brats2025 (brats-evaluation / panoptica).")
     challenge: str | None = option(None, "With --volumes: gli (default), ssa, ped, men or met (brats2023's lesion "
@@ -82,12 +82,12 @@ class RobustnessOptions:
     """Runs scored as MR degradations grow worse (checked by :func:`fuse4seg.evaluation.robustness.robustness`)."""
 
     runs: list[str] = option(help="Run directory written by `fuse4seg train`; repeat to compare runs on the same "  # noqa: RUF009
-                                  "images.", flag="--run")
+                                  "images.", flag="--run", path=True)
     degradations: str = option("noise,blur,kspace,motion,lowres", "Comma list of degradations or groups (noise, blur, "
                                "bias, kspace, motion, lowres; members: noise, rician, blur, bias, spike, undersample, "
                                "motion, lowres).")
     levels: int = option(5, "Severities above clean, evenly spaced up to 1 (1 to 20).")
-    out: str = option(help="Output directory (robustness.md/.json/.csv, PNG plots).")
+    out: str = option(help="Output directory (robustness.md/.json/.csv, PNG plots).", path=True)
     split: str = option("test", "train, val or test.")
     seed: int = option(0, "Seed of the degradations' random draws (same for every run).")
     fusion_slices: int = option(16, "Slices scored by the fusion metrics per level (spread over the split; 0: all).")

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from fuse4seg.conventions import REGIONS, modality_indices
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import atomic_dir
+from fuse4seg.io import atomic_dir, csv_cell
 from fuse4seg.runkit.benchmark import SplitArrays, read_split
 
 #: Fusion metrics drawn in the plots (all eleven are in the JSON and CSV).
@@ -220,7 +220,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)  # no cell a spreadsheet executes
     return buffer.getvalue()
 
 

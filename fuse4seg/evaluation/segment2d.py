@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from fuse4seg.conventions import REGIONS
 from fuse4seg.errors import DataError
 from fuse4seg.evaluation.common import EvalRequest, mean_fusion, open_evaluated_split
+from fuse4seg.io import csv_cell
 from fuse4seg.metrics.fusion_structure import VIF_MIN_SIZE
 from fuse4seg.train.networks import Pipeline
 from fuse4seg.train.predict import PredictedBatch, dice_per_slice, predict_batches
@@ -164,7 +165,8 @@ def write_reports_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=["case_id", "slice_index", "score", "predicted_report",
                                                     "reference_report"])
         writer.writeheader()
-        writer.writerows({**r, "score": f"{r['score']:.4f}"} for r in rows)
+        # text cells a spreadsheet would execute (a report or case id beginning with =, +, -, @) get a leading '
+        writer.writerows({**{k: csv_cell(v) for k, v in r.items()}, "score": f"{r['score']:.4f}"} for r in rows)
 
 
 def evaluate_slices(request: EvalRequest) -> dict[str, Any]:

@@ -13,14 +13,14 @@ from fuse4seg.options import option
 class FuseOptions:
     """A trained run applied to one case (checked by :func:`fuse4seg.inference.fuse.fuse_case`)."""
 
-    run: str = option(help="Run directory written by `fuse4seg train`.")
-    case: str = option(help="One BraTS-layout case directory.")
-    out: str = option(help="Output directory (fused.nii.gz, seg.nii.gz).")
+    run: str = option(help="Run directory written by `fuse4seg train`.", path=True)
+    case: str = option(help="One BraTS-layout case directory.", path=True)
+    out: str = option(help="Output directory (fused.nii.gz, seg.nii.gz).", path=True)
     checkpoint: str = option("best", "best or last.")
     device: str = option("cpu", "cpu or cuda.", recorded=False)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     reports: str | None = option(None, "UTF-8 CSV (case_id,slice_index,text; slice_index empty for every slice) of "
-                                       "texts guiding a text-guided fusion net.")
+                                       "texts guiding a text-guided fusion net.", path=True)
 
 
 def fuse(options: FuseOptions) -> dict[str, Any]:

@@ -26,13 +26,27 @@ import numpy as np
 
 from fuse4seg.data.release.nifti import MAX_SLICE_PIXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import atomic_path, check_replaceable, one_line
+from fuse4seg.io import atomic_path, check_replaceable, file_output, one_line
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES, fusion_metrics
 
 RASTER_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 #: Largest slice read (pixels), raster or NIfTI: a header claiming more is refused before anything is allocated.
 MAX_PIXELS: int = MAX_SLICE_PIXELS
+#: Memory the metrics of one fused image may take (bytes, per worker process), and what they take per pixel of
+#: each image (fused and sources: float64 copies and the metrics' intermediates, ~100 bytes measured; 128 kept).
+#: An image pair over :func:`pixel_limit` is refused from its header: 1 GiB is 2.8 M pixels with two sources.
+MEMORY_BYTES: int = 2**30
+BYTES_PER_PIXEL: int = 128
+#: Largest --data-range and --scale: squares of scaled 16-bit values stay far inside float64 (SSIM's constants
+#: are (0.01 L)^2 and (0.03 L)^2; 1e300 overflows them to inf).
+MAX_DATA_RANGE: float = 1e9
+MAX_SCALE: float = 1e6
+
+
+def pixel_limit(sources: int) -> int:
+    """Largest image (pixels) scored with ``sources`` source images within :data:`MEMORY_BYTES` (and :data:`MAX_PIXELS`)."""
+    return min(MAX_PIXELS, MEMORY_BYTES // (BYTES_PER_PIXEL * (sources + 1)))
 
 
 def _split_name(path: Path) -> tuple[str, str] | None:
@@ -60,10 +74,11 @@ def image_files(folder: str | Path, option: str) -> dict[str, Path]:
     return found
 
 
-def read_slice(path: Path) -> np.ndarray:
-    """A 2-D image file as (H, W) float64: greyscale and NIfTI as stored, colour as its luma (BGR -> grey)."""
+def read_slice(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A 2-D image file as (H, W) float64: greyscale and NIfTI as stored, colour as its luma (BGR -> grey); one
+    whose header claims more than ``max_pixels`` is refused before its pixels are read."""
     if path.name.lower().endswith(NIFTI_EXTENSIONS):
-        return load_nifti(path, ndim=2, max_voxels=MAX_PIXELS, dtype=np.float64)[1]
+        return load_nifti(path, ndim=2, max_voxels=max_pixels, dtype=np.float64)[1]
     import cv2
     from PIL import Image, UnidentifiedImageError
 
@@ -72,8 +87,9 @@ def read_slice(path: Path) -> np.ndarray:
             width, height = header.size
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: corrupt or unreadable image ({one_line(exc)})") from None
-    if width * height > MAX_PIXELS:
-        raise DataError(f"{path}: header claims {height} x {width} pixels, over the {MAX_PIXELS} limit")
+    if width * height > max_pixels:
+        raise DataError(f"{path}: header claims {height} x {width} pixels, over the limit of {max_pixels} (the "
+                        f"metrics' memory, {MEMORY_BYTES // 2**20} MiB per worker, with these sources)")
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise DataError(f"{path}: corrupt or unreadable image")
@@ -94,12 +110,13 @@ class FusionJob:
     sources: tuple[Path, ...]
     data_range: float
     scale: float
+    max_pixels: int = MAX_PIXELS
 
 
 def score_image(job: FusionJob) -> dict[str, float | str]:
     """{"name", metric: value} of one fused image; DataError naming the file on bad input."""
-    fused = read_slice(job.fused) * job.scale
-    sources = [read_slice(p) * job.scale for p in job.sources]
+    fused = read_slice(job.fused, job.max_pixels) * job.scale
+    sources = [read_slice(p, job.max_pixels) * job.scale for p in job.sources]
     for path, image in zip(job.sources, sources):
         if image.shape != fused.shape:
             raise DataError(f"{job.name}: source {path} is {image.shape[0]} x {image.shape[1]} but the fused "
@@ -120,14 +137,12 @@ def fusion_metrics_directory(fused: str | Path, sources: list[str | Path], out: 
                              scale: float = 1.0, workers: int = 1, progress: bool = True,
                              overwrite: bool = False) -> dict:
     """Score every image of ``fused`` against its namesakes in the ``sources`` folders; writes ``out`` (.json)."""
-    from fuse4seg.parallel import ordered_map
-
     sources = list(sources)
     if len(sources) < 2:
         raise ConfigError(f"fusion metrics need at least two source folders, got {len(sources)}", option="sources")
-    for value, option in ((data_range, "data_range"), (scale, "scale")):
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"must be a positive finite number, got {value!r}", option=option)
+    for value, option, high in ((data_range, "data_range", MAX_DATA_RANGE), (scale, "scale", MAX_SCALE)):
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise ConfigError(f"must be a positive finite number up to {high:g}, got {value!r}", option=option)
     if int(workers) < 1:
         raise ConfigError(f"must be at least 1, got {workers}", option="workers")
     out = Path(out)
@@ -145,7 +160,17 @@ def fusion_metrics_directory(fused: str | Path, sources: list[str | Path], out: 
             if name not in files:
                 raise DataError(f"{name}: fused image {path.name} has no source image named {name}.* in {folder}")
             matched.append(files[name])
-        jobs.append(FusionJob(name, path, tuple(matched), float(data_range), float(scale)))
+        jobs.append(FusionJob(name, path, tuple(matched), float(data_range), float(scale), pixel_limit(len(sources))))
+    with file_output(out):  # one writer: a second run on ``out`` is refused at once
+        check_replaceable(out, overwrite, {"images", "mean", "sources"})  # again, now under the lock
+        return _score_and_write(jobs, out, fused, sources, data_range, scale, workers, progress)
+
+
+def _score_and_write(jobs: list[FusionJob], out: Path, fused: str | Path, sources: list[str | Path],
+                     data_range: float, scale: float, workers: int, progress: bool) -> dict:
+    """Score ``jobs`` and write the result to ``out`` atomically; returns it."""
+    from fuse4seg.parallel import ordered_map
+
     rows = list(ordered_map(score_image, jobs, int(workers), desc="fusion metrics", unit="image", progress=progress,
                             preload=("fuse4seg.metrics.fusion_files",)))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in FUSION_METRIC_NAMES}

@@ -12,12 +12,12 @@ from fuse4seg.options import option
 class ScoreOptions:
     """BraTS predictions scored against a release (checked by :func:`fuse4seg.metrics.scoring.score_directory`)."""
 
-    pred: str = option(help="Predictions: one <case id>.nii.gz per case, the release's label values.")
-    truth: str = option(help="BraTS release directory holding the truth seg files.")
+    pred: str = option(help="Predictions: one <case id>.nii.gz per case, the release's label values.", path=True)
+    truth: str = option(help="BraTS release directory holding the truth seg files.", path=True)
     convention: str = option(help="monai, brats2023 (2023-24 challenge code) or brats2025 (brats-evaluation / "
                                   "panoptica).")
     challenge: str = option("gli", "gli, ssa, ped, men or met: brats2023's lesion dilation and volume threshold.")
-    out: str = option(help="Output FILE.json; FILE.csv (one row per case and region) goes next to it.")
+    out: str = option(help="Output FILE.json; FILE.csv (one row per case and region) goes next to it.", path=True)
     workers: int = option(1, "Cases scored in parallel.", recorded=False)
     overwrite: bool = option(False, "Replace an existing --out written by fuse4seg score.", recorded=False)
 
@@ -27,10 +27,10 @@ class FusionMetricsOptions:
     """Fused images scored against their sources (checked by
     :func:`fuse4seg.metrics.fusion_files.fusion_metrics_directory`)."""
 
-    fused: str = option(help="Folder of fused 2-D images (PNG/JPEG/BMP/TIFF or NIfTI slices).")
+    fused: str = option(help="Folder of fused 2-D images (PNG/JPEG/BMP/TIFF or NIfTI slices).", path=True)
     sources: list[str] = option(help="Folder of one source modality, images named as the fused ones; repeat the "  # noqa: RUF009
-                                     "option for each source (at least two).")
-    out: str = option(help="Output FILE.json: one row per image and the mean.")
+                                     "option for each source (at least two).", path=True)
+    out: str = option(help="Output FILE.json: one row per image and the mean.", path=True)
     data_range: float = option(255.0, "SSIM's data range (CDDFuse's published tables: 2).")
     scale: float = option(1.0, "Multiply every image by this first (255 for images in [0, 1]).")
     workers: int = option(1, "Images scored in parallel.", recorded=False)

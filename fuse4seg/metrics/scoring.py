@@ -40,7 +40,7 @@ from fuse4seg.data.release.brats import (
     to_canonical_labels,
 )
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import atomic_path, check_replaceable
+from fuse4seg.io import atomic_path, check_replaceable, csv_cell, file_output
 from fuse4seg.metrics.conventions import METRICS, check_challenge, check_convention
 from fuse4seg.metrics.segmentation import segmentation_metrics
 
@@ -92,7 +92,12 @@ def pair_predictions(pred_dir: str | Path, truth_dir: str | Path) -> list[tuple[
             raise DataError(f"{case.case_id}: prediction {case.case_id}.nii.gz is missing from {pred_dir}")
         if "seg" not in case.paths:
             raise DataError(f"{case.case_id}: the release has no seg file for this case, so it cannot be scored")
-        pairs.append((case, preds[case.case_id]))
+        pred = preds[case.case_id]
+        same = next((f for f in case.paths.values() if pred.resolve() == Path(f).resolve()), None)
+        if same is not None:
+            raise DataError(f"{case.case_id}: prediction {pred} is the release's own file {same} (a link to it); "
+                            "scoring it would measure the truth against itself")
+        pairs.append((case, pred))
     return pairs
 
 
@@ -172,14 +177,20 @@ def nulls(value: object) -> object:
     return value
 
 
+def _csv_header() -> list[str]:
+    """The header row of the per-case CSV."""
+    return ["case", "region", *SCORE_FIELDS]
+
+
 def csv_text(cases: list[dict]) -> str:
     """One CSV row per case x region: case, region, then :data:`SCORE_FIELDS` (NaN as an empty cell)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "region", *SCORE_FIELDS])
+    writer.writerow(_csv_header())
     for case in cases:
         for region, values in case["regions"].items():
-            writer.writerow([case["case"], region, *("" if values[f] is None else values[f] for f in SCORE_FIELDS)])
+            writer.writerow([csv_cell(case["case"]), csv_cell(region),
+                             *("" if values[f] is None else values[f] for f in SCORE_FIELDS)])
     return buffer.getvalue()
 
 
@@ -197,15 +208,19 @@ def score_directory(pred: str | Path, truth: str | Path, out: str | Path, conven
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise ConfigError(f"must be a .json file (the .csv is written next to it), got {str(out)!r}", option="out")
-    check_replaceable(out, overwrite, {"convention", "cases"}, companions=(out.with_suffix(".csv"),))
-    jobs = [ScoreJob(case, path, convention, challenge) for case, path in pair_predictions(pred, truth)]
-    cases = list(_scored_in_order(jobs, int(workers), progress))
-    result = nulls({"convention": convention, "challenge": challenge, "cases": cases,
-                     "summary": summarise(cases, convention)})
-    assert isinstance(result, dict)
-    with atomic_path(out) as tmp_json, atomic_path(out.with_suffix(".csv")) as tmp_csv:
-        tmp_csv.write_text(csv_text(result["cases"]), encoding="utf-8")
-        tmp_json.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    companion = (out.with_suffix(".csv"), ",".join(_csv_header()))  # replaced only when it is our CSV
+    check_replaceable(out, overwrite, {"convention", "cases"}, companions=(companion,))
+    pairs = pair_predictions(pred, truth)
+    with file_output(out, companion[0]):  # one writer: a second run on ``out`` is refused at once
+        check_replaceable(out, overwrite, {"convention", "cases"}, companions=(companion,))  # now under the lock
+        jobs = [ScoreJob(case, path, convention, challenge) for case, path in pairs]
+        cases = list(_scored_in_order(jobs, int(workers), progress))
+        result = nulls({"convention": convention, "challenge": challenge, "cases": cases,
+                         "summary": summarise(cases, convention)})
+        assert isinstance(result, dict)
+        with atomic_path(out) as tmp_json, atomic_path(companion[0]) as tmp_csv:
+            tmp_csv.write_text(csv_text(result["cases"]), encoding="utf-8")
+            tmp_json.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return result
 
 

@@ -26,6 +26,14 @@ NORMS = ("group", "instance")
 SPLITS = ("train", "val")
 #: Options that may change on --resume: they do not change the weights of a given step.
 RESUMABLE = frozenset({"steps", "checkpoint_every", "workers", "resume", "overwrite", "progress"})
+#: Bounds, as train's (fuse4seg.train.config): slices per step; encoder width; downsamplings; bottleneck channels
+#: (width * 2**depth); InfoNCE projection size; total steps.
+MAX_BATCH_SIZE = 512
+MAX_WIDTH = 512
+MAX_DEPTH = 8
+MAX_CHANNELS = 2048
+MAX_EMBED_DIM = 4096
+MAX_STEPS = 10_000_000
 
 
 def parse_splits(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -44,18 +52,21 @@ class PretrainOptions:
     tuple), :meth:`validate` checks them (ConfigError naming the option)."""
 
     benchmark: str = option("", "BraTS-Fuse package directory (its sources are read, never its labels); with --resume "
-                                "the run's own unless given.", check=required("a benchmark directory"))
+                                "the run's own unless given.", check=required("a benchmark directory"), path=True)
     out: str = option("", "Pre-training directory to create (encoder.pt, last.pt, config.json, metrics.jsonl, tb/).",
-                      check=required("a directory"))
+                      check=required("a directory"), path=True)
     splits: tuple[str, ...] = option(("train",), "Splits whose slices are pre-trained on: train and/or val.")
-    steps: int = option(1000, "Total optimisation steps (--resume may raise it).", check=at_least(1, integer=True))
-    batch_size: int = option(8, "Slices per step (>= 2: InfoNCE needs negatives).", check=at_least(2, integer=True))
+    steps: int = option(1000, "Total optimisation steps (--resume may raise it).", check=in_range(1, MAX_STEPS, integer=True))
+    batch_size: int = option(8, f"Slices per step (2 to {MAX_BATCH_SIZE}: InfoNCE needs negatives).",
+                             check=in_range(2, MAX_BATCH_SIZE, integer=True))
     lr: float = option(1e-3, "Adam learning rate.", check=above(0))
-    width: int = option(16, "Encoder feature maps at full resolution (doubled per scale); match the segmenter's.",
-                        check=at_least(1, integer=True))
-    depth: int = option(4, "Encoder downsamplings; match the segmenter's.", check=at_least(1, integer=True))
+    width: int = option(16, f"Encoder feature maps at full resolution (doubled per scale; 1 to {MAX_WIDTH}, width * "
+                            f"2**depth <= {MAX_CHANNELS}); match the segmenter's.", check=in_range(1, MAX_WIDTH, integer=True))
+    depth: int = option(4, f"Encoder downsamplings (1 to {MAX_DEPTH}); match the segmenter's.",
+                        check=in_range(1, MAX_DEPTH, integer=True))
     norm: str = option("group", "Encoder normalisation: group or instance; match the segmenter's.", check=one_of(NORMS))
-    embed_dim: int = option(128, "Size of the InfoNCE projection.", check=at_least(1, integer=True))
+    embed_dim: int = option(128, f"Size of the InfoNCE projection (1 to {MAX_EMBED_DIM}).",
+                            check=in_range(1, MAX_EMBED_DIM, integer=True))
     temperature: float = option(0.1, "InfoNCE temperature (> 0).", check=above(0))
     consistency_weight: float = option(1.0, "Weight of the cross-modal InfoNCE loss (>= 0).", check=at_least(0))
     reconstruction_weight: float = option(1.0, "Weight of the masked-reconstruction loss (>= 0).", check=at_least(0))
@@ -67,7 +78,7 @@ class PretrainOptions:
     seed: int = option(0, f"Seed of the initial weights, data order, pairs and masks, 0 to {MAX_SEED}.",
                        check=seed_problem)
     checkpoint_every: int = option(100, "Write last.pt every N steps (and at the end).", recorded=False,
-                                   check=at_least(1, integer=True))
+                                   check=in_range(1, MAX_STEPS, integer=True))
     resume: bool = option(False, "Continue --out from its last.pt (bit-identical on CPU to an uninterrupted run).",
                           recorded=False)
     overwrite: bool = option(False, "Replace an existing --out written by fuse4seg pretrain.", recorded=False)
@@ -87,6 +98,10 @@ class PretrainOptions:
         """ConfigError naming the option for any value out of range (each field's declared check) or a combination
         that cannot train; returns self."""
         check_options(self)
+        if self.width * 2**self.depth > MAX_CHANNELS:
+            raise ConfigError(f"width {self.width} and depth {self.depth} give a bottleneck of "
+                              f"{self.width * 2**self.depth} channels (width * 2**depth), over the limit of {MAX_CHANNELS}",
+                              option="width")
         if not any((self.consistency_weight, self.reconstruction_weight, self.alignment_weight)):
             raise ConfigError("all three loss weights are 0: nothing would be learned", option="consistency_weight")
         return self

@@ -26,7 +26,16 @@ from tqdm import tqdm
 
 from fuse4seg.conventions import MODALITIES
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError, flag_for
-from fuse4seg.io import atomic_path, atomic_write_text, check_replace_dir, marker_kind, one_line, sha256_file
+from fuse4seg.io import (
+    atomic_path,
+    atomic_write_text,
+    check_replace_dir,
+    check_separate,
+    full_disk_is_one_line,
+    marker_kind,
+    one_line,
+    sha256_file,
+)
 from fuse4seg.pretrain.data import SourceSlices
 from fuse4seg.pretrain.model import PretrainNet, draw_step
 from fuse4seg.pretrain.options import RESUMABLE, PretrainOptions
@@ -184,8 +193,10 @@ class Pretrainer:
             raise
         finally:
             bar.close()
-            log.close()
-            metrics.close()
+            try:
+                log.close()
+            finally:
+                metrics.close()
         if not (directory / "last.pt").exists():  # resumed at the final step: nothing trained, still resumable
             self.save(directory)
         encoder = self.write_encoder(directory)
@@ -197,13 +208,50 @@ class Pretrainer:
         return summary
 
 
-def _reopen_metrics(path: Path, step: int) -> Any:
-    """metrics.jsonl open for appending, after dropping lines past ``step`` (a killed run's, beyond its checkpoint)."""
+def _reopen_metrics(path: Path, step: int) -> MetricsFile:
+    """metrics.jsonl open for appending, after dropping lines past ``step`` (a killed run's, beyond its checkpoint)
+    and a last line a kill or a full disk cut short."""
     if path.exists():
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if _step_of(line) is not None and _step_of(line) <= step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
-    return path.open("a", encoding="utf-8")
+    return MetricsFile(path)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
+class MetricsFile:
+    """PRE/metrics.jsonl open for appending; a full disk (in a write, a flush or the close) is a one-line error
+    naming it."""
+
+    def __init__(self, path: Path) -> None:
+        """Open ``path`` for appending (UTF-8)."""
+        self.path = path
+        with full_disk_is_one_line(path):
+            self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def write(self, text: str) -> None:
+        """Append ``text``."""
+        with full_disk_is_one_line(self.path):
+            self.handle.write(text)
+
+    def flush(self) -> None:
+        """Flush to the file."""
+        with full_disk_is_one_line(self.path):
+            self.handle.flush()
+
+    def close(self) -> None:
+        """Flush and close (the file is closed even when the flush fails)."""
+        with full_disk_is_one_line(self.path):
+            self.handle.close()
 
 
 def _read_run(out: Path) -> dict[str, Any]:
@@ -253,6 +301,8 @@ def pretrain(options: PretrainOptions) -> dict[str, Any]:
 
     def check() -> bool:
         """PRE may be used: True to train in place (resumed, or new), False to replace an earlier run."""
+        if options.benchmark and (Path(options.benchmark) / "brats_fuse.h5").exists():  # else the data check
+            check_separate(out, {"benchmark": options.benchmark})  # not inside the package (nor containing it)
         if options.resume:  # Pretrainer checks PRE against its config.json (_read_run)
             return True
         check_replace_dir(out, KIND, options.overwrite)

@@ -9,13 +9,13 @@ concatenated, so batches may straddle epoch boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fuse4seg.errors import ConfigError, DataError
+from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 
 #: Separate random streams so that, e.g., held-out batches do not shift when the batch size changes.
 STREAMS: dict[str, int] = {"fit": 1, "holdout": 2, "holdout_split": 3, "unlabelled": 4}
@@ -150,10 +150,47 @@ def step_loader(
     """
     sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=getattr(dataset, "keyed_items", False),
                                shard=shard)
-    return DataLoader(
+    return OneLineLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None, generator=_generator(seed, stream, start),
     )
+
+
+def worker_error(exc: Fuse4SegError) -> Fuse4SegError:
+    """A fuse4seg error raised in a DataLoader worker, as the one line it is without workers: torch re-raises it
+    in the main process as ``type(exc)(text)`` where ``text`` is "Caught DataError in DataLoader worker process 0.
+    Original Traceback ...", ending in "fuse4seg.errors.DataError: THE LINE". Returns ``exc`` when it is no such
+    message."""
+    text = exc.message
+    kind = type(exc)
+    tail = f"\n{kind.__module__}.{kind.__qualname__}: "
+    if not text.startswith(f"Caught {kind.__name__} ") or tail not in text:
+        return exc
+    return kind(" ".join(text.rsplit(tail, 1)[1].split()))
+
+
+def one_line_batches(batches: Iterable) -> Iterator:
+    """``batches`` (a DataLoader's), with a fuse4seg error from a worker re-raised as :func:`worker_error`."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Fuse4SegError as exc:
+            error = worker_error(exc)
+            if error is exc:
+                raise
+            raise error from None
+        yield batch
+
+
+class OneLineLoader(DataLoader):
+    """A DataLoader whose workers' fuse4seg errors reach the user as the same one line as without workers."""
+
+    def __iter__(self) -> Iterator:  # type: ignore[override]
+        """The batches, through :func:`one_line_batches`."""
+        return one_line_batches(super().__iter__())
 
 
 def split_by_case(case_ids: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:

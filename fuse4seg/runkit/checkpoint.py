@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fuse4seg.errors import DataError, Fuse4SegError
-from fuse4seg.io import atomic_paths, one_line
+from fuse4seg.io import atomic_paths, one_line, write_failure
 
 #: Bumped when the checkpoint layout changes; load refuses layouts it does not know.
 CHECKPOINT_FORMAT = 1
@@ -176,7 +176,9 @@ def save_checkpoints(paths: list[Path], state: dict[str, Any]) -> list[Path]:
             try:
                 torch.save(payload, tmp)
             except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) this way
-                raise Fuse4SegError(f"cannot write checkpoint {paths[0].parent}: {one_line(exc)}") from None
+                final = paths[tmps.index(tmp)]
+                raise write_failure(final, exc) or Fuse4SegError(
+                    f"cannot write checkpoint {final}: {one_line(exc)}") from None
     return paths
 
 

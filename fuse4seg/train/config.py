@@ -26,6 +26,7 @@ from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
     MAX_SEED,
+    a_path,
     above,
     at_least,
     device_problem,
@@ -63,6 +64,9 @@ MAX_EPOCHS: int = 100_000
 MAX_EVAL_SLICES: int = 10_000_000
 #: torch CPU threads: more threads than any machine has cores only oversubscribes them.
 MAX_THREADS: int = 1024
+#: Seconds a process started by torchrun waits for all of them to join (--join-timeout), and its bound (a day).
+JOIN_TIMEOUT_S: float = 300.0
+MAX_JOIN_TIMEOUT_S: int = 86_400
 #: Feature maps of a network's widest full-resolution layer (16 by default).
 MAX_WIDTH: int = 512
 #: UNet downsamplings: a 240-pixel BraTS slice halved 8 times (2**8 = 256) is down to one pixel.
@@ -95,7 +99,18 @@ def _fusion_weights(weights: dict) -> str | None:
 
 #: Bounds of the model-options tables' size entries (entry -> (low, high)).
 SEG_LIMITS: dict[str, tuple[int, int]] = {"width": (1, MAX_WIDTH), "depth": (1, MAX_SEG_DEPTH)}
-FUSION_LIMITS: dict[str, tuple[int, int]] = {"width": (1, MAX_WIDTH), "layers": (1, MAX_FUSION_LAYERS)}
+FUSION_LIMITS: dict[str, tuple[int, int]] = {"width": (1, MAX_WIDTH), "layers": (1, MAX_FUSION_LAYERS),
+                                             "heads": (1, MAX_WIDTH)}
+#: fusion-freq's Gaussian sigma (pixels): its kernel is ~6 sigma wide, so a huge sigma is a huge allocation.
+MAX_FUSION_SIGMA: float = 64.0
+
+
+def _fusion_table(table: dict) -> str | None:
+    """Check: the fusion options' sizes within FUSION_LIMITS and a sigma in (0, MAX_FUSION_SIGMA]."""
+    problem = integer_entries(FUSION_LIMITS)(table)
+    sigma = table.get("sigma")
+    sigma_problem = None if sigma is None else in_range(0, MAX_FUSION_SIGMA, low_open=True)(sigma)
+    return problem or (sigma_problem and f"sigma {sigma_problem}")
 _SEG_DEPTH_HELP = (f"Segmentation network depth (downsamplings, 1 to {MAX_SEG_DEPTH}; width * 2**depth <= "
                    f"{MAX_SEG_CHANNELS}).")
 
@@ -181,9 +196,9 @@ def _buildable(builder: str) -> Callable[[str], str | None]:
 class TrainConfig:
     """Every option of ``fuse4seg train``; each option's key (TOML, config.json) is its flag without ``--``."""
 
-    benchmark: str = option("", "BraTS-Fuse package directory to train on.", check=required("a benchmark directory"),
+    benchmark: str = option("", "BraTS-Fuse package directory to train on.", check=a_path(required("a benchmark directory")),
                             resumable=True)
-    out: str = option("", "Run directory (config.json, last.pt, best.pt, tb/).", check=required("a run directory"),
+    out: str = option("", "Run directory (config.json, last.pt, best.pt, tb/).", check=a_path(required("a run directory")),
                       resumable=True)
     mode: str = option("bilevel", "Training mode: " + ", ".join(MODES) + ".", check=one_of(tuple(MODES)),
                        shortcuts={"bilevel": "Same as --mode bilevel (the default mode)."})
@@ -202,7 +217,7 @@ class TrainConfig:
     seg_model: str = option("unet", "Segmentation network (unet).", check=_known_model,
                             modes=names(lambda m: m.seg_model is None))
     fusion_options: dict = option({}, f"Fusion network options (TOML table; width <= {MAX_WIDTH}, layers <= "  # noqa: RUF009
-                                  f"{MAX_FUSION_LAYERS}).", modes=FUSION_MODES, check=integer_entries(FUSION_LIMITS),
+                                  f"{MAX_FUSION_LAYERS}).", modes=FUSION_MODES, check=_fusion_table,
                                   entries={"width": (int, f"Fusion network width (1 to {MAX_WIDTH}).")})
     seg_options: dict = option({}, "Segmentation network options (TOML table).",  # noqa: RUF009
                                check=integer_entries(SEG_LIMITS),
@@ -231,14 +246,14 @@ class TrainConfig:
                                         "any voxel of the volume), 0 to 1.", check=in_range(0, 1), dims=(3,))
     augment: str = option("none", "Training augmentation, applied jointly to images and labels: none, light, strong "
                           "or an albumentations FILE.yaml (README: Augmentation and degradations).",
-                          check=_buildable("augmentation"))
+                          check=a_path(_buildable("augmentation")))
     degrade_inputs: str = option("none", "Degrade what the networks see, not the fusion-loss targets (RMR-Fusion): "
                                  "none, light, strong, degradation names (noise, rician, blur, bias, spike, undersample, "
                                  "motion, lowres; groups noise, blur, kspace, motion, lowres) or FILE.yaml.",
-                                 check=_buildable("input_degradation"))
+                                 check=a_path(_buildable("input_degradation")))
     text_encoder: str = option("builtin", "Encoder of the slices' texts (--fusion-model fusion-text, --semantic-weight): "
                                "builtin (fitted on the benchmark's train texts) or the folder of a Hugging Face text "
-                               "model on disk (never downloaded; needs fuse4seg[text]).", check=_text_encoder,
+                               "model on disk (never downloaded; needs fuse4seg[text]).", check=a_path(_text_encoder),
                                modes=FUSION_MODES)
     semantic_weight: float = option(0.0, "Weight of the medical semantic loss, 1 - cosine of a fused image and its slice's "
                                     "text under a CLIP-style model trained on the benchmark's images and texts first, "
@@ -249,7 +264,7 @@ class TrainConfig:
                                   "encoders and a fusion encoder; evaluate reports AUROC, accuracy and F1).",
                        check=one_of(TASKS))
     init: str | None = option(None, "Pre-trained encoder (PRE/encoder.pt of `fuse4seg pretrain`) copied into the "
-                                    "segmenter's UNet encoder(s) before the first step.")
+                                    "segmenter's UNet encoder(s) before the first step.", check=a_path())
     label_fraction: float = option(1.0, "Share of the train cases (patients, seeded) whose labels are used, in (0, 1]; "
                                         "the others train the segmenter without labels, by mean-teacher consistency "
                                         "under a distribution shift of its input (MICS).",
@@ -286,6 +301,9 @@ class TrainConfig:
                               resumable=True)
     cache: bool = option(True, "Hold the benchmark in memory (< 2 GiB).", flag="--cache/--no-cache", resumable=True)
     device: str = option("cpu", "cpu or cuda.", check=device_problem)
+    join_timeout: float = option(JOIN_TIMEOUT_S, "Under torchrun: seconds every process waits for all of them to "
+                                 f"join before it stops with one line (1 to {MAX_JOIN_TIMEOUT_S}).",
+                                 check=in_range(1, MAX_JOIN_TIMEOUT_S), resumable=True, recorded=False)
     precision: str = option("fp32", "Forward passes under autocast: fp32 (off), bf16 or fp16 (single-level modes, "
                             "with loss scaling); weights, losses and (hyper)gradients stay fp32.",
                             check=one_of(PRECISIONS))

@@ -299,7 +299,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     torchrun, rank 0 does all of that and the other ranks train beside it without touching RUN.
     """
     validate(config)
-    world = init_from_env(config.device)
+    world = init_from_env(config.device, config.join_timeout)
     try:
         # The other ranks read RUN/last.pt on --resume and write nothing.
         summary = _train_main(config, world) if world.is_main else _train_into(Trainer(config, world), None)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fuse4seg.conventions import REGIONS
 from fuse4seg.losses import predict_labels, region_targets
 from fuse4seg.models import sliding_window
+from fuse4seg.runkit.batches import one_line_batches
 
 
 class Predictable(Protocol):
@@ -63,7 +64,7 @@ def forward_batches(pipeline: Predictable, dataset: Dataset, device: torch.devic
     pipeline.train(False)
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch in one_line_batches(loader):  # a worker's error as its one line
                 fused, logits = pipeline.forward(batch["source"].to(device), batch["fused"].to(device),
                                                  batch.get("text"))
                 yield batch, fused, logits

@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, flag_for
+from fuse4seg.io import read_user_file
 from fuse4seg.train.config import MAX_SEG_CHANNELS, MAX_STEPS, OPTIONS, TrainConfig, reads_text, uses_text
 from fuse4seg.train.declare import Declared, check_values, convert, declared, with_values
 from fuse4seg.train.modes import MODES, names
 from fuse4seg.train.variant_facts import facts_of
+
+#: Largest TOML file of options read (bytes; checked before reading): options are a few kB.
+MAX_CONFIG_BYTES = 2**20
+#: Voxels in one batch of 3-D patches (batch_size * d * h * w): twice the default 4 x 64^3.
+MAX_BATCH_VOXELS = 2**21
 
 
 def _flag(path: tuple[str, ...]) -> str:
@@ -81,7 +87,20 @@ def validate(c: TrainConfig) -> None:
     facts_of(c).check(c, text_key)  # the rules of the run variant (task x dims)
     _check_text(c, text_key)
     _check_bottleneck(c)
+    _check_patch_voxels(c)
     mode.check(c)
+
+
+def _check_patch_voxels(c: TrainConfig) -> None:
+    """ConfigError unless a 3-D run's batch of patches (batch_size * d * h * w voxels) is within
+    :data:`MAX_BATCH_VOXELS` (activation memory grows with it: 256^3 x 4 took 6.7 GB before failing)."""
+    if c.dims != 3:
+        return
+    voxels = c.batch_size * math.prod(c.patch)
+    if voxels > MAX_BATCH_VOXELS:
+        raise ConfigError(f"{c.batch_size} patches of {'x'.join(map(str, c.patch))} voxels are {voxels} voxels per "
+                          f"batch, over the limit of {MAX_BATCH_VOXELS} (2^21; the default 4 x 64^3 is 2^20): use a "
+                          "smaller --patch or --batch-size", option="patch")
 
 
 def _text_key(c: TrainConfig) -> str | None:
@@ -120,12 +139,11 @@ def _check_bottleneck(c: TrainConfig) -> None:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file of options (keys = option keys, dashes or underscores; optional [train] table)."""
     path = Path(path)
+    raw = read_user_file(path, MAX_CONFIG_BYTES, option="config", what="TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"file {path} not found", option="config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", option="config") from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text (byte {exc.start})", option="config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", option="config") from None
     except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, DataError, flag_for
-from fuse4seg.io import MARKER, made_by_fuse4seg, marker_kind, one_line
+from fuse4seg.io import MARKER, check_separate, made_by_fuse4seg, marker_kind, one_line, read_user_file
 from fuse4seg.runkit.checkpoint import load_checkpoint
 from fuse4seg.runkit.resume import check_same_options
 from fuse4seg.train.config import OPTIONS, RESUMABLE, TrainConfig
@@ -25,6 +25,8 @@ from fuse4seg.train.resolve import build_config, check_relevant, config_from_dic
 from fuse4seg.train.variant_facts import facts_of
 
 CHECKPOINTS = ("best", "last")
+#: Largest RUN/config.json read (bytes; checked before reading): a run's config is a few kB.
+MAX_RUN_CONFIG_BYTES = 16 * 2**20
 
 
 def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -42,10 +44,10 @@ def read_run_config(path: str | Path, option: str = "run") -> tuple[TrainConfig,
     """
     path = Path(path)
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        if not path.exists():
+            raise ConfigError(f"{path} not found (is {path.parent} a training run?)", option=option)
+        payload = json.loads(read_user_file(path, MAX_RUN_CONFIG_BYTES, option=option, what="run config"))
         options = payload["options"]
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found (is {path.parent} a training run?)", option=option) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a fuse4seg run config: {one_line(exc)}", option=option) from None
     except RecursionError:  # the decoder recurses per nesting level; a crafted file can nest 10**5 deep
@@ -116,6 +118,8 @@ def check_run_dir(config: TrainConfig) -> bool:
     run killed before its first checkpoint left), False when --overwrite replaces an earlier fuse4seg run
     (trained beside it, swapped in after success). Anything that is not a fuse4seg run is never replaced."""
     run = Path(config.out)
+    if config.benchmark and (Path(config.benchmark) / "brats_fuse.h5").exists():  # else the data check says so
+        check_separate(run, {"benchmark": config.benchmark})  # a run inside the package would break its verify
     if config.resume:
         if not (run / "last.pt").is_file():
             raise ConfigError(f"{run / 'last.pt'} not found; nothing to resume", option="resume")

@@ -54,7 +54,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from fuse4seg.data.augment.degradations import bounded_range
 from fuse4seg.data.augment.severity import ACQUISITION_ORDER, DEGRADATIONS, GROUPS, random_degradation
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import one_line
+from fuse4seg.io import one_line, read_user_file
 
 #: Largest augmentation file read, in bytes.
 MAX_SPEC_BYTES = 1 << 20
@@ -198,11 +198,7 @@ def load_spec(path: str, option: str) -> A.BaseCompose:
     """The pipeline of an ``A.save`` file (.yaml/.yml/.json) as a composition (a single transform is
     wrapped in ``A.Compose``); a one-line ConfigError naming ``option`` for anything wrong with it."""
     try:
-        if Path(path).stat().st_size > MAX_SPEC_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_SPEC_BYTES} bytes", option=option)
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or one_line(exc)}", option=option) from None
+        text = read_user_file(path, MAX_SPEC_BYTES, option=option, what="augmentation file").decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text", option=option) from None
     is_json = Path(path).suffix.lower() == ".json"

@@ -57,8 +57,8 @@ class BuildOptions:
     :meth:`validate` checks ranges and combinations."""
 
     out: str = option(help="Package directory to create (brats_fuse.h5, card, citation, croissant); not the "
-                           "--brats release, nor a folder inside or around it.")
-    brats: str | None = option(None, "BraTS release directory (2020, 2021 or 2023+ layout).")
+                           "--brats release, nor a folder inside or around it.", path=True)
+    brats: str | None = option(None, "BraTS release directory (2020, 2021 or 2023+ layout).", path=True)
     phantom: int | None = option(None, f"Build from a phantom release of N cases, 1 to {MAX_PHANTOM_CASES} (the "
                                        f"default when no --brats is given: {DEFAULT_PHANTOM_CASES} cases).",
                                  check=in_range(1, MAX_PHANTOM_CASES))
@@ -75,11 +75,11 @@ class BuildOptions:
                        check=seed_problem)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     fusion_checkpoint: str | None = option(None, "Fuse with the trained fusion network of a run checkpoint "
-                                                 "(e.g. RUN/best.pt) instead of --fusion.")
+                                                 "(e.g. RUN/best.pt) instead of --fusion.", path=True)
     volumes: bool = option(False, "Also store every case's whole volume, cropped to its brain box at the native "
                                   "voxel grid (--size not applied), under /volumes/<split>/<case_id> for 3-D training.")
     reports: str | None = option(None, "UTF-8 CSV of user reports (columns case_id,slice_index,text; slice_index "
-                                       "empty for every slice of a case) replacing the generated slice texts.")
+                                       "empty for every slice of a case) replacing the generated slice texts.", path=True)
     parquet: bool = option(False, "Also write the records as Parquet shards under OUT/parquet (croissant.json record "
                                   "sets parquet-<split>, the card's configs), as `fuse4seg export OUT --format parquet`.")
 

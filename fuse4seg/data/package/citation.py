@@ -10,7 +10,7 @@ import yaml
 
 from fuse4seg.data.package.schema import CITATION_NAME
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import one_line
+from fuse4seg.io import one_line, read_user_file
 
 #: The three papers that every publication using BraTS data must cite (the BraTS organisers' terms: Menze et al.
 #: 2015, Bakas et al. 2017, Baid et al. 2021); the package's CITATION.cff carries them as references.
@@ -62,6 +62,8 @@ BRATS_REFERENCES: tuple[dict, ...] = (
 )
 
 
+#: Largest CITATION.cff read (bytes; checked before reading): a citation file is a few kB.
+MAX_CITATION_BYTES = 2**20
 #: What CITATION.cff and the card say about sharing a BraTS-derived build (CFF 1.2.0 only takes SPDX
 #: ids in ``license``, and the BraTS data terms have none, so the field is left out for such builds).
 BRATS_TERMS = ("Derived from BraTS: sharing it is governed by the data terms of the BraTS release it was "
@@ -164,7 +166,7 @@ def cite(directory: str | Path, format: str = "bibtex") -> str:
     if not path.is_file():
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_user_file(path, MAX_CITATION_BYTES, what="CITATION.cff").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a valid CITATION.cff (not UTF-8 text: {one_line(exc)})") from None
     if format == "cff":

@@ -26,6 +26,7 @@ Wording varies by a few templates and synonyms picked by ``rng`` (the build seed
 from __future__ import annotations
 
 import csv
+import io
 import os
 import zlib
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from fuse4seg.conventions import MODALITIES
 from fuse4seg.conventions import REGIONS as REGION_LABELS
 from fuse4seg.data.package.schema import MAX_DESCRIPTION_BYTES
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import one_line
+from fuse4seg.io import one_line, read_user_file, text_problem
 
 #: How texts word the canonical labels and regions (:mod:`fuse4seg.conventions`), by short name.
 WORDS: dict[str, str] = {"ET": "enhancing tumour", "NCR": "necrotic core", "ED": "oedema", "WT": "whole tumour",
@@ -190,6 +191,10 @@ def describe_slice(label: np.ndarray, sources: np.ndarray, spacing: tuple[float,
 
 #: The columns of a ``--reports`` CSV file, in this order.
 REPORT_COLUMNS = ("case_id", "slice_index", "text")
+#: Largest ``--reports`` file read (bytes; checked before reading): 2,600 cases x 155 slices x ~160 bytes.
+MAX_REPORTS_BYTES = 64 * 2**20
+#: Largest slice index a report may name (int32, what the package stores).
+MAX_SLICE_INDEX = 2**31 - 1
 
 
 def read_reports(path: str | os.PathLike, case_ids: Sequence[str]) -> dict[tuple[str, int | None], str]:
@@ -201,14 +206,12 @@ def read_reports(path: str | os.PathLike, case_ids: Sequence[str]) -> dict[tuple
         """The error about this file."""
         return ConfigError(f"{path}: {message}", option="reports")
 
+    data = read_user_file(path, MAX_REPORTS_BYTES, option="reports", what="reports file")
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise fail("no such file") from None
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     except UnicodeDecodeError as exc:
         raise fail(f"not UTF-8 text (byte {exc.start})") from None
-    except (OSError, csv.Error) as exc:
+    except csv.Error as exc:
         raise fail(f"unreadable ({one_line(exc)})") from None
     if not rows or tuple(c.strip().lstrip("\ufeff") for c in rows[0]) != REPORT_COLUMNS:
         raise fail(f"header must be {','.join(REPORT_COLUMNS)}, got {','.join(rows[0]) if rows else 'nothing'}"[:200])
@@ -220,14 +223,18 @@ def read_reports(path: str | os.PathLike, case_ids: Sequence[str]) -> dict[tuple
         case_id, index, text = row[0].strip(), row[1].strip(), row[2]
         if case_id not in known:
             raise fail(f"line {line}: unknown case id {case_id!r}"[:200])
-        if index and not index.isdigit():
-            raise fail(f"line {line}: slice_index {index!r} is not a non-negative integer (or empty)"[:200])
+        if index and not (index.isascii() and index.isdigit() and len(index) <= 10 and int(index) <= MAX_SLICE_INDEX):
+            raise fail(f"line {line}: slice_index {index[:40]!r} is not a non-negative integer (ASCII digits, at most "
+                       f"{MAX_SLICE_INDEX}) or empty")
         key = (case_id, int(index) if index else None)
         if key in reports:
             raise fail(f"line {line}: duplicate report for case {case_id} slice {index or '(whole case)'}")
         size = len(text.encode("utf-8"))
         if not text.strip():
             raise fail(f"line {line}: text is empty")
+        problem = text_problem(text)
+        if problem:
+            raise fail(f"line {line}: text {problem} (only newline and tab are allowed)")
         if size > MAX_DESCRIPTION_BYTES:
             raise fail(f"line {line}: text is {size} bytes, over the limit of {MAX_DESCRIPTION_BYTES}")
         reports[key] = text

@@ -47,17 +47,16 @@ from fuse4seg.data.package.schema import (
     PARQUET_DIR,
     SPLITS,
 )
+from fuse4seg.data.package.staging import PARQUET_KIND, apply_staged, commit, recover, staged, staging
 from fuse4seg.data.package.verify import verify
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import atomic_dir, atomic_paths, check_replace_dir, output_lock
+from fuse4seg.io import atomic_dir, check_replace_dir, output_lock, write_failure
 
 if TYPE_CHECKING:
     import h5py
     import pyarrow as pa
 
 FORMATS: tuple[str, ...] = ("parquet", "nifti")
-#: The kind of the fuse4seg marker of the package's Parquet folder (PARQUET_DIR).
-PARQUET_KIND = "parquet"
 NIFTI_KIND = "nifti"
 #: Record bytes per Parquet shard before compression (shards of about 0.1-0.3 GB on disk; one file per split
 #: for every phantom or small build).
@@ -160,17 +159,23 @@ def _write_shards(h5: h5py.File, path: Path, target: Path, counts: dict[str, int
 
 def add_parquet(directory: str | Path, overwrite: bool = False, shard_bytes: int = SHARD_BYTES) -> dict:
     """Write ``directory``'s Parquet shards into ``directory/parquet`` (replacing one fuse4seg wrote only with
-    ``overwrite``) and then croissant.json and the card, each renamed into place when all are written. The
-    caller holds the package (a build's temporary folder, or :func:`export_parquet`'s lock and checks).
-    Returns {"files": [relative paths], "splits": {split: rows}}."""
+    ``overwrite``) together with the new croissant.json and card: all are staged and committed as one step
+    (:mod:`fuse4seg.data.package.staging`), so a kill at any moment leaves the old package or the new one. The
+    caller holds the package (a build's temporary folder, or :func:`export_parquet`'s lock and checks); a full
+    disk is a one-line error. Returns {"files": [relative paths], "splits": {split: rows}}."""
     directory = Path(directory)
+    check_replace_dir(directory / PARQUET_DIR, PARQUET_KIND, overwrite, option=None)
     h5, counts = open_validated(directory / H5_NAME)
-    with h5:
-        columns = record_columns(has_text(h5))
-        with atomic_paths(directory / CARD_NAME, directory / CROISSANT_NAME) as (card, croissant), \
-                atomic_dir(directory / PARQUET_DIR, PARQUET_KIND, overwrite=overwrite, option=None) as tmp:
-            shards, nbytes = _write_shards(h5, directory / H5_NAME, tmp, counts, columns, shard_bytes)
-            write_parquet_metadata(directory, tmp, shards, columns, counts, nbytes, card, croissant)
+    try:
+        with h5, staging(directory) as stage:
+            columns = record_columns(has_text(h5))
+            shards, nbytes = _write_shards(h5, directory / H5_NAME, stage, counts, columns, shard_bytes)
+            write_parquet_metadata(directory, stage, shards, columns, counts, nbytes, staged(stage, CARD_NAME),
+                                   staged(stage, CROISSANT_NAME))
+            commit(stage)
+    except OSError as exc:
+        raise write_failure(directory / PARQUET_DIR, exc) or exc from None
+    apply_staged(directory, stage)
     return {"files": [f"{PARQUET_DIR}/{n}" for split in SPLITS for n in shards[split]],
             "splits": {s: counts[s] for s in SPLITS}}
 
@@ -181,8 +186,9 @@ def export_parquet(directory: str | Path, overwrite: bool = False, shard_bytes: 
     directory = Path(directory)
     _check_shard_bytes(shard_bytes)
     with output_lock(_existing_package(directory)):
+        recover(directory, locked=True)  # what a killed export left: finished if committed, removed if not
         check_replace_dir(directory / PARQUET_DIR, PARQUET_KIND, overwrite, option=None)  # before the long check
-        verify(directory, parquet=False)  # never re-hash (and so vouch for) a damaged package
+        verify(directory, parquet=False, recover=False)  # never re-hash (and so vouch for) a damaged package
         return {"directory": str(directory), "format": "parquet", **add_parquet(directory, overwrite, shard_bytes)}
 
 

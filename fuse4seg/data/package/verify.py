@@ -23,6 +23,7 @@ from fuse4seg.data.package.schema import (
     SPLITS,
     VOLUMES_GROUP,
 )
+from fuse4seg.data.package.staging import recover as recover_export
 from fuse4seg.errors import DataError
 from fuse4seg.io import MARKER, one_line, sha256_file
 
@@ -84,8 +85,14 @@ def _check_files(directory: Path, parquet: bool = True) -> list[str]:
         file = directory / name
         if not name or Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).name:
             raise DataError(f"{path}: file entry {name!r} is not a relative path inside the package")
+        if file.is_symlink() or not file.is_file() and (file.exists() or file.parent.is_symlink()):
+            raise DataError(f"{file}: listed in croissant.json but not a regular file (a link or a folder); a "
+                            "package's files must be regular files inside it")
         if not file.is_file():
             raise DataError(f"{file}: listed in croissant.json but missing")
+        if directory.resolve() not in file.resolve().parents:
+            raise DataError(f"{file}: listed in croissant.json but lies outside the package (through a linked "
+                            "folder); a package's files must be regular files inside it")
         size = f"{file.stat().st_size} B"
         if entry.get("contentSize") != size:
             raise DataError(f"{file}: size {size} differs from croissant.json ({_short(entry.get('contentSize'))})")
@@ -146,16 +153,20 @@ def _string_blocks(group: object, name: str, path: Path, split: str) -> Iterator
                             f"{one_line(exc)})") from None
 
 
-def verify(directory: str | Path, parquet: bool = True) -> dict:
+def verify(directory: str | Path, parquet: bool = True, recover: bool = True) -> dict:
     """Check a package: file hashes and sizes against croissant.json, the HDF5 schema (dtypes, shapes,
     attributes), value ranges, that no case is in two splits, with volumes, that each split's volumes
     are exactly its slices' cases, and with Parquet shards, their schema and row counts
-    (:func:`fuse4seg.data.package.records.check_parquet`; ``parquet`` False leaves the Parquet folder out). DataError on
+    (:func:`fuse4seg.data.package.records.check_parquet`; ``parquet`` False leaves the Parquet folder out). First
+    (``recover``) an export a kill interrupted is finished if it was committed and its temporaries removed
+    otherwise (:func:`fuse4seg.data.package.staging.recover`, under the package's lock). DataError on
     the first problem; returns {"files": [...], "splits": {split: {"cases", "slices"}}, "volumes": {split: cases}
     or None, "parquet": {split: records} or None} when everything holds."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: no such package directory")
+    if recover:
+        recover_export(directory)
     files = _check_files(directory, parquet)
     path = directory / H5_NAME
     h5, counts = open_validated(path)  # also checks the root attributes' types and values

@@ -13,7 +13,7 @@ from fuse4seg.options import option
 class PhantomOptions:
     """A synthetic BraTS release to write (checked by :func:`fuse4seg.data.phantom.generator.write_phantom_release`)."""
 
-    out: str = option(help="Release directory to create (BraTS layout).")
+    out: str = option(help="Release directory to create (BraTS layout).", path=True)
     cases: int = option(help="Number of cases.")
     naming: str = option("brats2021", "Release layout and labels: brats2021, brats2020 or brats2023.")
     seed: int = option(0, "Random seed; the same seed writes the same bytes.")
