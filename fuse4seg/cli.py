@@ -211,6 +211,11 @@ _RESEND: list[threading.Timer] = []
 _RECEIVED: list[int] = []
 
 
+def stopped_by_signal() -> bool:
+    """Whether the last :func:`main` ended because of SIGINT or SIGTERM."""
+    return bool(_RECEIVED)
+
+
 def _signal_exit() -> int:
     """The one line and exit status (128 + signal) of a command stopped by SIGINT or SIGTERM."""
     signum = _RECEIVED[0]

@@ -7,7 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.options import option
+from fuse4seg.options import MAX_SEED, check_options, in_range, option, seed_problem
+
+#: Most torch CPU threads, as train's --threads (fuse4seg.train.config.MAX_THREADS, named here so that the options do
+#: not import torch): more threads than any machine has cores only oversubscribes them.
+MAX_THREADS: int = 1024
 
 
 @dataclass(frozen=True)
@@ -16,9 +20,14 @@ class DemoOptions:
 
     out: str = option("runs/demo", "Directory for the demo's benchmark and run.", path=True)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
-    threads: int = option(1, "CPU threads for torch (1 is robust on a busy 2-core machine).", recorded=False)
-    seed: int = option(0, "Training seed (initial weights, data order); the benchmark stays the same. The README "
-                          "quotes the demo over seeds 0-4.")
+    threads: int = option(1, f"CPU threads for torch, 1 to {MAX_THREADS} (1 is robust on a busy 2-core machine).",
+                          recorded=False, check=in_range(1, MAX_THREADS, integer=True))
+    seed: int = option(0, f"Training seed (initial weights, data order; 0 to {MAX_SEED}); the benchmark stays the "
+                          "same. The README quotes the demo over seeds 0-4.", check=seed_problem)
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first option out of its declared bounds."""
+        check_options(self)
 
 
 def demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> dict[str, Any]:

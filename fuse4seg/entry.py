@@ -3,8 +3,10 @@ is still being imported (nothing is written yet) end it with the same one line a
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import sys
 
 
 def _early_signal(signum: int, frame: object) -> None:
@@ -17,6 +19,15 @@ def main() -> int:
     """Install the early handlers, then import and run the command line (importing it takes a moment)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _early_signal)
-    from fuse4seg.cli import main as run_command_line
+    from fuse4seg import cli
 
-    return run_command_line()
+    code = cli.main()
+    if cli.stopped_by_signal():
+        # A KeyboardInterrupt raised inside an extension's own call into Python (cv2's import makes one) marks the
+        # interpreter as interrupted, and it would then end by SIGINT rather than with this status: end here, after
+        # the exit handlers (pools, logs) have run.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

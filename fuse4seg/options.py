@@ -22,7 +22,7 @@ result was made).
 
 The one set of declared checks lives here (a check is value -> what is wrong with it, or None; one message
 style, naming the bound broken: ``must be >= 1, got 0``): :func:`in_range`, :func:`at_least`, :func:`above`,
-:func:`one_of`, :func:`required`, :func:`integer_entries`, :func:`seed_problem` (every seed is a 32-bit
+:func:`one_of`, :func:`one_of_named`, :func:`required`, :func:`integer_entries`, :func:`seed_problem` (every seed is a 32-bit
 integer, :data:`MAX_SEED`), :func:`worker_count` (bounded by :func:`available_cpus`) and
 :func:`device_problem`. :func:`check_options` runs the checks an options object's fields declare. A field
 declared ``option(..., argument=True)`` is a positional command-line argument (``fuse4seg verify DIR``);
@@ -115,10 +115,28 @@ def above(low: float) -> Check:
     return in_range(low, low_open=True)
 
 
-def one_of(choices: Iterable[object]) -> Check:
-    """Check: one of ``choices``."""
+def one_of(choices: Iterable[object], *, ignore_case: bool = False) -> Check:
+    """Check: one of ``choices`` (with ``ignore_case``, a text compared in lower case: for options their reader
+    lower-cases)."""
     allowed = tuple(choices)
-    return lambda v: None if v in allowed else f"must be one of {', '.join(map(str, allowed))}, got {v!r}"
+
+    def check(v: Any) -> str | None:
+        """What is wrong with ``v``, or None."""
+        key = v.lower() if ignore_case and isinstance(v, str) else v
+        return None if key in allowed else f"must be one of {', '.join(map(str, allowed))}, got {v!r}"
+    return check
+
+
+def one_of_named(target: str, *, ignore_case: bool = False) -> Check:
+    """Check: :func:`one_of` the choices at ``"package.module:NAME"`` (a tuple, or a dict's keys), imported when a
+    value is first checked, not when the option is declared (``fuse4seg CMD --help`` imports no library)."""
+    def check(v: Any) -> str | None:
+        """What is wrong with ``v``, or None."""
+        import importlib
+
+        module, _, name = target.partition(":")
+        return one_of(getattr(importlib.import_module(module), name), ignore_case=ignore_case)(v)
+    return check
 
 
 def required(what: str) -> Check:

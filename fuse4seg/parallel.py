@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -14,9 +15,13 @@ from typing import Any
 
 from fuse4seg.errors import Fuse4SegError
 
+#: Most pool workers (--workers of phantom, build-benchmark, robustness, score, fusion-metrics): each is a process
+#: holding its own interpreter, imports and one case's arrays (100s of MB); 256 is more cores than the machines
+#: this runs on have, so a larger value (a mistyped extra digit) only exhausts memory and process slots.
+MAX_WORKERS: int = 256
 #: Seconds between a pool worker's checks that the process that started the pool is alive.
 WATCH_SECONDS = 0.5
-#: Environment variable naming the command's pid while it starts the forkserver (read by fuse4seg._pool_guard).
+#: Environment variable naming the command's pid while it starts the forkserver (read by fuse4seg.pool_guard).
 PARENT_VARIABLE = "FUSE4SEG_POOL_PARENT"
 #: prctl(2) option: the signal the kernel sends this process when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -35,6 +40,18 @@ def exit_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:
         os._exit(1)
+
+
+def _loader_worker_dies_with(parent: int, worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn`` (see :func:`loader_worker_init`): :func:`exit_with_parent` of ``parent``."""
+    exit_with_parent(parent)
+
+
+def loader_worker_init() -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` making each worker die with this process (the kernel SIGKILLs it when this
+    process dies, ``kill -9`` included: :func:`exit_with_parent`), so a killed ``train --num-workers N`` leaves no
+    worker behind. It draws no random number and sets no seed: what the workers compute is unchanged."""
+    return functools.partial(_loader_worker_dies_with, os.getpid())
 
 
 def die_with_parent(parent: int) -> None:
@@ -62,12 +79,12 @@ def die_with_parent(parent: int) -> None:
 
 def start_forkserver(context: Any, preload: Sequence[str]) -> None:
     """Start ``context``'s forkserver (and multiprocessing's resource tracker) if not running, preloading
-    :mod:`fuse4seg._pool_guard` and ``preload``: with stdin, stdout and stderr on /dev/null, so that no helper
+    :mod:`fuse4seg.pool_guard` and ``preload``: with stdin, stdout and stderr on /dev/null, so that no helper
     holds the caller's pipes (a caller reading the command's output sees its end when the command ends, even
-    after ``kill -9``), and dying with this process (``_pool_guard``)."""
+    after ``kill -9``), and dying with this process (``pool_guard``)."""
     from multiprocessing import forkserver
 
-    context.set_forkserver_preload(["fuse4seg._pool_guard", *preload])
+    context.set_forkserver_preload(["fuse4seg.pool_guard", *preload])
     saved: dict[int, int | None] = {}
     null = os.open(os.devnull, os.O_RDWR)
     os.environ[PARENT_VARIABLE] = str(os.getpid())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import h5py
@@ -376,8 +377,9 @@ def test_spacing_records_the_physical_pixel_size(write_brats_case, tmp_path: Pat
                 assert h5[split]["spacing"].dtype == np.float32
                 np.testing.assert_allclose(read_spacing(h5, split, name), [expected] * counts[split], rtol=1e-6)
         assert "`spacing` (N, 3) float32 in mm" in (tmp_path / name / "README.md").read_text()
-    croissant = (tmp_path / "sized" / "croissant.json").read_text()
-    assert '"@id": "train/spacing"' in croissant
+    h5_entry = next(d for d in json.loads((tmp_path / "sized" / "croissant.json").read_text())["distribution"]
+                    if d.get("name") == "brats_fuse.h5")
+    assert "spacing: " in h5_entry["description"]  # the HDF5 layout, described in the file's own entry
     copy = tmp_path / "copy"
 
     def edit(change: object) -> None:

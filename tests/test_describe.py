@@ -155,8 +155,11 @@ def test_build_stores_one_text_per_slice_recomputed_from_the_arrays(package: Pat
     assert isinstance(item["text"], str) and item["text"].endswith(".")
     assert BraTSFuse(package, "train", cache=True)[0]["text"] == item["text"]
     assert verify(package)["splits"]["train"]["slices"] > 0
-    fields = [f["name"] for f in json.loads((package / "croissant.json").read_text())["recordSet"][0]["field"]]
-    assert fields[-1] == "text" and "`text` (N,) UTF-8 string" in (package / "README.md").read_text()
+    # croissant.json describes the HDF5 layout in the file's own entry (its record sets are the Parquet export's)
+    h5_entry = next(d for d in json.loads((package / "croissant.json").read_text())["distribution"]
+                    if d.get("name") == "brats_fuse.h5")
+    assert h5_entry["description"].rstrip(". ").split(" | ")[-1].startswith("text: ")
+    assert "`text` (N,) UTF-8 string" in (package / "README.md").read_text()
 
 
 def test_reports_replace_texts(package: Path, phantom_release: Path, tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_mlcroissant_reads_the_parquet_record_sets_bit_exactly(exported: Path) -
     mlcroissant = pytest.importorskip("mlcroissant")
     dataset = mlcroissant.Dataset(jsonld=exported / "croissant.json")
     assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
-    assert [r.name for r in dataset.metadata.record_sets] == [*SPLITS, *(f"parquet-{s}" for s in SPLITS)]
+    assert [r.name for r in dataset.metadata.record_sets] == [f"parquet-{s}" for s in SPLITS]
     for split in ("train", "test"):
         want = h5_records(exported, split)
         records = list(dataset.records(record_set=f"parquet-{split}"))
@@ -123,6 +123,30 @@ def test_mlcroissant_reads_the_parquet_record_sets_bit_exactly(exported: Path) -
             for name, values in want.items():
                 got = fields[name].decode("utf-8") if isinstance(fields[name], bytes) else fields[name]
                 assert_bits_equal(got, values[i], f"{split}[{i}]/{name}")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # rdflib inside mlcroissant
+@pytest.mark.parametrize("volumes", [False, True])
+def test_every_declared_record_set_yields_records(tmp_path: Path, volumes: bool) -> None:
+    """On a package built (with or without --volumes) and exported with default options, every RecordSet that
+    croissant.json declares yields its records through mlcroissant; the HDF5 file stays a FileObject."""
+    mlcroissant = pytest.importorskip("mlcroissant")
+    from _benchmark_data import write_release
+
+    package = tmp_path / "package"
+    build_benchmark(package, brats=write_release(tmp_path / "brats", cases=4), size=16, slices_per_case=2,
+                    split=(0.5, 0.25, 0.25), volumes=volumes, progress=False)
+    for stage in ("built", "exported"):
+        if stage == "exported":
+            export(package, "parquet")
+        meta = json.loads((package / "croissant.json").read_text())
+        assert any(d["@id"] == "brats_fuse.h5" and d["@type"] == "cr:FileObject" for d in meta["distribution"])
+        dataset = mlcroissant.Dataset(jsonld=package / "croissant.json")
+        assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
+        names = [r.name for r in dataset.metadata.record_sets]
+        assert names == ([] if stage == "built" else [f"parquet-{s}" for s in SPLITS])
+        counts = {name: sum(1 for _ in dataset.records(record_set=name)) for name in names}
+        assert all(counts.values()), counts
 
 
 def test_datasets_loads_every_split_from_the_card_and_the_folder(exported: Path, tmp_path: Path,
@@ -275,7 +299,7 @@ def test_export_options_are_checked_before_any_work(exported: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(("argv", "pattern"), [
     (["export", "{missing}"], "no such package directory"),
-    (["export", "{pkg}", "--format", "csv"], "--format: 'csv': expected one of parquet, nifti"),
+    (["export", "{pkg}", "--format", "csv"], "--format: must be one of parquet, nifti, got 'csv'"),
     (["export", "{pkg}"], "parquet already exists (pass --overwrite to replace it)"),
     (["export", "{pkg}", "--format", "nifti"], "--out: required with --format nifti"),
     (["export", "{pkg}", "--format", "nifti", "--out", "{existing}"], "already exists (pass --overwrite"),

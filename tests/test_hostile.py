@@ -195,6 +195,158 @@ def test_huge_option_values_are_refused_before_anything_is_allocated(tmp_path: P
         one_line(*run([*train, "--config", str(tmp_path / "c.toml")], capsys), "fusion_options")
 
 
+def _options_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    """(argv, the start of the one line) with one option of each command out of its declared bound."""
+    t = str(tmp)
+    run_, out = ["--run", t], ["--out", f"{t}/o"]
+    score = ["score", "--pred", t, "--truth", t, "--out", f"{t}/s.json"]
+    fusion = ["fusion-metrics", "--fused", t, "--sources", t, "--sources", t, "--out", f"{t}/f.json"]
+    phantom = ["phantom", *out, "--cases", "1"]
+    return [
+        (["phantom", *out, "--cases", "5001"], "--cases: must be <= 5000"),
+        ([*phantom, "--scale", "1e300"], "--scale: must be <= 1"),
+        ([*phantom, "--scale", "nan"], "--scale: must be finite"),
+        ([*phantom, "--workers", "100000"], "--workers: must be <= 256"),
+        ([*phantom, "--seed", "99999999999999999999"], "--seed: must be an integer in [0, 4294967295]"),
+        ([*phantom, "--naming", "brats2019"], "--naming: must be one of"),
+        (["build-benchmark", *out, "--workers", "100000"], "--workers: must be <= 256"),
+        (["robustness", *run_, *out, "--levels", "21"], "--levels: must be <= 20"),
+        (["robustness", *run_, *out, "--fusion-slices", "10000000000"], "--fusion-slices: must be <= 10000000"),
+        (["robustness", *run_, *out, "--workers", "100000"], "--workers: must be <= 256"),
+        (["robustness", *run_, *out, "--seed", "4294967296"], "--seed: must be an integer"),
+        (["robustness", *run_, *out, "--degradations", "noise," + "x" * 2000], "--degradations: must be a comma list"),
+        (["robustness", *run_, *out, "--degradations", "sunburn"], "--degradations: unknown degradation 'sunburn'"),
+        (["robustness", *run_, *out, "--split", "all"], "--split: must be one of train, val, test"),
+        (["evaluate", *run_, "--max-slices", "0"], "--max-slices: must be >= 1"),
+        (["evaluate", *run_, "--max-slices", "100000000000"], "--max-slices: must be <= 10000000"),
+        (["evaluate", *run_, "--split", "all"], "--split: must be one of train, val, test"),
+        (["evaluate", *run_, "--checkpoint", "first"], "--checkpoint: must be one of best, last"),
+        (["evaluate", *run_, "--device", "tpu"], "--device: must be cpu or cuda"),
+        (["evaluate", *run_, "--convention", "kaggle"], "--convention: must be one of monai, brats2023, brats2025"),
+        (["evaluate", *run_, "--challenge", "lgg"], "--challenge: must be one of gli, ssa, ped, men, met"),
+        (["fuse", *run_, "--case", t, *out, "--checkpoint", "first"], "--checkpoint: must be one of best, last"),
+        (["fuse", *run_, "--case", t, *out, "--device", "tpu"], "--device: must be cpu or cuda"),
+        ([*score, "--convention", "kaggle"], "--convention: must be one of"),
+        ([*score, "--convention", "monai", "--challenge", "lgg"], "--challenge: must be one of"),
+        ([*score, "--convention", "monai", "--workers", "100000"], "--workers: must be <= 256"),
+        ([*fusion, "--workers", "100000"], "--workers: must be <= 256"),
+        ([*fusion, "--data-range", "inf"], "--data-range: must be finite"),
+        (["export", t, "--format", "csv"], "--format: must be one of parquet, nifti"),
+        (["cite", t, "--format", "ris"], "--format: must be one of bibtex, cff"),
+        (["demo", *out, "--threads", "100000"], "--threads: must be <= 1024"),
+        (["demo", *out, "--threads", "0"], "--threads: must be >= 1"),
+        (["demo", *out, "--seed", "-1"], "--seed: must be an integer in [0, 4294967295]"),
+    ]
+
+
+def test_every_commands_options_are_bounded_by_their_declarations(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """An option of phantom, build-benchmark, robustness, evaluate, fuse, score, fusion-metrics, export, cite or demo
+    out of its declared bound: the declared check's one line (``must be ..., got ...``), before anything is made."""
+    for argv, start in _options_cases(tmp_path):
+        code, err = run(argv, capsys)
+        one_line(code, err, f"error: {start}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_option_of_these_commands_declares_a_check_or_is_a_path_or_a_flag() -> None:
+    """The audit of issue 24: each field of each command's options declares a check, is a path (checked by the
+    command line) or a bool; constants named beside the options equal the library's."""
+    import dataclasses
+    import typing
+
+    from fuse4seg import demo_options, parallel
+    from fuse4seg.data.package import export
+    from fuse4seg.data.package import options as package
+    from fuse4seg.data.phantom import options as phantom
+    from fuse4seg.data.release.brats import SCHEMES
+    from fuse4seg.evaluation import options as evaluation
+    from fuse4seg.inference import options as inference
+    from fuse4seg.metrics import conventions, fusion_files
+    from fuse4seg.metrics import options as metrics
+    from fuse4seg.train import config
+    from fuse4seg.train import run as train_run
+
+    classes = [phantom.PhantomOptions, evaluation.EvaluateOptions, evaluation.RobustnessOptions, inference.FuseOptions,
+               metrics.ScoreOptions, metrics.FusionMetricsOptions, package.CiteOptions, package.ExportOptions,
+               demo_options.DemoOptions]
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            declared = field.metadata.get("check") or field.metadata.get("path") or hints[field.name] is bool
+            assert declared, f"{cls.__name__}.{field.name} declares no bound"
+    assert demo_options.MAX_THREADS == config.MAX_THREADS and evaluation.MAX_EVAL_SLICES == config.MAX_EVAL_SLICES
+    assert evaluation.CHECKPOINTS == train_run.CHECKPOINTS and package.EXPORT_FORMATS == export.FORMATS
+    assert (metrics.MAX_DATA_RANGE, metrics.MAX_SCALE) == (fusion_files.MAX_DATA_RANGE, fusion_files.MAX_SCALE)
+    assert set(conventions.CONVENTIONS) and set(SCHEMES) and parallel.MAX_WORKERS == 256
+
+
+# ---- 4. headers and JSON claims: sizes, NaN / inf, overlong numbers, control characters --------------------------
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR claims ``width`` x ``height`` 8-bit grey pixels, with one tiny IDAT (far fewer bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        """One PNG chunk with its CRC."""
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_png_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """fusion-metrics: a 100-byte PNG claiming 100,000 x 100,000 pixels is one line from its header."""
+    for folder in ("f", "a", "b"):
+        (tmp_path / folder).mkdir()
+        _png_claiming(tmp_path / folder / "x.png", 100_000, 100_000)
+    argv = ["fusion-metrics", "--fused", str(tmp_path / "f"), "--sources", str(tmp_path / "a"), "--sources",
+            str(tmp_path / "b"), "--out", str(tmp_path / "m.json")]
+    code, err = run(argv, capsys)
+    one_line(code, err, "x.png")
+    assert "over the limit" in err or "decompression bomb" in err.lower(), err
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("pixdim", [float("nan"), float("inf"), 3e38])
+def test_nifti_voxel_sizes_that_are_nan_inf_or_overlong_are_one_line(tmp_path: Path, pixdim: float,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """score: a truth file whose header states a NaN, infinite or 3e38 mm voxel is refused from its header (HD95 in
+    mm would be NaN or inf)."""
+    import nibabel as nib
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_score import make_release
+
+    release, preds, _ = make_release(tmp_path)
+    seg = next(release.rglob("*seg.nii.gz"))
+    image = nib.load(seg)
+    header = image.header.copy()
+    header["pixdim"][2] = pixdim
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header), seg)
+    code, err = run(["score", "--pred", str(preds), "--truth", str(release), "--convention", "monai", "--out",
+                     str(tmp_path / "s.json")], capsys)
+    one_line(code, err, "voxel size")
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "9" * 5000])
+def test_a_run_config_json_with_nan_inf_or_overlong_numbers_is_one_line(tmp_path: Path, value: str,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """robustness --run: RUN/config.json whose lr is NaN, infinite (a literal or 1e999) or 5,000 digits long: one
+    line naming the file, before any network is built or anything written."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(f'{{"options": {{"lr_upper": {value}}}, "derived": {{}}}}\n', encoding="utf-8")
+    code, err = run(["robustness", "--run", str(run_dir), "--out", str(tmp_path / "o")], capsys)
+    one_line(code, err, "config.json")
+    assert not (tmp_path / "o").exists()
+
+
 # ---- peak memory of the worst files through a real process ------------------------------------------------------
 
 
@@ -280,6 +432,55 @@ def test_kill_9_in_the_first_second_of_a_pool_leaves_no_helper_and_no_open_pipe(
     while set(_descendants_of_init_named(pattern)) - before:
         assert time.monotonic() < deadline, set(_descendants_of_init_named(pattern)) - before
         time.sleep(0.2)
+
+
+def _children(pid: int) -> set[int]:
+    """The pids of the direct children of ``pid`` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl")
+def test_kill_9_of_train_leaves_no_dataloader_worker(bench: Path, tmp_path: Path) -> None:
+    """train --num-workers 2 killed with SIGKILL while its DataLoader workers run: no worker survives it (each dies
+    with the command: fuse4seg.parallel.loader_worker_init)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fuse4seg", "train", "--benchmark", str(bench), "--out",
+                             str(tmp_path / "run"), "--mode", "direct", "--steps", "100000", "--num-workers", "2",
+                             "--eval-every", "0", "--checkpoint-every", "100000", "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, workers = time.monotonic() + 120, set()
+        while len(workers) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no DataLoader workers started within 120 s"
+            time.sleep(0.2)
+            workers = {p for p in _children(proc.pid) if "python" in Path(f"/proc/{p}/cmdline").read_bytes().decode(
+                errors="replace")} if _alive(proc.pid) else set()
+        time.sleep(0.5)  # the workers are past their worker_init_fn
+        proc.kill()
+        proc.wait(timeout=20)
+        deadline = time.monotonic() + 2  # the kernel's parent-death signal: at once (torch's own watchdog: 5 s)
+        while any(_alive(p) for p in workers):
+            assert time.monotonic() < deadline, [p for p in workers if _alive(p)]
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_pool_helpers_do_not_hold_the_callers_stdout(tmp_path: Path) -> None:

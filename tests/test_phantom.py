@@ -149,9 +149,9 @@ def _umask() -> int:
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--naming", "brats2019", "--naming: must be one of brats2020, brats2021, brats2023, got 'brats2019'"),
-    ("--scale", "0", "--scale: must lie in [0.1, 1.0], got 0.0"),
-    ("--cases", "0", "--cases: must be at least 1, got 0"),
-    ("--workers", "0", "--workers: must be at least 1, got 0"),
+    ("--scale", "0", "--scale: must be >= 0.1, got 0"),
+    ("--cases", "0", "--cases: must be >= 1, got 0"),
+    ("--workers", "0", "--workers: must be >= 1, got 0"),
 ])
 def test_bad_options(tmp_path: Path, option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = {"--out": str(tmp_path / "x"), "--cases": "1", "--scale": "0.2"}

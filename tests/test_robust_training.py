@@ -154,7 +154,7 @@ def test_robustness_bad_input_is_one_line(two_runs: list[Path], bench: Path, tmp
                                           capsys: pytest.CaptureFixture) -> None:
     base = ["robustness", "--run", str(two_runs[0]), "--out", str(tmp_path / "rob")]
     for extra, pattern in ((["--degradations", "sunburn"], "--degradations: unknown degradation 'sunburn'"),
-                           (["--levels", "0"], "--levels: must be an integer from 1 to 20"),
+                           (["--levels", "0"], "--levels: must be >= 1, got 0"),
                            (["--out", str(two_runs[0] / "x")], "could destroy it")):
         capsys.readouterr()
         assert main([*base, *extra]) == 1

@@ -61,21 +61,20 @@ def test_written_layout(package: Path) -> None:
 
 
 def test_croissant_fields_and_card_follow_the_declaration(package: Path) -> None:
-    """croissant.json's record-set fields and the card's file list state the declared types, in order."""
+    """croissant.json's description of the HDF5 file and the card's file list state the declared types, in order."""
     meta = json.loads((package / "croissant.json").read_text())
-    for record_set in meta["recordSet"]:
-        fields = record_set["field"]
-        assert [f["name"] for f in fields] == ["source", "fused", "label", "case_id", "slice_index", "spacing", "text"]
-        assert [f["dataType"] for f in fields] == ["sc:Float", "sc:Float", "sc:Integer", "sc:Text", "sc:Integer",
-                                                   "sc:Float", "sc:Text"]
-        assert [f["source"]["extract"]["column"] for f in fields][2] == f"/{record_set['name']}/label"
-        descriptions = [f["description"] for f in fields]
-        assert descriptions[0].startswith("(4, H, W) float32 in [0, 1]: t1, t1ce, t2, flair")
-        assert descriptions[2].startswith("(H, W) uint8 in {0, 1, 2, 3}: ")
-        assert descriptions[3].startswith("UTF-8 string: ")
-        assert descriptions[4].startswith("int32 >= 0: ")
-        assert descriptions[5].startswith("(3,) float32 in mm (> 0): ")
-        assert descriptions[6].startswith("UTF-8 string (at most 4096 bytes): a description of the slice")
+    assert meta["recordSet"] == []  # mlcroissant cannot read HDF5: the Parquet export adds the record sets
+    (h5,) = [d for d in meta["distribution"] if d["@id"] == "brats_fuse.h5"]
+    fields = h5["description"].split("along their first axis: ", 1)[1].split(". Read it")[0].split(" | ")
+    assert [f.split(":")[0] for f in fields] == ["source", "fused", "label", "case_id", "slice_index", "spacing",
+                                                 "text"]
+    descriptions = [f.split(": ", 1)[1] for f in fields]
+    assert descriptions[0].startswith("(4, H, W) float32 in [0, 1]: t1, t1ce, t2, flair")
+    assert descriptions[2].startswith("(H, W) uint8 in {0, 1, 2, 3}: ")
+    assert descriptions[3].startswith("UTF-8 string: ")
+    assert descriptions[4].startswith("int32 >= 0: ")
+    assert descriptions[5].startswith("(3,) float32 in mm (> 0): ")
+    assert descriptions[6].startswith("UTF-8 string (at most 4096 bytes): a description of the slice")
     card = (package / "README.md").read_text()
     assert "- `brats_fuse.h5` (HDF5 format 2): groups `train`, `val`, `test`" in card
     assert "  - `label` (N, H, W) uint8 in {0, 1, 2, 3}: " in card

@@ -150,7 +150,7 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, _, err = run([*base, "--convention", "brats2023", "--challenge", "lgg"], capsys)
     assert code == 1 and err.startswith("error: --challenge: must be one of gli, ssa, ped, men, met")
     code, _, err = run([*base, "--convention", "monai", "--workers", "0"], capsys)
-    assert code == 1 and err.startswith("error: --workers: must be at least 1")
+    assert code == 1 and err.startswith("error: --workers: must be >= 1")
     with pytest.raises(ConfigError, match="must be a .json file"):
         score_directory(preds, release, tmp_path / "s.csv", convention="monai")
     code, _, err = run(["score", "--pred", str(tmp_path / "nowhere"), "--truth", str(release), "--convention", "monai",

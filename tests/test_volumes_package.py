@@ -263,18 +263,18 @@ def test_verify_refuses_damaged_volumes_in_one_line(damaged: Callable, edit: Cal
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # rdflib inside mlcroissant
 def test_card_croissant_and_command_record_the_volumes(packages: dict[str, Path]) -> None:
     """The card records --volumes in its command line and describes the layout and the per-plane fusion;
-    croissant.json has one volumes record set per split and mlcroissant loads it without errors or warnings."""
+    croissant.json's description of the HDF5 file states the volume groups (no record set: mlcroissant cannot read
+    HDF5) and mlcroissant loads it without errors or warnings."""
     card = (packages["volumes"] / "README.md").read_text()
     assert "--volumes" in card and "Whole volumes (`--volumes`)" in card and "each axial plane" in card
     assert "`/volumes/<split>/<case_id>`" in card and "`box` (3, 2) int64" in card
     assert "Whole volumes" not in (packages["slices"] / "README.md").read_text()
     meta = json.loads((packages["volumes"] / "croissant.json").read_text())
-    names = [r["name"] for r in meta["recordSet"]]
-    assert names == ["train", "val", "test", "volumes-train", "volumes-val", "volumes-test"]
-    fields = {f["name"]: f["description"] for f in meta["recordSet"][3]["field"]}
-    assert list(fields) == ["case_id", "source", "fused", "label", "box", "shape", "affine", "spacing"]
-    assert fields["source"].startswith("(4, D, H, W) float32 in [0, 1]")
-    assert fields["box"].startswith("attribute (3, 2) int64")
+    assert meta["recordSet"] == []
+    (h5,) = [d for d in meta["distribution"] if d["@id"] == "brats_fuse.h5"]
+    volumes = h5["description"].split(" Whole volumes: ", 1)[1]
+    assert volumes.startswith("one group /volumes/<split>/<case_id> per case, with source: (4, D, H, W) float32 in")
+    assert " | attribute box: (3, 2) int64" in volumes
     mlcroissant = pytest.importorskip("mlcroissant")
     dataset = mlcroissant.Dataset(jsonld=packages["volumes"] / "croissant.json")
     assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings

@@ -8,12 +8,55 @@ from dataclasses import dataclass
 from typing import Any
 
 from fuse4seg.errors import ConfigError
-from fuse4seg.options import option
+from fuse4seg.options import (
+    MAX_SEED,
+    check_options,
+    device_problem,
+    in_range,
+    one_of,
+    one_of_named,
+    option,
+    seed_problem,
+)
+from fuse4seg.parallel import MAX_WORKERS
 
 #: Options that only whole-volume scoring (--volumes) reads.
 VOLUME_ONLY: tuple[str, ...] = ("convention", "challenge", "write_seg")
 #: Options that only slice evaluation (no --volumes) reads.
 SLICE_ONLY: tuple[str, ...] = ("max_slices", "compare_untrained", "texts")
+#: A package's splits (fuse4seg.data.package.schema.SPLITS) and a run's checkpoints (fuse4seg.train.run.CHECKPOINTS),
+#: named here so that the options' checks import neither.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+#: Most slices (a 3-D run: volumes) --max-slices may ask for, as train's --eval-max-slices
+#: (fuse4seg.train.config.MAX_EVAL_SLICES): more than any package holds (BraTS 2023's ~2,600 cases x 155 slices).
+MAX_EVAL_SLICES: int = 10_000_000
+#: Most severities above clean (--levels): 20 steps of 0.05 already resolve every degradation's curve; each level
+#: re-evaluates every run on the whole split.
+MAX_LEVELS: int = 20
+#: Most slices scored by the fusion metrics per level (--fusion-slices; 0: all), as --max-slices.
+MAX_FUSION_SLICES: int = MAX_EVAL_SLICES
+#: Longest --degradations list (characters): every name and group spelled out is ~80.
+MAX_DEGRADATIONS_TEXT: int = 1000
+_CONVENTIONS = "fuse4seg.metrics.conventions:CONVENTIONS"
+_CHALLENGES = "fuse4seg.metrics.conventions:CHALLENGES"
+
+
+def degradations_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a comma list of degradations and groups (names as
+    :func:`fuse4seg.evaluation.robustness.expand_degradations` reads them), or None."""
+    from fuse4seg.data.augment.severity import DEGRADATIONS, GROUPS
+
+    if not isinstance(value, str) or len(value) > MAX_DEGRADATIONS_TEXT:
+        return f"must be a comma list of at most {MAX_DEGRADATIONS_TEXT} characters"
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    if not names:
+        return "give at least one degradation"
+    unknown = [n for n in names if n not in GROUPS and n not in DEGRADATIONS]
+    if unknown:
+        return (f"unknown degradation {unknown[0]!r}; known: {', '.join(GROUPS)} (groups) and "
+                f"{', '.join(DEGRADATIONS)}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -23,21 +66,27 @@ class EvaluateOptions:
 
     run: str = option(help="Run directory written by `fuse4seg train`.", path=True)
     benchmark: str | None = option(None, "Package to evaluate on (default: the run's).", path=True)
-    split: str = option("test", "train, val or test.")
-    checkpoint: str = option("best", "best or last.")
-    device: str = option("cpu", "cpu or cuda.", recorded=False)
-    max_slices: int | None = option(None, "Evaluate only the first N slices (a --dims 3 run: the first N volumes).")
+    split: str = option("test", "train, val or test.", check=one_of(SPLITS))
+    checkpoint: str = option("best", "best or last.", check=one_of(CHECKPOINTS))
+    device: str = option("cpu", "cpu or cuda.", recorded=False, check=device_problem)
+    max_slices: int | None = option(None, f"Evaluate only the first N slices (a --dims 3 run: the first N volumes; 1 "
+                                          f"to {MAX_EVAL_SLICES}).", check=in_range(1, MAX_EVAL_SLICES, integer=True))
     compare_untrained: bool = option(False, "Also score the untrained networks.")
     volumes: str | None = option(None, "BraTS release directory: score whole volumes of the split's cases, as the "
                                        "leaderboards do (writes RUN/eval-volumes-SPLIT).", path=True)
     convention: str | None = option(None, "With --volumes: monai, brats2023 (default; 2023-24 challenge code) or "
-                                          "brats2025 (brats-evaluation / panoptica).")
+                                          "brats2025 (brats-evaluation / panoptica).",
+                                     check=one_of_named(_CONVENTIONS, ignore_case=True))
     challenge: str | None = option(None, "With --volumes: gli (default), ssa, ped, men or met (brats2023's lesion "
-                                         "settings).")
+                                         "settings).", check=one_of_named(_CHALLENGES, ignore_case=True))
     write_seg: bool = option(False, "With --volumes: also write seg/<case id>.nii.gz (release labels), a submission "
                                     "`fuse4seg score` can rescore.")
     texts: bool = option(True, "A text-guided fusion net reads the slices' texts, or fuses without them (its 'no "
                                "text' token).", flag="--texts/--no-texts")
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first option out of its declared bounds (combinations: :func:`check_evaluate`)."""
+        check_options(self)
 
 
 def check_evaluate(options: EvaluateOptions) -> EvaluateOptions:
@@ -85,14 +134,22 @@ class RobustnessOptions:
                                   "images.", flag="--run", path=True)
     degradations: str = option("noise,blur,kspace,motion,lowres", "Comma list of degradations or groups (noise, blur, "
                                "bias, kspace, motion, lowres; members: noise, rician, blur, bias, spike, undersample, "
-                               "motion, lowres).")
-    levels: int = option(5, "Severities above clean, evenly spaced up to 1 (1 to 20).")
+                               "motion, lowres).", check=degradations_problem)
+    levels: int = option(5, f"Severities above clean, evenly spaced up to 1 (1 to {MAX_LEVELS}).",
+                         check=in_range(1, MAX_LEVELS, integer=True))
     out: str = option(help="Output directory (robustness.md/.json/.csv, PNG plots).", path=True)
-    split: str = option("test", "train, val or test.")
-    seed: int = option(0, "Seed of the degradations' random draws (same for every run).")
-    fusion_slices: int = option(16, "Slices scored by the fusion metrics per level (spread over the split; 0: all).")
-    workers: int = option(1, "(run, degradation) jobs evaluated in parallel.", recorded=False)
+    split: str = option("test", "train, val or test.", check=one_of(SPLITS))
+    seed: int = option(0, f"Seed of the degradations' random draws (same for every run; 0 to {MAX_SEED}).",
+                       check=seed_problem)
+    fusion_slices: int = option(16, f"Slices scored by the fusion metrics per level (spread over the split; 0: all; "
+                                    f"at most {MAX_FUSION_SLICES}).", check=in_range(0, MAX_FUSION_SLICES, integer=True))
+    workers: int = option(1, f"(run, degradation) jobs evaluated in parallel (1 to {MAX_WORKERS}).", recorded=False,
+                          check=in_range(1, MAX_WORKERS, integer=True))
     overwrite: bool = option(False, "Replace an --out written by fuse4seg robustness.", recorded=False)
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first option out of its declared bounds."""
+        check_options(self)
 
 
 def robustness(options: RobustnessOptions, command: str = "") -> dict[str, Any]:

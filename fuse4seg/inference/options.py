@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.options import option
+from fuse4seg.evaluation.options import CHECKPOINTS
+from fuse4seg.options import check_options, device_problem, one_of, option
 
 
 @dataclass(frozen=True)
@@ -16,11 +17,15 @@ class FuseOptions:
     run: str = option(help="Run directory written by `fuse4seg train`.", path=True)
     case: str = option(help="One BraTS-layout case directory.", path=True)
     out: str = option(help="Output directory (fused.nii.gz, seg.nii.gz).", path=True)
-    checkpoint: str = option("best", "best or last.")
-    device: str = option("cpu", "cpu or cuda.", recorded=False)
+    checkpoint: str = option("best", "best or last.", check=one_of(CHECKPOINTS))
+    device: str = option("cpu", "cpu or cuda.", recorded=False, check=device_problem)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     reports: str | None = option(None, "UTF-8 CSV (case_id,slice_index,text; slice_index empty for every slice) of "
                                        "texts guiding a text-guided fusion net.", path=True)
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first option out of its declared bounds."""
+        check_options(self)
 
 
 def fuse(options: FuseOptions) -> dict[str, Any]:

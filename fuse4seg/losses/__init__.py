@@ -8,9 +8,11 @@ from fuse4seg.losses.fusion import (
     fusion_loss,
     gradient_loss,
     intensity_loss,
+    register_fusion_loss,
     resolve_fusion_weights,
     spatial_gradient_loss,
     ssim_loss,
+    unregister_fusion_loss,
 )
 from fuse4seg.losses.segmentation import (
     DICE_SMOOTH,
@@ -41,6 +43,7 @@ __all__ = [
     "region_logits",
     "region_targets",
     "regions_to_labels",
+    "register_fusion_loss",
     "resolve_fusion_weights",
     "segmentation_loss",
     "sobel_gradients",
@@ -50,4 +53,5 @@ __all__ = [
     "ssim",
     "ssim_loss",
     "ssim_window",
+    "unregister_fusion_loss",
 ]

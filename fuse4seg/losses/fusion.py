@@ -6,7 +6,7 @@ image is what the loss asks for. :func:`fusion_loss` combines them with :data:`D
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -117,13 +117,61 @@ DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
     "spatial_gradient": 10.0,
 }
 
-FUSION_LOSSES = {
+#: name -> loss(fused, sources) -> scalar; :func:`register_fusion_loss` adds to it (and to the weights above).
+FUSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "intensity": intensity_loss,
     "gradient": gradient_loss,
     "ssim": ssim_loss,
     "frequency": frequency_loss,
     "spatial_gradient": spatial_gradient_loss,
 }
+
+
+#: The built-in loss names: they cannot be replaced or removed.
+BUILT_IN_FUSION_LOSSES: frozenset[str] = frozenset(FUSION_LOSSES)
+
+
+def _check_weight(name: str, value: object) -> float:
+    """``value`` as a float; ConfigError unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ConfigError(f"fusion loss weight {name!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def register_fusion_loss(name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                         default_weight: float = 0.0, *, replace: bool = False) -> Callable:
+    """Add the fusion loss ``fn(fused, sources) -> scalar tensor`` under ``name`` with weight ``default_weight``.
+
+    ``fn`` takes the fused image (N, 1, H, W) and the sources (N, C, H, W) in [0, 1] (volumes arrive as their
+    axial planes, as for the built-in terms) and returns a differentiable mean over the batch. Afterwards
+    ``fusion_loss_weights = {name = w}`` in a TOML config (or ``TrainConfig(fusion_loss_weights={name: w})``)
+    weighs it in :func:`fusion_loss`, which reports it among its components whenever its weight is > 0. With the
+    default weight 0 every existing configuration computes exactly what it did before. Returns ``fn``.
+    ConfigError for a built-in name, a name already registered without ``replace=True``, a non-callable ``fn``
+    or a weight that is not a finite number >= 0.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"fusion loss name must be an identifier (a TOML key such as my_loss), got {name!r}")
+    if not callable(fn):
+        raise ConfigError(f"fusion loss {name!r} must be callable as fn(fused, sources), got {type(fn).__name__}")
+    weight = _check_weight(name, default_weight)
+    if name in BUILT_IN_FUSION_LOSSES:
+        raise ConfigError(f"fusion loss {name!r} is built in and cannot be replaced; choose another name")
+    if name in FUSION_LOSSES and not replace and FUSION_LOSSES[name] is not fn:
+        raise ConfigError(f"fusion loss {name!r} is already registered (pass replace=True to replace it)")
+    FUSION_LOSSES[name] = fn
+    DEFAULT_FUSION_WEIGHTS[name] = weight
+    return fn
+
+
+def unregister_fusion_loss(name: str) -> None:
+    """Remove the fusion loss ``name`` added by :func:`register_fusion_loss`; ConfigError for a built-in or
+    unknown name."""
+    if name in BUILT_IN_FUSION_LOSSES:
+        raise ConfigError(f"fusion loss {name!r} is built in and cannot be removed")
+    if FUSION_LOSSES.pop(name, None) is None:
+        raise ConfigError(f"fusion loss {name!r} is not registered")
+    DEFAULT_FUSION_WEIGHTS.pop(name, None)
 
 
 def resolve_fusion_weights(weights: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -134,14 +182,7 @@ def resolve_fusion_weights(weights: Mapping[str, float] | None = None) -> dict[s
             raise ConfigError(
                 f"unknown fusion loss {name!r} in weights: expected some of {', '.join(FUSION_LOSSES)}"
             )
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not value >= 0
-            or value == float("inf")
-        ):
-            raise ConfigError(f"fusion loss weight {name!r} must be a finite number >= 0, got {value!r}")
-        resolved[name] = float(value)
+        resolved[name] = _check_weight(name, value)
     return resolved
 
 

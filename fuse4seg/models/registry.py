@@ -2,6 +2,28 @@
 
 3-D networks are the 2-D classes with their keyword-only ``dims`` fixed to 3 (``functools.partial``),
 registered under the 2-D name plus ``-3d``; ``dims`` is therefore part of the name, not an option.
+
+Three ways in, all ending in :data:`MODEL_REGISTRY`:
+
+- built in: the networks of :mod:`fuse4seg.models` (never replaced);
+- from Python: :func:`register_model` (``fuse4seg.register_model``), in the process that trains;
+- from an installed package: an entry point of the group ``fuse4seg.models`` (:data:`ENTRY_POINT_GROUP`) whose
+  name is the model name and whose object (``module:attr``) is the constructor, e.g. in ``setup.cfg``::
+
+      [options.entry_points]
+      fuse4seg.models =
+          my-fusion = my_package.nets:MyFusion
+
+  It is imported on first use of a name that is not registered, and by :func:`list_models` (``fuse4seg
+  models``), so ``fuse4seg train --fusion-model my-fusion`` works once the package is installed; a plug-in
+  that fails to import is a one-line ConfigError naming it.
+
+A constructor's positional-or-keyword arguments are the model's options and each needs a default; the
+training loop sets ``in_channels`` (and ``num_classes`` for a segmenter) itself. A fusion network maps
+(N, in_channels, H, W) sources in [0, 1] to an (N, 1, H, W) image in [0, 1]; a segmenter maps
+(N, in_channels, H, W) to (N, num_classes, H, W) logits. A keyword-only ``dims`` default of 3 marks a 3-D
+network (its name should then end in ``-3d``). Avoid BatchNorm: the bi-level engine unrolls the follower
+functionally.
 """
 
 from __future__ import annotations
@@ -9,12 +31,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from importlib import metadata
+from typing import Any, overload
 
 import torch
 from torch import nn
 
 from fuse4seg.errors import ConfigError
+from fuse4seg.io import one_line
 from fuse4seg.models.blocks import check_dims
 from fuse4seg.models.classifier import MultimodalClassifier
 from fuse4seg.models.feature_fusion import FeatureFusionSegmenter
@@ -40,9 +64,104 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "classifier": MultimodalClassifier,
     **{f"{name}-3d": partial(cls, dims=3) for name, cls in _MODELS_2D.items()},
 }
+#: The names above: they cannot be replaced or removed.
+BUILT_IN_MODELS: frozenset[str] = frozenset(MODEL_REGISTRY)
+#: Entry-point group of plug-in networks: name = model name, object = its constructor.
+ENTRY_POINT_GROUP = "fuse4seg.models"
 # A forward pass of the default unet-3d on a 240^3 cube takes minutes and gigabytes on a CPU, so
 # model_summary runs 3-D models only on cubes up to this edge (voxels).
 SUMMARY_MAX_EDGE_3D = 32
+
+
+ModelConstructor = Callable[..., nn.Module]
+
+
+def _check_constructor(name: str, constructor: Any) -> None:
+    """ConfigError unless ``name`` is a usable model name and ``constructor`` a callable whose options (its
+    positional-or-keyword arguments) all have defaults."""
+    if not isinstance(name, str) or not name or name != name.strip() or any(c.isspace() or c in "=,[]" for c in name):
+        raise ConfigError(f"model name must be a non-empty word without spaces, '=', ',' or brackets, got {name!r}")
+    if not callable(constructor):
+        raise ConfigError(f"model {name!r}: the constructor must be callable (a class or function), got "
+                          f"{type(constructor).__name__}")
+    try:
+        params = inspect.signature(constructor).parameters
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {name!r}: cannot read the constructor's options ({one_line(exc)})") from None
+    for key, p in params.items():
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty:
+            raise ConfigError(f"model {name!r}: option {key!r} has no default; every option of a model needs one")
+
+
+@overload
+def register_model(name: str, constructor: None = None, *, replace: bool = False
+                   ) -> Callable[[ModelConstructor], ModelConstructor]: ...
+@overload
+def register_model(name: str, constructor: ModelConstructor, *, replace: bool = False) -> ModelConstructor: ...
+def register_model(name: str, constructor: ModelConstructor | None = None, *, replace: bool = False) -> Any:
+    """Register ``constructor`` (an ``nn.Module`` class or factory) as model ``name``; returns it, so it also works
+    as a decorator: ``@register_model("my-fusion")``.
+
+    The constructor's positional-or-keyword arguments become the model's options (``fusion_options`` /
+    ``seg_options`` in a config), each with a default; the training loop passes ``in_channels`` (and
+    ``num_classes`` to a segmenter). Once registered, the name works everywhere a built-in one does in this
+    process: ``TrainConfig(fusion_model=name)``, :func:`build_model`, evaluation of a run trained with it.
+    ConfigError for a bad name or constructor, a built-in name, or a name already registered without
+    ``replace=True``. To make a network available to the command line, publish it as an entry point of
+    :data:`ENTRY_POINT_GROUP` instead (see the module docstring).
+    """
+    if constructor is None:
+        return lambda c: register_model(name, c, replace=replace)
+    _check_constructor(name, constructor)
+    if name in BUILT_IN_MODELS:
+        raise ConfigError(f"model {name!r} is built in and cannot be replaced; choose another name")
+    if name in MODEL_REGISTRY and not replace and MODEL_REGISTRY[name] is not constructor:
+        raise ConfigError(f"model {name!r} is already registered (pass replace=True to replace it)")
+    MODEL_REGISTRY[name] = constructor
+    return constructor
+
+
+def unregister_model(name: str) -> None:
+    """Remove model ``name`` registered by :func:`register_model` (or loaded from a plug-in); ConfigError for a
+    built-in or unknown name."""
+    if name in BUILT_IN_MODELS:
+        raise ConfigError(f"model {name!r} is built in and cannot be removed")
+    if MODEL_REGISTRY.pop(name, None) is None:
+        raise ConfigError(f"model {name!r} is not registered")
+
+
+def plugin_entry_points() -> dict[str, metadata.EntryPoint]:
+    """The installed entry points of :data:`ENTRY_POINT_GROUP` by name (the first one per name), without loading
+    them; names of built-in models are ignored (a plug-in cannot shadow one)."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in BUILT_IN_MODELS:
+            found.setdefault(ep.name, ep)
+    return found
+
+
+def _load_plugin(ep: metadata.EntryPoint) -> ModelConstructor:
+    """Import plug-in ``ep`` and register its object; a one-line ConfigError naming the plug-in if that fails."""
+    dist = getattr(getattr(ep, "dist", None), "name", None)
+    origin = f"plug-in model {ep.name!r} ({ENTRY_POINT_GROUP} entry point {ep.value}" + (
+        f" of {dist})" if dist else ")")
+    try:
+        constructor = ep.load()
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of third-party code becomes one line
+        raise ConfigError(f"{origin} failed to load: {type(exc).__name__}: {one_line(exc)}") from None
+    try:
+        _check_constructor(ep.name, constructor)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin} is unusable: {exc.message}") from None
+    MODEL_REGISTRY[ep.name] = constructor
+    return constructor
+
+
+def load_plugins() -> list[str]:
+    """Load every installed plug-in model not yet registered; returns the names loaded. ConfigError (one line,
+    naming it) at the first plug-in that fails to load."""
+    return [ep.name for ep in plugin_entry_points().values()
+            if ep.name not in MODEL_REGISTRY and _load_plugin(ep) is not None]
 
 
 def model_dims(name: str) -> int:
@@ -51,20 +170,29 @@ def model_dims(name: str) -> int:
     return 2 if dims is None else int(dims.default)
 
 
-def list_models(dims: int | None = None) -> list[str]:
-    """Registered model names in registry order (2-D first; fusion networks before segmenters), all of them
-    or those taking ``dims``-dimensional inputs (2 or 3)."""
+def list_models(dims: int | None = None, plugins: bool = True) -> list[str]:
+    """Registered model names in registry order (2-D first; fusion networks before segmenters; then those
+    registered from Python or by plug-ins), all of them or those taking ``dims``-dimensional inputs (2 or 3).
+
+    ``plugins``: first load the installed plug-ins (:func:`load_plugins`; ConfigError naming a broken one).
+    """
     if dims is not None:
         check_dims(dims)
+    if plugins:
+        load_plugins()
     return [name for name in MODEL_REGISTRY if dims is None or model_dims(name) == dims]
 
 
-def _constructor(name: str) -> Callable[..., nn.Module]:
-    """The constructor registered as ``name``; ConfigError listing the known names otherwise."""
-    try:
+def _constructor(name: str) -> ModelConstructor:
+    """The constructor registered as ``name``, loading the installed plug-in of that name on first use;
+    ConfigError listing the known names otherwise (or naming a plug-in that fails to load)."""
+    if isinstance(name, str) and name in MODEL_REGISTRY:
         return MODEL_REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(MODEL_REGISTRY)}") from None
+    ep = plugin_entry_points().get(name) if isinstance(name, str) else None
+    if ep is not None:
+        return _load_plugin(ep)
+    known = [*MODEL_REGISTRY, *(n for n in plugin_entry_points() if n not in MODEL_REGISTRY)]
+    raise ConfigError(f"unknown model {name!r}: expected one of {', '.join(known)}")
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -81,7 +209,7 @@ def build_model(name: str, **options: Any) -> nn.Module:
         raise ConfigError(
             f"unknown option {unknown[0]!r} for model {name!r}: expected some of {', '.join(known)}"
         )
-    return MODEL_REGISTRY[name](**options)
+    return _constructor(name)(**options)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -112,7 +240,8 @@ def model_summary(sizes: tuple[int, ...] = ()) -> list[dict[str, Any]]:
                 row[f"output@{size}"] = "-"
                 continue
             with torch.no_grad():
-                out = model(torch.rand(1, model.in_channels, *(size,) * dims))
+                channels = getattr(model, "in_channels", row["options"].get("in_channels", 1))
+                out = model(torch.rand(1, channels, *(size,) * dims))
             row[f"output@{size}"] = " x ".join(str(s) for s in out.shape[1:])
         rows.append(row)
     return rows

@@ -146,13 +146,17 @@ def step_loader(
 
     The loader gets its own generator (seeded from seed, stream and ``start``): starting an iterator
     draws a worker base seed from it, which would otherwise consume the global torch RNG at a point
-    that differs between an uninterrupted and a resumed run.
+    that differs between an uninterrupted and a resumed run. Its workers die with this process
+    (:func:`fuse4seg.parallel.loader_worker_init`: no worker outlives a ``kill -9`` of the command).
     """
+    from fuse4seg.parallel import loader_worker_init
+
     sampler = StepBatchSampler(pool, batch_size, seed, start, stop, stream, keyed=getattr(dataset, "keyed_items", False),
                                shard=shard)
     return OneLineLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None, generator=_generator(seed, stream, start),
+        worker_init_fn=loader_worker_init() if num_workers > 0 else None,
     )
 
 

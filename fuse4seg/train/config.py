@@ -116,14 +116,19 @@ _SEG_DEPTH_HELP = (f"Segmentation network depth (downsamplings, 1 to {MAX_SEG_DE
 
 
 def _known_model(name: str) -> str | None:
-    """Check: a 2-D network name of the model registry (fuse4seg.models); --dims 3 trains its ``-3d`` variant."""
-    from fuse4seg.models import list_models
+    """Check: a 2-D network of the model registry (fuse4seg.models: built in, registered with register_model, or
+    an installed plug-in of the entry-point group fuse4seg.models, loaded now); --dims 3 trains its ``-3d``
+    variant."""
+    from fuse4seg.models import list_models, model_dims
 
-    models = list_models(dims=2)
-    if name in list_models(dims=3):
-        return (f"{name!r} is a 3-D network; give its 2-D name ({', '.join(models)}): --dims 3 builds the -3d "
-                "variant")
-    return None if name in models else f"unknown model {name!r}; known: {', '.join(models)}"
+    try:
+        dims = model_dims(name)
+    except ConfigError as exc:  # unknown, or a plug-in that fails to load (named in the message)
+        return exc.message
+    if dims == 3:
+        return (f"{name!r} is a 3-D network; give its 2-D name ({', '.join(list_models(dims=2, plugins=False))}): "
+                "--dims 3 builds the -3d variant")
+    return None
 
 
 def _patch(value: Any) -> tuple[int, ...]:

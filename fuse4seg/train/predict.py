@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fuse4seg.conventions import REGIONS
 from fuse4seg.losses import predict_labels, region_targets
 from fuse4seg.models import sliding_window
+from fuse4seg.parallel import loader_worker_init
 from fuse4seg.runkit.batches import one_line_batches
 
 
@@ -59,7 +60,9 @@ def forward_batches(pipeline: Predictable, dataset: Dataset, device: torch.devic
     items of ``dataset`` in order; the outputs are segmentation logits, or presence logits of a classifier."""
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Workers die with this process (a kill -9 leaves none behind); they compute nothing differently.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=loader_worker_init() if num_workers else None)
     was_training = pipeline.seg.training
     pipeline.train(False)
     try:

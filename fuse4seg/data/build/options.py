@@ -16,11 +16,11 @@ import numpy as np
 
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.data.package.schema import MAX_SLICE_SIDE as MAX_SIZE
+from fuse4seg.data.phantom.options import MAX_CASES
 from fuse4seg.errors import ConfigError
 from fuse4seg.io import check_separate
 from fuse4seg.options import (
     MAX_SEED,
-    at_least,
     check_options,
     command_argv,
     for_option,
@@ -28,10 +28,12 @@ from fuse4seg.options import (
     option,
     seed_problem,
 )
+from fuse4seg.parallel import MAX_WORKERS
 
 DEFAULT_PHANTOM_CASES = 10
-#: Most phantom cases: twice the largest BraTS training release (BraTS 2023's cohorts, ~2,600 cases).
-MAX_PHANTOM_CASES = 5000
+#: Most phantom cases: twice the largest BraTS training release (BraTS 2023's cohorts, ~2,600 cases), as
+#: ``fuse4seg phantom --cases``.
+MAX_PHANTOM_CASES = MAX_CASES
 #: Most slices per case: a volume of the largest size read (512^3 voxels) has 8192 axial slices of 128 x 128;
 #: a larger value cannot pick more and would only be recorded in the card.
 MAX_SLICES_PER_CASE = 8192
@@ -70,7 +72,8 @@ class BuildOptions:
     slices_per_case: int = option(8, f"Tumour slices kept per case (1 to {MAX_SLICES_PER_CASE}).",
                                   check=in_range(1, MAX_SLICES_PER_CASE))
     split: tuple[float, float, float] = option((0.7, 0.1, 0.2), "Train,val,test fractions of the cases (sum 1).")
-    workers: int = option(1, "Cases processed in parallel.", recorded=False, check=at_least(1))
+    workers: int = option(1, f"Cases processed in parallel (1 to {MAX_WORKERS}).", recorded=False,
+                          check=in_range(1, MAX_WORKERS, integer=True))
     seed: int = option(0, f"Seed of the patient split (and of the phantom release), 0 to {MAX_SEED}.",
                        check=seed_problem)
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)

@@ -1,5 +1,6 @@
 """The MLCommons Croissant 1.0 metadata (``croissant.json``) of a BraTS-Fuse package: its files with their sha256
-and size, and record sets over the HDF5 datasets, the volumes and the Parquet shards. Writes a package's
+and size (the HDF5 file's layout in its description), and record sets over the Parquet shards, the only ones
+mlcroissant can read. Writes a package's
 metadata files: the card, CITATION.cff and then croissant.json, which hashes the others
 (:func:`write_package_files`), and their Parquet additions (:func:`write_parquet_metadata`).
 """
@@ -53,24 +54,17 @@ ENCODING_FORMATS = {"h5": "application/x-hdf5", "md": "text/markdown", "cff": "a
                     "parquet": "application/x-parquet"}
 
 def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
-    """Croissant 1.0 JSON-LD for the package in ``directory`` listing ``files`` with their hashes."""
+    """Croissant 1.0 JSON-LD for the package in ``directory`` listing ``files`` with their hashes.
+
+    Every RecordSet declared is one mlcroissant can iterate: the HDF5 file is a FileObject whose description
+    states its layout (mlcroissant has no HDF5 reader, so record sets sourced from it could not be read), and
+    the record sets are the Parquet ones ``parquet-<split>`` that ``fuse4seg export --format parquet`` (or
+    ``build-benchmark --parquet``) adds with :func:`write_parquet_metadata`; a package without them declares none.
+    """
     distribution = [_file_object(name, directory / name) for name in files]
-    record_sets = []
-    for split in SPLITS:
-        fields = [{
-            "@type": "cr:Field", "@id": f"{split}/{spec.name}", "name": spec.name,
-            "description": spec.record_description(), "dataType": spec.croissant,
-            "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"/{split}/{spec.name}"}},
-        } for spec in split_datasets(meta["attrs"])]
-        record_sets.append({
-            "@type": "cr:RecordSet", "@id": split, "name": split,
-            "description": f"{meta['splits'][split]['slices']} slices of {meta['splits'][split]['cases']} cases; "
-                           f"each field is the HDF5 dataset /{split}/<field> (one record per index N). "
-                           f"Read it with h5py or fuse4seg.data.BraTSFuse: mlcroissant has no HDF5 reader.",
-            "field": fields,
-        })
-    if meta.get("volumes"):
-        record_sets += [_volume_record_set(split, meta) for split in SPLITS]
+    for entry in distribution:
+        if entry["@id"] == H5_NAME:
+            entry["description"] = hdf5_description(meta)
     cff = citation_cff(meta)
     return {
         "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "conformsTo": CROISSANT_CONFORMS_TO,
@@ -80,8 +74,25 @@ def croissant_metadata(directory: Path, meta: dict, files: list[str]) -> dict:
         "version": package_version(meta), "datePublished": meta["created"],
         "citeAs": cff_to_bibtex(cff), "keywords": cff["keywords"],
         "creator": {"@type": "sc:Organization", "name": "fuse4seg contributors"},
-        "distribution": distribution, "recordSet": record_sets,
+        "distribution": distribution, "recordSet": [],
     }
+
+
+def hdf5_description(meta: dict) -> str:
+    """The layout of ``brats_fuse.h5`` in words (the description of its FileObject): per split, its slice
+    count and datasets (one record per index N) with their declared types; with volumes, their groups."""
+    fields = " | ".join(f"{spec.name}: {spec.record_description()}" for spec in split_datasets(meta["attrs"]))
+    splits = ", ".join(f"/{s} ({meta['splits'][s]['slices']} slices of {meta['splits'][s]['cases']} cases)"
+                       for s in SPLITS)
+    text = (f"HDF5 file of the records: groups {splits}; each holds the datasets <split>/<field>, one record per "
+            f"index N along their first axis: {fields}.")
+    if meta.get("volumes"):
+        volume_fields = " | ".join([*(f"{spec.name}: {spec.record_description()}" for spec in VOLUME_DATASETS),
+                                   *(f"attribute {spec.name}: {spec.type_text()}: {spec.description}"
+                                     for spec in VOLUME_ATTRIBUTES)])
+        text += (f" Whole volumes: one group /{VOLUMES_GROUP}/<split>/<case_id> per case, with {volume_fields}.")
+    return (text + " Read it with h5py or fuse4seg.data.BraTSFuse / BraTSFuseVolumes (mlcroissant has no HDF5 "
+            "reader); `fuse4seg export DIR --format parquet` adds the record sets parquet-<split> that it reads.")
 
 
 def _file_object(name: str, file: Path) -> dict:
@@ -89,35 +100,6 @@ def _file_object(name: str, file: Path) -> dict:
     return {"@type": "cr:FileObject", "@id": name, "name": name, "contentUrl": name,
             "encodingFormat": ENCODING_FORMATS[name.rsplit(".", 1)[-1]],
             "contentSize": f"{file.stat().st_size} B", "sha256": sha256_file(file)}
-
-
-def _volume_record_set(split: str, meta: dict) -> dict:
-    """The Croissant RecordSet of one split's volumes: one record per case group, one field per dataset and
-    attribute (their shapes in the descriptions)."""
-    base = f"/{VOLUMES_GROUP}/{split}/*"
-    fields = [{
-        "@type": "cr:Field", "@id": f"volumes-{split}/case_id", "name": "case_id", "dataType": "sc:Text",
-        "description": "patient / case identifier: the name of the case group",
-        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": base}},
-    }]
-    fields += [{
-        "@type": "cr:Field", "@id": f"volumes-{split}/{spec.name}", "name": spec.name,
-        "description": spec.record_description(), "dataType": spec.croissant,
-        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"{base}/{spec.name}"}},
-    } for spec in VOLUME_DATASETS]
-    fields += [{
-        "@type": "cr:Field", "@id": f"volumes-{split}/{spec.name}", "name": spec.name,
-        "description": f"attribute {spec.type_text()}: {spec.description}",
-        "dataType": "sc:Integer" if spec.dtype.startswith("int") else "sc:Float",
-        "source": {"fileObject": {"@id": H5_NAME}, "extract": {"column": f"{base}@{spec.name}"}},
-    } for spec in VOLUME_ATTRIBUTES]
-    return {
-        "@type": "cr:RecordSet", "@id": f"volumes-{split}", "name": f"volumes-{split}",
-        "description": f"the whole brain-box volumes of the {meta['splits'][split]['cases']} cases of {split}; each "
-                       f"record is the HDF5 group {base} (datasets and attributes). Read it with h5py or "
-                       "fuse4seg.data.BraTSFuseVolumes: mlcroissant has no HDF5 reader.",
-        "field": fields,
-    }
 
 
 def write_package_files(directory: Path, meta: dict) -> None:

@@ -33,6 +33,10 @@ SCAN_BLOCK_BYTES = 64 * 1024**2
 #: Strings ``verify`` decodes at a time: SCAN_BLOCK_BYTES of the longest declared strings.
 STRING_BLOCK = SCAN_BLOCK_BYTES // MAX_DESCRIPTION_BYTES
 
+#: Largest croissant.json read (bytes, checked before reading): one entry per file, a few kB for any package
+#: this version writes (Parquet shards included); a crafted multi-GB file is refused rather than parsed.
+MAX_CROISSANT_BYTES: int = 64 * 2**20
+
 def _short(value: object) -> str:
     """A bounded one-line rendering of a value read from a package file, for a message (reprlib caps depth
     and length, so a huge or deeply nested value neither floods the terminal nor recurses)."""
@@ -63,6 +67,9 @@ def _check_files(directory: Path, parquet: bool = True) -> list[str]:
     path = directory / CROISSANT_NAME
     if not path.is_file():
         raise DataError(f"{path}: missing (not a BraTS-Fuse package directory?)")
+    if path.stat().st_size > MAX_CROISSANT_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, over the limit of {MAX_CROISSANT_BYTES} for "
+                        "croissant.json (not a package this version wrote)")
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # JSON syntax and non-UTF-8 bytes (UnicodeDecodeError) alike

@@ -329,9 +329,12 @@ def _write_case(args: tuple[Path, str, int, int, float]) -> str:
 def is_phantom_release(directory: Path) -> bool:
     """Whether ``directory`` is a phantom release written before output markers: phantom.json from this
     generator and nothing but case directories beside it."""
-    try:
-        meta = json.loads((directory / "phantom.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    path = directory / "phantom.json"
+    try:  # the generator writes a few hundred bytes; anything larger, or not a regular file, is not its record
+        if not path.is_file() or path.stat().st_size > 2**20:
+            return False
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return False
     others = [p for p in directory.iterdir() if p.name != "phantom.json"]
     return (isinstance(meta, dict) and meta.get("generator") == "fuse4seg phantom"

@@ -3,8 +3,8 @@
 A NIfTI header states the image's dimensions, voxel type and where the voxels start; nibabel trusts
 them and allocates what they claim (a 280 KB file claiming 1000^3 voxels costs 2 GB before the read
 fails, and an extension claiming 2 GB is allocated while the header is parsed). Here the header is
-parsed from its first bytes and checked first: dimensions, a numeric voxel type, the voxel count
-against the caller's limit (:data:`MAX_VOLUME_VOXELS`, :data:`MAX_SLICE_PIXELS`), the header and
+parsed from its first bytes and checked first: dimensions, voxel sizes (finite, :data:`MAX_VOXEL_MM`), a
+numeric voxel type, the voxel count against the caller's limit (:data:`MAX_VOLUME_VOXELS`, :data:`MAX_SLICE_PIXELS`), the header and
 extensions against :data:`MAX_HEADER_BYTES`, and for ``.nii`` the file size. Only then are exactly
 ``vox_offset + voxels * bytes per voxel`` bytes read, in chunks, so what is allocated grows with the
 bytes actually there: a truncated ``.nii.gz`` fails after reading what it has, and a gzip stream that
@@ -37,6 +37,10 @@ MAX_SLICE_PIXELS: int = 1 << 26
 #: Most bytes before the voxel data (the 348- or 540-byte header and its extensions, which are KBs in
 #: practice): a header may not make the reader allocate more than this for them.
 MAX_HEADER_BYTES: int = 16 << 20
+#: Largest voxel edge (mm) a header may state (pixdim of the image's dimensions): MR voxels are 0.1 to 10 mm; a
+#: metre is no voxel of a brain image, and NaN, inf or 1e38 (an overlong float) would turn every distance (HD95
+#: in mm, a case's spacing) into NaN or inf.
+MAX_VOXEL_MM: float = 1000.0
 #: What nibabel and the decompressor raise for a corrupt or truncated file.
 CORRUPT_NIFTI_ERRORS = (EOFError, OSError, ValueError, zlib.error, HeaderDataError,
                         nib.filebasedimages.ImageFileError)
@@ -90,6 +94,10 @@ def _checked_header(head: bytes, what: str, ndim: int, max_voxels: int
         kept -= 1
     if kept != ndim:
         raise DataError(f"{what} is {kept}-D, expected {_EXPECTED.get(ndim, f'a {ndim}-D image')}")
+    spacing = [float(v) for v in header["pixdim"][1:kept + 1]]
+    if not all(math.isfinite(v) and abs(v) <= MAX_VOXEL_MM for v in spacing):
+        raise DataError(f"{what} is corrupt or unreadable (header voxel size {', '.join(f'{v:g}' for v in spacing)} "
+                        f"mm: each must be finite and at most {MAX_VOXEL_MM:g} in size)")
     try:
         dtype = header.get_data_dtype()
     except KeyError:
