@@ -178,20 +178,18 @@ def fuse_command(options: FuseOptions) -> None:
 @COMMANDS.command("score", "fuse4seg.metrics.options:ScoreOptions")
 def score_command(options: ScoreOptions) -> None:
     """Score BraTS predictions against a release: Dice, HD95 and lesion-wise metrics per case and region."""
-    from fuse4seg.metrics.options import score
-    from fuse4seg.metrics.scoring import format_score_summary
+    from fuse4seg.metrics.scoring import format_score_summary, score_from_options
 
-    typer.echo(format_score_summary(score(options), options.out))
+    typer.echo(format_score_summary(score_from_options(options), options.out))
 
 
 @COMMANDS.command("fusion-metrics", "fuse4seg.metrics.options:FusionMetricsOptions")
 def fusion_metrics_command(options: FusionMetricsOptions) -> None:
     """MMIF / CDDFuse-convention fusion metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM, PSNR, CC) of any
     method's fused images against their sources."""
-    from fuse4seg.metrics.fusion_files import format_fusion_summary
-    from fuse4seg.metrics.options import fusion_metrics
+    from fuse4seg.metrics.fusion_files import format_fusion_summary, fusion_metrics_from_options
 
-    typer.echo(format_fusion_summary(fusion_metrics(options), options.out))
+    typer.echo(format_fusion_summary(fusion_metrics_from_options(options), options.out))
 
 
 @COMMANDS.command("demo", "fuse4seg.demo_options:DemoOptions")

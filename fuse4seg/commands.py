@@ -29,8 +29,8 @@ import typer.core
 import typer.main
 
 from fuse4seg.errors import ConfigError, flag_for
-from fuse4seg.io import path_problem
 from fuse4seg.options import default_of, typer_option
+from fuse4seg.user_files import path_problem
 
 #: One command-line parameter: (name, annotation, its :func:`fuse4seg.options.option` declaration).
 Parameter = tuple[str, Any, dataclasses.Field]
@@ -87,7 +87,7 @@ def build_command(name: str, body: Body, parameters: Iterable[Parameter], doc: s
 
 def check_paths(values: dict[str, Any], declared: dict[str, dataclasses.Field]) -> None:
     """ConfigError naming the flag (or argument) of the first value of a field declared ``path=True`` that no file
-    system here can hold (:func:`fuse4seg.io.path_problem`: a NUL byte, a name over ``PC_NAME_MAX`` or a path over
+    system here can hold (:func:`fuse4seg.user_files.path_problem`: a NUL byte, a name over ``PC_NAME_MAX`` or a path over
     ``PC_PATH_MAX`` bytes), before the command opens or makes anything."""
     for name, field in declared.items():
         value = values.get(name)

@@ -159,9 +159,9 @@ def integer_entries(limits: dict[str, tuple[int, int]]) -> Check:
 
 
 def a_path(then: Check | None = None) -> Check:
-    """Check: None, or a path that a file system here can hold (:func:`fuse4seg.io.path_problem`: no NUL byte, no
+    """Check: None, or a path that a file system here can hold (:func:`fuse4seg.user_files.path_problem`: no NUL byte, no
     name over ``PC_NAME_MAX``, no path over ``PC_PATH_MAX`` bytes), then ``then`` (if given)."""
-    from fuse4seg.io import path_problem
+    from fuse4seg.user_files import path_problem
 
     def check(v: Any) -> str | None:
         """What is wrong with ``v``, or None."""

@@ -19,6 +19,7 @@ from fuse4seg.options import (
     seed_problem,
 )
 from fuse4seg.parallel import MAX_WORKERS
+from fuse4seg.runkit.rundir import CHECKPOINTS
 
 #: Options that only whole-volume scoring (--volumes) reads.
 VOLUME_ONLY: tuple[str, ...] = ("convention", "challenge", "write_seg")
@@ -27,7 +28,6 @@ SLICE_ONLY: tuple[str, ...] = ("max_slices", "compare_untrained", "texts")
 #: A package's splits (fuse4seg.data.package.schema.SPLITS) and a run's checkpoints (fuse4seg.train.run.CHECKPOINTS),
 #: named here so that the options' checks import neither.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CHECKPOINTS: tuple[str, ...] = ("best", "last")
 #: Most slices (a 3-D run: volumes) --max-slices may ask for, as train's --eval-max-slices
 #: (fuse4seg.train.config.MAX_EVAL_SLICES): more than any package holds (BraTS 2023's ~2,600 cases x 155 slices).
 MAX_EVAL_SLICES: int = 10_000_000

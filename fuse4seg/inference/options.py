@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.evaluation.options import CHECKPOINTS
 from fuse4seg.options import check_options, device_problem, one_of, option
+from fuse4seg.runkit.rundir import CHECKPOINTS
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from fuse4seg.io import atomic_path, check_replaceable, file_output, one_line
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES, fusion_metrics
 from fuse4seg.metrics.options import MAX_DATA_RANGE as OPTION_MAX_DATA_RANGE
 from fuse4seg.metrics.options import MAX_SCALE as OPTION_MAX_SCALE
+from fuse4seg.metrics.options import FusionMetricsOptions
 
 RASTER_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -191,3 +192,10 @@ def format_fusion_summary(result: dict, out: str | Path) -> str:
             f"(SSIM data_range {result['data_range']:g}); mean:")
     return "\n".join([head,
                       " ".join(f"{k:>9}" for k in names), " ".join(f"{c:>9}" for c in cells), f"wrote {out}"])
+
+
+def fusion_metrics_from_options(options: FusionMetricsOptions) -> dict:
+    """``fuse4seg fusion-metrics``: :func:`fusion_metrics_directory` with the command's declared options."""
+    o = options
+    return fusion_metrics_directory(o.fused, o.sources, o.out, data_range=o.data_range, scale=o.scale,
+                                    workers=o.workers, overwrite=o.overwrite)

@@ -57,21 +57,3 @@ class FusionMetricsOptions:
     def __post_init__(self) -> None:
         """ConfigError naming the first option out of its declared bounds."""
         check_options(self)
-
-
-def score(options: ScoreOptions) -> dict:
-    """Score the predictions as ``options`` say (:func:`fuse4seg.metrics.scoring.score_directory`)."""
-    from fuse4seg.metrics.scoring import score_directory
-
-    o = options
-    return score_directory(o.pred, o.truth, o.out, convention=o.convention, challenge=o.challenge, workers=o.workers,
-                           overwrite=o.overwrite)
-
-
-def fusion_metrics(options: FusionMetricsOptions) -> dict:
-    """Score the fused images as ``options`` say (:func:`fuse4seg.metrics.fusion_files.fusion_metrics_directory`)."""
-    from fuse4seg.metrics.fusion_files import fusion_metrics_directory
-
-    o = options
-    return fusion_metrics_directory(o.fused, o.sources, o.out, data_range=o.data_range, scale=o.scale,
-                                    workers=o.workers, overwrite=o.overwrite)

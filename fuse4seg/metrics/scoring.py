@@ -42,6 +42,7 @@ from fuse4seg.data.release.brats import (
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_path, check_replaceable, csv_cell, file_output
 from fuse4seg.metrics.conventions import METRICS, check_challenge, check_convention
+from fuse4seg.metrics.options import ScoreOptions
 from fuse4seg.metrics.segmentation import segmentation_metrics
 
 #: Per region and case, in output order (JSON keys, CSV columns).
@@ -242,3 +243,10 @@ def format_score_summary(result: dict, out: str | Path) -> str:
     out = Path(out)
     lines.append(f"wrote {out} and {out.with_suffix('.csv')}")
     return "\n".join(lines)
+
+
+def score_from_options(options: ScoreOptions) -> dict:
+    """``fuse4seg score``: :func:`score_directory` with the command's declared options."""
+    o = options
+    return score_directory(o.pred, o.truth, o.out, convention=o.convention, challenge=o.challenge, workers=o.workers,
+                           overwrite=o.overwrite)

@@ -32,6 +32,9 @@ from fuse4seg.io import (
 Runner = TypeVar("Runner")
 Result = TypeVar("Result")
 
+#: The checkpoints a run folder holds (RUN/best.pt, RUN/last.pt): what --checkpoint may name.
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+
 
 @dataclass(frozen=True)
 class RunFolder:

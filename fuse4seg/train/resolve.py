@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, flag_for
-from fuse4seg.io import read_user_file
 from fuse4seg.train.config import MAX_SEG_CHANNELS, MAX_STEPS, OPTIONS, TrainConfig, reads_text, uses_text
 from fuse4seg.train.declare import Declared, check_values, convert, declared, with_values
 from fuse4seg.train.modes import MODES, names
 from fuse4seg.train.variant_facts import facts_of
+from fuse4seg.user_files import read_user_file
 
 #: Largest TOML file of options read (bytes; checked before reading): options are a few kB.
 MAX_CONFIG_BYTES = 2**20

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fuse4seg.errors import ConfigError, DataError, flag_for
-from fuse4seg.io import MARKER, check_separate, made_by_fuse4seg, marker_kind, one_line, read_user_file
+from fuse4seg.io import MARKER, check_separate, made_by_fuse4seg, marker_kind, one_line
 from fuse4seg.runkit.checkpoint import load_checkpoint
 from fuse4seg.runkit.resume import check_same_options
+from fuse4seg.runkit.rundir import CHECKPOINTS
 from fuse4seg.train.config import OPTIONS, RESUMABLE, TrainConfig
 from fuse4seg.train.declare import plain
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.resolve import build_config, check_relevant, config_from_dict, load_toml, validate
 from fuse4seg.train.variant_facts import facts_of
+from fuse4seg.user_files import read_user_file
 
-CHECKPOINTS = ("best", "last")
 #: Largest RUN/config.json read (bytes; checked before reading): a run's config is a few kB.
 MAX_RUN_CONFIG_BYTES = 16 * 2**20
 

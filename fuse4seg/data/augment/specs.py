@@ -54,7 +54,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from fuse4seg.data.augment.degradations import bounded_range
 from fuse4seg.data.augment.severity import ACQUISITION_ORDER, DEGRADATIONS, GROUPS, random_degradation
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import one_line, read_user_file
+from fuse4seg.io import one_line
+from fuse4seg.user_files import read_user_file
 
 #: Largest augmentation file read, in bytes.
 MAX_SPEC_BYTES = 1 << 20

@@ -10,7 +10,8 @@ import yaml
 
 from fuse4seg.data.package.schema import CITATION_NAME
 from fuse4seg.errors import ConfigError, DataError
-from fuse4seg.io import one_line, read_user_file
+from fuse4seg.io import one_line
+from fuse4seg.user_files import read_user_file
 
 #: The three papers that every publication using BraTS data must cite (the BraTS organisers' terms: Menze et al.
 #: 2015, Bakas et al. 2017, Baid et al. 2021); the package's CITATION.cff carries them as references.

@@ -39,7 +39,8 @@ from fuse4seg.conventions import MODALITIES
 from fuse4seg.conventions import REGIONS as REGION_LABELS
 from fuse4seg.data.package.schema import MAX_DESCRIPTION_BYTES
 from fuse4seg.errors import ConfigError
-from fuse4seg.io import one_line, read_user_file, text_problem
+from fuse4seg.io import one_line
+from fuse4seg.user_files import read_user_file, text_problem
 
 #: How texts word the canonical labels and regions (:mod:`fuse4seg.conventions`), by short name.
 WORDS: dict[str, str] = {"ET": "enhancing tumour", "NCR": "necrotic core", "ED": "oedema", "WT": "whole tumour",
