@@ -9,7 +9,8 @@ lower: ``unet`` (1 -> 4 classes, GroupNorm); batch of ``--batch`` 2-channel ``--
 + segmentation_loss(S(F(x_val)), y_val)``; inner SGD, lr 0.1. Every (method, K) runs in its own
 subprocess (so peak RSS, read from the child's ``ru_maxrss``, is that configuration's alone) after one
 untimed warm-up forward/backward, then ``--repeats`` timed calls (minimum reported); ``truncated`` uses T = max(1, K // 2), ``implicit-*`` 5 CG
-iterations / Neumann terms with damping 1. ``implicit-cg[func]`` is the torch.func HVP backend
+iterations / Neumann terms with damping 1 (Neumann with its default --neumann-tol), ``checkpointed`` its default
+ceil(sqrt(K)) segments; HVPs: Hessian-vector products per hypergradient. ``implicit-cg[func]`` is the torch.func HVP backend
 (the default backend is double backward). Ratios are against ``higher`` at the same K, measured
 in the same run; cosines are against ``unrolled`` with ``--ref-steps`` inner steps.
 """
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LR = 0.1  # inner SGD step: large enough that the indirect term is visible next to the direct one
-METHOD_ORDER = ("higher", "unrolled", "truncated", "first-order", "finite-difference", "implicit-cg",
+METHOD_ORDER = ("higher", "unrolled", "checkpointed", "truncated", "first-order", "finite-difference", "implicit-cg",
                 "implicit-cg[func]", "implicit-neumann")
 
 
@@ -167,7 +168,8 @@ def main() -> None:
                 res["cosine_to_ref"] = cosine(grads[(method, k)], ref_grads)
                 rows.append({"method": method, "steps": k, **res})
                 print(f"  {method:18s} K={k:<3d} {res['time_s']:7.2f} s (cpu {res['cpu_s']:7.2f} s) "
-                      f"{res['peak_rss_mb']:7.0f} MiB  cos {res['cosine_to_ref']:.4f}", flush=True)
+                      f"{res['peak_rss_mb']:7.0f} MiB  cos {res['cosine_to_ref']:.4f} HVPs {res['info'].get('hvps', '-')}",
+                      flush=True)
     by_key = {(r["method"], r["steps"]): r for r in rows}
     for r in rows:
         h = by_key.get(("higher", r["steps"]))
@@ -180,7 +182,7 @@ def main() -> None:
         r["indirect_cosine_to_ref"] = (cosine(subtract(grads[(r["method"], r["steps"])], direct), ref_indirect)
                                        if direct is not None else None)
     header = (f"{'method':18s} {'K':>3s} {'wall s':>8s} {'x higher':>8s} {'cpu s':>8s} {'x higher':>8s} "
-              f"{'peak MiB':>9s} {'x higher':>8s} {'+MiB':>7s} {'cos ref':>8s} {'cos ind':>8s}")
+              f"{'peak MiB':>9s} {'x higher':>8s} {'+MiB':>7s} {'cos ref':>8s} {'cos ind':>8s} {'HVPs':>5s}")
     lines = [header, "-" * len(header)]
 
     def fmt(value: float | None, spec: str) -> str:
@@ -191,7 +193,8 @@ def main() -> None:
         lines.append(f"{r['method']:18s} {r['steps']:3d} {r['time_s']:8.2f} {fmt(r['time_vs_higher'], '.2f'):>8s} "
                      f"{r['cpu_s']:8.2f} {fmt(r['cpu_vs_higher'], '.2f'):>8s} {r['peak_rss_mb']:9.0f} "
                      f"{fmt(r['memory_vs_higher'], '.2f'):>8s} {r['peak_rss_mb'] - r['base_rss_mb']:7.0f} "
-                     f"{r['cosine_to_ref']:8.4f} {fmt(r['indirect_cosine_to_ref'], '.4f'):>8s}")
+                     f"{r['cosine_to_ref']:8.4f} {fmt(r['indirect_cosine_to_ref'], '.4f'):>8s} "
+                     f"{fmt(r['info'].get('hvps'), 'd'):>5s}")
     kmax = max(steps)
     targets = {}
     if ("higher", kmax) in by_key:
@@ -205,6 +208,11 @@ def main() -> None:
                 targets[f"{name}_memory_ratio<=1/3"] = r["memory_vs_higher"] <= 1 / 3
                 targets[f"{name}_time_ratio<=1"] = r["time_vs_higher"] <= 1.0
                 targets[f"{name}_cpu_ratio<=1"] = r["cpu_vs_higher"] <= 1.0
+    for k in steps:  # checkpointed against unrolled at the same K (issue 26: K = 10 and 20)
+        ck, un = by_key.get(("checkpointed", k)), by_key.get(("unrolled", k))
+        if ck and un and k >= 10:
+            targets[f"checkpointed_K{k}_memory_vs_unrolled<=0.5"] = ck["peak_rss_mb"] <= 0.5 * un["peak_rss_mb"]
+            targets[f"checkpointed_K{k}_time_vs_unrolled<=1.4"] = ck["time_s"] <= 1.4 * un["time_s"]
     table = "\n".join(lines)
     total = time.perf_counter() - started
     print(f"\nhypergradient per outer step; torch threads {args.threads}; UNet width {args.width} depth "

@@ -11,6 +11,9 @@ reported: on a shared machine CPU time is the steadier measure. Prints a table a
 benchmarks/results/train.json.
 
     python benchmarks/train.py [--size 96] [--batch-size 4] [--inner-steps 1] [--steps 6] [--warmup 2]
+                               [--methods unrolled,implicit-cg,...]
+
+HVPs: Hessian-vector products per hypergradient (implicit methods; mean over the timed steps).
 """
 
 from __future__ import annotations
@@ -44,16 +47,18 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
     if trainer.hold_pool:
         hold = iter(step_loader(trainer.train_set, trainer.hold_pool, c.batch_size, c.seed, 0, total, "holdout",
                                 num_workers))
-    walls, cpus, waits, wait_cpus = [], [], [], []
+    walls, cpus, waits, wait_cpus, hvps = [], [], [], [], []
     trainer.pipeline.train(True)
     t_data, c_data = time.perf_counter(), time.process_time()
     for i, batch in enumerate(fit):
         other = next(hold) if hold is not None else None
         t0, c0 = time.perf_counter(), time.process_time()
         wait, wait_cpu = t0 - t_data, c0 - c_data
-        trainer.one_step(batch, other)
+        result = trainer.one_step(batch, other)
         trainer.step += 1
         if i >= warmup:
+            if "hypergrad/hvps" in result.scalars:
+                hvps.append(result.scalars["hypergrad/hvps"])
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
             waits.append(wait)
@@ -64,6 +69,7 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
         "data_wait_s": statistics.median(waits),
         "data_share_wall": sum(waits) / (sum(waits) + sum(walls)),
         "data_share_cpu": sum(wait_cpus) / (sum(wait_cpus) + sum(cpus)),
+        "hvps": statistics.mean(hvps) if hvps else None,
     }
 
 
@@ -81,6 +87,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers during the timed steps")
     parser.add_argument("--no-cache", action="store_true", help="read slices lazily from HDF5 (no in-memory cache)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON output path")
+    parser.add_argument("--methods", default=",".join(METHODS), help="bi-level methods to time (comma-separated)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fuse4seg-bench-train-") as tmp:
@@ -93,7 +100,8 @@ def main() -> None:
                   "inner_optimizer": "sgd"}  # one inner optimiser that every method (finite-difference too) takes
         configs = [("direct", "-", {"mode": "direct"}), ("direct", "- (lazy HDF5)", {"mode": "direct", "cache": False})]
         configs += [("bilevel", m, {"mode": "bilevel", "hypergrad": m,
-                                    "truncate": 1 if m == "truncated" else None}) for m in METHODS]
+                                    "truncate": 1 if m == "truncated" else None})
+                    for m in METHODS if m in args.methods.split(",")]
         rows = []
         for mode, method, extra in configs:
             config = build_config({**common, **extra, "out": str(Path(tmp) / "run"), "steps": args.steps})
@@ -106,14 +114,15 @@ def main() -> None:
         r["wall_vs_direct"] = r["step_wall_s"] / ref["step_wall_s"]
         r["cpu_vs_direct"] = r["step_cpu_s"] / ref["step_cpu_s"]
     header = (f"{'mode':8s} {'method':18s} {'wall s/step':>11s} {'cpu s/step':>10s} {'x direct':>8s} "
-              f"{'data (wall)':>11s} {'data (cpu)':>10s}")
+              f"{'data (wall)':>11s} {'data (cpu)':>10s} {'HVPs':>5s}")
     print(f"train step at {args.size}x{args.size}, batch {args.batch_size}, K={args.inner_steps}, "
           f"UNet width {args.seg_width} depth {args.seg_depth}, {args.threads} thread(s), "
           f"{args.num_workers} DataLoader workers")
     print(header)
     for r in rows:
         print(f"{r['mode']:8s} {r['method']:18s} {r['step_wall_s']:11.3f} {r['step_cpu_s']:10.3f} "
-              f"{r['cpu_vs_direct']:8.2f} {100 * r['data_share_wall']:10.2f}% {100 * r['data_share_cpu']:9.2f}%")
+              f"{r['cpu_vs_direct']:8.2f} {100 * r['data_share_wall']:10.2f}% {100 * r['data_share_cpu']:9.2f}% "
+              f"{'-' if r['hvps'] is None else format(r['hvps'], '5.1f'):>5s}")
     cached = [r for r in rows if "lazy" not in r["method"]]  # the default: --cache
     worst = max(r["data_share_cpu"] for r in cached)
     print(f"largest DataLoader share with the default in-memory cache: {100 * worst:.2f}% of step CPU time, "

@@ -200,3 +200,22 @@ def test_conjugate_gradient_stops_at_tolerance_and_reports_true_residual() -> No
     assert loose["residual"] == pytest.approx(true, rel=1e-6)
     assert 1e-12 < loose["residual"] <= 1e-2
     assert loose["iterations"] < tight["iterations"]
+
+
+def test_neumann_series_stops_at_tolerance_and_counts_hvps() -> None:
+    """With ``tol`` the series stops after the first term at most tol x the running sum; HVPs are counted."""
+    from fuse4seg.bilevel import neumann_series
+
+    a = _spd()
+    b = {"x": torch.ones(a.shape[0], dtype=DT)}
+    calls = []
+
+    def hvp(v: dict) -> dict:
+        calls.append(1)
+        return {"x": a @ v["x"]}
+
+    _, full = neumann_series(hvp, b, terms=50, alpha=0.05)
+    assert full["terms"] == full["hvps"] == 50 == len(calls)
+    calls.clear()
+    _, early = neumann_series(hvp, b, terms=50, alpha=0.05, tol=0.3)
+    assert early["hvps"] == len(calls) < 50 and early["term_ratio"] <= 0.3

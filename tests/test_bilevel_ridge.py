@@ -62,7 +62,7 @@ def _recurrence(p: dict, w0: torch.Tensor, a: float, steps: int) -> float:
 
 @pytest.mark.parametrize("method,options", [
     ("implicit-cg", {"cg_iters": 50, "tol": 1e-14}),
-    ("implicit-neumann", {"neumann_terms": 400, "neumann_alpha": 0.5}),
+    ("implicit-neumann", {"neumann_terms": 400, "neumann_alpha": 0.5, "neumann_tol": 0.0}),
 ])
 def test_implicit_matches_closed_form_at_solution(method: str, options: dict) -> None:
     """Starting at w* (inner problem solved), IFT methods give the closed form to 1e-6 relative."""
@@ -190,7 +190,7 @@ def test_implicit_solves_the_damped_system_at_w_k(method: str, damping: float) -
         opts = {"cg_iters": 50, "tol": 1e-14}
     else:
         q = _neumann_dense(H, v, 0.3, 6)
-        opts = {"neumann_terms": 6, "neumann_alpha": 0.3}
+        opts = {"neumann_terms": 6, "neumann_alpha": 0.3, "neumann_tol": 0.0}
     g, w = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], method, steps=2, lr=0.1,
                          damping=damping, **opts)
     assert torch.allclose(w["w"], w_k, rtol=1e-13)

@@ -139,6 +139,14 @@ class Options:
                                 methods=("implicit-neumann",))
     neumann_alpha: float | None = option(None, "Neumann step size (default: the inner learning rate).",
                                          check=above(0), methods=("implicit-neumann",))
+    checkpoint_segments: int | None = option(None, f"Segments S of the K inner steps whose boundaries checkpointed keeps "
+                                             f"(1 to {MAX_ITERATIONS}, at most K used; default ceil(sqrt(K))).",
+                                             check=in_range(1, MAX_ITERATIONS, integer=True), methods=("checkpointed",))
+    # Default 0 keeps every run's numbers as they were; 0.3 made implicit-neumann cost about what implicit-cg does
+    # at K = 1 on this machine, but moved its indirect cosine by more than the 0.01 the issue allows (issue 26).
+    neumann_tol: float = option(0.0, "Neumann series stops after the first term whose norm is at most this times the "
+                                "running sum's (0, the default: always neumann_terms terms).", check=_NON_NEGATIVE,
+                                methods=("implicit-neumann",))
     # option() gives a None default as is (no default_factory); RUF009 only sees a call.
     state: State | None = option(None, "Inner optimiser state from an earlier result's .state (warm start).",  # noqa: RUF009
                                  check=_state, runtime=True)

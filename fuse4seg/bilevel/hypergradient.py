@@ -11,6 +11,7 @@ method              passes                                          memory
 ==================  ==============================================  ================
 unrolled, higher    K with create_graph + one backward through all  O(K A)
                     K steps (about 2 passes each)
+checkpointed        unrolled + K - K/S plain (S segments)           O(K/S A)
 truncated           K - T plain + T as unrolled                     O(T A)
 first-order         K plain                                         O(A)
 finite-difference   K plain + 2 (gradients at w -+ eps v)           O(A)
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fuse4seg.bilevel.approximate import finite_difference, first_order
+from fuse4seg.bilevel.checkpointed import checkpointed
 from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, as_upper, parse_options
 from fuse4seg.bilevel.implicit import implicit_cg, implicit_neumann
 from fuse4seg.bilevel.unrolled import higher_unrolled, truncated, unrolled
@@ -35,6 +37,7 @@ from fuse4seg.errors import ConfigError
 _REGISTRY: dict[str, Callable[..., HypergradientResult]] = {
     "unrolled": unrolled,
     "higher": higher_unrolled,
+    "checkpointed": checkpointed,
     "truncated": truncated,
     "first-order": first_order,
     "finite-difference": finite_difference,

@@ -104,7 +104,8 @@ def _implicit(upper: Params, lower: Params, lower_loss: LossFn, upper_loss: Loss
         q, solve_info = conjugate_gradient(hvp, v, iters=opts.cg_iters, tol=opts.tol, damping=opts.damping)
     else:
         alpha = opts.lr if opts.neumann_alpha is None else opts.neumann_alpha
-        q, solve_info = neumann_series(hvp, v, terms=opts.neumann_terms, alpha=alpha, damping=opts.damping)
+        q, solve_info = neumann_series(hvp, v, terms=opts.neumann_terms, alpha=alpha, damping=opts.damping,
+                                       tol=opts.neumann_tol)
     indirect = mixed(q)
     info.update(solve_info)
     return finish({k: direct[k] - indirect[k] for k in upper}, w, state, info)

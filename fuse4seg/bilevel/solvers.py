@@ -49,7 +49,7 @@ def conjugate_gradient(
 ) -> tuple[Vec, dict[str, float]]:
     """Solve ``(H + damping I) x = b`` by CG (H symmetric positive definite); stop at ``iters``
     iterations or relative residual ``||r|| <= tol ||b||``. Cost: one HVP per iteration.
-    Returns ``(x, {"iterations", "residual", "indefinite"})``: relative residual of the last
+    Returns ``(x, {"iterations", "hvps", "residual", "indefinite"})``: relative residual of the last
     iterate; ``indefinite`` is True when CG stopped early on non-positive curvature."""
     matvec = damped(hvp, damping)
     with torch.no_grad():
@@ -59,13 +59,14 @@ def conjugate_gradient(
         r = dict(b)
         p = dict(r)
         rr = vdot(r, r)
-    done, indefinite = 0, False
+    done, indefinite, hvps = 0, False, 0
     threshold = float(tol) * float(b_norm)
     if float(torch.sqrt(rr)) <= threshold:
-        return x, {"iterations": 0, "residual": _relative(rr, b_norm),
+        return x, {"iterations": 0, "hvps": 0, "residual": _relative(rr, b_norm),
                    "indefinite": False}
     for done in range(1, iters + 1):
         ap = matvec(p)
+        hvps = done
         with torch.no_grad():
             ap = {k: v.detach() for k, v in ap.items()}
             curvature = vdot(p, ap)
@@ -73,6 +74,7 @@ def conjugate_gradient(
                 # H + damping I is not positive definite along p: a CG step would move uphill, so
                 # keep the last iterate and report it (raise `damping` to make the system PD).
                 indefinite = True
+                hvps = done
                 break
             alpha = rr / curvature
             x = axpy(alpha, p, x)
@@ -84,24 +86,32 @@ def conjugate_gradient(
             p = axpy(rr_new / rr, p, r)
             rr = rr_new
     residual = _relative(rr, b_norm)
-    return x, {"iterations": done, "residual": residual, "indefinite": indefinite}
+    return x, {"iterations": done, "hvps": hvps, "residual": residual, "indefinite": indefinite}
 
 
 def neumann_series(
-    hvp: HVP, b: Vec, terms: int = 10, alpha: float = 0.01, damping: float = 0.0
+    hvp: HVP, b: Vec, terms: int = 10, alpha: float = 0.01, damping: float = 0.0, tol: float = 0.0
 ) -> tuple[Vec, dict[str, float]]:
-    """Approximate ``(H + damping I)^-1 b`` by ``alpha * sum_{j=0..terms} (I - alpha (H + damping I))^j b``
+    """Approximate ``(H + damping I)^-1 b`` by ``alpha * sum_{j=0..J} (I - alpha (H + damping I))^j b``
     (converges when ``alpha * lambda_max < 2`` and H + damping I is positive definite; ``alpha`` is
-    an inner step size, units 1/curvature). Cost: ``terms`` HVPs. Returns ``(x, {"terms"})``."""
+    an inner step size, units 1/curvature), J = ``terms``, or fewer: it stops after the first term whose norm
+    is at most ``tol`` times the norm of the running sum (``tol`` 0: always ``terms``). Cost: one HVP per term.
+    Returns ``(x, {"terms", "hvps", "term_ratio"})``: terms added, HVPs, last term's norm / the sum's norm."""
     matvec = damped(hvp, damping)
     with torch.no_grad():
         v = {k: t.detach() for k, t in b.items()}
         total = dict(v)
-    for _ in range(terms):
+    done, ratio = 0, 1.0
+    for done in range(1, terms + 1):
         hv = matvec(v)
         with torch.no_grad():
             v = {k: v[k] - alpha * hv[k].detach() for k in v}
             total = {k: total[k] + v[k] for k in v}
+            if tol > 0.0:
+                total_norm = float(torch.sqrt(vdot(total, total)))
+                ratio = float(torch.sqrt(vdot(v, v))) / total_norm if total_norm > 0.0 else 0.0
+                if ratio <= tol:
+                    break
     with torch.no_grad():
         x = {k: alpha * t for k, t in total.items()}
-    return x, {"terms": terms}
+    return x, {"terms": done, "hvps": done, "term_ratio": ratio}

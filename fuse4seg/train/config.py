@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuse4seg.bilevel import Options, parse_options
+from fuse4seg.bilevel import METHODS, Options, parse_options
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
@@ -207,8 +207,8 @@ class TrainConfig:
                       resumable=True)
     mode: str = option("bilevel", "Training mode: " + ", ".join(MODES) + ".", check=one_of(tuple(MODES)),
                        shortcuts={"bilevel": "Same as --mode bilevel (the default mode)."})
-    method: str = option("unrolled", "Hypergradient method (fuse4seg.bilevel.METHODS): unrolled, higher, truncated, "
-                         "first-order, finite-difference, implicit-cg, implicit-neumann.", flag="--hypergrad",
+    method: str = option("unrolled", "Hypergradient method (fuse4seg.bilevel.METHODS): " + ", ".join(METHODS) + ".",
+                         flag="--hypergrad",
                          modes=HYPERGRADIENT_MODES)
     # The engine's options, keyed by their flags; "lr" (--lr-lower) is the segmenter's learning rate in
     # every mode: the inner steps' in bilevel, its optimiser's in the others. Default optimiser: adam, or
