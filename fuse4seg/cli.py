@@ -17,7 +17,6 @@ import typer
 
 from fuse4seg.commands import Commands, build_command, command_group
 from fuse4seg.errors import Fuse4SegError, cli_message
-from fuse4seg.options import option
 
 if TYPE_CHECKING:
     from fuse4seg.data.build.options import BuildOptions
@@ -110,14 +109,11 @@ def train_command(values: dict[str, Any], given: frozenset[str]) -> None:
 def _train() -> click.Command:
     """``train``: one option per declared training option (:class:`fuse4seg.train.config.TrainConfig`, derived by
     :func:`fuse4seg.train.command_line.command_line_options`), each None when not given (a TOML file then
-    applies), and --config."""
+    applies), and --config (declared there too)."""
     from fuse4seg.train.command_line import command_line_options, error_flags
 
     FLAGS.update(error_flags())
-    config = ("config", str | None, option(None, "TOML file of options, keyed by option name (command-line options "
-                                                 "override it). Only there: the fusion_options/seg_options tables "
-                                                 "(model options beyond width/depth) and fusion_loss_weights.", path=True))
-    parameters = [(name, tp | None, field) for name, tp, field in command_line_options()] + [config]
+    parameters = [(name, tp | None, field) for name, tp, field in command_line_options()]
     return build_command("train", train_command, parameters, train_command.__doc__)
 
 

@@ -155,6 +155,7 @@ def train_rows(command: Any) -> list[list[str]]:
     rows = []
     for param in command.params:
         if param.name == "config":
+            names.discard(param.name)
             rows.append([code(flags_of(param)), code("str | None"), "", "every run",
                          cell(click_help(param))])
             continue

@@ -19,6 +19,12 @@ def _entry_key(key: str, entry: str) -> str:
     return key.removesuffix("options") + entry
 
 
+#: --config: the one command-line option that is not a training option (it names the file that holds them).
+CONFIG_FILE: Field = cli_option(None, "TOML file of options, keyed by option name (command-line options override it). "
+                                "Only there: the fusion_options/seg_options tables (model options beyond width/depth) "
+                                "and fusion_loss_weights.", flag="--config", path=True)
+
+
 def command_line_options() -> list[tuple[str, Any, Field]]:
     """(parameter name, type, declaration) of every ``train`` command-line option, in declaration order: each
     option (tables by their entries) and each shortcut flag (``--bilevel``). The declaration is a
@@ -41,6 +47,7 @@ def command_line_options() -> list[tuple[str, Any, Field]]:
             shown = None if isinstance(default, bool) or default in (None, "") else cli_text(default)
         text = d.metadata["help"] + only + (f" Default: {shown}." if shown else "")
         out.append((key, str if "parse" in d.metadata else d.base_type, cli_option(None, text, flag=d.flag)))
+    out.append(("config", str, CONFIG_FILE))
     return out
 
 
