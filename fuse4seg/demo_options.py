@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.options import MAX_SEED, check_options, in_range, option, seed_problem
+from fuse4seg.options import MAX_SEED, CheckedOptions, in_range, option, seed_problem
 
 #: Most torch CPU threads, as train's --threads (fuse4seg.train.config.MAX_THREADS, named here so that the options do
 #: not import torch): more threads than any machine has cores only oversubscribes them.
@@ -15,7 +15,7 @@ MAX_THREADS: int = 1024
 
 
 @dataclass(frozen=True)
-class DemoOptions:
+class DemoOptions(CheckedOptions):
     """The demo's output folder and the training settings a user may change."""
 
     out: str = option("runs/demo", "Directory for the demo's benchmark and run.", path=True)
@@ -24,10 +24,6 @@ class DemoOptions:
                           recorded=False, check=in_range(1, MAX_THREADS, integer=True))
     seed: int = option(0, f"Training seed (initial weights, data order; 0 to {MAX_SEED}); the benchmark stays the "
                           "same. The README quotes the demo over seeds 0-4.", check=seed_problem)
-
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)
 
 
 def demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> dict[str, Any]:

@@ -201,6 +201,15 @@ def check_options(options: Any) -> Any:
     return options
 
 
+class CheckedOptions:
+    """Base of a command's options dataclass: a new instance runs every field's declared check
+    (:func:`check_options`), so a bad value is a ConfigError naming its option before any work starts."""
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first option out of its declared bounds."""
+        check_options(self)
+
+
 def seed_problem(value: object) -> str | None:
     """What is wrong with ``value`` as a seed (an integer in [0, :data:`MAX_SEED`]), or None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:

@@ -15,26 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fuse4seg.cli import main
+from _cli import one_line, run
 
 LONG = "a" * 300  # one name over NAME_MAX (255 on every common file system)
 LONG_PATH = "b/" * 2500  # 5,000 bytes: over PATH_MAX (4096)
 PEAK_BYTES = 2 * 2**30
 
 
-def one_line(code: int, err: str, pattern: str = "", status: int = 1) -> None:
-    """``status`` and exactly one ``error: ...`` line holding ``pattern``, no traceback."""
-    assert code == status, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert pattern in err, err
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """The command line in this process: (exit status, stderr)."""
-    capsys.readouterr()
-    code = main(argv)
-    return code, capsys.readouterr().err
 
 
 def run_process(argv: list[str], timeout: float = 120) -> tuple[int, str, int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import one_line, run
 
 from fuse4seg.cli import main
 from fuse4seg.io import MARKER, output_lock
@@ -30,18 +31,8 @@ TRAIN = ["--steps", "6", "--seg-width", "4", "--seg-depth", "2", "--fusion-width
          "--eval-slices", "2", "--eval-every", "2", "--checkpoint-every", "1", "--no-progress", "--threads", "1"]
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run the command line in-process; (exit status, stderr)."""
-    capsys.readouterr()
-    code = main(argv)
-    return code, capsys.readouterr().err
 
 
-def one_line(code: int, err: str, pattern: str) -> None:
-    """Exit status 1 and exactly one ``error: ...`` line containing ``pattern``, no traceback."""
-    assert code == 1, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert pattern in err, err
 
 
 def tree(root: Path) -> dict[str, str]:

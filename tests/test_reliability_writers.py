@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _cli import one_line, run
 from test_fusion_files import write_folders
 from test_score import make_release
 
@@ -32,18 +33,8 @@ from fuse4seg.io import csv_cell, output_lock, sha256_file
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run the command line in-process; (exit status, stderr)."""
-    capsys.readouterr()
-    code = main(argv)
-    return code, capsys.readouterr().err
 
 
-def one_line(code: int, err: str, pattern: str) -> None:
-    """Exit status 1 and exactly one ``error: ...`` line containing ``pattern``, no traceback."""
-    assert code == 1, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert pattern in err, err
 
 
 def package_debris(package: Path, lock: bool = True) -> list[str]:

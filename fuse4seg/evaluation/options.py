@@ -10,6 +10,7 @@ from typing import Any
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
     MAX_SEED,
+    CheckedOptions,
     check_options,
     device_problem,
     in_range,
@@ -127,7 +128,7 @@ def evaluate(options: EvaluateOptions) -> tuple[dict[str, Any], list[str]]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RobustnessOptions:
+class RobustnessOptions(CheckedOptions):
     """Runs scored as MR degradations grow worse (checked by :func:`fuse4seg.evaluation.robustness.robustness`)."""
 
     runs: list[str] = option(help="Run directory written by `fuse4seg train`; repeat to compare runs on the same "  # noqa: RUF009
@@ -146,10 +147,6 @@ class RobustnessOptions:
     workers: int = option(1, f"(run, degradation) jobs evaluated in parallel (1 to {MAX_WORKERS}).", recorded=False,
                           check=in_range(1, MAX_WORKERS, integer=True))
     overwrite: bool = option(False, "Replace an --out written by fuse4seg robustness.", recorded=False)
-
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)
 
 
 def robustness(options: RobustnessOptions, command: str = "") -> dict[str, Any]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.options import check_options, device_problem, one_of, option
+from fuse4seg.options import CheckedOptions, device_problem, one_of, option
 from fuse4seg.runkit.rundir import CHECKPOINTS
 
 
 @dataclass(frozen=True)
-class FuseOptions:
+class FuseOptions(CheckedOptions):
     """A trained run applied to one case (checked by :func:`fuse4seg.inference.fuse.fuse_case`)."""
 
     run: str = option(help="Run directory written by `fuse4seg train`.", path=True)
@@ -22,10 +22,6 @@ class FuseOptions:
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
     reports: str | None = option(None, "UTF-8 CSV (case_id,slice_index,text; slice_index empty for every slice) of "
                                        "texts guiding a text-guided fusion net.", path=True)
-
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)
 
 
 def fuse(options: FuseOptions) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fuse4seg.options import check_options, in_range, one_of_named, option
+from fuse4seg.options import CheckedOptions, in_range, one_of_named, option
 from fuse4seg.parallel import MAX_WORKERS
 
 _CONVENTIONS = "fuse4seg.metrics.conventions:CONVENTIONS"
@@ -18,7 +18,7 @@ MAX_SCALE: float = 1e6
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoreOptions:
+class ScoreOptions(CheckedOptions):
     """BraTS predictions scored against a release (checked by :func:`fuse4seg.metrics.scoring.score_directory`)."""
 
     pred: str = option(help="Predictions: one <case id>.nii.gz per case, the release's label values.", path=True)
@@ -32,13 +32,9 @@ class ScoreOptions:
                           check=in_range(1, MAX_WORKERS, integer=True))
     overwrite: bool = option(False, "Replace an existing --out written by fuse4seg score.", recorded=False)
 
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)
-
 
 @dataclass(frozen=True, kw_only=True)
-class FusionMetricsOptions:
+class FusionMetricsOptions(CheckedOptions):
     """Fused images scored against their sources (checked by
     :func:`fuse4seg.metrics.fusion_files.fusion_metrics_directory`)."""
 
@@ -53,7 +49,3 @@ class FusionMetricsOptions:
     workers: int = option(1, f"Images scored in parallel (1 to {MAX_WORKERS}).", recorded=False,
                           check=in_range(1, MAX_WORKERS, integer=True))
     overwrite: bool = option(False, "Replace an --out written by fuse4seg fusion-metrics.", recorded=False)
-
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)

@@ -6,7 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fuse4seg.options import MAX_SEED, check_options, in_range, one_of_named, option, seed_problem
+from fuse4seg.options import (
+    MAX_SEED,
+    CheckedOptions,
+    in_range,
+    one_of_named,
+    option,
+    seed_problem,
+)
 from fuse4seg.parallel import MAX_WORKERS
 
 #: Most cases: twice the largest BraTS training release (BraTS 2023's cohorts, ~2,600 cases); a full-scale case is
@@ -18,7 +25,7 @@ MIN_SCALE, MAX_SCALE = 0.1, 1.0
 
 
 @dataclass(frozen=True)
-class PhantomOptions:
+class PhantomOptions(CheckedOptions):
     """A synthetic BraTS release to write (checked on construction: each field's declared check; then by
     :func:`fuse4seg.data.phantom.generator.write_phantom_release`)."""
 
@@ -32,10 +39,6 @@ class PhantomOptions:
     workers: int = option(1, f"Cases generated in parallel (1 to {MAX_WORKERS}).", recorded=False,
                           check=in_range(1, MAX_WORKERS, integer=True))
     overwrite: bool = option(False, "Replace an existing --out directory.", recorded=False)
-
-    def __post_init__(self) -> None:
-        """ConfigError naming the first option out of its declared bounds."""
-        check_options(self)
 
 
 def write_release(options: PhantomOptions) -> Path:
