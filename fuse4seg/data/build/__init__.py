@@ -1,0 +1,1 @@
+"""fuse4seg/data/build"""
