@@ -18,8 +18,6 @@ from fuse4seg.user_files import read_user_file
 
 #: Largest TOML file of options read (bytes; checked before reading): options are a few kB.
 MAX_CONFIG_BYTES = 2**20
-#: Voxels in one batch of 3-D patches (batch_size * d * h * w): twice the default 4 x 64^3.
-MAX_BATCH_VOXELS = 2**21
 
 
 def _flag(path: tuple[str, ...]) -> str:
@@ -87,20 +85,7 @@ def validate(c: TrainConfig) -> None:
     facts_of(c).check(c, text_key)  # the rules of the run variant (task x dims)
     _check_text(c, text_key)
     _check_bottleneck(c)
-    _check_patch_voxels(c)
     mode.check(c)
-
-
-def _check_patch_voxels(c: TrainConfig) -> None:
-    """ConfigError unless a 3-D run's batch of patches (batch_size * d * h * w voxels) is within
-    :data:`MAX_BATCH_VOXELS` (activation memory grows with it: 256^3 x 4 took 6.7 GB before failing)."""
-    if c.dims != 3:
-        return
-    voxels = c.batch_size * math.prod(c.patch)
-    if voxels > MAX_BATCH_VOXELS:
-        raise ConfigError(f"{c.batch_size} patches of {'x'.join(map(str, c.patch))} voxels are {voxels} voxels per "
-                          f"batch, over the limit of {MAX_BATCH_VOXELS} (2^21; the default 4 x 64^3 is 2^20): use a "
-                          "smaller --patch or --batch-size", option="patch")
 
 
 def _text_key(c: TrainConfig) -> str | None:

@@ -9,6 +9,7 @@ summary of a finished run (fuse4seg.train.loop.format_train_summary), which word
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from fuse4seg.errors import ConfigError
 
 #: A training configuration (fuse4seg.train.config.TrainConfig, which declares its options from these facts).
 Config = Any
+#: Voxels in one batch of 3-D patches (batch_size * d * h * w): twice the default 4 x 64^3.
+MAX_BATCH_VOXELS: int = 2**21
 
 
 def _no_rule(c: Config, text_key: str | None) -> None:
@@ -33,6 +36,11 @@ def _check_volumes(c: Config, text_key: str | None) -> None:
                           option=text_key)
     if c.label_fraction < 1:
         raise ConfigError("is not supported with --dims 3 (the consistency loss runs on slices)", option="label_fraction")
+    voxels = c.batch_size * math.prod(c.patch)  # activation memory grows with it: 256^3 x 4 took 6.7 GB, then failed
+    if voxels > MAX_BATCH_VOXELS:
+        raise ConfigError(f"{c.batch_size} patches of {'x'.join(map(str, c.patch))} voxels are {voxels} voxels per "
+                          f"batch, over the limit of {MAX_BATCH_VOXELS} (2^21; the default 4 x 64^3 is 2^20): use a "
+                          "smaller --patch or --batch-size", option="patch")
 
 
 def _check_presence(c: Config, text_key: str | None) -> None:

@@ -261,9 +261,9 @@ def build_benchmark(out: str | os.PathLike | BuildOptions, *, fusion_fn: FusionF
     SOURCE_DATE_EPOCH is set (it fixes the ``created`` time); without it only ``created`` and the
     dates derived from it differ, the HDF5 datasets are identical.
     """
-    from fuse4seg.data.release import brats
     from fuse4seg.data.package import croissant
     from fuse4seg.data.package.describe import read_reports
+    from fuse4seg.data.release import brats
 
     opts = build_options(out, options).validate(fusion_fn is not None)
     started = time.perf_counter()

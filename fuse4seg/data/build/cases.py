@@ -89,9 +89,9 @@ def extract_case(case: CaseFiles, slices_per_case: int, size: int | None, fusion
     (:func:`fuse4seg.data.package.h5volumes.extract_volume`, else None)."""
     import nibabel as nib
 
-    from fuse4seg.data.release.brats import load_case
     from fuse4seg.data.package.h5format import encode_slices
     from fuse4seg.data.package.h5volumes import extract_volume
+    from fuse4seg.data.release.brats import load_case
 
     loaded = load_case(case, require_label=True)
     z = select_slices(loaded.label, slices_per_case)
