@@ -48,9 +48,11 @@ import json, sys, time
 from types import SimpleNamespace
 import torch
 from fuse4seg.distributed import World
-from fuse4seg.train.config import build_config
-from fuse4seg.train.modes import MODES, make_optimisers
+from fuse4seg.train.modes import MODES
 from fuse4seg.train.networks import build_pipeline
+from fuse4seg.train.optimisers import torch_optimisers
+from fuse4seg.train.resolve import build_config
+from fuse4seg.train.steps import STEPS
 
 dev, rows = torch.device("cuda"), []
 g = torch.Generator().manual_seed(0)
@@ -61,12 +63,12 @@ for method in ("unrolled", "higher"):
         c = build_config({"benchmark": "b", "out": "o", "batch_size": 8, "hypergrad": method, "inner_steps": 5,
                           "inner_optimizer": "sgd", "precision": precision, "device": "cuda"})
         p = build_pipeline(c).to(dev)
-        t = SimpleNamespace(config=c, pipeline=p, opts=make_optimisers(c, p), device=dev, step=0, fusion_steps=0,
+        t = SimpleNamespace(config=c, pipeline=p, opts=torch_optimisers(c, p), device=dev, step=0, fusion_steps=0,
                             world=World())
         for i in range(8):
             if i == 3:
                 torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t0 = time.perf_counter()
-            MODES["bilevel"].step(t, batch, batch)
+            STEPS[MODES["bilevel"].step](t, batch, batch)
         torch.cuda.synchronize()
         rows.append({"method": method, "precision": precision, "K": 5, "batch": 8, "size": 128,
                      "steps_per_s": round(5 / (time.perf_counter() - t0), 3),
