@@ -7,7 +7,9 @@
 #    evaluate and fuse with --device cuda; build a benchmark with --fusion-checkpoint from the bilevel run;
 # 2. with 2+ GPUs: torchrun --nproc-per-node 2 (NCCL) bilevel training and its --resume;
 # 3. bi-level outer steps per second and peak GPU memory, unrolled vs --hypergrad higher, fp32 and bf16,
-#    written to benchmarks/results/gpu.json.
+#    written to benchmarks/results/gpu.json;
+# 4. paper-scale rehearsal (benchmarks/scale.py --device cuda: every method at K = 1, 3, 10, 2-D and 3-D),
+#    written to benchmarks/results/scale_gpu.json.
 # Fail-fast: the first failing command stops the script with its exit status.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -76,4 +78,5 @@ for method in ("unrolled", "higher"):
         print(rows[-1])
 json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(sys.argv[1], "w"), indent=2)
 PYEOF
-echo "all CUDA checks passed; results in benchmarks/results/gpu.json"
+"$PY" benchmarks/scale.py --device cuda --out "$ROOT/benchmarks/results/scale_gpu.json"
+echo "all CUDA checks passed; results in benchmarks/results/gpu.json and benchmarks/results/scale_gpu.json"
