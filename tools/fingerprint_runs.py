@@ -73,7 +73,7 @@ def _weights(path: Path) -> dict[str, str]:
     """SHA-256 of every tensor in a checkpoint (nested dicts flattened by '/'), plus its scalar counters."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: object) -> None:
