@@ -133,11 +133,9 @@ def export_command(options: ExportOptions) -> None:
 def pretrain_command(options: PretrainOptions, given: frozenset[str]) -> None:
     """Self-supervised pre-training of the segmenters' encoders on a package's sources, without labels (MICS:
     cross-modal InfoNCE, masked reconstruction of one modality, per-location feature alignment)."""
-    from fuse4seg.pretrain.options import PretrainOptions
-    from fuse4seg.pretrain.runner import format_pretrain_summary, pretrain, resume_values
+    from fuse4seg.pretrain.runner import format_pretrain_summary, pretrain_given
 
-    values = {name: getattr(options, name) for name in PretrainOptions.__dataclass_fields__}
-    typer.echo(format_pretrain_summary(pretrain(PretrainOptions(**resume_values(values, set(given))))))
+    typer.echo(format_pretrain_summary(pretrain_given(options, given)))
 
 
 @COMMANDS.command("evaluate", "fuse4seg.evaluation.options:EvaluateOptions")

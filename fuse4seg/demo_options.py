@@ -7,11 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fuse4seg.options import MAX_SEED, CheckedOptions, in_range, option, seed_problem
-
-#: Most torch CPU threads, as train's --threads (fuse4seg.train.config.MAX_THREADS, named here so that the options do
-#: not import torch): more threads than any machine has cores only oversubscribes them.
-MAX_THREADS: int = 1024
+from fuse4seg.options import MAX_SEED, MAX_THREADS, CheckedOptions, in_range, option, seed_problem
 
 
 @dataclass(frozen=True)
@@ -23,7 +19,7 @@ class DemoOptions(CheckedOptions):
     threads: int = option(1, f"CPU threads for torch, 1 to {MAX_THREADS} (1 is robust on a busy 2-core machine).",
                           recorded=False, check=in_range(1, MAX_THREADS, integer=True))
     seed: int = option(0, f"Training seed (initial weights, data order; 0 to {MAX_SEED}); the benchmark stays the "
-                          "same. The README quotes the demo over seeds 0-4.", check=seed_problem)
+                          "same. The README quotes the demo over seeds 0-9.", check=seed_problem)
 
 
 def demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> dict[str, Any]:

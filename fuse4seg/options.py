@@ -49,6 +49,24 @@ _FROM_FIELD = object()
 #: 32 bits; one range that every consumer accepts, and that config.json, HDF5 attributes and command
 #: lines record exactly, keeps a seed meaning one thing everywhere.
 MAX_SEED: int = 2**32 - 1
+
+# Upper bounds shared by several commands (train, pretrain, evaluate, demo), each stated in its options' help and far
+# above any sensible run: a mistyped value (an extra digit, a 20-digit number) is refused before it allocates.
+#: Slices per batch: 512 slices of 240 x 240 already need tens of GB of UNet activations.
+MAX_BATCH_SIZE: int = 512
+#: Steps, and every "each N steps" period: 10 million steps are months at several steps a second.
+MAX_STEPS: int = 10_000_000
+#: Slices (a 3-D run: volumes) scored: more than any package holds (BraTS 2023's ~2,600 cases x 155 slices = 400k).
+MAX_EVAL_SLICES: int = 10_000_000
+#: torch CPU threads: more threads than any machine has cores only oversubscribes them.
+MAX_THREADS: int = 1024
+#: Feature maps of a network's widest full-resolution layer (16 by default).
+MAX_WIDTH: int = 512
+#: UNet downsamplings: a 240-pixel BraTS slice halved 8 times (2**8 = 256) is down to one pixel.
+MAX_SEG_DEPTH: int = 8
+#: UNet bottleneck channels, width * 2**depth (16 * 2**4 = 256 by default; the original UNet has 1024): the
+#: parameters grow with its square (2048 channels: ~100M parameters).
+MAX_SEG_CHANNELS: int = 2048
 #: A declared check: value -> what is wrong with it, or None.
 Check = Callable[[Any], "str | None"]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
+    MAX_EVAL_SLICES,
     MAX_SEED,
     CheckedOptions,
     check_options,
@@ -29,9 +30,6 @@ SLICE_ONLY: tuple[str, ...] = ("max_slices", "compare_untrained", "texts")
 #: A package's splits (fuse4seg.data.package.schema.SPLITS) and a run's checkpoints (fuse4seg.train.run.CHECKPOINTS),
 #: named here so that the options' checks import neither.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Most slices (a 3-D run: volumes) --max-slices may ask for, as train's --eval-max-slices
-#: (fuse4seg.train.config.MAX_EVAL_SLICES): more than any package holds (BraTS 2023's ~2,600 cases x 155 slices).
-MAX_EVAL_SLICES: int = 10_000_000
 #: Most severities above clean (--levels): 20 steps of 0.05 already resolve every degradation's curve; each level
 #: re-evaluates every run on the whole split.
 MAX_LEVELS: int = 20

@@ -28,9 +28,7 @@ from fuse4seg.data.release.nifti import MAX_SLICE_PIXELS, load_nifti
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_path, check_replaceable, file_output, one_line
 from fuse4seg.metrics.fusion import FUSION_METRIC_NAMES, fusion_metrics
-from fuse4seg.metrics.options import MAX_DATA_RANGE as OPTION_MAX_DATA_RANGE
-from fuse4seg.metrics.options import MAX_SCALE as OPTION_MAX_SCALE
-from fuse4seg.metrics.options import FusionMetricsOptions
+from fuse4seg.metrics.options import MAX_DATA_RANGE, MAX_SCALE, FusionMetricsOptions
 
 RASTER_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -41,8 +39,6 @@ MAX_PIXELS: int = MAX_SLICE_PIXELS
 #: An image pair over :func:`pixel_limit` is refused from its header: 1 GiB is 2.8 M pixels with two sources.
 MEMORY_BYTES: int = 2**30
 BYTES_PER_PIXEL: int = 128
-#: Largest --data-range and --scale (declared with the options, fuse4seg.metrics.options).
-MAX_DATA_RANGE, MAX_SCALE = OPTION_MAX_DATA_RANGE, OPTION_MAX_SCALE
 
 
 def pixel_limit(sources: int) -> int:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
+    MAX_BATCH_SIZE,
     MAX_SEED,
+    MAX_SEG_CHANNELS,
+    MAX_SEG_DEPTH,
+    MAX_STEPS,
+    MAX_WIDTH,
     above,
     at_least,
     check_options,
@@ -26,14 +31,8 @@ NORMS = ("group", "instance")
 SPLITS = ("train", "val")
 #: Options that may change on --resume: they do not change the weights of a given step.
 RESUMABLE = frozenset({"steps", "checkpoint_every", "workers", "resume", "overwrite", "progress"})
-#: Bounds, as train's (fuse4seg.train.config): slices per step; encoder width; downsamplings; bottleneck channels
-#: (width * 2**depth); InfoNCE projection size; total steps.
-MAX_BATCH_SIZE = 512
-MAX_WIDTH = 512
-MAX_DEPTH = 8
-MAX_CHANNELS = 2048
+#: Size of the InfoNCE projection (the other bounds are train's, declared in fuse4seg.options).
 MAX_EMBED_DIM = 4096
-MAX_STEPS = 10_000_000
 
 
 def parse_splits(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -61,9 +60,9 @@ class PretrainOptions:
                              check=in_range(2, MAX_BATCH_SIZE, integer=True))
     lr: float = option(1e-3, "Adam learning rate.", check=above(0))
     width: int = option(16, f"Encoder feature maps at full resolution (doubled per scale; 1 to {MAX_WIDTH}, width * "
-                            f"2**depth <= {MAX_CHANNELS}); match the segmenter's.", check=in_range(1, MAX_WIDTH, integer=True))
-    depth: int = option(4, f"Encoder downsamplings (1 to {MAX_DEPTH}); match the segmenter's.",
-                        check=in_range(1, MAX_DEPTH, integer=True))
+                            f"2**depth <= {MAX_SEG_CHANNELS}); match the segmenter's.", check=in_range(1, MAX_WIDTH, integer=True))
+    depth: int = option(4, f"Encoder downsamplings (1 to {MAX_SEG_DEPTH}); match the segmenter's.",
+                        check=in_range(1, MAX_SEG_DEPTH, integer=True))
     norm: str = option("group", "Encoder normalisation: group or instance; match the segmenter's.", check=one_of(NORMS))
     embed_dim: int = option(128, f"Size of the InfoNCE projection (1 to {MAX_EMBED_DIM}).",
                             check=in_range(1, MAX_EMBED_DIM, integer=True))
@@ -98,9 +97,9 @@ class PretrainOptions:
         """ConfigError naming the option for any value out of range (each field's declared check) or a combination
         that cannot train; returns self."""
         check_options(self)
-        if self.width * 2**self.depth > MAX_CHANNELS:
+        if self.width * 2**self.depth > MAX_SEG_CHANNELS:
             raise ConfigError(f"width {self.width} and depth {self.depth} give a bottleneck of "
-                              f"{self.width * 2**self.depth} channels (width * 2**depth), over the limit of {MAX_CHANNELS}",
+                              f"{self.width * 2**self.depth} channels (width * 2**depth), over the limit of {MAX_SEG_CHANNELS}",
                               option="width")
         if not any((self.consistency_weight, self.reconstruction_weight, self.alignment_weight)):
             raise ConfigError("all three loss weights are 0: nothing would be learned", option="consistency_weight")

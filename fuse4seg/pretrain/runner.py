@@ -279,6 +279,13 @@ def resume_values(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     return {**values, **{k: v for k, v in stored.items() if k in values and k not in given and k not in runtime}}
 
 
+def pretrain_given(options: PretrainOptions, given: frozenset[str] | set[str]) -> dict[str, Any]:
+    """``fuse4seg pretrain``: :func:`pretrain` with the options the command line gave (``given``), the others taken
+    from the resumed run with --resume (:func:`resume_values`)."""
+    values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    return pretrain(PretrainOptions(**resume_values(values, set(given))))
+
+
 def _check_same_run(stored: dict[str, Any], options: PretrainOptions, sha256: str, out: Path) -> None:
     """ConfigError unless ``options`` equal the stored ones except the resumable ones (the package may move)."""
     def refuse(key: str, old: Any, new: Any) -> ConfigError:

@@ -25,7 +25,14 @@ from fuse4seg.bilevel import METHODS, Options, parse_options
 from fuse4seg.conventions import DEFAULT_FUSION_INPUTS, parse_modalities
 from fuse4seg.errors import ConfigError
 from fuse4seg.options import (
+    MAX_BATCH_SIZE,
+    MAX_EVAL_SLICES,
     MAX_SEED,
+    MAX_SEG_CHANNELS,
+    MAX_SEG_DEPTH,
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_WIDTH,
     a_path,
     above,
     at_least,
@@ -52,28 +59,13 @@ FUSION_MODES: tuple[str, ...] = names(lambda m: m.has_fusion)
 HYPERGRADIENT_MODES: tuple[str, ...] = names(lambda m: m.hypergradient)
 
 
-#: Upper bounds of the options that size memory or loops, each stated in the option's help and far above
-#: any sensible run: a mistyped value (an extra digit, a 20-digit number) is refused before it allocates.
-#: Slices per batch: 512 slices of 240 x 240 already need tens of GB of UNet activations.
-MAX_BATCH_SIZE: int = 512
-#: Outer steps, and every "each N steps" period: 10 million steps are months at several steps a second.
-MAX_STEPS: int = 10_000_000
+#: Upper bounds of the options that size memory or loops, each stated in the option's help (those shared with other
+#: commands are declared in fuse4seg.options).
 #: Epochs over the fitting slices (their steps must also stay within MAX_STEPS, see resolve_steps).
 MAX_EPOCHS: int = 100_000
-#: Val slices scored: more than any package holds (BraTS 2023's ~2,600 cases x 155 slices = 400k).
-MAX_EVAL_SLICES: int = 10_000_000
-#: torch CPU threads: more threads than any machine has cores only oversubscribes them.
-MAX_THREADS: int = 1024
 #: Seconds a process started by torchrun waits for all of them to join (--join-timeout), and its bound (a day).
 JOIN_TIMEOUT_S: float = 300.0
 MAX_JOIN_TIMEOUT_S: int = 86_400
-#: Feature maps of a network's widest full-resolution layer (16 by default).
-MAX_WIDTH: int = 512
-#: UNet downsamplings: a 240-pixel BraTS slice halved 8 times (2**8 = 256) is down to one pixel.
-MAX_SEG_DEPTH: int = 8
-#: UNet bottleneck channels, width * 2**depth (16 * 2**4 = 256 by default; the original UNet has 1024): the
-#: parameters grow with its square (2048 channels: ~100M parameters).
-MAX_SEG_CHANNELS: int = 2048
 #: Conv layers of a fusion network (3 or 4 by default).
 MAX_FUSION_LAYERS: int = 64
 #: Smallest patch edge (voxels): a smaller patch holds too little context around a tumour voxel (the UNet would
