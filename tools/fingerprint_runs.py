@@ -58,6 +58,8 @@ RUNS: dict[str, list[str]] = {
 }
 #: Modes with a fusion network (they take --fusion-width).
 FUSION_MODES = ("bilevel", "two-stage", "joint")
+#: The file that marks a --work folder as this tool's (only such a folder is replaced).
+WORK_MARKER = ".fingerprint-work"
 #: Runs evaluated on the test split (slices) and applied to one case by ``fuse``.
 EVALUATED = ("bilevel-unrolled", "direct", "feature-fusion", "classify-bilevel", "text", "3d-bilevel")
 
@@ -134,8 +136,11 @@ def fingerprint(work: Path, only: list[str] | None) -> dict[str, object]:
     """Build, train, pre-train, evaluate and fuse under ``work``; the fingerprints by output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if work.exists():
+        if not (work / WORK_MARKER).is_file():  # never delete a folder this tool did not make
+            sys.exit(f"error: --work {work} exists and was not made by this tool; name a new folder")
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("fingerprint_runs work folder\n")
     release, bench = work / "release", work / "bench"
     _cli(["phantom", "--out", str(release), "--cases", "6", "--scale", "0.25", "--seed", "3"], env)
     _cli(["build-benchmark", "--brats", str(release), "--out", str(bench), "--size", "32", "--slices-per-case", "3",
