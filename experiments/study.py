@@ -127,6 +127,36 @@ def scores(run: Path) -> dict[str, Any]:
     return out
 
 
+def row_options(row: dict[str, Any], common: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``fuse4seg train`` options of a row: [common] (or ``common``), [common_fusion] for the modes that
+    train a fusion net, then the row's own (the runner's keys left out)."""
+    fusion = SPEC.get("common_fusion", {}) if row.get("mode") in SPEC["fusion_modes"] else {}
+    return {**(SPEC["common"] if common is None else common), **fusion,
+            **{k: v for k, v in row.items() if k not in RUNNER_KEYS}}
+
+
+def retrain(checkpoint: Path, options: dict[str, Any], extra: dict[str, Any], seed: int, work: Path, out: Path,
+            log: Path, tag: str = "") -> dict[str, Any]:
+    """Segmentability of a learned fusion: its image, frozen, stored as a benchmark of the study's slices and
+    split (WORK/bench-learned{tag}), a segmenter trained on it from scratch at the retrain budget
+    (WORK/retrain{tag}), and that segmenter's test scores."""
+    rebench = work / f"bench-learned{tag}"
+    spec_data = SPEC["data"]  # same release, slices and split as the original benchmark
+    fuse4seg("build-benchmark", "--brats", str(out / "release"), "--out", str(rebench),
+             "--fusion-checkpoint", str(checkpoint),
+             "--fusion-inputs", as_list(options.get("fusion_inputs", "t1ce,flair")),
+             "--size", str(spec_data["size"]), "--slices-per-case", str(spec_data["slices_per_case"]),
+             "--split", ",".join(str(x) for x in spec_data["split"]), "--seed", str(spec_data["seed"]),
+             "--overwrite", log=log)
+    retrain_opts = {**SPEC["common"], **SPEC.get("retrain", {}), **extra, "mode": "direct", "inputs": "fused"}
+    write_toml(work / f"retrain{tag}.toml", retrain_opts)
+    rerun = work / f"retrain{tag}"
+    fuse4seg("train", "--config", str(work / f"retrain{tag}.toml"), "--benchmark", str(rebench), "--out", str(rerun),
+             "--seed", str(seed), "--overwrite", log=log)
+    fuse4seg("evaluate", "--run", str(rerun), "--split", "test", log=log)
+    return scores(rerun)
+
+
 def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], benches: dict[str, Path],
             out: Path) -> Path:
     """Train, evaluate (and retrain) one (row, seed); writes and returns OUT/results/NAME/seed-S.json."""
@@ -142,8 +172,7 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
     log = work / "log.txt"
     log.write_text("", encoding="utf-8")
     bench = benches[row.get("benchmark", "laplacian")]
-    options = {**common, **(SPEC.get("common_fusion", {}) if row.get("mode") in SPEC["fusion_modes"] else {}),
-               **{k: v for k, v in row.items() if k not in RUNNER_KEYS}}
+    options = row_options(row, common)
     write_toml(work / "options.toml", options)
     started = time.perf_counter()
     run = work / "run"
@@ -152,22 +181,8 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
     fuse4seg("evaluate", "--run", str(run), "--split", "test", log=log)
     record: dict[str, Any] = {"row": name, "seed": seed, "options": options, **scores(run)}
     if row.get("retrain"):
-        retrain = row["retrain"] if isinstance(row["retrain"], dict) else {}
-        rebench = work / "bench-learned"
-        spec_data = SPEC["data"]  # same release, slices and split as the original benchmark
-        fuse4seg("build-benchmark", "--brats", str(out / "release"), "--out", str(rebench),
-                 "--fusion-checkpoint", str(run / "best.pt"),
-                 "--fusion-inputs", as_list(options.get("fusion_inputs", "t1ce,flair")),
-                 "--size", str(spec_data["size"]), "--slices-per-case", str(spec_data["slices_per_case"]),
-                 "--split", ",".join(str(x) for x in spec_data["split"]), "--seed", str(spec_data["seed"]),
-                 "--overwrite", log=log)
-        retrain_opts = {**common, **SPEC.get("retrain", {}), **retrain, "mode": "direct", "inputs": "fused"}
-        write_toml(work / "retrain.toml", retrain_opts)
-        rerun = work / "retrain"
-        fuse4seg("train", "--config", str(work / "retrain.toml"), "--benchmark", str(rebench), "--out", str(rerun),
-                 "--seed", str(seed), "--overwrite", log=log)
-        fuse4seg("evaluate", "--run", str(rerun), "--split", "test", log=log)
-        record["retrained"] = scores(rerun)
+        extra = row["retrain"] if isinstance(row["retrain"], dict) else {}
+        record["retrained"] = retrain(run / "best.pt", options, extra, seed, work, out, log)
     record["wall_s"] = round(time.perf_counter() - started, 1)
     result.parent.mkdir(parents=True, exist_ok=True)
     tmp = result.with_suffix(".tmp")

@@ -1,13 +1,14 @@
-"""Aggregate the study's per-run JSON files: mean +- sd and 95 % CI over seeds, paired tests, curves.
+"""Aggregate the study's per-run JSON files: the primary metric with intervals, corrected comparisons, curves.
 
-Statistics, per row (n = seeds that finished):
-- Dice mean (per slice, BraTS empty-mask rule, mean of WT/TC/ET) on the test split: mean +- sd
-  (ddof 1) over seeds and the 95 % t-interval mean +- t(0.975, n-1) sd / sqrt(n);
-- paired against the reference row: for every test case, its Dice (the case's slices stacked;
-  mean of WT/TC/ET) averaged over the seeds both rows finished; the mean difference over cases
-  and the two-sided Wilcoxon signed-rank p-value (scipy) over those cases;
+Primary metric, for the headline, the differences and the tests alike: Dice per test CASE (the case's slices
+stacked; mean of WT/TC/ET), one value per seed = its mean over the test cases. Per row (n = seeds that finished):
+- mean +- sd (ddof 1) over seeds and the 95 % t-interval mean +- t(0.975, n-1) sd / sqrt(n);
+- the regions' per-case Dice, HD95 of WT per slice (a secondary, descriptive column), Qabf and training time;
+- against the reference row (experiments/stats.py): the difference of means with a hierarchical bootstrap 95 %
+  interval over cases and seeds, the paired t-test over the test cases of the seed-averaged values, Holm over the
+  whole family (every row against the reference), TOST with a 0.02 margin, and the reading;
 - a learning curve PNG: val Dice mean at every --eval-every step, one thin line per seed, the
-  seed mean in bold; and one summary PNG of every row's Dice mean with its interval.
+  seed mean in bold; and one summary PNG of every row's Dice with its interval.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+import stats
+from scipy import stats as scipy_stats
 
 REGIONS = ("WT", "TC", "ET")
 
@@ -45,51 +47,45 @@ def interval(values: list[float]) -> dict[str, float]:
     x = np.asarray(values, dtype=float)
     n = len(x)
     sd = float(x.std(ddof=1)) if n > 1 else math.nan
-    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+    half = float(scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
     return {"n": n, "mean": float(x.mean()), "sd": sd, "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
 
 
-def case_means(runs: list[dict[str, Any]], seeds: set[int]) -> dict[str, float]:
-    """Test case -> its Dice (mean of regions) averaged over the runs whose seed is in ``seeds``."""
-    per_case: dict[str, list[float]] = {}
-    for r in runs:
-        if r["seed"] in seeds:
-            for case, d in r["case_dice"].items():
-                per_case.setdefault(case, []).append(float(np.mean([d[k] for k in REGIONS])))
-    return {case: float(np.mean(v)) for case, v in sorted(per_case.items())}
+def per_case(runs: list[dict[str, Any]]) -> np.ndarray:
+    """(seeds, cases) Dice per case (mean of WT/TC/ET) of a row's runs."""
+    return stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])[1]
 
 
-def paired(runs: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean per-case Dice difference (row - reference) and the Wilcoxon signed-rank p over test cases."""
-    seeds = {r["seed"] for r in runs} & {r["seed"] for r in ref}
-    a, b = case_means(runs, seeds), case_means(ref, seeds)
-    cases = sorted(set(a) & set(b))
-    diff = np.array([a[c] - b[c] for c in cases])
-    if not len(cases) or not np.any(diff):
-        return {"cases": len(cases), "seeds": len(seeds), "mean_diff": 0.0, "p": 1.0}
-    p = float(stats.wilcoxon(diff, alternative="two-sided").pvalue)
-    return {"cases": len(cases), "seeds": len(seeds), "mean_diff": float(diff.mean()), "p": p,
-            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
+def region_per_case(runs: list[dict[str, Any]], region: str) -> list[float]:
+    """Per seed: the mean over test cases of one region's per-case Dice."""
+    return [float(np.mean([d[region] for d in r["case_dice"].values()])) for r in runs]
 
 
 def summarise(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """One summary per scored variant of each row, in the spec's row order."""
+    """One summary per scored variant of each row, in the spec's row order, with the family against the
+    reference (Holm over every compared variant)."""
     reference = spec["reference"]
-    ref_runs = rows.get(reference, [])
-    out = []
+    out, compared = [], {}
     for name in [n for n in spec["rows"] if n in rows]:
         for variant, runs in variants(rows[name]).items():
             label = f"{name} ({variant})" if variant else name
-            summary = {
+            m = per_case(runs)
+            if label != reference:
+                compared[label] = m
+            out.append({
                 "row": label, "note": spec["rows"][name].get("note", ""), "seeds": sorted(r["seed"] for r in runs),
-                "dice_mean": interval([r["dice"]["mean"] for r in runs]),
-                **{f"dice_{k}": interval([r["dice"][k] for r in runs]) for k in REGIONS},
+                "dice_case": interval(m.mean(axis=1).tolist()),
+                **{f"dice_case_{k}": interval(region_per_case(runs, k)) for k in REGIONS},
+                "dice_slice": interval([r["dice"]["mean"] for r in runs]),
                 "hd95_WT": interval([r["hd95"]["WT"] for r in runs]),
                 "steps": runs[0]["steps"], "train_s": float(np.mean([r["train_s"] for r in runs])),
                 "qabf": (interval([r["fusion"]["Qabf"] for r in runs]) if runs[0].get("fusion") else None),
-                "vs_reference": paired(runs, ref_runs) if ref_runs and label != reference else None,
-            }
-            out.append(summary)
+                "vs_reference": None,
+            })
+    if reference in rows and compared:
+        family = {e["row"]: e for e in stats.compare_family(compared, per_case(rows[reference]))}
+        for summary in out:
+            summary["vs_reference"] = family.get(summary["row"])
     return out
 
 
@@ -102,18 +98,21 @@ def _pm(s: dict[str, Any] | None, digits: int = 3) -> str:
 
 def markdown(summaries: list[dict[str, Any]], reference: str) -> str:
     """The study table in Markdown."""
-    head = ("| row | seeds | steps | Dice mean ± sd | 95 % CI | WT | TC | ET | Δ vs " + reference +
-            " (per case) | Wilcoxon p | HD95 WT (mm) | Qabf | train s |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| row | seeds | steps | Dice per case ± sd | 95 % CI | WT | TC | ET | Δ vs " + reference +
+            " [95 % interval] | cases up | p (Holm) | TOST p | reading | HD95 WT (mm) | Qabf | train s |")
+    lines = [head, "|" + "---|" * 16]
     for s in summaries:
-        ci = s["dice_mean"]["ci95"]
+        ci = s["dice_case"]["ci95"]
         v = s["vs_reference"]
         lines.append(" | ".join([
-            f"| {s['row']}", str(len(s["seeds"])), str(s["steps"]), _pm(s["dice_mean"]),
-            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if s["dice_mean"]["n"] > 1 else "",
-            *(_pm(s[f"dice_{k}"], 2) for k in REGIONS),
-            "" if v is None else f"{v['mean_diff']:+.3f} ({v.get('wins', 0)}/{v['cases']} cases up)",
-            "" if v is None else f"{v['p']:.2g}", _pm(s["hd95_WT"], 1), _pm(s["qabf"], 3), f"{s['train_s']:.0f}",
+            f"| {s['row']}", str(len(s["seeds"])), str(s["steps"]), _pm(s["dice_case"]),
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if s["dice_case"]["n"] > 1 else "",
+            *(_pm(s[f"dice_case_{k}"], 2) for k in REGIONS),
+            "" if v is None else f"{v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]",
+            "" if v is None else f"{v['cases_up']}/{v['cases']}",
+            "" if v is None else f"{v['p_holm']:.2g}", "" if v is None else f"{v['tost_p']:.2g}",
+            "" if v is None else v["reading"],
+            _pm(s["hd95_WT"], 1), _pm(s["qabf"], 3), f"{s['train_s']:.0f}",
         ]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -156,15 +155,15 @@ def plot_summary(summaries: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(summaries, key=lambda s: s["dice_mean"]["mean"])
+    rows = sorted(summaries, key=lambda s: s["dice_case"]["mean"])
     fig, ax = plt.subplots(figsize=(6.5, 0.26 * len(rows) + 1.0), dpi=100)
     for y, s in enumerate(rows):
-        m, (lo, hi) = s["dice_mean"]["mean"], s["dice_mean"]["ci95"]
+        m, (lo, hi) = s["dice_case"]["mean"], s["dice_case"]["ci95"]
         colour = "tab:red" if s["row"].startswith("bilevel") else "tab:blue"
-        ax.errorbar(m, y, xerr=[[m - lo], [hi - m]] if s["dice_mean"]["n"] > 1 else None, fmt="o", color=colour,
+        ax.errorbar(m, y, xerr=[[m - lo], [hi - m]] if s["dice_case"]["n"] > 1 else None, fmt="o", color=colour,
                     ms=4, capsize=2)
     ax.set_yticks(range(len(rows)), [s["row"] for s in rows], fontsize=7)
-    ax.set(xlabel="test Dice mean (per slice; mean over seeds, 95 % CI)", xlim=(0.4, 1.0))
+    ax.set(xlabel="test Dice per case (mean over seeds, 95 % CI)", xlim=(0.4, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

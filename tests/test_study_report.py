@@ -7,7 +7,9 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import study_report
@@ -24,20 +26,29 @@ def test_interval_is_the_t_interval() -> None:
 
 def _run(seed: int, cases: dict[str, float]) -> dict:
     """A run record whose every region scores ``cases[case]`` on that case."""
-    return {"seed": seed, "case_dice": {c: {"WT": d, "TC": d, "ET": d} for c, d in cases.items()}}
+    return {"seed": seed, "case_dice": {c: {"WT": d, "TC": d, "ET": d} for c, d in cases.items()},
+            "dice": {"mean": 0.5}, "hd95": {"WT": 1.0}, "steps": 1, "train_s": 1.0, "fusion": None}
 
 
-def test_paired_wilcoxon_over_cases() -> None:
-    """Five cases all better by distinct amounts: exact two-sided p = 2 / 2^5 = 0.0625."""
+def test_family_against_the_reference_uses_every_seed_and_holm() -> None:
+    """Rows against the reference on per-case Dice: a row better by 0.02 (i + 1) on case i (seeds 0.01 and 0.03
+    around it) has Δ 0.06, all 5 cases up, and the paired t p of its seed-averaged case differences; the family
+    of two rows is Holm-corrected."""
     ref = [_run(0, {f"c{i}": 0.5 for i in range(5)}), _run(1, {f"c{i}": 0.5 for i in range(5)})]
-    row = [_run(0, {f"c{i}": 0.5 + 0.01 * (i + 1) for i in range(5)}),
-           _run(1, {f"c{i}": 0.5 + 0.03 * (i + 1) for i in range(5)}),
-           _run(2, {f"c{i}": 0.0 for i in range(5)})]  # seed 2 has no reference run: left out
-    out = study_report.paired(row, ref)
-    assert out["cases"] == 5 and out["seeds"] == 2
-    assert out["mean_diff"] == pytest.approx(0.02 * 3)  # mean over cases of 0.02 * (i + 1)
-    assert out["p"] == pytest.approx(0.0625)
-    assert (out["wins"], out["losses"]) == (5, 0)
+    up = [_run(0, {f"c{i}": 0.5 + 0.01 * (i + 1) for i in range(5)}),
+          _run(1, {f"c{i}": 0.5 + 0.03 * (i + 1) for i in range(5)})]
+    down = [_run(0, {f"c{i}": 0.5 - 0.001 * (i % 2) for i in range(5)})]
+    spec = {"reference": "ref", "rows": {"ref": {}, "up": {}, "down": {}}}
+    summaries = {s["row"]: s for s in study_report.summarise({"ref": ref, "up": up, "down": down}, spec)}
+    v = summaries["up"]["vs_reference"]
+    assert v["delta"] == pytest.approx(0.06) and v["cases_up"] == 5 and v["cases"] == 5
+    diff = np.array([0.02 * (i + 1) for i in range(5)])
+    p_up = scipy_stats.ttest_1samp(diff, 0.0).pvalue
+    p_down = scipy_stats.ttest_1samp(np.array([-0.001 * (i % 2) for i in range(5)]), 0.0).pvalue
+    assert v["p"] == pytest.approx(p_up)
+    first = min(1.0, 2 * min(p_up, p_down))  # Holm over two: the smaller p doubled, the larger at least that
+    assert v["p_holm"] == pytest.approx(first if p_up < p_down else max(p_up, first))
+    assert summaries["ref"]["vs_reference"] is None
 
 
 def test_report_writes_tables_curves_and_copies(tmp_path: Path) -> None:
@@ -48,14 +59,17 @@ def test_report_writes_tables_curves_and_copies(tmp_path: Path) -> None:
             d = base + 0.1 * seed
             record = {"row": row, "seed": seed, "dice": {"WT": d, "TC": d, "ET": d, "mean": d},
                       "hd95": {"WT": 3.0, "TC": 3.0, "ET": 3.0}, "steps": 10, "train_s": 1.0, "fusion": None,
-                      "curve": [[5, d - 0.1], [10, d]], **_run(seed, {"a": d, "b": d + 0.05})}
+                      "curve": [[5, d - 0.1], [10, d]], **{k: v for k, v in _run(seed, {"a": d, "b": d + 0.05}).items()
+                                                           if k == "case_dice"}}
             (results / row).mkdir(parents=True, exist_ok=True)
             (results / row / f"seed-{seed}.json").write_text(json.dumps(record))
     spec = {"reference": "ref", "data": {}, "common": {}, "rows": {"ref": {}, "other": {"note": "x"}}}
     table = study_report.write_report(results, spec, tmp_path / "out")
     lines = table.splitlines()
-    assert lines[2].startswith("| ref | 2 | 10 | 0.550 ± 0.071 |")  # sd of (0.5, 0.6) = 0.0707
-    assert "+0.200 (2/2 cases up)" in lines[3]
+    # per case: seed 0 (0.5, 0.55) -> 0.525, seed 1 (0.6, 0.65) -> 0.625; sd 0.0707
+    assert lines[2].startswith("| ref | 2 | 10 | 0.575 ± 0.071 |")
+    # seeds resampled within each row: the difference of seed means spans 0.725 - 0.625 to 0.825 - 0.525
+    assert "| +0.200 [+0.100, +0.300] | 2/2 |" in lines[3] and lines[3].count("better") == 1
     assert (tmp_path / "out" / "study_curves" / "other.png").stat().st_size > 0
     assert (tmp_path / "out" / "study_runs" / "ref" / "seed-1.json").is_file()
     summary = json.loads((tmp_path / "out" / "study.json").read_text())
