@@ -194,6 +194,15 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
 SPEC: dict[str, Any] = {}
 
 
+def sync_committed(results: Path, committed: Path) -> None:
+    """Copy into RESULTS every committed record it lacks, so that the report covers every row ever run."""
+    for path in committed.glob("*/seed-*.json"):
+        target = results / path.parent.name / path.name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
 def run_all(fn: Callable[..., Any], jobs: list[tuple], workers: int) -> list[Any]:
     """``fn(*job)`` for every job, ``workers`` at a time (threads, each driving its fuse4seg subprocesses); the
     results in job order; the first failure raises once the running jobs are done."""
@@ -264,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     from study_report import write_report
 
+    sync_committed(out / "results", COMMITTED / f"study{'' if args.scale == 'small' else '_' + args.scale}_runs")
     suffix = "" if args.scale == "small" else f"_{args.scale}"
     tables = write_report(out / "results", SPEC, args.results, suffix)
     print(tables)
