@@ -97,3 +97,69 @@ def test_bad_balance_options_are_one_line(bench: Path, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert rc == 1 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_fusion_budget_weight_update_by_hand() -> None:
+    """weight exp(-0.05 (ratio / budget - 1)), clipped to [1e-3, 1e4]: 10 % over budget -> x exp(-0.005)."""
+    from fuse4seg.train.steps import adapt_seg_weight
+
+    assert adapt_seg_weight(1.0, 1.1, 1.0) == pytest.approx(0.9950125)
+    assert adapt_seg_weight(2.0, 0.5, 1.0) == pytest.approx(2.0 * 1.0253151)
+    assert adapt_seg_weight(4.0, 2.4, 1.2) == pytest.approx(4.0 * 0.9512294)
+    assert adapt_seg_weight(1e4, 0.0, 1.0) == 1e4 and adapt_seg_weight(1.0, float("inf"), 1.0) == 1e-3
+
+
+def _fusion_ratio_at_step_0(bench: Path, config) -> float:
+    """L_fuse(F_phi0(x_fit), x_fit) / L_fuse(stored fused image of x_fit, x_fit), recomputed outside the trainer."""
+    from fuse4seg.data import BraTSFuse
+    from fuse4seg.losses import fusion_loss
+    from fuse4seg.runkit.batches import batch_indices, split_by_case
+    from fuse4seg.train.networks import build_pipeline
+
+    data = BraTSFuse(bench, "train")
+    fit_pool, _ = split_by_case([data[i]["case_id"] for i in range(len(data))], config.val_fraction, config.seed)
+    items = [data[fit_pool[j]] for j in batch_indices(len(fit_pool), config.batch_size, config.seed, 0, "fit")]
+    x_fit = torch.stack([it["source"][[1, 3]] for it in items])
+    stored = torch.stack([it["fused"] for it in items])
+    with torch.no_grad():
+        fused = build_pipeline(config).fusion(x_fit)
+        return float(fusion_loss(fused, x_fit)[0]) / float(fusion_loss(stored, x_fit)[0])
+
+
+def test_fusion_budget_adapts_the_weight_and_resumes_exactly(bench: Path, tmp_path: Path) -> None:
+    """--fusion-budget 0.5: step 1 uses --lambda-seg; its logged ratio is the fusion loss of F(x_fit) over that
+    of the benchmark's image, recomputed independently; the next weight follows the closed form, is what step 2
+    uses, and is stored in last.pt, so a run resumed after 2 steps ends where an uninterrupted one does."""
+    budget, lam0 = 0.5, 2.0
+    args = ("--fusion-budget", str(budget), "--lambda-seg", str(lam0))
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    assert main([*train_args(bench, run, *args), "--steps", "2"]) == 0
+    config = config_from_dict(load_checkpoint(run / "last.pt")["config"])
+    logged = scalars(run)
+    ratio = _fusion_ratio_at_step_0(bench, config)
+    assert logged["hypergrad/fusion_ratio"][1] == pytest.approx(ratio, rel=1e-4)
+    assert logged["hypergrad/lambda_seg"][1] == pytest.approx(lam0)
+    import math
+
+    expected = lam0 * math.exp(-0.05 * (ratio / budget - 1.0))
+    assert logged["hypergrad/lambda_seg"][2] == pytest.approx(expected, rel=1e-4)
+    assert main([*train_args(bench, run, *args), "--steps", "4", "--resume"]) == 0
+    assert main([*train_args(bench, whole, *args), "--steps", "4"]) == 0
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(whole / "last.pt")
+    assert a["seg_weight"] == b["seg_weight"] and a["seg_weight"] != lam0
+    for net in ("fusion", "seg"):
+        for k, v in a["models"][net].items():
+            assert torch.equal(v, b["models"][net][k]), (net, k)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fusion-budget", "1", "--seg-fraction", "0.5"], "--fusion-budget: replaces --seg-fraction: give one of them"),
+    (["--fusion-budget", "0"], "--fusion-budget: must be"),
+    (["--fusion-budget", "1e9"], "--fusion-budget: must be"),
+    (["--mode", "joint", "--fusion-budget", "1"], "--fusion-budget: only used with --mode bilevel"),
+    (["--fusion-budget", "1", "--config", "ZERO"], "--fusion-budget: constrains the fusion loss"),
+])
+def test_bad_budget_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         args: list[str], message: str) -> None:
+    """Each bad combination: exit 1 and one line naming the flag."""
+    test_bad_balance_options_are_one_line(bench, tmp_path, capsys, args, message)

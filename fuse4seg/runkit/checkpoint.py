@@ -114,6 +114,7 @@ class TrainingState:
     counters: Counters
     best: Best
     benchmark: Identity | None = None
+    seg_weight: float | None = None  # a constrained upper level's adaptive segmentation weight (--fusion-budget)
 
 
 def to_plain(obj: Any) -> Any:

@@ -76,7 +76,7 @@ class Checkpointing:
             optimizers=OptimiserStates(*(None if opt is None else opt.state_dict()
                                          for opt in (self.opts.upper, self.opts.lower, self.opts.scaler))),
             inner_state=self.opts.inner_state, rng=capture_rng_state(), counters=self.counters, best=self.best,
-            benchmark=Identity(**self.identity),
+            benchmark=Identity(**self.identity), seg_weight=self.opts.seg_weight,
         ))
 
     def _check_same_run(self, state: dict[str, Any], path: Path) -> None:
@@ -118,6 +118,7 @@ class Checkpointing:
             reason = " ".join(str(exc).split())[:200]
             raise DataError(f"{path}: weights or optimiser state do not fit this run ({reason})") from None
         self.opts.inner_state = state.get("inner_state")
+        self.opts.seg_weight = state.get("seg_weight")
         self.step = int(state["step"])
         self.counters, self.best = Counters(**state["counters"]), Best(**state["best"])
         restore_rng_state(state["rng"])

@@ -75,6 +75,8 @@ MIN_PATCH: int = 8
 MAX_PATCH: int = 256
 #: Contrastive steps of the semantic loss's image-text model: it converges in a few hundred on a benchmark.
 MAX_ALIGN_STEPS: int = 100_000
+#: --fusion-budget is a ratio of two fusion losses: above 100 the constraint no longer binds.
+MAX_FUSION_BUDGET: float = 100.0
 
 
 def _fusion_weights(weights: dict) -> str | None:
@@ -230,6 +232,12 @@ class TrainConfig:
                                         "step so the segmentation part of the hypergradient has this fraction of "
                                         "the fusion-loss gradient's norm (instead of --lambda-seg).", check=above(0),
                                         modes=HYPERGRADIENT_MODES, excludes=("lambda_seg",))
+    fusion_budget: float | None = option(None, "Constrained upper level: minimise the held-out segmentation loss "
+                                         "subject to fusion loss <= B x the fusion loss of the benchmark's own fused "
+                                         "image on the same batch (B = 1: as faithful as that rule, by the fusion "
+                                         "loss); the segmentation weight adapts at every step from --lambda-seg.",
+                                         check=in_range(0, MAX_FUSION_BUDGET, low_open=True),
+                                         modes=HYPERGRADIENT_MODES, excludes=("seg_fraction",))
     fusion_loss_weights: dict = option({}, "Weights of the fusion loss terms (TOML table).",  # noqa: RUF009
                                        check=_fusion_weights, modes=FUSION_MODES)
     region_based: bool = option(False, "WT/TC/ET sigmoid loss.", flag="--region-based/--label-based")

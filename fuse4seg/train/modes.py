@@ -44,6 +44,8 @@ def _check_bilevel(c: Config) -> None:
                           "need loss scaling inside the unrolled graph); use bf16", option="precision")
     if c.seg_fraction is not None and not any(resolve_fusion_weights(c.fusion_loss_weights).values()):
         raise ConfigError("balances against the fusion loss, but every fusion loss weight is 0", option="seg_fraction")
+    if c.fusion_budget is not None and not any(resolve_fusion_weights(c.fusion_loss_weights).values()):
+        raise ConfigError("constrains the fusion loss, but every fusion loss weight is 0", option="fusion_budget")
 
 
 def _fusion_stage(c: Config, total: int, default: int) -> int:

@@ -27,6 +27,7 @@ class Optimisers:
     lower: torch.optim.Optimizer | None
     inner_state: dict[str, Any] | None = None  # bilevel: inner optimiser state carried across steps
     scaler: torch.amp.GradScaler | None = None  # --precision fp16 (single-level modes): the loss scale
+    seg_weight: float | None = None  # --fusion-budget: the segmentation loss's current (adaptive) weight
 
 
 #: The torch optimiser of each --upper-optimizer / --lower-optimizer name (plain SGD: no momentum, so a step is

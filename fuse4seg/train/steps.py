@@ -142,8 +142,9 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
     assert fusion is not None and opts.upper is not None and hold is not None
     auto = config.seg_fraction is not None
+    weight = config.lambda_seg if opts.seg_weight is None else opts.seg_weight  # adaptive under --fusion-budget
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None if auto else config.lambda_seg)
+    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None if auto else weight)
     options = {name: getattr(config.engine, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
     nonfinite = None
     try:
@@ -166,7 +167,7 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
         record.update(parts)
     else:
-        lam, grads = config.lambda_seg, result.grads
+        lam, grads = weight, result.grads
         norm_seg = tensor_norm({k: g - g_fuse[k] for k, g in grads.items()}) / lam if lam > 0 else 0.0
     upper_value = lf + lam * record.get("loss/seg_holdout", math.nan)
     if not (math.isfinite(upper_value) and math.isfinite(lam)):
@@ -182,7 +183,42 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
                "hypergrad/seg_fraction": lam * norm_seg / norm_fuse if norm_fuse > 0 else math.nan}
     if "lower_loss" in result.info:
         scalars["loss/seg_inner"] = float(result.info["lower_loss"])
+    if config.fusion_budget is not None:
+        ratio = fusion_ratio(t, fit, parts["loss/fusion"])
+        opts.seg_weight = adapt_seg_weight(lam, ratio, config.fusion_budget)
+        scalars["hypergrad/fusion_ratio"] = ratio
     return StepResult(scalars)
+
+
+#: --fusion-budget: the log of the segmentation weight moves by this much per unit of relative violation per step,
+#: so a fusion loss 10 % over budget shrinks the weight by 0.5 % a step (about 40 % over 100 steps).
+BUDGET_RATE = 0.05
+#: Bounds of the adaptive segmentation weight (the constraint can always be met at the low end, where the
+#: fusion loss rules the update).
+SEG_WEIGHT_RANGE = (1e-3, 1e4)
+
+
+def adapt_seg_weight(weight: float, ratio: float, budget: float) -> float:
+    """The next segmentation weight of a constrained upper level (a multiplicative dual step, as in GECO):
+    weight * exp(-BUDGET_RATE * (ratio / budget - 1)), clipped to SEG_WEIGHT_RANGE; ``ratio`` = fusion loss of the
+    fused image / fusion loss of the benchmark's image on the same batch (> budget: more weight on fusion)."""
+    low, high = SEG_WEIGHT_RANGE
+    step = -BUDGET_RATE * (ratio / budget - 1.0) if math.isfinite(ratio) else -math.inf
+    return float(min(high, max(low, weight * math.exp(max(step, -50.0)))))
+
+
+def fusion_ratio(t: Training, fit: Batch, fused_loss: float) -> float:
+    """``fused_loss`` (the fusion loss of the fused image at x_fit) over the fusion loss of the benchmark's own fused
+    image (its rule, e.g. Laplacian) at x_fit, both against the clean sources: what --fusion-budget bounds
+    (inf when the benchmark's image has zero loss and the fused image does not)."""
+    fit_in = batch_inputs(t, fit)
+    with torch.no_grad():
+        ref, _ = fusion_loss(fit_in.stored.float(), t.pipeline.fusion_sources(fit_in.clean),
+                             t.config.fusion_loss_weights or None, reduce=t.world.reduce)
+    ref_value = float(ref)
+    if ref_value > 0:
+        return fused_loss / ref_value
+    return 0.0 if fused_loss <= 0 else math.inf
 
 
 def joint_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
