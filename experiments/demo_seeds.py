@@ -8,27 +8,29 @@ the seed sets the initial weights and the data order) and reads its test-split m
 experiments/results/demo_seeds.json and .md: per seed, Dice per slice per region and their mean, the
 same networks untrained, predicting background everywhere, and Qabf of the learned, the untrained and
 the benchmark's stored fused image; then mean +- sd (ddof 1), the 95 % t-interval of the mean, the
-95 % prediction interval of ONE further run (mean +- t(0.975, n-1) sd sqrt(1 + 1/n): what a user's
-`make demo` should land in) and the [min, max] over seeds. The last bits of a CPU's floating point
-differ between processors and a short training amplifies them, so a single seed's figure is not a
-fact; these are.
+95 % prediction interval of ONE further run (``stats.prediction_interval`` of experiments/stats.py:
+mean +- t(0.975, n-1) sd sqrt(1 + 1/n), normal runs: what a user's `make demo` should land in) and the
+[min, max] over seeds. The last bits of a CPU's floating point differ between processors and a short
+training amplifies them, so a single seed's figure is not a fact; these are.
+
+The statistics: the metric is the demo's own headline, per-slice Dice (mean over the test slices; the mean
+column is (WT + TC + ET) / 3), one value per seed; nothing is compared, so no test is run. There is no
+--report-only mode: the table is rebuilt from the demos' metrics under --out, and a missing one is trained.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scipy import stats as scipy_stats
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import stats
 from study_report import interval
 
 REGIONS = ("WT", "TC", "ET")
@@ -56,15 +58,6 @@ def run_seed(seed: int, out: Path) -> dict[str, float]:
     }
 
 
-def prediction_interval(values: list[float]) -> list[float]:
-    """95 % prediction interval of one more draw from the distribution that gave ``values`` (t, ddof 1)."""
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd * math.sqrt(1 + 1 / n)
-    return [mean - half, mean + half]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the seeds, print and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,22 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     keys = (*REGIONS, "mean", "untrained_mean", "background_mean", "qabf_learned", "qabf_untrained", "qabf_stored")
     titles = ("Dice WT", "Dice TC", "Dice ET", "Dice mean", "untrained Dice mean", "background Dice mean",
               "Qabf learned", "Qabf untrained", "Qabf stored (Laplacian)")
-    stats = {k: interval([d[k] for d in per_seed.values()]) for k in keys}
+    summary = {k: interval([d[k] for d in per_seed.values()]) for k in keys}
     for k in keys:
         values = [d[k] for d in per_seed.values()]
-        stats[k]["range"] = [min(values), max(values)]
-        stats[k]["pi95"] = prediction_interval(values)
+        summary[k]["range"] = [min(values), max(values)]
+        summary[k]["pi95"] = stats.prediction_interval(values)
     lines = ["| seed | " + " | ".join(titles) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {s} | " + " | ".join(f"{d[k]:.3f}" for k in keys) + " |" for s, d in per_seed.items()]
-    lines.append("| mean ± sd | " + " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['sd']:.3f}" for k in keys) + " |")
+    lines.append("| mean ± sd | " + " | ".join(f"{summary[k]['mean']:.3f} ± {summary[k]['sd']:.3f}" for k in keys)
+                 + " |")
     for name, key in (("95 % CI of the mean", "ci95"), ("95 % prediction interval, one run", "pi95"),
                       ("range", "range")):
-        lines.append(f"| {name} | " + " | ".join(f"[{stats[k][key][0]:.3f}, {stats[k][key][1]:.3f}]"
+        lines.append(f"| {name} | " + " | ".join(f"[{summary[k][key][0]:.3f}, {summary[k][key][1]:.3f}]"
                                                  for k in keys) + " |")
     table = "\n".join(lines) + "\n"
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "demo_seeds.md").write_text(table, encoding="utf-8")
-    (args.results / "demo_seeds.json").write_text(json.dumps({"per_seed": per_seed, "stats": stats}, indent=1) + "\n",
+    (args.results / "demo_seeds.json").write_text(json.dumps({"per_seed": per_seed, "stats": summary}, indent=1) + "\n",
                                                   encoding="utf-8")
     print(table)
     return 0

@@ -8,9 +8,13 @@ phantom release built with ``--volumes``: ``dims-2d`` on its 2-D slices (the stu
 ``dims-3d`` on 32^3 patches of its volumes, with the step count chosen so both take about the same
 training time on this CPU. Every run is then scored the same way, on whole volumes:
 ``fuse4seg evaluate --volumes RELEASE --convention monai`` (2-D runs predict every axial slice, 3-D runs
-slide a window over the volume). Per test case the Dice of WT, TC and ET are averaged; the aggregate
-gives mean +- sd over seeds and 95 % t-CI of the case mean, the paired Wilcoxon test over the 8 test
-cases (Dice averaged over seeds) and the training seconds; the validation curves go to
+slide a window over the volume). Primary metric, for the headline, the difference and the test alike: whole-volume Dice per test CASE
+(mean of WT, TC and ET), held per row as a (seeds, cases) matrix; one value per seed = its mean over the test
+cases. The aggregate gives its mean +- sd (ddof 1) over seeds and 95 % t-CI, the regions' means and the training
+seconds, and against the reference row (experiments/stats.py; a family of one comparison, so Holm changes
+nothing): the difference of means with a hierarchical bootstrap 95 % interval (cases, then seeds within each
+row), cases up, the paired t-test over the cases of the seed-averaged values, TOST with a 0.02 Dice margin and
+the reading (better / worse: Holm p < 0.05; level: TOST p < 0.05; else undecided). The validation curves go to
 experiments/results/dims_curves/ (2-D: per-slice val Dice; 3-D: whole val volumes). Records go to
 experiments/results/dims_runs/.
 """
@@ -27,6 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import stats
 import study
 from study_report import interval, load_runs, plot_curves
 
@@ -55,50 +60,64 @@ def train_and_score(name: str, row: dict[str, Any], seed: int, spec: dict[str, A
     return target
 
 
-def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Per row: case-mean whole-volume Dice over seeds, training time; paired test against the reference."""
-    from scipy import stats
+def volume_matrix(runs: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """(cases, (seeds, cases) matrix) of whole-volume Dice per case (mean of WT/TC/ET) of a row's runs."""
+    return stats.case_matrix([stats.case_scores(r["volume_case_dice"]) for r in runs])
 
+
+def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Per row: case-mean whole-volume Dice over seeds, regions, training time; the comparison family against the
+    reference."""
     rows = {name: [json.loads(p.read_text()) for p in sorted((committed / name).glob("seed-*.json"))]
             for name in spec["rows"]}
-    def case_means(runs: list[dict[str, Any]]) -> dict[str, float]:
-        """Test case -> Dice (mean of regions) averaged over seeds."""
-        cases = runs[0]["volume_case_dice"]
-        return {c: float(np.mean([np.mean([r["volume_case_dice"][c][k] for k in REGIONS]) for r in runs]))
-                for c in cases}
-    out = {"reference": spec["reference"], "rows": []}
-    ref = case_means(rows[spec["reference"]])
+    rows = {name: runs for name, runs in rows.items() if runs}
+    reference = spec["reference"]
+    matrices = {name: volume_matrix(runs) for name, runs in rows.items()}
+    out: dict[str, Any] = {"reference": reference, "margin": stats.MARGIN, "draws": stats.DRAWS,
+                           "metric": "whole-volume Dice per test case, mean of WT/TC/ET", "rows": [], "family": []}
+    compared = [name for name in rows if name != reference]
+    if reference in matrices and compared:
+        ref_cases, ref = matrices[reference]
+        keep = [c for c in ref_cases if all(c in matrices[name][0] for name in compared)]
+        pick = {name: matrices[name][1][:, [matrices[name][0].index(c) for c in keep]] for name in compared}
+        out["family"] = stats.compare_family(pick, ref[:, [ref_cases.index(c) for c in keep]], seed=0)
     for name, runs in rows.items():
-        per_seed = [float(np.mean([np.mean(list(d.values())) for d in r["volume_case_dice"].values()])) for r in runs]
+        _, m = matrices[name]
         entry = {"row": name, "note": spec["rows"][name].get("note", ""), "seeds": len(runs),
-                 "steps": runs[0]["steps"], "dice": interval(per_seed),
+                 "steps": runs[0]["steps"], "dice": interval(m.mean(axis=1).tolist()),
                  "regions": {k: float(np.mean([np.mean([d[k] for d in r["volume_case_dice"].values()])
                                                for r in runs])) for k in REGIONS},
                  "train_s": float(np.mean([r["train_s"] for r in runs]))}
-        if name != spec["reference"]:
-            mine = case_means(runs)
-            diff = np.array([mine[c] - ref[c] for c in sorted(ref)])
-            entry["paired"] = {"mean_difference": float(diff.mean()), "cases_up": int((diff > 0).sum()),
-                               "cases": len(diff), "wilcoxon_p": float(stats.wilcoxon(diff).pvalue)}
+        vs = next((e for e in out["family"] if e["row"] == name), None)
+        if vs is not None:
+            entry["vs"] = vs
         out["rows"].append(entry)
     return out
 
 
 def markdown(agg: dict[str, Any]) -> str:
-    """The table."""
+    """The rows table and the comparison table."""
     lines = ["# 3-D against 2-D bi-level training, whole-volume Dice per test case", "",
-             ("Mean ± sd over seeds of the mean over the 8 test cases of (Dice WT + TC + ET) / 3, scored on whole "
-              "volumes (`evaluate --volumes`, MONAI convention); paired Wilcoxon over cases against "
-              f"`{agg['reference']}`. Generated by `python experiments/dims.py`."), "",
-             "| row | seeds | steps | Dice | 95 % CI | WT | TC | ET | Δ per case | p | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("Primary metric (headline, difference and test): whole-volume Dice per test case, (WT + TC + ET) / 3, "
+              "scored on whole volumes (`evaluate --volumes`, MONAI convention); per seed its mean over the test "
+              "cases; mean ± sd over seeds and the 95 % t-CI. WT / TC / ET: the regions' case means, mean over "
+              "seeds. Generated by `python experiments/dims.py`."), "",
+             "| row | seeds | steps | Dice per case | 95 % CI | WT | TC | ET | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in agg["rows"]:
-        d, p = e["dice"], e.get("paired")
-        delta = f"{p['mean_difference']:+.3f} ({p['cases_up']}/{p['cases']} up)" if p else ""
-        pv = f"{p['wilcoxon_p']:.3g}" if p else ""
+        d = e["dice"]
         lines.append(f"| {e['row']} | {e['seeds']} | {e['steps']} | {d['mean']:.3f} ± {d['sd']:.3f} | "
                      f"[{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] | " + " | ".join(f"{e['regions'][k]:.3f}" for k in REGIONS)
-                     + f" | {delta} | {pv} | {e['train_s']:.0f} |")
+                     + f" | {e['train_s']:.0f} |")
+    family = agg["family"]
+    if family:
+        title = (f"## Against `{agg['reference']}`\n\nΔ: row minus `{agg['reference']}`, whole-volume Dice per test "
+                 f"case. Interval: hierarchical bootstrap ({agg['draws']} draws: cases, then each row's seeds). p: "
+                 f"paired t over the {family[0]['cases']} test cases of the seed-averaged values; Holm over this "
+                 f"table ({len(family)} comparison{'s' if len(family) > 1 else ''}, one family); TOST margin "
+                 f"±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05, level when TOST p < 0.05, else "
+                 "undecided.")
+        lines += ["", stats.family_markdown(family, title).rstrip()]
     return "\n".join(lines) + "\n"
 
 

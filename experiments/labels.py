@@ -7,11 +7,21 @@ On the study's phantom release and laplacian benchmark (20 train cases; experime
 seed: ``fuse4seg pretrain`` on the train split's sources (no labels read), then for each task (segmentation
 by feature-fusion, slice-level presence classification), each label fraction (5, 10, 25, 100 % of the train
 cases, chosen by patient and seed; below 100 % the other cases train by mean-teacher consistency) and each
-initialisation (none, ``--init PRE/encoder.pt``): ``train`` and ``evaluate`` on the test split. Reported per
-(task, fraction, init): mean +- sd over seeds with the 95 % t-interval of per-slice Dice ((WT + TC + ET) / 3)
-or of macro AUROC (TC and ET; WT is present in every stored slice), the paired difference pre-trained minus
-from-scratch over seeds, and a plot of both curves (experiments/results/labels.png); the segmentation runs'
-validation curves go to experiments/results/labels_curves/. Records go to experiments/results/labels_runs/.
+initialisation (none, ``--init PRE/encoder.pt``): ``train`` and ``evaluate`` on the test split. Records go to
+experiments/results/labels_runs/.
+
+Primary metric, for the headline, the differences and the tests alike: the records hold ONE number per run and
+nothing per test case, so it is the run's test-split score: per-slice Dice ((WT + TC + ET) / 3, averaged over
+the test slices) for segmentation, macro AUROC (TC and ET; WT is present in every stored slice) for
+classification. Reported per (task, fraction, arm): mean +- sd (ddof 1) over seeds with the 95 % t-interval.
+Against from-scratch at the same fraction, PAIRED BY SEED (the seed fixes the labelled cases and the
+pre-trained encoder), the seeds being the only units (experiments/stats.py primitives; no hierarchical
+bootstrap: there is no case level to resample, and a bootstrap over 3 seeds would understate the spread): the
+mean paired difference with its 95 % t-interval over seeds, seeds up, the paired t-test over seeds, Holm over
+the family (one per task's table: every arm at every fraction against scratch), TOST with a margin of 0.02
+(Dice for segmentation, AUROC for classification: both on a 0-1 scale) and the reading (better / worse: Holm
+p < 0.05; level: TOST p < 0.05; else undecided). Plot of the curves: experiments/results/labels.png; the
+segmentation runs' validation curves: experiments/results/labels_curves/.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import stats
 import study
 from study_report import interval, load_runs, plot_curves
 
@@ -98,46 +109,96 @@ def metric_of(task: str) -> str:
     return "auroc" if task == "classify" else "dice"
 
 
+def seed_family(pairs: dict[str, tuple[dict[int, float], dict[int, float]]], margin: float = stats.MARGIN
+                ) -> list[dict[str, Any]]:
+    """One family: each row's (its {seed: score}, its reference's {seed: score}), paired by seed over the seeds both
+    have: mean difference, its 95 % t-interval, seeds up, paired t p, Holm p over the family, TOST p, reading."""
+    out = []
+    for name, (values, ref) in pairs.items():
+        seeds = sorted(set(values) & set(ref))
+        diff = np.array([values[s] - ref[s] for s in seeds], dtype=float)
+        out.append({"row": name, "delta": float(diff.mean()), "ci95": interval(diff.tolist())["ci95"],
+                    "seeds_up": int((diff > 0).sum()), "seeds": len(seeds), "p": stats.paired_p(diff),
+                    "tost_p": stats.tost_p(diff, margin), "margin": margin})
+    for entry, adjusted in zip(out, stats.holm([e["p"] for e in out]), strict=True):
+        entry["p_holm"] = adjusted
+        entry["reading"] = stats.reading(entry)
+    return out
+
+
+def arm_label(fraction: float, init: str) -> str:
+    """A compared arm's label in its task's family, e.g. '5% pretrained'."""
+    return f"{fraction:.0%} {init}"
+
+
+def load_arms(committed: Path, task: str, fraction: float) -> dict[str, dict[int, dict[str, Any]]]:
+    """init -> {seed: record} of one (task, fraction)."""
+    return {init: {r["seed"]: r for r in (json.loads(p.read_text()) for p in
+                                          sorted((committed / name_of(task, fraction, init)).glob("seed-*.json")))}
+            for init in INITS}
+
+
 def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Per (task, fraction, arm): the metric over seeds and, for the other arms, their difference from scratch paired
-    by seed."""
-    out: dict[str, Any] = {"rows": []}
+    """Per (task, fraction, arm): the metric over seeds; per task, the family of every other arm against scratch
+    (same fraction), paired by seed."""
+    out: dict[str, Any] = {"rows": [], "families": {}, "margin": stats.MARGIN, "unit": "seed",
+                           "note": "the records hold one score per run and no per-case values"}
     for task in spec["tasks"]:
+        metric = metric_of(task)
+        pairs: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
         for fraction in spec["fractions"]:
-            runs = {init: {r["seed"]: r for r in (json.loads(p.read_text()) for p in
-                                                   sorted((committed / name_of(task, fraction, init)).glob("seed-*.json")))}
-                    for init in INITS}
-            metric = metric_of(task)
+            runs = load_arms(committed, task, fraction)
             for init in INITS:
                 if not runs[init]:
                     continue
                 values = [r["score"][metric] for r in runs[init].values()]
-                row = {"task": task, "fraction": fraction, "init": init, "metric": metric, "seeds": len(values),
-                       "value": interval(values), "labelled_cases": next(iter(runs[init].values()))["labelled_cases"],
-                       "train_s": float(np.mean([r["train_s"] for r in runs[init].values()]))}
-                common = sorted(set(runs["scratch"]) & set(runs[init])) if init != "scratch" else []
-                if common:
-                    row["paired_difference"] = interval([runs[init][s]["score"][metric]
-                                                         - runs["scratch"][s]["score"][metric] for s in common])
-                out["rows"].append(row)
+                out["rows"].append({"task": task, "fraction": fraction, "init": init, "metric": metric,
+                                    "seeds": len(values), "value": interval(values),
+                                    "labelled_cases": next(iter(runs[init].values()))["labelled_cases"],
+                                    "train_s": float(np.mean([r["train_s"] for r in runs[init].values()]))})
+                if init != "scratch" and runs["scratch"]:
+                    pairs[arm_label(fraction, init)] = ({s: r["score"][metric] for s, r in runs[init].items()},
+                                                        {s: r["score"][metric] for s, r in runs["scratch"].items()})
+        out["families"][task] = seed_family(pairs)  # one family per task: every arm at every fraction
+        by_label = {e["row"]: e for e in out["families"][task]}
+        for row in out["rows"]:
+            if row["task"] == task and arm_label(row["fraction"], row["init"]) in by_label:
+                row["vs_scratch"] = by_label[arm_label(row["fraction"], row["init"])]
     return out
 
 
 def markdown(agg: dict[str, Any], spec: dict[str, Any]) -> str:
-    """The table."""
+    """The rows table, then one comparison table per task."""
     lines = ["# Label efficiency with and without self-supervised pre-training", "",
-             ("Test split; mean ± sd over seeds and 95 % t-interval of per-slice Dice ((WT + TC + ET) / 3) for "
-              "segmentation, of macro AUROC over TC and ET for classification (WT is in every stored slice). Labelled "
-              "cases are drawn by patient and seed; below 100 % the other train cases train by mean-teacher "
-              "consistency (labels-only: without it, `--consistency-weight 0`). Δ: the arm minus scratch, paired by seed. Generated by `python experiments/labels.py`."),
-             "", ("| task | labels | labelled cases | init | seeds | metric | mean ± sd | 95 % CI | Δ vs scratch "
-                 "| train s |"), "|---|---|---|---|---|---|---|---|---|---|"]
+             ("Test split. Primary metric (headline, differences and tests): the run's test score, per-slice Dice "
+              "((WT + TC + ET) / 3) for segmentation, macro AUROC over TC and ET for classification (WT is in every "
+              "stored slice); mean ± sd over seeds and 95 % t-interval. Labelled cases are drawn by patient and "
+              "seed; below 100 % the other train cases train by mean-teacher consistency (labels-only: without it, "
+              "`--consistency-weight 0`). Generated by `python experiments/labels.py`."),
+             "", "| task | labels | labelled cases | init | seeds | metric | mean ± sd | 95 % CI | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in agg["rows"]:
-        v, d = r["value"], r.get("paired_difference")
-        delta = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+        v = r["value"]
         ci = "" if math.isnan(v["sd"]) else f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
         lines.append(f"| {r['task']} | {r['fraction']:.0%} | {r['labelled_cases']} | {r['init']} | {r['seeds']} | "
-                     f"{r['metric']} | {v['mean']:.3f} ± {v['sd']:.3f} | {ci} | {delta} | {r['train_s']:.0f} |")
+                     f"{r['metric']} | {v['mean']:.3f} ± {v['sd']:.3f} | {ci} | {r['train_s']:.0f} |")
+    for task, family in agg["families"].items():
+        if not family:
+            continue
+        metric = "Dice" if metric_of(task) == "dice" else "AUROC"
+        lines += ["", f"## {task}: each arm against scratch at the same label fraction", "",
+                  (f"Δ: arm minus scratch, test {metric}, paired by seed. The records hold one score per run and no "
+                   "per-case values, so the seeds are the only units: no hierarchical bootstrap over cases is "
+                   "possible; the interval is the 95 % t-interval of the paired differences over seeds, p the paired "
+                   f"t-test over seeds (df = seeds − 1). Holm over this table ({len(family)} comparisons, one "
+                   f"family); TOST margin ±{agg['margin']} {metric}. Reading: better / worse when Holm p < 0.05, "
+                   "level when TOST p < 0.05, else undecided."), "",
+                  "| arm | seeds | Δ | 95 % t-interval (paired by seed) | seeds up | p | p (Holm) | TOST p | reading |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in family:
+            lines.append(f"| {e['row']} | {e['seeds']} | {e['delta']:+.3f} | [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}] "
+                         f"| {e['seeds_up']}/{e['seeds']} | {e['p']:.3g} | {e['p_holm']:.3g} | {e['tost_p']:.3g} | "
+                         f"{e['reading']} |")
     return "\n".join(lines) + "\n"
 
 

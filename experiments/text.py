@@ -10,11 +10,21 @@ split twice: with the slices' texts (the default) and with ``--no-texts`` (the n
 The texts are generated from the true labels, so a text-guided net that reads them at test time is given
 information the other rows do not have (like a radiologist's report written before fusion); the ``--no-texts``
 column is the fair comparison with the text-free rows, and the gap between the two columns measures how much
-the network uses the text. Reported per row: Dice (mean of WT, TC, ET per slice) mean +- sd over seeds with
-the 95 % t-interval, the paired Wilcoxon test over the test cases against ``bilevel-cnn`` (Dice per case
-averaged over seeds), the report-based semantic preservation score, three fusion metrics of the learned fused
-image (Qabf, SSIM, VIF) and the training seconds; validation curves go to experiments/results/text_curves/.
-Records go to experiments/results/text_runs/.
+the network uses the text.
+
+Primary metric, for the headline, the differences and the tests alike: Dice per test CASE (the case's slices
+stacked into a volume, mean of WT/TC/ET; the evaluation's ``per_case``), held per row and test-text setting as
+a (seeds, cases) matrix; one value per seed = its mean over the test cases. Reported per row and setting: that
+value's mean +- sd (ddof 1) over seeds with the 95 % t-interval, the per-slice Dice as a secondary, untested
+column, the report-based semantic preservation score, three fusion metrics of the learned fused image (Qabf,
+SSIM, VIF) and the training seconds. Then one comparison family per reference (experiments/stats.py): every
+row and setting against the fusion-cnn row it names in ``against`` (default ``bilevel-cnn``; its own test
+split, with texts, which a fusion-cnn ignores), with the difference of means, a hierarchical bootstrap 95 %
+interval (cases, then seeds within each row), cases up, the paired t-test over the cases of the seed-averaged
+values, Holm over the family, TOST with a 0.02 Dice margin and the reading (better / worse: Holm p < 0.05;
+level: TOST p < 0.05; else undecided). A last family asks whether the nets use their texts: each text-guided
+row with texts against the same runs without (each its own reference; Holm over those rows). Validation curves go to experiments/results/text_curves/. Records go to
+experiments/results/text_runs/.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import stats
 import study
 from study_report import interval, load_runs, plot_curves
 
@@ -70,41 +81,85 @@ def train_and_score(name: str, row: dict[str, Any], seed: int, spec: dict[str, A
     return target
 
 
-def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Per row and test-time text setting: Dice over seeds, paired test against the reference, semantic score,
-    fusion metrics, training time."""
-    from scipy import stats
+def case_matrix_of(runs: list[dict[str, Any]], key: str) -> tuple[list[str], np.ndarray]:
+    """(cases, (seeds, cases) matrix) of Dice per case (mean of regions) of a row's runs under ``key``
+    (with_text or no_text)."""
+    return stats.case_matrix([r[key]["case_dice"] for r in runs])
 
+
+def label_of(name: str, key: str, has_no_text: bool) -> str:
+    """A compared row's label: the row, with its test-text setting where it has both."""
+    return f"{name} (test text {'yes' if key == 'with_text' else 'no'})" if has_no_text else name
+
+
+def families_of(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Reference row -> its comparison family (:func:`stats.compare_family`): every other row and test-text setting
+    that names it in ``against`` (default: the spec's reference), on the cases they all share; Holm within it."""
+    members: dict[str, dict[str, tuple[list[str], np.ndarray]]] = {}
+    for name, runs in rows.items():
+        against = spec["rows"][name].get("against", spec["reference"])
+        if against == name or against not in rows:
+            continue
+        for key in ("with_text", "no_text"):
+            if key in runs[0]:
+                members.setdefault(against, {})[label_of(name, key, "no_text" in runs[0])] = case_matrix_of(runs, key)
+    out = {}
+    for ref_name, compared in members.items():
+        ref_cases, ref = case_matrix_of(rows[ref_name], "with_text")
+        keep = [c for c in ref_cases if all(c in cases for cases, _ in compared.values())]
+        pick = {name: m[:, [cases.index(c) for c in keep]] for name, (cases, m) in compared.items()}
+        out[ref_name] = stats.compare_family(pick, ref[:, [ref_cases.index(c) for c in keep]], seed=0)
+    return out
+
+
+def text_use_family(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every row evaluated both ways, with texts against without (the same runs, on the cases both share), as one
+    family. The two settings are paired by run: :func:`stats.compare_family` gets each row's per-run differences
+    (with - without) against zero, so the bootstrap resamples cases, then runs, and the paired t and TOST see the
+    same seed-averaged differences as they would unpaired; then Holm over the rows."""
+    out = []
+    for name, runs in rows.items():
+        if "no_text" not in runs[0]:
+            continue
+        (cases, yes), (no_cases, no) = case_matrix_of(runs, "with_text"), case_matrix_of(runs, "no_text")
+        keep = [c for c in cases if c in no_cases]
+        diff = yes[:, [cases.index(c) for c in keep]] - no[:, [no_cases.index(c) for c in keep]]
+        out += stats.compare_family({name: diff}, np.zeros_like(diff), seed=0)
+    for entry, adjusted in zip(out, stats.holm([e["p"] for e in out]), strict=True):
+        entry["p_holm"] = adjusted
+        entry["reading"] = stats.reading(entry)
+    return out
+
+
+def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Per row and test-time text setting: Dice per case over seeds, per-slice Dice, semantic score, fusion metrics,
+    training time; one comparison family per reference."""
     rows = {name: [json.loads(p.read_text()) for p in sorted((committed / name).glob("seed-*.json"))]
             for name in spec["rows"]}
     rows = {name: runs for name, runs in rows.items() if runs}
-
-    def case_means(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
-        """Test case -> Dice (mean of regions) averaged over seeds."""
-        return {c: float(np.mean([r[key]["case_dice"][c] for r in runs])) for c in runs[0][key]["case_dice"]}
-
-    out: dict[str, Any] = {"reference": spec["reference"], "rows": []}
+    families = families_of(rows, spec)
+    out: dict[str, Any] = {"reference": spec["reference"], "margin": stats.MARGIN, "draws": stats.DRAWS,
+                           "metric": "Dice per test case (slices stacked), mean of WT/TC/ET", "rows": [],
+                           "families": families, "text_use": text_use_family(rows)}
     for name, runs in rows.items():
         against = spec["rows"][name].get("against", spec["reference"])
-        ref = case_means(rows[against], "with_text") if against in rows and against != name else None
         for key in ("with_text", "no_text"):
             if key not in runs[0]:
                 continue
+            label = label_of(name, key, "no_text" in runs[0])
+            _, m = case_matrix_of(runs, key)
             entry = {"row": name, "test_text": key == "with_text" and "no_text" in runs[0],
                      "note": spec["rows"][name].get("note", ""), "seeds": len(runs), "steps": runs[0]["steps"],
-                     "dice": interval([r[key]["dice"]["mean"] for r in runs]),
-                     "regions": {k: float(np.mean([r[key]["dice"][k] for r in runs])) for k in REGIONS},
+                     "dice_case": interval(m.mean(axis=1).tolist()),
+                     "dice_slice": interval([r[key]["dice"]["mean"] for r in runs]),
+                     "regions_slice": {k: float(np.mean([r[key]["dice"][k] for r in runs])) for k in REGIONS},
                      "semantic": interval([r[key]["semantic"] for r in runs]),
                      "fusion": {k: float(np.mean([r[key]["fusion"][k] for r in runs])) for k in FUSION
                                 if all(r[key]["fusion"].get(k) is not None for r in runs)},
                      "train_s": float(np.mean([r["train_s"] for r in runs]))}
-            if ref is not None:
-                mine = case_means(runs, key)
-                diff = np.array([mine[c] - ref[c] for c in sorted(ref)])
-                entry["paired"] = {"against": against, "mean_difference": float(diff.mean()),
-                                   "cases_up": int((diff > 0).sum()),
-                                   "cases": len(diff),
-                                   "wilcoxon_p": float(stats.wilcoxon(diff).pvalue) if np.any(diff) else 1.0}
+            vs = next((e for e in families.get(against, []) if e["row"] == label), None)
+            if vs is not None:
+                entry["vs"] = {"against": against, **vs}
             facts = [r.get("text_facts", {}) for r in runs]
             if facts and "alignment_val_retrieval" in facts[0]:
                 entry["alignment_val_retrieval"] = float(np.mean([f["alignment_val_retrieval"] for f in facts]))
@@ -114,27 +169,39 @@ def aggregate(committed: Path, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(agg: dict[str, Any]) -> str:
-    """The table."""
+    """The rows table, then one comparison table per reference."""
     lines = ["# Text-guided fusion against the fusion CNN", "",
-             ("Mean ± sd over seeds of the test split's per-slice Dice ((WT + TC + ET) / 3), its 95 % t-interval, the "
-              "paired Wilcoxon test over the test cases (Dice per case averaged over seeds) against the row named in "
-              "*against* (its fusion-cnn twin), the report-based semantic "
-              "preservation score (share of report fields that agree between the predicted and the true labels), "
-              "and fusion metrics of the learned fused image. *test text*: yes = the net read the slices' texts at "
-              "test time (texts generated from the true labels: privileged information), no = its 'no text' "
-              "token. Generated by `python experiments/text.py`."), "",
-             "| row | test text | seeds | steps | Dice | 95 % CI | against | Δ per case | p | semantic | "
+             ("Primary metric (headline, differences and tests): Dice per test case (the case's slices stacked, "
+              "(WT + TC + ET) / 3); per seed its mean over the test cases; mean ± sd over seeds and the 95 % "
+              "t-interval. Secondary, not tested: the per-slice Dice, the report-based semantic preservation score "
+              "(share of report fields that agree between the predicted and the true labels) and fusion metrics of "
+              "the learned fused image. *test text*: yes = the net read the slices' texts at test time (texts "
+              "generated from the true labels: privileged information), no = its 'no text' token. Generated by "
+              "`python experiments/text.py`."), "",
+             "| row | test text | seeds | steps | Dice per case | 95 % CI | Dice per slice | semantic | "
              + " | ".join(FUSION) + " | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(FUSION) + "---|"]
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(FUSION) + "---|"]
     for e in agg["rows"]:
-        d, p = e["dice"], e.get("paired")
-        delta = f"{p['mean_difference']:+.3f} ({p['cases_up']}/{p['cases']} up)" if p else ""
-        pv = f"{p['wilcoxon_p']:.3g}" if p else ""
+        d, sl = e["dice_case"], e["dice_slice"]
         text = "yes" if e["test_text"] else ("no" if "text" in e["row"] else "-")
         fusion = " | ".join(f"{e['fusion'][k]:.3f}" if k in e["fusion"] else "" for k in FUSION)
         lines.append(f"| {e['row']} | {text} | {e['seeds']} | {e['steps']} | {d['mean']:.3f} ± {d['sd']:.3f} | "
-                     f"[{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] | {p['against'] if p else ''} | {delta} | {pv} | "
+                     f"[{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}] | {sl['mean']:.3f} ± {sl['sd']:.3f} | "
                      f"{e['semantic']['mean']:.3f} ± {e['semantic']['sd']:.3f} | {fusion} | {e['train_s']:.0f} |")
+    for ref, family in agg["families"].items():
+        title = (f"## Against `{ref}`\n\nΔ: row minus `{ref}`, Dice per test case. Interval: hierarchical bootstrap "
+                 f"({agg['draws']} draws: cases, then each row's seeds). p: paired t over the {family[0]['cases']} "
+                 f"test cases of the seed-averaged values; Holm over this table ({len(family)} comparisons, one "
+                 f"family); TOST margin ±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05, level "
+                 "when TOST p < 0.05, else undecided.")
+        lines += ["", stats.family_markdown(family, title).rstrip()]
+    if agg["text_use"]:
+        title = ("## Reading the texts at test time: with texts against without, the same runs\n\nΔ: the row "
+                 "evaluated with its slices' texts minus the same runs with the 'no text' token, Dice per test case. "
+                 "Paired by run: the interval is the hierarchical bootstrap of the per-run differences (cases, "
+                 "then runs); p and TOST as above; Holm over this table "
+                 f"({len(agg['text_use'])} comparisons, one family).")
+        lines += ["", stats.family_markdown(agg["text_use"], title).rstrip()]
     retrieval = [e for e in agg["rows"] if "alignment_val_retrieval" in e]
     if retrieval:
         e = retrieval[0]
