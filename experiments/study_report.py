@@ -185,7 +185,7 @@ def write_report(results: Path, spec: dict[str, Any], out: Path, suffix: str = "
     if summaries:
         plot_summary(summaries, out / f"study{suffix}_dice.png")
     runs_copy = out / f"study{suffix}_runs"
-    for name in rows:
+    for name in [n for n in rows if n in spec["rows"]]:  # other experiments' runs share the folder
         (runs_copy / name).mkdir(parents=True, exist_ok=True)
         for path in (results / name).glob("seed-*.json"):
             shutil.copyfile(path, runs_copy / name / path.name)
