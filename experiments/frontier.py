@@ -93,16 +93,25 @@ def case_mean(case_dice: dict[str, dict[str, float]]) -> float:
     return float(np.mean([np.mean([d[k] for k in REGIONS]) for d in case_dice.values()]))
 
 
-def image_quality(h5: Path) -> dict[str, float]:
-    """Qabf and SSIM sum of a benchmark's stored fused image against T1ce and FLAIR, mean over the test slices."""
+def image_quality(h5: Path, laplacian: Path) -> dict[str, float]:
+    """Qabf and SSIM sum of a benchmark's stored fused image against T1ce and FLAIR, mean over the test slices;
+    and its fusion loss (the training default's weights, and the edge terms only) over that of the Laplacian
+    image of the same slices: what the upper level's fusion term prefers."""
     import h5py
+    import torch
 
+    from fuse4seg.losses import fusion_loss
     from fuse4seg.metrics.fusion import fusion_metrics
 
-    with h5py.File(h5, "r") as f:
-        fused, src = f["test/fused"][:, 0] * 255.0, f["test/source"][:][:, [1, 3]] * 255.0
-    scores = [fusion_metrics(fused[i], [src[i, 0], src[i, 1]]) for i in range(len(fused))]
-    return {k: float(np.mean([s[k] for s in scores])) for k in ("Qabf", "SSIM")}
+    with h5py.File(h5, "r") as f, h5py.File(laplacian, "r") as g:
+        fused, src, lap = f["test/fused"][:], f["test/source"][:][:, [1, 3]], g["test/fused"][:]
+    scores = [fusion_metrics(fused[i, 0] * 255.0, [src[i, 0] * 255.0, src[i, 1] * 255.0]) for i in range(len(fused))]
+    out = {k: float(np.mean([s[k] for s in scores])) for k in ("Qabf", "SSIM")}
+    sources = torch.from_numpy(src)
+    for name, weights in (("fusion_loss_vs_laplacian", None), ("edge_loss_vs_laplacian", {"intensity": 0.0})):
+        mine = float(fusion_loss(torch.from_numpy(fused), sources, weights)[0])
+        out[name] = mine / float(fusion_loss(torch.from_numpy(lap), sources, weights)[0])
+    return out
 
 
 def records(folder: Path) -> list[dict[str, Any]]:
@@ -120,8 +129,9 @@ def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
     fixed = {**{rule: (runs / row, f"bench-{rule}") for rule, row in RULES.items()},
              **{weighted_name(w): (committed / weighted_name(w), f"bench-{weighted_name(w)}") for w in WEIGHTS}}
     for setting, (folder, bench) in fixed.items():
-        if setting not in quality and out is not None and (out / bench / "brats_fuse.h5").is_file():
-            quality[setting] = image_quality(out / bench / "brats_fuse.h5")
+        if "edge_loss_vs_laplacian" not in quality.get(setting, {}) and out is not None \
+                and (out / bench / "brats_fuse.h5").is_file():
+            quality[setting] = image_quality(out / bench / "brats_fuse.h5", out / "bench-laplacian" / "brats_fuse.h5")
         method = "classical rule" if setting in RULES else "weighted mean of T1ce and FLAIR"
         for r in records(folder):
             pts.append({"method": method, "setting": setting, "seed": r["seed"], **quality.get(setting, {}),
