@@ -21,6 +21,7 @@ from fuse4seg.losses.filters import (
     split_bands,
     ssim,
 )
+from fuse4seg.losses.qabf import qabf_loss
 from fuse4seg.losses.segmentation import Reduce, at_least_fp32, reduce_together
 
 INTENSITY_TARGETS: tuple[str, ...] = ("max", "mix")
@@ -115,6 +116,10 @@ DEFAULT_FUSION_WEIGHTS: dict[str, float] = {
     "ssim": 1.0,
     "frequency": 1.0,
     "spatial_gradient": 10.0,
+    # 1 - Qabf, the edge-preservation metric itself (off by default; issue 23's study weighs it against
+    # segmentation): unlike the gradient terms, which the max and Laplacian rules minimise, it prefers images
+    # that keep each source's edges at their own strength.
+    "qabf": 0.0,
 }
 
 #: name -> loss(fused, sources) -> scalar; :func:`register_fusion_loss` adds to it (and to the weights above).
@@ -124,6 +129,7 @@ FUSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "ssim": ssim_loss,
     "frequency": frequency_loss,
     "spatial_gradient": spatial_gradient_loss,
+    "qabf": qabf_loss,
 }
 
 
