@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 COMMITTED = HERE / "results"
 REGIONS = ("WT", "TC", "ET")
 #: Options of a row that the runner reads itself; all others go to ``fuse4seg train``.
-RUNNER_KEYS = ("benchmark", "retrain", "seeds", "note", "reference", "against")
+RUNNER_KEYS = ("benchmark", "retrain", "seeds", "note", "reference", "against", "analysis")
 
 
 def fuse4seg(*args: str, log: Path) -> None:

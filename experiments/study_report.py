@@ -70,7 +70,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> li
         for variant, runs in variants(rows[name]).items():
             label = f"{name} ({variant})" if variant else name
             m = per_case(runs)
-            if label != reference:
+            if label != reference and "analysis" not in spec["rows"][name]:  # other analyses test their own rows
                 compared[label] = m
             out.append({
                 "row": label, "note": spec["rows"][name].get("note", ""), "seeds": sorted(r["seed"] for r in runs),
