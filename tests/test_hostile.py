@@ -336,6 +336,21 @@ def test_a_run_config_json_with_nan_inf_or_overlong_numbers_is_one_line(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("text", ["\\u001b[31mred", "a\\u0000b", "line\\u0007bell"])
+def test_a_run_config_json_with_control_characters_is_one_line(tmp_path: Path, text: str,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """robustness --run: a string of RUN/config.json holding an escape, NUL or bell character (JSON-escaped, so
+    the file itself is clean text): one line naming the file and the character, which is not echoed."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(f'{{"options": {{"fusion_model": "{text}"}}, "derived": {{}}}}\n',
+                                         encoding="utf-8")
+    code, err = run(["robustness", "--run", str(run_dir), "--out", str(tmp_path / "o")], capsys)
+    one_line(code, err, "config.json")
+    assert "control character U+00" in err and "\x1b" not in err and "\x07" not in err
+    assert not (tmp_path / "o").exists()
+
+
 # ---- peak memory of the worst files through a real process ------------------------------------------------------
 
 

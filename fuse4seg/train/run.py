@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from fuse4seg.train.declare import plain
 from fuse4seg.train.networks import Pipeline, build_pipeline
 from fuse4seg.train.resolve import build_config, check_relevant, config_from_dict, load_toml, validate
 from fuse4seg.train.variant_facts import facts_of
-from fuse4seg.user_files import read_user_file
+from fuse4seg.user_files import read_user_file, text_problem
 
 #: Largest RUN/config.json read (bytes; checked before reading): a run's config is a few kB.
 MAX_RUN_CONFIG_BYTES = 16 * 2**20
@@ -38,6 +39,19 @@ def write_config_json(c: TrainConfig, path: str | Path, extra: dict[str, Any] | 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def _strings(value: Any) -> Iterator[str]:
+    """Every string (keys included) inside a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def read_run_config(path: str | Path, option: str = "run") -> tuple[TrainConfig, dict[str, Any]]:
     """Read ``RUN/config.json`` once: (its TrainConfig, its "derived" facts dict, {} if absent).
 
@@ -49,6 +63,9 @@ def read_run_config(path: str | Path, option: str = "run") -> tuple[TrainConfig,
             raise ConfigError(f"{path} not found (is {path.parent} a training run?)", option=option)
         payload = json.loads(read_user_file(path, MAX_RUN_CONFIG_BYTES, option=option, what="run config"))
         options = payload["options"]
+        problem = next(filter(None, map(text_problem, _strings(payload))), None)
+        if problem:  # a string that would reach a terminal through an error message or a summary
+            raise ValueError(f"a string in it {problem}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a fuse4seg run config: {one_line(exc)}", option=option) from None
     except RecursionError:  # the decoder recurses per nesting level; a crafted file can nest 10**5 deep
