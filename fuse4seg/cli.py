@@ -72,7 +72,8 @@ def phantom_command(options: PhantomOptions) -> None:
 @COMMANDS.command("build-benchmark", "fuse4seg.data.build.options:BuildOptions")
 def build_benchmark_command(options: BuildOptions) -> None:
     """Build the BraTS-Fuse benchmark package (tumour slices, fused images, patient-level splits)."""
-    from fuse4seg.inference.build import build_benchmark, format_summary
+    from fuse4seg.data.build.builder import format_summary
+    from fuse4seg.inference.build import build_benchmark
 
     typer.echo(format_summary(build_benchmark(options)))
 

@@ -10,6 +10,7 @@ import pytest
 import typer
 
 from fuse4seg.cli import app, main
+from fuse4seg.data.build import builder
 from fuse4seg.data.build import builder as benchmark
 from fuse4seg.data.build.options import BuildOptions
 from fuse4seg.errors import ConfigError, cli_message
@@ -20,7 +21,7 @@ def parse_with_cli(command: str, monkeypatch: pytest.MonkeyPatch) -> BuildOption
     """The BuildOptions that `fuse4seg build-benchmark` builds from the shell command line ``command``."""
     seen: list[BuildOptions] = []
     monkeypatch.setattr(inference_build, "build_benchmark", lambda options: seen.append(options) or {})
-    monkeypatch.setattr(inference_build, "format_summary", lambda summary: "built")
+    monkeypatch.setattr(builder, "format_summary", lambda summary: "built")
     argv = shlex.split(command)
     assert argv[:2] == ["fuse4seg", "build-benchmark"]
     assert main(argv[1:]) == 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fuse4seg.errors import ConfigError
+from fuse4seg.metrics.conventions import DEFAULT_CHALLENGE, DEFAULT_CONVENTION
 from fuse4seg.options import (
     MAX_EVAL_SLICES,
     MAX_SEED,
@@ -119,7 +120,8 @@ def evaluate(options: EvaluateOptions) -> tuple[dict[str, Any], list[str]]:
     from fuse4seg.evaluation.volumes import evaluate_volumes, out_dir
     from fuse4seg.metrics.scoring import summary_lines
 
-    result = evaluate_volumes(o.run, o.volumes, o.split, o.convention or "brats2023", o.challenge or "gli",
+    result = evaluate_volumes(o.run, o.volumes, o.split, o.convention or DEFAULT_CONVENTION,
+                              o.challenge or DEFAULT_CHALLENGE,
                               o.benchmark, o.checkpoint, o.device, o.write_seg)
     written = f"report: {out_dir(o.run, o.split)}/report.md; metrics: metrics.json, scores.csv"
     return result, ["\n".join(summary_lines(result)), written + (", seg/" if o.write_seg else "")]

@@ -28,6 +28,7 @@ import numpy as np
 from fuse4seg.conventions import REGIONS
 from fuse4seg.errors import ConfigError, DataError
 from fuse4seg.io import atomic_dir
+from fuse4seg.metrics.conventions import DEFAULT_CHALLENGE, DEFAULT_CONVENTION
 
 #: Metrics shown per case in report.md when the convention defines them.
 _CASE_COLUMNS: tuple[str, ...] = ("dice", "hd95", "lesion_dice", "lesion_hd95")
@@ -96,8 +97,8 @@ def _write_seg(path: Path, labels: np.ndarray, case: Any) -> None:
     nib.save(img, path)
 
 
-def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", convention: str = "brats2023",
-                     challenge: str = "gli", benchmark: str | Path | None = None, checkpoint: str = "best",
+def evaluate_volumes(run: str | Path, volumes: str | Path, split: str = "test", convention: str = DEFAULT_CONVENTION,
+                     challenge: str = DEFAULT_CHALLENGE, benchmark: str | Path | None = None, checkpoint: str = "best",
                      device: str = "cpu", write_seg: bool = False, progress: bool = True) -> dict[str, Any]:
     """Score RUN on the whole volumes of the split's cases in the release ``volumes``; writes
     RUN/eval-volumes-SPLIT/{metrics.json,scores.csv,report.md[,seg/]}; returns the metrics (NaN as None)."""

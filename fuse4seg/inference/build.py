@@ -11,10 +11,9 @@ import dataclasses
 import os
 
 from fuse4seg.data.build import builder
-from fuse4seg.data.build.builder import format_summary
 from fuse4seg.data.build.options import BuildOptions
 
-__all__ = ["build_benchmark", "format_summary"]
+__all__ = ["build_benchmark"]
 
 
 def build_benchmark(options: str | os.PathLike | BuildOptions, *, progress: bool = True, command: str | None = None,

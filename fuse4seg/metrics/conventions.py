@@ -37,6 +37,8 @@ from fuse4seg.metrics.surfaces import pooled_hd95_points, surfel_hd95_cells
 Part = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 CONVENTIONS: tuple[str, ...] = ("monai", "brats2023", "brats2025")
+#: What `evaluate --volumes` scores with when no --convention / --challenge is given.
+DEFAULT_CONVENTION, DEFAULT_CHALLENGE = "brats2023", "gli"
 #: HD95 (mm) that the 2023-24 code writes for an infinite distance (one mask empty, a missed lesion, a false positive).
 BRATS2023_PENALTY: float = 374.0
 #: HD95 (mm) that brats-evaluation writes for an infinite distance ("diameter of the cube in SRI space").
