@@ -43,8 +43,9 @@ RULES = {"mean": "retrain-mean", "laplacian": "retrain-laplacian", "max": "direc
 LEARNED = {
     "bi-level, full fusion loss": ("bilevel-lambda0p25", "bilevel-lambda1", "bilevel-lambda4", "bilevel-lambda16",
                                    "bilevel-lambda64"),
-    "bi-level, edge terms only": ("bilevel-edges-lambda1", "bilevel-edges-lambda4", "bilevel-edges-lambda16",
-                                  "bilevel-edges-lambda64"),
+    "bi-level, edge terms only": ("bilevel-edges-lambda4", "bilevel-edges-lambda16"),
+    "bi-level, constrained (--fusion-budget)": ("bilevel-budget1p2", "bilevel-budget1p0"),
+    "bi-level, 1 - Qabf + SSIM as fusion loss": ("bilevel-qabf-lambda1", "bilevel-qabf-lambda4"),
     "ceiling (joint, no fusion loss)": ("ceiling-1ch-long",),
 }
 
@@ -135,7 +136,7 @@ def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
         method = "classical rule" if setting in RULES else "weighted mean of T1ce and FLAIR"
         for r in records(folder):
             pts.append({"method": method, "setting": setting, "seed": r["seed"], **quality.get(setting, {}),
-                        "segmentability": case_mean(r["case_dice"]), "curve": r["curve"]})
+                        "segmentability": case_mean(r["case_dice"]), "curve": r["curve"], "train_s": r["train_s"]})
     quality_file.parent.mkdir(parents=True, exist_ok=True)
     quality_file.write_text(json.dumps(quality, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     for method, rows in LEARNED.items():
@@ -144,13 +145,15 @@ def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
                 if "retrained" in r:
                     pts.append({"method": method, "setting": row, "seed": r["seed"], "Qabf": r["fusion"]["Qabf"],
                                 "SSIM": r["fusion"]["SSIM"], "segmentability": case_mean(r["retrained"]["case_dice"]),
-                                "curve": r["retrained"]["curve"]})
+                                "curve": r["retrained"]["curve"],
+                                "train_s": r["train_s"] + r["retrained"]["train_s"]})
     for row in ("joint", "two-stage"):
         for r in records(HERE / "results" / "trajectory_runs" / row):
             last = r["points"][-1]
             pts.append({"method": row, "setting": f"{row} (step {last['step']})", "seed": r["seed"],
                         "Qabf": last["fusion_stored"]["Qabf"], "SSIM": last["fusion_stored"]["SSIM"],
-                        "segmentability": case_mean(last["case_dice"]), "curve": last["curve"]})
+                        "segmentability": case_mean(last["case_dice"]), "curve": last["curve"],
+                        "train_s": r["train_s"]})
     return pts
 
 
@@ -172,7 +175,7 @@ def settings(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [p for p in pts if (p["method"], p["setting"]) == key]
         entry = {"method": key[0], "setting": key[1], "seeds": len(mine),
                  "converged": sum(converged(p["curve"]) for p in mine)}
-        for coord in ("Qabf", "SSIM", "segmentability"):
+        for coord in ("Qabf", "SSIM", "segmentability", "train_s"):
             v = np.array([p[coord] for p in mine if coord in p], dtype=float)
             entry[coord] = float(v.mean()) if len(v) else float("nan")
             entry[coord + "_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
@@ -195,9 +198,9 @@ def markdown(table: list[dict[str, Any]]) -> str:
         sd = (lambda k: "" if np.isnan(e[k + "_sd"]) else f" ± {e[k + '_sd']:.3f}")
         return (f"| {e['method']} | {e['setting']} | {e['seeds']} | {e['Qabf']:.3f}{sd('Qabf')} | "
                 f"{e['SSIM']:.3f}{sd('SSIM')} | {e['segmentability']:.3f}{sd('segmentability')} | "
-                f"{e['converged']}/{e['seeds']} |")
+                f"{e['converged']}/{e['seeds']} | {e['train_s']:.0f} |")
     head = [("| method | setting | seeds | Qabf | SSIM (sum over both sources) | segmentability (retrained Dice per "
-            "case) | segmenter curves converged |"), "|---|---|---|---|---|---|---|"]
+            "case) | segmenter curves converged | train s |"), "|---|---|---|---|---|---|---|---|"]
     parts = ["All settings (mean ± sd over seeds):", "", *head, *map(line, table), ""]
     for method in dict.fromkeys(e["method"] for e in table):
         parts += [f"Pareto front of {method}:", "", *head,

@@ -2,12 +2,13 @@
 the mean-of-inputs and the Laplacian images while its Qabf is at least the Laplacian rule's?
 
     python experiments/study.py --out /tmp/study --only bilevel-lambda0p25 bilevel-lambda1 bilevel-lambda4 \\
-        bilevel-lambda16 bilevel-lambda64 bilevel-edges-lambda1 bilevel-edges-lambda4 bilevel-edges-lambda16 \\
-        bilevel-edges-lambda64 retrain-mean retrain-laplacian direct-dual     # the runs (resumable)
+        bilevel-lambda16 bilevel-lambda64 bilevel-edges-lambda4 bilevel-edges-lambda16 bilevel-budget1p2 \\
+        bilevel-budget1p0 bilevel-qabf-lambda1 bilevel-qabf-lambda4 retrain-mean retrain-laplacian direct-dual
     python experiments/upper.py                                              # the tables, from the committed records
 
 Rows: every bi-level row of experiments/study.toml whose fused image was frozen and retrained (``retrain = true``):
-lambda_seg = 0.25 ... 64 with the full fusion loss, and with its edge terms only (intensity weight 0). References:
+lambda_seg = 0.25 ... 64 with the full fusion loss; lambda 4 and 16 with its edge terms only (intensity weight 0);
+the constrained upper level (--fusion-budget 1.2 and 1.0); and 1 - Qabf + SSIM as the fusion loss (lambda 1, 4). References:
 a segmenter trained the same way (600 steps) on the mean of T1ce and FLAIR, on their Laplacian-pyramid fusion,
 and (the stretch goal) on T1ce + FLAIR stacked as two channels.
 
