@@ -145,7 +145,7 @@ def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
                 if "retrained" in r:
                     pts.append({"method": method, "setting": row, "seed": r["seed"], "Qabf": r["fusion"]["Qabf"],
                                 "SSIM": r["fusion"]["SSIM"], "segmentability": case_mean(r["retrained"]["case_dice"]),
-                                "curve": r["retrained"]["curve"],
+                                "curve": r["retrained"]["curve"], "learning_curve": r["curve"],
                                 "train_s": r["train_s"] + r["retrained"]["train_s"]})
     for row in ("joint", "two-stage"):
         for r in records(HERE / "results" / "trajectory_runs" / row):
@@ -174,7 +174,9 @@ def settings(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key in dict.fromkeys((p["method"], p["setting"]) for p in pts):
         mine = [p for p in pts if (p["method"], p["setting"]) == key]
         entry = {"method": key[0], "setting": key[1], "seeds": len(mine),
-                 "converged": sum(converged(p["curve"]) for p in mine)}
+                 "converged": sum(converged(p["curve"]) for p in mine),
+                 "learning_converged": (sum(converged(p["learning_curve"]) for p in mine)
+                                        if all("learning_curve" in p for p in mine) else None)}
         for coord in ("Qabf", "SSIM", "segmentability", "train_s"):
             v = np.array([p[coord] for p in mine if coord in p], dtype=float)
             entry[coord] = float(v.mean()) if len(v) else float("nan")
@@ -196,11 +198,13 @@ def markdown(table: list[dict[str, Any]]) -> str:
     def line(e: dict[str, Any]) -> str:
         """One table line."""
         sd = (lambda k: "" if np.isnan(e[k + "_sd"]) else f" ± {e[k + '_sd']:.3f}")
+        learned = "" if e.get("learning_converged") is None else f"{e['learning_converged']}/{e['seeds']}"
         return (f"| {e['method']} | {e['setting']} | {e['seeds']} | {e['Qabf']:.3f}{sd('Qabf')} | "
                 f"{e['SSIM']:.3f}{sd('SSIM')} | {e['segmentability']:.3f}{sd('segmentability')} | "
-                f"{e['converged']}/{e['seeds']} | {e['train_s']:.0f} |")
+                f"{e['converged']}/{e['seeds']} | {learned} | {e['train_s']:.0f} |")
     head = [("| method | setting | seeds | Qabf | SSIM (sum over both sources) | segmentability (retrained Dice per "
-            "case) | segmenter curves converged | train s |"), "|---|---|---|---|---|---|---|---|"]
+            "case) | segmenter curves converged | learning curves converged | train s |"),
+            "|---|---|---|---|---|---|---|---|---|"]
     parts = ["All settings (mean ± sd over seeds):", "", *head, *map(line, table), ""]
     for method in dict.fromkeys(e["method"] for e in table):
         parts += [f"Pareto front of {method}:", "", *head,
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table)
     (args.results / "frontier.md").write_text(text, encoding="utf-8")
     (args.results / "frontier.json").write_text(json.dumps({"settings": table, "points": [
-        {k: v for k, v in p.items() if k != "curve"} for p in pts]}, indent=1) + "\n", encoding="utf-8")
+        {k: v for k, v in p.items() if k not in ("curve", "learning_curve")} for p in pts]}, indent=1) + "\n", encoding="utf-8")
     plot(pts, table, args.results / "frontier.png")
     print(text)
     return 0
