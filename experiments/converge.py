@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import frontier
 import stats
 import study
+from study_report import row_records
 
 STEPS = 1500
 SEEDS = (0, 1, 2)
@@ -72,15 +73,16 @@ def train_one(setting: str, seed: int, out: Path, committed: Path) -> Path:
     return target
 
 
-def qabf_of(setting: str, seed_records: list[dict[str, Any]]) -> float | None:
+def qabf_of(setting: str, seeds: list[int]) -> float | None:
     """Mean Qabf of the setting's image on the test slices: the frontier's image quality for fixed images, the
-    bi-level runs' own (mean over seeds) for learned ones; None for stacked channels."""
+    bi-level runs' own for learned ones, over the same ``seeds`` as the segmenters; None for stacked channels or
+    when no record has it."""
     kind, where = SETTINGS[setting]
     if kind == "rule":
         quality = json.loads((HERE / "results" / "frontier_runs" / "image_quality.json").read_text(encoding="utf-8"))
-        return quality[where.removeprefix("bench-")]["Qabf"]
+        return quality.get(where.removeprefix("bench-"), {}).get("Qabf")
     if kind == "learned":
-        runs = frontier.records(HERE / "results" / "study_runs" / where)
+        runs = [r for r in row_records(HERE / "results" / "study_runs" / where) if r["seed"] in seeds]
         return float(np.mean([r["fusion"]["Qabf"] for r in runs])) if runs else None
     return None
 
@@ -90,15 +92,15 @@ def summarise(committed: Path) -> dict[str, Any]:
     the target table."""
     rows, table = {}, []
     for setting in SETTINGS:
-        runs = frontier.records(committed / setting)
+        runs = row_records(committed / setting)
         if not runs:
             continue
-        _, m = stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])
-        rows[setting] = m
-        table.append({"setting": setting, "seeds": len(runs), "segmentability": m.mean(axis=1).tolist(),
+        rows[setting] = stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])
+        table.append({"setting": setting, "seeds": len(runs), "segmentability": rows[setting][1].mean(axis=1).tolist(),
                       "converged": sum(frontier.converged(r["curve"]) for r in runs),
-                      "best_step": [r["best_step"] for r in runs], "qabf": qabf_of(setting, runs)})
-    families = {ref: stats.compare_family({k: v for k, v in rows.items() if k != ref}, rows[ref])
+                      "best_step": [r["best_step"] for r in runs], "train_s": [r["train_s"] for r in runs],
+                      "qabf": qabf_of(setting, [r["seed"] for r in runs])})
+    families = {ref: stats.compare_family(*stats.aligned({k: v for k, v in rows.items() if k != ref}, rows[ref]))
                 for ref in REFERENCES if ref in rows}
     lap = next((t["qabf"] for t in table if t["setting"] == "laplacian"), None)
     target = []
@@ -118,21 +120,24 @@ def markdown(summary: dict[str, Any]) -> str:
         """mean ± sd."""
         return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{np.mean(v):.3f}"
     lines = [f"Segmenters from scratch at {summary['steps']} steps on each frozen image (mean ± sd over seeds):", "",
-             "| setting | seeds | segmentability (Dice per case) | curves converged (rule) | best step | Qabf |",
-             "|---|---|---|---|---|---|"]
+             "| setting | seeds | segmentability (Dice per case) | curves converged (rule) | best step | Qabf | train s |",
+             "|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         q = "" if t["qabf"] is None else f"{t['qabf']:.3f}"
         lines.append(f"| {t['setting']} | {t['seeds']} | {pm(t['segmentability'])} | {t['converged']}/{t['seeds']} | "
-                     f"{', '.join(map(str, t['best_step']))} | {q} |")
+                     f"{', '.join(map(str, t['best_step']))} | {q} | {np.mean(t['train_s']):.0f} |")
     for ref, entries in summary["families"].items():
         lines += ["", stats.family_markdown(entries, f"Against {ref} at {summary['steps']} steps (Holm over "
                                                      f"{len(entries)}):").rstrip()]
     lap = summary["laplacian_qabf"]
+    if lap is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"The target at {summary['steps']} steps (better than both, Holm p < 0.05; Qabf >= {lap:.3f}):", "",
               "| setting | learned by bi-level | vs mean | vs laplacian | Qabf | target met |", "|---|---|---|---|---|---|"]
     for t in summary["target"]:
+        q = "" if t["qabf"] is None else f"{t['qabf']:.3f}"
         lines.append(f"| {t['setting']} | {'yes' if t['learned'] else 'no (a fixed rule)'} | {t.get('mean', '')} | "
-                     f"{t.get('laplacian', '')} | {t['qabf']:.3f} | {'yes' if t['met'] else 'no'} |")
+                     f"{t.get('laplacian', '')} | {q} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

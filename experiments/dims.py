@@ -14,7 +14,8 @@ cases. The aggregate gives its mean +- sd (ddof 1) over seeds and 95 % t-CI, the
 seconds, and against the reference row (experiments/stats.py; a family of one comparison, so Holm changes
 nothing): the difference of means with a hierarchical bootstrap 95 % interval (cases, then seeds within each
 row), cases up, the paired t-test over the cases of the seed-averaged values, TOST with a 0.02 Dice margin and
-the reading (better / worse: Holm p < 0.05; level: TOST p < 0.05; else undecided). The validation curves go to
+the reading (see experiments/stats.py: better / worse needs Holm p < 0.05 and a 95 % interval clear of 0; level needs TOST
+  p < 0.05 and a 90 % interval inside the margin; else undecided). The validation curves go to
 experiments/results/dims_curves/ (2-D: per-slice val Dice; 3-D: whole val volumes). Records go to
 experiments/results/dims_runs/.
 """
@@ -115,7 +116,7 @@ def markdown(agg: dict[str, Any]) -> str:
                  f"case. Interval: hierarchical bootstrap ({agg['draws']} draws: cases, then each row's seeds). p: "
                  f"paired t over the {family[0]['cases']} test cases of the seed-averaged values; Holm over this "
                  f"table ({len(family)} comparison{'s' if len(family) > 1 else ''}, one family); TOST margin "
-                 f"±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05, level when TOST p < 0.05, else "
+                 f"±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05 and the 95 % interval excludes 0, level when TOST p < 0.05 and the 90 % interval lies inside the margin, else "
                  "undecided.")
         lines += ["", stats.family_markdown(family, title).rstrip()]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,11 @@ Methods and where their points come from (all on the study's phantom release, sl
   ``retrain = true`` (the run's best.pt fusion, frozen, then the retrain);
 - joint and two-stage: the last probe of experiments/trajectory.py (the row's final fusion, frozen, retrained);
 - the single-channel ceiling (joint without fusion loss, 5 seeds, 1,500 steps): the study's ceiling-1ch-long row.
-The classical images have one Qabf (no seed); a learned image's Qabf is its run's.
+The classical images have one Qabf (no seed); a learned image's Qabf is its run's. A bi-level or ceiling image is
+its run's best.pt (chosen by validation Dice, as `fuse4seg train` keeps it); a joint or two-stage image is the
+row's last probe (last.pt at the row's final step). "train s": the segmenter alone for fixed images; learning the
+image plus its retrained segmenter for study rows; the whole probed run (its restarts included) for the trajectory's
+joint and two-stage rows.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import stats
 import study
+from study_report import row_records
 
-REGIONS = ("WT", "TC", "ET")
 WEIGHTS = (0.6, 0.7, 0.8, 0.9, 1.0)
 SEEDS = (0, 1, 2)
 RULES = {"mean": "retrain-mean", "laplacian": "retrain-laplacian", "max": "direct-max", "pca": "direct-pca",
@@ -89,11 +94,6 @@ def train_weighted(w: float, seed: int, out: Path, committed: Path) -> Path:
     return target
 
 
-def case_mean(case_dice: dict[str, dict[str, float]]) -> float:
-    """Mean over cases of the per-case Dice (mean of WT/TC/ET)."""
-    return float(np.mean([np.mean([d[k] for k in REGIONS]) for d in case_dice.values()]))
-
-
 def image_quality(h5: Path, laplacian: Path) -> dict[str, float]:
     """Qabf and SSIM sum of a benchmark's stored fused image against T1ce and FLAIR, mean over the test slices;
     and its fusion loss (the training default's weights, and the edge terms only) over that of the Laplacian
@@ -115,12 +115,6 @@ def image_quality(h5: Path, laplacian: Path) -> dict[str, float]:
     return out
 
 
-def records(folder: Path) -> list[dict[str, Any]]:
-    """The seed-S.json records of one row folder, seed order."""
-    return [json.loads(p.read_text(encoding="utf-8"))
-            for p in sorted(folder.glob("seed-*.json"), key=lambda p: int(p.stem[5:]))]
-
-
 def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
     """Every (method, setting, seed) point: Qabf, SSIM, segmentability."""
     pts: list[dict[str, Any]] = []
@@ -134,25 +128,25 @@ def points(out: Path | None, committed: Path) -> list[dict[str, Any]]:
                 and (out / bench / "brats_fuse.h5").is_file():
             quality[setting] = image_quality(out / bench / "brats_fuse.h5", out / "bench-laplacian" / "brats_fuse.h5")
         method = "classical rule" if setting in RULES else "weighted mean of T1ce and FLAIR"
-        for r in records(folder):
+        for r in row_records(folder):
             pts.append({"method": method, "setting": setting, "seed": r["seed"], **quality.get(setting, {}),
-                        "segmentability": case_mean(r["case_dice"]), "curve": r["curve"], "train_s": r["train_s"]})
+                        "segmentability": stats.case_mean(r["case_dice"]), "curve": r["curve"], "train_s": r["train_s"]})
     quality_file.parent.mkdir(parents=True, exist_ok=True)
     quality_file.write_text(json.dumps(quality, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     for method, rows in LEARNED.items():
         for row in rows:
-            for r in records(runs / row):
+            for r in row_records(runs / row):
                 if "retrained" in r:
                     pts.append({"method": method, "setting": row, "seed": r["seed"], "Qabf": r["fusion"]["Qabf"],
-                                "SSIM": r["fusion"]["SSIM"], "segmentability": case_mean(r["retrained"]["case_dice"]),
+                                "SSIM": r["fusion"]["SSIM"], "segmentability": stats.case_mean(r["retrained"]["case_dice"]),
                                 "curve": r["retrained"]["curve"], "learning_curve": r["curve"],
                                 "train_s": r["train_s"] + r["retrained"]["train_s"]})
     for row in ("joint", "two-stage"):
-        for r in records(HERE / "results" / "trajectory_runs" / row):
+        for r in row_records(HERE / "results" / "trajectory_runs" / row):
             last = r["points"][-1]
             pts.append({"method": row, "setting": f"{row} (step {last['step']})", "seed": r["seed"],
                         "Qabf": last["fusion_stored"]["Qabf"], "SSIM": last["fusion_stored"]["SSIM"],
-                        "segmentability": case_mean(last["case_dice"]), "curve": last["curve"],
+                        "segmentability": stats.case_mean(last["case_dice"]), "curve": last["curve"],
                         "train_s": r["train_s"]})
     return pts
 

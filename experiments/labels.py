@@ -120,9 +120,7 @@ def seed_family(pairs: dict[str, tuple[dict[int, float], dict[int, float]]], mar
         out.append({"row": name, "delta": float(diff.mean()), "ci95": interval(diff.tolist())["ci95"],
                     "seeds_up": int((diff > 0).sum()), "seeds": len(seeds), "p": stats.paired_p(diff),
                     "tost_p": stats.tost_p(diff, margin), "margin": margin})
-    for entry, adjusted in zip(out, stats.holm([e["p"] for e in out]), strict=True):
-        entry["p_holm"] = adjusted
-        entry["reading"] = stats.reading(entry)
+    stats.apply_holm(out)
     return out
 
 
@@ -191,8 +189,8 @@ def markdown(agg: dict[str, Any], spec: dict[str, Any]) -> str:
                    "per-case values, so the seeds are the only units: no hierarchical bootstrap over cases is "
                    "possible; the interval is the 95 % t-interval of the paired differences over seeds, p the paired "
                    f"t-test over seeds (df = seeds − 1). Holm over this table ({len(family)} comparisons, one "
-                   f"family); TOST margin ±{agg['margin']} {metric}. Reading: better / worse when Holm p < 0.05, "
-                   "level when TOST p < 0.05, else undecided."), "",
+                   f"family); TOST margin ±{agg['margin']} {metric}. Reading: better / worse when Holm p < 0.05 and the "
+                   "95 % t-interval excludes 0, level when TOST p < 0.05, else undecided."), "",
                   "| arm | seeds | Δ | 95 % t-interval (paired by seed) | seeds up | p | p (Holm) | TOST p | reading |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for e in family:

@@ -25,7 +25,8 @@ Aggregate (experiments/results/robustness.{md,json}, robustness_<degradation>.pn
   multi-channel rows against the robust bi-level row (:data:`SECOND_REFERENCES`). Per comparison: the
   difference of means with a hierarchical bootstrap 95 % interval (cases, then seeds within each row), cases
   up, the paired t-test over the cases of the seed-averaged values, TOST with a 0.02 Dice margin, and the
-  reading (better / worse: Holm p < 0.05; level: TOST p < 0.05; else undecided). Each table is one family:
+  reading (see experiments/stats.py: better / worse needs Holm p < 0.05 and a 95 % interval clear of 0; level needs TOST
+  p < 0.05 and a 90 % interval inside the margin; else undecided). Each table is one family:
   Holm runs over all of its comparisons, every condition together;
 - the validation curves of every training run.
 """
@@ -100,10 +101,8 @@ def on_cases(cases: list[str], m: np.ndarray, keep: list[str]) -> np.ndarray:
 def holm_over(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Holm over every entry of one comparison table (:func:`stats.compare_family` results of several conditions
     that together form one family), with the readings redone; the entries are updated in place and returned."""
-    for entry, adjusted in zip(entries, stats.holm([e["p"] for e in entries]), strict=True):
-        entry["p_holm"] = adjusted
+    for entry in stats.apply_holm(entries):
         entry["family_size"] = len(entries)
-        entry["reading"] = stats.reading(entry)
     return entries
 
 
@@ -194,7 +193,8 @@ def markdown(agg: dict[str, Any]) -> str:
                  f"bootstrap ({agg['draws']} draws: cases, then each row's seeds). p: paired t over the "
                  f"{family[0]['cases']} test cases of the seed-averaged values; Holm over the whole table "
                  f"({len(family)} comparisons, one family); TOST margin ±{agg['margin']} Dice. Reading: better / "
-                 "worse when Holm p < 0.05, level when TOST p < 0.05, else undecided.")
+                 "worse when Holm p < 0.05 and the 95 % interval excludes 0, level when TOST p < 0.05 and the 90 % "
+                 "interval lies inside the margin, else undecided.")
         lines.append(stats.family_markdown([{**e, "row": f"{e['row']} · {e['condition']}"} for e in family], title)
                      .rstrip())
         lines.append("")

@@ -136,10 +136,11 @@ def row_options(row: dict[str, Any], common: dict[str, Any] | None = None) -> di
 
 
 def retrain(checkpoint: Path, options: dict[str, Any], extra: dict[str, Any], seed: int, work: Path, out: Path,
-            log: Path, tag: str = "") -> dict[str, Any]:
+            log: Path, tag: str = "", common: dict[str, Any] | None = None) -> dict[str, Any]:
     """Segmentability of a learned fusion: its image, frozen, stored as a benchmark of the study's slices and
     split (WORK/bench-learned{tag}), a segmenter trained on it from scratch at the retrain budget
-    (WORK/retrain{tag}), and that segmenter's test scores."""
+    (WORK/retrain{tag}; the options ``common`` (default [common]), then [retrain], then ``extra``), and that
+    segmenter's test scores."""
     rebench = work / f"bench-learned{tag}"
     spec_data = SPEC["data"]  # same release, slices and split as the original benchmark
     fuse4seg("build-benchmark", "--brats", str(out / "release"), "--out", str(rebench),
@@ -148,7 +149,8 @@ def retrain(checkpoint: Path, options: dict[str, Any], extra: dict[str, Any], se
              "--size", str(spec_data["size"]), "--slices-per-case", str(spec_data["slices_per_case"]),
              "--split", ",".join(str(x) for x in spec_data["split"]), "--seed", str(spec_data["seed"]),
              "--overwrite", log=log)
-    retrain_opts = {**SPEC["common"], **SPEC.get("retrain", {}), **extra, "mode": "direct", "inputs": "fused"}
+    retrain_opts = {**(SPEC["common"] if common is None else common), **SPEC.get("retrain", {}), **extra,
+                    "mode": "direct", "inputs": "fused"}
     write_toml(work / f"retrain{tag}.toml", retrain_opts)
     rerun = work / f"retrain{tag}"
     fuse4seg("train", "--config", str(work / f"retrain{tag}.toml"), "--benchmark", str(rebench), "--out", str(rerun),
@@ -166,6 +168,10 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
         result.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(committed, result)
     if result.is_file():
+        recorded = json.loads(result.read_text(encoding="utf-8")).get("options")
+        if recorded != row_options(row, common):
+            print(f"warning: {name} seed {seed}: its record was made with other options than study.toml's now; "
+                  f"delete {result} (and its committed copy) to run it again", file=sys.stderr)
         return result
     work = out / "runs" / name / f"seed-{seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -182,7 +188,7 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
     record: dict[str, Any] = {"row": name, "seed": seed, "options": options, **scores(run)}
     if row.get("retrain"):
         extra = row["retrain"] if isinstance(row["retrain"], dict) else {}
-        record["retrained"] = retrain(run / "best.pt", options, extra, seed, work, out, log)
+        record["retrained"] = retrain(run / "best.pt", options, extra, seed, work, out, log, common=common)
     record["wall_s"] = round(time.perf_counter() - started, 1)
     result.parent.mkdir(parents=True, exist_ok=True)
     tmp = result.with_suffix(".tmp")

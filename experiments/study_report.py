@@ -34,6 +34,12 @@ def load_runs(results: Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+def row_records(folder: Path) -> list[dict[str, Any]]:
+    """The seed-S.json records of one row folder, in seed order ([] when there is none)."""
+    paths = sorted(folder.glob("seed-*.json"), key=lambda p: int(p.stem[5:]))
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
 def variants(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The scored variants of a row: "" (the run itself) and "retrained" where the row retrains."""
     out = {"": [{"seed": r["seed"], **r} for r in runs]}
@@ -51,9 +57,9 @@ def interval(values: list[float]) -> dict[str, float]:
     return {"n": n, "mean": float(x.mean()), "sd": sd, "ci95": [float(x.mean()) - half, float(x.mean()) + half]}
 
 
-def per_case(runs: list[dict[str, Any]]) -> np.ndarray:
-    """(seeds, cases) Dice per case (mean of WT/TC/ET) of a row's runs."""
-    return stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])[1]
+def per_case(runs: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """(cases, (seeds, cases) Dice per case (mean of WT/TC/ET)) of a row's runs."""
+    return stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])
 
 
 def region_per_case(runs: list[dict[str, Any]], region: str) -> list[float]:
@@ -69,9 +75,9 @@ def summarise(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> li
     for name in [n for n in spec["rows"] if n in rows]:
         for variant, runs in variants(rows[name]).items():
             label = f"{name} ({variant})" if variant else name
-            m = per_case(runs)
+            cases, m = per_case(runs)
             if label != reference and "analysis" not in spec["rows"][name]:  # other analyses test their own rows
-                compared[label] = m
+                compared[label] = (cases, m)
             out.append({
                 "row": label, "note": spec["rows"][name].get("note", ""), "seeds": sorted(r["seed"] for r in runs),
                 "dice_case": interval(m.mean(axis=1).tolist()),
@@ -83,7 +89,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> li
                 "vs_reference": None,
             })
     if reference in rows and compared:
-        family = {e["row"]: e for e in stats.compare_family(compared, per_case(rows[reference]))}
+        family = {e["row"]: e for e in stats.compare_family(*stats.aligned(compared, per_case(rows[reference])))}
         for summary in out:
             summary["vs_reference"] = family.get(summary["row"])
     return out

@@ -21,8 +21,9 @@ SSIM, VIF) and the training seconds. Then one comparison family per reference (e
 row and setting against the fusion-cnn row it names in ``against`` (default ``bilevel-cnn``; its own test
 split, with texts, which a fusion-cnn ignores), with the difference of means, a hierarchical bootstrap 95 %
 interval (cases, then seeds within each row), cases up, the paired t-test over the cases of the seed-averaged
-values, Holm over the family, TOST with a 0.02 Dice margin and the reading (better / worse: Holm p < 0.05;
-level: TOST p < 0.05; else undecided). A last family asks whether the nets use their texts: each text-guided
+values, Holm over the family, TOST with a 0.02 Dice margin and the reading (experiments/stats.py: better / worse
+needs Holm p < 0.05 and a 95 % interval clear of 0; level needs TOST p < 0.05 and a 90 % interval inside the
+margin; else undecided). A last family asks whether the nets use their texts: each text-guided
 row with texts against the same runs without (each its own reference; Holm over those rows). Validation curves go to experiments/results/text_curves/. Records go to
 experiments/results/text_runs/.
 """
@@ -125,9 +126,7 @@ def text_use_family(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
         keep = [c for c in cases if c in no_cases]
         diff = yes[:, [cases.index(c) for c in keep]] - no[:, [no_cases.index(c) for c in keep]]
         out += stats.compare_family({name: diff}, np.zeros_like(diff), seed=0)
-    for entry, adjusted in zip(out, stats.holm([e["p"] for e in out]), strict=True):
-        entry["p_holm"] = adjusted
-        entry["reading"] = stats.reading(entry)
+    stats.apply_holm(out)
     return out
 
 
@@ -192,8 +191,9 @@ def markdown(agg: dict[str, Any]) -> str:
         title = (f"## Against `{ref}`\n\nΔ: row minus `{ref}`, Dice per test case. Interval: hierarchical bootstrap "
                  f"({agg['draws']} draws: cases, then each row's seeds). p: paired t over the {family[0]['cases']} "
                  f"test cases of the seed-averaged values; Holm over this table ({len(family)} comparisons, one "
-                 f"family); TOST margin ±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05, level "
-                 "when TOST p < 0.05, else undecided.")
+                 f"family); TOST margin ±{agg['margin']} Dice. Reading: better / worse when Holm p < 0.05 and the 95 % "
+                 "interval excludes 0, level when TOST p < 0.05 and the 90 % interval lies inside the margin, else "
+                 "undecided.")
         lines += ["", stats.family_markdown(family, title).rstrip()]
     if agg["text_use"]:
         title = ("## Reading the texts at test time: with texts against without, the same runs\n\nΔ: the row "

@@ -34,7 +34,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import stats
 import study
+from study_report import row_records
 
 #: Row of experiments/study.toml -> the outer steps probed (the last is the row's own budget).
 ROWS: dict[str, tuple[int, ...]] = {
@@ -47,7 +49,6 @@ SEEDS = (0, 1, 2)
 #: TensorBoard scalars kept in the record (every SAMPLE_EVERY steps).
 SCALARS = ("loss/fusion", "loss/seg_holdout", "loss/seg", "hypergrad/seg_fraction", "hypergrad/lambda_seg")
 SAMPLE_EVERY = 10
-REGIONS = ("WT", "TC", "ET")
 REFERENCES = ("retrain-mean", "retrain-laplacian")
 
 
@@ -88,7 +89,8 @@ def run_one(name: str, seed: int, out: Path, committed: Path) -> Path:
     train_s = time.perf_counter() - started
     points = []
     for step in ROWS[name]:
-        scored = study.retrain(work / f"step-{step}.pt", options, {}, seed, work, out, log, tag=f"-{step}")
+        extra = row["retrain"] if isinstance(row.get("retrain"), dict) else {}
+        scored = study.retrain(work / f"step-{step}.pt", options, extra, seed, work, out, log, tag=f"-{step}")
         points.append({"step": step, **{k: scored[k] for k in ("dice", "case_dice", "fusion_stored", "curve")}})
     record = {"row": name, "seed": seed, "options": options, "points": points, "scalars": read_scalars(run),
               "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
@@ -97,11 +99,6 @@ def run_one(name: str, seed: int, out: Path, committed: Path) -> Path:
     tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     tmp.replace(target)
     return target
-
-
-def case_mean(case_dice: dict[str, dict[str, float]]) -> float:
-    """Mean over cases of the per-case Dice (mean of WT/TC/ET)."""
-    return float(np.mean([np.mean([d[k] for k in REGIONS]) for d in case_dice.values()]))
 
 
 def mean_between(series: list[list[float]], lo: int, hi: int) -> float:
@@ -114,11 +111,11 @@ def summarise(committed: Path) -> dict[str, Any]:
     """Per row and probe step: segmentability and Qabf (mean, sd over seeds), the seg share of the update."""
     table = []
     for name, steps in ROWS.items():
-        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((committed / name).glob("seed-*.json"))]
+        runs = row_records(committed / name)
         if not runs:
             continue
         for k, step in enumerate(steps):
-            seg = [case_mean(r["points"][k]["case_dice"]) for r in runs]
+            seg = [stats.case_mean(r["points"][k]["case_dice"]) for r in runs]
             qabf = [r["points"][k]["fusion_stored"]["Qabf"] for r in runs if r["points"][k].get("fusion_stored")]
             lo = steps[k - 1] if k else 0
             share = [mean_between(r["scalars"].get("hypergrad/seg_fraction", []), lo, step) for r in runs]
@@ -126,16 +123,10 @@ def summarise(committed: Path) -> dict[str, Any]:
                           "seg_share": share})
     refs = {}
     for name in REFERENCES:
-        runs = study_runs(name)
+        runs = row_records(HERE / "results" / "study_runs" / name)
         if runs:
-            refs[name] = [case_mean(r["case_dice"]) for r in runs]
+            refs[name] = [stats.case_mean(r["case_dice"]) for r in runs]
     return {"table": table, "references": refs}
-
-
-def study_runs(name: str) -> list[dict[str, Any]]:
-    """The committed study records of a row."""
-    folder = HERE / "results" / "study_runs" / name
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("seed-*.json"))]
 
 
 def _pm(values: list[float]) -> str:

@@ -36,16 +36,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import stats
+from study_report import row_records
 
 REFERENCES = {"retrain-mean": "mean of T1ce and FLAIR", "retrain-laplacian": "Laplacian fusion",
               "direct-dual": "T1ce + FLAIR stacked (stretch goal)"}
 TARGET_REFERENCES = ("retrain-mean", "retrain-laplacian")
-
-
-def load(results: Path, row: str) -> list[dict[str, Any]]:
-    """The finished runs of ``row`` (seed order) from RESULTS/ROW/seed-S.json."""
-    paths = sorted((results / row).glob("seed-*.json"), key=lambda p: int(p.stem[5:]))
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
 
 
 def retrained_rows(spec: dict[str, Any]) -> list[str]:
@@ -58,21 +53,17 @@ def matrix(runs: list[dict[str, Any]], retrained: bool) -> tuple[list[str], np.n
     return stats.case_matrix([stats.case_scores((r["retrained"] if retrained else r)["case_dice"]) for r in runs])
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    """{mean, sd} (sd nan below two values)."""
-    x = np.asarray(values, dtype=float)
-    return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if len(x) > 1 else float("nan")}
-
-
 def summarise(records: Path, spec: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
     """Per row: seeds, segmentability, Qabf, own Dice; the families against each reference; the target."""
     rows, table = {}, []
+    missing = []
     for name in retrained_rows(spec):
-        runs = [r for r in load(records, name) if "retrained" in r]
+        runs = [r for r in row_records(records / name) if "retrained" in r]
         if not runs:
+            missing.append(name)
             continue
-        _, m = matrix(runs, retrained=True)
-        rows[name] = m
+        cases, m = matrix(runs, retrained=True)
+        rows[name] = (cases, m)
         table.append({"row": name, "note": spec["rows"][name].get("note", ""), "seeds": len(runs),
                       "segmentability": m.mean(axis=1).tolist(), "qabf": [r["fusion"]["Qabf"] for r in runs],
                       "ssim": [r["fusion"]["SSIM"] for r in runs],
@@ -80,15 +71,15 @@ def summarise(records: Path, spec: dict[str, Any], quality: dict[str, Any]) -> d
                       "train_s": [r["train_s"] for r in runs]})
     refs = {}
     for name, label in REFERENCES.items():
-        runs = load(records, name)
+        runs = row_records(records / name)
         if runs:
-            _, refs[name] = matrix(runs, retrained=False)
+            refs[name] = matrix(runs, retrained=False)
             table.append({"row": name, "label": label, "seeds": len(runs),
-                          "segmentability": refs[name].mean(axis=1).tolist(),
+                          "segmentability": refs[name][1].mean(axis=1).tolist(),
                           "qabf": [quality["laplacian"]["Qabf"]] if name == "retrain-laplacian" else
                                   [quality["mean"]["Qabf"]] if name == "retrain-mean" else [],
                           "train_s": [r["train_s"] for r in runs]})
-    families = {ref: stats.compare_family(rows, m) for ref, m in refs.items()} if rows else {}
+    families = {ref: stats.compare_family(*stats.aligned(rows, pair)) for ref, pair in refs.items()} if rows else {}
     lap_qabf = quality["laplacian"]["Qabf"]
     target = []
     for r in table:
@@ -101,7 +92,7 @@ def summarise(records: Path, spec: dict[str, Any], quality: dict[str, Any]) -> d
                        "qabf_at_least_laplacian": qabf >= lap_qabf,
                        "met": all(v == "better" for v in readings.values()) and len(readings) == 2
                        and qabf >= lap_qabf})
-    return {"rows": table, "families": families, "target": target, "laplacian_qabf": lap_qabf,
+    return {"rows": table, "families": families, "target": target, "laplacian_qabf": lap_qabf, "not_run": missing,
             "margin": stats.MARGIN, "draws": stats.DRAWS}
 
 
@@ -132,6 +123,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {t['row']} | {t.get('vs retrain-mean', '')} | {t.get('vs retrain-laplacian', '')} | "
                      f"{t['qabf']:.3f} | {'yes' if t['qabf_at_least_laplacian'] else 'no'} | "
                      f"{'yes' if t['met'] else 'no'} |")
+    if summary["not_run"]:
+        lines += ["", f"Rows of the spec without records (not in the families): {', '.join(summary['not_run'])}."]
     return "\n".join(lines) + "\n"
 
 

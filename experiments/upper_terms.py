@@ -7,7 +7,8 @@ seeds 0-2, each with its own initial networks and first batches), on the step's 
 the gradient with respect to the fusion net's weights of each weighted fusion-loss term (intensity, Sobel
 gradient, SSIM, frequency, spatial gradient) and the hypergradient of the held-out segmentation loss through
 one unrolled inner step, as ``fuse4seg train`` computes them. Reported per term: its norm over the norm of the
-whole update (each term's share of the pull), and its cosine with the segmentation hypergradient (> 0: the term
+whole update (the terms partly cancel, so these ratios need not add up to 1), and its cosine with the
+segmentation hypergradient (> 0: the term
 pulls the image the way segmentation wants it to go; < 0: against it).
 """
 

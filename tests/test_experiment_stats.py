@@ -48,12 +48,20 @@ def test_hierarchical_bootstrap_covers_the_seed_spread() -> None:
 
 
 def test_readings() -> None:
-    """better / worse need Holm p < 0.05; level needs TOST p < 0.05; otherwise undecided."""
+    """better / worse need Holm p < 0.05 (and a 95 % interval clear of 0); level needs TOST p < 0.05 (and a 90 %
+    interval inside the margin); otherwise undecided."""
     assert stats.reading({"p_holm": 0.01, "delta": 0.03, "tost_p": 0.5}) == "better"
     assert stats.reading({"p_holm": 0.01, "delta": -0.03, "tost_p": 0.5}) == "worse"
     assert stats.reading({"p_holm": 0.4, "delta": 0.001, "tost_p": 0.01}) == "level"
     assert stats.reading({"p_holm": 0.4, "delta": 0.001, "tost_p": 0.2}) == "undecided"
     assert math.isclose(stats.MARGIN, 0.02)
+    # with the bootstrap intervals: a 95 % interval that straddles 0 keeps "better" back; a 90 % interval that
+    # leaves the margin keeps "level" back
+    assert stats.reading({"p_holm": 0.01, "delta": 0.03, "tost_p": 0.5, "ci95": [0.01, 0.05]}) == "better"
+    assert stats.reading({"p_holm": 0.01, "delta": 0.03, "tost_p": 0.5, "ci95": [-0.01, 0.07]}) == "undecided"
+    assert stats.reading({"p_holm": 0.01, "delta": -0.03, "tost_p": 0.5, "ci95": [-0.05, -0.01]}) == "worse"
+    assert stats.reading({"p_holm": 0.4, "delta": 0.0, "tost_p": 0.01, "ci90": [-0.01, 0.01]}) == "level"
+    assert stats.reading({"p_holm": 0.4, "delta": 0.0, "tost_p": 0.01, "ci90": [-0.01, 0.03]}) == "undecided"
 
 
 def test_paired_p_is_scipys_paired_t() -> None:
@@ -94,3 +102,45 @@ def test_convergence_rule() -> None:
     rising = [[s, s / 1000] for s in range(100, 900, 100)]
     assert frontier.converged(flat) and not frontier.converged(rising)
     assert not frontier.converged([[50, 0.1], [100, 0.2]])
+
+
+def _record(seed: int, case_values: dict[str, float], qabf: float | None = None, retrained: dict | None = None
+            ) -> dict:
+    """A study record whose every region scores the given value on each case."""
+    out = {"seed": seed, "train_s": 1.0, "case_dice": {c: {"WT": v, "TC": v, "ET": v} for c, v in case_values.items()}}
+    if qabf is not None:
+        out["fusion"] = {"Qabf": qabf, "SSIM": 1.4}
+    if retrained is not None:
+        out["retrained"] = {"case_dice": {c: {"WT": v, "TC": v, "ET": v} for c, v in retrained.items()}}
+    return out
+
+
+def test_upper_target_needs_both_references_and_the_qabf(tmp_path: Path) -> None:
+    """Two bi-level rows against the mean and Laplacian references on 8 cases: "good" is 0.1 above both on every
+    case (with a little spread) and has Qabf 0.70 >= 0.665, so it meets the target; "blurry" is as segmentable
+    but its Qabf 0.60 is below the Laplacian image's, so it does not."""
+    import json
+
+    import upper
+
+    cases = [f"c{i}" for i in range(8)]
+    base = {c: 0.6 + 0.01 * i for i, c in enumerate(cases)}
+    up = {c: v + 0.1 + 0.002 * (i % 3) for i, (c, v) in enumerate(base.items())}
+    rows = {"good": 0.70, "blurry": 0.60}
+    for name, qabf in rows.items():
+        for seed in range(3):
+            path = tmp_path / name / f"seed-{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_record(seed, base, qabf, retrained=up)))
+    for ref in ("retrain-mean", "retrain-laplacian"):
+        for seed in range(3):
+            path = tmp_path / ref / f"seed-{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_record(seed, base)))
+    spec = {"rows": {name: {"mode": "bilevel", "retrain": True} for name in rows}}
+    quality = {"laplacian": {"Qabf": 0.665}, "mean": {"Qabf": 0.585}}
+    summary = upper.summarise(tmp_path, spec, quality)
+    met = {t["row"]: t["met"] for t in summary["target"]}
+    assert met == {"good": True, "blurry": False}
+    assert all(e["reading"] == "better" for family in summary["families"].values() for e in family)
+    assert summary["not_run"] == []

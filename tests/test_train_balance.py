@@ -158,6 +158,7 @@ def test_fusion_budget_adapts_the_weight_and_resumes_exactly(bench: Path, tmp_pa
     (["--fusion-budget", "1e9"], "--fusion-budget: must be"),
     (["--mode", "joint", "--fusion-budget", "1"], "--fusion-budget: only used with --mode bilevel"),
     (["--fusion-budget", "1", "--config", "ZERO"], "--fusion-budget: constrains the fusion loss"),
+    (["--fusion-budget", "1", "--lambda-seg", "0"], "--fusion-budget: adapts the segmentation weight"),
 ])
 def test_bad_budget_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                          args: list[str], message: str) -> None:

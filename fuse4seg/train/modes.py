@@ -46,6 +46,9 @@ def _check_bilevel(c: Config) -> None:
         raise ConfigError("balances against the fusion loss, but every fusion loss weight is 0", option="seg_fraction")
     if c.fusion_budget is not None and not any(resolve_fusion_weights(c.fusion_loss_weights).values()):
         raise ConfigError("constrains the fusion loss, but every fusion loss weight is 0", option="fusion_budget")
+    if c.fusion_budget is not None and c.lambda_seg == 0:
+        raise ConfigError("adapts the segmentation weight from --lambda-seg by a factor, so --lambda-seg must be > 0",
+                          option="fusion_budget")
 
 
 def _fusion_stage(c: Config, total: int, default: int) -> int:

@@ -209,12 +209,14 @@ def adapt_seg_weight(weight: float, ratio: float, budget: float) -> float:
 
 def fusion_ratio(t: Training, fit: Batch, fused_loss: float) -> float:
     """``fused_loss`` (the fusion loss of the fused image at x_fit) over the fusion loss of the benchmark's own fused
-    image (its rule, e.g. Laplacian) at x_fit, both against the clean sources: what --fusion-budget bounds
-    (inf when the benchmark's image has zero loss and the fused image does not)."""
-    fit_in = batch_inputs(t, fit)
+    image (its rule, e.g. Laplacian, as stored: clean even under --degrade-inputs) at x_fit, both against the clean
+    sources: what --fusion-budget bounds (inf when the benchmark's image has zero loss and the fused image does not).
+    The fused image's loss comes from the step's forward pass, at --precision."""
+    device = t.device
+    stored = fit["fused"].to(device, non_blocking=True).float()
+    sources = t.pipeline.fusion_sources(fit["source"].to(device, non_blocking=True).float())
     with torch.no_grad():
-        ref, _ = fusion_loss(fit_in.stored.float(), t.pipeline.fusion_sources(fit_in.clean),
-                             t.config.fusion_loss_weights or None, reduce=t.world.reduce)
+        ref, _ = fusion_loss(stored, sources, t.config.fusion_loss_weights or None, reduce=t.world.reduce)
     ref_value = float(ref)
     if ref_value > 0:
         return fused_loss / ref_value
