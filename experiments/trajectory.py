@@ -126,7 +126,22 @@ def summarise(committed: Path) -> dict[str, Any]:
         runs = row_records(HERE / "results" / "study_runs" / name)
         if runs:
             refs[name] = [stats.case_mean(r["case_dice"]) for r in runs]
-    return {"table": table, "references": refs}
+    return {"table": table, "references": refs, "families": away_from_start(committed)}
+
+
+def away_from_start(committed: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per row: segmentability at each later probe against the same runs' step-1 image (per case, seeds and cases
+    resampled; Holm over the row's probes)."""
+    families = {}
+    for name, steps in ROWS.items():
+        runs = row_records(committed / name)
+        if len(runs) < 2:
+            continue
+        probe = {step: stats.case_matrix([stats.case_scores(r["points"][k]["case_dice"]) for r in runs])
+                 for k, step in enumerate(steps)}
+        later = {f"step {step}": probe[step] for step in steps[1:]}
+        families[name] = stats.compare_family(*stats.aligned(later, probe[steps[0]]))
+    return families
 
 
 def _pm(values: list[float]) -> str:
@@ -148,6 +163,9 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{_pm(r['seg_share'])} |")
     for name, values in summary["references"].items():
         lines.append(f"| {name} (fixed image) |  | {len(values)} | {_pm(values)} |  |  |")
+    for name, entries in summary.get("families", {}).items():
+        lines += ["", stats.family_markdown(entries, f"{name}: segmentability at each probe against the same runs' "
+                                                    f"step-1 image (Holm over {len(entries)}):").rstrip()]
     return "\n".join(lines) + "\n"
 
 
