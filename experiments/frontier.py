@@ -51,6 +51,7 @@ LEARNED = {
     "bi-level, edge terms only": ("bilevel-edges-lambda4", "bilevel-edges-lambda16"),
     "bi-level, constrained (--fusion-budget)": ("bilevel-budget1p2", "bilevel-budget1p0"),
     "bi-level, 1 - Qabf + SSIM as fusion loss": ("bilevel-qabf-lambda1", "bilevel-qabf-lambda4"),
+    "bi-level, 1 - Qabf + SSIM, constrained": ("bilevel-qabf-budget1p0",),
     "ceiling (joint, no fusion loss)": ("ceiling-1ch-long",),
 }
 
