@@ -43,8 +43,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "bilevel-budget1p2": ("learned", "bilevel-budget1p2"),
     "bilevel-lambda16": ("learned", "bilevel-lambda16"),
     "dual": ("inputs", "t1ce,flair"),
-    "bilevel-qabf-lambda4": ("learned", "bilevel-qabf-lambda4"),
-    "bilevel-qabf-budget1p0": ("learned", "bilevel-qabf-budget1p0"),
+    "bilevel-qabf-lambda1": ("learned", "bilevel-qabf-lambda1"),
     "ceiling-1ch-long": ("learned", "ceiling-1ch-long"),
 }
 REFERENCES = ("mean", "laplacian")
