@@ -110,7 +110,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         lines.append(f"| {r['row']} | {r['seeds']} | {_pm(r['segmentability'])} | {_pm(r['qabf'])} | "
-                     f"{_pm(r.get('ssim', []))} | {_pm(r.get('own_dice', []))} | {_pm(r['train_s'])} |")
+                     f"{_pm(r.get('ssim', []))} | {_pm(r.get('own_dice', []))} | {np.mean(r['train_s']):.0f} |")
     for ref, entries in summary["families"].items():
         title = (f"Against {ref} ({REFERENCES[ref]}): Δ segmentability, paired t over cases with Holm over "
                  f"{len(entries)} rows, TOST margin {summary['margin']}")
