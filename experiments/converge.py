@@ -132,10 +132,10 @@ def markdown(summary: dict[str, Any]) -> str:
     if lap is None:
         return "\n".join(lines) + "\n"
     lines += ["", f"The target at {summary['steps']} steps (better than both, Holm p < 0.05; Qabf >= {lap:.3f}):", "",
-              "| setting | learned by bi-level | vs mean | vs laplacian | Qabf | target met |", "|---|---|---|---|---|---|"]
+              "| setting | image | vs mean | vs laplacian | Qabf | target met |", "|---|---|---|---|---|---|"]
     for t in summary["target"]:
         q = "" if t["qabf"] is None else f"{t['qabf']:.3f}"
-        lines.append(f"| {t['setting']} | {'yes' if t['learned'] else 'no (a fixed rule)'} | {t.get('mean', '')} | "
+        lines.append(f"| {t['setting']} | {'learned' if t['learned'] else 'a fixed rule'} | {t.get('mean', '')} | "
                      f"{t.get('laplacian', '')} | {q} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,7 @@ LEARNED = {
     "bi-level, constrained (--fusion-budget)": ("bilevel-budget1p2", "bilevel-budget1p0"),
     "bi-level, 1 - Qabf + SSIM as fusion loss": ("bilevel-qabf-lambda1", "bilevel-qabf-lambda4"),
     "bi-level, 1 - Qabf + SSIM, constrained": ("bilevel-qabf-budget1p0",),
-    "ceiling (joint, no fusion loss)": ("ceiling-1ch-long",),
+    "ceiling (joint, no fusion loss)": ("ceiling-1ch-long", "ceiling-1ch-3k"),
 }
 
 
