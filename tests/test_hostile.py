@@ -372,14 +372,15 @@ def test_hostile_files_stay_under_2_gb(tmp_path: Path, hostile_files: dict[str, 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_early_signals_during_a_parallel_build_are_one_line(tmp_path: Path, signum: int) -> None:
-    """SIGTERM / SIGINT at moments spread over the first second of build-benchmark --workers 2 (while the pool
-    starts): one ``error:`` line, exit 128 + signal, no traceback, no output left."""
+    """SIGTERM / SIGINT at moments spread over the first second of build-benchmark --workers 2 after its handlers are
+    in place (while the pool starts): one ``error:`` line, exit 128 + signal, no traceback, no output left."""
     out = tmp_path / "b"
     for delay in (0.05, 0.3, 0.6, 0.9, 1.2):
         proc = subprocess.Popen([sys.executable, "-m", "fuse4seg", "build-benchmark", "--out", str(out), "--phantom",
                                  "4", "--phantom-scale", "0.25", "--size", "32", "--workers", "2"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+        _wait_for_our_handlers(proc.pid)
         time.sleep(delay)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
@@ -387,6 +388,23 @@ def test_early_signals_during_a_parallel_build_are_one_line(tmp_path: Path, sign
             continue
         one_line(proc.returncode, err, "terminated" if signum == signal.SIGTERM else "interrupted", status=128 + signum)
         assert not out.exists()
+
+
+def _wait_for_our_handlers(pid: int, timeout: float = 30.0) -> None:
+    """Return once process ``pid`` catches SIGTERM (fuse4seg.entry installs its SIGTERM and SIGINT handlers together,
+    first thing): before that the interpreter is still starting (importing site), and no program can answer a
+    signal with its own line. On a loaded machine that can take far longer than the delays above."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return  # already gone: the caller sees its exit status
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught >> (signal.SIGTERM - 1) & 1:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not install its signal handlers within {timeout} s")
 
 
 def _kill_9_while_read(argv: list[str], delay: float) -> float:
