@@ -187,7 +187,7 @@ def write_report(results: Path, spec: dict[str, Any], out: Path, suffix: str = "
     (out / f"study{suffix}.json").write_text(json.dumps({"reference": spec["reference"], "data": spec["data"],
                                                           "common": spec["common"], "rows": summaries},
                                                          indent=1) + "\n", encoding="utf-8")
-    plot_curves(rows, out / f"study{suffix}_curves")
+    plot_curves({n: r for n, r in rows.items() if n in spec["rows"]}, out / f"study{suffix}_curves")
     if summaries:
         plot_summary(summaries, out / f"study{suffix}_dice.png")
     runs_copy = out / f"study{suffix}_runs"
