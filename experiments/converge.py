@@ -115,15 +115,12 @@ def summarise(committed: Path) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The settings table, the two families and the target table."""
-    def pm(v: list[float]) -> str:
-        """mean ± sd."""
-        return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{np.mean(v):.3f}"
     lines = [f"Segmenters from scratch at {summary['steps']} steps on each frozen image (mean ± sd over seeds):", "",
              "| setting | seeds | segmentability (Dice per case) | curves converged (rule) | best step | Qabf | train s |",
              "|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         q = "" if t["qabf"] is None else f"{t['qabf']:.3f}"
-        lines.append(f"| {t['setting']} | {t['seeds']} | {pm(t['segmentability'])} | {t['converged']}/{t['seeds']} | "
+        lines.append(f"| {t['setting']} | {t['seeds']} | {stats.mean_sd(t['segmentability'])} | {t['converged']}/{t['seeds']} | "
                      f"{', '.join(map(str, t['best_step']))} | {q} | {np.mean(t['train_s']):.0f} |")
     for ref, entries in summary["families"].items():
         lines += ["", stats.family_markdown(entries, f"Against {ref} at {summary['steps']} steps (Holm over "

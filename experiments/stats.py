@@ -157,6 +157,15 @@ def aligned(rows: Mapping[str, tuple[list[str], np.ndarray]], ref: tuple[list[st
     return {name: take(*pair) for name, pair in rows.items()}, take(*ref)
 
 
+def mean_sd(values: Sequence[float]) -> str:
+    """"mean ± sd" of the finite values to 3 decimals (sd, ddof 1, only with two or more; "" with none)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return ""
+    return f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
+
+
 def family_markdown(entries: Sequence[Mapping[str, Any]], title: str) -> str:
     """One comparison family as a Markdown table under ``title``."""
     lines = [title, "", ("| row | seeds | Δ | 95 % interval (hierarchical bootstrap) | cases up | p | p (Holm) | "

@@ -144,25 +144,16 @@ def away_from_start(committed: Path) -> dict[str, list[dict[str, Any]]]:
     return families
 
 
-def _pm(values: list[float]) -> str:
-    """mean ± sd over seeds (nan-aware; sd with two or more values)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return ""
-    return f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
-
-
 def markdown(summary: dict[str, Any]) -> str:
     """The table: one line per (row, probe step)."""
     head = ("| row | outer step | seeds | segmentability (retrained Dice per case) | Qabf | "
             "seg share of the update (mean since the previous probe) |")
     lines = [head, "|---|---|---|---|---|---|"]
     for r in summary["table"]:
-        lines.append(f"| {r['row']} | {r['step']} | {r['seeds']} | {_pm(r['segmentability'])} | {_pm(r['qabf'])} | "
-                     f"{_pm(r['seg_share'])} |")
+        lines.append(f"| {r['row']} | {r['step']} | {r['seeds']} | {stats.mean_sd(r['segmentability'])} | {stats.mean_sd(r['qabf'])} | "
+                     f"{stats.mean_sd(r['seg_share'])} |")
     for name, values in summary["references"].items():
-        lines.append(f"| {name} (fixed image) |  | {len(values)} | {_pm(values)} |  |  |")
+        lines.append(f"| {name} (fixed image) |  | {len(values)} | {stats.mean_sd(values)} |  |  |")
     for name, entries in summary.get("families", {}).items():
         lines += ["", stats.family_markdown(entries, f"{name}: segmentability at each probe against the same runs' "
                                                     f"step-1 image (Holm over {len(entries)}):").rstrip()]

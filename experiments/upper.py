@@ -96,21 +96,14 @@ def summarise(records: Path, spec: dict[str, Any], quality: dict[str, Any]) -> d
             "margin": stats.MARGIN, "draws": stats.DRAWS}
 
 
-def _pm(values: list[float]) -> str:
-    """mean ± sd (sd only with two or more values)."""
-    if not values:
-        return ""
-    return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
-
-
 def markdown(summary: dict[str, Any]) -> str:
     """The rows table, one comparison table per reference, and the target table."""
     header = ("| row | seeds | segmentability (retrained Dice per case) | Qabf | SSIM (sum) | bi-level's own Dice per "
               "case | train s |")
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        lines.append(f"| {r['row']} | {r['seeds']} | {_pm(r['segmentability'])} | {_pm(r['qabf'])} | "
-                     f"{_pm(r.get('ssim', []))} | {_pm(r.get('own_dice', []))} | {np.mean(r['train_s']):.0f} |")
+        lines.append(f"| {r['row']} | {r['seeds']} | {stats.mean_sd(r['segmentability'])} | {stats.mean_sd(r['qabf'])} | "
+                     f"{stats.mean_sd(r.get('ssim', []))} | {stats.mean_sd(r.get('own_dice', []))} | {np.mean(r['train_s']):.0f} |")
     for ref, entries in summary["families"].items():
         title = (f"Against {ref} ({REFERENCES[ref]}): Δ segmentability, paired t over cases with Holm over "
                  f"{len(entries)} rows, TOST margin {summary['margin']}")
