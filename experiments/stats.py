@@ -61,12 +61,16 @@ def bootstrap_differences(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
     return diffs
 
 
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` interval of bootstrap draws (percentile method)."""
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))]
+
+
 def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, draws: int = DRAWS,
                            level: float = 0.95) -> list[float]:
     """The ``level`` interval of mean(a) - mean(b) from :func:`bootstrap_differences`."""
-    diffs = bootstrap_differences(a, b, rng, draws)
-    tail = 100 * (1 - level) / 2
-    return [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))]
+    return percentile_interval(bootstrap_differences(a, b, rng, draws), level)
 
 
 def _no_spread(diff: np.ndarray) -> bool:
@@ -129,8 +133,7 @@ def compare(m: np.ndarray, ref: np.ndarray, rng: np.random.Generator, margin: fl
     diff = m.mean(axis=0) - ref.mean(axis=0)
     draws = bootstrap_differences(m, ref, rng)
     return {"delta": float(m.mean() - ref.mean()),
-            "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
-            "ci90": [float(np.percentile(draws, 5)), float(np.percentile(draws, 95))],
+            "ci95": percentile_interval(draws, 0.95), "ci90": percentile_interval(draws, 0.90),
             "cases_up": int((diff > 0).sum()), "cases": len(diff), "seeds": int(m.shape[0]),
             "p": paired_p(diff), "tost_p": tost_p(diff, margin), "margin": margin}
 
