@@ -8,7 +8,8 @@ the best validation Dice of the last 25 % of steps more than 0.005 above the bes
 conclusion rests on is segmented again from scratch at 1,500 steps (the study's options otherwise; validation every
 50 steps), 3 seeds: the mean and Laplacian images (the target's references), the weighted means 0.9 / 1.0
 T1ce (the frontier's front), the bi-level images of the most segmentable rows and of the single-channel ceiling
-(each seed's own frozen image, OUT/runs/ROW/seed-S/bench-learned), and T1ce + FLAIR stacked (the stretch goal). Statistics as everywhere
+(each seed's own frozen image, OUT/runs/ROW/seed-S/bench-learned), and T1ce + FLAIR stacked (the stretch goal).
+Statistics as everywhere
 (experiments/stats.py): per-case Dice, Holm over each family, hierarchical bootstrap, TOST (margin 0.02); the
 target test as experiments/upper.py states it, with the Qabf of each image.
 """
@@ -120,7 +121,8 @@ def markdown(summary: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         q = "" if t["qabf"] is None else f"{t['qabf']:.3f}"
-        lines.append(f"| {t['setting']} | {t['seeds']} | {stats.mean_sd(t['segmentability'])} | {t['converged']}/{t['seeds']} | "
+        lines.append(f"| {t['setting']} | {t['seeds']} | {stats.mean_sd(t['segmentability'])} | "
+                     f"{t['converged']}/{t['seeds']} | "
                      f"{', '.join(map(str, t['best_step']))} | {q} | {np.mean(t['train_s']):.0f} |")
     for ref, entries in summary["families"].items():
         lines += ["", stats.family_markdown(entries, f"Against {ref} at {summary['steps']} steps (Holm over "
@@ -144,20 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     if not args.report_only:
         jobs = [(s, seed, out, committed) for s in SETTINGS for seed in SEEDS]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for job, future in [(j, pool.submit(train_one, *j)) for j in jobs]:
-                try:
-                    future.result()
-                except (RuntimeError, OSError, ValueError, KeyError) as exc:
-                    failures.append(f"{job[0]} seed {job[1]}: {exc}")
-                    print("failed:", failures[-1], flush=True)
+        failures = study.run_grid(train_one, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
     summary = summarise(committed)
     text = markdown(summary)
     (args.results / "converge.md").write_text(text, encoding="utf-8")
     (args.results / "converge.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(text)
+    for line in failures:
+        print("failed:", line, file=sys.stderr)
     return 1 if failures else 0
 
 

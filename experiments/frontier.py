@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     table = settings(pts)
     text = markdown(table)
     (args.results / "frontier.md").write_text(text, encoding="utf-8")
-    (args.results / "frontier.json").write_text(json.dumps({"settings": table, "points": [
-        {k: v for k, v in p.items() if k not in ("curve", "learning_curve")} for p in pts]}, indent=1) + "\n", encoding="utf-8")
+    kept = [{k: v for k, v in p.items() if k not in ("curve", "learning_curve")} for p in pts]
+    (args.results / "frontier.json").write_text(json.dumps({"settings": table, "points": kept}, indent=1) + "\n",
+                                                encoding="utf-8")
     plot(pts, table, args.results / "frontier.png")
     print(text)
     return 0

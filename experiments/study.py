@@ -216,6 +216,24 @@ def run_all(fn: Callable[..., Any], jobs: list[tuple], workers: int) -> list[Any
         return [future.result() for future in [pool.submit(fn, *job) for job in jobs]]
 
 
+def run_grid(fn: Callable[..., Any], jobs: list[tuple], workers: int, label: Callable[[tuple], str]) -> list[str]:
+    """``fn(*job)`` for every job, ``workers`` at a time, going on past a failed job: prints
+    "[i/n] LABEL: ok|FAILED (elapsed)" as each job ends (in job order) and returns the failures as
+    "LABEL: reason" lines, for the caller to list at the end and to set its exit status."""
+    failures, started = [], time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        for i, (job, future) in enumerate(zip(jobs, futures, strict=True), 1):
+            try:
+                future.result()
+                status = "ok"
+            except (RuntimeError, OSError, ValueError, KeyError) as exc:  # listed at the end; the grid goes on
+                failures.append(f"{label(job)}: {exc}")
+                status = "FAILED"
+            print(f"[{i}/{len(jobs)}] {label(job)}: {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return failures
+
+
 def load_spec(path: Path, scale: str) -> dict[str, Any]:
     """The study spec with the chosen data scale's table merged into [data]."""
     spec = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -263,20 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     if not args.report_only:
         benches = prepare_data(SPEC, out, out / "data_log.txt")
-        jobs = [(name, row, seed) for name, row in rows.items()
+        jobs = [(name, row, seed, SPEC["common"], benches, out) for name, row in rows.items()
                 for seed in range(args.seeds or row.get("seeds", SPEC["seeds"]))]
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_one, n, r, s, SPEC["common"], benches, out): (n, s) for n, r, s in jobs}
-            for i, (future, (name, seed)) in enumerate(futures.items(), 1):
-                try:
-                    future.result()
-                    status = "ok"
-                except (RuntimeError, OSError, ValueError, KeyError) as exc:  # listed at the end; the grid goes on
-                    failures.append(f"{name} seed {seed}: {exc}")
-                    status = "FAILED"
-                print(f"[{i}/{len(jobs)}] {name} seed {seed}: {status} ({time.perf_counter() - started:.0f} s)",
-                      flush=True)
+        failures = run_grid(run_one, jobs, args.jobs, lambda job: f"{job[0]} seed {job[2]}")
     from study_report import write_report
 
     sync_committed(out / "results", COMMITTED / f"study{'' if args.scale == 'small' else '_' + args.scale}_runs")

@@ -9,7 +9,8 @@ probes see the trajectory of one uninterrupted run) and the fusion net's weights
 frozen: its image is stored as a benchmark of the study's slices and split, and a segmenter is trained on it from
 scratch at the retrain budget (600 steps, the direct rows' budget) and scored on the test split. The probe is the
 full retrain itself, not a cheaper stand-in. Two-stage's fusion net learns in stage 1 only, on the fusion
-loss alone: its probe at S is a two-stage run of 2 S steps whose first S are stage 1 (S = 300 is the row itself). Step 1 is the image after one outer step, which is all but the
+loss alone: its probe at S is a two-stage run of 2 S steps whose first S are stage 1 (S = 300 is the row
+itself). Step 1 is the image after one outer step, which is all but the
 fusion net's starting image (its residual head starts at the mean of the inputs).
 
 The record also keeps, every 10 steps, the upper objective's parts from the run's TensorBoard log: the fusion
@@ -150,7 +151,8 @@ def markdown(summary: dict[str, Any]) -> str:
             "seg share of the update (mean since the previous probe) |")
     lines = [head, "|---|---|---|---|---|---|"]
     for r in summary["table"]:
-        lines.append(f"| {r['row']} | {r['step']} | {r['seeds']} | {stats.mean_sd(r['segmentability'])} | {stats.mean_sd(r['qabf'])} | "
+        lines.append(f"| {r['row']} | {r['step']} | {r['seeds']} | {stats.mean_sd(r['segmentability'])} | "
+                     f"{stats.mean_sd(r['qabf'])} | "
                      f"{stats.mean_sd(r['seg_share'])} |")
     for name, values in summary["references"].items():
         lines.append(f"| {name} (fixed image) |  | {len(values)} | {stats.mean_sd(values)} |  |  |")
@@ -192,24 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     if not args.report_only:
         study.prepare_data(study.SPEC, out, out / "data_log.txt")
-        jobs = [(name, seed) for name in ROWS for seed in SEEDS]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_one, n, s, out, committed): (n, s) for n, s in jobs}
-            for future, (name, seed) in futures.items():
-                try:
-                    future.result()
-                    print(f"{name} seed {seed}: ok", flush=True)
-                except (RuntimeError, OSError, ValueError, KeyError) as exc:
-                    failures.append(f"{name} seed {seed}: {exc}")
-                    print(f"{name} seed {seed}: FAILED {exc}", flush=True)
+        jobs = [(name, seed, out, committed) for name in ROWS for seed in SEEDS]
+        failures = study.run_grid(run_one, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
     summary = summarise(committed)
     text = markdown(summary)
     (args.results / "trajectory.md").write_text(text, encoding="utf-8")
     (args.results / "trajectory.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     plot(summary, args.results / "trajectory.png")
     print(text)
+    for line in failures:
+        print("failed:", line, file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -34,14 +34,14 @@ def first_step_terms(bench: Path, seed: int, work: Path) -> dict[str, Any]:
     """{term: {"norm", "cosine_to_seg"}} and the norms at the row's first outer step for one seed."""
     import torch
 
-    from fuse4seg.bilevel import OPTION_NAMES, module_hypergradient
+    from fuse4seg.bilevel import module_hypergradient
     from fuse4seg.losses import fusion_loss
     from fuse4seg.losses.fusion import resolve_fusion_weights
     from fuse4seg.runkit.batches import step_loader
     from fuse4seg.train.loop import Trainer
     from fuse4seg.train.resolve import build_config
     from fuse4seg.train.step_parts import batch_inputs, tensor_norm
-    from fuse4seg.train.steps import bilevel_losses
+    from fuse4seg.train.steps import bilevel_losses, engine_options
 
     torch.set_num_threads(1)
     options = study.row_options(study.SPEC["rows"][ROW])
@@ -64,8 +64,7 @@ def first_step_terms(bench: Path, seed: int, work: Path) -> dict[str, Any]:
         grads[name] = dict(zip(params, g))
     record: dict[str, float] = {}
     lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None)
-    engine = {name: getattr(config.engine, name) for name in OPTION_NAMES} | {"state": t.opts.inner_state}
-    result = module_hypergradient(fusion, pipeline.seg, lower_loss, upper_loss, config.method, **engine)
+    result = module_hypergradient(fusion, pipeline.seg, lower_loss, upper_loss, config.method, **engine_options(t))
     grads["segmentation (lambda x hypergradient)"] = {k: config.lambda_seg * g for k, g in result.grads.items()}
     total = {k: sum(g[k] for g in grads.values()) for k in params}
     seg = grads["segmentation (lambda x hypergradient)"]

@@ -74,3 +74,22 @@ def test_report_writes_tables_curves_and_copies(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "study_runs" / "ref" / "seed-1.json").is_file()
     summary = json.loads((tmp_path / "out" / "study.json").read_text())
     assert [r["row"] for r in summary["rows"]] == ["ref", "other"]
+
+
+def test_run_grid_goes_on_past_a_failure(capsys: pytest.CaptureFixture) -> None:
+    """Three jobs, the second raising: all three run, one "[i/3] LABEL: ok|FAILED" line each in job order, and the
+    failure comes back as "LABEL: reason"."""
+    import study
+
+    done = []
+
+    def job(name: str) -> None:
+        """Record the job; fail on "b"."""
+        done.append(name)
+        if name == "b":
+            raise RuntimeError("boom")
+
+    failures = study.run_grid(job, [("a",), ("b",), ("c",)], 2, lambda j: f"row {j[0]}")
+    assert sorted(done) == ["a", "b", "c"] and failures == ["row b: boom"]
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in out] == ["[1/3] row a: ok", "[2/3] row b: FAILED", "[3/3] row c: ok"]

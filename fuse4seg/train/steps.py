@@ -127,6 +127,12 @@ def fusion_loss_grads(t: Training, fit: Batch) -> tuple[float, dict[str, float],
     return float(lf.detach()), parts, dict(zip(params, grads))
 
 
+def engine_options(t: Training) -> dict:
+    """The keyword options of :func:`fuse4seg.bilevel.module_hypergradient` for this run's step: the engine's
+    declared options (--hypergrad's group) and the inner optimiser state carried from the last step."""
+    return {name: getattr(t.config.engine, name) for name in OPTION_NAMES} | {"state": t.opts.inner_state}
+
+
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
 
@@ -145,7 +151,7 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     weight = config.lambda_seg if opts.seg_weight is None else opts.seg_weight  # adaptive under --fusion-budget
     record: dict[str, float] = {}
     lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None if auto else weight)
-    options = {name: getattr(config.engine, name) for name in OPTION_NAMES} | {"state": opts.inner_state}
+    options = engine_options(t)
     nonfinite = None
     try:
         result = module_hypergradient(fusion, seg, lower_loss, upper_loss, config.method, sync=t.world.sync,
