@@ -70,16 +70,18 @@ def weighted_fusion(w: float) -> Any:
     return fuse
 
 
-def build_weighted(w: float, out: Path) -> Path:
-    """OUT/bench-weighted-t1ceW: the study's slices and split, fused by the weighted mean (built once)."""
+def build_weighted(w: float, out: Path, release: Path | None = None, split: list[float] | None = None) -> Path:
+    """OUT/bench-weighted-t1ceW: the study's slices and split (or ``release`` and ``split``, for a hold-out), fused
+    by the weighted mean (built once)."""
     from fuse4seg.data.build.builder import build_benchmark
 
     bench = out / f"bench-{weighted_name(w)}"
     if not (bench / "brats_fuse.h5").is_file():
         data = study.SPEC["data"]
-        build_benchmark(bench, brats=str(out / "release"), size=data["size"], slices_per_case=data["slices_per_case"],
-                        split=tuple(data["split"]), seed=data["seed"], fusion_inputs=("t1ce", "flair"), workers=2,
-                        overwrite=True, fusion_fn=weighted_fusion(w), fusion_name=weighted_name(w), progress=False)
+        build_benchmark(bench, brats=str(release or out / "release"), size=data["size"],
+                        slices_per_case=data["slices_per_case"], split=tuple(split or data["split"]), seed=data["seed"],
+                        fusion_inputs=("t1ce", "flair"), workers=2, overwrite=True, fusion_fn=weighted_fusion(w),
+                        fusion_name=weighted_name(w), progress=False)
     return bench
 
 

@@ -77,12 +77,13 @@ def write_toml(path: Path, options: dict[str, Any]) -> None:
 
 
 def prepare_data(spec: dict[str, Any], out: Path, log: Path) -> dict[str, Path]:
-    """Write the phantom release once and one benchmark per fusion rule in the spec; returns rule -> dir."""
+    """Write the phantom release once (seed: [data] release_seed, else seed) and one benchmark per fusion rule in
+    the spec; returns rule -> dir."""
     data = spec["data"]
     release = out / "release"
     if not (release / ".complete").is_file():
         fuse4seg("phantom", "--out", str(release), "--cases", str(data["cases"]), "--scale", str(data["scale"]),
-                 "--seed", str(data["seed"]), "--workers", "2", "--overwrite", log=log)
+                 "--seed", str(data.get("release_seed", data["seed"])), "--workers", "2", "--overwrite", log=log)
         (release / ".complete").write_text("", encoding="utf-8")
     benches = {}
     for rule in data["fusion_rules"]:
@@ -135,6 +136,19 @@ def row_options(row: dict[str, Any], common: dict[str, Any] | None = None) -> di
             **{k: v for k, v in row.items() if k not in RUNNER_KEYS}}
 
 
+def build_learned(checkpoint: Path, options: dict[str, Any], release: Path, bench: Path, log: Path,
+                  split: list[float] | None = None) -> Path:
+    """BENCH: the release's slices fused by the frozen fusion net of ``checkpoint`` (the study's slices, size and
+    seed; its split unless ``split`` is given), as ``build-benchmark --fusion-checkpoint`` writes it."""
+    data = SPEC["data"]
+    fuse4seg("build-benchmark", "--brats", str(release), "--out", str(bench), "--fusion-checkpoint", str(checkpoint),
+             "--fusion-inputs", as_list(options.get("fusion_inputs", "t1ce,flair")),
+             "--size", str(data["size"]), "--slices-per-case", str(data["slices_per_case"]),
+             "--split", ",".join(str(x) for x in split or data["split"]), "--seed", str(data["seed"]),
+             "--overwrite", log=log)
+    return bench
+
+
 def retrain(checkpoint: Path, options: dict[str, Any], extra: dict[str, Any], seed: int, work: Path, out: Path,
             log: Path, tag: str = "", common: dict[str, Any] | None = None) -> dict[str, Any]:
     """Segmentability of a learned fusion: its image, frozen, stored as a benchmark of the study's slices and
@@ -142,13 +156,7 @@ def retrain(checkpoint: Path, options: dict[str, Any], extra: dict[str, Any], se
     (WORK/retrain{tag}; the options ``common`` (default [common]), then [retrain], then ``extra``), and that
     segmenter's test scores."""
     rebench = work / f"bench-learned{tag}"
-    spec_data = SPEC["data"]  # same release, slices and split as the original benchmark
-    fuse4seg("build-benchmark", "--brats", str(out / "release"), "--out", str(rebench),
-             "--fusion-checkpoint", str(checkpoint),
-             "--fusion-inputs", as_list(options.get("fusion_inputs", "t1ce,flair")),
-             "--size", str(spec_data["size"]), "--slices-per-case", str(spec_data["slices_per_case"]),
-             "--split", ",".join(str(x) for x in spec_data["split"]), "--seed", str(spec_data["seed"]),
-             "--overwrite", log=log)
+    build_learned(checkpoint, options, out / "release", rebench, log)
     retrain_opts = {**(SPEC["common"] if common is None else common), **SPEC.get("retrain", {}), **extra,
                     "mode": "direct", "inputs": "fused"}
     write_toml(work / f"retrain{tag}.toml", retrain_opts)

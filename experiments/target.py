@@ -1,0 +1,233 @@
+"""Issue 23's target at power: learned fused images against the mean and Laplacian images on a 48-case hold-out.
+
+    python experiments/target.py --out /tmp/study     # fusion nets, segmenters, hold-out scores (2 jobs), tables
+    python experiments/target.py --report-only         # the tables from the committed records
+
+With the study's 8 test cases nothing, not even T1ce alone (+0.054), could be shown more segmentable than the mean
+image (experiments/results/converge.md): the target's first condition was beyond the study's power. Here the
+candidates of experiments/target.toml, fixed before the hold-out existed, are tested on fresh cases:
+
+- training data: the study's release and split, unchanged (fusion nets: the study's options, 800 outer steps);
+- hold-out: a second phantom release ([holdout] of target.toml), every case a test case, sliced as the study's
+  benchmarks and fused by the same rule or by each seed's frozen fusion net;
+- segmentability: a segmenter from scratch on each frozen image of the training split, at one budget for every
+  image (segmenter_steps), seed s for fusion seed s, its best checkpoint picked on the study's validation split,
+  scored on the hold-out cases (Dice per case, mean of WT/TC/ET);
+- fusion quality: Qabf of each image per hold-out case (mean over its slices);
+- statistics (experiments/stats.py): each family against the mean image and against the Laplacian image, Holm
+  over each, hierarchical bootstrap over seeds and cases, TOST (margin 0.02); the Qabf family against the Laplacian
+  image the same way. The target is met by a learned image read "better" in both segmentability families and
+  "better" or "level" in Qabf (Qabf at least the Laplacian image's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import frontier
+import stats
+import study
+from study_report import row_records
+
+TARGET = tomllib.loads((HERE / "target.toml").read_text(encoding="utf-8"))
+HOLDOUT_SPLIT = [0.0, 0.0, 1.0]
+#: The fixed images: setting -> (kind, what). "rule": a fusion rule of the study's benchmarks; "weighted": the
+#: frontier's weighted mean with this T1ce weight; "inputs": the sources stacked (the stretch goal).
+FIXED: dict[str, tuple[str, Any]] = {
+    "mean": ("rule", "mean"),
+    "laplacian": ("rule", "laplacian"),
+    "weighted-t1ce1": ("weighted", 1.0),
+    "dual": ("inputs", "t1ce,flair"),
+}
+REFERENCES = ("mean", "laplacian")
+
+
+def candidates() -> dict[str, dict[str, Any]]:
+    """Candidate name -> its row options (a study.toml row, or target.toml's own table)."""
+    return {name: study.SPEC["rows"][name] if row == "study" else row for name, row in TARGET["candidates"].items()}
+
+
+def settings() -> list[str]:
+    """Every setting: the candidates first (the longest jobs), then the fixed images."""
+    return [*TARGET["candidates"], *FIXED]
+
+
+def prepare(out: Path) -> dict[str, Path]:
+    """The study's release and rule benchmarks, the hold-out release and its rule benchmarks, the weighted images;
+    returns "study-RULE" / "holdout-RULE" -> benchmark directory."""
+    benches = {f"study-{k}": v for k, v in study.prepare_data(study.SPEC, out, out / "data_log.txt").items()}
+    held = {**study.SPEC["data"], "cases": TARGET["holdout"]["cases"], "split": HOLDOUT_SPLIT,
+            "release_seed": TARGET["holdout"]["release_seed"], "fusion_rules": ["mean", "laplacian"]}
+    home = out / "holdout"
+    home.mkdir(parents=True, exist_ok=True)
+    benches.update({f"holdout-{k}": v for k, v in study.prepare_data({"data": held}, home, home / "data_log.txt").items()})
+    for kind, w in FIXED.values():
+        if kind == "weighted":
+            name = frontier.weighted_name(w)
+            benches[f"study-{name}"] = frontier.build_weighted(w, out)
+            benches[f"holdout-{name}"] = frontier.build_weighted(w, home, home / "release", HOLDOUT_SPLIT)
+    return benches
+
+
+def images(setting: str, seed: int, out: Path, benches: dict[str, Path]) -> tuple[Path, Path, str, dict[str, Any]]:
+    """(training benchmark, hold-out benchmark, segmenter inputs, the fusion run's record or {}) of one setting and
+    seed; a candidate's fusion net is trained (study.run_one, resuming) and its frozen image stored on both."""
+    if setting in FIXED:
+        kind, what = FIXED[setting]
+        rule = {"rule": what, "weighted": frontier.weighted_name(what) if kind == "weighted" else "",
+                "inputs": "laplacian"}[kind]
+        inputs = what if kind == "inputs" else "fused"
+        return benches[f"study-{rule}"], benches[f"holdout-{rule}"], inputs, {}
+    row = candidates()[setting]
+    record = study.run_one(f"target-{setting}", row, seed, study.SPEC["common"],
+                           {"laplacian": benches["study-laplacian"]}, out)
+    work = out / "runs" / f"target-{setting}" / f"seed-{seed}"
+    options = study.row_options(row)
+    log = work / "log.txt"
+    built = []
+    for bench, release, split in ((work / "bench-learned", out / "release", None),
+                                  (work / "holdout-learned", out / "holdout" / "release", HOLDOUT_SPLIT)):
+        if not (bench / "brats_fuse.h5").is_file():
+            study.build_learned(work / "run" / "best.pt", options, release, bench, log, split)
+        built.append(bench)
+    return built[0], built[1], "fused", json.loads(record.read_text(encoding="utf-8"))
+
+
+def case_qabf(h5: Path) -> dict[str, float]:
+    """Hold-out case -> mean Qabf of the benchmark's stored fused image against T1ce and FLAIR over its test slices
+    (0-255 scale, as the study's fusion metrics)."""
+    import h5py
+
+    from fuse4seg.metrics.fusion_structure import qabf
+
+    with h5py.File(h5, "r") as f:
+        fused, src = f["test/fused"][:, 0] * 255.0, f["test/source"][:][:, [1, 3]] * 255.0
+        cases = list(f["test/case_id"].asstr()[()])
+    per_slice: dict[str, list[float]] = {}
+    for i, case in enumerate(cases):
+        per_slice.setdefault(case, []).append(qabf(fused[i], src[i]))
+    return {case: float(np.mean(v)) for case, v in sorted(per_slice.items())}
+
+
+def run_setting(setting: str, seed: int, out: Path, benches: dict[str, Path], committed: Path) -> Path:
+    """One (setting, seed): its images, a segmenter from scratch on the training image, scored on the hold-out;
+    writes committed/SETTING/seed-S.json."""
+    target = committed / setting / f"seed-{seed}.json"
+    if target.is_file():
+        return target
+    train_bench, holdout_bench, inputs, fusion = images(setting, seed, out, benches)
+    row = {"mode": "direct", "inputs": inputs, "benchmark": "image", "steps": TARGET["segmenter_steps"]}
+    name = f"target-seg-{setting}"
+    study_record = json.loads(study.run_one(name, row, seed, study.SPEC["common"], {"image": train_bench}, out)
+                              .read_text(encoding="utf-8"))
+    run = out / "runs" / name / f"seed-{seed}" / "run"
+    study.fuse4seg("evaluate", "--run", str(run), "--benchmark", str(holdout_bench), "--split", "test",
+                   log=run.parent / "log.txt")
+    held = study.scores(run)
+    record = {"setting": setting, "seed": seed, "options": study_record["options"],
+              "case_dice": held["case_dice"], "dice": held["dice"],
+              "case_qabf": case_qabf(holdout_bench / "brats_fuse.h5") if inputs == "fused" else None,
+              "study_test_case_dice": study_record["case_dice"], "curve": study_record["curve"],
+              "best_step": study_record["best_step"], "train_s": study_record["train_s"],
+              "fusion_run": {k: fusion[k] for k in ("options", "fusion", "train_s", "wall_s", "case_dice")
+                             if k in fusion} or None}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def summarise(committed: Path) -> dict[str, Any]:
+    """Per setting: hold-out segmentability and Qabf over seeds, converged curves; the two segmentability families,
+    the Qabf family and the target table."""
+    seg, qab, table = {}, {}, []
+    for setting in settings():
+        runs = row_records(committed / setting)
+        if not runs:
+            continue
+        seg[setting] = stats.case_matrix([stats.case_scores(r["case_dice"]) for r in runs])
+        if runs[0]["case_qabf"] is not None:
+            qab[setting] = stats.case_matrix([r["case_qabf"] for r in runs])
+        study_test = stats.case_matrix([stats.case_scores(r["study_test_case_dice"]) for r in runs])[1]
+        table.append({"setting": setting, "learned": setting not in FIXED, "seeds": len(runs),
+                      "cases": len(seg[setting][0]), "segmentability": seg[setting][1].mean(axis=1).tolist(),
+                      "study_test": study_test.mean(axis=1).tolist(),
+                      "qabf": qab[setting][1].mean(axis=1).tolist() if setting in qab else None,
+                      "converged": sum(frontier.converged(r["curve"]) for r in runs),
+                      "train_s": [r["train_s"] + (r["fusion_run"] or {}).get("wall_s", 0.0) for r in runs]})
+    families = {ref: stats.compare_family(*stats.aligned({k: v for k, v in seg.items() if k != ref}, seg[ref]))
+                for ref in REFERENCES if ref in seg}
+    qabf_family = (stats.compare_family(*stats.aligned({k: v for k, v in qab.items() if k != "laplacian"},
+                                                       qab["laplacian"])) if "laplacian" in qab else [])
+    target = []
+    for t in table:
+        if not t["learned"]:
+            continue
+        read = {ref: next((e["reading"] for e in families.get(ref, []) if e["row"] == t["setting"]), "")
+                for ref in REFERENCES}
+        q = next((e["reading"] for e in qabf_family if e["row"] == t["setting"]), "")
+        target.append({"setting": t["setting"], **read, "qabf": q,
+                       "met": all(v == "better" for v in read.values()) and q in ("better", "level")})
+    return {"holdout": TARGET["holdout"], "segmenter_steps": TARGET["segmenter_steps"], "table": table,
+            "families": families, "qabf_family": qabf_family, "target": target}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The settings table, the three families and the target table."""
+    h = summary["holdout"]
+    lines = [f"Hold-out: {h['cases']} phantom cases (release seed {h['release_seed']}); segmenters from scratch at "
+             f"{summary['segmenter_steps']} steps on each frozen image of the study's training split (mean ± sd over "
+             "seeds; train s includes the fusion net's run):", "",
+             "| setting | image | seeds | hold-out cases | segmentability, hold-out | study test (8 cases) | "
+             "Qabf, hold-out | curves converged | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in summary["table"]:
+        q = "" if t["qabf"] is None else stats.mean_sd(t["qabf"])
+        lines.append(f"| {t['setting']} | {'learned' if t['learned'] else 'fixed'} | {t['seeds']} | {t['cases']} | "
+                     f"{stats.mean_sd(t['segmentability'])} | {stats.mean_sd(t['study_test'])} | {q} | "
+                     f"{t['converged']}/{t['seeds']} | {np.mean(t['train_s']):.0f} |")
+    for ref, entries in summary["families"].items():
+        lines += ["", stats.family_markdown(entries, f"Segmentability against {ref} (hold-out cases, Holm over "
+                                                     f"{len(entries)}):").rstrip()]
+    if summary["qabf_family"]:
+        lines += ["", stats.family_markdown(summary["qabf_family"], "Qabf against the Laplacian image (hold-out "
+                                            f"cases, Holm over {len(summary['qabf_family'])}):").rstrip()]
+    lines += ["", "The target (segmentability better than both references; Qabf better than or level with the "
+              "Laplacian image's):", "", "| candidate | vs mean | vs laplacian | Qabf vs laplacian | target met |",
+              "|---|---|---|---|---|"]
+    for t in summary["target"]:
+        lines.append(f"| {t['setting']} | {t['mean']} | {t['laplacian']} | {t['qabf']} | "
+                     f"{'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and score what is missing, then write experiments/results/target.{md,json}."""
+    args, _, out = study.experiment_args(HERE / "study.toml", __doc__.splitlines()[0], argv)
+    committed = args.results / "target_runs"
+    failures = []
+    if not args.report_only:
+        benches = prepare(out)
+        jobs = [(s, seed, out, benches, committed) for s in settings() for seed in range(TARGET["seeds"])]
+        failures = study.run_grid(run_setting, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
+    summary = summarise(committed)
+    text = markdown(summary)
+    (args.results / "target.md").write_text(text, encoding="utf-8")
+    (args.results / "target.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(text)
+    for line in failures:
+        print("failed:", line, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
