@@ -185,11 +185,11 @@ def summarise(committed: Path) -> dict[str, Any]:
 def markdown(summary: dict[str, Any]) -> str:
     """The settings table, the three families and the target table."""
     h = summary["holdout"]
-    lines = [f"Hold-out: {h['cases']} phantom cases (release seed {h['release_seed']}); segmenters from scratch at "
+    lines = [(f"Hold-out: {h['cases']} phantom cases (release seed {h['release_seed']}); segmenters from scratch at "
              f"{summary['segmenter_steps']} steps on each frozen image of the study's training split (mean ± sd over "
-             "seeds; train s includes the fusion net's run):", "",
-             "| setting | image | seeds | hold-out cases | segmentability, hold-out | study test (8 cases) | "
-             "Qabf, hold-out | curves converged | train s |", "|---|---|---|---|---|---|---|---|---|"]
+             "seeds; train s includes the fusion net's run):"), "",
+             ("| setting | image | seeds | hold-out cases | segmentability, hold-out | study test (8 cases) | "
+             "Qabf, hold-out | curves converged | train s |"), "|---|---|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         q = "" if t["qabf"] is None else stats.mean_sd(t["qabf"])
         lines.append(f"| {t['setting']} | {'learned' if t['learned'] else 'fixed'} | {t['seeds']} | {t['cases']} | "
@@ -201,8 +201,8 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["qabf_family"]:
         lines += ["", stats.family_markdown(summary["qabf_family"], "Qabf against the Laplacian image (hold-out "
                                             f"cases, Holm over {len(summary['qabf_family'])}):").rstrip()]
-    lines += ["", "The target (segmentability better than both references; Qabf better than or level with the "
-              "Laplacian image's):", "", "| candidate | vs mean | vs laplacian | Qabf vs laplacian | target met |",
+    lines += ["", ("The target (segmentability better than both references; Qabf better than or level with the "
+              "Laplacian image's):"), "", "| candidate | vs mean | vs laplacian | Qabf vs laplacian | target met |",
               "|---|---|---|---|---|"]
     for t in summary["target"]:
         lines.append(f"| {t['setting']} | {t['mean']} | {t['laplacian']} | {t['qabf']} | "
