@@ -38,6 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
     "first-order-adam": {"hypergrad": "first-order", "inner_steps": 2, "inner_optimizer": "adam"},
     "finite-difference": {"hypergrad": "finite-difference", "inner_steps": 2},
     "truncated": {"hypergrad": "truncated", "inner_steps": 2, "truncate": 1},
+    "checkpointed": {"hypergrad": "checkpointed", "inner_steps": 3, "inner_optimizer": "sgd"},
     "seg-fraction": {"inner_steps": 1, "seg_fraction": 0.5},
     "joint": {"mode": "joint"},
     "direct": {"mode": "direct", "inputs": "t1ce,flair"},

@@ -162,11 +162,12 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch: pytest.MonkeyPa
     assert not torch.distributed.is_initialized()
 
 
-@pytest.mark.parametrize("mode", ["bilevel", "direct"])
-def test_bf16_trains_on_cpu(bench: Path, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "extra"), [("bilevel", {}), ("direct", {}),
+                                            ("bilevel", {"hypergrad": "checkpointed", "inner_steps": 3})])
+def test_bf16_trains_on_cpu(bench: Path, tmp_path: Path, mode: str, extra: dict) -> None:
     """--precision bf16: a few steps with finite losses, no skipped step, fp32 weights in the checkpoint."""
     config = build_config({**TINY, "benchmark": str(bench), "out": str(tmp_path / "run"), "mode": mode, "steps": 2,
-                           "precision": "bf16"})
+                           "precision": "bf16", **extra})
     summary = train(config)
     assert summary["skipped"] == 0 and summary["steps"] == 2
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)

@@ -158,7 +158,8 @@ def test_patch_sampler(bench: Path) -> None:
 @pytest.mark.parametrize(("mode", "extra"), [
     ("bilevel", {"hypergrad": "truncated", "truncate": 1}), ("bilevel", {"hypergrad": "first-order"}),
     ("bilevel", {"hypergrad": "finite-difference"}), ("bilevel", {"hypergrad": "implicit-cg", "cg_iters": 2}),
-    ("bilevel", {"hypergrad": "implicit-neumann", "neumann_terms": 2}), ("joint", {}), ("two-stage", {}),
+    ("bilevel", {"hypergrad": "implicit-neumann", "neumann_terms": 2}),
+    ("bilevel", {"hypergrad": "checkpointed", "inner_steps": 3}), ("joint", {}), ("two-stage", {}),
     ("direct", {}), ("feature-fusion", {}),
 ])
 def test_every_mode_steps_on_patches(bench: Path, tmp_path: Path, mode: str, extra: dict) -> None:

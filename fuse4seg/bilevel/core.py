@@ -140,7 +140,8 @@ class Options:
     neumann_alpha: float | None = option(None, "Neumann step size (default: the inner learning rate).",
                                          check=above(0), methods=("implicit-neumann",))
     checkpoint_segments: int | None = option(None, f"Segments S of the K inner steps whose boundaries checkpointed keeps "
-                                             f"(1 to {MAX_ITERATIONS}, at most K used; default ceil(sqrt(K))).",
+                                             f"(1 to {MAX_ITERATIONS}, at most K used; default: the S of least estimated peak memory, "
+                                             "from the measured memory of one inner step and of one boundary).",
                                              check=in_range(1, MAX_ITERATIONS, integer=True), methods=("checkpointed",))
     # Default 0 keeps every run's numbers as they were; 0.3 made implicit-neumann cost about what implicit-cg does
     # at K = 1 on this machine, but moved its indirect cosine by more than the 0.01 the issue allows (issue 26).
