@@ -203,9 +203,19 @@ def test_conjugate_gradient_stops_at_tolerance_and_reports_true_residual() -> No
 
 
 def test_neumann_series_stops_at_tolerance_and_counts_hvps() -> None:
-    """With ``tol`` the series stops after the first term at most tol x the running sum; HVPs are counted."""
+    """The series stops when its estimated tail is at most tol x the sum, and only then; HVPs are counted.
+
+    By hand, 1-D: H = 0.5, alpha = 1, so the terms are 0.5^j and the tail after term J is exactly 0.5^(J+1) / 0.5;
+    it is at most 0.01 x the sum (1 - 0.5^(J+1)) / 0.5 first at J = 6, where x = 1.984375 against 1 / H = 2.
+    On an SPD matrix with eigenvalues 0.01 ... 1 and alpha = 0.05 (slowest rate 0.9995) 50 terms are far from the
+    solution: the series runs all of them. With eigenvalues 10^-0.3 ... 1 and alpha = 1 it stops early, and its
+    true relative error is within 10 % of the estimate."""
     from fuse4seg.bilevel import neumann_series
 
+    x, info = neumann_series(lambda v: {"x": 0.5 * v["x"]}, {"x": torch.ones(1, dtype=DT)}, terms=50, alpha=1.0,
+                             tol=0.01)
+    assert info["terms"] == info["hvps"] == 6 and float(x["x"]) == 1.984375
+    assert info["tail"] == pytest.approx(0.5**7 / (1 - 0.5**7), rel=1e-12)
     a = _spd()
     b = {"x": torch.ones(a.shape[0], dtype=DT)}
     calls = []
@@ -214,8 +224,12 @@ def test_neumann_series_stops_at_tolerance_and_counts_hvps() -> None:
         calls.append(1)
         return {"x": a @ v["x"]}
 
-    _, full = neumann_series(hvp, b, terms=50, alpha=0.05)
-    assert full["terms"] == full["hvps"] == 50 == len(calls)
-    calls.clear()
-    _, early = neumann_series(hvp, b, terms=50, alpha=0.05, tol=0.3)
-    assert early["hvps"] == len(calls) < 50 and early["term_ratio"] <= 0.3
+    _, slow = neumann_series(hvp, b, terms=50, alpha=0.05, tol=0.01)
+    assert slow["terms"] == slow["hvps"] == 50 == len(calls) and slow["tail"] > 1
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(1), dtype=DT))
+    h = q @ torch.diag(torch.logspace(-0.3, 0, 12, dtype=DT)) @ q.T
+    exact = torch.linalg.solve(h, b["x"])
+    for tol in (0.01, 0.001):
+        x, fast = neumann_series(lambda v: {"x": h @ v["x"]}, b, terms=50, alpha=1.0, tol=tol)
+        error = float((x["x"] - exact).norm() / exact.norm())
+        assert fast["hvps"] < 50 and fast["tail"] <= tol and error == pytest.approx(fast["tail"], rel=0.1)

@@ -330,3 +330,20 @@ def test_region_round_trip_recovers_labels() -> None:
     assert torch.equal(predict_labels(z, region_based=True), label)
     z4 = torch.cat([torch.zeros(3, 1, 7, 9), z], dim=1)
     assert torch.equal(predict_labels(z4, region_based=True), label)
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_max_abs_select_equals_argmax_gather(channels: int) -> None:
+    """The per-channel comparison equals argmax of |key| + gather (first channel on ties), values and gradient."""
+    from fuse4seg.models.blocks import max_abs_select
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(-3, 4, (2, channels, 5, 6), generator=g).double().requires_grad_()  # many ties
+    key = torch.randint(-2, 3, (2, channels, 5, 6), generator=g).double()
+    for k in (None, key):
+        ref = torch.gather(values, 1, (values if k is None else k).abs().argmax(dim=1, keepdim=True))
+        out = max_abs_select(values, k)
+        assert torch.equal(out, ref)
+        w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        assert torch.equal(torch.autograd.grad((out * w).sum(), values)[0],
+                           torch.autograd.grad((ref * w).sum(), values)[0])

@@ -7,6 +7,8 @@ through their own iterations (the HVPs themselves may use double backward intern
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -94,24 +96,31 @@ def neumann_series(
 ) -> tuple[Vec, dict[str, float]]:
     """Approximate ``(H + damping I)^-1 b`` by ``alpha * sum_{j=0..J} (I - alpha (H + damping I))^j b``
     (converges when ``alpha * lambda_max < 2`` and H + damping I is positive definite; ``alpha`` is
-    an inner step size, units 1/curvature), J = ``terms``, or fewer: it stops after the first term whose norm
-    is at most ``tol`` times the norm of the running sum (``tol`` 0: always ``terms``). Cost: one HVP per term.
-    Returns ``(x, {"terms", "hvps", "term_ratio"})``: terms added, HVPs, last term's norm / the sum's norm."""
+    an inner step size, units 1/curvature), J = ``terms``, or fewer: it stops once the estimated rest of the series
+    is at most ``tol`` times the running sum. The estimate is the geometric tail |t_j| r / (1 - r), r = |t_j| /
+    |t_(j-1)| the ratio of the last two terms (exact when b is an eigenvector; infinite while the terms do not
+    shrink, so a series that has not begun to converge is never cut). ``tol`` 0: always ``terms``. Cost: one HVP
+    per term. Returns ``(x, {"terms", "hvps", "tail"})``: terms added, HVPs, the last estimate / the sum's norm
+    (inf when it was not estimated)."""
     matvec = damped(hvp, damping)
     with torch.no_grad():
         v = {k: t.detach() for k, t in b.items()}
         total = dict(v)
-    done, ratio = 0, 1.0
+        previous = float(torch.sqrt(vdot(v, v)))
+    done, tail = 0, math.inf
     for done in range(1, terms + 1):
         hv = matvec(v)
         with torch.no_grad():
             v = {k: v[k] - alpha * hv[k].detach() for k in v}
             total = {k: total[k] + v[k] for k in v}
             if tol > 0.0:
-                total_norm = float(torch.sqrt(vdot(total, total)))
-                ratio = float(torch.sqrt(vdot(v, v))) / total_norm if total_norm > 0.0 else 0.0
-                if ratio <= tol:
+                norm, total_norm = float(torch.sqrt(vdot(v, v))), float(torch.sqrt(vdot(total, total)))
+                rate = norm / previous if previous > 0.0 else 0.0
+                rest = norm * rate / (1.0 - rate) if rate < 1.0 else math.inf
+                tail = rest / total_norm if total_norm > 0.0 else (0.0 if rest == 0.0 else math.inf)
+                previous = norm
+                if tail <= tol:
                     break
     with torch.no_grad():
         x = {k: alpha * t for k, t in total.items()}
-    return x, {"terms": done, "hvps": done, "term_ratio": ratio}
+    return x, {"terms": done, "hvps": done, "tail": tail}

@@ -217,9 +217,18 @@ def split_bands(
 
 
 def max_abs_select(values: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-    """Per pixel, the entry of (N, C, *S) ``values`` whose |key| is largest (key: values) -> (N, 1, *S)."""
-    idx = (values if key is None else key).abs().argmax(dim=1, keepdim=True)
-    return torch.gather(values, 1, idx)
+    """Per pixel, the entry of (N, C, *S) ``values`` whose |key| is largest (key: values; the first on a tie, as
+    argmax) -> (N, 1, *S)."""
+    # One comparison per channel instead of argmax + gather: on CPU argmax over the channel dimension is about
+    # 50x slower than these elementwise passes (7 ms against 0.14 ms at 4 x 2 x 96 x 96), and the fusion loss
+    # calls this three times.
+    mag = (values if key is None else key).abs()
+    best_mag, best = mag[:, :1], values[:, :1]
+    for c in range(1, values.shape[1]):
+        take = mag[:, c : c + 1] > best_mag
+        best_mag = torch.where(take, mag[:, c : c + 1], best_mag)
+        best = torch.where(take, values[:, c : c + 1], best)
+    return best
 
 
 def logit(p: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

@@ -75,13 +75,12 @@ def fusion_objective(t: Training, fused: torch.Tensor, inputs: Inputs) -> tuple[
 
 
 
-def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float], lambda_seg: float | None
-                   ) -> tuple[ModuleLoss, ModuleLoss]:
+def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float]) -> tuple[ModuleLoss, ModuleLoss]:
     """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
 
-    ``lambda_seg`` None: the upper loss is the held-out segmentation loss alone (the caller balances
-    its hypergradient against the fusion-loss gradient). ``record`` receives the last evaluated
-    upper-loss parts (for logging), as floats.
+    The upper loss here is the held-out segmentation loss alone: the fusion loss does not depend on the segmenter,
+    so its gradient is computed once, outside the hypergradient (:func:`fusion_loss_grads`), and added with the
+    segmentation weight by the step. ``record`` receives the last evaluated held-out loss (for logging), as a float.
     """
     pipeline = t.pipeline
     fit_in, hold_in = batch_inputs(t, fit), batch_inputs(t, hold)
@@ -98,17 +97,12 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
         return with_consistency(t, loss, record, term)
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """L_fuse(F(x_fit), clean x_fit) + lambda * L_seg(S(F(x_hold)), y_hold), or the second term alone (scalar)."""
+        """L_seg(S(F(x_hold)), y_hold) (scalar)."""
         with forward_precision(t):
             logits = segment(pipeline.run_fusion(fuse, hold_in.seen, hold_in.text))
-            fused = None if lambda_seg is None else pipeline.run_fusion(fuse, fit_in.seen, fit_in.text)
         ls = pipeline.task_loss(logits, y_hold, reduce=reduce)
-        if lambda_seg is None:
-            record["loss/seg_holdout"] = float(ls.detach())
-            return ls
-        lf, parts = fusion_objective(t, fused, fit_in)
-        record.update({**parts, "loss/seg_holdout": float(ls.detach())})
-        return lf + lambda_seg * ls
+        record["loss/seg_holdout"] = float(ls.detach())
+        return ls
 
     return lower_loss, upper_loss
 
@@ -140,17 +134,17 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     learns, from the fusion loss. With ``--seg-fraction f`` the segmentation term's weight is set at
     every step to ``lambda = f |g_fuse| / |g_seg|`` (g_fuse: the fusion-loss gradient; g_seg: the
     hypergradient of the held-out segmentation loss), so the segmentation part of the update has
-    f times the norm of the fusion part. ``hypergrad/seg_fraction`` logs that ratio either way (with
-    a fixed lambda it costs one more backward through the small fusion net).
+    f times the norm of the fusion part. ``hypergrad/seg_fraction`` logs that ratio either way. The update is
+    g_fuse + lambda g_seg, with g_fuse computed once (:func:`fusion_loss_grads`) and g_seg by the hypergradient
+    of the held-out loss alone.
     """
     if t.step < t.fusion_steps:
         return fusion_only_step(t, fit)
     config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
     assert fusion is not None and opts.upper is not None and hold is not None
     auto = config.seg_fraction is not None
-    weight = config.lambda_seg if opts.seg_weight is None else opts.seg_weight  # adaptive under --fusion-budget
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None if auto else weight)
+    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record)
     options = engine_options(t)
     nonfinite = None
     try:
@@ -166,15 +160,13 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     if not finite(*result.lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the inner steps")
     lf, parts, g_fuse = fusion_loss_grads(t, fit)
-    norm_fuse = tensor_norm(g_fuse)
+    record.update(parts)
+    norm_fuse, norm_seg = tensor_norm(g_fuse), tensor_norm(result.grads)
     if auto:
-        norm_seg = tensor_norm(result.grads)
         lam = config.seg_fraction * norm_fuse / norm_seg if norm_seg > 0 else 0.0
-        grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
-        record.update(parts)
     else:
-        lam, grads = weight, result.grads
-        norm_seg = tensor_norm({k: g - g_fuse[k] for k, g in grads.items()}) / lam if lam > 0 else 0.0
+        lam = config.lambda_seg if opts.seg_weight is None else opts.seg_weight  # adaptive under --fusion-budget
+    grads = {k: g_fuse[k] + lam * g for k, g in result.grads.items()}
     upper_value = lf + lam * record.get("loss/seg_holdout", math.nan)
     if not (math.isfinite(upper_value) and math.isfinite(lam)):
         raise NonFiniteStep("non-finite upper loss")
