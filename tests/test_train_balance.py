@@ -64,6 +64,14 @@ def test_seg_fraction_is_logged_with_a_fixed_lambda(bench: Path, tmp_path: Path)
     assert scalars(run)["hypergrad/seg_fraction"][1] == pytest.approx(2 * norm(g_seg) / norm(g_fuse), rel=1e-3)
 
 
+def test_implicit_steps_log_their_hessian_vector_products(bench: Path, tmp_path: Path) -> None:
+    """--hypergrad implicit-neumann with 3 terms and no stopping rule: 3 HVPs logged at every step."""
+    run = tmp_path / "run"
+    assert main([*train_args(bench, run, "--hypergrad", "implicit-neumann", "--neumann-terms", "3",
+                             "--neumann-tol", "0"), "--steps", "2"]) == 0
+    assert scalars(run)["hypergrad/hvps"] == {1: 3.0, 2: 3.0}
+
+
 def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) -> None:
     """--fusion-steps 2: steps 1-2 are fusion-loss steps (stage 1, no inner step, no hypergradient), step 3
     is a bi-level step; the recorded derived facts say so."""

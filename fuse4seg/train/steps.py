@@ -181,6 +181,8 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
                "hypergrad/seg_fraction": lam * norm_seg / norm_fuse if norm_fuse > 0 else math.nan}
     if "lower_loss" in result.info:
         scalars["loss/seg_inner"] = float(result.info["lower_loss"])
+    if "hvps" in result.info:  # the implicit methods' solver work (Hessian-vector products)
+        scalars["hypergrad/hvps"] = float(result.info["hvps"])
     if config.fusion_budget is not None:
         ratio = fusion_ratio(t, fit, parts["loss/fusion"])
         opts.seg_weight = adapt_seg_weight(lam, ratio, config.fusion_budget)
