@@ -86,7 +86,7 @@ def test_segment_layout_and_option_check() -> None:
     ConfigError naming it."""
     assert segment_count(parse_options({"steps": 10})) is None and segment_count(parse_options({"steps": 1})) == 1
     assert segment_count(parse_options({"steps": 10, "checkpoint_segments": 20})) == 10
-    # ceil(K / S) a + S b: a = 409, b = 7.4 (the benchmark's UNet, MiB): S = K = 10 (409 + 74 = 483); at K = 200,
+    # ceil(K / S) a + S b with a = 409, b = 7.4: S = K = 10 (409 + 74 = 483); at K = 200,
     # S = 100 (818 + 740 = 1558) beats 200 (409 + 1480) and 67 (3 * 409 + 495.8); boundaries dearer than steps: S = 1
     assert plan_segments(10, 409, 7.4) == 10 and plan_segments(200, 409, 7.4) == 100
     assert plan_segments(10, 1, 100) == 1 and plan_segments(4, 10, 5) == 4  # tie of S = 2 and 4 (30): the larger
