@@ -148,13 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(s, seed, out, committed) for s in SETTINGS for seed in SEEDS]
         failures = study.run_grid(train_one, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
     summary = summarise(committed)
-    text = markdown(summary)
-    (args.results / "converge.md").write_text(text, encoding="utf-8")
-    (args.results / "converge.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print(text)
-    for line in failures:
-        print("failed:", line, file=sys.stderr)
-    return 1 if failures else 0
+    return study.finish_report(args.results, "converge", summary, markdown(summary), failures)
 
 
 if __name__ == "__main__":

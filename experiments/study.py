@@ -242,6 +242,17 @@ def run_grid(fn: Callable[..., Any], jobs: list[tuple], workers: int, label: Cal
     return failures
 
 
+def finish_report(results: Path, name: str, summary: dict[str, Any], text: str, failures: list[str]) -> int:
+    """Write RESULTS/NAME.md (``text``) and RESULTS/NAME.json (``summary``), print the tables, list the failed jobs on
+    stderr; the exit status (1 if any job failed)."""
+    (results / f"{name}.md").write_text(text, encoding="utf-8")
+    (results / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(text)
+    for line in failures:
+        print("failed:", line, file=sys.stderr)
+    return 1 if failures else 0
+
+
 def load_spec(path: Path, scale: str) -> dict[str, Any]:
     """The study spec with the chosen data scale's table merged into [data]."""
     spec = tomllib.loads(path.read_text(encoding="utf-8"))

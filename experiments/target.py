@@ -220,13 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(s, seed, out, benches, committed) for s in settings() for seed in range(TARGET["seeds"])]
         failures = study.run_grid(run_setting, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
     summary = summarise(committed)
-    text = markdown(summary)
-    (args.results / "target.md").write_text(text, encoding="utf-8")
-    (args.results / "target.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print(text)
-    for line in failures:
-        print("failed:", line, file=sys.stderr)
-    return 1 if failures else 0
+    return study.finish_report(args.results, "target", summary, markdown(summary), failures)
 
 
 if __name__ == "__main__":

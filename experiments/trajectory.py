@@ -197,14 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, seed, out, committed) for name in ROWS for seed in SEEDS]
         failures = study.run_grid(run_one, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
     summary = summarise(committed)
-    text = markdown(summary)
-    (args.results / "trajectory.md").write_text(text, encoding="utf-8")
-    (args.results / "trajectory.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     plot(summary, args.results / "trajectory.png")
-    print(text)
-    for line in failures:
-        print("failed:", line, file=sys.stderr)
-    return 1 if failures else 0
+    return study.finish_report(args.results, "trajectory", summary, markdown(summary), failures)
 
 
 if __name__ == "__main__":
