@@ -63,7 +63,7 @@ def first_step_terms(bench: Path, seed: int, work: Path) -> dict[str, Any]:
                                 materialize_grads=True)
         grads[name] = dict(zip(params, g))
     record: dict[str, float] = {}
-    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record, None)
+    lower_loss, upper_loss = bilevel_losses(t, fit, hold, record)
     result = module_hypergradient(fusion, pipeline.seg, lower_loss, upper_loss, config.method, **engine_options(t))
     grads["segmentation (lambda x hypergradient)"] = {k: config.lambda_seg * g for k, g in result.grads.items()}
     total = {k: sum(g[k] for g in grads.values()) for k in params}
