@@ -10,7 +10,7 @@ lower: ``unet`` (1 -> 4 classes, GroupNorm); batch of ``--batch`` 2-channel ``--
 subprocess (so peak RSS, read from the child's ``ru_maxrss``, is that configuration's alone) after one
 untimed warm-up forward/backward, then ``--repeats`` timed calls (minimum reported); ``truncated`` uses T = max(1, K // 2), ``implicit-*`` 5 CG
 iterations / Neumann terms with damping 1 (Neumann with its default --neumann-tol), ``checkpointed`` its default
-ceil(sqrt(K)) segments; HVPs: Hessian-vector products per hypergradient. ``implicit-cg[func]`` is the torch.func HVP backend
+planned segments (the S of least estimated peak memory); HVPs: Hessian-vector products per hypergradient. ``implicit-cg[func]`` is the torch.func HVP backend
 (the default backend is double backward). Ratios are against ``higher`` at the same K, measured
 in the same run; cosines are against ``unrolled`` with ``--ref-steps`` inner steps.
 """

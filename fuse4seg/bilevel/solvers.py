@@ -8,7 +8,6 @@ through their own iterations (the HVPs themselves may use double backward intern
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 import torch
