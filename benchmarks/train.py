@@ -48,6 +48,7 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
         hold = iter(step_loader(trainer.train_set, trainer.hold_pool, c.batch_size, c.seed, 0, total, "holdout",
                                 num_workers))
     walls, cpus, waits, wait_cpus, hvps = [], [], [], [], []
+    solver: dict[str, list[float]] = {}  # per timed step: CG's residual and negative curvature, Neumann's tail
     trainer.pipeline.train(True)
     t_data, c_data = time.perf_counter(), time.process_time()
     for i, batch in enumerate(fit):
@@ -59,6 +60,9 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
         if i >= warmup:
             if "hypergrad/hvps" in result.scalars:
                 hvps.append(result.scalars["hypergrad/hvps"])
+            for key in ("residual", "indefinite", "tail"):
+                if f"hypergrad/{key}" in result.scalars:
+                    solver.setdefault(key, []).append(result.scalars[f"hypergrad/{key}"])
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
             waits.append(wait)
@@ -69,7 +73,7 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
         "data_wait_s": statistics.median(waits),
         "data_share_wall": sum(waits) / (sum(waits) + sum(walls)),
         "data_share_cpu": sum(wait_cpus) / (sum(wait_cpus) + sum(cpus)),
-        "hvps": statistics.mean(hvps) if hvps else None,
+        "hvps": statistics.mean(hvps) if hvps else None, "solver": solver or None,
     }
 
 

@@ -64,12 +64,19 @@ def test_seg_fraction_is_logged_with_a_fixed_lambda(bench: Path, tmp_path: Path)
     assert scalars(run)["hypergrad/seg_fraction"][1] == pytest.approx(2 * norm(g_seg) / norm(g_fuse), rel=1e-3)
 
 
-def test_implicit_steps_log_their_hessian_vector_products(bench: Path, tmp_path: Path) -> None:
-    """--hypergrad implicit-neumann with 3 terms and no stopping rule: 3 HVPs logged at every step."""
-    run = tmp_path / "run"
+def test_implicit_steps_log_their_solver_work(bench: Path, tmp_path: Path) -> None:
+    """implicit-neumann with 3 terms and no stopping rule: 3 HVPs logged at every step (and no tail, which is not
+    estimated); implicit-cg with 2 iterations: at most 2 HVPs, a residual and a 0/1 negative-curvature flag."""
+    run = tmp_path / "neumann"
     assert main([*train_args(bench, run, "--hypergrad", "implicit-neumann", "--neumann-terms", "3",
                              "--neumann-tol", "0"), "--steps", "2"]) == 0
-    assert scalars(run)["hypergrad/hvps"] == {1: 3.0, 2: 3.0}
+    logged = scalars(run)
+    assert logged["hypergrad/hvps"] == {1: 3.0, 2: 3.0} and "hypergrad/tail" not in logged
+    run = tmp_path / "cg"
+    assert main([*train_args(bench, run, "--hypergrad", "implicit-cg", "--cg-iters", "2"), "--steps", "1"]) == 0
+    logged = scalars(run)
+    assert 1.0 <= logged["hypergrad/hvps"][1] <= 2.0 and logged["hypergrad/residual"][1] >= 0.0
+    assert logged["hypergrad/indefinite"][1] in (0.0, 1.0)
 
 
 def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) -> None:

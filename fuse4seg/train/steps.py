@@ -181,14 +181,19 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
                "hypergrad/seg_fraction": lam * norm_seg / norm_fuse if norm_fuse > 0 else math.nan}
     if "lower_loss" in result.info:
         scalars["loss/seg_inner"] = float(result.info["lower_loss"])
-    if "hvps" in result.info:  # the implicit methods' solver work (Hessian-vector products)
-        scalars["hypergrad/hvps"] = float(result.info["hvps"])
+    for key in SOLVER_SCALARS:  # the implicit methods' solver work and how far it got
+        if key in result.info:
+            scalars[f"hypergrad/{key}"] = float(result.info[key])
     if config.fusion_budget is not None:
         ratio = fusion_ratio(t, fit, parts["loss/fusion"])
         opts.seg_weight = adapt_seg_weight(lam, ratio, config.fusion_budget)
         scalars["hypergrad/fusion_ratio"] = ratio
     return StepResult(scalars)
 
+
+#: Solver facts of the implicit methods logged by the step (fuse4seg.bilevel.solvers): Hessian-vector products, CG's
+#: relative residual and whether it met negative curvature (1.0), the Neumann series' estimated relative tail.
+SOLVER_SCALARS = ("hvps", "residual", "indefinite", "tail")
 
 #: --fusion-budget: the log of the segmentation weight moves by this much per unit of relative violation per step,
 #: so a fusion loss 10 % over budget shrinks the weight by 0.5 % a step (about 40 % over 100 steps).
