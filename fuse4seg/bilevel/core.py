@@ -144,9 +144,10 @@ class Options:
                                              "from the measured memory of one inner step and of one boundary).",
                                              check=in_range(1, MAX_ITERATIONS, integer=True), methods=("checkpointed",))
     # Issue 26 asked for a stopping rule "as CG has". The first one (a term at most tol x the sum) stopped series
-    # that had not begun to converge: on the training step's problem (alpha = inner lr 1e-3) the term / sum ratio
-    # falls as 1 / (j + 1) while the terms do not shrink at all. The geometric-tail estimate never cuts such a
-    # series, and on a converging one its estimate matched the true error (tests/test_bilevel_optimizers.py).
+    # that had not begun to converge: when the terms do not shrink, term / sum still falls as the sum grows. The
+    # geometric-tail estimate never cuts such a series (on the training step's problem its estimated rest stays tens
+    # of times the sum: benchmarks/results/train_solvers.json), and on a converging one its estimate matched the true
+    # error (tests/test_bilevel_optimizers.py).
     neumann_tol: float = option(0.01, "Neumann series stops once the estimated rest of the series (the geometric "
                                 "tail of its last two terms) is at most this times the running sum (0: always "
                                 "neumann_terms terms).", check=_NON_NEGATIVE, methods=("implicit-neumann",))
