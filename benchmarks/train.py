@@ -34,6 +34,7 @@ from fuse4seg.data.build.builder import build_benchmark
 from fuse4seg.runkit.batches import step_loader
 from fuse4seg.train.loop import Trainer
 from fuse4seg.train.resolve import build_config
+from fuse4seg.train.steps import SOLVER_SCALARS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
@@ -60,7 +61,7 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
         if i >= warmup:
             if "hypergrad/hvps" in result.scalars:
                 hvps.append(result.scalars["hypergrad/hvps"])
-            for key in ("residual", "indefinite", "tail"):
+            for key in (k for k in SOLVER_SCALARS if k != "hvps"):  # CG's residual and curvature, Neumann's tail
                 if f"hypergrad/{key}" in result.scalars:
                     solver.setdefault(key, []).append(result.scalars[f"hypergrad/{key}"])
             walls.append(time.perf_counter() - t0)

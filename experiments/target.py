@@ -40,13 +40,15 @@ from study_report import row_records
 
 TARGET = tomllib.loads((HERE / "target.toml").read_text(encoding="utf-8"))
 HOLDOUT_SPLIT = [0.0, 0.0, 1.0]
-#: The fixed images: setting -> (kind, what). "rule": a fusion rule of the study's benchmarks; "weighted": the
-#: frontier's weighted mean with this T1ce weight; "inputs": the sources stacked (the stretch goal).
-FIXED: dict[str, tuple[str, Any]] = {
-    "mean": ("rule", "mean"),
-    "laplacian": ("rule", "laplacian"),
-    "weighted-t1ce1": ("weighted", 1.0),
-    "dual": ("inputs", "t1ce,flair"),
+#: The weighted means of T1ce and FLAIR (the frontier's) among the fixed images, by T1ce weight.
+WEIGHTS = (1.0,)
+#: The fixed images: setting -> (benchmark image, segmenter inputs): a fusion rule of the study's benchmarks or a
+#: weighted mean, fed as the fused channel; or the sources stacked (the stretch goal), read from the Laplacian one.
+FIXED: dict[str, tuple[str, str]] = {
+    "mean": ("mean", "fused"),
+    "laplacian": ("laplacian", "fused"),
+    **{frontier.weighted_name(w): (frontier.weighted_name(w), "fused") for w in WEIGHTS},
+    "dual": ("laplacian", "t1ce,flair"),
 }
 REFERENCES = ("mean", "laplacian")
 
@@ -70,11 +72,10 @@ def prepare(out: Path) -> dict[str, Path]:
     home = out / "holdout"
     home.mkdir(parents=True, exist_ok=True)
     benches.update({f"holdout-{k}": v for k, v in study.prepare_data({"data": held}, home, home / "data_log.txt").items()})
-    for kind, w in FIXED.values():
-        if kind == "weighted":
-            name = frontier.weighted_name(w)
-            benches[f"study-{name}"] = frontier.build_weighted(w, out)
-            benches[f"holdout-{name}"] = frontier.build_weighted(w, home, home / "release", HOLDOUT_SPLIT)
+    for w in WEIGHTS:
+        name = frontier.weighted_name(w)
+        benches[f"study-{name}"] = frontier.build_weighted(w, out)
+        benches[f"holdout-{name}"] = frontier.build_weighted(w, home, home / "release", HOLDOUT_SPLIT)
     return benches
 
 
@@ -82,11 +83,8 @@ def images(setting: str, seed: int, out: Path, benches: dict[str, Path]) -> tupl
     """(training benchmark, hold-out benchmark, segmenter inputs, the fusion run's record or {}) of one setting and
     seed; a candidate's fusion net is trained (study.run_one, resuming) and its frozen image stored on both."""
     if setting in FIXED:
-        kind, what = FIXED[setting]
-        rule = {"rule": what, "weighted": frontier.weighted_name(what) if kind == "weighted" else "",
-                "inputs": "laplacian"}[kind]
-        inputs = what if kind == "inputs" else "fused"
-        return benches[f"study-{rule}"], benches[f"holdout-{rule}"], inputs, {}
+        image, inputs = FIXED[setting]
+        return benches[f"study-{image}"], benches[f"holdout-{image}"], inputs, {}
     row = candidates()[setting]
     record = study.run_one(f"target-{setting}", row, seed, study.SPEC["common"],
                            {"laplacian": benches["study-laplacian"]}, out)

@@ -127,6 +127,10 @@ def engine_options(t: Training) -> dict:
     return {name: getattr(t.config.engine, name) for name in OPTION_NAMES} | {"state": t.opts.inner_state}
 
 
+#: Solver facts of the implicit methods logged by the step (fuse4seg.bilevel.solvers): Hessian-vector products, CG's
+#: relative residual and whether it met negative curvature (1.0), the Neumann series' estimated relative tail.
+SOLVER_SCALARS = ("hvps", "residual", "indefinite", "tail")
+
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
 
@@ -190,10 +194,6 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         scalars["hypergrad/fusion_ratio"] = ratio
     return StepResult(scalars)
 
-
-#: Solver facts of the implicit methods logged by the step (fuse4seg.bilevel.solvers): Hessian-vector products, CG's
-#: relative residual and whether it met negative curvature (1.0), the Neumann series' estimated relative tail.
-SOLVER_SCALARS = ("hvps", "residual", "indefinite", "tail")
 
 #: --fusion-budget: the log of the segmentation weight moves by this much per unit of relative violation per step,
 #: so a fusion loss 10 % over budget shrinks the weight by 0.5 % a step (about 40 % over 100 steps).
