@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -304,3 +306,26 @@ def test_second_order_gradients_match_finite_differences(name: str) -> None:
     minus = grads([(p - eps * d).requires_grad_(True) for p, d in zip(p0, v)])
     for k, h, a, b in zip(names, hvp, plus, minus):
         torch.testing.assert_close(h, (a - b) / (2 * eps), rtol=1e-4, atol=1e-7, msg=k)
+
+
+def test_fusion_cnn_weighted_base_is_a_learned_convex_combination() -> None:
+    """output="weighted" starts exactly where "residual" starts (same seed, same image); with the head zeroed and
+    base_logits set, the output is the convex combination softmax(BASE_GAIN * logits) . x, clamped; the logits
+    receive a gradient."""
+    from fuse4seg.models.fusion import BASE_GAIN, FusionCNN
+
+    x = torch.rand(2, 2, 20, 24)
+    torch.manual_seed(3)
+    plain = FusionCNN(2, width=4, layers=3)
+    torch.manual_seed(3)
+    weighted = FusionCNN(2, width=4, layers=3, output="weighted")
+    torch.testing.assert_close(weighted(x), plain(x))
+    with torch.no_grad():
+        weighted.head.weight.zero_()
+        weighted.head.bias.zero_()
+        weighted.base_logits.copy_(torch.tensor([0.3, -0.1]))
+    w1 = 1.0 / (1.0 + math.exp(-BASE_GAIN * 0.4))  # softmax of two logits = sigmoid of their difference
+    expected = (w1 * x[:, :1] + (1 - w1) * x[:, 1:]).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(weighted(x), expected)
+    weighted(x).sum().backward()
+    assert weighted.base_logits.grad is not None and bool(weighted.base_logits.grad.abs().sum() > 0)

@@ -2,7 +2,8 @@
 ``dims=3`` (registry names ``*-3d``), (N, C, D, H, W) volumes -> (N, 1, D, H, W).
 
 Both networks predict a residual in logit space on top of a fixed, parameter-free fusion of the
-inputs (the mean for ``fusion-cnn``; low-pass mean plus max-abs detail for ``fusion-freq``):
+inputs (the mean for ``fusion-cnn``; low-pass mean plus max-abs detail for ``fusion-freq``), or, for
+``fusion-cnn`` with ``output="weighted"``, on a learned convex combination of the inputs that starts at the mean:
 
     fused = sigmoid(logit(base) + r(x))
 
@@ -35,7 +36,12 @@ from fuse4seg.models.blocks import (
     split_bands,
 )
 
-OUTPUTS: tuple[str, ...] = ("residual", "sigmoid")
+OUTPUTS: tuple[str, ...] = ("residual", "weighted", "sigmoid")
+# output="weighted": the base is a learned convex combination of the inputs, softmax(BASE_GAIN * base_logits). Adam
+# moves every parameter by about the learning rate per step whatever its scale; the mixing weights are one global
+# quantity that has to travel O(1) in logit space (T1ce weight 0.5 -> 0.9 is 2.2) within a few hundred outer steps
+# at lr 1e-3, which the gain makes possible without a parameter group of its own.
+BASE_GAIN = 5.0
 # Standard deviation of the last conv's initial weights: small, so the initial output is close to
 # the base fusion, but non-zero, so every earlier layer receives a gradient from the first step.
 _HEAD_INIT_STD = 1e-2
@@ -54,7 +60,8 @@ class FusionCNN(nn.Module):
     Options: ``in_channels`` (number of fused modalities, default 2 = T1ce + FLAIR), ``width``
     (feature maps per layer, 16), ``layers`` (3x3 conv layers including the output layer, 4),
     ``norm`` ("group" | "instance" | "none", "group"), ``output`` ("residual" on the mean of the
-    inputs, or plain "sigmoid"). Fully convolutional at stride 1: any H, W. Keyword-only ``dims``
+    inputs; "weighted": residual on a learned convex combination of the inputs, which starts at their mean; or plain
+    "sigmoid"). Fully convolutional at stride 1: any H, W. Keyword-only ``dims``
     (2; 3 for ``fusion-cnn-3d``: 3x3x3 convs on (N, in_channels, D, H, W) volumes).
     """
 
@@ -82,8 +89,16 @@ class FusionCNN(nn.Module):
         blocks += [ConvNormAct(width, width, norm, dims=dims) for _ in range(layers - 2)]
         self.features = nn.Sequential(*blocks)
         self.head = LAYERS[dims].conv(width, 1, 3, padding=1)
-        if self.output == "residual":
+        if self.output != "sigmoid":
             _small_head(self.head)
+        if self.output == "weighted":  # zeros: the base starts at the mean, as "residual"'s
+            self.base_logits = nn.Parameter(torch.zeros(self.in_channels))
+
+    def base_weights(self) -> torch.Tensor:
+        """(in_channels,) weights of the base fusion, non-negative, summing to 1 (uniform unless output="weighted")."""
+        if self.output == "weighted":
+            return torch.softmax(BASE_GAIN * self.base_logits, dim=0)
+        return torch.full((self.in_channels,), 1.0 / self.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse (N, in_channels, *S) sources in [0, 1] into (N, 1, *S) in [0, 1] (S: H, W or D, H, W)."""
@@ -91,6 +106,9 @@ class FusionCNN(nn.Module):
         r = self.head(self.features(x))
         if self.output == "residual":
             r = r + logit(x.mean(dim=1, keepdim=True))
+        elif self.output == "weighted":
+            w = self.base_weights().to(x.dtype).view(1, -1, *([1] * self.dims))
+            r = r + logit((w * x).sum(dim=1, keepdim=True))
         return torch.sigmoid(r)
 
 
