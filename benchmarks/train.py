@@ -14,6 +14,11 @@ benchmarks/results/train.json.
                                [--methods unrolled,implicit-cg,...]
 
 HVPs: Hessian-vector products per hypergradient (implicit methods; mean over the timed steps).
+
+Phases (``--phase-steps`` N > 0): N more steps of each bi-level row run under torch.profiler, and the CPU time of
+the library's ranges (fuse4seg.bilevel.PHASES: the inner steps, the upper forward, the upper backward through the
+inner backward passes; and the fusion loss's gradient) is reported as its share of the profiled step and, applied to
+the unprofiled step time, in direct-step units: where a bi-level step's cost goes.
 """
 
 from __future__ import annotations
@@ -28,21 +33,33 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
-from fuse4seg.bilevel import METHODS
+from fuse4seg.bilevel import METHODS, PHASES
 from fuse4seg.data.build.builder import build_benchmark
 from fuse4seg.runkit.batches import step_loader
 from fuse4seg.train.loop import Trainer
 from fuse4seg.train.resolve import build_config
-from fuse4seg.train.steps import SOLVER_SCALARS
+from fuse4seg.train.steps import FUSION_PHASE, SOLVER_SCALARS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+#: Profiler ranges reported as phases of a bi-level step (the whole step is STEP_RANGE, opened here).
+PHASE_RANGES = (*PHASES.values(), FUSION_PHASE)
+STEP_RANGE = "benchmark/step"
 
 
-def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> dict[str, float]:
-    """Per-step wall/CPU seconds of ``one_step`` and the share of wall time spent waiting for batches."""
+def phase_shares(prof: profile) -> dict[str, float]:
+    """Profiler range -> its CPU time over STEP_RANGE's (0-1) for the ranges that ran."""
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key in (*PHASE_RANGES, STEP_RANGE)}
+    step = totals.get(STEP_RANGE, 0.0)
+    return {k: totals[k] / step for k in PHASE_RANGES if k in totals and step > 0}
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int, profiled: int = 0) -> dict[str, float]:
+    """Per-step wall/CPU seconds of ``one_step`` and the share of wall time spent waiting for batches; then
+    ``profiled`` more steps under torch.profiler for the phase shares (:func:`phase_shares`)."""
     c = trainer.config
-    total = warmup + steps
+    total = warmup + steps + profiled
     fit = step_loader(trainer.train_set, trainer.fit_pool, c.batch_size, c.seed, 0, total, "fit", num_workers)
     hold = None
     if trainer.hold_pool:
@@ -51,9 +68,17 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
     walls, cpus, waits, wait_cpus, hvps = [], [], [], [], []
     solver: dict[str, list[float]] = {}  # per timed step: CG's residual and negative curvature, Neumann's tail
     trainer.pipeline.train(True)
+    prof = profile(activities=[ProfilerActivity.CPU])
     t_data, c_data = time.perf_counter(), time.process_time()
     for i, batch in enumerate(fit):
         other = next(hold) if hold is not None else None
+        if i >= warmup + steps:  # the profiled steps, after the timed ones (the profiler slows every op)
+            if i == warmup + steps:
+                prof.start()
+            with record_function(STEP_RANGE):
+                trainer.one_step(batch, other)
+            trainer.step += 1
+            continue
         t0, c0 = time.perf_counter(), time.process_time()
         wait, wait_cpu = t0 - t_data, c0 - c_data
         result = trainer.one_step(batch, other)
@@ -69,12 +94,16 @@ def time_steps(trainer: Trainer, steps: int, warmup: int, num_workers: int) -> d
             waits.append(wait)
             wait_cpus.append(wait_cpu)
         t_data, c_data = time.perf_counter(), time.process_time()
+    shares = None
+    if profiled:
+        prof.stop()
+        shares = phase_shares(prof)
     return {
         "step_wall_s": statistics.median(walls), "step_wall_min_s": min(walls), "step_cpu_s": statistics.median(cpus),
         "data_wait_s": statistics.median(waits),
         "data_share_wall": sum(waits) / (sum(waits) + sum(walls)),
         "data_share_cpu": sum(wait_cpus) / (sum(wait_cpus) + sum(cpus)),
-        "hvps": statistics.mean(hvps) if hvps else None, "solver": solver or None,
+        "hvps": statistics.mean(hvps) if hvps else None, "solver": solver or None, "phase_shares": shares or None,
     }
 
 
@@ -93,6 +122,8 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true", help="read slices lazily from HDF5 (no in-memory cache)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON output path")
     parser.add_argument("--methods", default=",".join(METHODS), help="bi-level methods to time (comma-separated)")
+    parser.add_argument("--phase-steps", type=int, default=3,
+                        help="profiled steps per bi-level row for the phase table (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="fuse4seg-bench-train-") as tmp:
@@ -110,8 +141,9 @@ def main() -> None:
         rows = []
         for mode, method, extra in configs:
             config = build_config({**common, **extra, "out": str(Path(tmp) / "run"), "steps": args.steps})
+            profiled = args.phase_steps if mode == "bilevel" else 0
             row = {"mode": mode, "method": method, **time_steps(Trainer(config), args.steps, args.warmup,
-                                                                    args.num_workers)}
+                                                                    args.num_workers, profiled)}
             rows.append(row)
             print(f"  {mode:8s} {method:18s} {row['step_wall_s']:.3f} s/step", file=sys.stderr)
     ref = rows[0]
@@ -128,6 +160,18 @@ def main() -> None:
         print(f"{r['mode']:8s} {r['method']:18s} {r['step_wall_s']:11.3f} {r['step_cpu_s']:10.3f} "
               f"{r['cpu_vs_direct']:8.2f} {100 * r['data_share_wall']:10.2f}% {100 * r['data_share_cpu']:9.2f}% "
               f"{'-' if r['hvps'] is None else format(r['hvps'], '5.1f'):>5s}")
+    phased = [r for r in rows if r.get("phase_shares")]
+    if phased:
+        print(f"\nphases of the bi-level step (torch.profiler CPU time, {args.phase_steps} profiled steps per row): "
+              "share of the step / in direct-step units")
+        print(f"{'method':18s} " + " ".join(f"{name.split('/')[1]:>24s}" for name in PHASE_RANGES) + f" {'rest':>14s}")
+        for r in phased:
+            shares, units = r["phase_shares"], r["cpu_vs_direct"]
+            rest = 1.0 - sum(shares.values())
+            cells = [f"{100 * shares[k]:5.1f}% / {shares[k] * units:4.2f}x" if k in shares else "-"
+                     for k in PHASE_RANGES]
+            print(f"{r['method']:18s} " + " ".join(f"{c:>24s}" for c in cells)
+                  + f" {f'{100 * rest:5.1f}% / {rest * units:4.2f}x':>14s}")
     cached = [r for r in rows if "lazy" not in r["method"]]  # the default: --cache
     worst = max(r["data_share_cpu"] for r in cached)
     print(f"largest DataLoader share with the default in-memory cache: {100 * worst:.2f}% of step CPU time, "

@@ -195,3 +195,21 @@ def test_implicit_solves_the_damped_system_at_w_k(method: str, damping: float) -
                          damping=damping, **opts)
     assert torch.allclose(w["w"], w_k, rtol=1e-13)
     assert float(g["lam"]) == pytest.approx(float(-w_k @ q), rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["unrolled", "truncated"])
+def test_reverse_methods_open_their_profiler_ranges_once_each(method: str) -> None:
+    """Under torch.profiler, the reverse-mode methods open each range of PHASES exactly once per call (what
+    benchmarks/train.py reads), and the result is the K-step recurrence's value still."""
+    from torch.profiler import profile
+
+    from fuse4seg.bilevel import PHASES
+
+    p = _problem()
+    w0 = torch.zeros(p["d"], dtype=DT)
+    with profile() as prof:
+        res = hypergradient(_upper(p), {"w": w0}, p["lower_loss"], p["upper_loss"], method, steps=3, lr=0.1,
+                            truncate=3)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert {counts.get(name) for name in PHASES.values()} == {1}
+    assert float(res.grads["lam"]) == pytest.approx(_recurrence(p, w0, 0.1, 3), rel=1e-10)

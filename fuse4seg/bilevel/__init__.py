@@ -3,6 +3,7 @@ finite-difference (DARTS) and implicit (CG / Neumann), independent of imaging.""
 
 from fuse4seg.bilevel.core import (
     OPTION_NAMES,
+    PHASES,
     HypergradientResult,
     NonFiniteHypergradient,
     Options,
@@ -19,7 +20,7 @@ from fuse4seg.bilevel.optimizers import OPTIMIZERS, InnerOptimizer, adam, make_o
 from fuse4seg.bilevel.solvers import conjugate_gradient, neumann_series
 
 __all__ = [
-    "METHODS", "OPTIMIZERS", "OPTION_NAMES", "HypergradientResult", "InnerOptimizer", "NonFiniteHypergradient",
+    "METHODS", "OPTIMIZERS", "OPTION_NAMES", "PHASES", "HypergradientResult", "InnerOptimizer", "NonFiniteHypergradient",
     "Options", "adam", "assign_grads", "check_method", "conjugate_gradient", "hypergradient", "load_params",
     "lower_params", "make_optimizer", "module_hypergradient", "momentum", "neumann_series", "parse_options", "sgd",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.profiler import record_function
 
 from fuse4seg.bilevel.optimizers import (
     OPTIMIZERS,
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     from typing import Self
 
 Params = dict[str, torch.Tensor]
+#: torch.profiler ranges of the reverse-mode methods' passes (benchmarks/train.py reports their share of a step): the
+#: K inner steps (those tracked record their backward's graph), the upper loss's forward, and its backward, which
+#: for tracked steps runs through the inner backward passes (the second-order part).
+PHASES = {"inner": "bilevel/inner_steps", "upper_forward": "bilevel/upper_forward",
+          "upper_backward": "bilevel/upper_backward"}
 LossFn = Callable[[Params, Params], torch.Tensor]
 #: Most iterations of one hypergradient call's loops (inner steps, CG iterations, Neumann terms): the
 #: reference problems converge within 2000; unrolled steps keep every step's graph, so a mistyped
@@ -235,6 +241,14 @@ def inner_loop(
     """Run ``opts.steps`` inner steps from ``lower``; the last ``tracked`` of them keep their graph
     (so ``w_K`` is differentiable in ``upper``), the earlier ones run detached from ``upper``.
     Returns ``(w_K, optimiser state, {"lower_loss": loss at the last step's start})``."""
+    with record_function(PHASES["inner"]):
+        return _inner_loop(upper, lower, lower_loss, opts, tracked)
+
+
+def _inner_loop(
+    upper: Params, lower: Params, lower_loss: LossFn, opts: Options, tracked: int
+) -> tuple[Params, State, dict[str, Any]]:
+    """:func:`inner_loop`'s work (outside the profiler range)."""
     opt = opts.inner_optimizer()
     w = as_lower(lower)
     state = initial_state(opt, opts, w)
@@ -254,6 +268,15 @@ def inner_loop(
             w, state = opt.update(g, state, w)
         last = loss.detach()
     return w, state, {"lower_loss": float(last)}
+
+
+def upper_gradient(upper_loss: LossFn, upper: Params, w: Params) -> Params:
+    """d G(u, w) / d u, back through everything ``w`` depends on (the tracked inner steps): the reverse-mode methods'
+    last pass, forward and backward each under its profiler range (:data:`PHASES`)."""
+    with record_function(PHASES["upper_forward"]):
+        value = upper_loss(upper, w)
+    with record_function(PHASES["upper_backward"]):
+        return grad(value, upper)
 
 
 def finish(grads: Params, lower: Params, state: State, info: dict[str, Any]) -> HypergradientResult:

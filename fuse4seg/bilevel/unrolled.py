@@ -23,9 +23,9 @@ from fuse4seg.bilevel.core import (
     Options,
     Params,
     finish,
-    grad,
     initial_state,
     inner_loop,
+    upper_gradient,
 )
 from fuse4seg.bilevel.optimizers import State
 
@@ -35,7 +35,7 @@ def unrolled(
 ) -> HypergradientResult:
     """Exact gradient of ``G(u, w_K(u))`` through all K differentiable inner steps (shaped like ``upper``)."""
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=opts.steps)
-    return finish(grad(upper_loss(upper, w), upper), w, state, info)
+    return finish(upper_gradient(upper_loss, upper, w), w, state, info)
 
 
 def truncated(
@@ -45,7 +45,7 @@ def truncated(
     steps 1..K-T and the optimiser state they produce are treated as constants in ``upper``."""
     w, state, info = inner_loop(upper, lower, lower_loss, opts, tracked=opts.truncate)
     info["truncate"] = opts.truncate
-    return finish(grad(upper_loss(upper, w), upper), w, state, info)
+    return finish(upper_gradient(upper_loss, upper, w), w, state, info)
 
 
 class _Holder(nn.Module):
@@ -108,6 +108,6 @@ def higher_unrolled(
             diffopt.step(loss)
             last = loss.detach()
         w = dict(zip(names, fmodel.fast_params))
-        grads = grad(upper_loss(upper, w), upper)
+        grads = upper_gradient(upper_loss, upper, w)
         new_state = _state_from_higher(diffopt, names, opts) if opts.steps else state
     return finish(grads, w, new_state, {"lower_loss": float(last)})

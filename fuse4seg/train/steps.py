@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.profiler import record_function
 
 from fuse4seg.bilevel import (
     OPTION_NAMES,
@@ -107,6 +108,11 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
     return lower_loss, upper_loss
 
 
+#: torch.profiler range of the fusion loss's gradient in the bi-level step (beside fuse4seg.bilevel.PHASES).
+FUSION_PHASE = "bilevel/fusion_loss_gradient"
+
+
+@record_function(FUSION_PHASE)
 def fusion_loss_grads(t: Training, fit: Batch) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
     """(the fusion net's own loss at x_fit (:func:`fusion_objective`), its parts, its gradient by trainable fusion-parameter
     name, averaged over the ranks): the direct part of the upper gradient, the part that does not go through the
