@@ -116,6 +116,40 @@ def case_qabf(h5: Path) -> dict[str, float]:
     return {case: float(np.mean(v)) for case, v in sorted(per_slice.items())}
 
 
+def base_weights(checkpoint: Path) -> list[float] | None:
+    """The learned base's weights per fusion input (fusion-cnn output "weighted": softmax(BASE_GAIN * logits)) of a
+    run's checkpoint; None for a fusion net without them."""
+    import torch
+
+    from fuse4seg.models.fusion import BASE_GAIN
+
+    logits = torch.load(checkpoint, map_location="cpu", weights_only=True)["models"]["fusion"].get("base_logits")
+    return None if logits is None else torch.softmax(BASE_GAIN * logits, dim=0).tolist()
+
+
+def fusion_checkpoint(setting: str, seed: int, out: Path) -> Path:
+    """The frozen fusion net of a candidate's seed (the checkpoint its images were built from)."""
+    return out / "runs" / f"target-{setting}" / f"seed-{seed}" / "run" / "best.pt"
+
+
+def write_record(target: Path, record: dict[str, Any]) -> None:
+    """Write a record by a temporary file and a rename (a half-written record is never read)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(target)
+
+
+def backfill_base_weights(committed: Path, out: Path) -> None:
+    """Add ``fusion_base_weights`` to the candidates' records made before it was recorded, from their checkpoints."""
+    for setting in TARGET["candidates"]:
+        for path in sorted((committed / setting).glob("seed-*.json")):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            checkpoint = fusion_checkpoint(setting, record["seed"], out)
+            if "fusion_base_weights" not in record and checkpoint.is_file():
+                write_record(path, {**record, "fusion_base_weights": base_weights(checkpoint)})
+
+
 def run_setting(setting: str, seed: int, out: Path, benches: dict[str, Path], committed: Path) -> Path:
     """One (setting, seed): its images, a segmenter from scratch on the training image, scored on the hold-out;
     writes committed/SETTING/seed-S.json."""
@@ -137,11 +171,9 @@ def run_setting(setting: str, seed: int, out: Path, benches: dict[str, Path], co
               "study_test_case_dice": study_record["case_dice"], "curve": study_record["curve"],
               "best_step": study_record["best_step"], "train_s": study_record["train_s"],
               "fusion_run": {k: fusion[k] for k in ("options", "fusion", "train_s", "wall_s", "case_dice")
-                             if k in fusion} or None}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(target)
+                             if k in fusion} or None,
+              "fusion_base_weights": base_weights(fusion_checkpoint(setting, seed, out)) if fusion else None}
+    write_record(target, record)
     return target
 
 
@@ -162,6 +194,7 @@ def summarise(committed: Path) -> dict[str, Any]:
                       "study_test": study_test.mean(axis=1).tolist(),
                       "qabf": qab[setting][1].mean(axis=1).tolist() if setting in qab else None,
                       "converged": sum(frontier.converged(r["curve"]) for r in runs),
+                      "base_weights": [r.get("fusion_base_weights") for r in runs],
                       "train_s": [r["train_s"] + (r["fusion_run"] or {}).get("wall_s", 0.0) for r in runs]})
     families = {ref: stats.compare_family(*stats.aligned({k: v for k, v in seg.items() if k != ref}, seg[ref]))
                 for ref in REFERENCES if ref in seg}
@@ -193,6 +226,14 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {t['setting']} | {'learned' if t['learned'] else 'fixed'} | {t['seeds']} | {t['cases']} | "
                      f"{stats.mean_sd(t['segmentability'])} | {stats.mean_sd(t['study_test'])} | {q} | "
                      f"{t['converged']}/{t['seeds']} | {np.mean(t['train_s']):.0f} |")
+    based = [t for t in summary["table"] if any(w is not None for w in t.get("base_weights") or [])]
+    if based:
+        lines += ["", ("Learned base of the residual (fusion-cnn output \"weighted\", starting at 0.5): its T1ce "
+                  "weight per seed, beside that seed's hold-out segmentability and Qabf:"), "",
+                  "| setting | seed | T1ce weight | segmentability, hold-out | Qabf, hold-out |", "|---|---|---|---|---|"]
+        for t in based:
+            for seed, (w, dice, q) in enumerate(zip(t["base_weights"], t["segmentability"], t["qabf"])):
+                lines.append(f"| {t['setting']} | {seed} | {w[0]:.2f} | {dice:.3f} | {q:.3f} |")
     for ref, entries in summary["families"].items():
         lines += ["", stats.family_markdown(entries, f"Segmentability against {ref} (hold-out cases, Holm over "
                                                      f"{len(entries)}):").rstrip()]
@@ -217,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         benches = prepare(out)
         jobs = [(s, seed, out, benches, committed) for s in settings() for seed in range(TARGET["seeds"])]
         failures = study.run_grid(run_setting, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
+        backfill_base_weights(committed, out)
     summary = summarise(committed)
     return study.finish_report(args.results, "target", summary, markdown(summary), failures)
 
