@@ -100,6 +100,8 @@ def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) 
     (["--fusion-steps", "3", "--steps", "3"], "--fusion-steps: must be < --steps (3)"),
     (["--fusion-steps", "99", "--epochs", "1"], "--fusion-steps: must be < the total steps"),
     (["--seg-fraction", "1", "--config", "ZERO"], "--seg-fraction: balances against the fusion loss"),
+    (["--seg-warmup", "2", "--fusion-steps", "1", "--steps", "3"], "--seg-warmup: must leave bi-level steps"),
+    (["--mode", "joint", "--seg-warmup", "1"], "--seg-warmup: only used with --mode bilevel"),
 ])
 def test_bad_balance_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                           args: list[str], message: str) -> None:
@@ -179,3 +181,30 @@ def test_bad_budget_options_are_one_line(bench: Path, tmp_path: Path, capsys: py
                                          args: list[str], message: str) -> None:
     """Each bad combination: exit 1 and one line naming the flag."""
     test_bad_balance_options_are_one_line(bench, tmp_path, capsys, args, message)
+
+
+def test_segmenter_warm_up_steps_the_segmenter_alone(bench: Path, tmp_path: Path) -> None:
+    """--seg-warmup 1 (inner SGD): step 1 is theta1 = theta0 - lr dL_fit/dtheta on the untouched fusion net's image,
+    recomputed by plain autograd, and the fusion net does not move; step 2 is a bi-level step."""
+    from fuse4seg.runkit.batches import step_loader
+    from fuse4seg.train.loop import Trainer
+    from fuse4seg.train.resolve import build_config
+
+    config = build_config({"benchmark": str(bench), "out": str(tmp_path / "run"), "mode": "bilevel",
+                           "inner_optimizer": "sgd", "lr_lower": LR_LOWER, "seg_options": {"width": 4, "depth": 2},
+                           "fusion_options": {"width": 4}, "batch_size": 2, "progress": False, "steps": 2,
+                           "seg_warmup": 1})
+    trainer = Trainer(config)
+    phi0, _, _, theta1 = independent_step(bench, config, LR_LOWER)
+    fit = next(iter(step_loader(trainer.train_set, trainer.fit_pool, 2, config.seed, 0, 1, "fit", 0)))
+    trainer.pipeline.train(True)
+    result = trainer.one_step(fit, None)
+    assert "hypergrad/norm" not in result.scalars and result.scalars["loss/seg_inner"] > 0
+    for k, v in trainer.pipeline.fusion.named_parameters():
+        assert torch.equal(v.detach(), phi0[k])
+    for k, v in trainer.pipeline.seg.named_parameters():
+        torch.testing.assert_close(v.detach(), theta1[k], rtol=1e-5, atol=1e-6)
+    run = tmp_path / "cli"
+    assert main([*train_args(bench, run, "--seg-warmup", "1"), "--steps", "2"]) == 0
+    logged = scalars(run)
+    assert set(logged["loss/seg_inner"]) == {1, 2} and set(logged["hypergrad/norm"]) == {2}

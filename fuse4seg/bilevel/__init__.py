@@ -15,6 +15,7 @@ from fuse4seg.bilevel.modules import (
     load_params,
     lower_params,
     module_hypergradient,
+    module_inner_steps,
 )
 from fuse4seg.bilevel.optimizers import OPTIMIZERS, InnerOptimizer, adam, make_optimizer, momentum, sgd
 from fuse4seg.bilevel.solvers import conjugate_gradient, neumann_series
@@ -22,5 +23,6 @@ from fuse4seg.bilevel.solvers import conjugate_gradient, neumann_series
 __all__ = [
     "METHODS", "OPTIMIZERS", "OPTION_NAMES", "PHASES", "HypergradientResult", "InnerOptimizer", "NonFiniteHypergradient",
     "Options", "adam", "assign_grads", "check_method", "conjugate_gradient", "hypergradient", "load_params",
-    "lower_params", "make_optimizer", "module_hypergradient", "momentum", "neumann_series", "parse_options", "sgd",
+    "lower_params", "make_optimizer", "module_hypergradient", "module_inner_steps",
+    "momentum", "neumann_series", "parse_options", "sgd",
 ]

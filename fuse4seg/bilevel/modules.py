@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fuse4seg.bilevel.core import HypergradientResult, Params
+from fuse4seg.bilevel.core import HypergradientResult, LossFn, Params, inner_loop, parse_options
 from fuse4seg.bilevel.hypergradient import hypergradient
+from fuse4seg.bilevel.optimizers import State, detach_state
 from fuse4seg.errors import ConfigError
 
 ModuleFn = Callable[..., Any]
@@ -92,18 +93,36 @@ def module_hypergradient(
     unknown = sorted(set(start) - set(trainable(lower_module)))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)} is not a trainable parameter of lower_module", option="lower")
+    inner, outer = (_on_params(upper_module, lower_module, loss, sync) for loss in (lower_loss, upper_loss))
+    return hypergradient(upper, start, inner, outer, method, **options)
+
+
+def _on_params(upper_module: nn.Module, lower_module: nn.Module, loss: ModuleLoss, sync: Sync | None) -> LossFn:
+    """``loss`` (a function of the two modules as callables) as a function of their parameter dicts (u, w), the
+    modules evaluated by functional_call and the lower parameters wrapped by ``sync``."""
     uc, lc = constants(upper_module), constants(lower_module)
     view = sync or (lambda w: w)
 
-    def inner(u: Params, w: Params) -> torch.Tensor:
-        """Lower loss on functional views of both modules."""
-        return lower_loss(_functional(upper_module, u, uc), _functional(lower_module, view(w), lc))
+    def on_params(u: Params, w: Params) -> torch.Tensor:
+        """The loss on functional views of both modules."""
+        return loss(_functional(upper_module, u, uc), _functional(lower_module, view(w), lc))
 
-    def outer(u: Params, w: Params) -> torch.Tensor:
-        """Upper loss on functional views of both modules."""
-        return upper_loss(_functional(upper_module, u, uc), _functional(lower_module, view(w), lc))
+    return on_params
 
-    return hypergradient(upper, start, inner, outer, method, **options)
+
+def module_inner_steps(
+    upper_module: nn.Module, lower_module: nn.Module, lower_loss: ModuleLoss, sync: Sync | None = None,
+    **options: Any,
+) -> tuple[Params, State, dict[str, Any]]:
+    """The K inner steps alone, without a hypergradient: (``lower_module``'s parameters after them, detached, by
+    name; the inner optimiser's state; ``{"lower_loss": loss at the last step's start}``). The upper module runs
+    without graph. Options as for :func:`hypergradient` (the inner loop's are read, ``state`` warm-starts it)."""
+    _reject_batchnorm(lower_module, "lower_module")
+    opts = parse_options(options)
+    upper = {k: p.detach() for k, p in trainable(upper_module).items()}
+    w, state, info = inner_loop(upper, lower_params(lower_module), _on_params(upper_module, lower_module, lower_loss,
+                                                                              sync), opts, tracked=0)
+    return {k: v.detach() for k, v in w.items()}, detach_state(state), info
 
 
 def assign_grads(module: nn.Module, grads: Params, accumulate: bool = False) -> None:

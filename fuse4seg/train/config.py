@@ -285,6 +285,10 @@ class TrainConfig:
     fusion_steps: int | None = option(None, "Steps that train the fusion net alone, on the fusion loss, first "
                                       "(two-stage: stage 1, default half; bilevel: a warm-up, default 0).",
                                       check=in_range(0, MAX_STEPS), modes=names(lambda m: m.fusion_stage is not None))
+    seg_warmup: int = option(0, "Bi-level: steps that train the segmenter alone first (after any --fusion-steps), by "
+                             "the inner optimiser on the frozen fusion net's image, so that the first hypergradients "
+                             "come from a trained segmenter rather than an untrained one.",
+                             check=in_range(0, MAX_STEPS), modes=HYPERGRADIENT_MODES)
     batch_size: int = option(4, f"Slices per batch (1 to {MAX_BATCH_SIZE}).", check=in_range(1, MAX_BATCH_SIZE))
     lr_upper: float = option(1e-3, "Learning rate of the fusion network.", check=above(0), modes=FUSION_MODES)
     upper_optimizer: str = option("adam", "Optimiser of the fusion network: adam or sgd.", check=one_of(OUTER_OPTIMIZERS),

@@ -102,6 +102,10 @@ class Trainer(Checkpointing):
                               "lower it to leave some unlabelled", option="label_fraction")
         self.total = resolve_steps(c, len(self.fit_pool))
         self.fusion_steps = self.mode.fusion_stage(c, self.total) if self.mode.fusion_stage else 0
+        if self.mode.hypergradient and self.fusion_steps + c.seg_warmup >= self.total:
+            raise ConfigError(f"must leave bi-level steps: below the total steps ({self.total}, from --steps or "
+                              f"--epochs) minus --fusion-steps ({self.fusion_steps}), got {c.seg_warmup}",
+                              option="seg_warmup")
 
     def _build_networks(self, resumed: dict[str, Any] | None) -> None:
         """The pipeline on the device; at the start of a run (``resumed`` None) with the pre-trained encoders and

@@ -36,6 +36,7 @@ from fuse4seg.bilevel import (
     assign_grads,
     load_params,
     module_hypergradient,
+    module_inner_steps,
 )
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss
@@ -141,7 +142,8 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
 
     During the first ``t.fusion_steps`` steps (``--fusion-steps``: a warm-up) only the fusion net
-    learns, from the fusion loss. With ``--seg-fraction f`` the segmentation term's weight is set at
+    learns, from the fusion loss; during the next ``--seg-warmup`` steps only the segmenter
+    (:func:`segmenter_warmup_step`). With ``--seg-fraction f`` the segmentation term's weight is set at
     every step to ``lambda = f |g_fuse| / |g_seg|`` (g_fuse: the fusion-loss gradient; g_seg: the
     hypergradient of the held-out segmentation loss), so the segmentation part of the update has
     f times the norm of the fusion part. ``hypergrad/seg_fraction`` logs that ratio either way. The update is
@@ -150,6 +152,8 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """
     if t.step < t.fusion_steps:
         return fusion_only_step(t, fit)
+    if t.step < t.fusion_steps + t.config.seg_warmup:
+        return segmenter_warmup_step(t, fit)
     config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
     assert fusion is not None and opts.upper is not None and hold is not None
     auto = config.seg_fraction is not None
@@ -199,6 +203,20 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         opts.seg_weight = adapt_seg_weight(lam, ratio, config.fusion_budget)
         scalars["hypergrad/fusion_ratio"] = ratio
     return StepResult(scalars)
+
+
+def segmenter_warmup_step(t: Training, fit: Batch) -> StepResult:
+    """One bi-level warm-up step (``--seg-warmup``): the K inner steps on x_fit, the fusion net frozen; the segmenter
+    keeps theta_K and the inner optimiser its state, as after a bi-level step, and the fusion net does not move."""
+    record: dict[str, float] = {}
+    lower_loss, _ = bilevel_losses(t, fit, fit, record)  # the held-out half is not used: no upper loss here
+    lower, state, info = module_inner_steps(t.pipeline.fusion, t.pipeline.seg, lower_loss, sync=t.world.sync,
+                                            **engine_options(t))
+    if not finite(*lower.values()):
+        raise NonFiniteStep("non-finite segmentation weights after the warm-up's inner steps")
+    load_params(t.pipeline.seg, lower)
+    t.opts.inner_state = state
+    return StepResult({**record, "loss/seg_inner": float(info["lower_loss"])})
 
 
 #: --fusion-budget: the log of the segmentation weight moves by this much per unit of relative violation per step,
