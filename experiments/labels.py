@@ -99,8 +99,7 @@ def train_one(task: str, fraction: float, init: str, seed: int, spec: dict[str, 
               "score": score, "train_s": summary["seconds"], "steps": summary["steps"],
               "labelled_cases": derived["labelled_cases"],
               "unlabelled_cases": len(derived["unlabelled_cases"]), "curve": study.read_curve(run)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    study.write_record(target, record)
     return target
 
 

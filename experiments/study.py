@@ -198,11 +198,16 @@ def run_one(name: str, row: dict[str, Any], seed: int, common: dict[str, Any], b
         extra = row["retrain"] if isinstance(row["retrain"], dict) else {}
         record["retrained"] = retrain(run / "best.pt", options, extra, seed, work, out, log, common=common)
     record["wall_s"] = round(time.perf_counter() - started, 1)
-    result.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(result)
+    write_record(result, record)
     return result
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """A run's JSON record, written atomically (a resumed experiment never reads a half-written one)."""
+    from fuse4seg.io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 SPEC: dict[str, Any] = {}

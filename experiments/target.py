@@ -132,14 +132,6 @@ def fusion_checkpoint(setting: str, seed: int, out: Path) -> Path:
     return out / "runs" / f"target-{setting}" / f"seed-{seed}" / "run" / "best.pt"
 
 
-def write_record(target: Path, record: dict[str, Any]) -> None:
-    """Write a record by a temporary file and a rename (a half-written record is never read)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(target)
-
-
 def backfill_base_weights(committed: Path, out: Path) -> None:
     """Add ``fusion_base_weights`` to the candidates' records made before it was recorded, from their checkpoints."""
     for setting in TARGET["candidates"]:
@@ -147,7 +139,7 @@ def backfill_base_weights(committed: Path, out: Path) -> None:
             record = json.loads(path.read_text(encoding="utf-8"))
             checkpoint = fusion_checkpoint(setting, record["seed"], out)
             if "fusion_base_weights" not in record and checkpoint.is_file():
-                write_record(path, {**record, "fusion_base_weights": base_weights(checkpoint)})
+                study.write_record(path, {**record, "fusion_base_weights": base_weights(checkpoint)})
 
 
 def run_setting(setting: str, seed: int, out: Path, benches: dict[str, Path], committed: Path) -> Path:
@@ -173,7 +165,7 @@ def run_setting(setting: str, seed: int, out: Path, benches: dict[str, Path], co
               "fusion_run": {k: fusion[k] for k in ("options", "fusion", "train_s", "wall_s", "case_dice")
                              if k in fusion} or None,
               "fusion_base_weights": base_weights(fusion_checkpoint(setting, seed, out)) if fusion else None}
-    write_record(target, record)
+    study.write_record(target, record)
     return target
 
 

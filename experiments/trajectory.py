@@ -23,7 +23,6 @@ retrained segmenter, mean +- sd over seeds of its mean over cases. Records: expe
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -95,10 +94,7 @@ def run_one(name: str, seed: int, out: Path, committed: Path) -> Path:
         points.append({"step": step, **{k: scored[k] for k in ("dice", "case_dice", "fusion_stored", "curve")}})
     record = {"row": name, "seed": seed, "options": options, "points": points, "scalars": read_scalars(run),
               "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - started, 1)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(target)
+    study.write_record(target, record)
     return target
 
 
