@@ -95,7 +95,7 @@ def images(setting: str, seed: int, out: Path, benches: dict[str, Path]) -> tupl
     for bench, release, split in ((work / "bench-learned", out / "release", None),
                                   (work / "holdout-learned", out / "holdout" / "release", HOLDOUT_SPLIT)):
         if not (bench / "brats_fuse.h5").is_file():
-            study.build_learned(work / "run" / "best.pt", options, release, bench, log, split)
+            study.build_learned(fusion_checkpoint(setting, seed, out), options, release, bench, log, split)
         built.append(bench)
     return built[0], built[1], "fused", json.loads(record.read_text(encoding="utf-8"))
 
@@ -121,10 +121,10 @@ def base_weights(checkpoint: Path) -> list[float] | None:
     run's checkpoint; None for a fusion net without them."""
     import torch
 
-    from fuse4seg.models.fusion import BASE_GAIN
+    from fuse4seg.models.fusion import mixing_weights
 
     logits = torch.load(checkpoint, map_location="cpu", weights_only=True)["models"]["fusion"].get("base_logits")
-    return None if logits is None else torch.softmax(BASE_GAIN * logits, dim=0).tolist()
+    return None if logits is None else mixing_weights(logits).tolist()
 
 
 def fusion_checkpoint(setting: str, seed: int, out: Path) -> Path:

@@ -235,20 +235,13 @@ def direct_and_lower_grads(upper_loss: LossFn, upper: Params, w: Params) -> tupl
     return {k: g[("u", k)] for k in upper}, {k: g[("w", k)] for k in w}
 
 
+@record_function(PHASES["inner"])
 def inner_loop(
     upper: Params, lower: Params, lower_loss: LossFn, opts: Options, tracked: int
 ) -> tuple[Params, State, dict[str, Any]]:
     """Run ``opts.steps`` inner steps from ``lower``; the last ``tracked`` of them keep their graph
     (so ``w_K`` is differentiable in ``upper``), the earlier ones run detached from ``upper``.
     Returns ``(w_K, optimiser state, {"lower_loss": loss at the last step's start})``."""
-    with record_function(PHASES["inner"]):
-        return _inner_loop(upper, lower, lower_loss, opts, tracked)
-
-
-def _inner_loop(
-    upper: Params, lower: Params, lower_loss: LossFn, opts: Options, tracked: int
-) -> tuple[Params, State, dict[str, Any]]:
-    """:func:`inner_loop`'s work (outside the profiler range)."""
     opt = opts.inner_optimizer()
     w = as_lower(lower)
     state = initial_state(opt, opts, w)

@@ -42,6 +42,11 @@ OUTPUTS: tuple[str, ...] = ("residual", "weighted", "sigmoid")
 # quantity that has to travel O(1) in logit space (T1ce weight 0.5 -> 0.9 is 2.2) within a few hundred outer steps
 # at lr 1e-3, which the gain makes possible without a parameter group of its own.
 BASE_GAIN = 5.0
+
+
+def mixing_weights(base_logits: torch.Tensor) -> torch.Tensor:
+    """(C,) weights of output="weighted"'s base from its (C,) logits: softmax(BASE_GAIN * logits), >= 0, summing to 1."""
+    return torch.softmax(BASE_GAIN * base_logits, dim=0)
 # Standard deviation of the last conv's initial weights: small, so the initial output is close to
 # the base fusion, but non-zero, so every earlier layer receives a gradient from the first step.
 _HEAD_INIT_STD = 1e-2
@@ -97,7 +102,7 @@ class FusionCNN(nn.Module):
     def base_weights(self) -> torch.Tensor:
         """(in_channels,) weights of the base fusion, non-negative, summing to 1 (uniform unless output="weighted")."""
         if self.output == "weighted":
-            return torch.softmax(BASE_GAIN * self.base_logits, dim=0)
+            return mixing_weights(self.base_logits)
         return torch.full((self.in_channels,), 1.0 / self.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,22 @@ def fusion_objective(t: Training, fused: torch.Tensor, inputs: Inputs) -> tuple[
 
 
 
+def lower_loss_of(t: Training, fit: Batch, record: dict[str, float]) -> ModuleLoss:
+    """The lower loss of this step's fitting batch, as a function of the two networks (F, S): the segmentation loss
+    of S(F(x_fit)) against y_fit, plus the unlabelled slices' consistency (its part goes to ``record``)."""
+    pipeline, fit_in, reduce, unlabelled = t.pipeline, batch_inputs(t, fit), t.world.reduce, consistency(t)
+
+    def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Segmentation loss of S(F(x_fit)) against y_fit (scalar), plus the unlabelled slices' consistency."""
+        with forward_precision(t):
+            logits = segment(pipeline.run_fusion(fuse, fit_in.seen, fit_in.text))
+        loss = pipeline.task_loss(logits, fit_in.label, reduce=reduce)
+        term = None if unlabelled is None else unlabelled.loss(segment, unlabelled.seg_input(fuse))
+        return with_consistency(t, loss, record, term)
+
+    return lower_loss
+
+
 def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float]) -> tuple[ModuleLoss, ModuleLoss]:
     """(lower_loss, upper_loss) of this step's batches, as functions of the two networks (F, S).
 
@@ -84,29 +100,17 @@ def bilevel_losses(t: Training, fit: Batch, hold: Batch, record: dict[str, float
     so its gradient is computed once, outside the hypergradient (:func:`fusion_loss_grads`), and added with the
     segmentation weight by the step. ``record`` receives the last evaluated held-out loss (for logging), as a float.
     """
-    pipeline = t.pipeline
-    fit_in, hold_in = batch_inputs(t, fit), batch_inputs(t, hold)
-    y_fit, y_hold = fit_in.label, hold_in.label
-    reduce = t.world.reduce
-    unlabelled = consistency(t)
-
-    def lower_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """Segmentation loss of S(F(x_fit)) against y_fit (scalar), plus the unlabelled slices' consistency."""
-        with forward_precision(t):
-            logits = segment(pipeline.run_fusion(fuse, fit_in.seen, fit_in.text))
-        loss = pipeline.task_loss(logits, y_fit, reduce=reduce)
-        term = None if unlabelled is None else unlabelled.loss(segment, unlabelled.seg_input(fuse))
-        return with_consistency(t, loss, record, term)
+    pipeline, hold_in, reduce = t.pipeline, batch_inputs(t, hold), t.world.reduce
 
     def upper_loss(fuse: Callable[..., torch.Tensor], segment: Callable[..., torch.Tensor]) -> torch.Tensor:
         """L_seg(S(F(x_hold)), y_hold) (scalar)."""
         with forward_precision(t):
             logits = segment(pipeline.run_fusion(fuse, hold_in.seen, hold_in.text))
-        ls = pipeline.task_loss(logits, y_hold, reduce=reduce)
+        ls = pipeline.task_loss(logits, hold_in.label, reduce=reduce)
         record["loss/seg_holdout"] = float(ls.detach())
         return ls
 
-    return lower_loss, upper_loss
+    return lower_loss_of(t, fit, record), upper_loss
 
 
 #: torch.profiler range of the fusion loss's gradient in the bi-level step (beside fuse4seg.bilevel.PHASES).
@@ -209,9 +213,8 @@ def segmenter_warmup_step(t: Training, fit: Batch) -> StepResult:
     """One bi-level warm-up step (``--seg-warmup``): the K inner steps on x_fit, the fusion net frozen; the segmenter
     keeps theta_K and the inner optimiser its state, as after a bi-level step, and the fusion net does not move."""
     record: dict[str, float] = {}
-    lower_loss, _ = bilevel_losses(t, fit, fit, record)  # the held-out half is not used: no upper loss here
-    lower, state, info = module_inner_steps(t.pipeline.fusion, t.pipeline.seg, lower_loss, sync=t.world.sync,
-                                            **engine_options(t))
+    lower, state, info = module_inner_steps(t.pipeline.fusion, t.pipeline.seg, lower_loss_of(t, fit, record),
+                                            sync=t.world.sync, **engine_options(t))
     if not finite(*lower.values()):
         raise NonFiniteStep("non-finite segmentation weights after the warm-up's inner steps")
     load_params(t.pipeline.seg, lower)
