@@ -6,6 +6,7 @@ and kill -9 while a pool starts. Each ends in one ``error:`` line, the right exi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,8 +384,12 @@ def test_early_signals_during_a_parallel_build_are_one_line(tmp_path: Path, sign
         _wait_for_our_handlers(proc.pid)
         time.sleep(delay)
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-        if proc.returncode == 0:  # finished first
+        printed, err = proc.communicate(timeout=60)
+        if proc.returncode == 0 or ("\ntime " in printed and not err):
+            # Finished first. A signal that lands while the interpreter exits finds the default action (CPython
+            # restores it when it finalises), so the status may then be -signum: the benchmark is complete either way.
+            assert (out / "brats_fuse.h5").is_file(), printed
+            shutil.rmtree(out)
             continue
         one_line(proc.returncode, err, "terminated" if signum == signal.SIGTERM else "interrupted", status=128 + signum)
         assert not out.exists()
