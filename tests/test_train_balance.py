@@ -102,6 +102,8 @@ def test_warm_up_trains_the_fusion_net_alone_first(bench: Path, tmp_path: Path) 
     (["--seg-fraction", "1", "--config", "ZERO"], "--seg-fraction: balances against the fusion loss"),
     (["--seg-warmup", "2", "--fusion-steps", "1", "--steps", "3"], "--seg-warmup: must leave bi-level steps"),
     (["--mode", "joint", "--seg-warmup", "1"], "--seg-warmup: only used with --mode bilevel"),
+    (["--mode", "joint", "--seg-reset-every", "5"], "--seg-reset-every: only used with --mode bilevel"),
+    (["--seg-reset-every", "-1"], "--seg-reset-every: must be"),
 ])
 def test_bad_balance_options_are_one_line(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                           args: list[str], message: str) -> None:
@@ -208,3 +210,57 @@ def test_segmenter_warm_up_steps_the_segmenter_alone(bench: Path, tmp_path: Path
     assert main([*train_args(bench, run, "--seg-warmup", "1"), "--steps", "2"]) == 0
     logged = scalars(run)
     assert set(logged["loss/seg_inner"]) == {1, 2} and set(logged["hypergrad/norm"]) == {2}
+
+
+def test_segmenter_reset_starts_the_step_from_fresh_weights(bench: Path, tmp_path: Path) -> None:
+    """--seg-reset-every 1: bi-level step 1 starts from the segmenter's initial weights drawn from torch seeded
+    item_seed(seed, "segmenter_reset", 1, 0), built here by fuse4seg.models, and from phi1; its update is then
+    recomputed by plain autograd (inner SGD, upper SGD, lambda 1), and torch's global RNG is not drawn from."""
+    from fuse4seg.models import build_model
+    from fuse4seg.runkit.batches import item_seed, step_loader
+    from fuse4seg.train.loop import Trainer
+    from fuse4seg.train.resolve import build_config
+
+    config = build_config({"benchmark": str(bench), "out": str(tmp_path / "run"), "mode": "bilevel",
+                           "inner_optimizer": "sgd", "upper_optimizer": "sgd", "lr_lower": LR_LOWER,
+                           "lr_upper": LR_UPPER, "seg_options": {"width": 4, "depth": 2},
+                           "fusion_options": {"width": 4}, "batch_size": 2, "progress": False, "steps": 2,
+                           "seg_reset_every": 1})
+    trainer = Trainer(config)
+    trainer.pipeline.train(True)
+
+    def batches(step: int) -> tuple[dict, dict]:
+        """The fitting and held-out batches of ``step``."""
+        return tuple(next(iter(step_loader(trainer.train_set, pool, 2, config.seed, step, step + 1, stream, 0)))
+                     for pool, stream in ((trainer.fit_pool, "fit"), (trainer.hold_pool, "holdout")))
+
+    trainer.one_step(*batches(0))
+    theta_trained = {k: v.detach().clone() for k, v in trainer.pipeline.seg.named_parameters()}
+    phi1 = {k: v.detach().clone() for k, v in trainer.pipeline.fusion.named_parameters()}
+    torch.manual_seed(item_seed(config.seed, "segmenter_reset", 1, 0))
+    fresh = dict(build_model("unet", in_channels=1, num_classes=4, width=4, depth=2).named_parameters())
+    trainer.step = 1
+    rng = torch.get_rng_state()
+    trainer.one_step(*batches(1))
+    assert torch.equal(rng, torch.get_rng_state())
+    _, g_fuse, g_seg, theta2 = independent_step(bench, config, LR_LOWER, step=1, phi=phi1, theta=fresh)
+    for k, v in trainer.pipeline.seg.named_parameters():
+        torch.testing.assert_close(v.detach(), theta2[k], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(theta2[k], theta_trained[k])
+    for k, v in trainer.pipeline.fusion.named_parameters():
+        torch.testing.assert_close(v.detach(), phi1[k] - LR_UPPER * (g_fuse[k] + g_seg[k]), rtol=1e-4, atol=1e-6)
+
+
+def test_segmenter_reset_resumes_as_an_uninterrupted_run(bench: Path, tmp_path: Path) -> None:
+    """--seg-reset-every 2 over 4 steps, stopped after step 2 (the reset's step) and resumed, ends bit for bit where
+    one uninterrupted run does, and apart from a run without resets."""
+    args = ("--seg-reset-every", "2")
+    run, whole, plain = tmp_path / "run", tmp_path / "whole", tmp_path / "plain"
+    assert main([*train_args(bench, run, *args), "--steps", "2"]) == 0
+    assert main([*train_args(bench, run, *args), "--steps", "4", "--resume"]) == 0
+    assert main([*train_args(bench, whole, *args), "--steps", "4"]) == 0
+    assert main([*train_args(bench, plain), "--steps", "4"]) == 0
+    a, b, c = (load_checkpoint(r / "last.pt")["models"]["seg"] for r in (run, whole, plain))
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+    assert any(not torch.equal(v, c[k]) for k, v in a.items())

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fuse4seg.errors import ConfigError, DataError, Fuse4SegError
 
 #: Separate random streams so that, e.g., held-out batches do not shift when the batch size changes.
-STREAMS: dict[str, int] = {"fit": 1, "holdout": 2, "holdout_split": 3, "unlabelled": 4}
+STREAMS: dict[str, int] = {"fit": 1, "holdout": 2, "holdout_split": 3, "unlabelled": 4, "segmenter_reset": 5}
 
 
 def _generator(seed: int, stream: str, epoch: int) -> torch.Generator:

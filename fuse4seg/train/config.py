@@ -289,6 +289,11 @@ class TrainConfig:
                              "the inner optimiser on the frozen fusion net's image, so that the first hypergradients "
                              "come from a trained segmenter rather than an untrained one.",
                              check=in_range(0, MAX_STEPS), modes=HYPERGRADIENT_MODES)
+    seg_reset_every: int = option(0, "Bi-level: give the segmenter fresh initial weights and a fresh inner-optimiser "
+                                  "state every N bi-level steps (0: never), so that the upper level learns from "
+                                  "segmenters at every age, as one trained from scratch on the final image goes; the "
+                                  "run's own segmenter is then at most N steps old (retrain one on the frozen image).",
+                                  check=in_range(0, MAX_STEPS), modes=HYPERGRADIENT_MODES)
     batch_size: int = option(4, f"Slices per batch (1 to {MAX_BATCH_SIZE}).", check=in_range(1, MAX_BATCH_SIZE))
     lr_upper: float = option(1e-3, "Learning rate of the fusion network.", check=above(0), modes=FUSION_MODES)
     upper_optimizer: str = option("adam", "Optimiser of the fusion network: adam or sgd.", check=one_of(OUTER_OPTIMIZERS),

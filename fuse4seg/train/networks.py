@@ -174,6 +174,26 @@ def _options(name: str, options: dict, fixed: dict) -> dict:
     return {**options, **fixed}
 
 
+def _build_segmenter(config: TrainConfig) -> nn.Module:
+    """The second network of ``config`` (segmenter or classifier), its weights drawn from torch's global RNG."""
+    from fuse4seg.models import build_model
+
+    mode, variant = MODES[config.mode], variant_of(config)
+    return build_model(
+        variant.network_name(variant.second_network(config, mode)),
+        **_options("seg_options", config.seg_options, {"in_channels": len(mode.seg_inputs(config)),
+                                                        "num_classes": variant.num_outputs(config)}),
+    )
+
+
+def fresh_segmenter_weights(config: TrainConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Initial weights of the segmenter of ``config``, drawn from torch's RNG seeded ``seed`` (the global RNG is
+    left as it was, so the run's other draws do not move)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_segmenter(config).state_dict()
+
+
 def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
     """Build the networks of ``config`` (their ``-3d`` variants with --dims 3) with initial weights drawn from
     ``seed`` (default config.seed)."""
@@ -191,11 +211,7 @@ def build_pipeline(config: TrainConfig, seed: int | None = None) -> Pipeline:
         fusion = build_model(variant.network_name(config.fusion_model),
                              **_options("fusion_options", config.fusion_options, fixed))
     seg_inputs = mode.seg_inputs(config)
-    seg = build_model(
-        variant.network_name(variant.second_network(config, mode)),
-        **_options("seg_options", config.seg_options, {"in_channels": len(seg_inputs),
-                                                        "num_classes": variant.num_outputs(config)}),
-    )
+    seg = _build_segmenter(config)
     alignment = AlignmentModel(text_encoder.dim) if text_encoder is not None and config.semantic_weight > 0 else None
     teacher = copy.deepcopy(seg) if config.label_fraction < 1 else None
     for frozen in (text_encoder, alignment, teacher):

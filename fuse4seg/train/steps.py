@@ -40,7 +40,9 @@ from fuse4seg.bilevel import (
 )
 from fuse4seg.errors import ConfigError
 from fuse4seg.losses import fusion_loss
+from fuse4seg.runkit.batches import item_seed
 from fuse4seg.text.alignment import semantic_loss
+from fuse4seg.train.networks import fresh_segmenter_weights
 from fuse4seg.train.step_parts import (
     Batch,
     Inputs,
@@ -158,6 +160,9 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         return fusion_only_step(t, fit)
     if t.step < t.fusion_steps + t.config.seg_warmup:
         return segmenter_warmup_step(t, fit)
+    reset = reset_index(t)
+    if reset:
+        reset_segmenter(t, reset)
     config, fusion, seg, opts = t.config, t.pipeline.fusion, t.pipeline.seg, t.opts
     assert fusion is not None and opts.upper is not None and hold is not None
     auto = config.seg_fraction is not None
@@ -207,6 +212,24 @@ def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
         opts.seg_weight = adapt_seg_weight(lam, ratio, config.fusion_budget)
         scalars["hypergrad/fusion_ratio"] = ratio
     return StepResult(scalars)
+
+
+def reset_index(t: Training) -> int:
+    """Which reset of the segmenter (``--seg-reset-every N``) this bi-level step starts with: 1, 2, ... at bi-level
+    steps N, 2N, ... (counted from 0 after --fusion-steps and --seg-warmup), else 0."""
+    every = t.config.seg_reset_every
+    k = t.step - t.fusion_steps - t.config.seg_warmup
+    return k // every if every and k > 0 and k % every == 0 else 0
+
+
+def reset_segmenter(t: Training, index: int) -> None:
+    """Reset ``index`` of ``--seg-reset-every``: the segmenter (and its mean teacher) take fresh initial weights,
+    drawn from (seed, index) alone so that a resumed run draws the same, and the inner optimiser starts afresh."""
+    weights = fresh_segmenter_weights(t.config, item_seed(t.config.seed, "segmenter_reset", index, 0))
+    for net in (t.pipeline.seg, t.pipeline.teacher):
+        if net is not None:
+            net.load_state_dict(weights)
+    t.opts.inner_state = None
 
 
 def segmenter_warmup_step(t: Training, fit: Batch) -> StepResult:
