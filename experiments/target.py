@@ -2,6 +2,7 @@
 
     python experiments/target.py --out /tmp/study     # fusion nets, segmenters, hold-out scores (2 jobs), tables
     python experiments/target.py --report-only         # the tables from the committed records
+    python experiments/target.py --design confirm.toml --out /tmp/study   # the confirmation (results/confirm.md)
 
 With the study's 8 test cases nothing, not even T1ce alone (+0.054), could be shown more segmentable than the mean
 image (experiments/results/converge.md): the target's first condition was beyond the study's power. Here the
@@ -22,6 +23,7 @@ candidates of experiments/target.toml, fixed before the hold-out existed, are te
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tomllib
@@ -38,7 +40,8 @@ import stats
 import study
 from study_report import row_records
 
-TARGET = tomllib.loads((HERE / "target.toml").read_text(encoding="utf-8"))
+#: The design in use (``--design``, default target.toml): candidates, fixed images, seeds, budget, hold-out release.
+TARGET: dict[str, Any] = {}
 HOLDOUT_SPLIT = [0.0, 0.0, 1.0]
 #: The weighted means of T1ce and FLAIR (the frontier's) among the fixed images, by T1ce weight.
 WEIGHTS = (1.0,)
@@ -53,6 +56,30 @@ FIXED: dict[str, tuple[str, str]] = {
 REFERENCES = ("mean", "laplacian")
 
 
+def load_design(path: Path) -> str:
+    """Load a design into :data:`TARGET`; returns its name (the file's stem: its records go to results/NAME_runs,
+    its tables to results/NAME.md and .json)."""
+    TARGET.clear()
+    TARGET.update(tomllib.loads(path.read_text(encoding="utf-8")))
+    return path.stem
+
+
+def seeds() -> range:
+    """The design's seeds: ``seeds`` of them from ``first_seed`` (default 0)."""
+    first = TARGET.get("first_seed", 0)
+    return range(first, first + TARGET["seeds"])
+
+
+def fixed() -> list[str]:
+    """The design's fixed images (``fixed``, default every one of :data:`FIXED`)."""
+    return TARGET.get("fixed", list(FIXED))
+
+
+def holdout_home(out: Path) -> Path:
+    """OUT's directory of the design's hold-out release and its benchmarks ([holdout] dir, default "holdout")."""
+    return out / TARGET["holdout"].get("dir", "holdout")
+
+
 def candidates() -> dict[str, dict[str, Any]]:
     """Candidate name -> its row options (a study.toml row, or target.toml's own table)."""
     return {name: study.SPEC["rows"][name] if row == "study" else row for name, row in TARGET["candidates"].items()}
@@ -60,7 +87,7 @@ def candidates() -> dict[str, dict[str, Any]]:
 
 def settings() -> list[str]:
     """Every setting: the candidates first (the longest jobs), then the fixed images."""
-    return [*TARGET["candidates"], *FIXED]
+    return [*TARGET["candidates"], *fixed()]
 
 
 def prepare(out: Path) -> dict[str, Path]:
@@ -69,7 +96,7 @@ def prepare(out: Path) -> dict[str, Path]:
     benches = {f"study-{k}": v for k, v in study.prepare_data(study.SPEC, out, out / "data_log.txt").items()}
     held = {**study.SPEC["data"], "cases": TARGET["holdout"]["cases"], "split": HOLDOUT_SPLIT,
             "release_seed": TARGET["holdout"]["release_seed"], "fusion_rules": ["mean", "laplacian"]}
-    home = out / "holdout"
+    home = holdout_home(out)
     home.mkdir(parents=True, exist_ok=True)
     benches.update({f"holdout-{k}": v for k, v in study.prepare_data({"data": held}, home, home / "data_log.txt").items()})
     for w in WEIGHTS:
@@ -93,7 +120,7 @@ def images(setting: str, seed: int, out: Path, benches: dict[str, Path]) -> tupl
     log = work / "log.txt"
     built = []
     for bench, release, split in ((work / "bench-learned", out / "release", None),
-                                  (work / "holdout-learned", out / "holdout" / "release", HOLDOUT_SPLIT)):
+                                  (work / "holdout-learned", holdout_home(out) / "release", HOLDOUT_SPLIT)):
         if not (bench / "brats_fuse.h5").is_file():
             study.build_learned(fusion_checkpoint(setting, seed, out), options, release, bench, log, split)
         built.append(bench)
@@ -182,6 +209,7 @@ def summarise(committed: Path) -> dict[str, Any]:
             qab[setting] = stats.case_matrix([r["case_qabf"] for r in runs])
         study_test = stats.case_matrix([stats.case_scores(r["study_test_case_dice"]) for r in runs])[1]
         table.append({"setting": setting, "learned": setting not in FIXED, "seeds": len(runs),
+                      "seed_ids": [r["seed"] for r in runs],
                       "cases": len(seg[setting][0]), "segmentability": seg[setting][1].mean(axis=1).tolist(),
                       "study_test": study_test.mean(axis=1).tolist(),
                       "qabf": qab[setting][1].mean(axis=1).tolist() if setting in qab else None,
@@ -224,7 +252,7 @@ def markdown(summary: dict[str, Any]) -> str:
                   "weight per seed, beside that seed's hold-out segmentability and Qabf:"), "",
                   "| setting | seed | T1ce weight | segmentability, hold-out | Qabf, hold-out |", "|---|---|---|---|---|"]
         for t in based:
-            for seed, (w, dice, q) in enumerate(zip(t["base_weights"], t["segmentability"], t["qabf"])):
+            for seed, w, dice, q in zip(t["seed_ids"], t["base_weights"], t["segmentability"], t["qabf"], strict=True):
                 lines.append(f"| {t['setting']} | {seed} | {w[0]:.2f} | {dice:.3f} | {q:.3f} |")
     for ref, entries in summary["families"].items():
         lines += ["", stats.family_markdown(entries, f"Segmentability against {ref} (hold-out cases, Holm over "
@@ -243,16 +271,20 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and score what is missing, then write experiments/results/target.{md,json}."""
-    args, _, out = study.experiment_args(HERE / "study.toml", __doc__.splitlines()[0], argv)
-    committed = args.results / "target_runs"
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--design", type=Path, default=HERE / "target.toml", help="the design (target.toml, confirm.toml)")
+    known, rest = first.parse_known_args(argv)
+    name = load_design(known.design if known.design.is_absolute() or known.design.exists() else HERE / known.design)
+    args, _, out = study.experiment_args(HERE / "study.toml", __doc__.splitlines()[0], rest)
+    committed = args.results / f"{name}_runs"
     failures = []
     if not args.report_only:
         benches = prepare(out)
-        jobs = [(s, seed, out, benches, committed) for s in settings() for seed in range(TARGET["seeds"])]
+        jobs = [(s, seed, out, benches, committed) for s in settings() for seed in seeds()]
         failures = study.run_grid(run_setting, jobs, args.jobs, lambda job: f"{job[0]} seed {job[1]}")
         backfill_base_weights(committed, out)
     summary = summarise(committed)
-    return study.finish_report(args.results, "target", summary, markdown(summary), failures)
+    return study.finish_report(args.results, name, summary, markdown(summary), failures)
 
 
 if __name__ == "__main__":
