@@ -266,3 +266,42 @@ def test_demo_seeds_prediction_interval_by_hand(tmp_path: Path, monkeypatch: pyt
     summary = json.loads((tmp_path / "demo_seeds.json").read_text())["stats"]["mean"]
     assert summary["pi95"] == pytest.approx([2 - 4.968275, 2 + 4.968275], abs=1e-6)
     assert summary["range"] == [1.0, 3.0]
+
+
+# --- target.py designs and the documented recipe ------------------------------------------------------------------
+
+def test_the_documented_recipe_is_the_confirmed_configuration() -> None:
+    """docs/training.md's TOML recipe resolves to the same training options as confirm.toml's candidate on top of
+    the study's [common] and [common_fusion] (what target.py trained), so the page cannot drift from the record."""
+    import re
+    import tomllib
+
+    from fuse4seg.train.resolve import build_config
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "training.md").read_text(encoding="utf-8")
+    recipe = tomllib.loads(re.search(r"```toml\n(# fuse4seg train --config segmentable.toml.*?)```", page, re.S)[1])
+    study_spec = tomllib.loads((root / "experiments" / "study.toml").read_text(encoding="utf-8"))
+    confirm = tomllib.loads((root / "experiments" / "confirm.toml").read_text(encoding="utf-8"))
+    (candidate,) = confirm["candidates"].values()
+    run = {**study_spec["common"], **study_spec["common_fusion"], **candidate}
+    drop = ("threads", "progress", "eval_every")  # how the experiment ran, not what it trained
+    documented = build_config({**recipe, "benchmark": "B", "out": "R"}).to_dict()
+    trained = build_config({**{k: v for k, v in run.items() if k not in drop}, "benchmark": "B", "out": "R"}).to_dict()
+    assert documented == trained
+
+
+def test_target_designs_name_their_seeds_and_hold_out(tmp_path: Path) -> None:
+    """target.py --design: confirm.toml runs seeds 5-9 on its own hold-out directory and fixed images; target.toml
+    keeps seeds 0-4, every fixed image and OUT/holdout."""
+    import target
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    assert target.load_design(root / "confirm.toml") == "confirm"
+    assert list(target.seeds()) == [5, 6, 7, 8, 9]
+    assert target.fixed() == ["mean", "laplacian", "weighted-t1ce1"]
+    assert target.holdout_home(tmp_path) == tmp_path / "holdout-confirm"
+    assert target.settings() == ["bilevel-qabfonly-weighted-lambda0p25", "mean", "laplacian", "weighted-t1ce1"]
+    assert target.load_design(root / "target.toml") == "target"
+    assert list(target.seeds()) == [0, 1, 2, 3, 4]
+    assert target.fixed() == list(target.FIXED) and target.holdout_home(tmp_path) == tmp_path / "holdout"
