@@ -160,7 +160,18 @@ class World:
         """Tear the process group down (once; no-op on one process)."""
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+            _TORN_DOWN.append(self.rank)
         self.active = False
+
+
+#: Ranks whose process group this process tore down (World.close).
+_TORN_DOWN: list[int] = []
+
+
+def tore_down_a_group() -> bool:
+    """Whether this process took part in a process group (now torn down): its interpreter should then end without
+    the C++ teardown, where gloo's threads can abort a finished rank (std::terminate, exit -6) under load."""
+    return bool(_TORN_DOWN)
 
 
 def launched() -> bool:

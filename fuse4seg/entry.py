@@ -15,6 +15,12 @@ def _early_signal(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def _was_a_rank() -> bool:
+    """Whether this command ran as one rank of a torchrun process group (fuse4seg.distributed)."""
+    distributed = sys.modules.get("fuse4seg.distributed")
+    return distributed is not None and distributed.tore_down_a_group()
+
+
 def main() -> int:
     """Install the early handlers, then import and run the command line (importing it takes a moment)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -22,10 +28,12 @@ def main() -> int:
     from fuse4seg import cli
 
     code = cli.main()
-    if cli.stopped_by_signal():
+    if cli.stopped_by_signal() or _was_a_rank():
         # A KeyboardInterrupt raised inside an extension's own call into Python (cv2's import makes one) marks the
-        # interpreter as interrupted, and it would then end by SIGINT rather than with this status: end here, after
-        # the exit handlers (pools, logs) have run.
+        # interpreter as interrupted, and it would then end by SIGINT rather than with this status. A torchrun rank
+        # whose run has finished (outputs written and closed) can be aborted by gloo's threads while C++ objects
+        # are destroyed at exit (seen once in a loaded test run: "terminate called without an active exception").
+        # Either way, end here, after the exit handlers (pools, logs) have run.
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
