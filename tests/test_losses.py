@@ -97,11 +97,18 @@ def test_ssim_rejects_images_smaller_than_window() -> None:
 
 
 def test_sobel_matches_scipy() -> None:
-    """sobel_gradients (x along W, y along H) equal scipy.ndimage.sobel along the matching axis to 1e-12."""
+    """sobel_gradients (x along W, y along H) equal scipy.ndimage.sobel along the matching axis to 1e-12, with
+    its default border (replicate here) and with zeros outside (mode="constant"); an unknown padding is refused."""
     x = smooth_images(2, 3, 21, 30)
     gx, gy = sobel_gradients(t(x))
     np.testing.assert_allclose(gx.numpy(), sobel2d(x, axis=1), atol=1e-12)
     np.testing.assert_allclose(gy.numpy(), sobel2d(x, axis=0), atol=1e-12)
+    gx, gy = sobel_gradients(t(x), padding="zeros")
+    for g, axis in ((gx, 1), (gy, 0)):
+        zeros = np.stack([[ndimage.sobel(img, axis=axis, mode="constant") for img in imgs] for imgs in x])
+        np.testing.assert_allclose(g.numpy(), zeros, atol=1e-12)
+    with pytest.raises(ConfigError, match="option 'padding' must be one of replicate, zeros"):
+        sobel_gradients(t(x), padding="reflect")
 
 
 def test_gradient_loss_matches_scipy_formula() -> None:

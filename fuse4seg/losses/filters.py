@@ -14,26 +14,31 @@ from fuse4seg.errors import ConfigError
 from fuse4seg.models.blocks import max_abs_select, split_bands
 
 __all__ = [
-    "WINDOWS", "check_pair", "forward_differences", "gradient_magnitude", "max_abs_select", "sobel_gradients",
+    "SOBEL_PADDING", "WINDOWS", "check_pair", "forward_differences", "gradient_magnitude", "max_abs_select", "sobel_gradients",
     "split_bands", "ssim", "ssim_window",
 ]
 
 WINDOWS: tuple[str, ...] = ("gaussian", "uniform")
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+#: Border modes of :func:`sobel_gradients`: F.pad's "replicate", or "zeros" (CDDFuse's zero-padded convolution).
+SOBEL_PADDING: tuple[str, ...] = ("replicate", "zeros")
 
 
-def sobel_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sobel_gradients(x: torch.Tensor, padding: str = "replicate") -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel derivatives (gx along W, gy along H) of (N, C, H, W); same shapes, intensity units per pixel.
 
-    Borders repeat the edge pixel, which for a 3x3 kernel equals scipy.ndimage.sobel's default
-    ``mode="reflect"``; gx == sobel(img, axis=1), gy == sobel(img, axis=0).
+    With ``padding="replicate"`` borders repeat the edge pixel, which for a 3x3 kernel equals
+    scipy.ndimage.sobel's default ``mode="reflect"``; gx == sobel(img, axis=1), gy == sobel(img, axis=0).
+    ``padding="zeros"`` pads with 0 (CDDFuse's convolution, as the Qabf metric uses it).
     """
-    c = x.shape[1]
-    kx = _SOBEL_X.to(dtype=x.dtype, device=x.device)
-    weight = torch.stack([kx, kx.T]).unsqueeze(1).repeat(c, 1, 1, 1)
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=c)
-    return g[:, 0::2], g[:, 1::2]
+    if padding not in SOBEL_PADDING:
+        raise ConfigError(f"option 'padding' must be one of {', '.join(SOBEL_PADDING)}, got {padding!r}")
+    # Differences of shifted slices rather than a grouped 3x3 convolution: the same sums, several times faster on CPU
+    # forward and backward (mkldnn's depthwise convolution is slow for small kernels).
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate") if padding == "replicate" else F.pad(x, (1, 1, 1, 1))
+    dx = p[..., :, 2:] - p[..., :, :-2]
+    dy = p[..., 2:, :] - p[..., :-2, :]
+    return dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :], dy[..., :, :-2] + 2.0 * dy[..., :, 1:-1] + dy[..., :, 2:]
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:

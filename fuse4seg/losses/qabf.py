@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from fuse4seg.losses.filters import check_pair
+from fuse4seg.losses.filters import check_pair, sobel_gradients
 
 # Qabf sigmoid constants (L = 1), as in fuse4seg.metrics.fusion_structure.
 _QG, _KG, _DG = 0.9994, -15.0, 0.5
@@ -26,11 +25,8 @@ _SCALE = 255.0
 
 def sobel_strength_angle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C, H, W) -> Sobel strength and orientation (radians), CDDFuse's zero-padded convolution."""
-    padded = F.pad(x, (1, 1, 1, 1))
-    dx = padded[..., :, 2:] - padded[..., :, :-2]
-    dy = padded[..., 2:, :] - padded[..., :-2, :]
-    sx = -(dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :])
-    sy = dy[..., :, :-2] + 2.0 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    gx, sy = sobel_gradients(x, padding="zeros")
+    sx = -gx  # CDDFuse's kernel is the mirror image of scipy's along W
     strength = torch.sqrt(sx * sx + sy * sy + 1e-12)
     flat = sx == 0
     angle = torch.where(flat, torch.full_like(sx, math.pi / 2), torch.atan(sy / torch.where(flat, 1.0, sx)))
