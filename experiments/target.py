@@ -274,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--design", type=Path, default=HERE / "target.toml", help="the design (target.toml, confirm.toml)")
     known, rest = first.parse_known_args(argv)
-    name = load_design(known.design if known.design.is_absolute() or known.design.exists() else HERE / known.design)
+    design = known.design if known.design.is_absolute() or known.design.exists() else HERE / known.design
+    if not design.is_file():
+        first.error(f"--design: no such file: {known.design}")
+    name = load_design(design)
     args, _, out = study.experiment_args(HERE / "study.toml", __doc__.splitlines()[0], rest)
     committed = args.results / f"{name}_runs"
     failures = []
