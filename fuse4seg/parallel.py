@@ -107,6 +107,15 @@ def start_forkserver(context: Any, preload: Sequence[str]) -> None:
         os.environ.pop(PARENT_VARIABLE, None)
 
 
+def _kill_workers(pool: ProcessPoolExecutor, seconds: float = 10.0) -> None:
+    """SIGKILL the worker processes of ``pool`` and wait (up to ``seconds`` each) until they are gone."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(seconds)
+
+
 def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, preload: Sequence[str] = (),
                 desc: str = "", unit: str = "case", progress: bool = True, **kwargs: Any) -> Iterator[Any]:
     """Yield ``fn(item, **kwargs)`` for each item, in input order, computed by ``workers`` processes
@@ -142,6 +151,10 @@ def ordered_map(fn: Callable[..., Any], items: Sequence[Any], workers: int, *, p
                     "a worker process died (out of memory, or the calling script re-runs the work when imported: "
                     "guard it with `if __name__ == \"__main__\":`); retry with fewer workers", option="workers") from None
             except BaseException:
+                # Interrupted (a signal, or the consumer stopped): the running items' results are not wanted. Their
+                # workers are killed rather than waited for, since one item can outlast the unwind a signal allows
+                # (fuse4seg.cli.UNWIND_SECONDS), and only then does the caller remove its temporary outputs.
+                _kill_workers(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     finally:

@@ -280,7 +280,7 @@ def test_the_documented_recipe_is_the_confirmed_configuration() -> None:
 
     root = Path(__file__).resolve().parents[1]
     page = (root / "docs" / "training.md").read_text(encoding="utf-8")
-    recipe = tomllib.loads(re.search(r"```toml\n(# fuse4seg train --config segmentable.toml.*?)```", page, re.S)[1])
+    recipe = tomllib.loads(re.search(r"```toml\n(# fuse4seg train --config segmentable.toml.*?)```", page, re.DOTALL)[1])
     study_spec = tomllib.loads((root / "experiments" / "study.toml").read_text(encoding="utf-8"))
     confirm = tomllib.loads((root / "experiments" / "confirm.toml").read_text(encoding="utf-8"))
     (candidate,) = confirm["candidates"].values()

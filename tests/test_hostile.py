@@ -521,3 +521,25 @@ def test_pool_helpers_do_not_hold_the_callers_stdout(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "[1, 2]" and lines[1] == "/dev/null /dev/null", proc.stdout
+
+
+def test_an_interrupted_pool_stops_its_running_items_at_once() -> None:
+    """KeyboardInterrupt while ordered_map's workers run long items (60 s sleeps): the interrupt reaches the caller
+    within seconds, not after the items end (a case can outlast the unwind a signal allows, cli.UNWIND_SECONDS), and
+    no worker is left."""
+    code = ("import os, signal, threading, time; from fuse4seg.parallel import ordered_map; "
+            "threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start(); t = time.monotonic()\n"
+            "try:\n    list(ordered_map(time.sleep, [60, 60], 2, progress=False))\n"
+            "except KeyboardInterrupt:\n    print(round(time.monotonic() - t, 1))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and float(out.strip()) < 15, (out, err)
+    deadline = time.monotonic() + 10
+    while True:  # the forkserver and any worker follow the script out (pool_guard), none survives it
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the interrupted pool are still alive"
+        time.sleep(0.1)
