@@ -250,8 +250,10 @@ def run_grid(fn: Callable[..., Any], jobs: list[tuple], workers: int, label: Cal
 def finish_report(results: Path, name: str, summary: dict[str, Any], text: str, failures: list[str]) -> int:
     """Write RESULTS/NAME.md (``text``) and RESULTS/NAME.json (``summary``), print the tables, list the failed jobs on
     stderr; the exit status (1 if any job failed)."""
-    (results / f"{name}.md").write_text(text, encoding="utf-8")
-    (results / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    from fuse4seg.io import atomic_write_text
+
+    atomic_write_text(results / f"{name}.md", text)
+    atomic_write_text(results / f"{name}.json", json.dumps(summary, indent=1) + "\n")
     print(text)
     for line in failures:
         print("failed:", line, file=sys.stderr)

@@ -47,6 +47,8 @@ BASE_GAIN = 5.0
 def mixing_weights(base_logits: torch.Tensor) -> torch.Tensor:
     """(C,) weights of output="weighted"'s base from its (C,) logits: softmax(BASE_GAIN * logits), >= 0, summing to 1."""
     return torch.softmax(BASE_GAIN * base_logits, dim=0)
+
+
 # Standard deviation of the last conv's initial weights: small, so the initial output is close to
 # the base fusion, but non-zero, so every earlier layer receives a gradient from the first step.
 _HEAD_INIT_STD = 1e-2
@@ -99,12 +101,6 @@ class FusionCNN(nn.Module):
         if self.output == "weighted":  # zeros: the base starts at the mean, as "residual"'s
             self.base_logits = nn.Parameter(torch.zeros(self.in_channels))
 
-    def base_weights(self) -> torch.Tensor:
-        """(in_channels,) weights of the base fusion, non-negative, summing to 1 (uniform unless output="weighted")."""
-        if self.output == "weighted":
-            return mixing_weights(self.base_logits)
-        return torch.full((self.in_channels,), 1.0 / self.in_channels)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fuse (N, in_channels, *S) sources in [0, 1] into (N, 1, *S) in [0, 1] (S: H, W or D, H, W)."""
         check_input(x, self.dims, self.in_channels)
@@ -112,7 +108,7 @@ class FusionCNN(nn.Module):
         if self.output == "residual":
             r = r + logit(x.mean(dim=1, keepdim=True))
         elif self.output == "weighted":
-            w = self.base_weights().to(x.dtype).view(1, -1, *([1] * self.dims))
+            w = mixing_weights(self.base_logits).to(x.dtype).view(1, -1, *([1] * self.dims))
             r = r + logit((w * x).sum(dim=1, keepdim=True))
         return torch.sigmoid(r)
 

@@ -144,6 +144,7 @@ def engine_options(t: Training) -> dict:
 #: relative residual and whether it met negative curvature (1.0), the Neumann series' estimated relative tail.
 SOLVER_SCALARS = ("hvps", "residual", "indefinite", "tail")
 
+
 def bilevel_step(t: Training, fit: Batch, hold: Batch | None) -> StepResult:
     """One outer step: hypergradient through K inner steps, update phi, keep the inner theta_K.
 
