@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seg-width", type=int, default=8)
     parser.add_argument("--seg-depth", type=int, default=3)
+    parser.add_argument("--fusion-width", type=int, default=8, help="fusion-cnn width (paper size: 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers during the timed steps")
     parser.add_argument("--no-cache", action="store_true", help="read slices lazily from HDF5 (no in-memory cache)")
@@ -132,7 +133,7 @@ def main() -> None:
                         split=(0.7, 0.15, 0.15), workers=2, progress=False)
         common = {"benchmark": str(bench), "batch_size": args.batch_size, "progress": False,
                   "inner_steps": args.inner_steps, "seg_options": {"width": args.seg_width, "depth": args.seg_depth},
-                  "fusion_options": {"width": 8}, "cache": not args.no_cache,
+                  "fusion_options": {"width": args.fusion_width}, "cache": not args.no_cache,
                   "inner_optimizer": "sgd"}  # one inner optimiser that every method (finite-difference too) takes
         configs = [("direct", "-", {"mode": "direct"}), ("direct", "- (lazy HDF5)", {"mode": "direct", "cache": False})]
         configs += [("bilevel", m, {"mode": "bilevel", "hypergrad": m,
@@ -153,7 +154,7 @@ def main() -> None:
     header = (f"{'mode':8s} {'method':18s} {'wall s/step':>11s} {'cpu s/step':>10s} {'x direct':>8s} "
               f"{'data (wall)':>11s} {'data (cpu)':>10s} {'HVPs':>5s}")
     print(f"train step at {args.size}x{args.size}, batch {args.batch_size}, K={args.inner_steps}, "
-          f"UNet width {args.seg_width} depth {args.seg_depth}, {args.threads} thread(s), "
+          f"fusion width {args.fusion_width}, UNet width {args.seg_width} depth {args.seg_depth}, {args.threads} thread(s), "
           f"{args.num_workers} DataLoader workers")
     print(header)
     for r in rows:

@@ -33,6 +33,7 @@ from fuse4seg.bilevel.core import HypergradientResult, LossFn, Options, Params, 
 from fuse4seg.bilevel.implicit import implicit_cg, implicit_neumann
 from fuse4seg.bilevel.unrolled import higher_unrolled, truncated, unrolled
 from fuse4seg.errors import ConfigError
+from fuse4seg.second_order import second_order_passes
 
 _REGISTRY: dict[str, Callable[..., HypergradientResult]] = {
     "unrolled": unrolled,
@@ -83,4 +84,5 @@ def hypergradient(
     """
     opts = parse_options(options)
     check_method(method, opts)
-    return _REGISTRY[method](as_upper(upper), lower, lower_loss, upper_loss, opts)
+    with second_order_passes():  # layers that can skip unrequested second-order work do so (fuse4seg.second_order)
+        return _REGISTRY[method](as_upper(upper), lower, lower_loss, upper_loss, opts)

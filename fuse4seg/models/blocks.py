@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuse4seg.errors import ConfigError
+from fuse4seg.models.convolution import LeanConv2d, LeanConv3d
 
 NORMS: tuple[str, ...] = ("group", "instance", "none")
 DIMS: tuple[int, ...] = (2, 3)
@@ -33,10 +34,11 @@ class Layers(NamedTuple):
     max_pool: Callable[..., torch.Tensor]
 
 
-#: spatial dimensions -> the layers a network of that many dimensions is built from.
+#: spatial dimensions -> the layers a network of that many dimensions is built from (the convolutions are torch's
+#: with a differentiated backward that skips an unrequested term: fuse4seg.models.convolution).
 LAYERS: dict[int, Layers] = {
-    2: Layers(nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, F.max_pool2d),
-    3: Layers(nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, F.max_pool3d),
+    2: Layers(LeanConv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, F.max_pool2d),
+    3: Layers(LeanConv3d, nn.ConvTranspose3d, nn.InstanceNorm3d, F.max_pool3d),
 }
 
 
