@@ -11,6 +11,7 @@ reported: on a shared machine CPU time is the steadier measure. Prints a table a
 benchmarks/results/train.json.
 
     python benchmarks/train.py [--size 96] [--batch-size 4] [--inner-steps 1] [--steps 6] [--warmup 2]
+                               [--seg-width 8] [--seg-depth 3] [--fusion-width 8]
                                [--methods unrolled,implicit-cg,...]
 
 HVPs: Hessian-vector products per hypergradient (implicit methods; mean over the timed steps).
@@ -154,7 +155,8 @@ def main() -> None:
     header = (f"{'mode':8s} {'method':18s} {'wall s/step':>11s} {'cpu s/step':>10s} {'x direct':>8s} "
               f"{'data (wall)':>11s} {'data (cpu)':>10s} {'HVPs':>5s}")
     print(f"train step at {args.size}x{args.size}, batch {args.batch_size}, K={args.inner_steps}, "
-          f"fusion width {args.fusion_width}, UNet width {args.seg_width} depth {args.seg_depth}, {args.threads} thread(s), "
+          f"fusion width {args.fusion_width}, UNet width {args.seg_width} depth {args.seg_depth}, "
+          f"{args.threads} thread(s), "
           f"{args.num_workers} DataLoader workers")
     print(header)
     for r in rows:

@@ -15,7 +15,7 @@ inner steps of the bi-level hypergradients and the implicit methods' Hessian-vec
 - Outside them the layers are torch's own, and inside them a backward that is not differentiated makes torch's
   own ``aten.convolution_backward`` call, so first-order gradients are bit-identical to torch's (tested).
 
-At paper size this takes about 10 % off a bi-level step (``benchmarks/train.py --size 192 ...``, the performance
+At paper size this takes about 7 % off a bi-level step on CPU (``benchmarks/second_order.py``, the performance
 page). Transposed convolutions stay torch's: the same change measured no gain for the UNet's 2 x 2 upsampling.
 """
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from fuse4seg.second_order import in_second_order_passes
 
-__all__ = ["LeanConv2d", "LeanConv3d", "convolve"]
+__all__ = ["LeanConv2d", "LeanConv3d"]
 
 _aten = torch.ops.aten
 
