@@ -16,7 +16,8 @@ inner steps of the bi-level hypergradients and the implicit methods' Hessian-vec
   own ``aten.convolution_backward`` call, so first-order gradients are bit-identical to torch's (tested).
 
 At paper size this takes about 7 % off a bi-level step on CPU (``benchmarks/second_order.py``, the performance
-page). Transposed convolutions stay torch's: the same change measured no gain for the UNet's 2 x 2 upsampling.
+page). Transposed convolutions stay torch's: while developing, the same change gave no gain on the UNet's 2 x 2
+upsampling.
 """
 
 from __future__ import annotations
