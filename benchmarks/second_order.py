@@ -87,15 +87,11 @@ def measure(name: str, rounds: int, workdir: Path) -> dict:
             if i > 0:
                 times[key].append(elapsed)
         print(f"  {name}: round {i + 1}/{steps}", file=sys.stderr)
-    direct = statistics.median(times["direct (plain step)"])
+    medians = {key: statistics.median(values) for key, values in times.items()}
     out = {"size": dict(zip(("slice", "batch", "seg_width", "seg_depth", "fusion_width"), size)), "rounds": rounds,
-           "rows": []}
-    for key, values in times.items():
-        median = statistics.median(values)
-        out["rows"].append({"step": key, "cpu_s_median": median, "cpu_s_min": min(values), "cpu_s_all": values,
-                            "x_direct": median / direct})
-    lean, plain = (statistics.median(times[k]) for k in ("bilevel, lean Conv2d", "bilevel, torch's Conv2d"))
-    out["lean_over_torch"] = lean / plain
+           "rows": [{"step": key, "cpu_s_median": medians[key], "cpu_s_min": min(values), "cpu_s_all": values,
+                     "x_direct": medians[key] / medians["direct (plain step)"]} for key, values in times.items()]}
+    out["lean_over_torch"] = medians["bilevel, lean Conv2d"] / medians["bilevel, torch's Conv2d"]
     pairs = [a / b for a, b in zip(times["bilevel, lean Conv2d"], times["bilevel, torch's Conv2d"])]
     out["lean_over_torch_per_round"] = pairs
     return out
@@ -110,6 +106,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    unknown = sorted(set(args.sizes.split(",")) - set(SIZES))
+    if unknown or args.rounds < 1 or args.paper_rounds < 1 or args.threads < 1:
+        parser.error(f"--sizes takes {', '.join(SIZES)} (got {', '.join(unknown)})" if unknown
+                     else "--rounds, --paper-rounds and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="fuse4seg-bench-second-order-") as tmp:
